@@ -1,0 +1,3 @@
+// oft command-line entry point (subcommands are wired in cli/commands.cpp).
+#include <cstdio>
+int main() { std::puts("oft"); return 0; }
