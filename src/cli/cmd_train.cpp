@@ -1,0 +1,104 @@
+// `oft train`, `oft eval` and `oft config`.
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "train/checkpoint.h"
+#include "train/run_config.h"
+#include "train/trainer.h"
+
+namespace oft::cli {
+
+namespace {
+// Splits positional arguments into an optional preset/YAML and key=value overrides.
+void split_args(const std::vector<std::string>& args, std::string& preset,
+                std::vector<std::string>& overrides) {
+  for (const auto& a : args) {
+    if (a.find('=') != std::string::npos) {
+      overrides.push_back(a);
+    } else {
+      OFT_CHECK(preset.empty(), "command line: two presets given ('", preset, "' and '", a,
+                "'): give one preset or YAML file, then key=value overrides");
+      preset = a;
+    }
+  }
+}
+}  // namespace
+
+void register_train(CLI::App& app) {
+  {
+    auto* cmd = app.add_subcommand("train", "Pre-train a language model");
+    auto args = std::make_shared<std::vector<std::string>>();
+    auto run_dir = std::make_shared<std::string>();
+    auto quiet = std::make_shared<bool>(false);
+    cmd->add_option("args", *args, "PRESET_OR_YAML [key=value ...] (default preset: tiny)");
+    cmd->add_option("--run-dir", *run_dir, "run directory (default runs/<preset>)");
+    cmd->add_flag("-q,--quiet", *quiet, "no progress lines");
+    cmd->callback([=] {
+      std::string preset;
+      std::vector<std::string> ov;
+      split_args(*args, preset, ov);
+      RunConfig cfg;
+      cfg.load(preset.empty() ? "tiny" : preset, ov);
+      if (!run_dir->empty()) cfg.dir = *run_dir;
+      TrainResult r = train(cfg, *quiet);
+      std::printf("run %s: %lld steps, %.0f tokens/s\n", r.run_dir.c_str(), (long long)r.steps,
+                  r.tokens_per_s);
+      if (r.initial_val.tokens > 0)
+        std::printf("validation loss %.4f -> %.4f, perplexity %.2f -> %.2f\n", r.initial_val.loss,
+                    r.final_val.loss, r.initial_val.ppl, r.final_val.ppl);
+      else
+        std::printf("validation loss %.4f, perplexity %.2f\n", r.final_val.loss, r.final_val.ppl);
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand("eval", "Validation loss and perplexity of a run or checkpoint");
+    auto target = std::make_shared<std::string>();
+    auto args = std::make_shared<std::vector<std::string>>();
+    cmd->add_option("run", *target, "run directory or checkpoint directory")->required();
+    cmd->add_option("overrides", *args, "key=value overrides (e.g. data.val=... train.eval_batches=0)");
+    cmd->callback([=] {
+      const std::string ckpt = find_checkpoint(*target);
+      RunConfig cfg;
+      auto model = load_model_from_checkpoint(ckpt, cfg, *args);
+      auto val = std::make_shared<const Shard>(Shard::open(cfg.data.val));
+      EvalResult e = evaluate(*model, val, cfg.train.batch_size, cfg.data.seq_len,
+                              cfg.train.eval_batches);
+      std::printf("checkpoint %s\nvalidation tokens %lld\nvalidation loss %.4f\nperplexity %.3f\n",
+                  ckpt.c_str(), (long long)e.tokens, e.loss, e.ppl);
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand("config", "Show a preset's resolved configuration or list presets");
+    auto args = std::make_shared<std::vector<std::string>>();
+    auto list = std::make_shared<bool>(false);
+    auto keys = std::make_shared<bool>(false);
+    cmd->add_option("args", *args, "PRESET_OR_YAML [key=value ...]");
+    cmd->add_flag("--list", *list, "list the presets");
+    cmd->add_flag("--keys", *keys, "list every config key with its default and meaning");
+    cmd->callback([=] {
+      if (*list) {
+        for (const auto& p : list_presets()) std::printf("%s\n", p.c_str());
+        return;
+      }
+      std::string preset;
+      std::vector<std::string> ov;
+      split_args(*args, preset, ov);
+      RunConfig cfg;
+      if (*keys) {
+        std::printf("%s", cfg.registry().help().c_str());
+        return;
+      }
+      cfg.load(preset.empty() ? "tiny" : preset, ov);
+      std::printf("%s", cfg.registry().to_yaml().c_str());
+    });
+  }
+}
+
+void register_commands(CLI::App& app) {
+  register_train(app);
+  register_data(app);
+}
+
+}  // namespace oft::cli

@@ -1,0 +1,94 @@
+// Linear and Norm layers (see layers.h).
+#include "model/layers.h"
+
+namespace oft {
+
+Tensor& ensure(Tensor& t, const Shape& shape, DType dt, Device dev) {
+  if (!t.defined() || t.shape() != shape || t.dtype() != dt || t.device() != dev)
+    t = Tensor::empty(shape, dt, dev);
+  return t;
+}
+
+Linear::Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out, bool bias,
+               DType dt, Device dev) {
+  Param& pw = ps.create(name + ".weight", {out, in}, dt, dev, true);
+  w = pw.value;
+  dw = pw.grad;
+  if (bias) {
+    Param& pb = ps.create(name + ".bias", {out}, dt, dev, false);
+    b = pb.value;
+    db = pb.grad;
+  }
+}
+
+void Linear::forward(Tensor& y, const Tensor& x) const {
+  ops::matmul(y, x, false, w, true);
+  if (b.defined()) ops::add_bias(y, b);
+}
+
+void Linear::backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx) {
+  if (dx.defined()) ops::matmul(dx, dy, false, w, false, 1.0, accumulate_dx ? 1.0 : 0.0);
+  ops::matmul(dw, dy, true, x, false, 1.0, 1.0);
+  if (b.defined()) ops::bias_grad(db, dy);
+}
+
+NormKind parse_norm(const std::string& s) {
+  if (s == "layernorm") return NormKind::LayerNorm;
+  if (s == "rmsnorm") return NormKind::RMSNorm;
+  if (s == "none") return NormKind::None;
+  fail("unknown norm '", s, "': use layernorm, rmsnorm or none");
+}
+
+Norm::Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind k, double e, bool bias,
+           DType dt, Device dev)
+    : kind(k), eps(e) {
+  if (kind == NormKind::None) return;
+  Param& pw = ps.create(name + ".weight", {C}, dt, dev, false);
+  ops::fill(pw.value, 1.0);
+  w = pw.value;
+  dw = pw.grad;
+  if (kind == NormKind::LayerNorm && bias) {
+    Param& pb = ps.create(name + ".bias", {C}, dt, dev, false);
+    b = pb.value;
+    db = pb.grad;
+  }
+}
+
+void Norm::forward(NormSaved& s, const Tensor& x) const {
+  if (kind == NormKind::None) {
+    s.out = x;
+    return;
+  }
+  const int64_t N = x.numel() / x.dim(-1);
+  ensure(s.out, x.shape(), x.dtype(), x.device());
+  ensure(s.inv, {N}, x.dtype(), x.device());
+  auto& be = ops::on(x);
+  if (kind == NormKind::LayerNorm) {
+    ensure(s.mean, {N}, x.dtype(), x.device());
+    be.layernorm_fwd(s.out, s.mean, s.inv, x, w, b, eps);
+  } else {
+    be.rmsnorm_fwd(s.out, s.inv, x, w, eps);
+  }
+}
+
+void Norm::backward(Tensor& dx, const Tensor& dy, const Tensor& x, const NormSaved& s,
+                    bool accumulate_dx) {
+  auto& be = ops::on(x);
+  switch (kind) {
+    case NormKind::None:
+      if (accumulate_dx) {
+        ops::axpy(dx, dy, 1.0);
+      } else if (!dx.same_storage(dy)) {
+        dx.copy_from(dy);
+      }
+      break;
+    case NormKind::LayerNorm:
+      be.layernorm_bwd(dx, dw, db, dy, x, w, s.mean, s.inv, accumulate_dx);
+      break;
+    case NormKind::RMSNorm:
+      be.rmsnorm_bwd(dx, dw, dy, x, w, s.inv, accumulate_dx);
+      break;
+  }
+}
+
+}  // namespace oft

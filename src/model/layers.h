@@ -1,0 +1,50 @@
+// Building blocks over ops: Linear and Norm layers. Each holds handles to its parameters and
+// gradients (owned by a ParamStore) and implements forward and backward explicitly; callers
+// own the activation buffers, so the same layer serves any batch shape.
+#pragma once
+
+#include <string>
+
+#include "model/params.h"
+#include "ops/ops.h"
+
+namespace oft {
+
+// y[N, out] = x[N, in] @ W[out, in]^T + b[out]   (PyTorch weight layout)
+struct Linear {
+  Tensor w, b, dw, db;  // b / db undefined when the layer has no bias
+  Linear() = default;
+  Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out, bool bias, DType dt,
+         Device dev);
+  void forward(Tensor& y, const Tensor& x) const;
+  // dx = dy @ W (overwritten, or added when accumulate_dx); dW += dy^T x; db += colsum(dy).
+  void backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx);
+};
+
+enum class NormKind { LayerNorm, RMSNorm, None };
+NormKind parse_norm(const std::string& s);
+
+// Activation buffers one norm application keeps for its backward.
+struct NormSaved {
+  Tensor out;        // [N, C] (aliases the input when the norm is None)
+  Tensor mean, inv;  // [N]: LayerNorm mean and 1/std, RMSNorm 1/(rms + eps)
+};
+
+struct Norm {
+  NormKind kind = NormKind::None;
+  double eps = 1e-5;
+  Tensor w, b, dw, db;
+  Norm() = default;
+  Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind kind, double eps, bool bias,
+       DType dt, Device dev);
+  // Allocates s.out / stats for N rows if needed, then normalises x.
+  void forward(NormSaved& s, const Tensor& x) const;
+  // dx (+)= d norm / dx applied to dy.
+  void backward(Tensor& dx, const Tensor& dy, const Tensor& x, const NormSaved& s,
+                bool accumulate_dx);
+};
+
+// Returns `t` if it already has this shape/dtype/device, else a new uninitialised tensor.
+Tensor& ensure(Tensor& t, const Shape& shape, DType dt, Device dev);
+
+}  // namespace oft

@@ -1,0 +1,32 @@
+// ParamStore implementation (see params.h).
+#include "model/params.h"
+
+#include "ops/ops.h"
+
+namespace oft {
+
+Param& ParamStore::create(const std::string& name, const Shape& shape, DType dtype,
+                          Device device, bool matrix) {
+  OFT_ASSERT(find(name) == nullptr, "duplicate parameter ", name);
+  params_.push_back({name, Tensor::zeros(shape, dtype, device), Tensor::zeros(shape, dtype, device),
+                     matrix});
+  return params_.back();
+}
+
+Param* ParamStore::find(const std::string& name) {
+  for (auto& p : params_)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+int64_t ParamStore::numel() const {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p.value.numel();
+  return n;
+}
+
+void ParamStore::zero_grad() {
+  for (auto& p : params_) ops::fill(p.grad, 0.0);
+}
+
+}  // namespace oft

@@ -1,0 +1,34 @@
+// Named parameters with their gradients. Layers hold Tensor handles that share storage with
+// the entries here, so optimizers, checkpoints and gradient checks see one flat list.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace oft {
+
+struct Param {
+  std::string name;
+  Tensor value;
+  Tensor grad;
+  bool matrix = false;  // weight matrix or embedding (decayed by default); else bias / norm gain
+};
+
+class ParamStore {
+ public:
+  // Creates a zero-initialised parameter and its gradient; returns its index.
+  Param& create(const std::string& name, const Shape& shape, DType dtype, Device device,
+                bool matrix);
+  std::vector<Param>& all() { return params_; }
+  const std::vector<Param>& all() const { return params_; }
+  Param* find(const std::string& name);
+  int64_t numel() const;
+  void zero_grad();
+
+ private:
+  std::vector<Param> params_;
+};
+
+}  // namespace oft

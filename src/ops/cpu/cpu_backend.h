@@ -1,0 +1,70 @@
+// CPU backend: the reference implementation of every op (see ops.h). Readable loops in the
+// tensor's dtype (f32 for training, f64 for gradient checks), OpenBLAS for matrix products,
+// OpenMP across rows with static partitions so results do not depend on scheduling.
+#pragma once
+
+#include "ops/ops.h"
+
+namespace oft::ops {
+
+class CpuBackend final : public Backend {
+ public:
+  const char* name() const override { return "cpu"; }
+
+  void fill(Tensor& x, double value) override;
+  void add(Tensor& out, const Tensor& a, const Tensor& b) override;
+  void axpy(Tensor& y, const Tensor& x, double alpha) override;
+  void scale(Tensor& x, double s) override;
+  double sum_squares(const Tensor& x) override;
+
+  void matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB, double alpha,
+              double beta) override;
+  void add_bias(Tensor& y, const Tensor& bias) override;
+  void bias_grad(Tensor& dbias, const Tensor& dy) override;
+
+  void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
+                     const Tensor& b, double eps) override;
+  void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
+                     const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                     bool accumulate) override;
+  void rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w, double eps) override;
+  void rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                   const Tensor& inv, bool accumulate) override;
+
+  void activation_fwd(Tensor& y, const Tensor& x, Activation a) override;
+  void activation_bwd(Tensor& dx, const Tensor& dy, const Tensor& x, Activation a) override;
+
+  void embedding_fwd(Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                     int64_t T, int64_t pos_offset) override;
+  void embedding_bwd(Tensor& dwte, Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
+                     int64_t T, int64_t pos_offset) override;
+
+  void attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv, const Tensor& key_mask,
+                     int64_t B, int64_t T, const AttentionSpec& spec) override;
+  void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved,
+                     const Tensor& key_mask, int64_t B, int64_t T,
+                     const AttentionSpec& spec) override;
+
+  void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) override;
+  void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                         double scale) override;
+
+  void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+             const AdamWStep& h) override;
+};
+
+// Calls f.template operator()<T>() with T = float or double according to `t`'s dtype.
+template <class F>
+auto dispatch_float(const Tensor& t, F&& f) {
+  switch (t.dtype()) {
+    case DType::F32: return f.template operator()<float>();
+    case DType::F64: return f.template operator()<double>();
+    default: fail("cpu backend: op needs an f32 or f64 tensor, got ", dtype_name(t.dtype()));
+  }
+}
+
+// Shape checks shared by the CPU ops.
+void expect_shape(const Tensor& t, const Shape& s, const char* what);
+void expect_same(const Tensor& a, const Tensor& b, const char* what);
+
+}  // namespace oft::ops

@@ -1,0 +1,277 @@
+// CPU ops: elementwise, matrix products (OpenBLAS), bias, activations, embeddings.
+#include <cblas.h>
+#include <omp.h>
+
+#include <cmath>
+#include <vector>
+
+#include "ops/cpu/cpu_backend.h"
+
+namespace oft::ops {
+
+void expect_shape(const Tensor& t, const Shape& s, const char* what) {
+  OFT_ASSERT(t.shape() == s, what, ": expected ", shape_str(s), " got ", shape_str(t.shape()));
+}
+void expect_same(const Tensor& a, const Tensor& b, const char* what) {
+  OFT_ASSERT(a.numel() == b.numel() && a.dtype() == b.dtype(), what, ": ", shape_str(a.shape()),
+             " ", dtype_name(a.dtype()), " vs ", shape_str(b.shape()), " ", dtype_name(b.dtype()));
+}
+
+Activation parse_activation(const std::string& s) {
+  if (s == "relu") return Activation::ReLU;
+  if (s == "gelu" || s == "gelu_tanh" || s == "gelu_new") return Activation::GELU_Tanh;
+  if (s == "gelu_erf") return Activation::GELU_Erf;
+  fail("unknown activation '", s, "': use relu, gelu (tanh approximation) or gelu_erf");
+}
+
+void CpuBackend::fill(Tensor& x, double value) {
+  dispatch_float(x, [&]<class T>() {
+    T* p = x.data<T>();
+    for (int64_t i = 0; i < x.numel(); ++i) p[i] = static_cast<T>(value);
+  });
+}
+
+void CpuBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
+  expect_same(out, a, "add");
+  expect_same(out, b, "add");
+  dispatch_float(out, [&]<class T>() {
+    T* o = out.data<T>();
+    const T *pa = a.data<T>(), *pb = b.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < out.numel(); ++i) o[i] = pa[i] + pb[i];
+  });
+}
+
+void CpuBackend::axpy(Tensor& y, const Tensor& x, double alpha) {
+  expect_same(y, x, "axpy");
+  dispatch_float(y, [&]<class T>() {
+    T* py = y.data<T>();
+    const T* px = x.data<T>();
+    const T al = static_cast<T>(alpha);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < y.numel(); ++i) py[i] += al * px[i];
+  });
+}
+
+void CpuBackend::scale(Tensor& x, double s) {
+  dispatch_float(x, [&]<class T>() {
+    T* p = x.data<T>();
+    const T ts = static_cast<T>(s);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < x.numel(); ++i) p[i] *= ts;
+  });
+}
+
+double CpuBackend::sum_squares(const Tensor& x) {
+  // Fixed-size chunks summed in order: the result does not depend on the thread count.
+  return dispatch_float(x, [&]<class T>() {
+    const T* p = x.data<T>();
+    const int64_t n = x.numel(), chunk = 4096, nchunks = (n + chunk - 1) / chunk;
+    std::vector<double> part(static_cast<size_t>(nchunks), 0.0);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      double s = 0;
+      for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) s += double(p[i]) * p[i];
+      part[c] = s;
+    }
+    double total = 0;
+    for (double s : part) total += s;
+    return total;
+  });
+}
+
+void CpuBackend::matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB,
+                        double alpha, double beta) {
+  OFT_ASSERT(A.ndim() == 2 && B.ndim() == 2 && C.ndim() == 2, "matmul needs 2-D views");
+  const int64_t M = transA ? A.dim(1) : A.dim(0), K = transA ? A.dim(0) : A.dim(1);
+  const int64_t K2 = transB ? B.dim(1) : B.dim(0), N = transB ? B.dim(0) : B.dim(1);
+  OFT_ASSERT(K == K2 && C.dim(0) == M && C.dim(1) == N, "matmul shapes A", shape_str(A.shape()),
+             transA ? "^T" : "", " B", shape_str(B.shape()), transB ? "^T" : "", " C",
+             shape_str(C.shape()));
+  OFT_ASSERT(A.dtype() == C.dtype() && B.dtype() == C.dtype(), "matmul dtypes");
+  if (M == 0 || N == 0) return;
+  const auto ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans;
+  if (C.dtype() == DType::F32) {
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, float(alpha), A.data<float>(), A.dim(1),
+                B.data<float>(), B.dim(1), float(beta), C.data<float>(), N);
+  } else {
+    cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A.data<double>(), A.dim(1),
+                B.data<double>(), B.dim(1), beta, C.data<double>(), N);
+  }
+}
+
+void CpuBackend::add_bias(Tensor& y, const Tensor& bias) {
+  const int64_t C = bias.numel(), N = y.numel() / C;
+  dispatch_float(y, [&]<class T>() {
+    T* py = y.data<T>();
+    const T* pb = bias.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) py[n * C + c] += pb[c];
+  });
+}
+
+void CpuBackend::bias_grad(Tensor& dbias, const Tensor& dy) {
+  const int64_t C = dbias.numel(), N = dy.numel() / C;
+  dispatch_float(dy, [&]<class T>() {
+    T* pdb = dbias.data<T>();
+    const T* pdy = dy.data<T>();
+    // Parallel over column blocks; each column summed in row order.
+    const int64_t blk = 64;
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < C; c0 += blk) {
+      const int64_t c1 = std::min(C, c0 + blk);
+      std::vector<double> acc(static_cast<size_t>(c1 - c0), 0.0);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += pdy[n * C + c];
+      for (int64_t c = c0; c < c1; ++c) pdb[c] += static_cast<T>(acc[c - c0]);
+    }
+  });
+}
+
+namespace {
+constexpr double kSqrt2OverPi = 0.7978845608028654;
+constexpr double kInvSqrt2 = 0.7071067811865476;
+constexpr double kInvSqrt2Pi = 0.3989422804014327;
+
+template <class T>
+T act_fwd(T x, Activation a) {
+  switch (a) {
+    case Activation::ReLU: return x > T(0) ? x : T(0);
+    case Activation::GELU_Tanh: {
+      T u = T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x);
+      return T(0.5) * x * (T(1) + std::tanh(u));
+    }
+    case Activation::GELU_Erf: return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
+  }
+  return x;
+}
+
+template <class T>
+T act_grad(T x, Activation a) {
+  switch (a) {
+    case Activation::ReLU: return x > T(0) ? T(1) : T(0);
+    case Activation::GELU_Tanh: {
+      T u = T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x);
+      T th = std::tanh(u);
+      T du = T(kSqrt2OverPi) * (T(1) + T(3 * 0.044715) * x * x);
+      return T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * du;
+    }
+    case Activation::GELU_Erf:
+      return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2))) +
+             x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+  }
+  return T(1);
+}
+}  // namespace
+
+void CpuBackend::activation_fwd(Tensor& y, const Tensor& x, Activation a) {
+  expect_same(y, x, "activation_fwd");
+  dispatch_float(x, [&]<class T>() {
+    T* py = y.data<T>();
+    const T* px = x.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < x.numel(); ++i) py[i] = act_fwd(px[i], a);
+  });
+}
+
+void CpuBackend::activation_bwd(Tensor& dx, const Tensor& dy, const Tensor& x, Activation a) {
+  expect_same(dx, x, "activation_bwd");
+  expect_same(dy, x, "activation_bwd");
+  dispatch_float(x, [&]<class T>() {
+    T* pdx = dx.data<T>();
+    const T *pdy = dy.data<T>(), *px = x.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < x.numel(); ++i) pdx[i] = pdy[i] * act_grad(px[i], a);
+  });
+}
+
+void CpuBackend::embedding_fwd(Tensor& out, const Tensor& tokens, const Tensor& wte,
+                               const Tensor& wpe, int64_t T, int64_t pos_offset) {
+  const int64_t N = tokens.numel(), C = wte.dim(1), V = wte.dim(0);
+  expect_shape(out, {N, C}, "embedding_fwd out");
+  const int32_t* tok = tokens.data<int32_t>();
+  dispatch_float(wte, [&]<class F>() {
+    F* po = out.data<F>();
+    const F* pe = wte.data<F>();
+    const F* pp = wpe.defined() ? wpe.data<F>() : nullptr;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const int32_t id = tok[n];
+      OFT_ASSERT(id >= 0 && id < V, "token id ", id, " outside the vocabulary of ", V);
+      const F* e = pe + int64_t(id) * C;
+      F* o = po + n * C;
+      if (pp) {
+        const F* p = pp + (pos_offset + n % T) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] = e[c] + p[c];
+      } else {
+        for (int64_t c = 0; c < C; ++c) o[c] = e[c];
+      }
+    }
+  });
+}
+
+void CpuBackend::embedding_bwd(Tensor& dwte, Tensor& dwpe, const Tensor& dout,
+                               const Tensor& tokens, int64_t T, int64_t pos_offset) {
+  const int64_t N = tokens.numel(), C = dwte.dim(1);
+  const int32_t* tok = tokens.data<int32_t>();
+  dispatch_float(dwte, [&]<class F>() {
+    F* pe = dwte.data<F>();
+    F* pp = dwpe.defined() ? dwpe.data<F>() : nullptr;
+    const F* pd = dout.data<F>();
+    // Parallel over channel blocks so no two threads touch the same gradient entry; rows are
+    // visited in order, which keeps the sums deterministic.
+    const int64_t blk = 32;
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < C; c0 += blk) {
+      const int64_t c1 = std::min(C, c0 + blk);
+      for (int64_t n = 0; n < N; ++n) {
+        F* e = pe + int64_t(tok[n]) * C;
+        F* p = pp ? pp + (pos_offset + n % T) * C : nullptr;
+        const F* d = pd + n * C;
+        for (int64_t c = c0; c < c1; ++c) {
+          e[c] += d[c];
+          if (p) p[c] += d[c];
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                       const AdamWStep& h) {
+  expect_same(param, grad, "adamw");
+  dispatch_float(param, [&]<class T>() {
+    T *p = param.data<T>(), *pm = m.data<T>(), *pv = v.data<T>();
+    const T* g = grad.data<T>();
+    const double bc1 = 1.0 - std::pow(h.beta1, double(h.step));
+    const double bc2 = 1.0 - std::pow(h.beta2, double(h.step));
+    const T b1 = T(h.beta1), b2 = T(h.beta2), gs = T(h.grad_scale);
+    const T step_size = T(h.lr / bc1), decay = T(1.0 - h.lr * h.weight_decay);
+    const T inv_sqrt_bc2 = T(1.0 / std::sqrt(bc2)), eps = T(h.eps);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < param.numel(); ++i) {
+      const T gi = g[i] * gs;
+      pm[i] = b1 * pm[i] + (T(1) - b1) * gi;
+      pv[i] = b2 * pv[i] + (T(1) - b2) * gi * gi;
+      const T denom = std::sqrt(pv[i]) * inv_sqrt_bc2 + eps;
+      p[i] = p[i] * decay - step_size * pm[i] / denom;
+    }
+  });
+}
+
+Backend& cpu_backend() {
+  static CpuBackend b;
+  return b;
+}
+
+#ifndef OFT_WITH_CUDA
+bool cuda_available() { return false; }
+Backend& backend(Device d) {
+  OFT_CHECK(d == Device::CPU, "this oft build has no CUDA backend: set device=cpu, or rebuild "
+                              "on a machine with the CUDA toolkit");
+  return cpu_backend();
+}
+#endif
+
+}  // namespace oft::ops

@@ -1,0 +1,340 @@
+// CPU ops: LayerNorm, RMSNorm, attention (materialised T x T probabilities, every ProbFn),
+// cross-entropy. Reference implementations written for clarity; parameter gradients are summed
+// in a second pass over column blocks so results are deterministic.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "ops/cpu/cpu_backend.h"
+
+namespace oft::ops {
+
+// ---------------------------------------------------------------- LayerNorm
+void CpuBackend::layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x,
+                               const Tensor& w, const Tensor& b, double eps) {
+  const int64_t C = w.numel(), N = x.numel() / C;
+  expect_same(y, x, "layernorm_fwd");
+  dispatch_float(x, [&]<class T>() {
+    const T *px = x.data<T>(), *pw = w.data<T>(), *pb = b.defined() ? b.data<T>() : nullptr;
+    T *py = y.data<T>(), *pm = mean.data<T>(), *pr = rstd.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const T* xr = px + n * C;
+      double s = 0;
+      for (int64_t c = 0; c < C; ++c) s += xr[c];
+      const double mu = s / C;
+      double v = 0;
+      for (int64_t c = 0; c < C; ++c) v += (xr[c] - mu) * (xr[c] - mu);
+      const double r = 1.0 / std::sqrt(v / C + eps);
+      pm[n] = T(mu);
+      pr[n] = T(r);
+      T* yr = py + n * C;
+      for (int64_t c = 0; c < C; ++c)
+        yr[c] = T((xr[c] - mu) * r) * pw[c] + (pb ? pb[c] : T(0));
+    }
+  });
+}
+
+void CpuBackend::layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
+                               const Tensor& x, const Tensor& w, const Tensor& mean,
+                               const Tensor& rstd, bool accumulate) {
+  const int64_t C = w.numel(), N = x.numel() / C;
+  dispatch_float(x, [&]<class T>() {
+    const T *px = x.data<T>(), *pw = w.data<T>(), *pdy = dy.data<T>();
+    const T *pm = mean.data<T>(), *pr = rstd.data<T>();
+    T* pdx = dx.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const T *xr = px + n * C, *dyr = pdy + n * C;
+      const double mu = pm[n], r = pr[n];
+      double mean_g = 0, mean_gx = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const double g = double(dyr[c]) * pw[c], xh = (xr[c] - mu) * r;
+        mean_g += g;
+        mean_gx += g * xh;
+      }
+      mean_g /= C;
+      mean_gx /= C;
+      T* dxr = pdx + n * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const double g = double(dyr[c]) * pw[c], xh = (xr[c] - mu) * r;
+        const T d = T(r * (g - mean_g - xh * mean_gx));
+        dxr[c] = accumulate ? dxr[c] + d : d;
+      }
+    }
+    T* pdw = dw.data<T>();
+    T* pdb = db.defined() ? db.data<T>() : nullptr;
+    const int64_t blk = 64;
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < C; c0 += blk) {
+      const int64_t c1 = std::min(C, c0 + blk);
+      std::vector<double> aw(c1 - c0, 0.0), ab(c1 - c0, 0.0);
+      for (int64_t n = 0; n < N; ++n) {
+        const double mu = pm[n], r = pr[n];
+        for (int64_t c = c0; c < c1; ++c) {
+          const double d = pdy[n * C + c];
+          aw[c - c0] += d * (px[n * C + c] - mu) * r;
+          ab[c - c0] += d;
+        }
+      }
+      for (int64_t c = c0; c < c1; ++c) {
+        pdw[c] += T(aw[c - c0]);
+        if (pdb) pdb[c] += T(ab[c - c0]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- RMSNorm (seed B form)
+void CpuBackend::rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w,
+                             double eps) {
+  const int64_t C = w.numel(), N = x.numel() / C;
+  dispatch_float(x, [&]<class T>() {
+    const T *px = x.data<T>(), *pw = w.data<T>();
+    T *py = y.data<T>(), *pi = inv.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const T* xr = px + n * C;
+      double s = 0;
+      for (int64_t c = 0; c < C; ++c) s += double(xr[c]) * xr[c];
+      const double iv = 1.0 / (std::sqrt(s / C) + eps);
+      pi[n] = T(iv);
+      for (int64_t c = 0; c < C; ++c) py[n * C + c] = T(xr[c] * iv) * pw[c];
+    }
+  });
+}
+
+void CpuBackend::rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x,
+                             const Tensor& w, const Tensor& inv, bool accumulate) {
+  const int64_t C = w.numel(), N = x.numel() / C;
+  dispatch_float(x, [&]<class T>() {
+    const T *px = x.data<T>(), *pw = w.data<T>(), *pdy = dy.data<T>(), *pi = inv.data<T>();
+    T* pdx = dx.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const T *xr = px + n * C, *dyr = pdy + n * C;
+      const double iv = pi[n];
+      double gx = 0, ss = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        gx += double(dyr[c]) * pw[c] * xr[c];
+        ss += double(xr[c]) * xr[c];
+      }
+      const double rms = std::sqrt(ss / C);
+      // d inv / d x_j = -inv^2 * x_j / (C * rms)
+      const double k = rms > 0 ? iv * iv * gx / (C * rms) : 0.0;
+      for (int64_t c = 0; c < C; ++c) {
+        const T d = T(iv * double(dyr[c]) * pw[c] - k * xr[c]);
+        pdx[n * C + c] = accumulate ? pdx[n * C + c] + d : d;
+      }
+    }
+    T* pdw = dw.data<T>();
+    const int64_t blk = 64;
+#pragma omp parallel for schedule(static)
+    for (int64_t c0 = 0; c0 < C; c0 += blk) {
+      const int64_t c1 = std::min(C, c0 + blk);
+      std::vector<double> aw(c1 - c0, 0.0);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = c0; c < c1; ++c)
+          aw[c - c0] += double(pdy[n * C + c]) * px[n * C + c] * pi[n];
+      for (int64_t c = c0; c < c1; ++c) pdw[c] += T(aw[c - c0]);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- attention
+// Per (batch, head): S = Q K^T / sqrt(D) (+ causal / padding mask), P = rowsoftmax(S) (or
+// softmax1), P' = clip((zeta - gamma) P + gamma, 0, 1) for clipped softmax, out = P' V.
+// `saved` holds the unclipped P [B, H, T, T]: the clipped backward needs P at clipped entries.
+namespace {
+
+template <class T>
+struct HeadView {
+  const T* qkv;
+  int64_t T_, C, D, h, b;
+  const T* q(int64_t t) const { return qkv + (b * T_ + t) * 3 * C + h * D; }
+  const T* k(int64_t t) const { return q(t) + C; }
+  const T* v(int64_t t) const { return q(t) + 2 * C; }
+};
+
+inline bool key_visible(int64_t i, int64_t j, int64_t b, int64_t T, bool causal,
+                        const int32_t* mask) {
+  if (causal && j > i) return false;
+  if (mask && mask[b * T + j] == 0) return false;
+  return true;
+}
+
+template <class T>
+T clip_prob(T p, const AttentionSpec& s) {
+  if (s.prob != ProbFn::Clipped) return p;
+  const T c = T(s.zeta - s.gamma) * p + T(s.gamma);
+  return c < T(0) ? T(0) : (c > T(1) ? T(1) : c);
+}
+
+}  // namespace
+
+void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
+                               const Tensor& key_mask, int64_t B, int64_t T,
+                               const AttentionSpec& spec) {
+  const int64_t C = qkv.dim(1) / 3, H = spec.n_head, D = C / H;
+  expect_shape(qkv, {B * T, 3 * C}, "attention qkv");
+  expect_shape(out, {B * T, C}, "attention out");
+  if (!saved.defined() || saved.shape() != Shape{B, H, T, T} || saved.dtype() != qkv.dtype())
+    saved = Tensor::empty({B, H, T, T}, qkv.dtype());
+  const int32_t* mask = key_mask.defined() ? key_mask.data<int32_t>() : nullptr;
+  dispatch_float(qkv, [&]<class F>() {
+    const F* base = qkv.data<F>();
+    F* po = out.data<F>();
+    F* pp = saved.data<F>();
+    const double inv_sqrt_d = 1.0 / std::sqrt(double(D));
+#pragma omp parallel for schedule(static)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      HeadView<F> hv{base, T, C, D, h, b};
+      std::vector<double> s(T);
+      for (int64_t i = 0; i < T; ++i) {
+        F* prow = pp + (bh * T + i) * T;
+        double mx = -std::numeric_limits<double>::infinity();
+        const F* qi = hv.q(i);
+        for (int64_t j = 0; j < T; ++j) {
+          if (!key_visible(i, j, b, T, spec.causal, mask)) {
+            s[j] = -std::numeric_limits<double>::infinity();
+            continue;
+          }
+          const F* kj = hv.k(j);
+          F dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
+          s[j] = double(dot) * inv_sqrt_d;
+          mx = std::max(mx, s[j]);
+        }
+        double denom = 0;
+        for (int64_t j = 0; j < T; ++j) {
+          s[j] = std::isinf(s[j]) ? 0.0 : std::exp(s[j] - mx);
+          denom += s[j];
+        }
+        // softmax1: exp(s_j) / (1 + sum exp(s)) = exp(s_j - m) / (exp(-m) + sum exp(s - m)).
+        if (spec.prob == ProbFn::Softmax1) denom += std::isinf(mx) ? 1.0 : std::exp(-mx);
+        for (int64_t j = 0; j < T; ++j) prow[j] = denom > 0 ? F(s[j] / denom) : F(0);
+        F* orow = po + (b * T + i) * C + h * D;
+        for (int64_t d = 0; d < D; ++d) orow[d] = 0;
+        for (int64_t j = 0; j < T; ++j) {
+          const F pj = clip_prob(prow[j], spec);
+          if (pj == F(0)) continue;
+          const F* vj = hv.v(j);
+          for (int64_t d = 0; d < D; ++d) orow[d] += pj * vj[d];
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
+                               const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T,
+                               const AttentionSpec& spec) {
+  const int64_t C = qkv.dim(1) / 3, H = spec.n_head, D = C / H;
+  expect_shape(dqkv, {B * T, 3 * C}, "attention dqkv");
+  expect_shape(saved, {B, H, T, T}, "attention saved probabilities");
+  dispatch_float(qkv, [&]<class F>() {
+    const F* base = qkv.data<F>();
+    const F *pdo = dout.data<F>(), *pp = saved.data<F>();
+    F* pdq = dqkv.data<F>();
+    const double inv_sqrt_d = 1.0 / std::sqrt(double(D));
+    const double span = spec.zeta - spec.gamma;
+#pragma omp parallel for schedule(static)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      HeadView<F> hv{base, T, C, D, h, b};
+      auto dq = [&](int64_t t) { return pdq + (b * T + t) * 3 * C + h * D; };
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t d = 0; d < D; ++d) dq(t)[d] = dq(t)[C + d] = dq(t)[2 * C + d] = 0;
+      std::vector<double> dp(T);
+      for (int64_t i = 0; i < T; ++i) {
+        const F* prow = pp + (bh * T + i) * T;
+        const F* doi = pdo + (b * T + i) * C + h * D;
+        double rowsum = 0;
+        for (int64_t j = 0; j < T; ++j) {
+          const F pij = prow[j];
+          const F pc = clip_prob(pij, spec);
+          const F* vj = hv.v(j);
+          F gf = 0;
+          for (int64_t d = 0; d < D; ++d) gf += doi[d] * vj[d];
+          double g = gf;
+          // dV_j += P'_ij dO_i
+          if (pc != F(0)) {
+            F* dvj = dq(j) + 2 * C;
+            for (int64_t d = 0; d < D; ++d) dvj[d] += pc * doi[d];
+          }
+          if (spec.prob == ProbFn::Clipped) {
+            const double raw = span * pij + spec.gamma;  // clamp passes gradient on [0, 1]
+            g = (raw >= 0.0 && raw <= 1.0) ? g * span : 0.0;
+          }
+          dp[j] = g;
+          rowsum += double(pij) * g;
+        }
+        const F* qi = hv.q(i);
+        F* dqi = dq(i);
+        for (int64_t j = 0; j < T; ++j) {
+          const F ds = F(double(prow[j]) * (dp[j] - rowsum) * inv_sqrt_d);
+          if (ds == F(0)) continue;
+          const F* kj = hv.k(j);
+          F* dkj = dq(j) + C;
+          for (int64_t d = 0; d < D; ++d) {
+            dqi[d] += ds * kj[d];
+            dkj[d] += ds * qi[d];
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- cross-entropy
+void CpuBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) {
+  const int64_t N = logits.dim(0), V = logits.dim(1);
+  const int32_t* tg = targets.data<int32_t>();
+  dispatch_float(logits, [&]<class T>() {
+    const T* pl = logits.data<T>();
+    T* po = losses.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      if (tg[n] < 0) {
+        po[n] = 0;
+        continue;
+      }
+      OFT_ASSERT(tg[n] < V, "target ", tg[n], " outside the vocabulary of ", V);
+      const T* row = pl + n * V;
+      double mx = row[0];
+      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(row[v]));
+      double s = 0;
+      for (int64_t v = 0; v < V; ++v) s += std::exp(row[v] - mx);
+      po[n] = T(mx + std::log(s) - row[tg[n]]);
+    }
+  });
+}
+
+void CpuBackend::cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                                   double scale) {
+  const int64_t N = logits.dim(0), V = logits.dim(1);
+  const int32_t* tg = targets.data<int32_t>();
+  dispatch_float(logits, [&]<class T>() {
+    const T* pl = logits.data<T>();
+    T* pd = dlogits.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      T* drow = pd + n * V;
+      if (tg[n] < 0) {
+        for (int64_t v = 0; v < V; ++v) drow[v] = 0;
+        continue;
+      }
+      const T* row = pl + n * V;
+      double mx = row[0];
+      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(row[v]));
+      double s = 0;
+      for (int64_t v = 0; v < V; ++v) s += std::exp(row[v] - mx);
+      const double inv = 1.0 / s;
+      for (int64_t v = 0; v < V; ++v)
+        drow[v] = T(scale * (std::exp(row[v] - mx) * inv - (v == tg[n] ? 1.0 : 0.0)));
+    }
+  });
+}
+
+}  // namespace oft::ops

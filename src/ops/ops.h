@@ -1,0 +1,127 @@
+// The op seam: every numerical operation the model, trainer and metrics use, with one
+// implementation per backend (cpu/ always, cuda/ when built). Model code calls the free
+// functions in namespace oft::ops, which dispatch on the device of the first tensor argument.
+//
+// Conventions
+// - Tensors are contiguous row-major. "N" is the number of token rows (B*T), "C" the model
+//   width, "F" the MLP width, "V" the vocabulary, "H" heads, "D" = C/H the head width.
+// - Backward ops OVERWRITE input gradients unless they take `accumulate`, and always ACCUMULATE
+//   (+=) into parameter gradients, so gradient accumulation over micro-batches is free.
+// - CPU ops run in the tensor's dtype (f32, or f64 for gradient checks), deterministically
+//   (static OpenMP partitions, no atomics), so runs and resumes are bit-reproducible.
+#pragma once
+
+#include <string>
+
+#include "core/tensor.h"
+
+namespace oft::ops {
+
+enum class Activation { ReLU, GELU_Tanh, GELU_Erf };
+Activation parse_activation(const std::string& s);  // relu | gelu | gelu_tanh | gelu_erf
+
+// How attention scores become probabilities (REFERENCE.md §1).
+enum class ProbFn { Softmax, Clipped, Softmax1 };
+
+struct AttentionSpec {
+  int n_head = 1;
+  bool causal = true;
+  ProbFn prob = ProbFn::Softmax;
+  double gamma = 0.0;  // clipped softmax: clip((zeta - gamma) * softmax + gamma, 0, 1)
+  double zeta = 1.0;
+};
+
+// Hyper-parameters of one AdamW update (decoupled weight decay, PyTorch semantics).
+struct AdamWStep {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  int64_t step = 1;       // 1-based, for bias correction
+  double grad_scale = 1;  // gradients are multiplied by this first (clipping)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // ---- elementwise ----
+  virtual void fill(Tensor& x, double value) = 0;
+  virtual void add(Tensor& out, const Tensor& a, const Tensor& b) = 0;       // out = a + b
+  virtual void axpy(Tensor& y, const Tensor& x, double alpha) = 0;          // y += alpha * x
+  virtual void scale(Tensor& x, double s) = 0;                              // x *= s
+  virtual double sum_squares(const Tensor& x) = 0;                          // sum x^2 (f64)
+
+  // ---- matrix products ----
+  // C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C; op(X) = X^T when trans.
+  virtual void matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB,
+                      double alpha, double beta) = 0;
+  virtual void add_bias(Tensor& y, const Tensor& bias) = 0;     // y[N,C] += bias[C]
+  virtual void bias_grad(Tensor& dbias, const Tensor& dy) = 0;  // dbias[C] += sum_n dy[N,C]
+
+  // ---- norms (rows of length C) ----
+  // LayerNorm: y = (x - mean) * rstd * w + b ; saves mean[N], rstd[N].
+  virtual void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x,
+                             const Tensor& w, const Tensor& b, double eps) = 0;
+  virtual void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
+                             const Tensor& x, const Tensor& w, const Tensor& mean,
+                             const Tensor& rstd, bool accumulate) = 0;
+  // RMSNorm, seed B form: y = x / (sqrt(mean(x^2)) + eps) * w ; saves inv[N] = 1/(rms+eps).
+  virtual void rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w,
+                           double eps) = 0;
+  virtual void rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x,
+                           const Tensor& w, const Tensor& inv, bool accumulate) = 0;
+
+  // ---- activations ----
+  virtual void activation_fwd(Tensor& y, const Tensor& x, Activation a) = 0;
+  virtual void activation_bwd(Tensor& dx, const Tensor& dy, const Tensor& x, Activation a) = 0;
+
+  // ---- embeddings ----
+  // out[B*T, C] = wte[tokens] + wpe[pos_offset + t] (wpe may be undefined: no positions).
+  virtual void embedding_fwd(Tensor& out, const Tensor& tokens, const Tensor& wte,
+                             const Tensor& wpe, int64_t T, int64_t pos_offset) = 0;
+  virtual void embedding_bwd(Tensor& dwte, Tensor& dwpe, const Tensor& dout,
+                             const Tensor& tokens, int64_t T, int64_t pos_offset) = 0;
+
+  // ---- attention ----
+  // qkv[B*T, 3C] (q | k | v, heads contiguous inside each) -> out[B*T, C].
+  // `saved` is backend-owned state for the backward (CPU: probabilities [B,H,T,T]); pass the
+  // same tensor to attention_bwd. key_mask (optional) is [B*T] i32, 0 = padding key.
+  virtual void attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
+                             const Tensor& key_mask, int64_t B, int64_t T,
+                             const AttentionSpec& spec) = 0;
+  virtual void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
+                             const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T,
+                             const AttentionSpec& spec) = 0;
+
+  // ---- loss ----
+  // losses[N] = -log softmax(logits[N,V])[target]; rows with target < 0 get 0.
+  virtual void cross_entropy_fwd(Tensor& losses, const Tensor& logits,
+                                 const Tensor& targets) = 0;
+  // dlogits[N,V] = scale * (softmax(logits) - onehot(target)); zero rows for target < 0.
+  virtual void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                                 double scale) = 0;
+
+  // ---- optimizer ----
+  virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                     const AdamWStep& h) = 0;
+};
+
+Backend& backend(Device d);
+Backend& cpu_backend();
+bool cuda_available();
+
+// ---- dispatching free functions (device of the first tensor) ----
+inline Backend& on(const Tensor& t) { return backend(t.device()); }
+
+inline void fill(Tensor& x, double v) { on(x).fill(x, v); }
+inline void add(Tensor& out, const Tensor& a, const Tensor& b) { on(out).add(out, a, b); }
+inline void axpy(Tensor& y, const Tensor& x, double alpha) { on(y).axpy(y, x, alpha); }
+inline void scale(Tensor& x, double s) { on(x).scale(x, s); }
+inline double sum_squares(const Tensor& x) { return on(x).sum_squares(x); }
+inline void matmul(Tensor& C, const Tensor& A, bool tA, const Tensor& B, bool tB,
+                   double alpha = 1.0, double beta = 0.0) {
+  on(C).matmul(C, A, tA, B, tB, alpha, beta);
+}
+inline void add_bias(Tensor& y, const Tensor& b) { on(y).add_bias(y, b); }
+inline void bias_grad(Tensor& db, const Tensor& dy) { on(db).bias_grad(db, dy); }
+
+}  // namespace oft::ops

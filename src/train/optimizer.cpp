@@ -1,0 +1,60 @@
+// AdamW and learning-rate schedules (see optimizer.h).
+#include "train/optimizer.h"
+
+#include <cmath>
+
+namespace oft {
+
+double learning_rate(const TrainConfig& t, int64_t warmup, int64_t step) {
+  if (step < warmup) return t.lr * double(step + 1) / double(warmup);
+  if (t.schedule == "constant") return t.lr;
+  const int64_t decay_steps = std::max<int64_t>(1, t.steps - warmup);
+  const double progress = std::min(1.0, double(step - warmup) / double(decay_steps));
+  const double floor = t.min_lr_ratio;
+  if (t.schedule == "cosine")
+    return t.lr * (floor + (1 - floor) * 0.5 * (1 + std::cos(M_PI * progress)));
+  return t.lr * (floor + (1 - floor) * (1 - progress));
+}
+
+AdamW::AdamW(ParamStore& params, const TrainConfig& cfg) : params_(params), cfg_(cfg) {
+  for (const Param& p : params_.all()) {
+    m_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
+    v_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
+  }
+}
+
+bool AdamW::decays(const Param& p) const { return cfg_.wd_exclude == "none" || p.matrix; }
+
+double AdamW::grad_norm() const {
+  double s = 0;
+  for (const Param& p : params_.all()) s += ops::sum_squares(p.grad);
+  return std::sqrt(s);
+}
+
+void AdamW::step(double lr, double grad_scale) {
+  ++t_;
+  auto& ps = params_.all();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    ops::AdamWStep h;
+    h.lr = lr;
+    h.beta1 = cfg_.beta1;
+    h.beta2 = cfg_.beta2;
+    h.eps = cfg_.adam_eps;
+    h.weight_decay = decays(ps[i]) ? cfg_.weight_decay : 0.0;
+    h.step = t_;
+    h.grad_scale = grad_scale;
+    ops::on(ps[i].value).adamw(ps[i].value, ps[i].grad, m_[i], v_[i], h);
+  }
+}
+
+std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {
+  std::vector<std::pair<std::string, Tensor>> r;
+  const auto& ps = params_.all();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    r.emplace_back("m." + ps[i].name, m_[i]);
+    r.emplace_back("v." + ps[i].name, v_[i]);
+  }
+  return r;
+}
+
+}  // namespace oft

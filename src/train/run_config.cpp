@@ -1,0 +1,147 @@
+// RunConfig: key registration, preset resolution and validation (see run_config.h).
+#include "train/run_config.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <limits>
+
+#include "core/error.h"
+#include "core/resources.h"
+
+namespace fs = std::filesystem;
+
+namespace oft {
+
+namespace {
+constexpr int64_t kBig = std::numeric_limits<int64_t>::max();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+}  // namespace
+
+RunConfig::RunConfig() {
+  auto& r = reg_;
+  ModelConfig& m = model;
+  r.add("model.arch", &m.arch, "model family (naming / interop conventions)", {"gpt2", "opt"});
+  r.add("model.n_layer", &m.n_layer, "number of transformer blocks", 1, 1024);
+  r.add("model.d_model", &m.d_model, "model width", 1, 1 << 16);
+  r.add("model.n_head", &m.n_head, "attention heads (must divide d_model)", 1, 1024);
+  r.add("model.d_ff", &m.d_ff, "MLP hidden width", 1, 1 << 18);
+  r.add("model.vocab_size", &m.vocab_size, "vocabulary size; 0 = from the training shard", 0,
+        1 << 24);
+  r.add("model.max_seq_len", &m.max_seq_len, "rows of the position table", 1, 1 << 20);
+  r.add("model.activation", &m.activation, "MLP activation",
+        {"relu", "gelu", "gelu_tanh", "gelu_new", "gelu_erf"});
+  r.add("model.norm", &m.norm, "normalisation layer", {"layernorm", "rmsnorm", "none"});
+  r.add("model.norm_eps", &m.norm_eps, "norm epsilon", 0.0, 1.0);
+  r.add("model.final_norm", &m.final_norm, "norm before the output layer");
+  r.add("model.bias", &m.bias, "biases in linear layers and LayerNorm");
+  r.add("model.init_std", &m.init_std, "std of the N(0, s) weight initialisation", 0.0, 10.0);
+  r.add("model.attn_softmax", &m.attn_softmax,
+        "attention probabilities: softmax | softmax1 | clipped(GAMMA:ZETA)");
+  r.alias("attn_softmax", "model.attn_softmax");
+
+  r.add("data.train", &data.train, "training token shard (from `oft data prepare`)");
+  r.add("data.val", &data.val, "validation token shard");
+  r.add("data.tokenizer", &data.tokenizer, "tokenizer the shards were made with (informational)");
+  r.add("data.seq_len", &data.seq_len, "training sequence length T", 1, 1 << 20);
+  r.alias("block_size", "data.seq_len");
+  r.alias("max_seq_length", "data.seq_len");
+
+  TrainConfig& t = train;
+  r.add("train.batch_size", &t.batch_size, "sequences per micro-batch", 1, 1 << 20);
+  r.alias("per_device_train_batch_size", "train.batch_size");
+  r.add("train.grad_accum", &t.grad_accum, "micro-batches per optimizer step", 1, 1 << 20);
+  r.alias("gradient_accumulation_steps", "train.grad_accum");
+  r.add("train.steps", &t.steps, "optimizer steps", 1, kBig);
+  r.alias("max_train_steps", "train.steps");
+  r.add("train.lr", &t.lr, "peak learning rate", 0.0, 10.0);
+  r.alias("learning_rate", "train.lr");
+  r.add("train.schedule", &t.schedule, "learning-rate decay after warmup",
+        {"linear", "cosine", "constant"});
+  r.alias("lr_scheduler_type", "train.schedule");
+  r.add("train.warmup_steps", &t.warmup_steps, "linear warmup steps", 0, kBig);
+  r.alias("num_warmup_steps", "train.warmup_steps");
+  r.add("train.warmup_ratio", &t.warmup_ratio, "warmup as a fraction of train.steps", 0.0, 1.0);
+  r.add("train.min_lr_ratio", &t.min_lr_ratio, "final lr as a fraction of train.lr", 0.0, 1.0);
+  r.add("train.weight_decay", &t.weight_decay, "AdamW decoupled weight decay", 0.0, 10.0);
+  r.add("train.wd_exclude", &t.wd_exclude,
+        "parameters without weight decay: bias_norm (biases and norm gains) or none",
+        {"bias_norm", "none"});
+  r.add("train.beta1", &t.beta1, "AdamW beta1", 0.0, 0.999999);
+  r.alias("adam_beta1", "train.beta1");
+  r.add("train.beta2", &t.beta2, "AdamW beta2", 0.0, 0.999999999);
+  r.alias("adam_beta2", "train.beta2");
+  r.add("train.adam_eps", &t.adam_eps, "AdamW epsilon", 0.0, 1.0);
+  r.alias("adam_epsilon", "train.adam_eps");
+  r.add("train.grad_clip", &t.grad_clip, "max global gradient norm (0 = off)", 0.0, kInf);
+  r.alias("max_grad_norm", "train.grad_clip");
+  r.add("train.nonfinite", &t.nonfinite, "on a NaN/Inf loss or gradient: stop or skip the step",
+        {"stop", "skip"});
+  r.add("train.max_skipped", &t.max_skipped, "with nonfinite=skip: stop after this many", 0, kBig);
+  r.add("train.seed", &t.seed, "seed for initialisation and data order", 0, kBig);
+  r.add("train.eval_every", &t.eval_every, "evaluate every N steps (0 = at the end only)", 0, kBig);
+  r.add("train.eval_batches", &t.eval_batches, "validation batches per evaluation (0 = all)", 0,
+        kBig);
+  r.add("train.log_every", &t.log_every, "progress line every N steps", 1, kBig);
+  r.add("train.ckpt_every", &t.ckpt_every, "checkpoint every N steps (0 = at the end only)", 0,
+        kBig);
+  r.add("train.keep_checkpoints", &t.keep_checkpoints, "newest checkpoints to keep", 1, kBig);
+  r.add("train.resume", &t.resume, "resume from the run directory's latest checkpoint");
+  r.add("train.device", &t.device, "compute device", {"cpu", "cuda"});
+  r.add("train.threads", &t.threads, "CPU threads (0 = all cores)", 0, 4096);
+
+  r.add("run.name", &name, "run name (run directory runs/<name>)");
+  r.add("run.dir", &dir, "run directory (overrides runs/<name>)");
+}
+
+std::string resolve_preset(const std::string& s) {
+  if (s.ends_with(".yaml") || s.ends_with(".yml") || s.find('/') != std::string::npos) return s;
+  const fs::path p = fs::path(resource_root()) / "configs" / (s + ".yaml");
+  if (!fs::exists(p)) {
+    std::string names;
+    for (const auto& n : list_presets()) names += (names.empty() ? "" : ", ") + n;
+    fail("unknown preset '", s, "'. Presets: ", names, " (or give a path to a .yaml file)");
+  }
+  return p.string();
+}
+
+std::vector<std::string> list_presets() {
+  std::vector<std::string> r;
+  for (const auto& e : fs::directory_iterator(fs::path(resource_root()) / "configs"))
+    if (e.path().extension() == ".yaml") r.push_back(e.path().stem().string());
+  std::sort(r.begin(), r.end());
+  return r;
+}
+
+void RunConfig::load(const std::string& preset_or_yaml, const std::vector<std::string>& overrides) {
+  if (!preset_or_yaml.empty()) {
+    const std::string path = resolve_preset(preset_or_yaml);
+    name = fs::path(path).stem().string();
+    reg_.load_yaml_file(path, resolve_preset);
+  }
+  reg_.apply_overrides(overrides);
+  validate();
+}
+
+void RunConfig::validate() const {
+  OFT_CHECK(model.d_model % model.n_head == 0, "model.n_head=", model.n_head,
+            " does not divide model.d_model=", model.d_model,
+            ": choose a head count that divides the width");
+  OFT_CHECK(data.seq_len <= model.max_seq_len, "data.seq_len=", data.seq_len,
+            " is longer than the position table model.max_seq_len=", model.max_seq_len,
+            ": lower data.seq_len or raise model.max_seq_len");
+  OFT_CHECK(train.lr > 0, "train.lr must be > 0 (got ", train.lr, ")");
+  OFT_CHECK(!(train.warmup_steps > 0 && train.warmup_ratio > 0),
+            "set train.warmup_steps or train.warmup_ratio, not both");
+  OFT_CHECK(warmup() <= train.steps, "warmup (", warmup(), " steps) is longer than train.steps=",
+            train.steps);
+  OFT_CHECK(!data.train.empty(), "data.train is empty: give the training shard path");
+}
+
+std::string RunConfig::run_dir() const { return dir.empty() ? "runs/" + name : dir; }
+
+int64_t RunConfig::warmup() const {
+  return train.warmup_ratio > 0 ? static_cast<int64_t>(train.warmup_ratio * train.steps + 0.5)
+                                : train.warmup_steps;
+}
+
+}  // namespace oft

@@ -1,0 +1,76 @@
+// The complete configuration of a run: model.*, data.*, train.* and run.* keys, their
+// defaults, documentation and ranges, preset lookup (configs/NAME.yaml) and the cross-field
+// checks that a single key's range cannot express.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "model/model_config.h"
+
+namespace oft {
+
+struct DataConfig {
+  std::string train = "data/cache/moby_sp2k/train.bin";  // token shard for training
+  std::string val = "data/cache/moby_sp2k/val.bin";      // token shard for evaluation
+  std::string tokenizer = "";  // tokenizer spec used to prepare the shards (for reports)
+  int64_t seq_len = 128;       // T
+};
+
+struct TrainConfig {
+  int64_t batch_size = 16;  // sequences per micro-batch
+  int64_t grad_accum = 1;   // micro-batches per optimizer step
+  int64_t steps = 1000;
+  double lr = 1e-3;
+  std::string schedule = "linear";  // linear | cosine | constant (after warmup)
+  int64_t warmup_steps = 0;
+  double warmup_ratio = 0.0;  // alternative to warmup_steps: a fraction of train.steps
+  double min_lr_ratio = 0.0;  // final lr = lr * min_lr_ratio
+  double weight_decay = 0.0;
+  std::string wd_exclude = "bias_norm";  // bias_norm: no decay on biases / norm gains | none
+  double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
+  double grad_clip = 1.0;  // max global gradient norm; 0 disables
+  std::string nonfinite = "stop";  // stop | skip: policy for a NaN/Inf loss or gradient
+  int64_t max_skipped = 10;        // with nonfinite=skip, stop after this many skipped steps
+  int64_t seed = 1234;
+  int64_t eval_every = 200;   // 0: only at the end
+  int64_t eval_batches = 20;  // 0: the whole validation shard
+  int64_t log_every = 10;
+  int64_t ckpt_every = 0;        // 0: only at the end
+  int64_t keep_checkpoints = 2;  // newest checkpoints kept (the final one is always kept)
+  bool resume = false;           // continue from the run directory's latest checkpoint
+  std::string device = "cpu";    // cpu | cuda
+  int64_t threads = 0;           // CPU threads; 0 = all cores
+};
+
+struct RunConfig {
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  std::string name = "run";  // run.name: default run directory is runs/<name>
+  std::string dir = "";      // run.dir: overrides runs/<name>
+
+  RunConfig();
+  RunConfig(const RunConfig&) = delete;  // the registry points into this object
+  RunConfig& operator=(const RunConfig&) = delete;
+
+  ConfigRegistry& registry() { return reg_; }
+  const ConfigRegistry& registry() const { return reg_; }
+
+  // Loads a preset name (configs/NAME.yaml) or a YAML path, then overrides; validates.
+  void load(const std::string& preset_or_yaml, const std::vector<std::string>& overrides);
+  // Cross-field validation; errors name the keys and the fix.
+  void validate() const;
+  std::string run_dir() const;
+  int64_t warmup() const;  // resolved warmup steps
+
+ private:
+  ConfigRegistry reg_;
+};
+
+// configs/NAME.yaml for a preset name, or the path itself for a .yaml path.
+std::string resolve_preset(const std::string& name_or_path);
+std::vector<std::string> list_presets();
+
+}  // namespace oft

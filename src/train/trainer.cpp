@@ -1,0 +1,254 @@
+// Training loop and evaluation (see trainer.h).
+#include "train/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+#include "data/loader.h"
+#include "io/atomic_file.h"
+#include "io/metrics.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace fs = std::filesystem;
+
+namespace oft {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string fmt_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  char buf[32];
+  const long t = static_cast<long>(s + 0.5);
+  if (t >= 3600)
+    std::snprintf(buf, sizeof(buf), "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+  else
+    std::snprintf(buf, sizeof(buf), "%ld:%02ld", t / 60, t % 60);
+  return buf;
+}
+
+std::shared_ptr<const Shard> open_shard(const std::string& path, const char* key) {
+  OFT_CHECK(fs::exists(path), key, "=", path, ": shard not found; create it with "
+                                              "`oft data prepare` (see README)");
+  return std::make_shared<const Shard>(Shard::open(path));
+}
+
+Device parse_device(const std::string& d) {
+  if (d == "cuda") {
+    OFT_CHECK(ops::cuda_available(), "train.device=cuda: no usable CUDA device in this build or "
+                                     "machine; use train.device=cpu");
+    return Device::CUDA;
+  }
+  return Device::CPU;
+}
+
+}  // namespace
+
+void set_cpu_threads(int64_t threads) {
+  // 0 = OMP_NUM_THREADS when set, else every core.
+  const int n = threads > 0 ? static_cast<int>(threads)
+                            : (std::getenv("OMP_NUM_THREADS") ? omp_get_max_threads()
+                                                              : omp_get_num_procs());
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, int64_t B, int64_t T,
+                    int64_t max_batches) {
+  LoaderOptions lo;
+  lo.batch_size = static_cast<size_t>(B);
+  lo.seq_len = static_cast<size_t>(T);
+  lo.mode = LoaderMode::Eval;
+  TokenLoader loader(val, lo);
+  int64_t n = static_cast<int64_t>(loader.batches_per_epoch());
+  if (n == 0) {
+    // A validation shard smaller than one batch: evaluate it as one shorter batch.
+    lo.batch_size = std::max<size_t>(1, loader.num_windows());
+    loader = TokenLoader(val, lo);
+    n = 1;
+    B = static_cast<int64_t>(lo.batch_size);
+  }
+  if (max_batches > 0) n = std::min(n, max_batches);
+  Tensor in = Tensor::empty({B, T}, DType::I32), tg = Tensor::empty({B, T}, DType::I32);
+  double sum = 0;
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    loader.next_batch(in.data<int32_t>(), tg.data<int32_t>());
+    const double l = model.forward(in.to(model.device()), tg.to(model.device()));
+    sum += l * double(model.counted_targets());
+    count += model.counted_targets();
+  }
+  EvalResult r;
+  r.tokens = count;
+  r.loss = count ? sum / double(count) : 0.0;
+  r.ppl = std::exp(r.loss);
+  return r;
+}
+
+std::unique_ptr<TransformerLM> load_model_from_checkpoint(
+    const std::string& ckpt_dir, RunConfig& cfg, const std::vector<std::string>& overrides) {
+  const nlohmann::json state = read_checkpoint_state(ckpt_dir);
+  OFT_CHECK(state.contains("config") && state["config"].is_object(), ckpt_dir,
+            "/state.json: no config recorded");
+  for (const auto& [k, v] : state["config"].items())
+    cfg.registry().set(k, v.is_string() ? v.get<std::string>() : v.dump(), ckpt_dir + "/state.json");
+  cfg.registry().apply_overrides(overrides);
+  cfg.validate();
+  set_cpu_threads(cfg.train.threads);
+  auto model = std::make_unique<TransformerLM>(cfg.model, DType::F32, parse_device(cfg.train.device));
+  load_model_weights(ckpt_dir, *model);
+  return model;
+}
+
+TrainResult train(RunConfig& cfg, bool quiet) {
+  set_cpu_threads(cfg.train.threads);
+  const TrainConfig& tc = cfg.train;
+  const int64_t B = tc.batch_size, T = cfg.data.seq_len;
+  auto train_shard = open_shard(cfg.data.train, "data.train");
+  auto val_shard = open_shard(cfg.data.val, "data.val");
+  OFT_CHECK(train_shard->vocab_size() == val_shard->vocab_size(), "data.train (vocabulary ",
+            train_shard->vocab_size(), ") and data.val (vocabulary ", val_shard->vocab_size(),
+            ") were made with different tokenizers: prepare both with the same one");
+  if (cfg.model.vocab_size == 0) cfg.model.vocab_size = train_shard->vocab_size();
+  OFT_CHECK(cfg.model.vocab_size >= train_shard->vocab_size(), "model.vocab_size=",
+            cfg.model.vocab_size, " is smaller than the shard vocabulary ",
+            train_shard->vocab_size(), " of ", cfg.data.train, ": raise it or set it to 0");
+
+  const std::string run_dir = cfg.run_dir();
+  fs::create_directories(run_dir);
+  const Device device = parse_device(tc.device);
+  TransformerLM model(cfg.model, DType::F32, device);
+  AdamW opt(model.params(), tc);
+
+  LoaderOptions lo;
+  lo.batch_size = static_cast<size_t>(B);
+  lo.seq_len = static_cast<size_t>(T);
+  lo.seed = static_cast<uint64_t>(tc.seed);
+  TokenLoader loader(train_shard, lo);
+
+  int64_t start_step = 0, skipped = 0;
+  double tokens_seen = 0;
+  if (tc.resume) {
+    const std::string ckpt = find_checkpoint(run_dir);
+    const nlohmann::json st = read_checkpoint_state(ckpt);
+    load_model_weights(ckpt, model);
+    load_optimizer_state(ckpt, opt);
+    start_step = st.at("step").get<int64_t>();
+    opt.set_steps_taken(start_step);
+    loader.set_state(LoaderState::from_json(st.at("loader")));
+    skipped = st.value("skipped_steps", int64_t(0));
+    tokens_seen = st.value("tokens_seen", 0.0);
+    OFT_CHECK(start_step <= tc.steps, "train.resume: the checkpoint is at step ", start_step,
+              " but train.steps=", tc.steps, ": raise train.steps to continue");
+    if (!quiet) std::fprintf(stderr, "resumed from %s (step %lld)\n", ckpt.c_str(), (long long)start_step);
+  } else {
+    OFT_CHECK(!fs::exists(fs::path(run_dir) / "checkpoints" / "latest"), run_dir,
+              " already holds checkpoints: pass train.resume=true to continue it, or choose "
+              "another run.name / --run-dir");
+    model.init_weights(static_cast<uint64_t>(tc.seed));
+  }
+  write_file_atomic((fs::path(run_dir) / "config.yaml").string(), cfg.registry().to_yaml());
+  MetricsWriter metrics((fs::path(run_dir) / "metrics.jsonl").string(),
+                        tc.resume ? start_step : -1);
+
+  const int64_t warmup = cfg.warmup();
+  const int64_t tokens_per_step = B * T * tc.grad_accum;
+  if (!quiet)
+    std::fprintf(stderr,
+                 "oft train: %s | %lld params | %lld layers x %lld wide | %lld tokens/step | "
+                 "device %s | run dir %s\n",
+                 cfg.name.c_str(), (long long)model.params().numel(), (long long)cfg.model.n_layer,
+                 (long long)cfg.model.d_model, (long long)tokens_per_step, tc.device.c_str(),
+                 run_dir.c_str());
+
+  TrainResult result;
+  result.run_dir = run_dir;
+  auto do_eval = [&](int64_t step) {
+    EvalResult e = evaluate(model, val_shard, B, T, tc.eval_batches);
+    metrics.write({{"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_tokens", e.tokens}});
+    if (!quiet)
+      std::fprintf(stderr, "step %lld | val loss %.4f | val ppl %.2f\n", (long long)step, e.loss, e.ppl);
+    return e;
+  };
+  auto checkpoint_state = [&]() {
+    nlohmann::json st;
+    st["config"] = cfg.registry().to_json();
+    st["loader"] = loader.state().to_json();
+    st["skipped_steps"] = skipped;
+    st["tokens_seen"] = tokens_seen;
+    return st;
+  };
+  if (start_step == 0) result.initial_val = do_eval(0);
+
+  Tensor in = Tensor::empty({B, T}, DType::I32), tg = Tensor::empty({B, T}, DType::I32);
+  const auto t0 = Clock::now();
+  auto t_log = t0;
+  int64_t tokens_since_log = 0;
+  for (int64_t step = start_step; step < tc.steps; ++step) {
+    model.params().zero_grad();
+    double loss = 0;
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      loader.next_batch(in.data<int32_t>(), tg.data<int32_t>());
+      loss += model.forward(in.to(device), tg.to(device)) / double(tc.grad_accum);
+      model.backward(1.0 / double(tc.grad_accum));
+    }
+    const double gnorm = opt.grad_norm();
+    const double lr = learning_rate(tc, warmup, step);
+    tokens_seen += double(tokens_per_step);
+    tokens_since_log += tokens_per_step;
+    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+      const std::string what = !std::isfinite(loss) ? "loss" : "gradient norm";
+      OFT_CHECK(tc.nonfinite == "skip", "step ", step + 1, ": ", what,
+                " is not finite; stopping (train.nonfinite=stop). Lower train.lr, raise "
+                "train.warmup_steps, or set train.nonfinite=skip");
+      ++skipped;
+      metrics.write({{"step", step + 1}, {"skipped", true}, {"reason", "nonfinite " + what}});
+      OFT_CHECK(skipped <= tc.max_skipped, "step ", step + 1, ": ", skipped,
+                " steps skipped for non-finite values (train.max_skipped=", tc.max_skipped,
+                "): the run is diverging; lower train.lr");
+      opt.set_steps_taken(opt.steps_taken() + 1);
+      continue;
+    }
+    const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
+    opt.step(lr, clip);
+    result.train_loss = loss;
+    const int64_t done = step + 1;
+    if (done % tc.log_every == 0 || done == tc.steps || step == start_step) {
+      const auto now = Clock::now();
+      const double dt = std::chrono::duration<double>(now - t_log).count();
+      const double tps = dt > 0 ? tokens_since_log / dt : 0;
+      const double elapsed = std::chrono::duration<double>(now - t0).count();
+      const double eta = elapsed / double(done - start_step) * double(tc.steps - done);
+      metrics.write({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm},
+                     {"tokens", tokens_seen}, {"tokens_per_s", tps}, {"elapsed_s", elapsed}});
+      if (!quiet)
+        std::fprintf(stderr, "step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %.1fk tok/s | ETA %s\n",
+                     (long long)done, (long long)tc.steps, loss, lr, gnorm, tps / 1e3,
+                     fmt_duration(eta).c_str());
+      t_log = now;
+      tokens_since_log = 0;
+    }
+    const bool last = done == tc.steps;
+    if ((tc.eval_every > 0 && done % tc.eval_every == 0) || last) result.final_val = do_eval(done);
+    if ((tc.ckpt_every > 0 && done % tc.ckpt_every == 0) || last) {
+      const std::string p = save_checkpoint(run_dir, done, model, &opt, checkpoint_state(), tc.keep_checkpoints);
+      if (!quiet) std::fprintf(stderr, "checkpoint %s\n", p.c_str());
+    }
+  }
+  if (start_step == tc.steps) result.final_val = do_eval(start_step);
+  const double total = std::chrono::duration<double>(Clock::now() - t0).count();
+  result.steps = tc.steps;
+  result.tokens_per_s = total > 0 ? double(tokens_per_step) * double(tc.steps - start_step) / total : 0;
+  return result;
+}
+
+}  // namespace oft

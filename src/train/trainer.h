@@ -1,0 +1,44 @@
+// The training loop of `oft train` and the evaluation of `oft eval`: data loading, gradient
+// accumulation, clipping, AdamW, schedules, non-finite detection, periodic evaluation,
+// progress lines, metrics.jsonl and checkpoints (with bit-exact resume).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "data/shard.h"
+#include "model/transformer.h"
+#include "train/run_config.h"
+
+namespace oft {
+
+struct EvalResult {
+  double loss = 0;  // mean cross-entropy per predicted token (nats)
+  double ppl = 0;   // exp(loss)
+  int64_t tokens = 0;
+};
+
+struct TrainResult {
+  std::string run_dir;
+  int64_t steps = 0;
+  double train_loss = 0;  // mean loss of the last optimizer step
+  EvalResult initial_val, final_val;
+  double tokens_per_s = 0;
+};
+
+// Mean validation loss over `max_batches` sequential batches (0 = the whole shard).
+EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, int64_t batch_size,
+                    int64_t seq_len, int64_t max_batches);
+
+// Sets OpenMP / OpenBLAS threads (0 = all cores).
+void set_cpu_threads(int64_t threads);
+
+// Trains per `cfg`; `quiet` suppresses the progress lines.
+TrainResult train(RunConfig& cfg, bool quiet = false);
+
+// Builds the model a checkpoint's config describes and loads its weights.
+std::unique_ptr<TransformerLM> load_model_from_checkpoint(const std::string& ckpt_dir,
+                                                          RunConfig& cfg_out,
+                                                          const std::vector<std::string>& overrides);
+
+}  // namespace oft

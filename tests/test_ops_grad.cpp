@@ -1,0 +1,194 @@
+// fp64 finite-difference gradient checks of every CPU op (tolerances in gradcheck.h).
+#include <gtest/gtest.h>
+
+#include "gradcheck.h"
+#include "model/layers.h"
+#include "ops/ops.h"
+
+using namespace oft;
+using namespace oft::testing;
+
+namespace {
+ops::Backend& cpu() { return ops::cpu_backend(); }
+}  // namespace
+
+TEST(OpGrad, MatmulAllTransposes) {
+  Rng rng(1);
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      const int64_t M = 3, K = 4, N = 5;
+      Tensor A = randn(ta ? Shape{K, M} : Shape{M, K}, rng);
+      Tensor B = randn(tb ? Shape{N, K} : Shape{K, N}, rng);
+      Tensor R = randn({M, N}, rng), C = Tensor::zeros({M, N}, DType::F64);
+      auto loss = [&] {
+        cpu().matmul(C, A, ta, B, tb, 1.0, 0.0);
+        return dot(C, R);
+      };
+      // dA = R B^T (or its transpose), dB = A^T R: computed with the op itself.
+      Tensor dA = Tensor::zeros(A.shape(), DType::F64), dB = Tensor::zeros(B.shape(), DType::F64);
+      if (!ta) cpu().matmul(dA, R, false, B, !tb, 1, 0); else cpu().matmul(dA, B, tb, R, true, 1, 0);
+      if (!tb) cpu().matmul(dB, A, !ta, R, false, 1, 0); else cpu().matmul(dB, R, true, A, ta, 1, 0);
+      expect_grad("dA", A, dA, loss);
+      expect_grad("dB", B, dB, loss);
+    }
+}
+
+TEST(OpGrad, LinearWithBias) {
+  Rng rng(2);
+  ParamStore ps;
+  Linear lin(ps, "lin", 6, 4, true, DType::F64, Device::CPU);
+  lin.w.copy_from(randn({4, 6}, rng));
+  lin.b.copy_from(randn({4}, rng));
+  Tensor x = randn({5, 6}, rng), R = randn({5, 4}, rng), y = Tensor::zeros({5, 4}, DType::F64);
+  auto loss = [&] {
+    lin.forward(y, x);
+    return dot(y, R);
+  };
+  Tensor dx = Tensor::zeros({5, 6}, DType::F64);
+  lin.backward(dx, R, x, false);
+  expect_grad("dx", x, dx, loss);
+  expect_grad("dW", lin.w, lin.dw, loss);
+  expect_grad("db", lin.b, lin.db, loss);
+}
+
+class NormGrad : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(NormGrad, InputAndParams) {
+  Rng rng(3);
+  ParamStore ps;
+  const int64_t N = 4, C = 7;
+  Norm norm(ps, "n", C, parse_norm(GetParam()), 1e-5, true, DType::F64, Device::CPU);
+  if (norm.w.defined()) norm.w.copy_from(randn({C}, rng, 0.5));
+  if (norm.b.defined()) norm.b.copy_from(randn({C}, rng, 0.5));
+  Tensor x = randn({N, C}, rng, 2.0), R = randn({N, C}, rng);
+  NormSaved s;
+  auto loss = [&] {
+    norm.forward(s, x);
+    return dot(s.out, R);
+  };
+  loss();
+  // Accumulate into a non-zero dx to check the accumulate path too.
+  Tensor base = randn({N, C}, rng);
+  Tensor dx = base.clone();
+  norm.backward(dx, R, x, s, true);
+  ops::cpu_backend().axpy(dx, base, -1.0);
+  expect_grad("dx", x, dx, loss);
+  if (norm.w.defined()) expect_grad("dw", norm.w, norm.dw, loss);
+  if (norm.b.defined()) expect_grad("db", norm.b, norm.db, loss);
+}
+INSTANTIATE_TEST_SUITE_P(All, NormGrad, ::testing::Values("layernorm", "rmsnorm", "none"));
+
+class ActGrad : public ::testing::TestWithParam<std::string> {};
+TEST_P(ActGrad, Input) {
+  Rng rng(4);
+  Tensor x = randn({40}, rng, 2.0), R = randn({40}, rng), y = Tensor::zeros({40}, DType::F64);
+  // Keep ReLU inputs away from the kink at 0.
+  for (int64_t i = 0; i < 40; ++i)
+    if (std::fabs(x.data<double>()[i]) < 1e-3) x.data<double>()[i] = 0.5;
+  const auto a = ops::parse_activation(GetParam());
+  auto loss = [&] {
+    cpu().activation_fwd(y, x, a);
+    return dot(y, R);
+  };
+  Tensor dx = Tensor::zeros({40}, DType::F64);
+  cpu().activation_bwd(dx, R, x, a);
+  expect_grad("dx", x, dx, loss);
+}
+INSTANTIATE_TEST_SUITE_P(All, ActGrad, ::testing::Values("relu", "gelu", "gelu_erf"));
+
+TEST(OpGrad, Embedding) {
+  Rng rng(5);
+  const int64_t B = 2, T = 3, V = 5, C = 4, P = 6;
+  Tensor tok = Tensor::from_vector({B * T}, {1, 4, 1, 0, 2, 1}, DType::I32);
+  Tensor wte = randn({V, C}, rng), wpe = randn({P, C}, rng), R = randn({B * T, C}, rng);
+  Tensor out = Tensor::zeros({B * T, C}, DType::F64);
+  auto loss = [&] {
+    cpu().embedding_fwd(out, tok, wte, wpe, T, 2);
+    return dot(out, R);
+  };
+  Tensor dwte = Tensor::zeros({V, C}, DType::F64), dwpe = Tensor::zeros({P, C}, DType::F64);
+  cpu().embedding_bwd(dwte, dwpe, R, tok, T, 2);
+  expect_grad("dwte", wte, dwte, loss);
+  expect_grad("dwpe", wpe, dwpe, loss);
+}
+
+TEST(OpGrad, CrossEntropyWithIgnoredRows) {
+  Rng rng(6);
+  const int64_t N = 5, V = 7;
+  Tensor logits = randn({N, V}, rng, 2.0);
+  Tensor tg = Tensor::from_vector({N}, {3, -1, 0, 6, 2}, DType::I32);
+  Tensor losses = Tensor::zeros({N}, DType::F64);
+  auto loss = [&] {
+    cpu().cross_entropy_fwd(losses, logits, tg);
+    double s = 0;
+    for (double v : losses.to_vector()) s += v;
+    return s * 0.7;
+  };
+  loss();
+  EXPECT_EQ(losses.data<double>()[1], 0.0);
+  Tensor d = Tensor::zeros({N, V}, DType::F64);
+  cpu().cross_entropy_bwd(d, logits, tg, 0.7);
+  expect_grad("dlogits", logits, d, loss);
+}
+
+struct AttnCase {
+  const char* name;
+  ops::ProbFn prob;
+  double gamma, zeta;
+  bool causal, masked;
+};
+
+class AttnGrad : public ::testing::TestWithParam<AttnCase> {};
+
+TEST_P(AttnGrad, QKV) {
+  const AttnCase& c = GetParam();
+  Rng rng(7);
+  const int64_t B = 2, T = 5, H = 2, D = 3, C = H * D;
+  ops::AttentionSpec spec{static_cast<int>(H), c.causal, c.prob, c.gamma, c.zeta};
+  Tensor qkv = randn({B * T, 3 * C}, rng, 1.5), R = randn({B * T, C}, rng);
+  Tensor mask;
+  if (c.masked) mask = Tensor::from_vector({B * T}, {1, 1, 1, 0, 0, 1, 0, 1, 1, 1}, DType::I32);
+  Tensor out = Tensor::zeros({B * T, C}, DType::F64), saved;
+  auto loss = [&] {
+    cpu().attention_fwd(out, saved, qkv, mask, B, T, spec);
+    return dot(out, R);
+  };
+  loss();
+  Tensor dqkv = Tensor::zeros({B * T, 3 * C}, DType::F64);
+  cpu().attention_bwd(dqkv, R, qkv, saved, mask, B, T, spec);
+  expect_grad("dqkv", qkv, dqkv, loss, 200);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, AttnGrad,
+    ::testing::Values(AttnCase{"softmax_causal", ops::ProbFn::Softmax, 0, 1, true, false},
+                      AttnCase{"softmax_bidir_masked", ops::ProbFn::Softmax, 0, 1, false, true},
+                      AttnCase{"clipped_causal", ops::ProbFn::Clipped, -0.1, 1.1, true, false},
+                      AttnCase{"clipped_masked", ops::ProbFn::Clipped, -0.05, 1.0, false, true},
+                      AttnCase{"softmax1_causal", ops::ProbFn::Softmax1, 0, 1, true, false},
+                      AttnCase{"softmax1_masked", ops::ProbFn::Softmax1, 0, 1, false, true}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(OpGrad, ClippedSoftmaxWithZeroGammaEqualsSoftmax) {
+  Rng rng(8);
+  const int64_t B = 1, T = 6, C = 4;
+  Tensor qkv = randn({B * T, 3 * C}, rng);
+  Tensor o1 = Tensor::zeros({B * T, C}, DType::F64), o2 = o1.clone(), s1, s2;
+  cpu().attention_fwd(o1, s1, qkv, Tensor(), B, T, {2, true, ops::ProbFn::Softmax, 0, 1});
+  cpu().attention_fwd(o2, s2, qkv, Tensor(), B, T, {2, true, ops::ProbFn::Clipped, 0, 1});
+  EXPECT_EQ(o1.to_vector(), o2.to_vector());
+}
+
+TEST(OpGrad, AdamWMatchesClosedForm) {
+  // One step from zero moments: m = (1-b1) g, v = (1-b2) g^2, update = lr * g/|g| (bias corrected).
+  Tensor p = Tensor::from_vector({2}, {1.0, -2.0}, DType::F64);
+  Tensor g = Tensor::from_vector({2}, {0.5, -0.25}, DType::F64);
+  Tensor m = Tensor::zeros({2}, DType::F64), v = Tensor::zeros({2}, DType::F64);
+  ops::AdamWStep h;
+  h.lr = 0.1;
+  h.weight_decay = 0.01;
+  h.eps = 0;
+  cpu().adamw(p, g, m, v, h);
+  EXPECT_NEAR(p.data<double>()[0], 1.0 * (1 - 0.1 * 0.01) - 0.1, 1e-12);
+  EXPECT_NEAR(p.data<double>()[1], -2.0 * (1 - 0.1 * 0.01) + 0.1, 1e-12);
+}
