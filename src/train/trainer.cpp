@@ -62,6 +62,19 @@ void set_cpu_threads(int64_t threads) {
   openblas_set_num_threads(n);
 }
 
+bool NonFiniteGuard::skip_step(int64_t step, double loss, double grad_norm) {
+  if (std::isfinite(loss) && std::isfinite(grad_norm)) return false;
+  const std::string what = !std::isfinite(loss) ? "loss" : "gradient norm";
+  OFT_CHECK(skip_, "step ", step, ": ", what,
+            " is not finite; stopping (train.nonfinite=stop). Lower train.lr, raise "
+            "train.warmup_steps, or set train.nonfinite=skip");
+  ++skipped_;
+  OFT_CHECK(skipped_ <= max_, "step ", step, ": ", skipped_,
+            " steps skipped for non-finite values (train.max_skipped=", max_,
+            "): the run is diverging; lower train.lr");
+  return true;
+}
+
 EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, int64_t B, int64_t T,
                     int64_t max_batches) {
   LoaderOptions lo;
@@ -72,7 +85,7 @@ EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, int6
   int64_t n = static_cast<int64_t>(loader.batches_per_epoch());
   if (n == 0) {
     // A validation shard smaller than one batch: evaluate it as one shorter batch.
-    lo.batch_size = std::max<size_t>(1, loader.num_windows());
+    lo.batch_size = std::max<size_t>(1, loader.windows_per_epoch());
     loader = TokenLoader(val, lo);
     n = 1;
     B = static_cast<int64_t>(lo.batch_size);
@@ -156,6 +169,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
               "another run.name / --run-dir");
     model.init_weights(static_cast<uint64_t>(tc.seed));
   }
+  NonFiniteGuard guard(tc, skipped);
   write_file_atomic((fs::path(run_dir) / "config.yaml").string(), cfg.registry().to_yaml());
   MetricsWriter metrics((fs::path(run_dir) / "metrics.jsonl").string(),
                         tc.resume ? start_step : -1);
@@ -183,7 +197,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     nlohmann::json st;
     st["config"] = cfg.registry().to_json();
     st["loader"] = loader.state().to_json();
-    st["skipped_steps"] = skipped;
+    st["skipped_steps"] = guard.skipped();
     st["tokens_seen"] = tokens_seen;
     return st;
   };
@@ -205,16 +219,8 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     const double lr = learning_rate(tc, warmup, step);
     tokens_seen += double(tokens_per_step);
     tokens_since_log += tokens_per_step;
-    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
-      const std::string what = !std::isfinite(loss) ? "loss" : "gradient norm";
-      OFT_CHECK(tc.nonfinite == "skip", "step ", step + 1, ": ", what,
-                " is not finite; stopping (train.nonfinite=stop). Lower train.lr, raise "
-                "train.warmup_steps, or set train.nonfinite=skip");
-      ++skipped;
-      metrics.write({{"step", step + 1}, {"skipped", true}, {"reason", "nonfinite " + what}});
-      OFT_CHECK(skipped <= tc.max_skipped, "step ", step + 1, ": ", skipped,
-                " steps skipped for non-finite values (train.max_skipped=", tc.max_skipped,
-                "): the run is diverging; lower train.lr");
+    if (guard.skip_step(step + 1, loss, gnorm)) {
+      metrics.write({{"step", step + 1}, {"skipped", true}});
       opt.set_steps_taken(opt.steps_taken() + 1);
       continue;
     }
@@ -222,7 +228,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     opt.step(lr, clip);
     result.train_loss = loss;
     const int64_t done = step + 1;
-    if (done % tc.log_every == 0 || done == tc.steps || step == start_step) {
+    if (done % tc.log_every == 0 || done == tc.steps || done == 1) {
       const auto now = Clock::now();
       const double dt = std::chrono::duration<double>(now - t_log).count();
       const double tps = dt > 0 ? tokens_since_log / dt : 0;
@@ -238,10 +244,16 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       tokens_since_log = 0;
     }
     const bool last = done == tc.steps;
+    const bool stop = tc.stop_at > 0 && done == tc.stop_at;
     if ((tc.eval_every > 0 && done % tc.eval_every == 0) || last) result.final_val = do_eval(done);
-    if ((tc.ckpt_every > 0 && done % tc.ckpt_every == 0) || last) {
+    if ((tc.ckpt_every > 0 && done % tc.ckpt_every == 0) || last || stop) {
       const std::string p = save_checkpoint(run_dir, done, model, &opt, checkpoint_state(), tc.keep_checkpoints);
       if (!quiet) std::fprintf(stderr, "checkpoint %s\n", p.c_str());
+    }
+    if (stop) {
+      result.steps = done;
+      if (!quiet) std::fprintf(stderr, "stopping at step %lld (train.stop_at); continue with train.resume=true\n", (long long)done);
+      return result;
     }
   }
   if (start_step == tc.steps) result.final_val = do_eval(start_step);

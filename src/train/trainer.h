@@ -26,6 +26,21 @@ struct TrainResult {
   double tokens_per_s = 0;
 };
 
+// The train.nonfinite policy: a step whose loss or gradient norm is NaN/Inf either stops the
+// run (an oft::Error naming the step and the remedies) or is skipped, up to max_skipped times.
+class NonFiniteGuard {
+ public:
+  NonFiniteGuard(const TrainConfig& t, int64_t already_skipped)
+      : skip_(t.nonfinite == "skip"), max_(t.max_skipped), skipped_(already_skipped) {}
+  // True when the step must be skipped; throws when the policy says stop.
+  bool skip_step(int64_t step, double loss, double grad_norm);
+  int64_t skipped() const { return skipped_; }
+
+ private:
+  bool skip_;
+  int64_t max_, skipped_;
+};
+
 // Mean validation loss over `max_batches` sequential batches (0 = the whole shard).
 EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, int64_t batch_size,
                     int64_t seq_len, int64_t max_batches);

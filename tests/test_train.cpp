@@ -1,0 +1,201 @@
+// End-to-end training on the embedded corpus: the validation loss falls, checkpoints round-trip,
+// a split run resumes bit-exactly, and damaged checkpoints / runs are refused clearly.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/resources.h"
+#include "data/prepare.h"
+#include "data/tokenizer.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+using namespace oft;
+namespace fs = std::filesystem;
+
+namespace {
+
+class TrainTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = (fs::temp_directory_path() / ("oft_train_" + std::to_string(::getpid()))).string();
+    fs::create_directories(root_);
+    auto tok = load_tokenizer(resource_path("data/tokenizers/moby_sp2k/moby_sp2k.model"));
+    PrepareOptions po;
+    po.inputs = {resource_path("data/moby-dick/moby_dick.txt")};
+    po.out_dir = root_ + "/data";
+    po.max_bytes = 400000;
+    po.val_fraction = 0.1;
+    po.quiet = true;
+    prepare_corpus(po, *tok);
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  // A small model that trains in seconds.
+  static std::vector<std::string> small(const std::string& run) {
+    return {"model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.d_ff=256",
+            "model.max_seq_len=64", "data.seq_len=64", "data.train=" + root_ + "/data/train.bin",
+            "data.val=" + root_ + "/data/val.bin", "train.batch_size=8", "train.warmup_steps=4",
+            "train.eval_every=0", "train.eval_batches=4", "train.log_every=1",
+            "run.dir=" + root_ + "/" + run};
+  }
+  static std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  }
+  static std::vector<double> train_losses(const std::string& run) {
+    std::vector<double> r;
+    std::ifstream in(root_ + "/" + run + "/metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("loss")) r.push_back(j["loss"].get<double>());
+    }
+    return r;
+  }
+  static std::string error_of(const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  }
+  static inline std::string root_;
+};
+
+TEST_F(TrainTest, ValidationLossFallsWellBelowItsStart) {
+  RunConfig cfg;
+  cfg.load("tiny", with(small("falls"), {"train.steps=120", "train.lr=3e-3"}));
+  TrainResult r = train(cfg, true);
+  // Uniform guessing over 2048 pieces is ln(2048) = 7.62 nats.
+  EXPECT_NEAR(r.initial_val.loss, std::log(2048.0), 0.3);
+  EXPECT_LT(r.final_val.loss, r.initial_val.loss - 1.0)
+      << r.initial_val.loss << " -> " << r.final_val.loss;
+  EXPECT_TRUE(fs::exists(root_ + "/falls/config.yaml"));
+  EXPECT_EQ(train_losses("falls").size(), 120u);
+}
+
+TEST_F(TrainTest, SplitRunResumesBitExactly) {
+  const auto base = std::vector<std::string>{"train.steps=8", "train.grad_accum=2", "train.seed=7"};
+  {
+    RunConfig a;
+    a.load("tiny", with(small("straight"), base));
+    train(a, true);
+  }
+  {
+    RunConfig b;
+    b.load("tiny", with(small("split"), with(base, {"train.stop_at=4"})));
+    train(b, true);
+  }
+  EXPECT_EQ(train_losses("split").size(), 4u);
+  {
+    RunConfig b;
+    b.load("tiny", with(small("split"), with(base, {"train.resume=true"})));
+    train(b, true);
+  }
+  const auto la = train_losses("straight"), lb = train_losses("split");
+  ASSERT_EQ(la.size(), 8u);
+  EXPECT_EQ(la, lb);  // exact equality, not a tolerance
+  const std::string ca = find_checkpoint(root_ + "/straight"), cb = find_checkpoint(root_ + "/split");
+  EXPECT_EQ(crc32_file(ca + "/model.safetensors"), crc32_file(cb + "/model.safetensors"));
+  EXPECT_EQ(crc32_file(ca + "/optimizer.safetensors"), crc32_file(cb + "/optimizer.safetensors"));
+}
+
+TEST_F(TrainTest, CheckpointRoundTripGivesIdenticalModel) {
+  RunConfig cfg;
+  cfg.load("tiny", with(small("roundtrip"), {"train.steps=5"}));
+  train(cfg, true);
+  const std::string ckpt = find_checkpoint(root_ + "/roundtrip");
+  RunConfig c2;
+  auto model = load_model_from_checkpoint(ckpt, c2, {});
+  EXPECT_EQ(c2.model.n_layer, 2);
+  EXPECT_EQ(c2.model.vocab_size, 2048);
+  auto val = std::make_shared<const Shard>(Shard::open(c2.data.val));
+  auto m2 = load_model_from_checkpoint(ckpt, c2, {});
+  EXPECT_EQ(evaluate(*model, val, 4, 64, 2).loss, evaluate(*m2, val, 4, 64, 2).loss);
+  // The weights equal what the file holds, bit for bit.
+  std::vector<std::pair<std::string, Tensor>> w;
+  for (auto& p : model->params().all()) w.emplace_back(p.name, p.value);
+  EXPECT_EQ(crc32_hex(crc32_bytes(serialize_safetensors(w, {{"format", "oft"}, {"step", "5"}}).data(),
+                                  serialize_safetensors(w, {{"format", "oft"}, {"step", "5"}}).size())),
+            crc32_hex(crc32_file(ckpt + "/model.safetensors")));
+}
+
+TEST_F(TrainTest, DamagedCheckpointsAreRefused) {
+  RunConfig cfg;
+  cfg.load("tiny", with(small("damaged"), {"train.steps=2"}));
+  train(cfg, true);
+  const std::string ckpt = find_checkpoint(root_ + "/damaged");
+  const std::string model_file = ckpt + "/model.safetensors";
+  const std::string original = read_file(model_file);
+  // Truncated file.
+  write_file_atomic(model_file, original.substr(0, original.size() / 2));
+  EXPECT_NE(error_of([&] { read_checkpoint_state(ckpt); }).find("truncated or replaced"),
+            std::string::npos);
+  // Same size, one byte flipped.
+  std::string flipped = original;
+  flipped[flipped.size() - 3] ^= 0x5a;
+  write_file_atomic(model_file, flipped);
+  EXPECT_NE(error_of([&] { read_checkpoint_state(ckpt); }).find("checksum mismatch"),
+            std::string::npos);
+  write_file_atomic(model_file, original);
+  EXPECT_NO_THROW(read_checkpoint_state(ckpt));
+  // A model of another shape.
+  RunConfig other;
+  const std::string e = error_of([&] { load_model_from_checkpoint(ckpt, other, {"model.d_ff=128"}); });
+  EXPECT_NE(e.find("has shape [256, 64] but the model expects [128, 64]"), std::string::npos) << e;
+  // Broken state.json and a dangling `latest`.
+  write_file_atomic(ckpt + "/state.json", "{not json");
+  EXPECT_NE(error_of([&] { read_checkpoint_state(ckpt); }).find("not valid JSON"), std::string::npos);
+  write_file_atomic(root_ + "/damaged/checkpoints/latest", "step_99999999\n");
+  EXPECT_NE(error_of([&] { find_checkpoint(root_ + "/damaged"); }).find("missing or incomplete"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { find_checkpoint(root_ + "/nope"); }).find("no such run"), std::string::npos);
+}
+
+TEST_F(TrainTest, ExistingRunNeedsResumeAndMissingShardsAreExplained) {
+  RunConfig cfg;
+  cfg.load("tiny", with(small("exists"), {"train.steps=1"}));
+  train(cfg, true);
+  RunConfig again;
+  again.load("tiny", with(small("exists"), {"train.steps=1"}));
+  EXPECT_NE(error_of([&] { train(again, true); }).find("train.resume=true"), std::string::npos);
+  RunConfig missing;
+  missing.load("tiny", with(small("missing"), {"data.train=/nonexistent/train.bin"}));
+  const std::string e = error_of([&] { train(missing, true); });
+  EXPECT_NE(e.find("data.train=/nonexistent/train.bin"), std::string::npos) << e;
+  EXPECT_NE(e.find("oft data prepare"), std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(root_ + "/missing/checkpoints"));
+}
+
+TEST(NonFiniteGuard, StopsOrSkipsByPolicy) {
+  TrainConfig t;
+  t.nonfinite = "stop";
+  NonFiniteGuard stop(t, 0);
+  EXPECT_FALSE(stop.skip_step(1, 2.5, 1.0));
+  try {
+    stop.skip_step(7, std::nan(""), 1.0);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("step 7: loss is not finite"), std::string::npos) << e.what();
+  }
+  t.nonfinite = "skip";
+  t.max_skipped = 2;
+  NonFiniteGuard skip(t, 1);  // one already skipped before a resume
+  EXPECT_TRUE(skip.skip_step(3, 1.0, INFINITY));
+  EXPECT_EQ(skip.skipped(), 2);
+  try {
+    skip.skip_step(4, std::nan(""), 1.0);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.max_skipped=2"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
