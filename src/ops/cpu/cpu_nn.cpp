@@ -208,7 +208,7 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
         }
         double denom = 0;
         for (int64_t j = 0; j < T; ++j) {
-          s[j] = std::isinf(s[j]) ? 0.0 : std::exp(s[j] - mx);
+          s[j] = std::isinf(s[j]) ? 0.0 : double(std::exp(F(s[j] - mx)));
           denom += s[j];
         }
         // softmax1: exp(s_j) / (1 + sum exp(s)) = exp(s_j - m) / (exp(-m) + sum exp(s - m)).
@@ -302,11 +302,11 @@ void CpuBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const T
       }
       OFT_ASSERT(tg[n] < V, "target ", tg[n], " outside the vocabulary of ", V);
       const T* row = pl + n * V;
-      double mx = row[0];
-      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(row[v]));
+      T mx = row[0];
+      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
       double s = 0;
       for (int64_t v = 0; v < V; ++v) s += std::exp(row[v] - mx);
-      po[n] = T(mx + std::log(s) - row[tg[n]]);
+      po[n] = T(double(mx) + std::log(s) - double(row[tg[n]]));
     }
   });
 }
@@ -326,13 +326,16 @@ void CpuBackend::cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const 
         continue;
       }
       const T* row = pl + n * V;
-      double mx = row[0];
-      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, double(row[v]));
+      T mx = row[0];
+      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
       double s = 0;
-      for (int64_t v = 0; v < V; ++v) s += std::exp(row[v] - mx);
-      const double inv = 1.0 / s;
-      for (int64_t v = 0; v < V; ++v)
-        drow[v] = T(scale * (std::exp(row[v] - mx) * inv - (v == tg[n] ? 1.0 : 0.0)));
+      for (int64_t v = 0; v < V; ++v) {
+        drow[v] = std::exp(row[v] - mx);
+        s += drow[v];
+      }
+      const T k = T(scale / s);
+      for (int64_t v = 0; v < V; ++v) drow[v] *= k;
+      drow[tg[n]] -= T(scale);
     }
   });
 }

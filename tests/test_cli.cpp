@@ -1,0 +1,103 @@
+// The `oft` command line on bad input: each mistake gives exit status 1 and a single
+// "oft: error: ..." line naming the file or key, never a crash, and leaves no files behind.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct CmdResult {
+  int status = -1;
+  std::string out;  // stdout and stderr together
+};
+
+CmdResult oft(const std::string& args) {
+  const std::string cmd = std::string(OFT_BINARY) + " " + args + " 2>&1";
+  CmdResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("oft_cli_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  // Expects exit 1 with one error line containing every fragment.
+  void expect_error(const std::string& args, const std::vector<std::string>& fragments) {
+    const CmdResult r = oft(args);
+    EXPECT_EQ(r.status, 1) << args << "\n" << r.out;
+    EXPECT_EQ(r.out.rfind("oft: error: ", 0), 0u) << args << "\n" << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << args << "\n" << r.out;
+    for (const auto& f : fragments) EXPECT_NE(r.out.find(f), std::string::npos) << f << "\n" << r.out;
+  }
+  fs::path dir_;
+};
+
+TEST_F(Cli, TokenizerEncodeHappyPath) {
+  const CmdResult r = oft("tokenizer encode 'Hello world'");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(r.out, "15496 995 \n");
+}
+
+TEST_F(Cli, BadConfigValues) {
+  expect_error("train tinny", {"unknown preset 'tinny'", "opt_125m"});
+  expect_error("train tiny model.n_layer=0", {"model.n_layer", "[1, 1024]"});
+  expect_error("train tiny train.lr=-1", {"train.lr"});
+  expect_error("train tiny model.n_head=3", {"model.n_head=3", "d_model=128"});
+  expect_error("train tiny data.seq_len=512", {"model.max_seq_len=128"});
+  expect_error("train tiny model.depth=3", {"unknown config key 'model.depth'", "model.n_layer"});
+  const fs::path y = dir_ / "broken.yaml";
+  std::ofstream(y) << "model: {n_layer: [\n";
+  expect_error("train " + y.string(), {y.string(), "malformed YAML"});
+}
+
+TEST_F(Cli, MissingAndDamagedData) {
+  const std::string run = (dir_ / "run").string();
+  expect_error("train tiny data.train=/nonexistent/train.bin --run-dir " + run,
+               {"data.train=/nonexistent/train.bin", "oft data prepare"});
+  EXPECT_FALSE(fs::exists(run));
+  const fs::path bad = dir_ / "bad.bin";
+  std::ofstream(bad) << std::string(100, 'x');
+  expect_error("train tiny data.train=" + bad.string() + " --run-dir " + run,
+               {bad.string(), "wrong magic"});
+  EXPECT_FALSE(fs::exists(run));
+}
+
+TEST_F(Cli, BadPrepareInputs) {
+  const std::string out = (dir_ / "out").string();
+  expect_error("data prepare '/nonexistent/*.txt' -q -o " + out, {"/nonexistent/*.txt"});
+  const fs::path empty = dir_ / "empty.txt";
+  std::ofstream(empty) << "   \n";
+  expect_error("data prepare " + empty.string() + " -q -o " + out, {"empty"});
+  EXPECT_FALSE(fs::exists(dir_ / "out" / "train.bin"));
+  expect_error("data prepare " + empty.string() + " -q --val-fraction 0.9 -o " + out,
+               {"val_fraction"});
+}
+
+TEST_F(Cli, BadTokenizerAndCheckpointPaths) {
+  expect_error("tokenizer encode -t /nonexistent/x.model hi", {"/nonexistent/x.model"});
+  const fs::path junk = dir_ / "junk.model";
+  std::ofstream(junk) << "not a model";
+  expect_error("tokenizer encode -t " + junk.string() + " hi", {junk.string()});
+  expect_error("eval /nonexistent/run", {"/nonexistent/run"});
+  expect_error("eval " + dir_.string(), {"no checkpoint found"});
+}
+
+}  // namespace
