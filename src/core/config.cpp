@@ -16,11 +16,11 @@
 namespace oft {
 
 namespace {
+// Shortest text that reads back as exactly `v`.
 std::string fmt_double(double v) {
-  std::ostringstream os;
-  os.precision(17);
-  os << v;
-  std::string s = os.str();
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
+  std::string s(buf, end);
   // Keep floats recognisable as floats in YAML/JSON output.
   if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
   return s;
