@@ -38,6 +38,9 @@ struct SentencePieceTrainOptions {
   std::string model_type = "bpe";  // bpe | unigram
   double character_coverage = 1.0;
   int64_t max_sentences = 2000000;
+  // Unseen characters become UTF-8 byte pieces instead of <unk> (lossless encoding); costs 256
+  // pieces, so vocab_size must exceed 256 + the number of distinct characters + 4.
+  bool byte_fallback = true;
 };
 void train_sentencepiece(const SentencePieceTrainOptions& opt);
 

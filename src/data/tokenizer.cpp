@@ -1,0 +1,66 @@
+// load_tokenizer(): turns a tokenizer spec string into a Tokenizer (see tokenizer.h).
+// Accepted specs:
+//   gpt2                      the shipped GPT-2 BPE assets (data/tokenizers/gpt2)
+//   <dir>                     a directory holding encoder.json + vocab.bpe (GPT-2 format)
+//   gpt2-bpe:<dir>            the same, explicitly (what such a tokenizer's name() returns)
+//   <path>.model              a SentencePiece model
+//   sentencepiece:<path>      the same, explicitly (what SentencePieceTokenizer::name() returns)
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/resources.h"
+#include "data/gpt2_bpe.h"
+#include "data/sentencepiece_tokenizer.h"
+#include "data/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace oft {
+
+namespace {
+
+constexpr const char* kAcceptedForms =
+    "accepted forms: \"gpt2\" (shipped GPT-2 BPE), a directory holding encoder.json and "
+    "vocab.bpe, \"gpt2-bpe:<dir>\", a path ending in .model (SentencePiece) or "
+    "\"sentencepiece:<path>\"";
+
+bool starts_with(const std::string& s, std::string_view prefix) {
+  return s.size() >= prefix.size() && std::string_view(s).substr(0, prefix.size()) == prefix;
+}
+
+std::unique_ptr<Tokenizer> load_bpe_dir(const std::string& dir) {
+  std::error_code ec;
+  OFT_CHECK(fs::is_directory(dir, ec), "tokenizer directory ", dir,
+            " does not exist; fix the path (", kAcceptedForms, ")");
+  const std::string enc = (fs::path(dir) / "encoder.json").string();
+  const std::string bpe = (fs::path(dir) / "vocab.bpe").string();
+  OFT_CHECK(fs::is_regular_file(enc, ec), "tokenizer directory ", dir, " has no encoder.json (",
+            enc, " is missing); a GPT-2 BPE directory needs encoder.json and vocab.bpe");
+  OFT_CHECK(fs::is_regular_file(bpe, ec), "tokenizer directory ", dir, " has no vocab.bpe (", bpe,
+            " is missing); a GPT-2 BPE directory needs encoder.json and vocab.bpe");
+  fs::path abs = fs::weakly_canonical(fs::absolute(dir), ec);
+  const std::string name = "gpt2-bpe:" + (ec ? dir : abs.string());
+  return std::make_unique<Gpt2BpeTokenizer>(enc, bpe, name);
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
+  OFT_CHECK(!spec.empty(), "tokenizer spec is empty; ", kAcceptedForms);
+  if (spec == "gpt2") {
+    return std::make_unique<Gpt2BpeTokenizer>(
+        resource_path("data/tokenizers/gpt2/encoder.json"),
+        resource_path("data/tokenizers/gpt2/vocab.bpe"), "gpt2");
+  }
+  if (starts_with(spec, "gpt2-bpe:")) return load_bpe_dir(spec.substr(9));
+  if (starts_with(spec, "sentencepiece:"))
+    return std::make_unique<SentencePieceTokenizer>(spec.substr(14));
+  if (fs::path(spec).extension() == ".model") return std::make_unique<SentencePieceTokenizer>(spec);
+  std::error_code ec;
+  if (fs::is_directory(spec, ec)) return load_bpe_dir(spec);
+  if (fs::exists(spec, ec))
+    fail("tokenizer spec ", spec, " is a file but not a SentencePiece .model; ", kAcceptedForms);
+  fail("unknown tokenizer spec \"", spec, "\" (no such file or directory); ", kAcceptedForms);
+}
+
+}  // namespace oft
