@@ -17,8 +17,9 @@
 
 namespace oft::ops {
 
-enum class Activation { ReLU, GELU_Tanh, GELU_Erf };
-Activation parse_activation(const std::string& s);  // relu | gelu | gelu_tanh | gelu_erf
+enum class Activation { ReLU, GELU_Tanh, GELU_Erf, Sigmoid };
+// relu | gelu (= gelu_tanh, gelu_new) | gelu_erf | sigmoid
+Activation parse_activation(const std::string& s);
 
 // How attention scores become probabilities (REFERENCE.md §1).
 enum class ProbFn { Softmax, Clipped, Softmax1 };
@@ -49,6 +50,7 @@ class Backend {
   virtual void axpy(Tensor& y, const Tensor& x, double alpha) = 0;          // y += alpha * x
   virtual void scale(Tensor& x, double s) = 0;                              // x *= s
   virtual double sum_squares(const Tensor& x) = 0;                          // sum x^2 (f64)
+  virtual double dot(const Tensor& a, const Tensor& b) = 0;                 // sum a*b (f64)
 
   // ---- matrix products ----
   // C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C; op(X) = X^T when trans.
@@ -92,6 +94,32 @@ class Backend {
                              const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T,
                              const AttentionSpec& spec) = 0;
 
+  // ---- per-head pieces of attention variants (gates, QK-norm) ----
+  // G independent linear maps ("grouped"): for each group g,
+  //   y[n, g*O:(g+1)*O] = x[n, g*I:(g+1)*I] @ w[g]^T + b[g*O:(g+1)*O];  w: [G, O, I], b: [G*O].
+  virtual void grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w,
+                                  const Tensor& b) = 0;
+  virtual void grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
+                                  const Tensor& x, const Tensor& w, bool accumulate_dx) = 0;
+  // Per-head gating: out[n, h*D + d] = x[n, h*D + d] * gate[n / rows_per_gate, h].
+  // gate is [N / rows_per_gate, H]: rows_per_gate = 1 per token, T per sequence, N global.
+  virtual void head_gate_fwd(Tensor& out, const Tensor& x, const Tensor& gate,
+                             int64_t rows_per_gate) = 0;
+  // dx = dout * gate (may alias dout); dgate (overwritten) = sum over the gate's rows and d.
+  virtual void head_gate_bwd(Tensor& dx, Tensor& dgate, const Tensor& dout, const Tensor& x,
+                             const Tensor& gate, int64_t rows_per_gate) = 0;
+  // y[r, :] = mean of x[r*k:(r+1)*k, :]  (x: [R*k, H], y: [R, H]); backward spreads dy / k.
+  virtual void group_mean_fwd(Tensor& y, const Tensor& x, int64_t k) = 0;
+  virtual void group_mean_bwd(Tensor& dx, const Tensor& dy, int64_t k) = 0;
+  // QK-norm on a fused qkv[N, 3C] buffer with H heads of width D: q and k of every head are
+  // RMS-normalised over D (seed B form, x / (rms + eps)) and scaled by wq[D] / wk[D] (shared by
+  // all heads); v is copied. inv[N, 2H] keeps 1/(rms + eps).
+  virtual void qk_norm_fwd(Tensor& out, Tensor& inv, const Tensor& qkv, const Tensor& wq,
+                           const Tensor& wk, int64_t H, double eps) = 0;
+  virtual void qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tensor& dout,
+                           const Tensor& qkv, const Tensor& wq, const Tensor& wk,
+                           const Tensor& inv, int64_t H) = 0;
+
   // ---- loss ----
   // losses[N] = -log softmax(logits[N,V])[target]; rows with target < 0 get 0.
   virtual void cross_entropy_fwd(Tensor& losses, const Tensor& logits,
@@ -117,6 +145,7 @@ inline void add(Tensor& out, const Tensor& a, const Tensor& b) { on(out).add(out
 inline void axpy(Tensor& y, const Tensor& x, double alpha) { on(y).axpy(y, x, alpha); }
 inline void scale(Tensor& x, double s) { on(x).scale(x, s); }
 inline double sum_squares(const Tensor& x) { return on(x).sum_squares(x); }
+inline double dot(const Tensor& a, const Tensor& b) { return on(a).dot(a, b); }
 inline void matmul(Tensor& C, const Tensor& A, bool tA, const Tensor& B, bool tB,
                    double alpha = 1.0, double beta = 0.0) {
   on(C).matmul(C, A, tA, B, tB, alpha, beta);

@@ -16,6 +16,7 @@ class CpuBackend final : public Backend {
   void axpy(Tensor& y, const Tensor& x, double alpha) override;
   void scale(Tensor& x, double s) override;
   double sum_squares(const Tensor& x) override;
+  double dot(const Tensor& a, const Tensor& b) override;
 
   void matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB, double alpha,
               double beta) override;
@@ -44,6 +45,20 @@ class CpuBackend final : public Backend {
   void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved,
                      const Tensor& key_mask, int64_t B, int64_t T,
                      const AttentionSpec& spec) override;
+
+  void grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override;
+  void grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
+                          const Tensor& w, bool accumulate_dx) override;
+  void head_gate_fwd(Tensor& out, const Tensor& x, const Tensor& gate,
+                     int64_t rows_per_gate) override;
+  void head_gate_bwd(Tensor& dx, Tensor& dgate, const Tensor& dout, const Tensor& x,
+                     const Tensor& gate, int64_t rows_per_gate) override;
+  void group_mean_fwd(Tensor& y, const Tensor& x, int64_t k) override;
+  void group_mean_bwd(Tensor& dx, const Tensor& dy, int64_t k) override;
+  void qk_norm_fwd(Tensor& out, Tensor& inv, const Tensor& qkv, const Tensor& wq, const Tensor& wk,
+                   int64_t H, double eps) override;
+  void qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tensor& dout, const Tensor& qkv,
+                   const Tensor& wq, const Tensor& wk, const Tensor& inv, int64_t H) override;
 
   void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) override;
   void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,

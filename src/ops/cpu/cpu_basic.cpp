@@ -22,6 +22,7 @@ Activation parse_activation(const std::string& s) {
   if (s == "relu") return Activation::ReLU;
   if (s == "gelu" || s == "gelu_tanh" || s == "gelu_new") return Activation::GELU_Tanh;
   if (s == "gelu_erf") return Activation::GELU_Erf;
+  if (s == "sigmoid") return Activation::Sigmoid;
   fail("unknown activation '", s, "': use relu, gelu (tanh approximation) or gelu_erf");
 }
 
@@ -73,6 +74,24 @@ double CpuBackend::sum_squares(const Tensor& x) {
     for (int64_t c = 0; c < nchunks; ++c) {
       double s = 0;
       for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) s += double(p[i]) * p[i];
+      part[c] = s;
+    }
+    double total = 0;
+    for (double s : part) total += s;
+    return total;
+  });
+}
+
+double CpuBackend::dot(const Tensor& a, const Tensor& b) {
+  expect_same(a, b, "dot");
+  return dispatch_float(a, [&]<class T>() {
+    const T *pa = a.data<T>(), *pb = b.data<T>();
+    const int64_t n = a.numel(), chunk = 4096, nchunks = (n + chunk - 1) / chunk;
+    std::vector<double> part(static_cast<size_t>(nchunks), 0.0);
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      double s = 0;
+      for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) s += double(pa[i]) * pb[i];
       part[c] = s;
     }
     double total = 0;
@@ -155,6 +174,7 @@ T act_fwd(T x, Activation a) {
       return T(0.5) * x * (T(1) + fast_tanh(u));
     }
     case Activation::GELU_Erf: return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
+    case Activation::Sigmoid: return T(1) / (T(1) + std::exp(-x));
   }
   return x;
 }
@@ -172,6 +192,10 @@ T act_grad(T x, Activation a) {
     case Activation::GELU_Erf:
       return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2))) +
              x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+    case Activation::Sigmoid: {
+      const T sg = T(1) / (T(1) + std::exp(-x));
+      return sg * (T(1) - sg);
+    }
   }
   return T(1);
 }
