@@ -1,5 +1,5 @@
-// Whole-model fp64 finite-difference gradient check of TransformerLM: every parameter tensor,
-// for each norm kind, activation and attention probability function.
+// Whole-model fp64 finite-difference gradient checks of TransformerLM: every parameter tensor,
+// for each block type, norm, activation, attention probability function and gate type.
 #include <gtest/gtest.h>
 
 #include "gradcheck.h"
@@ -11,16 +11,11 @@ using namespace oft::testing;
 namespace {
 struct ModelCase {
   const char* name;
-  const char* norm;
-  const char* act;
-  const char* softmax;
-  bool final_norm, bias;
+  std::vector<std::string> overrides;  // field=value on a small ModelConfig
 };
+void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
 
-class ModelGrad : public ::testing::TestWithParam<ModelCase> {};
-
-TEST_P(ModelGrad, AllParameters) {
-  const ModelCase& c = GetParam();
+ModelConfig small_config(const std::vector<std::string>& ov) {
   ModelConfig cfg;
   cfg.n_layer = 2;
   cfg.d_model = 8;
@@ -28,15 +23,34 @@ TEST_P(ModelGrad, AllParameters) {
   cfg.d_ff = 12;
   cfg.vocab_size = 11;
   cfg.max_seq_len = 6;
-  cfg.norm = c.norm;
-  cfg.activation = c.act;
-  cfg.attn_softmax = c.softmax;
-  cfg.final_norm = c.final_norm;
-  cfg.bias = c.bias;
   cfg.init_std = 0.3;  // large enough that every path carries gradient
-  TransformerLM model(cfg, DType::F64, Device::CPU);
+  for (const auto& kv : ov) {
+    const auto eq = kv.find('=');
+    const std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
+    if (k == "norm") cfg.norm = v;
+    else if (k == "activation") cfg.activation = v;
+    else if (k == "attn_softmax") cfg.attn_softmax = v;
+    else if (k == "alpha") cfg.alpha = std::stod(v);
+    else if (k == "final_norm") cfg.final_norm = v == "true";
+    else if (k == "bias") cfg.bias = v == "true";
+    else if (k == "block") cfg.block = v;
+    else if (k == "qk_norm") cfg.qk_norm = v == "true";
+    else if (k == "branch_gain") cfg.branch_gain = std::stod(v);
+    else if (k == "gains_trainable") cfg.gains_trainable = v == "true";
+    else if (k == "gate") cfg.attn_gate_type = v;
+    else if (k == "gate_mlp") cfg.attn_gate_mlp = v == "true";
+    else if (k == "gate_all") cfg.attn_gate_linear_all_features = v == "true";
+    else ADD_FAILURE() << "unknown test override " << k;
+  }
+  return cfg;
+}
+
+class ModelGrad : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(ModelGrad, AllParameters) {
+  TransformerLM model(small_config(GetParam().overrides), DType::F64, Device::CPU, 5);
   model.init_weights(42);
-  // Perturb norm gains and biases away from 1 / 0 so their gradients are generic.
+  // Perturb norm gains, biases and block gains so their gradients are generic.
   Rng rng(9);
   for (Param& p : model.params().all())
     if (!p.matrix) ops::axpy(p.value, randn(p.value.shape(), rng, 0.2), 1.0);
@@ -55,10 +69,78 @@ TEST_P(ModelGrad, AllParameters) {
 
 INSTANTIATE_TEST_SUITE_P(
     All, ModelGrad,
-    ::testing::Values(ModelCase{"layernorm_gelu", "layernorm", "gelu", "softmax", true, true},
-                      ModelCase{"rmsnorm_relu", "rmsnorm", "relu", "softmax", true, false},
-                      ModelCase{"nonorm_gelu_erf", "none", "gelu_erf", "softmax", false, true},
-                      ModelCase{"clipped", "layernorm", "gelu", "clipped(-0.1:1.05)", true, true},
-                      ModelCase{"softmax1", "layernorm", "gelu", "softmax1", true, true}),
+    ::testing::Values(
+        ModelCase{"pre_layernorm_gelu", {}},
+        ModelCase{"pre_rmsnorm_relu_nobias", {"norm=rmsnorm", "activation=relu", "bias=false"}},
+        ModelCase{"pre_nonorm_gelu_erf", {"norm=none", "activation=gelu_erf", "final_norm=false"}},
+        ModelCase{"clipped", {"attn_softmax=clipped(-0.1:1.05)"}},
+        ModelCase{"clipped_alpha", {"alpha=0.5"}},
+        ModelCase{"softmax1", {"attn_softmax=softmax1"}},
+        ModelCase{"post_norm", {"block=post_norm", "final_norm=false"}},
+        ModelCase{"parallel", {"block=parallel"}},
+        ModelCase{"op_block", {"block=op", "qk_norm=true", "branch_gain=0.2"}},
+        ModelCase{"op_trainable_gains", {"block=op", "qk_norm=true", "gains_trainable=true"}},
+        ModelCase{"pre_trainable_gains", {"gains_trainable=true", "branch_gain=0.7"}},
+        ModelCase{"gate_unconditional", {"gate=unconditional_per_head"}},
+        ModelCase{"gate_conditional_per_head", {"gate=conditional_per_head"}},
+        ModelCase{"gate_per_token_linear", {"gate=conditional_per_token"}},
+        ModelCase{"gate_per_token_mlp", {"gate=conditional_per_token", "gate_mlp=true"}},
+        ModelCase{"gate_all_features", {"gate=conditional_per_token", "gate_all=true"}},
+        ModelCase{"gate_post_norm", {"block=post_norm", "gate=conditional_per_token", "gate_mlp=true"}}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// Invariants of REFERENCE.md §1-§3 on whole models.
+TEST(ModelInvariants, ConditionalGateWithZeroWeightsOutputsPiInit) {
+  ModelConfig cfg = small_config({"gate=conditional_per_token"});
+  cfg.attn_gate_init = 0.25;
+  Attention att;
+  ParamStore ps;
+  att = Attention(ps, "a", cfg, 5, true, DType::F64, Device::CPU);
+  for (Param& p : ps.all()) {
+    if (p.name == "a.gate.weight") ops::fill(p.value, 0.0);
+    if (p.matrix && p.name != "a.gate.weight") {
+      Rng rng(3);
+      p.value.copy_from(randn(p.value.shape(), rng));
+    }
+  }
+  Rng rng(4);
+  Tensor x = randn({10, 8}, rng), out = Tensor::zeros({10, 8}, DType::F64);
+  AttentionActs acts;
+  att.forward(acts, out, x, Tensor(), 2, 5);
+  for (double g : acts.gate.to_vector()) EXPECT_NEAR(g, 0.25, 1e-12);
+}
+
+TEST(ModelInvariants, OpBlockWithZeroGainIsIdentity) {
+  ModelConfig cfg = small_config({"block=op", "qk_norm=true", "branch_gain=0", "final_norm=false"});
+  TransformerLM a(cfg, DType::F64, Device::CPU, 5);
+  a.init_weights(1);
+  // With beta = 0 every block passes its input through: the logits are emb @ wte^T.
+  Tensor tok = Tensor::from_vector({1, 5}, {1, 2, 3, 4, 5}, DType::I32);
+  a.forward(tok, Tensor());
+  Tensor emb = Tensor::zeros({5, 8}, DType::F64), expect = Tensor::zeros({5, 11}, DType::F64);
+  ops::cpu_backend().embedding_fwd(emb, tok.view({5}), a.params().find("wte.weight")->value,
+                                   a.params().find("wpe.weight")->value, 5, 0);
+  ops::matmul(expect, emb, false, a.params().find("wte.weight")->value, true);
+  const auto got = a.logits().to_vector(), want = expect.to_vector();
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-12);
+}
+
+TEST(ModelInvariants, PostNormBlockOutputRowsHaveUnitVariance) {
+  ModelConfig cfg = small_config({"block=post_norm", "final_norm=false"});
+  TransformerLM m(cfg, DType::F64, Device::CPU, 5);
+  m.init_weights(2);
+  Tensor tok = Tensor::from_vector({1, 5}, {1, 2, 3, 4, 5}, DType::I32);
+  m.forward(tok, Tensor());
+  // Unit norm gains and zero biases: every block output row is N2(...) with mean 0, variance 1.
+  for (size_t l = 1; l <= 2; ++l) {
+    const auto v = m.hidden(l).to_vector();
+    for (int r = 0; r < 5; ++r) {
+      double mean = 0, var = 0;
+      for (int c = 0; c < 8; ++c) mean += v[r * 8 + c] / 8;
+      for (int c = 0; c < 8; ++c) var += (v[r * 8 + c] - mean) * (v[r * 8 + c] - mean) / 8;
+      EXPECT_NEAR(mean, 0, 1e-12);
+      EXPECT_NEAR(var, 1, 1e-4);  // LayerNorm eps 1e-5 in the variance
+    }
+  }
+}
 }  // namespace

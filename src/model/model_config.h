@@ -21,6 +21,21 @@ struct ModelConfig {
   bool bias = true;                 // biases in linear layers and LayerNorm
   double init_std = 0.02;           // N(0, init_std) for every weight matrix and embedding
   std::string attn_softmax = "softmax";  // softmax | clipped(GAMMA:ZETA) | softmax1
+  double alpha = 0.0;  // > 0: clipped softmax with gamma = -alpha / T_train, zeta = 1 (seed A OPT)
+
+  // Gated attention (REFERENCE.md §2): ctx_h *= sigmoid(G_h(x)) before the output projection.
+  std::string attn_gate_type = "none";  // none | unconditional_per_head | conditional_per_head
+                                        // | conditional_per_token
+  double attn_gate_init = 0.5;          // initial gate probability pi_init (bias = logit(pi))
+  bool attn_gate_mlp = false;           // per-head MLP gate D -> hidden -> 1 instead of linear
+  int64_t attn_gate_hidden = 4;         // hidden width of the MLP gate
+  bool attn_gate_linear_all_features = false;  // one Linear(d_model -> H) per token
+
+  // Blocks (REFERENCE.md §3).
+  std::string block = "pre_norm";  // pre_norm | post_norm | parallel | op
+  bool qk_norm = false;            // RMSNorm over the head dim on q and k (OP block)
+  double branch_gain = 1.0;        // beta: residual branches are scaled by it (OP: 0.2)
+  bool gains_trainable = false;    // learn beta per block and branch (init branch_gain)
 
   int64_t head_dim() const { return d_model / n_head; }
 };

@@ -33,13 +33,22 @@ ops::AttentionSpec parse_attention(const ModelConfig& cfg) {
   return s;
 }
 
-TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device)
+BlockType parse_block(const std::string& s) {
+  if (s == "pre_norm") return BlockType::PreNorm;
+  if (s == "post_norm") return BlockType::PostNorm;
+  if (s == "parallel") return BlockType::Parallel;
+  if (s == "op") return BlockType::OP;
+  fail("model.block: unknown block '", s, "': use pre_norm, post_norm, parallel or op");
+}
+
+TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device, int64_t seq_len)
     : cfg_(cfg), dtype_(dtype), device_(device) {
   OFT_CHECK(cfg.vocab_size > 0, "model.vocab_size must be set (> 0) before building the model");
   act_ = ops::parse_activation(cfg.activation);
-  attn_ = parse_attention(cfg);
+  block_ = parse_block(cfg.block);
   const NormKind nk = parse_norm(cfg.norm);
   const int64_t C = cfg.d_model, F = cfg.d_ff, V = cfg.vocab_size;
+  if (seq_len <= 0) seq_len = cfg.max_seq_len;
   {
     Param& p = params_.create("wte.weight", {V, C}, dtype, device, true);
     wte_ = p.value;
@@ -53,22 +62,39 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device)
   for (int64_t l = 0; l < cfg.n_layer; ++l) {
     const std::string pre = "h." + std::to_string(l) + ".";
     Block b;
-    b.ln1 = Norm(params_, pre + "ln_1", C, nk, cfg.norm_eps, cfg.bias, dtype, device);
-    b.qkv = Linear(params_, pre + "attn.c_attn", C, 3 * C, cfg.bias, dtype, device);
-    b.proj = Linear(params_, pre + "attn.c_proj", C, C, cfg.bias, dtype, device);
-    b.ln2 = Norm(params_, pre + "ln_2", C, nk, cfg.norm_eps, cfg.bias, dtype, device);
+    if (block_ == BlockType::OP) {
+      // No norms in front of the branches, except a LayerNorm on layer 0's attention input.
+      if (l == 0) b.n1 = Norm(params_, pre + "ln_1", C, NormKind::LayerNorm, cfg.norm_eps, cfg.bias, dtype, device);
+    } else {
+      b.n1 = Norm(params_, pre + "ln_1", C, nk, cfg.norm_eps, cfg.bias, dtype, device);
+      if (block_ != BlockType::Parallel)
+        b.n2 = Norm(params_, pre + "ln_2", C, nk, cfg.norm_eps, cfg.bias, dtype, device);
+    }
+    b.attn = Attention(params_, pre + "attn", cfg, seq_len, true, dtype, device);
     b.fc = Linear(params_, pre + "mlp.c_fc", C, F, cfg.bias, dtype, device);
     b.fc_out = Linear(params_, pre + "mlp.c_proj", F, C, cfg.bias, dtype, device);
+    if (cfg.gains_trainable) {
+      Param& ga = params_.create(pre + "attn_gain", {1}, dtype, device, false);
+      Param& gm = params_.create(pre + "mlp_gain", {1}, dtype, device, false);
+      ops::fill(ga.value, cfg.branch_gain);
+      ops::fill(gm.value, cfg.branch_gain);
+      b.g_attn = ga.value, b.dg_attn = ga.grad, b.g_mlp = gm.value, b.dg_mlp = gm.grad;
+    }
     blocks_.push_back(std::move(b));
   }
   if (cfg.final_norm)
-    ln_f_ = Norm(params_, "ln_f", C, nk, cfg.norm_eps, cfg.bias, dtype, device);
+    ln_f_ = Norm(params_, "ln_f", C, nk == NormKind::None ? NormKind::LayerNorm : nk,
+                 cfg.norm_eps, cfg.bias, dtype, device);
 }
 
 void TransformerLM::init_weights(uint64_t seed) {
   for (Param& p : params_.all()) {
-    const bool is_gain = p.name.ends_with(".weight") && !p.matrix;
     if (!p.matrix) {
+      // Norm gains 1, biases 0; gate biases and block gains hold their configured values.
+      const bool configured = p.name.find(".gate.") != std::string::npos ||
+                              p.name.ends_with("_gain");
+      if (configured) continue;
+      const bool is_gain = p.name.ends_with(".weight");
       ops::fill(p.value, is_gain ? 1.0 : 0.0);
       continue;
     }
@@ -86,24 +112,131 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
   const int64_t N = B * T, C = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size, L = cfg_.n_layer;
   auto mk = [&](const Shape& s) { return Tensor::empty(s, dtype_, device_); };
   resid_.assign(L + 1, Tensor());
-  mid_.assign(L, Tensor());
   acts_.assign(L, BlockActs());
   for (int64_t l = 0; l <= L; ++l) resid_[l] = mk({N, C});
   for (int64_t l = 0; l < L; ++l) {
-    mid_[l] = mk({N, C});
-    acts_[l].qkv = mk({N, 3 * C});
-    acts_[l].att = mk({N, C});
-    acts_[l].fc = mk({N, F});
-    acts_[l].act = mk({N, F});
+    BlockActs& a = acts_[l];
+    a.attn_out = mk({N, C});
+    a.mlp_out = mk({N, C});
+    a.fc = mk({N, F});
+    a.act = mk({N, F});
+    a.s1 = mk({N, C});
+    if (block_ == BlockType::PostNorm) a.s2 = mk({N, C});
   }
   logits_ = mk({N, V});
   losses_ = mk({N});
-  dresid_ = mk({N, C});
-  dnorm_ = mk({N, C});
-  datt_ = mk({N, C});
-  dqkv_ = mk({N, 3 * C});
+  for (Tensor* t : {&dresid_, &dnorm_, &dbranch_, &dtmp_}) *t = mk({N, C});
   dfc_ = mk({N, F});
   dlogits_ = mk({N, V});
+}
+
+double TransformerLM::gain(const Tensor& g) const { return g.defined() ? g.item() : cfg_.branch_gain; }
+
+void TransformerLM::mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in) {
+  b.fc.forward(a.fc, in);
+  ops::on(in).activation_fwd(a.act, a.fc, act_);
+  b.fc_out.forward(out, a.act);
+}
+
+void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tensor& dout,
+                                 const Tensor& in) {
+  b.fc_out.backward(dfc_, dout, a.act, false);
+  ops::on(in).activation_bwd(dfc_, dfc_, a.fc, act_);
+  b.fc.backward(din, dfc_, in, false);
+}
+
+const Tensor& TransformerLM::branch_grad(const Tensor& g, Tensor& dg, const Tensor& d,
+                                         const Tensor& branch_out) {
+  if (g.defined()) {
+    const Tensor delta = Tensor::from_vector({1}, {ops::dot(d, branch_out)}, dtype_).to(device_);
+    ops::axpy(dg, delta, 1.0);
+  }
+  dbranch_.copy_from(d);
+  const double s = gain(g);
+  if (s != 1.0) ops::scale(dbranch_, s);
+  return dbranch_;
+}
+
+void TransformerLM::block_forward(size_t l) {
+  Block& b = blocks_[l];
+  BlockActs& a = acts_[l];
+  const Tensor& x = resid_[l];
+  Tensor& out = resid_[l + 1];
+  const double ga = gain(b.g_attn), gm = gain(b.g_mlp);
+  auto residual = [&](Tensor& dst, const Tensor& base, const Tensor& branch, double g) {
+    dst.copy_from(base);
+    ops::axpy(dst, branch, g);
+  };
+  switch (block_) {
+    case BlockType::PreNorm:
+      b.n1.forward(a.n1, x);
+      b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      residual(a.s1, x, a.attn_out, ga);  // h
+      b.n2.forward(a.n2, a.s1);
+      mlp_forward(b, a, a.mlp_out, a.n2.out);
+      residual(out, a.s1, a.mlp_out, gm);
+      break;
+    case BlockType::PostNorm:
+      b.attn.forward(a.attn, a.attn_out, x, key_mask_, B_, T_);
+      residual(a.s1, x, a.attn_out, ga);  // x + A(x)
+      b.n1.forward(a.n1, a.s1);           // h = a.n1.out
+      mlp_forward(b, a, a.mlp_out, a.n1.out);
+      residual(a.s2, a.n1.out, a.mlp_out, gm);
+      b.n2.forward(a.n2, a.s2);
+      out.copy_from(a.n2.out);
+      break;
+    case BlockType::Parallel:
+      b.n1.forward(a.n1, x);
+      b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      mlp_forward(b, a, a.mlp_out, a.n1.out);
+      residual(out, x, a.attn_out, ga);
+      ops::axpy(out, a.mlp_out, gm);
+      break;
+    case BlockType::OP:
+      b.n1.forward(a.n1, x);  // identity except in layer 0
+      b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      residual(a.s1, x, a.attn_out, ga);  // h
+      mlp_forward(b, a, a.mlp_out, a.s1);
+      residual(out, a.s1, a.mlp_out, gm);
+      break;
+  }
+}
+
+// On entry dresid_ holds d(block output); on exit d(block input).
+void TransformerLM::block_backward(size_t l) {
+  Block& b = blocks_[l];
+  BlockActs& a = acts_[l];
+  const Tensor& x = resid_[l];
+  switch (block_) {
+    case BlockType::PreNorm:
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, dresid_, a.mlp_out), a.n2.out);
+      b.n2.backward(dresid_, dnorm_, a.s1, a.n2, true);
+      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, dresid_, a.attn_out),
+                      a.n1.out, key_mask_, B_, T_, false);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, true);
+      break;
+    case BlockType::PostNorm:
+      b.n2.backward(dtmp_, dresid_, a.s2, a.n2, false);  // d s2
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, dtmp_, a.mlp_out), a.n1.out);
+      ops::axpy(dnorm_, dtmp_, 1.0);                         // d h
+      b.n1.backward(dresid_, dnorm_, a.s1, a.n1, false);    // d s1
+      b.attn.backward(a.attn, dresid_, branch_grad(b.g_attn, b.dg_attn, dresid_, a.attn_out), x,
+                      key_mask_, B_, T_, true);
+      break;
+    case BlockType::Parallel:
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, dresid_, a.mlp_out), a.n1.out);
+      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, dresid_, a.attn_out),
+                      a.n1.out, key_mask_, B_, T_, true);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, true);
+      break;
+    case BlockType::OP:
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, dresid_, a.mlp_out), a.s1);
+      ops::axpy(dresid_, dnorm_, 1.0);  // d h
+      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, dresid_, a.attn_out),
+                      a.n1.out, key_mask_, B_, T_, false);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, true);
+      break;
+  }
 }
 
 double TransformerLM::forward(const Tensor& tokens, const Tensor& targets) {
@@ -114,29 +247,12 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets) {
   allocate(B, T);
   tokens_ = tokens;
   targets_ = targets;
-  auto& be = ops::on(resid_[0]);
-  be.embedding_fwd(resid_[0], tokens, wte_, wpe_, T, 0);
-  const Tensor no_mask;
-  for (size_t l = 0; l < blocks_.size(); ++l) {
-    Block& b = blocks_[l];
-    BlockActs& a = acts_[l];
-    // h = x + proj(attn(qkv(ln1(x))))
-    b.ln1.forward(a.ln1, resid_[l]);
-    b.qkv.forward(a.qkv, a.ln1.out);
-    be.attention_fwd(a.att, a.att_saved, a.qkv, no_mask, B, T, attn_);
-    b.proj.forward(mid_[l], a.att);
-    ops::axpy(mid_[l], resid_[l], 1.0);
-    // out = h + fc_out(act(fc(ln2(h))))
-    b.ln2.forward(a.ln2, mid_[l]);
-    b.fc.forward(a.fc, a.ln2.out);
-    be.activation_fwd(a.act, a.fc, act_);
-    b.fc_out.forward(resid_[l + 1], a.act);
-    ops::axpy(resid_[l + 1], mid_[l], 1.0);
-  }
+  ops::on(resid_[0]).embedding_fwd(resid_[0], tokens, wte_, wpe_, T, 0);
+  for (size_t l = 0; l < blocks_.size(); ++l) block_forward(l);
   ln_f_.forward(lnf_, resid_.back());
   ops::matmul(logits_, lnf_.out, false, wte_, true);
   if (!targets.defined()) return 0.0;
-  be.cross_entropy_fwd(losses_, logits_, targets);
+  ops::on(logits_).cross_entropy_fwd(losses_, logits_, targets);
   n_targets_ = 0;
   const Tensor t_host = targets.to(Device::CPU);
   for (int64_t i = 0; i < t_host.numel(); ++i) n_targets_ += t_host.data<int32_t>()[i] >= 0;
@@ -148,30 +264,14 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets) {
 
 void TransformerLM::backward(double loss_scale) {
   OFT_ASSERT(targets_.defined(), "backward() needs a forward() with targets");
-  auto& be = ops::on(dresid_);
-  const int64_t T = T_;
   const double scale = n_targets_ ? loss_scale / double(n_targets_) : 0.0;
   // Output layer (tied): logits = lnf @ wte^T.
-  be.cross_entropy_bwd(dlogits_, logits_, targets_, scale);
+  ops::on(logits_).cross_entropy_bwd(dlogits_, logits_, targets_, scale);
   ops::matmul(dwte_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
   ops::matmul(dnorm_, dlogits_, false, wte_, false);
   ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false);
-  // dresid_ holds d(block output); each step turns it into d(block input).
-  for (size_t li = blocks_.size(); li-- > 0;) {
-    Block& b = blocks_[li];
-    BlockActs& a = acts_[li];
-    // MLP branch: out = h + fc_out(act(fc(ln2(h))))
-    b.fc_out.backward(dfc_, dresid_, a.act, false);
-    be.activation_bwd(dfc_, dfc_, a.fc, act_);
-    b.fc.backward(dnorm_, dfc_, a.ln2.out, false);
-    b.ln2.backward(dresid_, dnorm_, mid_[li], a.ln2, true);
-    // Attention branch: h = x + proj(attn(qkv(ln1(x))))
-    b.proj.backward(datt_, dresid_, a.att, false);
-    be.attention_bwd(dqkv_, datt_, a.qkv, a.att_saved, Tensor(), B_, T, attn_);
-    b.qkv.backward(dnorm_, dqkv_, a.ln1.out, false);
-    b.ln1.backward(dresid_, dnorm_, resid_[li], a.ln1, true);
-  }
-  be.embedding_bwd(dwte_, dwpe_, dresid_, tokens_, T, 0);
+  for (size_t l = blocks_.size(); l-- > 0;) block_backward(l);
+  ops::on(dresid_).embedding_bwd(dwte_, dwpe_, dresid_, tokens_, T_, 0);
 }
 
 }  // namespace oft

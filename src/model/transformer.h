@@ -1,14 +1,18 @@
-// Decoder-only transformer language model of the GPT-2 / OPT family, written once over ops:
-// token + learned position embeddings, n_layer pre-norm blocks
-//     h = x + Attn(Norm1(x));  out = h + MLP(Norm2(h))
-// (causal multi-head attention with a fused q|k|v projection; MLP = Linear -> act -> Linear),
-// an optional final norm and an output layer tied to the token embedding.
+// Transformer language model of the GPT-2 / OPT family, written once over ops:
+// token + learned position embeddings, n_layer blocks, an optional final norm and an output
+// layer tied to the token embedding. Block types (REFERENCE.md §3; beta = branch gain):
+//   pre_norm   h = x + beta A(N1(x));            out = h + beta M(N2(h))
+//   post_norm  h = N1(x + beta A(x));            out = N2(h + beta M(h))
+//   parallel   out = x + beta A(N1(x)) + beta M(N1(x))
+//   op         h = x + beta A(x');  out = h + beta M(h)  with x' = LN(x) in layer 0, else x
+// A is multi-head attention with its variants (attention.h), M = Linear -> act -> Linear.
 // forward() keeps every activation the explicit backward() needs.
 #pragma once
 
 #include <memory>
 #include <vector>
 
+#include "model/attention.h"
 #include "model/layers.h"
 #include "model/model_config.h"
 
@@ -17,13 +21,17 @@ namespace oft {
 // Parses model.attn_softmax ("softmax" | "vanilla" | "softmax1" | "clipped(GAMMA:ZETA)").
 ops::AttentionSpec parse_attention(const ModelConfig& cfg);
 
+enum class BlockType { PreNorm, PostNorm, Parallel, OP };
+BlockType parse_block(const std::string& s);
+
 class TransformerLM {
  public:
-  TransformerLM(const ModelConfig& cfg, DType dtype, Device device);
+  // seq_len: the training sequence length T (clipped softmax via `alpha` depends on it).
+  TransformerLM(const ModelConfig& cfg, DType dtype, Device device, int64_t seq_len = 0);
 
-  // N(0, init_std) for matrices and embeddings, zeros for biases, ones for norm gains. Each
-  // tensor draws from its own stream seeded by (seed, name), so the result does not depend on
-  // parameter order.
+  // N(0, init_std) for matrices and embeddings, zeros for biases, ones for norm gains; gate
+  // biases and block gains keep their configured initial values. Each tensor draws from its own
+  // stream seeded by (seed, name), so the result does not depend on parameter order.
   void init_weights(uint64_t seed);
 
   const ModelConfig& config() const { return cfg_; }
@@ -39,24 +47,36 @@ class TransformerLM {
   // Logits [B*T, V] of the last forward.
   const Tensor& logits() const { return logits_; }
   int64_t counted_targets() const { return n_targets_; }
+  // Residual stream of the last forward: hidden(0) = embeddings, hidden(l+1) = block l output.
+  const Tensor& hidden(size_t l) const { return resid_.at(l); }
 
  private:
   struct Block {
-    Norm ln1, ln2;
-    Linear qkv, proj, fc, fc_out;
+    Norm n1, n2;
+    Attention attn;
+    Linear fc, fc_out;
+    Tensor g_attn, g_mlp, dg_attn, dg_mlp;  // trainable branch gains [1] (else constant)
   };
   struct BlockActs {
-    NormSaved ln1, ln2;
-    Tensor qkv, att_saved, att, fc, act;  // [N,3C], backend state, [N,C], [N,F], [N,F]
+    NormSaved n1, n2;
+    AttentionActs attn;
+    Tensor attn_out, mlp_out, fc, act, s1, s2;  // branch outputs, MLP hidden, inner sums
   };
 
   void allocate(int64_t B, int64_t T);
+  double gain(const Tensor& g) const;
+  void mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in);
+  void mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tensor& dout, const Tensor& in);
+  // dbranch_ = gain * d, and the gain's gradient dot(d, branch_out) when trainable.
+  const Tensor& branch_grad(const Tensor& g, Tensor& dg, const Tensor& d, const Tensor& branch_out);
+  void block_forward(size_t l);
+  void block_backward(size_t l);
 
   ModelConfig cfg_;
   DType dtype_;
   Device device_;
+  BlockType block_;
   ops::Activation act_;
-  ops::AttentionSpec attn_;
   ParamStore params_;
   Tensor wte_, wpe_, dwte_, dwpe_;
   std::vector<Block> blocks_;
@@ -64,14 +84,13 @@ class TransformerLM {
 
   // Activations of the last forward.
   int64_t B_ = 0, T_ = 0, n_targets_ = 0;
-  Tensor tokens_, targets_;
+  Tensor tokens_, targets_, key_mask_;
   std::vector<Tensor> resid_;  // resid_[l]: input of block l; resid_[L]: output of the last
-  std::vector<Tensor> mid_;    // mid_[l] = resid_[l] + attention branch
   std::vector<BlockActs> acts_;
   NormSaved lnf_;
   Tensor logits_, losses_;
   // Backward scratch.
-  Tensor dresid_, dnorm_, datt_, dqkv_, dfc_, dlogits_;
+  Tensor dresid_, dnorm_, dbranch_, dtmp_, dfc_, dlogits_;
 };
 
 }  // namespace oft

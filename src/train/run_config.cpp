@@ -38,6 +38,24 @@ RunConfig::RunConfig() {
   r.add("model.attn_softmax", &m.attn_softmax,
         "attention probabilities: softmax | softmax1 | clipped(GAMMA:ZETA)");
   r.alias("attn_softmax", "model.attn_softmax");
+  r.add("model.alpha", &m.alpha, "clipped softmax with gamma = -alpha / data.seq_len (0 = off)",
+        0.0, 1e6);
+  r.add("model.attn_gate_type", &m.attn_gate_type, "gated attention type",
+        {"none", "unconditional_per_head", "conditional_per_head", "conditional_per_token"});
+  r.alias("attn_gate_type", "model.attn_gate_type");
+  r.add("model.attn_gate_init", &m.attn_gate_init, "initial gate probability pi_init", 1e-6,
+        1 - 1e-6);
+  r.alias("attn_gate_init", "model.attn_gate_init");
+  r.add("model.attn_gate_mlp", &m.attn_gate_mlp, "per-head MLP gate (D -> hidden -> 1)");
+  r.alias("attn_gate_mlp", "model.attn_gate_mlp");
+  r.add("model.attn_gate_hidden", &m.attn_gate_hidden, "hidden width of the MLP gate", 1, 1 << 16);
+  r.add("model.attn_gate_linear_all_features", &m.attn_gate_linear_all_features,
+        "gate from all features: one Linear(d_model -> n_head) per token");
+  r.alias("attn_gate_linear_all_features", "model.attn_gate_linear_all_features");
+  r.add("model.block", &m.block, "block type", {"pre_norm", "post_norm", "parallel", "op"});
+  r.add("model.qk_norm", &m.qk_norm, "RMSNorm over the head dimension on q and k");
+  r.add("model.branch_gain", &m.branch_gain, "residual branch gain beta (OP block: 0.2)", 0.0, 100.0);
+  r.add("model.gains_trainable", &m.gains_trainable, "learn the branch gains");
 
   r.add("data.train", &data.train, "training token shard (from `oft data prepare`)");
   r.add("data.val", &data.val, "validation token shard");

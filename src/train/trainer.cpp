@@ -117,7 +117,8 @@ std::unique_ptr<TransformerLM> load_model_from_checkpoint(
   cfg.registry().apply_overrides(overrides);
   cfg.validate();
   set_cpu_threads(cfg.train.threads);
-  auto model = std::make_unique<TransformerLM>(cfg.model, DType::F32, parse_device(cfg.train.device));
+  auto model = std::make_unique<TransformerLM>(cfg.model, DType::F32, parse_device(cfg.train.device),
+                                               cfg.data.seq_len);
   load_model_weights(ckpt_dir, *model);
   return model;
 }
@@ -139,7 +140,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   const std::string run_dir = cfg.run_dir();
   fs::create_directories(run_dir);
   const Device device = parse_device(tc.device);
-  TransformerLM model(cfg.model, DType::F32, device);
+  TransformerLM model(cfg.model, DType::F32, device, T);
   AdamW opt(model.params(), tc);
 
   LoaderOptions lo;

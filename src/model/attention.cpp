@@ -1,0 +1,190 @@
+// Attention layer forward/backward (see attention.h).
+#include "model/attention.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "model/transformer.h"
+
+namespace oft {
+
+GateType parse_gate_type(const std::string& s) {
+  if (s == "none") return GateType::None;
+  if (s == "unconditional_per_head") return GateType::UnconditionalPerHead;
+  if (s == "conditional_per_head") return GateType::ConditionalPerHead;
+  if (s == "conditional_per_token") return GateType::ConditionalPerToken;
+  fail("model.attn_gate_type: unknown value '", s,
+       "': use none, unconditional_per_head, conditional_per_head or conditional_per_token");
+}
+
+Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig& cfg,
+                     int64_t seq_len, bool causal, DType dt, Device dev) {
+  spec_ = parse_attention(cfg);
+  spec_.causal = causal;
+  if (cfg.alpha > 0) {
+    spec_.prob = ops::ProbFn::Clipped;
+    spec_.gamma = -cfg.alpha / double(seq_len);
+    spec_.zeta = 1.0;
+  }
+  C_ = cfg.d_model;
+  H_ = cfg.n_head;
+  D_ = C_ / H_;
+  qk_eps_ = cfg.norm_eps;
+  qkv_ = Linear(ps, name + ".c_attn", C_, 3 * C_, cfg.bias, dt, dev);
+  proj_ = Linear(ps, name + ".c_proj", C_, C_, cfg.bias, dt, dev);
+  qk_norm_ = cfg.qk_norm;
+  if (qk_norm_) {
+    Param& q = ps.create(name + ".q_norm.weight", {D_}, dt, dev, false);
+    Param& k = ps.create(name + ".k_norm.weight", {D_}, dt, dev, false);
+    ops::fill(q.value, 1.0);
+    ops::fill(k.value, 1.0);
+    wq_ = q.value, dwq_ = q.grad, wk_ = k.value, dwk_ = k.grad;
+  }
+  gate_ = parse_gate_type(cfg.attn_gate_type);
+  if (gate_ == GateType::None) return;
+  OFT_CHECK(cfg.attn_gate_init > 0 && cfg.attn_gate_init < 1,
+            "model.attn_gate_init must be in (0, 1) (got ", cfg.attn_gate_init, ")");
+  const double bias0 = std::log(cfg.attn_gate_init / (1 - cfg.attn_gate_init));
+  if (gate_ == GateType::UnconditionalPerHead) {
+    Param& g = ps.create(name + ".gate.logit", {1, H_}, dt, dev, false);
+    ops::fill(g.value, bias0);
+    gate_logit_ = g.value, dgate_logit_ = g.grad;
+    return;
+  }
+  gate_mlp_ = cfg.attn_gate_mlp;
+  gate_all_ = cfg.attn_gate_linear_all_features;
+  OFT_CHECK(!(gate_mlp_ && gate_all_), "model.attn_gate_mlp and "
+            "model.attn_gate_linear_all_features exclude each other: choose one gate network");
+  if (gate_ == GateType::ConditionalPerHead && causal)
+    std::fprintf(stderr, "oft: warning: %s: attn_gate_type=conditional_per_head averages gate "
+                         "logits over the sequence, so a causal model's gates see future tokens\n",
+                 name.c_str());
+  if (gate_all_) {
+    gate_all_features_ = Linear(ps, name + ".gate.all_features", C_, H_, true, dt, dev);
+    ops::fill(gate_all_features_.b, bias0);
+  } else if (gate_mlp_) {
+    hid_ = cfg.attn_gate_hidden;
+    OFT_CHECK(hid_ >= 1, "model.attn_gate_hidden must be >= 1");
+    Param& w1 = ps.create(name + ".gate.fc1.weight", {H_, hid_, D_}, dt, dev, true);
+    Param& b1 = ps.create(name + ".gate.fc1.bias", {H_ * hid_}, dt, dev, false);
+    Param& w2 = ps.create(name + ".gate.fc2.weight", {H_, 1, hid_}, dt, dev, true);
+    Param& b2 = ps.create(name + ".gate.fc2.bias", {H_}, dt, dev, false);
+    ops::fill(b2.value, bias0);
+    gw1_ = w1.value, dgw1_ = w1.grad, gb1_ = b1.value, dgb1_ = b1.grad;
+    gw2_ = w2.value, dgw2_ = w2.grad, gb2_ = b2.value, dgb2_ = b2.grad;
+  } else {
+    Param& w1 = ps.create(name + ".gate.weight", {H_, 1, D_}, dt, dev, true);
+    Param& b1 = ps.create(name + ".gate.bias", {H_}, dt, dev, false);
+    ops::fill(b1.value, bias0);
+    gw1_ = w1.value, dgw1_ = w1.grad, gb1_ = b1.value, dgb1_ = b1.grad;
+  }
+}
+
+int64_t Attention::rows_per_gate(int64_t B, int64_t T) const {
+  switch (gate_) {
+    case GateType::UnconditionalPerHead: return B * T;
+    case GateType::ConditionalPerHead: return T;
+    default: return 1;
+  }
+}
+
+void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask,
+                        int64_t B, int64_t T) {
+  const int64_t N = B * T;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  auto& be = ops::on(x);
+  ensure(a.qkv_raw, {N, 3 * C_}, dt, dev);
+  qkv_.forward(a.qkv_raw, x);
+  if (qk_norm_) {
+    ensure(a.qkv, {N, 3 * C_}, dt, dev);
+    ensure(a.qk_inv, {N, 2 * H_}, dt, dev);
+    be.qk_norm_fwd(a.qkv, a.qk_inv, a.qkv_raw, wq_, wk_, H_, qk_eps_);
+  } else {
+    a.qkv = a.qkv_raw;
+  }
+  ensure(a.ctx, {N, C_}, dt, dev);
+  be.attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec_);
+  if (gate_ == GateType::None) {
+    a.gated = a.ctx;
+  } else {
+    // Gate logits per token [N, H] (or the unconditional per-head logits [1, H]).
+    if (gate_ == GateType::UnconditionalPerHead) {
+      a.logits = gate_logit_;
+    } else {
+      ensure(a.logits_tok, {N, H_}, dt, dev);
+      if (gate_all_) {
+        gate_all_features_.forward(a.logits_tok, x);
+      } else if (gate_mlp_) {
+        ensure(a.hidden, {N, H_ * hid_}, dt, dev);
+        ensure(a.hidden_act, {N, H_ * hid_}, dt, dev);
+        be.grouped_linear_fwd(a.hidden, x, gw1_, gb1_);
+        be.activation_fwd(a.hidden_act, a.hidden, ops::Activation::ReLU);
+        be.grouped_linear_fwd(a.logits_tok, a.hidden_act, gw2_, gb2_);
+      } else {
+        be.grouped_linear_fwd(a.logits_tok, x, gw1_, gb1_);
+      }
+      if (gate_ == GateType::ConditionalPerHead) {
+        ensure(a.logits, {B, H_}, dt, dev);
+        be.group_mean_fwd(a.logits, a.logits_tok, T);
+      } else {
+        a.logits = a.logits_tok;
+      }
+    }
+    ensure(a.gate, a.logits.shape(), dt, dev);
+    be.activation_fwd(a.gate, a.logits, ops::Activation::Sigmoid);
+    ensure(a.gated, {N, C_}, dt, dev);
+    be.head_gate_fwd(a.gated, a.ctx, a.gate, rows_per_gate(B, T));
+  }
+  proj_.forward(out, a.gated);
+}
+
+void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const Tensor& x,
+                         const Tensor& key_mask, int64_t B, int64_t T, bool accumulate_dx) {
+  const int64_t N = B * T;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  auto& be = ops::on(x);
+  ensure(dctx_, {N, C_}, dt, dev);
+  proj_.backward(dctx_, dout, a.gated, false);
+  bool gate_input_grad = false;
+  if (gate_ != GateType::None) {
+    ensure(dgate_, a.gate.shape(), dt, dev);
+    be.head_gate_bwd(dctx_, dgate_, dctx_, a.ctx, a.gate, rows_per_gate(B, T));
+    ensure(dlogits_, a.logits.shape(), dt, dev);
+    be.activation_bwd(dlogits_, dgate_, a.logits, ops::Activation::Sigmoid);
+    if (gate_ == GateType::UnconditionalPerHead) {
+      ops::axpy(dgate_logit_, dlogits_, 1.0);
+    } else {
+      Tensor* dtok = &dlogits_;
+      if (gate_ == GateType::ConditionalPerHead) {
+        ensure(dlogits_tok_, {N, H_}, dt, dev);
+        be.group_mean_bwd(dlogits_tok_, dlogits_, T);
+        dtok = &dlogits_tok_;
+      }
+      gate_input_grad = true;  // the gate network's input gradient lands in dx below
+      if (gate_all_) {
+        gate_all_features_.backward(dx, *dtok, x, accumulate_dx);
+      } else if (gate_mlp_) {
+        ensure(dhidden_, {N, H_ * hid_}, dt, dev);
+        Tensor none;
+        be.grouped_linear_bwd(dhidden_, dgw2_, dgb2_, *dtok, a.hidden_act, gw2_, false);
+        be.activation_bwd(dhidden_, dhidden_, a.hidden, ops::Activation::ReLU);
+        be.grouped_linear_bwd(dx, dgw1_, dgb1_, dhidden_, x, gw1_, accumulate_dx);
+      } else {
+        be.grouped_linear_bwd(dx, dgw1_, dgb1_, *dtok, x, gw1_, accumulate_dx);
+      }
+    }
+  }
+  ensure(dqkv_, {N, 3 * C_}, dt, dev);
+  be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec_);
+  Tensor* dproj_in = &dqkv_;
+  if (qk_norm_) {
+    ensure(dqkv_raw_, {N, 3 * C_}, dt, dev);
+    be.qk_norm_bwd(dqkv_raw_, dwq_, dwk_, dqkv_, a.qkv_raw, wq_, wk_, a.qk_inv, H_);
+    dproj_in = &dqkv_raw_;
+  }
+  qkv_.backward(dx, *dproj_in, x, accumulate_dx || gate_input_grad);
+}
+
+}  // namespace oft

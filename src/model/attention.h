@@ -1,0 +1,65 @@
+// Multi-head self-attention with the outlier-suppressing variants, over ops:
+//   qkv = x @ Wqkv^T + b                      [N, 3C]  (q | k | v, heads contiguous)
+//   qkv = QKNorm(qkv)          (optional)     RMSNorm over D on q and k, learnable wq[D], wk[D]
+//   ctx = P(q k^T / sqrt(D) + mask) v         [N, C]   P = softmax | clipped softmax | softmax1
+//   ctx_h *= sigmoid(G_h(x))   (optional)     gated attention, gate types of REFERENCE.md §2
+//   out = ctx @ Wo^T + b                      [N, C]
+// x is what q/k/v see (the normed block input in pre-norm blocks).
+#pragma once
+
+#include <string>
+
+#include "model/layers.h"
+#include "model/model_config.h"
+
+namespace oft {
+
+enum class GateType { None, UnconditionalPerHead, ConditionalPerHead, ConditionalPerToken };
+GateType parse_gate_type(const std::string& s);
+
+// Activations one attention application keeps for its backward.
+struct AttentionActs {
+  Tensor qkv_raw, qkv, qk_inv;  // projection output, after QK-norm (aliases raw without), stats
+  Tensor att_saved;             // backend state of the attention op
+  Tensor ctx, gated;            // [N, C] before / after the gate (gated aliases ctx without)
+  Tensor hidden, hidden_act;    // MLP gate: [N, H * hidden]
+  Tensor logits_tok, logits, gate;  // [N, H], [R, H] (R = N, B or 1), sigmoid(logits)
+};
+
+class Attention {
+ public:
+  Attention() = default;
+  // seq_len is the training T (for `alpha`: gamma = -alpha / T).
+  Attention(ParamStore& ps, const std::string& name, const ModelConfig& cfg, int64_t seq_len,
+            bool causal, DType dt, Device dev);
+
+  // out[N, C] = attention(x[N, C]); key_mask: optional [B*T] i32 (0 = padding key).
+  void forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask, int64_t B,
+               int64_t T);
+  // dx (+)= d out / d x applied to dout.
+  void backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const Tensor& x,
+                const Tensor& key_mask, int64_t B, int64_t T, bool accumulate_dx);
+
+  const ops::AttentionSpec& spec() const { return spec_; }
+  GateType gate_type() const { return gate_; }
+
+ private:
+  int64_t rows_per_gate(int64_t B, int64_t T) const;
+
+  ops::AttentionSpec spec_;
+  int64_t C_ = 0, H_ = 0, D_ = 0, hid_ = 0;
+  double qk_eps_ = 1e-5;
+  Linear qkv_, proj_;
+  bool qk_norm_ = false;
+  Tensor wq_, wk_, dwq_, dwk_;
+  GateType gate_ = GateType::None;
+  bool gate_mlp_ = false, gate_all_ = false;
+  Tensor gate_logit_, dgate_logit_;  // unconditional: [1, H]
+  Tensor gw1_, gb1_, dgw1_, dgb1_;   // per-head linear [H, 1, D] or MLP first layer [H, hid, D]
+  Tensor gw2_, gb2_, dgw2_, dgb2_;   // MLP second layer [H, 1, hid]
+  Linear gate_all_features_;         // Linear(C -> H)
+  // Backward scratch.
+  Tensor dctx_, dqkv_, dqkv_raw_, dlogits_, dlogits_tok_, dhidden_, dgate_;
+};
+
+}  // namespace oft
