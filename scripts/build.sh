@@ -3,5 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" > build/configure.log 2>&1 || { cat build/configure.log; exit 1; }
-cmake --build build -j"$(nproc)" 2>&1 | tail -n 3
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@" > build/configure.log 2>&1 \
+  || { cat build/configure.log; exit 1; }
+if ! cmake --build build -j"$(nproc)" > build/build.log 2>&1; then
+  grep -E -B2 -A12 "error|Error" build/build.log | head -n 80
+  echo "build failed: full log in build/build.log"
+  exit 1
+fi
+tail -n 1 build/build.log

@@ -40,6 +40,9 @@ ModelConfig small_config(const std::vector<std::string>& ov) {
     else if (k == "gate") cfg.attn_gate_type = v;
     else if (k == "gate_mlp") cfg.attn_gate_mlp = v == "true";
     else if (k == "gate_all") cfg.attn_gate_linear_all_features = v == "true";
+    else if (k == "objective") cfg.objective = v;
+    else if (k == "type_vocab_size") cfg.type_vocab_size = std::stoi(v);
+    else if (k == "embed_norm") cfg.embed_norm = v == "true";
     else ADD_FAILURE() << "unknown test override " << k;
   }
   return cfg;
@@ -57,10 +60,14 @@ TEST_P(ModelGrad, AllParameters) {
   const int64_t B = 2, T = 5;
   Tensor tok = Tensor::from_vector({B, T}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, DType::I32);
   Tensor tgt = Tensor::from_vector({B, T}, {2, 3, 4, 5, -1, 7, 8, 9, 10, 0}, DType::I32);
+  // Masked LM: bidirectional attention with two padding positions in the second sequence.
+  Tensor mask;
+  if (model.config().objective == "mlm")
+    mask = Tensor::from_vector({B, T}, {1, 1, 1, 1, 1, 1, 1, 1, 0, 0}, DType::I32);
   model.params().zero_grad();
-  model.forward(tok, tgt);
+  model.forward(tok, tgt, mask);
   model.backward(1.0);
-  auto loss = [&] { return model.forward(tok, tgt); };
+  auto loss = [&] { return model.forward(tok, tgt, mask); };
   for (Param& p : model.params().all()) {
     Tensor g = p.grad.clone();
     expect_grad(p.name, p.value, g, loss, 24);
@@ -86,7 +93,12 @@ INSTANTIATE_TEST_SUITE_P(
         ModelCase{"gate_per_token_linear", {"gate=conditional_per_token"}},
         ModelCase{"gate_per_token_mlp", {"gate=conditional_per_token", "gate_mlp=true"}},
         ModelCase{"gate_all_features", {"gate=conditional_per_token", "gate_all=true"}},
-        ModelCase{"gate_post_norm", {"block=post_norm", "gate=conditional_per_token", "gate_mlp=true"}}),
+        ModelCase{"gate_post_norm", {"block=post_norm", "gate=conditional_per_token", "gate_mlp=true"}},
+        ModelCase{"bert_mlm", {"objective=mlm", "block=post_norm", "final_norm=false",
+                               "activation=gelu_erf", "type_vocab_size=2", "embed_norm=true"}},
+        ModelCase{"bert_mlm_gated_clipped", {"objective=mlm", "block=post_norm", "final_norm=false",
+                                             "embed_norm=true", "gate=conditional_per_token",
+                                             "attn_softmax=clipped(-0.1:1)"}}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // Invariants of REFERENCE.md §1-§3 on whole models.

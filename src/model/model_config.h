@@ -37,6 +37,12 @@ struct ModelConfig {
   double branch_gain = 1.0;        // beta: residual branches are scaled by it (OP: 0.2)
   bool gains_trainable = false;    // learn beta per block and branch (init branch_gain)
 
+  // Objective and BERT pieces.
+  std::string objective = "clm";  // clm: causal LM (GPT-2/OPT) | mlm: masked LM (BERT)
+  int64_t type_vocab_size = 0;    // token-type embeddings (BERT: 2; all inputs use type 0)
+  bool embed_norm = false;        // LayerNorm after the embedding sum (BERT)
+
+  bool causal() const { return objective != "mlm"; }
   int64_t head_dim() const { return d_model / n_head; }
 };
 

@@ -59,6 +59,13 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
     wpe_ = p.value;
     dwpe_ = p.grad;
   }
+  if (cfg.type_vocab_size > 0) {
+    Param& p = params_.create("wtt.weight", {cfg.type_vocab_size, C}, dtype, device, true);
+    wtt0_ = p.value.slice(0, 1).view({C});
+    dwtt0_ = p.grad.slice(0, 1).view({C});
+  }
+  if (cfg.embed_norm)
+    emb_norm_ = Norm(params_, "emb_ln", C, NormKind::LayerNorm, cfg.norm_eps, cfg.bias, dtype, device);
   for (int64_t l = 0; l < cfg.n_layer; ++l) {
     const std::string pre = "h." + std::to_string(l) + ".";
     Block b;
@@ -70,7 +77,7 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
       if (block_ != BlockType::Parallel)
         b.n2 = Norm(params_, pre + "ln_2", C, nk, cfg.norm_eps, cfg.bias, dtype, device);
     }
-    b.attn = Attention(params_, pre + "attn", cfg, seq_len, true, dtype, device);
+    b.attn = Attention(params_, pre + "attn", cfg, seq_len, cfg.causal(), dtype, device);
     b.fc = Linear(params_, pre + "mlp.c_fc", C, F, cfg.bias, dtype, device);
     b.fc_out = Linear(params_, pre + "mlp.c_proj", F, C, cfg.bias, dtype, device);
     if (cfg.gains_trainable) {
@@ -85,6 +92,16 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
   if (cfg.final_norm)
     ln_f_ = Norm(params_, "ln_f", C, nk == NormKind::None ? NormKind::LayerNorm : nk,
                  cfg.norm_eps, cfg.bias, dtype, device);
+  OFT_CHECK(cfg.objective == "clm" || cfg.objective == "mlm", "model.objective: unknown value '",
+            cfg.objective, "': use clm or mlm");
+  mlm_ = cfg.objective == "mlm";
+  if (mlm_) {
+    mlm_dense_ = Linear(params_, "mlm.dense", C, C, true, dtype, device);
+    mlm_norm_ = Norm(params_, "mlm.ln", C, NormKind::LayerNorm, cfg.norm_eps, true, dtype, device);
+    Param& p = params_.create("mlm.decoder.bias", {V}, dtype, device, false);
+    mlm_bias_ = p.value;
+    dmlm_bias_ = p.grad;
+  }
 }
 
 void TransformerLM::init_weights(uint64_t seed) {
@@ -122,6 +139,11 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
     a.act = mk({N, F});
     a.s1 = mk({N, C});
     if (block_ == BlockType::PostNorm) a.s2 = mk({N, C});
+  }
+  emb_ = mk({N, C});
+  if (mlm_) {
+    mlm_pre_ = mk({N, C});
+    mlm_act_ = mk({N, C});
   }
   logits_ = mk({N, V});
   losses_ = mk({N});
@@ -239,7 +261,7 @@ void TransformerLM::block_backward(size_t l) {
   }
 }
 
-double TransformerLM::forward(const Tensor& tokens, const Tensor& targets) {
+double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask) {
   OFT_ASSERT(tokens.ndim() == 2 && tokens.dtype() == DType::I32, "tokens must be [B,T] i32");
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   OFT_CHECK(T <= cfg_.max_seq_len, "sequence length ", T, " exceeds model.max_seq_len=",
@@ -247,10 +269,28 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets) {
   allocate(B, T);
   tokens_ = tokens;
   targets_ = targets;
-  ops::on(resid_[0]).embedding_fwd(resid_[0], tokens, wte_, wpe_, T, 0);
+  key_mask_ = key_mask;
+  OFT_ASSERT(!key_mask.defined() || key_mask.numel() == B * T, "key mask shape");
+  auto& be = ops::on(resid_[0]);
+  be.embedding_fwd(emb_, tokens, wte_, wpe_, T, 0);
+  if (wtt0_.defined()) ops::add_bias(emb_, wtt0_);  // every token has type 0
+  if (emb_norm_.kind != NormKind::None) {
+    emb_norm_.forward(emb_saved_, emb_);
+    resid_[0].copy_from(emb_saved_.out);
+  } else {
+    resid_[0].copy_from(emb_);
+  }
   for (size_t l = 0; l < blocks_.size(); ++l) block_forward(l);
   ln_f_.forward(lnf_, resid_.back());
-  ops::matmul(logits_, lnf_.out, false, wte_, true);
+  if (mlm_) {
+    mlm_dense_.forward(mlm_pre_, lnf_.out);
+    be.activation_fwd(mlm_act_, mlm_pre_, act_);
+    mlm_norm_.forward(mlm_saved_, mlm_act_);
+    ops::matmul(logits_, mlm_saved_.out, false, wte_, true);
+    ops::add_bias(logits_, mlm_bias_);
+  } else {
+    ops::matmul(logits_, lnf_.out, false, wte_, true);
+  }
   if (!targets.defined()) return 0.0;
   ops::on(logits_).cross_entropy_fwd(losses_, logits_, targets);
   n_targets_ = 0;
@@ -266,12 +306,30 @@ void TransformerLM::backward(double loss_scale) {
   OFT_ASSERT(targets_.defined(), "backward() needs a forward() with targets");
   const double scale = n_targets_ ? loss_scale / double(n_targets_) : 0.0;
   // Output layer (tied): logits = lnf @ wte^T.
-  ops::on(logits_).cross_entropy_bwd(dlogits_, logits_, targets_, scale);
-  ops::matmul(dwte_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
-  ops::matmul(dnorm_, dlogits_, false, wte_, false);
+  auto& be = ops::on(logits_);
+  be.cross_entropy_bwd(dlogits_, logits_, targets_, scale);
+  if (mlm_) {
+    // logits = LN(act(dense(h))) @ wte^T + bias
+    ops::bias_grad(dmlm_bias_, dlogits_);
+    ops::matmul(dwte_, dlogits_, true, mlm_saved_.out, false, 1.0, 1.0);
+    ops::matmul(dtmp_, dlogits_, false, wte_, false);
+    mlm_norm_.backward(dbranch_, dtmp_, mlm_act_, mlm_saved_, false);
+    be.activation_bwd(dbranch_, dbranch_, mlm_pre_, act_);
+    mlm_dense_.backward(dnorm_, dbranch_, lnf_.out, false);
+  } else {
+    ops::matmul(dwte_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
+    ops::matmul(dnorm_, dlogits_, false, wte_, false);
+  }
   ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false);
   for (size_t l = blocks_.size(); l-- > 0;) block_backward(l);
-  ops::on(dresid_).embedding_bwd(dwte_, dwpe_, dresid_, tokens_, T_, 0);
+  // dresid_ = d resid_[0]; through the embedding norm to d(embedding sum).
+  Tensor* demb = &dresid_;
+  if (emb_norm_.kind != NormKind::None) {
+    emb_norm_.backward(dtmp_, dresid_, emb_, emb_saved_, false);
+    demb = &dtmp_;
+  }
+  if (dwtt0_.defined()) ops::bias_grad(dwtt0_, *demb);
+  be.embedding_bwd(dwte_, dwpe_, *demb, tokens_, T_, 0);
 }
 
 }  // namespace oft

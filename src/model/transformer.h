@@ -39,9 +39,10 @@ class TransformerLM {
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
 
-  // tokens, targets: [B, T] i32 on the model's device (targets < 0 are ignored).
+  // tokens, targets: [B, T] i32 on the model's device (targets < 0 are ignored); key_mask:
+  // optional [B, T] i32, 0 = padding (masked-LM line-by-line batches).
   // Returns the mean cross-entropy over the counted targets.
-  double forward(const Tensor& tokens, const Tensor& targets);
+  double forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask = Tensor());
   // Accumulates d(loss_scale * mean loss)/d(params) into the gradients. Follows forward().
   void backward(double loss_scale);
   // Logits [B*T, V] of the last forward.
@@ -79,15 +80,24 @@ class TransformerLM {
   ops::Activation act_;
   ParamStore params_;
   Tensor wte_, wpe_, dwte_, dwpe_;
+  Tensor wtt0_, dwtt0_;  // token-type embedding row 0 [C] (BERT)
+  Norm emb_norm_;
   std::vector<Block> blocks_;
   Norm ln_f_;
+  // Masked-LM head (BERT): dense -> GELU -> LayerNorm -> tied decoder + bias.
+  bool mlm_ = false;
+  Linear mlm_dense_;
+  Norm mlm_norm_;
+  Tensor mlm_bias_, dmlm_bias_;
 
   // Activations of the last forward.
   int64_t B_ = 0, T_ = 0, n_targets_ = 0;
   Tensor tokens_, targets_, key_mask_;
   std::vector<Tensor> resid_;  // resid_[l]: input of block l; resid_[L]: output of the last
   std::vector<BlockActs> acts_;
-  NormSaved lnf_;
+  Tensor emb_;  // embedding sum before emb_norm_ [N, C]
+  NormSaved emb_saved_, lnf_, mlm_saved_;
+  Tensor mlm_pre_, mlm_act_;  // [N, C]
   Tensor logits_, losses_;
   // Backward scratch.
   Tensor dresid_, dnorm_, dbranch_, dtmp_, dfc_, dlogits_;
