@@ -94,6 +94,9 @@ INSTANTIATE_TEST_SUITE_P(
         ModelCase{"gate_per_token_mlp", {"gate=conditional_per_token", "gate_mlp=true"}},
         ModelCase{"gate_all_features", {"gate=conditional_per_token", "gate_all=true"}},
         ModelCase{"gate_post_norm", {"block=post_norm", "gate=conditional_per_token", "gate_mlp=true"}},
+        ModelCase{"skipless", {"block=skipless", "gains_trainable=true"}},
+        ModelCase{"skipless_fixed_gains_rms", {"block=skipless", "norm=rmsnorm", "qk_norm=true"}},
+        ModelCase{"skipless_parallel_nonorm", {"block=skipless_parallel", "norm=none", "gains_trainable=true"}},
         ModelCase{"bert_mlm", {"objective=mlm", "block=post_norm", "final_norm=false",
                                "activation=gelu_erf", "type_vocab_size=2", "embed_norm=true"}},
         ModelCase{"bert_mlm_gated_clipped", {"objective=mlm", "block=post_norm", "final_norm=false",
@@ -135,6 +138,22 @@ TEST(ModelInvariants, OpBlockWithZeroGainIsIdentity) {
   ops::matmul(expect, emb, false, a.params().find("wte.weight")->value, true);
   const auto got = a.logits().to_vector(), want = expect.to_vector();
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-12);
+}
+
+TEST(ModelInvariants, ShapedAttentionIsIdentityAtInitialisation) {
+  for (int64_t layer : {0, 1}) {
+    ModelConfig cfg = small_config({"block=skipless"});
+    ParamStore ps;
+    Attention att(ps, "a", cfg, 5, true, DType::F64, Device::CPU, true, layer);
+    Rng rng(5);
+    for (Param& p : ps.all())
+      if (p.matrix && !p.fixed_init) p.value.copy_from(randn(p.value.shape(), rng));
+    Tensor x = randn({10, 8}, rng), out = Tensor::zeros({10, 8}, DType::F64);
+    AttentionActs acts;
+    att.forward(acts, out, x, Tensor(), 2, 5);
+    const auto got = out.to_vector(), want = x.to_vector();
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-12) << "layer " << layer;
+  }
 }
 
 TEST(ModelInvariants, PostNormBlockOutputRowsHaveUnitVariance) {

@@ -257,3 +257,33 @@ TEST(OpGrad, QKNorm) {
   expect_grad("dwq", wq, dwq, loss);
   expect_grad("dwk", wk, dwk, loss);
 }
+
+TEST(OpGrad, CausalMean) {
+  Rng rng(14);
+  const int64_t B = 2, T = 4, C = 3;
+  Tensor x = randn({B * T, C}, rng), R = randn({B * T, C}, rng), y = Tensor::zeros({B * T, C}, DType::F64);
+  auto loss = [&] {
+    cpu().causal_mean_fwd(y, x, T);
+    return dot(y, R);
+  };
+  loss();
+  EXPECT_NEAR(y.data<double>()[C * 1], (x.data<double>()[0] + x.data<double>()[C]) / 2, 1e-15);
+  Tensor dx = Tensor::zeros(x.shape(), DType::F64);
+  cpu().causal_mean_bwd(dx, R, T);
+  expect_grad("dx", x, dx, loss);
+}
+
+TEST(OpGrad, CopyColumns) {
+  Rng rng(15);
+  Tensor src = randn({3, 5}, rng), dst = randn({3, 7}, rng), R = randn({3, 7}, rng);
+  const Tensor base = dst.clone();
+  auto loss = [&] {
+    dst.copy_from(base);
+    cpu().copy_columns(dst, 4, src, 1, 3, true);
+    return dot(dst, R);
+  };
+  // d src[:, 1:4] = R[:, 4:7]
+  Tensor ds = Tensor::zeros({3, 5}, DType::F64);
+  cpu().copy_columns(ds, 1, R, 4, 3, false);
+  expect_grad("dsrc", src, ds, loss);
+}

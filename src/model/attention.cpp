@@ -18,7 +18,8 @@ GateType parse_gate_type(const std::string& s) {
 }
 
 Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig& cfg,
-                     int64_t seq_len, bool causal, DType dt, Device dev) {
+                     int64_t seq_len, bool causal, DType dt, Device dev, bool shaped,
+                     int64_t layer) {
   spec_ = parse_attention(cfg);
   spec_.causal = causal;
   if (cfg.alpha > 0) {
@@ -30,8 +31,40 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
   H_ = cfg.n_head;
   D_ = C_ / H_;
   qk_eps_ = cfg.norm_eps;
-  qkv_ = Linear(ps, name + ".c_attn", C_, 3 * C_, cfg.bias, dt, dev);
-  proj_ = Linear(ps, name + ".c_proj", C_, C_, cfg.bias, dt, dev);
+  shaped_ = shaped;
+  if (shaped_) {
+    OFT_CHECK(causal, "model.block=", cfg.block, ": shaped attention is causal only (its uniform "
+                      "matrix C averages over past tokens); use model.objective=clm");
+    OFT_CHECK(parse_gate_type(cfg.attn_gate_type) == GateType::None, "model.block=", cfg.block,
+              " has no output projection to gate: set model.attn_gate_type=none");
+    // Seed B: only the fused Q/K projection has a bias.
+    q_ = Linear(ps, name + ".q_proj", C_, C_, true, dt, dev);
+    k_ = Linear(ps, name + ".k_proj", C_, C_, true, dt, dev);
+    ps.find(name + ".q_proj.weight")->fixed_init = true;  // zero: P = C at initialisation
+    auto head_params = [&](const char* n, Tensor& v, Tensor& g) {
+      Param& p = ps.create(name + "." + n, {1, H_}, dt, dev, false);
+      ops::fill(p.value, 1.0);
+      p.fixed_init = true;
+      v = p.value, g = p.grad;
+    };
+    head_params("shaped_alpha", sa_alpha_, dsa_alpha_);
+    head_params("shaped_beta", sa_beta_, dsa_beta_);
+    head_params("shaped_gamma", sa_gamma_, dsa_gamma_);
+    value_reparam_ = layer == 0;
+    if (value_reparam_) {
+      v_ = Linear(ps, name + ".v_proj", C_, C_, false, dt, dev);
+      ps.find(name + ".v_proj.weight")->fixed_init = true;  // zero: V = x at initialisation
+      Param& rg = ps.create(name + ".v_resid_gain", {1}, dt, dev, false);
+      Param& sg = ps.create(name + ".v_skip_gain", {1}, dt, dev, false);
+      ops::fill(rg.value, 1.0);
+      ops::fill(sg.value, 1.0);
+      rg.fixed_init = sg.fixed_init = true;
+      v_rg_ = rg.value, dv_rg_ = rg.grad, v_sg_ = sg.value, dv_sg_ = sg.grad;
+    }
+  } else {
+    qkv_ = Linear(ps, name + ".c_attn", C_, 3 * C_, cfg.bias, dt, dev);
+    proj_ = Linear(ps, name + ".c_proj", C_, C_, cfg.bias, dt, dev);
+  }
   qk_norm_ = cfg.qk_norm;
   if (qk_norm_) {
     Param& q = ps.create(name + ".q_norm.weight", {D_}, dt, dev, false);
@@ -48,6 +81,7 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
   if (gate_ == GateType::UnconditionalPerHead) {
     Param& g = ps.create(name + ".gate.logit", {1, H_}, dt, dev, false);
     ops::fill(g.value, bias0);
+    g.fixed_init = true;
     gate_logit_ = g.value, dgate_logit_ = g.grad;
     return;
   }
@@ -62,6 +96,7 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
   if (gate_all_) {
     gate_all_features_ = Linear(ps, name + ".gate.all_features", C_, H_, true, dt, dev);
     ops::fill(gate_all_features_.b, bias0);
+    ps.find(name + ".gate.all_features.bias")->fixed_init = true;
   } else if (gate_mlp_) {
     hid_ = cfg.attn_gate_hidden;
     OFT_CHECK(hid_ >= 1, "model.attn_gate_hidden must be >= 1");
@@ -70,12 +105,14 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
     Param& w2 = ps.create(name + ".gate.fc2.weight", {H_, 1, hid_}, dt, dev, true);
     Param& b2 = ps.create(name + ".gate.fc2.bias", {H_}, dt, dev, false);
     ops::fill(b2.value, bias0);
+    b2.fixed_init = true;
     gw1_ = w1.value, dgw1_ = w1.grad, gb1_ = b1.value, dgb1_ = b1.grad;
     gw2_ = w2.value, dgw2_ = w2.grad, gb2_ = b2.value, dgb2_ = b2.grad;
   } else {
     Param& w1 = ps.create(name + ".gate.weight", {H_, 1, D_}, dt, dev, true);
     Param& b1 = ps.create(name + ".gate.bias", {H_}, dt, dev, false);
     ops::fill(b1.value, bias0);
+    b1.fixed_init = true;
     gw1_ = w1.value, dgw1_ = w1.grad, gb1_ = b1.value, dgb1_ = b1.grad;
   }
 }
@@ -88,8 +125,96 @@ int64_t Attention::rows_per_gate(int64_t B, int64_t T) const {
   }
 }
 
+Tensor Attention::scalar_grad(double v, const Tensor& like) {
+  return Tensor::from_vector({1}, {v}, like.dtype()).to(like.device());
+}
+
+void Attention::shaped_forward(AttentionActs& a, Tensor& out, const Tensor& x,
+                               const Tensor& key_mask, int64_t B, int64_t T) {
+  const int64_t N = B * T;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  auto& be = ops::on(x);
+  for (Tensor* t : {&a.q, &a.k, &a.v, &a.cv, &a.tmp, &a.ctx}) ensure(*t, {N, C_}, dt, dev);
+  q_.forward(a.q, x);
+  k_.forward(a.k, x);
+  if (value_reparam_) {
+    // V = rg * (x W^T) + sg * x
+    ensure(a.u, {N, C_}, dt, dev);
+    v_.forward(a.u, x);
+    a.v.copy_from(x);
+    ops::scale(a.v, v_sg_.item());
+    ops::axpy(a.v, a.u, v_rg_.item());
+  } else {
+    a.v.copy_from(x);
+  }
+  ensure(a.qkv_raw, {N, 3 * C_}, dt, dev);
+  be.copy_columns(a.qkv_raw, 0, a.q, 0, C_, false);
+  be.copy_columns(a.qkv_raw, C_, a.k, 0, C_, false);
+  be.copy_columns(a.qkv_raw, 2 * C_, a.v, 0, C_, false);
+  if (qk_norm_) {
+    ensure(a.qkv, {N, 3 * C_}, dt, dev);
+    ensure(a.qk_inv, {N, 2 * H_}, dt, dev);
+    be.qk_norm_fwd(a.qkv, a.qk_inv, a.qkv_raw, wq_, wk_, H_, qk_eps_);
+  } else {
+    a.qkv = a.qkv_raw;
+  }
+  be.attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec_);  // P V
+  be.causal_mean_fwd(a.cv, a.v, T);                                    // C V
+  be.head_gate_fwd(out, a.v, sa_alpha_, N);
+  be.head_gate_fwd(a.tmp, a.ctx, sa_beta_, N);
+  ops::axpy(out, a.tmp, 1.0);
+  be.head_gate_fwd(a.tmp, a.cv, sa_gamma_, N);
+  ops::axpy(out, a.tmp, -1.0);
+}
+
+void Attention::shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout,
+                                const Tensor& x, const Tensor& key_mask, int64_t B, int64_t T,
+                                bool accumulate_dx) {
+  const int64_t N = B * T;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  auto& be = ops::on(x);
+  for (Tensor* t : {&dv_, &dcv_, &dpv_, &dq_, &dtmp_}) ensure(*t, {N, C_}, dt, dev);
+  ensure(dhead_, {1, H_}, dt, dev);
+  // out = alpha V + beta (P V) - gamma (C V)
+  be.head_gate_bwd(dv_, dhead_, dout, a.v, sa_alpha_, N);
+  ops::axpy(dsa_alpha_, dhead_, 1.0);
+  be.head_gate_bwd(dpv_, dhead_, dout, a.ctx, sa_beta_, N);
+  ops::axpy(dsa_beta_, dhead_, 1.0);
+  be.head_gate_bwd(dcv_, dhead_, dout, a.cv, sa_gamma_, N);
+  ops::axpy(dsa_gamma_, dhead_, -1.0);
+  be.causal_mean_bwd(dtmp_, dcv_, T);
+  ops::axpy(dv_, dtmp_, -1.0);
+  ensure(dqkv_, {N, 3 * C_}, dt, dev);
+  be.attention_bwd(dqkv_, dpv_, a.qkv, a.att_saved, key_mask, B, T, spec_);
+  Tensor* dqkv = &dqkv_;
+  if (qk_norm_) {
+    ensure(dqkv_raw_, {N, 3 * C_}, dt, dev);
+    be.qk_norm_bwd(dqkv_raw_, dwq_, dwk_, dqkv_, a.qkv_raw, wq_, wk_, a.qk_inv, H_);
+    dqkv = &dqkv_raw_;
+  }
+  be.copy_columns(dv_, 0, *dqkv, 2 * C_, C_, true);
+  be.copy_columns(dq_, 0, *dqkv, 0, C_, false);
+  q_.backward(dx, dq_, x, accumulate_dx);
+  be.copy_columns(dq_, 0, *dqkv, C_, C_, false);
+  k_.backward(dx, dq_, x, true);
+  if (value_reparam_) {
+    // V = rg * u + sg * x, u = x W^T
+    ops::axpy(dv_rg_, scalar_grad(ops::dot(dv_, a.u), x), 1.0);
+    ops::axpy(dv_sg_, scalar_grad(ops::dot(dv_, x), x), 1.0);
+    dtmp_.copy_from(dv_);
+    ops::scale(dtmp_, v_rg_.item());
+    v_.backward(dx, dtmp_, x, true);
+    ops::axpy(dx, dv_, v_sg_.item());
+  } else {
+    ops::axpy(dx, dv_, 1.0);
+  }
+}
+
 void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask,
                         int64_t B, int64_t T) {
+  if (shaped_) return shaped_forward(a, out, x, key_mask, B, T);
   const int64_t N = B * T;
   const DType dt = x.dtype();
   const Device dev = x.device();
@@ -141,6 +266,7 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
 
 void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const Tensor& x,
                          const Tensor& key_mask, int64_t B, int64_t T, bool accumulate_dx) {
+  if (shaped_) return shaped_backward(a, dx, dout, x, key_mask, B, T, accumulate_dx);
   const int64_t N = B * T;
   const DType dt = x.dtype();
   const Device dev = x.device();

@@ -5,6 +5,12 @@
 //   ctx_h *= sigmoid(G_h(x))   (optional)     gated attention, gate types of REFERENCE.md §2
 //   out = ctx @ Wo^T + b                      [N, C]
 // x is what q/k/v see (the normed block input in pre-norm blocks).
+//
+// Shaped attention (skipless blocks, REFERENCE.md §3) replaces softmax attention by
+//   out_h = (alpha_h I + beta_h P - gamma_h C) V_h,   C[i,j] = 1/(i+1) for j <= i,
+// with trainable per-head alpha, beta, gamma (init 1), W_Q initialised to zero (so P = C and
+// the layer is the identity at initialisation), no output projection, and V = x except in
+// layer 0, where V = x (rg W + sg I)^T with W zero-initialised and trainable scalars rg, sg.
 #pragma once
 
 #include <string>
@@ -24,14 +30,17 @@ struct AttentionActs {
   Tensor ctx, gated;            // [N, C] before / after the gate (gated aliases ctx without)
   Tensor hidden, hidden_act;    // MLP gate: [N, H * hidden]
   Tensor logits_tok, logits, gate;  // [N, H], [R, H] (R = N, B or 1), sigmoid(logits)
+  Tensor q, k, u, v, cv, tmp;       // shaped attention: q/k projections, x W^T, V, C V, scratch
 };
 
 class Attention {
  public:
   Attention() = default;
   // seq_len is the training T (for `alpha`: gamma = -alpha / T).
+  // shaped: the skipless blocks' shaped attention; layer: block index (layer 0 keeps a
+  // reparametrised value projection in shaped attention).
   Attention(ParamStore& ps, const std::string& name, const ModelConfig& cfg, int64_t seq_len,
-            bool causal, DType dt, Device dev);
+            bool causal, DType dt, Device dev, bool shaped = false, int64_t layer = 0);
 
   // out[N, C] = attention(x[N, C]); key_mask: optional [B*T] i32 (0 = padding key).
   void forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask, int64_t B,
@@ -45,6 +54,11 @@ class Attention {
 
  private:
   int64_t rows_per_gate(int64_t B, int64_t T) const;
+  void shaped_forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask,
+                      int64_t B, int64_t T);
+  void shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const Tensor& x,
+                       const Tensor& key_mask, int64_t B, int64_t T, bool accumulate_dx);
+  static Tensor scalar_grad(double v, const Tensor& like);
 
   ops::AttentionSpec spec_;
   int64_t C_ = 0, H_ = 0, D_ = 0, hid_ = 0;
@@ -58,7 +72,12 @@ class Attention {
   Tensor gw1_, gb1_, dgw1_, dgb1_;   // per-head linear [H, 1, D] or MLP first layer [H, hid, D]
   Tensor gw2_, gb2_, dgw2_, dgb2_;   // MLP second layer [H, 1, hid]
   Linear gate_all_features_;         // Linear(C -> H)
+  bool shaped_ = false, value_reparam_ = false;
+  Linear q_, k_, v_;  // shaped: separate q / k projections, layer-0 value map W
+  Tensor sa_alpha_, sa_beta_, sa_gamma_, dsa_alpha_, dsa_beta_, dsa_gamma_;  // [1, H]
+  Tensor v_rg_, v_sg_, dv_rg_, dv_sg_;                                        // [1]
   // Backward scratch.
+  Tensor dv_, dcv_, dpv_, dq_, dtmp_, dhead_;
   Tensor dctx_, dqkv_, dqkv_raw_, dlogits_, dlogits_tok_, dhidden_, dgate_;
 };
 

@@ -32,7 +32,8 @@ struct ModelConfig {
   bool attn_gate_linear_all_features = false;  // one Linear(d_model -> H) per token
 
   // Blocks (REFERENCE.md §3).
-  std::string block = "pre_norm";  // pre_norm | post_norm | parallel | op
+  std::string block = "pre_norm";  // pre_norm | post_norm | parallel | op | skipless
+                                   // | skipless_parallel
   bool qk_norm = false;            // RMSNorm over the head dim on q and k (OP block)
   double branch_gain = 1.0;        // beta: residual branches are scaled by it (OP: 0.2)
   bool gains_trainable = false;    // learn beta per block and branch (init branch_gain)

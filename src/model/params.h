@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <deque>
 #include <vector>
 
 #include "core/tensor.h"
@@ -14,6 +15,8 @@ struct Param {
   Tensor value;
   Tensor grad;
   bool matrix = false;  // weight matrix or embedding (decayed by default); else bias / norm gain
+  bool fixed_init = false;  // initialised at construction (gate biases, gains, zero-init maps);
+                            // TransformerLM::init_weights leaves it as it is
 };
 
 class ParamStore {
@@ -21,14 +24,15 @@ class ParamStore {
   // Creates a zero-initialised parameter and its gradient; returns its index.
   Param& create(const std::string& name, const Shape& shape, DType dtype, Device device,
                 bool matrix);
-  std::vector<Param>& all() { return params_; }
-  const std::vector<Param>& all() const { return params_; }
+  // A deque: references returned by create() stay valid as more parameters are added.
+  std::deque<Param>& all() { return params_; }
+  const std::deque<Param>& all() const { return params_; }
   Param* find(const std::string& name);
   int64_t numel() const;
   void zero_grad();
 
  private:
-  std::vector<Param> params_;
+  std::deque<Param> params_;
 };
 
 }  // namespace oft

@@ -38,7 +38,10 @@ BlockType parse_block(const std::string& s) {
   if (s == "post_norm") return BlockType::PostNorm;
   if (s == "parallel") return BlockType::Parallel;
   if (s == "op") return BlockType::OP;
-  fail("model.block: unknown block '", s, "': use pre_norm, post_norm, parallel or op");
+  if (s == "skipless") return BlockType::Skipless;
+  if (s == "skipless_parallel") return BlockType::SkiplessParallel;
+  fail("model.block: unknown block '", s,
+       "': use pre_norm, post_norm, parallel, op, skipless or skipless_parallel");
 }
 
 TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device, int64_t seq_len)
@@ -74,18 +77,26 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
       if (l == 0) b.n1 = Norm(params_, pre + "ln_1", C, NormKind::LayerNorm, cfg.norm_eps, cfg.bias, dtype, device);
     } else {
       b.n1 = Norm(params_, pre + "ln_1", C, nk, cfg.norm_eps, cfg.bias, dtype, device);
-      if (block_ != BlockType::Parallel)
+      if (block_ != BlockType::Parallel && block_ != BlockType::SkiplessParallel)
         b.n2 = Norm(params_, pre + "ln_2", C, nk, cfg.norm_eps, cfg.bias, dtype, device);
     }
-    b.attn = Attention(params_, pre + "attn", cfg, seq_len, cfg.causal(), dtype, device);
+    b.attn = Attention(params_, pre + "attn", cfg, seq_len, cfg.causal(), dtype, device,
+                       skipless(), l);
     b.fc = Linear(params_, pre + "mlp.c_fc", C, F, cfg.bias, dtype, device);
     b.fc_out = Linear(params_, pre + "mlp.c_proj", F, C, cfg.bias, dtype, device);
     if (cfg.gains_trainable) {
       Param& ga = params_.create(pre + "attn_gain", {1}, dtype, device, false);
       Param& gm = params_.create(pre + "mlp_gain", {1}, dtype, device, false);
-      ops::fill(ga.value, cfg.branch_gain);
-      ops::fill(gm.value, cfg.branch_gain);
+      ops::fill(ga.value, attn_gain0());
+      ops::fill(gm.value, mlp_gain0());
+      ga.fixed_init = gm.fixed_init = true;
       b.g_attn = ga.value, b.dg_attn = ga.grad, b.g_mlp = gm.value, b.dg_mlp = gm.grad;
+      if (block_ == BlockType::Skipless) {
+        Param& gs = params_.create(pre + "skip_gain", {1}, dtype, device, false);
+        ops::fill(gs.value, 1.0);
+        gs.fixed_init = true;
+        b.g_skip = gs.value, b.dg_skip = gs.grad;
+      }
     }
     blocks_.push_back(std::move(b));
   }
@@ -106,11 +117,9 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
 
 void TransformerLM::init_weights(uint64_t seed) {
   for (Param& p : params_.all()) {
+    if (p.fixed_init) continue;
     if (!p.matrix) {
-      // Norm gains 1, biases 0; gate biases and block gains hold their configured values.
-      const bool configured = p.name.find(".gate.") != std::string::npos ||
-                              p.name.ends_with("_gain");
-      if (configured) continue;
+      // Norm gains 1, biases 0.
       const bool is_gain = p.name.ends_with(".weight");
       ops::fill(p.value, is_gain ? 1.0 : 0.0);
       continue;
@@ -152,7 +161,11 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
   dlogits_ = mk({N, V});
 }
 
-double TransformerLM::gain(const Tensor& g) const { return g.defined() ? g.item() : cfg_.branch_gain; }
+double TransformerLM::gain(const Tensor& g, double constant) const {
+  return g.defined() ? g.item() : constant;
+}
+double TransformerLM::attn_gain0() const { return skipless() ? 1.0 : cfg_.branch_gain; }
+double TransformerLM::mlp_gain0() const { return skipless() ? 0.1 : cfg_.branch_gain; }
 
 void TransformerLM::mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in) {
   b.fc.forward(a.fc, in);
@@ -167,14 +180,14 @@ void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tens
   b.fc.backward(din, dfc_, in, false);
 }
 
-const Tensor& TransformerLM::branch_grad(const Tensor& g, Tensor& dg, const Tensor& d,
-                                         const Tensor& branch_out) {
+const Tensor& TransformerLM::branch_grad(const Tensor& g, Tensor& dg, double constant,
+                                         const Tensor& d, const Tensor& branch_out) {
   if (g.defined()) {
     const Tensor delta = Tensor::from_vector({1}, {ops::dot(d, branch_out)}, dtype_).to(device_);
     ops::axpy(dg, delta, 1.0);
   }
   dbranch_.copy_from(d);
-  const double s = gain(g);
+  const double s = gain(g, constant);
   if (s != 1.0) ops::scale(dbranch_, s);
   return dbranch_;
 }
@@ -184,7 +197,7 @@ void TransformerLM::block_forward(size_t l) {
   BlockActs& a = acts_[l];
   const Tensor& x = resid_[l];
   Tensor& out = resid_[l + 1];
-  const double ga = gain(b.g_attn), gm = gain(b.g_mlp);
+  const double ga = gain(b.g_attn, attn_gain0()), gm = gain(b.g_mlp, mlp_gain0());
   auto residual = [&](Tensor& dst, const Tensor& base, const Tensor& branch, double g) {
     dst.copy_from(base);
     ops::axpy(dst, branch, g);
@@ -221,6 +234,25 @@ void TransformerLM::block_forward(size_t l) {
       mlp_forward(b, a, a.mlp_out, a.s1);
       residual(out, a.s1, a.mlp_out, gm);
       break;
+    case BlockType::Skipless:
+      b.n1.forward(a.n1, x);
+      b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      a.s1.copy_from(a.attn_out);  // h = b_SA SA(N1(x))
+      ops::scale(a.s1, ga);
+      b.n2.forward(a.n2, a.s1);
+      mlp_forward(b, a, a.mlp_out, a.n2.out);
+      out.copy_from(a.s1);
+      ops::scale(out, gain(b.g_skip, 1.0));
+      ops::axpy(out, a.mlp_out, gm);
+      break;
+    case BlockType::SkiplessParallel:
+      b.n1.forward(a.n1, x);
+      b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      mlp_forward(b, a, a.mlp_out, a.n1.out);
+      out.copy_from(a.attn_out);
+      ops::scale(out, ga);
+      ops::axpy(out, a.mlp_out, gm);
+      break;
   }
 }
 
@@ -231,32 +263,56 @@ void TransformerLM::block_backward(size_t l) {
   const Tensor& x = resid_[l];
   switch (block_) {
     case BlockType::PreNorm:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, dresid_, a.mlp_out), a.n2.out);
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out), a.n2.out);
       b.n2.backward(dresid_, dnorm_, a.s1, a.n2, true);
-      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, dresid_, a.attn_out),
+      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
                       a.n1.out, key_mask_, B_, T_, false);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true);
       break;
     case BlockType::PostNorm:
       b.n2.backward(dtmp_, dresid_, a.s2, a.n2, false);  // d s2
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, dtmp_, a.mlp_out), a.n1.out);
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dtmp_, a.mlp_out), a.n1.out);
       ops::axpy(dnorm_, dtmp_, 1.0);                         // d h
       b.n1.backward(dresid_, dnorm_, a.s1, a.n1, false);    // d s1
-      b.attn.backward(a.attn, dresid_, branch_grad(b.g_attn, b.dg_attn, dresid_, a.attn_out), x,
+      b.attn.backward(a.attn, dresid_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out), x,
                       key_mask_, B_, T_, true);
       break;
     case BlockType::Parallel:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, dresid_, a.mlp_out), a.n1.out);
-      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, dresid_, a.attn_out),
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out), a.n1.out);
+      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
                       a.n1.out, key_mask_, B_, T_, true);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true);
       break;
     case BlockType::OP:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, dresid_, a.mlp_out), a.s1);
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out), a.s1);
       ops::axpy(dresid_, dnorm_, 1.0);  // d h
-      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, dresid_, a.attn_out),
+      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
                       a.n1.out, key_mask_, B_, T_, false);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true);
+      break;
+    case BlockType::Skipless: {
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out),
+                   a.n2.out);
+      // d h = a_FF d out + N2'(d M-input)
+      if (b.g_skip.defined())
+        ops::axpy(b.dg_skip, Tensor::from_vector({1}, {ops::dot(dresid_, a.s1)}, dtype_).to(device_), 1.0);
+      dtmp_.copy_from(dresid_);
+      ops::scale(dtmp_, gain(b.g_skip, 1.0));
+      b.n2.backward(dtmp_, dnorm_, a.s1, a.n2, true);
+      // h = b_SA attn_out, attn_out = SA(N1(x)); no skip connection.
+      b.attn.backward(a.attn, dnorm_,
+                      branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dtmp_, a.attn_out), a.n1.out,
+                      key_mask_, B_, T_, false);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, false);
+      break;
+    }
+    case BlockType::SkiplessParallel:
+      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out),
+                   a.n1.out);
+      b.attn.backward(a.attn, dnorm_,
+                      branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
+                      a.n1.out, key_mask_, B_, T_, true);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, false);
       break;
   }
 }

@@ -5,6 +5,9 @@
 //   post_norm  h = N1(x + beta A(x));            out = N2(h + beta M(h))
 //   parallel   out = x + beta A(N1(x)) + beta M(N1(x))
 //   op         h = x + beta A(x');  out = h + beta M(h)  with x' = LN(x) in layer 0, else x
+//   skipless           h = b_SA SA(N1(x));  out = a_FF h + b_FF M(N2(h))
+//   skipless_parallel  out = b_SA SA(N1(x)) + b_FF M(N1(x))
+// (SA: shaped attention; gains b_SA, a_FF, b_FF start at 1, 1, 0.1.)
 // A is multi-head attention with its variants (attention.h), M = Linear -> act -> Linear.
 // forward() keeps every activation the explicit backward() needs.
 #pragma once
@@ -21,7 +24,7 @@ namespace oft {
 // Parses model.attn_softmax ("softmax" | "vanilla" | "softmax1" | "clipped(GAMMA:ZETA)").
 ops::AttentionSpec parse_attention(const ModelConfig& cfg);
 
-enum class BlockType { PreNorm, PostNorm, Parallel, OP };
+enum class BlockType { PreNorm, PostNorm, Parallel, OP, Skipless, SkiplessParallel };
 BlockType parse_block(const std::string& s);
 
 class TransformerLM {
@@ -56,7 +59,7 @@ class TransformerLM {
     Norm n1, n2;
     Attention attn;
     Linear fc, fc_out;
-    Tensor g_attn, g_mlp, dg_attn, dg_mlp;  // trainable branch gains [1] (else constant)
+    Tensor g_attn, g_mlp, g_skip, dg_attn, dg_mlp, dg_skip;  // trainable gains [1]
   };
   struct BlockActs {
     NormSaved n1, n2;
@@ -65,11 +68,15 @@ class TransformerLM {
   };
 
   void allocate(int64_t B, int64_t T);
-  double gain(const Tensor& g) const;
+  // Value of a gain: the trainable parameter when defined, else its constant.
+  double gain(const Tensor& g, double constant) const;
+  double attn_gain0() const, mlp_gain0() const;
+  bool skipless() const { return block_ == BlockType::Skipless || block_ == BlockType::SkiplessParallel; }
   void mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in);
   void mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tensor& dout, const Tensor& in);
   // dbranch_ = gain * d, and the gain's gradient dot(d, branch_out) when trainable.
-  const Tensor& branch_grad(const Tensor& g, Tensor& dg, const Tensor& d, const Tensor& branch_out);
+  const Tensor& branch_grad(const Tensor& g, Tensor& dg, double constant, const Tensor& d,
+                            const Tensor& branch_out);
   void block_forward(size_t l);
   void block_backward(size_t l);
 

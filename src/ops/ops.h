@@ -120,6 +120,14 @@ class Backend {
                            const Tensor& qkv, const Tensor& wq, const Tensor& wk,
                            const Tensor& inv, int64_t H) = 0;
 
+  // Causal running mean over each sequence of T rows (the uniform causal matrix C of shaped
+  // attention, C[i,j] = 1/(i+1) for j <= i): y[b*T + i] = mean_{j<=i} x[b*T + j]; x, y [B*T, C].
+  virtual void causal_mean_fwd(Tensor& y, const Tensor& x, int64_t T) = 0;
+  virtual void causal_mean_bwd(Tensor& dx, const Tensor& dy, int64_t T) = 0;
+  // dst[:, dst_col:dst_col+ncols] (+)= src[:, src_col:src_col+ncols] (row-major 2-D tensors).
+  virtual void copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col,
+                            int64_t ncols, bool accumulate) = 0;
+
   // ---- loss ----
   // losses[N] = -log softmax(logits[N,V])[target]; rows with target < 0 get 0.
   virtual void cross_entropy_fwd(Tensor& losses, const Tensor& logits,

@@ -57,7 +57,7 @@ RunConfig::RunConfig() {
   r.add("model.type_vocab_size", &m.type_vocab_size, "token-type embeddings (BERT: 2; 0 = none)",
         0, 1024);
   r.add("model.embed_norm", &m.embed_norm, "LayerNorm after the embedding sum (BERT)");
-  r.add("model.block", &m.block, "block type", {"pre_norm", "post_norm", "parallel", "op"});
+  r.add("model.block", &m.block, "block type", {"pre_norm", "post_norm", "parallel", "op", "skipless", "skipless_parallel"});
   r.add("model.qk_norm", &m.qk_norm, "RMSNorm over the head dimension on q and k");
   r.add("model.branch_gain", &m.branch_gain, "residual branch gain beta (OP block: 0.2)", 0.0, 100.0);
   r.add("model.gains_trainable", &m.gains_trainable, "learn the branch gains");

@@ -201,4 +201,54 @@ void CpuBackend::qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tenso
   });
 }
 
+void CpuBackend::causal_mean_fwd(Tensor& y, const Tensor& x, int64_t T) {
+  const int64_t N = x.dim(0), C = x.dim(1), B = N / T;
+  dispatch_float(x, [&]<class F>() {
+    const F* px = x.data<F>();
+    F* py = y.data<F>();
+#pragma omp parallel for schedule(static)
+    for (int64_t bc = 0; bc < B * C; ++bc) {
+      const int64_t b = bc / C, c = bc % C;
+      double s = 0;
+      for (int64_t i = 0; i < T; ++i) {
+        s += px[(b * T + i) * C + c];
+        py[(b * T + i) * C + c] = F(s / double(i + 1));
+      }
+    }
+  });
+}
+
+void CpuBackend::causal_mean_bwd(Tensor& dx, const Tensor& dy, int64_t T) {
+  const int64_t N = dy.dim(0), C = dy.dim(1), B = N / T;
+  dispatch_float(dy, [&]<class F>() {
+    const F* pdy = dy.data<F>();
+    F* pdx = dx.data<F>();
+#pragma omp parallel for schedule(static)
+    for (int64_t bc = 0; bc < B * C; ++bc) {
+      const int64_t b = bc / C, c = bc % C;
+      double s = 0;  // suffix sum of dy_i / (i + 1)
+      for (int64_t i = T - 1; i >= 0; --i) {
+        s += pdy[(b * T + i) * C + c] / double(i + 1);
+        pdx[(b * T + i) * C + c] = F(s);
+      }
+    }
+  });
+}
+
+void CpuBackend::copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col,
+                              int64_t ncols, bool accumulate) {
+  const int64_t N = dst.dim(0), Wd = dst.dim(1), Ws = src.dim(1);
+  OFT_ASSERT(src.dim(0) == N && dst_col + ncols <= Wd && src_col + ncols <= Ws, "copy_columns");
+  dispatch_float(dst, [&]<class F>() {
+    F* pd = dst.data<F>();
+    const F* ps = src.data<F>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < ncols; ++c) {
+        F& d = pd[n * Wd + dst_col + c];
+        d = accumulate ? d + ps[n * Ws + src_col + c] : ps[n * Ws + src_col + c];
+      }
+  });
+}
+
 }  // namespace oft::ops

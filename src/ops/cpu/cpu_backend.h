@@ -60,6 +60,11 @@ class CpuBackend final : public Backend {
   void qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tensor& dout, const Tensor& qkv,
                    const Tensor& wq, const Tensor& wk, const Tensor& inv, int64_t H) override;
 
+  void causal_mean_fwd(Tensor& y, const Tensor& x, int64_t T) override;
+  void causal_mean_bwd(Tensor& dx, const Tensor& dy, int64_t T) override;
+  void copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col,
+                    int64_t ncols, bool accumulate) override;
+
   void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) override;
   void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                          double scale) override;
