@@ -127,6 +127,10 @@ TEST(Prepare, DeterministicByteIdenticalRuns) {
   EXPECT_EQ(meta["tokenizer"], "test-bytes");
   EXPECT_EQ(meta["vocab_size"], 257);
   EXPECT_EQ(meta["eot_id"], 256);
+  EXPECT_EQ(meta["bos_id"], -1);  // no bos: documents are tokens + eot only
+  EXPECT_EQ(meta["mask_id"], -1);
+  EXPECT_EQ(meta["pad_id"], -1);
+  EXPECT_EQ(meta["special_ids"], nlohmann::json::array());
   EXPECT_EQ(meta["train"]["tokens"], a.train_tokens);
   EXPECT_EQ(meta["val"]["documents"], a.val_documents);
   EXPECT_EQ(meta["val_fraction"], 0.2);

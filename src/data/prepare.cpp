@@ -334,6 +334,9 @@ PrepareResult prepare_corpus(const PrepareOptions& opt, const Tokenizer& tok) {
   const int32_t eot = tok.eot_id();
   OFT_CHECK(vocab > 0 && eot >= 0 && eot < vocab, "tokenizer '", tok.name(), "': eot_id ", eot,
             " is outside its vocabulary of ", vocab, ": check the tokenizer files");
+  const int32_t bos = tok.bos_id();  // -1: documents are not prefixed
+  OFT_CHECK(bos < vocab, "tokenizer '", tok.name(), "': bos_id ", bos,
+            " is outside its vocabulary of ", vocab, ": check the tokenizer files");
   const bool blank_lines = opt.doc_split == "blank_lines";
   const size_t budget0 = opt.max_bytes ? opt.max_bytes : SIZE_MAX;
 
@@ -404,6 +407,13 @@ PrepareResult prepare_corpus(const PrepareOptions& opt, const Tokenizer& tok) {
   ShardWriter train(res.train_path, static_cast<uint32_t>(vocab), eot);
   ShardWriter val(res.val_path, static_cast<uint32_t>(vocab), eot);
   Progress progress(!opt.quiet, doc_bytes);
+  // One document: [bos] tokens [eot] ([CLS] ... [SEP] for BERT), or tokens [eot] without bos.
+  auto write_document = [&](ShardWriter& w, const int32_t* ids, size_t n) {
+    if (bos >= 0) w.append(&bos, 1);
+    w.append(ids, n);
+    w.append(&eot, 1);
+    w.add_documents(1);
+  };
   std::atomic<uint64_t> done{0};
   uint64_t content_tokens = 0;  // tokens excluding eot
 
@@ -418,14 +428,8 @@ PrepareResult prepare_corpus(const PrepareOptions& opt, const Tokenizer& tok) {
     size_t n_val = 0;
     if (opt.val_fraction > 0 && n >= 2)
       n_val = std::clamp<size_t>(static_cast<size_t>(std::llround(n * opt.val_fraction)), 1, n - 1);
-    train.append(ids.data(), n - n_val);
-    train.append(&eot, 1);
-    train.add_documents(1);
-    if (n_val > 0) {
-      val.append(ids.data() + (n - n_val), n_val);
-      val.append(&eot, 1);
-      val.add_documents(1);
-    }
+    write_document(train, ids.data(), n - n_val);
+    if (n_val > 0) write_document(val, ids.data() + (n - n_val), n_val);
     content_tokens = n;
     done = doc_bytes;
   } else {
@@ -454,10 +458,7 @@ PrepareResult prepare_corpus(const PrepareOptions& opt, const Tokenizer& tok) {
       }
       if (err) std::rethrow_exception(err);
       for (size_t i = 0; i < jobs.size(); ++i) {
-        ShardWriter& w = jobs[i].val ? val : train;
-        w.append(ids[i]);
-        w.append(&eot, 1);
-        w.add_documents(1);
+        write_document(jobs[i].val ? val : train, ids[i].data(), ids[i].size());
         content_tokens += ids[i].size();
       }
       texts.clear();
@@ -493,6 +494,12 @@ PrepareResult prepare_corpus(const PrepareOptions& opt, const Tokenizer& tok) {
   meta["tokenizer"] = tok.name();
   meta["vocab_size"] = vocab;
   meta["eot_id"] = eot;
+  meta["bos_id"] = bos;  // -1: none
+  // Masked-LM pieces (-1 / empty when the tokenizer has none), so a trainer can build its
+  // masking options without loading the tokenizer (see mlm_options_from_meta()).
+  meta["mask_id"] = tok.mask_id();
+  meta["pad_id"] = tok.pad_id();
+  meta["special_ids"] = tok.special_ids();
   meta["token_bytes"] = shard_token_bytes(static_cast<uint64_t>(vocab));
   meta["train"] = {{"file", "train.bin"}, {"tokens", res.train_tokens},
                    {"documents", res.train_documents}};

@@ -4,13 +4,15 @@
 // glob(3) patterns. Files are sorted by path and deduplicated; files holding NUL bytes or invalid
 // UTF-8 are skipped with a warning. Documents are whole files (doc_split "file") or paragraphs
 // separated by blank lines ("blank_lines"); whitespace-only documents are dropped. Every
-// document's tokens are followed by the tokenizer's eot_id.
+// document's tokens are followed by the tokenizer's eot_id and, when the tokenizer has a
+// bos_id() (BERT WordPiece: [CLS]), preceded by it: [bos] tokens [eot].
 //
 // Train/validation split (deterministic, independent of where the corpus lives):
 //   >= 2 documents: a document goes to validation when a stable 64-bit hash (FNV-1a, then a
 //     64-bit avalanche finaliser) of "<relative path>#<doc index in file>" maps below
 //     val_fraction. If val_fraction > 0, at least one document goes to each side.
-//   1 document: its last val_fraction of tokens go to validation (both parts end with eot).
+//   1 document: its last val_fraction of tokens go to validation (both parts are documents:
+//     [bos] ... eot).
 //   val_fraction = 0: val.bin is written with no tokens.
 // The relative path is relative to the input directory (directory inputs), to the literal
 // prefix of the pattern (glob inputs) or the bare file name (file inputs).
@@ -45,7 +47,7 @@ struct PrepareResult {
   uint64_t skipped_files = 0;  // binary / non-UTF-8 files
   uint64_t input_bytes = 0;    // bytes of text read (after max_bytes)
   uint64_t train_documents = 0, val_documents = 0;
-  uint64_t train_tokens = 0, val_tokens = 0;  // including the eot separators
+  uint64_t train_tokens = 0, val_tokens = 0;  // including the bos/eot tokens
   std::vector<std::string> warnings;          // one line per skipped file
   double seconds = 0.0;
 };

@@ -1,6 +1,7 @@
 // Tokenizer interface shared by data preparation, evaluation and generation.
-// Implementations: GPT-2 byte-level BPE (gpt2_bpe.h) and SentencePiece models
-// (sentencepiece_tokenizer.h). load_tokenizer() picks one from a spec string.
+// Implementations: GPT-2 byte-level BPE (gpt2_bpe.h), SentencePiece models
+// (sentencepiece_tokenizer.h) and BERT WordPiece (wordpiece.h). load_tokenizer() picks one from a
+// spec string.
 #pragma once
 
 #include <cstdint>
@@ -19,12 +20,22 @@ class Tokenizer {
   virtual int vocab_size() const = 0;
   // Token that separates documents in shards (GPT-2: <|endoftext|> = 50256).
   virtual int32_t eot_id() const = 0;
+  // Token written before every document by `oft data prepare` (BERT: [CLS]); -1 = none, the
+  // document is just its tokens followed by eot_id().
+  virtual int32_t bos_id() const { return -1; }
+  // Masked-LM pieces (BERT: [MASK], [PAD]); -1 when the vocabulary has no such token.
+  virtual int32_t mask_id() const { return -1; }
+  virtual int32_t pad_id() const { return -1; }
+  // Ids that masked-LM masking never selects (BERT: [PAD] [CLS] [SEP] [MASK]); empty if none.
+  virtual std::vector<int32_t> special_ids() const { return {}; }
   // Short identity stored in shard headers / run metadata, e.g. "gpt2" or "sentencepiece:<path>".
   virtual std::string name() const = 0;
 };
 
 // spec: "gpt2" (the shipped GPT-2 BPE assets under data/tokenizers/gpt2), a directory holding
-// encoder.json + vocab.bpe, or a path to a SentencePiece ".model" file.
+// encoder.json + vocab.bpe, a path to a SentencePiece ".model" file, "bert-base-uncased" (the
+// shipped BERT WordPiece vocabulary under data/tokenizers/bert-base-uncased), or a path to a
+// WordPiece vocab ".txt" file (BERT uncased rules); also the name() of any of these.
 // Errors name the file and the fix.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);
 
