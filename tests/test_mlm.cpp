@@ -1,7 +1,8 @@
 // Masked-LM data: mlm_mask() statistics and determinism, special ids and padding never selected,
 // the masked-LM TokenLoader (packed windows tiling the shard, reproducible masks across loader
 // instances / resume / eval resets, one document per sequence with truncation, padding and key
-// mask), its errors, and `oft data prepare` writing [bos] doc [eot] for tokenizers with bos_id.
+// mask), its errors, and `oft data prepare` writing [bos] doc [eot] for tokenizers with bos_id
+// (a fake one, then the shipped bert-base-uncased WordPiece end to end).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 #include "data/mlm.h"
 #include "data/prepare.h"
 #include "data/shard.h"
+#include "data/tokenizer.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
@@ -561,4 +563,53 @@ TEST(MlmPrepare, SingleDocumentPartsAreBothFramed) {
   EXPECT_EQ(shard_tokens(r.val_path), framed(text.substr(90)));
   EXPECT_EQ(r.train_tokens, 92u);
   EXPECT_EQ(r.val_tokens, 12u);
+}
+
+TEST(MlmPrepare, BertWordPieceEndToEnd) {
+  TempDir td;
+  const auto tok = load_tokenizer("bert-base-uncased");
+  EXPECT_EQ(tok->bos_id(), 101);  // [CLS]
+  EXPECT_EQ(tok->eot_id(), 102);  // [SEP]
+  const MlmOptions m = mlm_options_from_tokenizer(*tok);
+  EXPECT_EQ(m.mask_id, 103);
+  EXPECT_EQ(m.pad_id, 0);
+  EXPECT_EQ(m.vocab_size, 30522);
+  for (int32_t id : {0, 101, 102, 103})
+    EXPECT_NE(std::find(m.special_ids.begin(), m.special_ids.end(), id), m.special_ids.end()) << id;
+
+  const std::string first = "The quick brown fox jumps over the lazy dog. The dog sleeps on.";
+  write_file(td / "c/a.txt", first + "\n\nCall me Ishmael.\n");
+  PrepareOptions o;
+  o.inputs = {td / "c"};
+  o.out_dir = td / "out";
+  o.val_fraction = 0.0;
+  o.doc_split = "blank_lines";
+  o.quiet = true;
+  const PrepareResult r = prepare_corpus(o, *tok);
+  const std::vector<int32_t> t = shard_tokens(r.train_path);
+  std::vector<int32_t> want = tok->encode(first);
+  ASSERT_GT(want.size(), 14u);  // longer than T = 16 with [CLS] and [SEP]
+  want.insert(want.begin(), 101);
+  want.push_back(102);
+  const std::vector<int32_t> second = tok->encode("Call me Ishmael.");
+  want.push_back(101);
+  want.insert(want.end(), second.begin(), second.end());
+  want.push_back(102);
+  EXPECT_EQ(t, want);
+
+  const MlmOptions from_meta = mlm_options_from_meta(r.meta_path);
+  EXPECT_EQ(from_meta.mask_id, 103);
+  EXPECT_EQ(from_meta.special_ids, m.special_ids);
+  LoaderOptions lo = mlm_opts(2, 16, from_meta, false);
+  lo.mode = LoaderMode::Eval;
+  TokenLoader L(std::make_shared<const Shard>(Shard::open(r.train_path)), lo);
+  ASSERT_EQ(L.num_windows(), 2u);
+  const Batch b = next(L);
+  EXPECT_EQ(b.x[0], 101);
+  EXPECT_EQ(b.x[15], 102);  // truncated to 16 tokens, the last one still [SEP]
+  EXPECT_EQ(std::count(b.k.begin(), b.k.begin() + 16, 1), 16);
+  EXPECT_EQ(b.x[16], 101);
+  EXPECT_EQ(b.x[16 + second.size() + 1], 102);
+  EXPECT_EQ(b.x[16 + second.size() + 2], 0);  // [PAD]
+  EXPECT_EQ(b.k[16 + second.size() + 2], 0);
 }
