@@ -61,15 +61,17 @@ class WordPieceTokenizer final : public Tokenizer {
   int32_t eot_id() const override { return sep_id_; }
   std::string name() const override { return name_; }
 
-  int32_t pad_id() const { return pad_id_; }
+  int32_t pad_id() const override { return pad_id_; }
   int32_t unk_id() const { return unk_id_; }
   int32_t cls_id() const { return cls_id_; }
   int32_t sep_id() const { return sep_id_; }
-  int32_t mask_id() const { return mask_id_; }
+  int32_t mask_id() const override { return mask_id_; }
   // Written before every document ([CLS]), so that a shard reads [CLS] doc [SEP] [CLS] doc ...
-  int32_t bos_id() const { return cls_id_; }
+  int32_t bos_id() const override { return cls_id_; }
   // The ids masked-LM masking must never select: [PAD] [CLS] [SEP] [MASK].
-  std::vector<int32_t> special_ids() const { return {pad_id_, cls_id_, sep_id_, mask_id_}; }
+  std::vector<int32_t> special_ids() const override {
+    return {pad_id_, cls_id_, sep_id_, mask_id_};
+  }
   // Id of a vocabulary entry (e.g. "hello" or "##ing"), -1 when it is not in the vocabulary.
   int32_t token_to_id(std::string_view token) const;
   // The vocabulary entry of `id`; throws oft::Error when id is out of range.
