@@ -118,7 +118,9 @@ TEST_F(TrainTest, CheckpointRoundTripGivesIdenticalModel) {
   EXPECT_EQ(c2.model.vocab_size, 2048);
   auto val = std::make_shared<const Shard>(Shard::open(c2.data.val));
   auto m2 = load_model_from_checkpoint(ckpt, c2, {});
-  EXPECT_EQ(evaluate(*model, val, 4, 64, 2).loss, evaluate(*m2, val, 4, 64, 2).loss);
+  LoaderOptions lo = loader_options(c2, c2.data.val);
+  lo.batch_size = 4;
+  EXPECT_EQ(evaluate(*model, val, lo, 2).loss, evaluate(*m2, val, lo, 2).loss);
   // The weights equal what the file holds, bit for bit.
   std::vector<std::pair<std::string, Tensor>> w;
   for (auto& p : model->params().all()) w.emplace_back(p.name, p.value);

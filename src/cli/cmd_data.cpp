@@ -20,7 +20,7 @@ void register_data(CLI::App& app) {
     cmd->add_option("inputs", opt->inputs, "files, directories or glob patterns")->required();
     cmd->add_option("-o,--out", opt->out_dir, "output directory for train.bin, val.bin, meta.json")
         ->required();
-    cmd->add_option("-t,--tokenizer", *tok, "gpt2 | DIR with encoder.json+vocab.bpe | FILE.model")
+    cmd->add_option("-t,--tokenizer", *tok, "gpt2 | bert-base-uncased | DIR with encoder.json+vocab.bpe | FILE.model (SentencePiece) | vocab.txt (WordPiece)")
         ->capture_default_str();
     cmd->add_option("--val-fraction", opt->val_fraction, "share of documents for validation")
         ->capture_default_str();

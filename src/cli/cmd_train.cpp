@@ -63,8 +63,7 @@ void register_train(CLI::App& app) {
       RunConfig cfg;
       auto model = load_model_from_checkpoint(ckpt, cfg, *args);
       auto val = std::make_shared<const Shard>(Shard::open(cfg.data.val));
-      EvalResult e = evaluate(*model, val, cfg.train.batch_size, cfg.data.seq_len,
-                              cfg.train.eval_batches);
+      EvalResult e = evaluate(*model, val, loader_options(cfg, cfg.data.val), cfg.train.eval_batches);
       std::printf("checkpoint %s\nvalidation tokens %lld\nvalidation loss %.4f\nperplexity %.3f\n",
                   ckpt.c_str(), (long long)e.tokens, e.loss, e.ppl);
     });

@@ -31,6 +31,7 @@ RunConfig::RunConfig() {
   r.add("model.activation", &m.activation, "MLP activation",
         {"relu", "gelu", "gelu_tanh", "gelu_new", "gelu_erf"});
   r.add("model.norm", &m.norm, "normalisation layer", {"layernorm", "rmsnorm", "none"});
+  r.alias("model.norm_type", "model.norm");  // seed B's Hydra name
   r.add("model.norm_eps", &m.norm_eps, "norm epsilon", 0.0, 1.0);
   r.add("model.final_norm", &m.final_norm, "norm before the output layer");
   r.add("model.bias", &m.bias, "biases in linear layers and LayerNorm");
@@ -67,6 +68,11 @@ RunConfig::RunConfig() {
   r.add("data.tokenizer", &data.tokenizer, "tokenizer the shards were made with (informational)");
   r.add("data.seq_len", &data.seq_len, "training sequence length T", 1, 1 << 20);
   r.alias("block_size", "data.seq_len");
+  r.add("data.mlm_probability", &data.mlm_probability, "masked LM: share of positions masked",
+        0.0, 1.0);
+  r.alias("mlm_probability", "data.mlm_probability");
+  r.add("data.pack", &data.pack,
+        "masked LM: pack documents into windows (false: one padded document per sequence)");
   r.alias("max_seq_length", "data.seq_len");
 
   TrainConfig& t = train;
@@ -158,6 +164,8 @@ void RunConfig::validate() const {
   OFT_CHECK(!(train.warmup_steps > 0 && train.warmup_ratio > 0),
             "set train.warmup_steps or train.warmup_ratio, not both");
   OFT_CHECK(!data.train.empty(), "data.train is empty: give the training shard path");
+  OFT_CHECK(data.pack || model.objective == "mlm",
+            "data.pack=false (one padded document per sequence) is for model.objective=mlm only");
 }
 
 std::string RunConfig::run_dir() const { return dir.empty() ? "runs/" + name : dir; }

@@ -16,6 +16,9 @@ struct DataConfig {
   std::string val = "data/cache/moby_sp2k/val.bin";      // token shard for evaluation
   std::string tokenizer = "";  // tokenizer spec used to prepare the shards (for reports)
   int64_t seq_len = 128;       // T
+  double mlm_probability = 0.15;  // masked LM: share of positions selected (80/10/10 rule)
+  bool pack = true;  // masked LM: pack documents into T-token windows (false: one padded
+                     // document per sequence, Hugging Face's --line_by_line)
 };
 
 struct TrainConfig {

@@ -75,11 +75,27 @@ bool NonFiniteGuard::skip_step(int64_t step, double loss, double grad_norm) {
   return true;
 }
 
-EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, int64_t B, int64_t T,
-                    int64_t max_batches) {
+LoaderOptions loader_options(const RunConfig& cfg, const std::string& shard_path) {
   LoaderOptions lo;
-  lo.batch_size = static_cast<size_t>(B);
-  lo.seq_len = static_cast<size_t>(T);
+  lo.batch_size = static_cast<size_t>(cfg.train.batch_size);
+  lo.seq_len = static_cast<size_t>(cfg.data.seq_len);
+  lo.seed = static_cast<uint64_t>(cfg.train.seed);
+  if (cfg.model.objective == "mlm") {
+    lo.objective = Objective::MaskedLM;
+    const fs::path meta = fs::path(shard_path).parent_path() / "meta.json";
+    OFT_CHECK(fs::exists(meta), shard_path, ": masked-LM training needs the meta.json that `oft "
+              "data prepare` writes beside the shard (it names the [MASK] and special tokens)");
+    lo.mlm = mlm_options_from_meta(meta.string());
+    lo.mlm.mask_prob = cfg.data.mlm_probability;
+    lo.pack = cfg.data.pack;
+  }
+  return lo;
+}
+
+EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, LoaderOptions lo,
+                    int64_t max_batches) {
+  int64_t B = static_cast<int64_t>(lo.batch_size);
+  const int64_t T = static_cast<int64_t>(lo.seq_len);
   lo.mode = LoaderMode::Eval;
   TokenLoader loader(val, lo);
   int64_t n = static_cast<int64_t>(loader.batches_per_epoch());
@@ -92,11 +108,14 @@ EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, int6
   }
   if (max_batches > 0) n = std::min(n, max_batches);
   Tensor in = Tensor::empty({B, T}, DType::I32), tg = Tensor::empty({B, T}, DType::I32);
+  Tensor mask = Tensor::empty({B, T}, DType::I32);
+  const bool use_mask = lo.objective == Objective::MaskedLM && !lo.pack;
   double sum = 0;
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
-    loader.next_batch(in.data<int32_t>(), tg.data<int32_t>());
-    const double l = model.forward(in.to(model.device()), tg.to(model.device()));
+    loader.next_batch(in.data<int32_t>(), tg.data<int32_t>(), mask.data<int32_t>());
+    const double l = model.forward(in.to(model.device()), tg.to(model.device()),
+                                   use_mask ? mask.to(model.device()) : Tensor());
     sum += l * double(model.counted_targets());
     count += model.counted_targets();
   }
@@ -143,11 +162,10 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   TransformerLM model(cfg.model, DType::F32, device, T);
   AdamW opt(model.params(), tc);
 
-  LoaderOptions lo;
-  lo.batch_size = static_cast<size_t>(B);
-  lo.seq_len = static_cast<size_t>(T);
-  lo.seed = static_cast<uint64_t>(tc.seed);
+  const LoaderOptions lo = loader_options(cfg, cfg.data.train);
+  const LoaderOptions val_lo = loader_options(cfg, cfg.data.val);
   TokenLoader loader(train_shard, lo);
+  const bool use_mask = lo.objective == Objective::MaskedLM && !lo.pack;
 
   int64_t start_step = 0, skipped = 0;
   double tokens_seen = 0;
@@ -188,7 +206,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   TrainResult result;
   result.run_dir = run_dir;
   auto do_eval = [&](int64_t step) {
-    EvalResult e = evaluate(model, val_shard, B, T, tc.eval_batches);
+    EvalResult e = evaluate(model, val_shard, val_lo, tc.eval_batches);
     metrics.write({{"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_tokens", e.tokens}});
     if (!quiet)
       std::fprintf(stderr, "step %lld | val loss %.4f | val ppl %.2f\n", (long long)step, e.loss, e.ppl);
@@ -205,6 +223,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   if (start_step == 0) result.initial_val = do_eval(0);
 
   Tensor in = Tensor::empty({B, T}, DType::I32), tg = Tensor::empty({B, T}, DType::I32);
+  Tensor mask = Tensor::empty({B, T}, DType::I32);
   const auto t0 = Clock::now();
   auto t_log = t0;
   int64_t tokens_since_log = 0;
@@ -212,8 +231,9 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     model.params().zero_grad();
     double loss = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-      loader.next_batch(in.data<int32_t>(), tg.data<int32_t>());
-      loss += model.forward(in.to(device), tg.to(device)) / double(tc.grad_accum);
+      loader.next_batch(in.data<int32_t>(), tg.data<int32_t>(), mask.data<int32_t>());
+      loss += model.forward(in.to(device), tg.to(device), use_mask ? mask.to(device) : Tensor()) /
+              double(tc.grad_accum);
       model.backward(1.0 / double(tc.grad_accum));
     }
     const double gnorm = opt.grad_norm();

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "data/loader.h"
 #include "data/shard.h"
 #include "model/transformer.h"
 #include "train/run_config.h"
@@ -41,9 +42,14 @@ class NonFiniteGuard {
   int64_t max_, skipped_;
 };
 
-// Mean validation loss over `max_batches` sequential batches (0 = the whole shard).
-EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, int64_t batch_size,
-                    int64_t seq_len, int64_t max_batches);
+// Loader options of a run's objective: causal-LM windows, or masked-LM sequences with the
+// masking ids of the shard's meta.json (written by `oft data prepare` next to it).
+LoaderOptions loader_options(const RunConfig& cfg, const std::string& shard_path);
+
+// Mean validation loss over `max_batches` sequential batches (0 = the whole shard); `base`
+// gives the objective, batch size and sequence length.
+EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, LoaderOptions base,
+                    int64_t max_batches);
 
 // Sets OpenMP / OpenBLAS threads (0 = all cores).
 void set_cpu_threads(int64_t threads);

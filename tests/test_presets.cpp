@@ -1,0 +1,90 @@
+// Every preset resolves, and every tiny_* preset (the CPU twin of a source-system script)
+// trains on the embedded corpus with its validation loss falling.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "core/resources.h"
+#include "data/prepare.h"
+#include "data/tokenizer.h"
+#include "train/trainer.h"
+
+using namespace oft;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> tiny_presets() {
+  std::vector<std::string> r;
+  for (const auto& p : list_presets())
+    if (p.starts_with("tiny_")) r.push_back(p);
+  return r;
+}
+
+class TinyPreset : public ::testing::TestWithParam<std::string> {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = (fs::temp_directory_path() / ("oft_presets_" + std::to_string(::getpid()))).string();
+    auto tok = load_tokenizer(resource_path("data/tokenizers/moby_sp2k/moby_sp2k.model"));
+    PrepareOptions po;
+    po.inputs = {resource_path("data/moby-dick/moby_dick.txt")};
+    po.out_dir = root_ + "/clm";
+    po.max_bytes = 300000;
+    po.val_fraction = 0.1;
+    po.quiet = true;
+    prepare_corpus(po, *tok);
+    // Masked-LM twins: WordPiece [CLS] paragraph [SEP] documents.
+    auto wp = load_tokenizer("bert-base-uncased");
+    po.out_dir = root_ + "/mlm";
+    po.doc_split = "blank_lines";
+    prepare_corpus(po, *wp);
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+  static inline std::string root_;
+};
+
+TEST_P(TinyPreset, TrainsAndValidationLossFalls) {
+  const std::string name = GetParam();
+  const std::string data = root_ + (name.starts_with("tiny_bert") ? "/mlm" : "/clm");
+  RunConfig cfg;
+  cfg.load(name, {"data.train=" + data + "/train.bin", "data.val=" + data + "/val.bin",
+                  "data.seq_len=64", "train.batch_size=8", "train.steps=40", "train.eval_every=0",
+                  "train.eval_batches=8", "run.dir=" + root_ + "/" + name});
+  TrainResult r = train(cfg, true);
+  EXPECT_LT(r.final_val.loss, r.initial_val.loss - 0.5)
+      << name << ": " << r.initial_val.loss << " -> " << r.final_val.loss;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, TinyPreset, ::testing::ValuesIn(tiny_presets()),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           std::replace(s.begin(), s.end(), '.', '_');
+                           return s;
+                         });
+
+TEST(Presets, EverySourceScriptHasAPresetAndATinyTwin) {
+  const auto all = list_presets();
+  auto has = [&](const std::string& p) { return std::find(all.begin(), all.end(), p) != all.end(); };
+  for (const char* p : {"bert_base_vanilla", "bert_base_clipped_softmax", "bert_base_gated_attention",
+                        "opt_125m_vanilla", "opt_125m_clipped_softmax", "opt_125m_gated_attention",
+                        "opt_350m_vanilla", "opt_350m_gated_attention", "opt_1.3b_vanilla",
+                        "opt_1.3b_gated_attention", "gpt2_default", "gpt2_parallel", "gpt2_skipless",
+                        "gpt2_skipless_parallel", "gpt2_op"}) {
+    EXPECT_TRUE(has(p)) << p;
+    EXPECT_TRUE(has(std::string("tiny_") + p)) << "tiny_" << p;
+    RunConfig c;
+    EXPECT_NO_THROW(c.load(p, {})) << p;
+  }
+  RunConfig opt;
+  opt.load("opt_125m_clipped_softmax", {});
+  EXPECT_DOUBLE_EQ(-opt.model.alpha / double(opt.data.seq_len), -0.0234375);
+  RunConfig bert;
+  bert.load("bert_base_gated_attention", {});
+  EXPECT_EQ(bert.model.objective, "mlm");
+  EXPECT_EQ(bert.model.block, "post_norm");
+  EXPECT_TRUE(bert.model.attn_gate_mlp);
+}
+
+}  // namespace
