@@ -9,6 +9,7 @@
 #include "core/resources.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
+#include "gradcheck.h"
 #include "train/trainer.h"
 
 using namespace oft;
@@ -87,4 +88,38 @@ TEST(Presets, EverySourceScriptHasAPresetAndATinyTwin) {
   EXPECT_TRUE(bert.model.attn_gate_mlp);
 }
 
+}  // namespace
+
+namespace {
+// fp64 finite-difference check of the whole model each tiny preset builds (shrunk to 2 x 8 so it
+// runs in milliseconds; every method switch of the preset is kept).
+class PresetGrad : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PresetGrad, WholeModelGradientsMatchFiniteDifferences) {
+  RunConfig cfg;
+  cfg.load(GetParam(), {"model.n_layer=2", "model.d_model=8", "model.n_head=2", "model.d_ff=12",
+                        "model.max_seq_len=6", "model.attn_gate_hidden=3", "data.seq_len=5"});
+  cfg.model.vocab_size = 13;
+  cfg.model.init_std = 0.3;
+  TransformerLM model(cfg.model, DType::F64, Device::CPU, 5);
+  model.init_weights(7);
+  Rng rng(17);
+  for (Param& p : model.params().all())
+    if (!p.matrix || p.fixed_init) ops::axpy(p.value, oft::testing::randn(p.value.shape(), rng, 0.2), 1.0);
+  Tensor tok = Tensor::from_vector({2, 5}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, DType::I32);
+  Tensor tgt = Tensor::from_vector({2, 5}, {2, -1, 4, 5, 6, 7, 8, -1, 10, 12}, DType::I32);
+  model.params().zero_grad();
+  model.forward(tok, tgt);
+  model.backward(1.0);
+  for (Param& p : model.params().all())
+    oft::testing::expect_grad(GetParam() + ":" + p.name, p.value, p.grad.clone(),
+                              [&] { return model.forward(tok, tgt); }, 8);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, PresetGrad, ::testing::ValuesIn(tiny_presets()),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           std::replace(s.begin(), s.end(), '.', '_');
+                           return s;
+                         });
 }  // namespace
