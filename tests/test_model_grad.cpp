@@ -175,3 +175,42 @@ TEST(ModelInvariants, PostNormBlockOutputRowsHaveUnitVariance) {
   }
 }
 }  // namespace
+
+namespace {
+struct Recorder : ActivationHook {
+  std::vector<std::string> labels;
+  void on_activation(Point p, int64_t layer, Tensor& t, int64_t B, int64_t T) override {
+    labels.push_back(point_label(p, layer));
+    EXPECT_EQ(t.numel() % (B * T), 0);
+  }
+};
+}  // namespace
+
+TEST(ModelHooks, PointsOfEachBlockTypeInForwardOrder) {
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"block=pre_norm",
+       {"embedding", "h.0.ln_1", "h.0.attn.qkv", "h.0.attn.context", "h.0.attn.c_proj",
+        "h.0.residual", "h.0.ln_2", "h.0.mlp.act", "h.0.mlp.c_proj", "h.0.out", "ln_f"}},
+      {"block=post_norm",
+       {"embedding", "h.0.attn.qkv", "h.0.attn.context", "h.0.attn.c_proj", "h.0.residual",
+        "h.0.attn_ln", "h.0.mlp.act", "h.0.mlp.c_proj", "h.0.mlp.residual", "h.0.out", "ln_f"}},
+      {"gate=conditional_per_token",
+       {"embedding", "h.0.ln_1", "h.0.attn.qkv", "h.0.attn.context", "h.0.attn.gated_context",
+        "h.0.attn.c_proj", "h.0.residual", "h.0.ln_2", "h.0.mlp.act", "h.0.mlp.c_proj", "h.0.out",
+        "ln_f"}},
+  };
+  for (const auto& [ov, want] : cases) {
+    ModelConfig cfg = small_config({ov});
+    cfg.n_layer = 1;
+    TransformerLM m(cfg, DType::F64, Device::CPU, 5);
+    m.init_weights(1);
+    Recorder rec;
+    m.set_hook(&rec);
+    m.forward(Tensor::from_vector({1, 5}, {1, 2, 3, 4, 5}, DType::I32), Tensor());
+    EXPECT_EQ(rec.labels, want) << ov;
+    m.set_hook(nullptr);
+    rec.labels.clear();
+    m.forward(Tensor::from_vector({1, 5}, {1, 2, 3, 4, 5}, DType::I32), Tensor());
+    EXPECT_TRUE(rec.labels.empty());
+  }
+}

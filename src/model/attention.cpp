@@ -152,6 +152,7 @@ void Attention::shaped_forward(AttentionActs& a, Tensor& out, const Tensor& x,
   be.copy_columns(a.qkv_raw, 0, a.q, 0, C_, false);
   be.copy_columns(a.qkv_raw, C_, a.k, 0, C_, false);
   be.copy_columns(a.qkv_raw, 2 * C_, a.v, 0, C_, false);
+  if (hook_) hook_->on_activation(Point::QKV, layer_, a.qkv_raw, B, T);
   if (qk_norm_) {
     ensure(a.qkv, {N, 3 * C_}, dt, dev);
     ensure(a.qk_inv, {N, 2 * H_}, dt, dev);
@@ -160,6 +161,7 @@ void Attention::shaped_forward(AttentionActs& a, Tensor& out, const Tensor& x,
     a.qkv = a.qkv_raw;
   }
   be.attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec_);  // P V
+  if (hook_) hook_->on_activation(Point::Context, layer_, a.ctx, B, T);
   be.causal_mean_fwd(a.cv, a.v, T);                                    // C V
   be.head_gate_fwd(out, a.v, sa_alpha_, N);
   be.head_gate_fwd(a.tmp, a.ctx, sa_beta_, N);
@@ -221,6 +223,7 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
   auto& be = ops::on(x);
   ensure(a.qkv_raw, {N, 3 * C_}, dt, dev);
   qkv_.forward(a.qkv_raw, x);
+  if (hook_) hook_->on_activation(Point::QKV, layer_, a.qkv_raw, B, T);
   if (qk_norm_) {
     ensure(a.qkv, {N, 3 * C_}, dt, dev);
     ensure(a.qk_inv, {N, 2 * H_}, dt, dev);
@@ -230,6 +233,7 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
   }
   ensure(a.ctx, {N, C_}, dt, dev);
   be.attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec_);
+  if (hook_) hook_->on_activation(Point::Context, layer_, a.ctx, B, T);
   if (gate_ == GateType::None) {
     a.gated = a.ctx;
   } else {
@@ -260,6 +264,7 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
     be.activation_fwd(a.gate, a.logits, ops::Activation::Sigmoid);
     ensure(a.gated, {N, C_}, dt, dev);
     be.head_gate_fwd(a.gated, a.ctx, a.gate, rows_per_gate(B, T));
+    if (hook_) hook_->on_activation(Point::GatedContext, layer_, a.gated, B, T);
   }
   proj_.forward(out, a.gated);
 }

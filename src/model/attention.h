@@ -15,6 +15,7 @@
 
 #include <string>
 
+#include "model/hooks.h"
 #include "model/layers.h"
 #include "model/model_config.h"
 
@@ -50,6 +51,11 @@ class Attention {
                 const Tensor& key_mask, int64_t B, int64_t T, bool accumulate_dx);
 
   const ops::AttentionSpec& spec() const { return spec_; }
+  // Observer of QKV / Context / GatedContext (see hooks.h); nullptr = none.
+  void set_hook(ActivationHook* hook, int64_t layer) {
+    hook_ = hook;
+    layer_ = layer;
+  }
   GateType gate_type() const { return gate_; }
 
  private:
@@ -61,6 +67,8 @@ class Attention {
   static Tensor scalar_grad(double v, const Tensor& like);
 
   ops::AttentionSpec spec_;
+  ActivationHook* hook_ = nullptr;
+  int64_t layer_ = 0;
   int64_t C_ = 0, H_ = 0, D_ = 0, hid_ = 0;
   double qk_eps_ = 1e-5;
   Linear qkv_, proj_;

@@ -167,10 +167,18 @@ double TransformerLM::gain(const Tensor& g, double constant) const {
 double TransformerLM::attn_gain0() const { return skipless() ? 1.0 : cfg_.branch_gain; }
 double TransformerLM::mlp_gain0() const { return skipless() ? 0.1 : cfg_.branch_gain; }
 
+void TransformerLM::set_hook(ActivationHook* hook) {
+  hook_ = hook;
+  for (size_t l = 0; l < blocks_.size(); ++l) blocks_[l].attn.set_hook(hook, static_cast<int64_t>(l));
+}
+
 void TransformerLM::mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in) {
+  const int64_t l = &a - acts_.data();
   b.fc.forward(a.fc, in);
   ops::on(in).activation_fwd(a.act, a.fc, act_);
+  tap(Point::FfnAct, l, a.act);
   b.fc_out.forward(out, a.act);
+  tap(Point::FfnOut, l, out);
 }
 
 void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tensor& dout,
@@ -197,6 +205,7 @@ void TransformerLM::block_forward(size_t l) {
   BlockActs& a = acts_[l];
   const Tensor& x = resid_[l];
   Tensor& out = resid_[l + 1];
+  const int64_t L = static_cast<int64_t>(l);
   const double ga = gain(b.g_attn, attn_gain0()), gm = gain(b.g_mlp, mlp_gain0());
   auto residual = [&](Tensor& dst, const Tensor& base, const Tensor& branch, double g) {
     dst.copy_from(base);
@@ -205,41 +214,58 @@ void TransformerLM::block_forward(size_t l) {
   switch (block_) {
     case BlockType::PreNorm:
       b.n1.forward(a.n1, x);
+      tap_norm(b.n1, Point::Norm1, L, a.n1);
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      tap(Point::AttnOut, L, a.attn_out);
       residual(a.s1, x, a.attn_out, ga);  // h
+      tap(Point::Residual, L, a.s1);
       b.n2.forward(a.n2, a.s1);
+      tap_norm(b.n2, Point::Norm2, L, a.n2);
       mlp_forward(b, a, a.mlp_out, a.n2.out);
       residual(out, a.s1, a.mlp_out, gm);
       break;
     case BlockType::PostNorm:
       b.attn.forward(a.attn, a.attn_out, x, key_mask_, B_, T_);
+      tap(Point::AttnOut, L, a.attn_out);
       residual(a.s1, x, a.attn_out, ga);  // x + A(x)
+      tap(Point::Residual, L, a.s1);
       b.n1.forward(a.n1, a.s1);           // h = a.n1.out
+      tap_norm(b.n1, Point::AttnNorm, L, a.n1);
       mlp_forward(b, a, a.mlp_out, a.n1.out);
       residual(a.s2, a.n1.out, a.mlp_out, gm);
+      tap(Point::FfnSum, L, a.s2);
       b.n2.forward(a.n2, a.s2);
       out.copy_from(a.n2.out);
       break;
     case BlockType::Parallel:
       b.n1.forward(a.n1, x);
+      tap_norm(b.n1, Point::Norm1, L, a.n1);
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      tap(Point::AttnOut, L, a.attn_out);
       mlp_forward(b, a, a.mlp_out, a.n1.out);
       residual(out, x, a.attn_out, ga);
       ops::axpy(out, a.mlp_out, gm);
       break;
     case BlockType::OP:
       b.n1.forward(a.n1, x);  // identity except in layer 0
+      tap_norm(b.n1, Point::Norm1, L, a.n1);
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      tap(Point::AttnOut, L, a.attn_out);
       residual(a.s1, x, a.attn_out, ga);  // h
+      tap(Point::Residual, L, a.s1);
       mlp_forward(b, a, a.mlp_out, a.s1);
       residual(out, a.s1, a.mlp_out, gm);
       break;
     case BlockType::Skipless:
       b.n1.forward(a.n1, x);
+      tap_norm(b.n1, Point::Norm1, L, a.n1);
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      tap(Point::AttnOut, L, a.attn_out);
       a.s1.copy_from(a.attn_out);  // h = b_SA SA(N1(x))
       ops::scale(a.s1, ga);
+      tap(Point::Residual, L, a.s1);
       b.n2.forward(a.n2, a.s1);
+      tap_norm(b.n2, Point::Norm2, L, a.n2);
       mlp_forward(b, a, a.mlp_out, a.n2.out);
       out.copy_from(a.s1);
       ops::scale(out, gain(b.g_skip, 1.0));
@@ -247,13 +273,16 @@ void TransformerLM::block_forward(size_t l) {
       break;
     case BlockType::SkiplessParallel:
       b.n1.forward(a.n1, x);
+      tap_norm(b.n1, Point::Norm1, L, a.n1);
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+      tap(Point::AttnOut, L, a.attn_out);
       mlp_forward(b, a, a.mlp_out, a.n1.out);
       out.copy_from(a.attn_out);
       ops::scale(out, ga);
       ops::axpy(out, a.mlp_out, gm);
       break;
   }
+  tap(Point::LayerOut, L, out);
 }
 
 // On entry dresid_ holds d(block output); on exit d(block input).
@@ -330,22 +359,27 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   auto& be = ops::on(resid_[0]);
   be.embedding_fwd(emb_, tokens, wte_, wpe_, T, 0);
   if (wtt0_.defined()) ops::add_bias(emb_, wtt0_);  // every token has type 0
+  tap(Point::Embedding, -1, emb_);
   if (emb_norm_.kind != NormKind::None) {
     emb_norm_.forward(emb_saved_, emb_);
+    tap(Point::EmbedNorm, -1, emb_saved_.out);
     resid_[0].copy_from(emb_saved_.out);
   } else {
     resid_[0].copy_from(emb_);
   }
   for (size_t l = 0; l < blocks_.size(); ++l) block_forward(l);
   ln_f_.forward(lnf_, resid_.back());
+  tap_norm(ln_f_, Point::FinalNorm, -1, lnf_);
+  const Tensor& head_w = head_w_.defined() ? head_w_ : wte_;
   if (mlm_) {
     mlm_dense_.forward(mlm_pre_, lnf_.out);
     be.activation_fwd(mlm_act_, mlm_pre_, act_);
     mlm_norm_.forward(mlm_saved_, mlm_act_);
-    ops::matmul(logits_, mlm_saved_.out, false, wte_, true);
+    tap(Point::MlmHidden, -1, mlm_saved_.out);
+    ops::matmul(logits_, mlm_saved_.out, false, head_w, true);
     ops::add_bias(logits_, mlm_bias_);
   } else {
-    ops::matmul(logits_, lnf_.out, false, wte_, true);
+    ops::matmul(logits_, lnf_.out, false, head_w, true);
   }
   if (!targets.defined()) return 0.0;
   ops::on(logits_).cross_entropy_fwd(losses_, logits_, targets);
@@ -360,6 +394,7 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
 
 void TransformerLM::backward(double loss_scale) {
   OFT_ASSERT(targets_.defined(), "backward() needs a forward() with targets");
+  OFT_ASSERT(!head_w_.defined(), "backward() with an output-layer weight override");
   const double scale = n_targets_ ? loss_scale / double(n_targets_) : 0.0;
   // Output layer (tied): logits = lnf @ wte^T.
   auto& be = ops::on(logits_);

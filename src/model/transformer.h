@@ -51,6 +51,13 @@ class TransformerLM {
   // Logits [B*T, V] of the last forward.
   const Tensor& logits() const { return logits_; }
   int64_t counted_targets() const { return n_targets_; }
+  // Installs an observer of the forward pass (hooks.h); nullptr removes it.
+  void set_hook(ActivationHook* hook);
+  // Attention probabilities saved by the last forward for layer l (CPU backend: [B, H, T, T]).
+  const Tensor& attention_probs(size_t l) const { return acts_.at(l).attn.att_saved; }
+  // Uses `w` ([V, C], e.g. an unquantized copy of the embedding) as the output layer's weight
+  // instead of the tied embedding; an undefined tensor restores the tie.
+  void set_head_weight(const Tensor& w) { head_w_ = w; }
   // Residual stream of the last forward: hidden(0) = embeddings, hidden(l+1) = block l output.
   const Tensor& hidden(size_t l) const { return resid_.at(l); }
 
@@ -78,9 +85,17 @@ class TransformerLM {
   const Tensor& branch_grad(const Tensor& g, Tensor& dg, double constant, const Tensor& d,
                             const Tensor& branch_out);
   void block_forward(size_t l);
+  void tap(Point p, int64_t layer, Tensor& t) {
+    if (hook_) hook_->on_activation(p, layer, t, B_, T_);
+  }
+  void tap_norm(const Norm& n, Point p, int64_t layer, NormSaved& s) {
+    if (n.kind != NormKind::None) tap(p, layer, s.out);
+  }
   void block_backward(size_t l);
 
   ModelConfig cfg_;
+  ActivationHook* hook_ = nullptr;
+  Tensor head_w_;  // output-layer weight override (else the tied wte_)
   DType dtype_;
   Device device_;
   BlockType block_;
