@@ -7,6 +7,7 @@
 #include "train/checkpoint.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
+#include "train/validate.h"
 
 namespace oft::cli {
 
@@ -66,6 +67,36 @@ void register_train(CLI::App& app) {
       EvalResult e = evaluate(*model, val, loader_options(cfg, cfg.data.val), cfg.train.eval_batches);
       std::printf("checkpoint %s\nvalidation tokens %lld\nvalidation loss %.4f\nperplexity %.3f\n",
                   ckpt.c_str(), (long long)e.tokens, e.loss, e.ppl);
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand(
+        "validate", "FP perplexity, outlier metrics and (--quantize) simulated-quantization "
+                    "perplexity of one or more runs");
+    auto args = std::make_shared<std::vector<std::string>>();
+    auto quantize = std::make_shared<bool>(false);
+    auto per_layer = std::make_shared<bool>(false);
+    auto quiet = std::make_shared<bool>(false);
+    cmd->add_option("args", *args, "RUN_OR_CHECKPOINT... [key=value ...]")->required();
+    cmd->add_flag("--quantize", *quantize, "also calibrate and evaluate the quantized model");
+    cmd->add_flag("--per-layer", *per_layer, "print every tracked tensor's kurtosis and inf norm");
+    cmd->add_flag("-q,--quiet", *quiet, "no progress lines");
+    cmd->callback([=] {
+      std::vector<std::string> runs, ov;
+      for (const auto& a : *args) (a.find('=') != std::string::npos ? ov : runs).push_back(a);
+      OFT_CHECK(!runs.empty(), "oft validate: give at least one run directory or checkpoint");
+      std::vector<ValidationResult> results;
+      for (const auto& run : runs) results.push_back(validate_checkpoint(run, *quantize, ov, *quiet));
+      if (*per_layer) {
+        for (const auto& r : results) {
+          std::printf("%s\n", r.run.c_str());
+          for (const auto& [name, e] : r.report["outliers"]["seed_a"].items())
+            std::printf("  %-24s kurtosis %10.2f  inf norm %10.3f\n", name.c_str(),
+                        e.value("kurtosis", nlohmann::json(0.0)).is_number() ? e["kurtosis"].get<double>() : NAN,
+                        e["inf_norm"].get<double>());
+        }
+      }
+      std::printf("%s", validation_table(results).c_str());
     });
   }
   {

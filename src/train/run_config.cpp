@@ -120,6 +120,29 @@ RunConfig::RunConfig() {
   r.add("train.device", &t.device, "compute device", {"cpu", "cuda"});
   r.add("train.threads", &t.threads, "CPU threads (0 = all cores)", 0, 4096);
 
+  QuantConfig& q = quant;
+  r.add("quant.quant_setup", &q.quant_setup, "what stays in floating point",
+        {"all", "fp32_head", "fp32_head+int16_final_LN", "fp32_head+int16_all_LN"});
+  r.add("quant.n_bits", &q.n_bits, "weight bits", 2, 16);
+  r.add("quant.n_bits_act", &q.n_bits_act, "activation bits", 2, 16);
+  r.add("quant.qmethod_acts", &q.qmethod_acts, "activation quantizer",
+        {"asymmetric_uniform", "symmetric_uniform"});
+  r.add("quant.ranges_acts", &q.ranges_acts, "activation range estimator",
+        {"current_minmax", "running_minmax", "percentile", "mse"});
+  r.add("quant.ranges_weights", &q.ranges_weights, "weight range estimator",
+        {"current_minmax", "mse"});
+  r.add("quant.per_channel", &q.per_channel, "per-output-channel weight quantization");
+  r.add("quant.percentile", &q.percentile, "percentile for ranges_acts=percentile", 50.0, 100.0);
+  r.add("quant.est_num_batches", &q.est_num_batches, "calibration batches", 1, 1 << 20);
+  r.add("quant.calib_data", &q.calib_data, "calibration data: train, val, or auto (CLM: train, "
+        "MLM: val, as the source does)", {"auto", "train", "val"});
+  MetricsConfig& mc = metrics;
+  r.add("metrics.batches", &mc.batches, "evaluation batches for the outlier metrics", 1, 1 << 20);
+  r.add("metrics.rows", &mc.rows, "seed A kurtosis rows: sequence (T*d values) or token (d)",
+        {"sequence", "token"});
+  r.add("metrics.every", &mc.every, "log outlier metrics every N training steps (0 = off)", 0,
+        kBig);
+
   r.add("run.name", &name, "run name (run directory runs/<name>)");
   r.add("run.dir", &dir, "run directory (overrides runs/<name>)");
 }

@@ -48,10 +48,35 @@ struct TrainConfig {
   int64_t threads = 0;           // CPU threads; 0 = all cores
 };
 
+// Simulated quantization for `oft validate --quantize` (REFERENCE.md §5; seed A's flag names).
+struct QuantConfig {
+  std::string quant_setup = "fp32_head";  // all | fp32_head | fp32_head+int16_final_LN |
+                                          // fp32_head+int16_all_LN
+  int64_t n_bits = 8;                     // weights
+  int64_t n_bits_act = 8;                 // activations
+  std::string qmethod_acts = "asymmetric_uniform";    // asymmetric_uniform | symmetric_uniform
+  std::string ranges_acts = "running_minmax";         // current_minmax | running_minmax |
+                                                      // percentile | mse
+  std::string ranges_weights = "current_minmax";      // current_minmax | mse
+  bool per_channel = false;               // per-output-channel weight grids
+  double percentile = 99.999;             // for ranges_acts=percentile
+  int64_t est_num_batches = 16;           // calibration batches
+  std::string calib_data = "auto";        // train | val | auto (causal LM: train, masked LM: val)
+};
+
+// Outlier metrics of `oft validate` and of training (REFERENCE.md §4).
+struct MetricsConfig {
+  int64_t batches = 100;            // evaluation batches the outlier metrics are computed over
+  std::string rows = "sequence";    // seed A kurtosis rows: whole sequences (T*d) or tokens (d)
+  int64_t every = 0;                // during training: log the metrics every N steps (0 = off)
+};
+
 struct RunConfig {
   ModelConfig model;
   DataConfig data;
   TrainConfig train;
+  QuantConfig quant;
+  MetricsConfig metrics;
   std::string name = "run";  // run.name: default run directory is runs/<name>
   std::string dir = "";      // run.dir: overrides runs/<name>
 
