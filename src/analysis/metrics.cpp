@@ -1,0 +1,608 @@
+// Outlier-feature metrics (see metrics.h for the formulas). Seed A: per-row Pearson kurtosis and
+// inf norm with running per-name means. Seed B: kurtosis of neuron RMS, signal propagation Gram
+// statistics, max/median ratio, attention entropy. Host code, double accumulation; parallel loops
+// write per-item partial results that are then summed in a fixed order (thread-count independent).
+#include "analysis/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace oft::analysis {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Calls f(const T* values, int64_t n): in place for CPU F32/F64, otherwise on a host f64 copy.
+template <class F>
+auto with_values(const Tensor& t, const char* what, F&& f) {
+  OFT_CHECK(t.defined(), what, ": tensor is undefined");
+  OFT_CHECK(t.dtype() != DType::I32, what, ": expected a floating-point tensor, got ",
+            dtype_name(t.dtype()));
+  if (t.device() == Device::CPU && t.dtype() == DType::F64) return f(t.data<double>(), t.numel());
+  if (t.device() == Device::CPU && t.dtype() == DType::F32) return f(t.data<float>(), t.numel());
+  const std::vector<double> v = t.to_vector();
+  return f(v.data(), static_cast<int64_t>(v.size()));
+}
+
+// Max that propagates NaN (a diverged run must not look clean).
+double nan_max(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return kNaN;
+  return a > b ? a : b;
+}
+
+struct MaxAcc {
+  bool any = false;
+  double v = kNaN;
+  void add(double x) {
+    v = any ? nan_max(v, x) : x;
+    any = true;
+  }
+};
+
+template <class T>
+double kurtosis_impl(const T* x, int64_t n, double eps) {
+  OFT_CHECK(n >= 2, "pearson_kurtosis: a row needs at least 2 values (got ", n, ")");
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]);
+  const double mean = s / static_cast<double>(n);
+  double s2 = 0, s4 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double dv = static_cast<double>(x[i]) - mean;
+    const double d2 = dv * dv;
+    s2 += d2;
+    s4 += d2 * d2;
+  }
+  const double var = s2 / static_cast<double>(n - 1);
+  return (s4 / static_cast<double>(n)) / (var * var + eps);
+}
+
+template <class T>
+double inf_norm_impl(const T* x, int64_t n) {
+  OFT_CHECK(n >= 1, "inf_norm: empty row");
+  double m = 0;
+  bool has_nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    const double a = std::fabs(static_cast<double>(x[i]));
+    if (a > m) m = a;
+    else if (std::isnan(a)) has_nan = true;
+  }
+  return has_nan ? kNaN : m;
+}
+
+int64_t check_rows(const Tensor& t, int64_t row_len, const char* what) {
+  OFT_CHECK(row_len > 0, what, ": row_len must be >= 1 (got ", row_len, ")");
+  OFT_CHECK(t.numel() > 0 && t.numel() % row_len == 0, what, ": ", t.numel(),
+            " values (shape ", shape_str(t.shape()), ") do not split into rows of ", row_len);
+  return t.numel() / row_len;
+}
+
+// Per-row kurtosis (when kurt != nullptr) and inf norm (when inf != nullptr).
+void row_stats(const Tensor& t, int64_t row_len, double eps, std::vector<double>* kurt,
+               std::vector<double>* inf, const char* what) {
+  const int64_t rows = check_rows(t, row_len, what);
+  if (kurt) kurt->assign(static_cast<size_t>(rows), 0.0);
+  if (inf) inf->assign(static_cast<size_t>(rows), 0.0);
+  with_values(t, what, [&](const auto* p, int64_t) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto* row = p + r * row_len;
+      if (kurt) (*kurt)[static_cast<size_t>(r)] = kurtosis_impl(row, row_len, eps);
+      if (inf) (*inf)[static_cast<size_t>(r)] = inf_norm_impl(row, row_len);
+    }
+    return 0;
+  });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- seed A
+
+double pearson_kurtosis(const double* x, int64_t n, double eps) { return kurtosis_impl(x, n, eps); }
+double pearson_kurtosis(const float* x, int64_t n, double eps) { return kurtosis_impl(x, n, eps); }
+double inf_norm(const double* x, int64_t n) { return inf_norm_impl(x, n); }
+double inf_norm(const float* x, int64_t n) { return inf_norm_impl(x, n); }
+
+double inf_norm(const Tensor& t) {
+  return with_values(t, "inf_norm", [](const auto* p, int64_t n) { return inf_norm_impl(p, n); });
+}
+
+std::vector<double> row_kurtosis(const Tensor& t, int64_t row_len, double eps) {
+  std::vector<double> k;
+  row_stats(t, row_len, eps, &k, nullptr, "row_kurtosis");
+  return k;
+}
+
+std::vector<double> row_inf_norm(const Tensor& t, int64_t row_len) {
+  std::vector<double> m;
+  row_stats(t, row_len, 0, nullptr, &m, "row_inf_norm");
+  return m;
+}
+
+void SeedATracker::add(const std::string& name, int64_t layer, const Tensor& t, int64_t row_len,
+                       bool with_kurtosis) {
+  const std::string what = "SeedATracker::add(" + name + ")";
+  std::vector<double> kurt, inf;
+  row_stats(t, row_len, kSeedAKurtosisEps, with_kurtosis ? &kurt : nullptr, &inf, what.c_str());
+
+  auto it = index_.find(name);
+  if (it == index_.end()) {
+    it = index_.emplace(name, entries_.size()).first;
+    Acc a;
+    a.e.name = name;
+    a.e.layer = layer;
+    a.e.kurtosis_mean = kNaN;
+    entries_.push_back(std::move(a));
+  }
+  Acc& a = entries_[it->second];
+  OFT_CHECK(a.e.layer == layer, what, ": tracked before with layer ", a.e.layer, ", now ", layer);
+  for (double v : inf) {
+    a.inf_sum += v;
+    a.e.inf_norm_max = a.e.rows == 0 ? v : nan_max(a.e.inf_norm_max, v);
+    ++a.e.rows;
+  }
+  a.e.inf_norm_mean = a.inf_sum / static_cast<double>(a.e.rows);
+  if (with_kurtosis) {
+    for (double v : kurt) a.kurt_sum += v;
+    a.e.kurtosis_rows += static_cast<int64_t>(kurt.size());
+    a.e.kurtosis_mean = a.kurt_sum / static_cast<double>(a.e.kurtosis_rows);
+  }
+}
+
+std::vector<SeedATracker::Entry> SeedATracker::entries() const {
+  std::vector<Entry> out;
+  out.reserve(entries_.size());
+  for (const Acc& a : entries_) out.push_back(a.e);
+  return out;
+}
+
+const SeedATracker::Entry* SeedATracker::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &entries_[it->second].e;
+}
+
+void SeedATracker::clear() {
+  entries_.clear();
+  index_.clear();
+}
+
+SeedASummary SeedATracker::summarize(
+    const std::function<std::string(const std::string&)>& kind_of) const {
+  MaxAcc all, ffn, layer, ln, ffn_io, attn_out;
+  MaxAcc p_all, p_ffn, p_layer, p_ln, p_ffn_io, p_attn_out;
+  MaxAcc k_max, k_layer;
+  double k_sum = 0;
+  int64_t k_names = 0;
+  for (const Acc& a : entries_) {
+    const Entry& e = a.e;
+    const std::string kind = kind_of(e.name);
+    MaxAcc *m = nullptr, *p = nullptr;
+    if (kind == "ffn") m = &ffn, p = &p_ffn;
+    else if (kind == "layer") m = &layer, p = &p_layer;
+    else if (kind == "ln") m = &ln, p = &p_ln;
+    else if (kind == "ffn_io") m = &ffn_io, p = &p_ffn_io;
+    else if (kind == "attn_out") m = &attn_out, p = &p_attn_out;
+    else
+      OFT_CHECK(kind == "other", "SeedATracker::summarize: kind of '", e.name, "' is '", kind,
+                "'; expected ffn, layer, ln, attn_out, ffn_io or other");
+    if (e.rows > 0) {
+      all.add(e.inf_norm_mean);
+      p_all.add(e.inf_norm_max);
+      if (m) m->add(e.inf_norm_mean), p->add(e.inf_norm_max);
+    }
+    if (e.kurtosis_rows > 0) {
+      k_sum += e.kurtosis_mean;
+      ++k_names;
+      k_max.add(e.kurtosis_mean);
+      if (kind == "layer") k_layer.add(e.kurtosis_mean);
+    }
+  }
+  SeedASummary s;
+  s.max_inf_norm = all.v;
+  s.max_ffn_inf_norm = ffn.v;
+  s.max_layer_inf_norm = layer.v;
+  s.max_ln_inf_norm = ln.v;
+  s.max_ffn_io_inf_norm = ffn_io.v;
+  s.max_attn_out_inf_norm = attn_out.v;
+  s.peak_inf_norm = p_all.v;
+  s.peak_ffn_inf_norm = p_ffn.v;
+  s.peak_layer_inf_norm = p_layer.v;
+  s.peak_ln_inf_norm = p_ln.v;
+  s.peak_ffn_io_inf_norm = p_ffn_io.v;
+  s.peak_attn_out_inf_norm = p_attn_out.v;
+  s.avg_kurtosis = k_names ? k_sum / static_cast<double>(k_names) : kNaN;
+  s.max_kurtosis = k_max.v;
+  s.max_layer_kurtosis = k_layer.v;
+  s.names = static_cast<int64_t>(entries_.size());
+  s.kurtosis_names = k_names;
+  return s;
+}
+
+namespace {
+nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); }
+}  // namespace
+
+nlohmann::json SeedATracker::to_json() const {
+  nlohmann::json j = nlohmann::json::object();
+  for (const Acc& a : entries_) {
+    const Entry& e = a.e;
+    j[e.name] = {{"layer", e.layer},
+                 {"kurtosis", num(e.kurtosis_mean)},
+                 {"kurtosis_rows", e.kurtosis_rows},
+                 {"inf_norm", num(e.inf_norm_mean)},
+                 {"inf_norm_max", num(e.inf_norm_max)},
+                 {"rows", e.rows}};
+  }
+  return j;
+}
+
+nlohmann::json to_json(const SeedASummary& s) {
+  return {{"max_inf_norm", num(s.max_inf_norm)},
+          {"max_ffn_inf_norm", num(s.max_ffn_inf_norm)},
+          {"max_layer_inf_norm", num(s.max_layer_inf_norm)},
+          {"max_ln_inf_norm", num(s.max_ln_inf_norm)},
+          {"max_ffn_io_inf_norm", num(s.max_ffn_io_inf_norm)},
+          {"max_attn_out_inf_norm", num(s.max_attn_out_inf_norm)},
+          {"peak_inf_norm", num(s.peak_inf_norm)},
+          {"peak_ffn_inf_norm", num(s.peak_ffn_inf_norm)},
+          {"peak_layer_inf_norm", num(s.peak_layer_inf_norm)},
+          {"peak_ln_inf_norm", num(s.peak_ln_inf_norm)},
+          {"peak_ffn_io_inf_norm", num(s.peak_ffn_io_inf_norm)},
+          {"peak_attn_out_inf_norm", num(s.peak_attn_out_inf_norm)},
+          {"avg_kurtosis", num(s.avg_kurtosis)},
+          {"max_kurtosis", num(s.max_kurtosis)},
+          {"max_layer_kurtosis", num(s.max_layer_kurtosis)},
+          {"names", s.names},
+          {"kurtosis_names", s.kurtosis_names}};
+}
+
+// ---------------------------------------------------------------- seed B
+
+namespace {
+
+// Host f64 copy of h as N rows of d, each row centred over d (or not), with per-row sums of
+// squares and the global rms r = sqrt(mean x~^2) + 1e-8.
+struct Rows {
+  std::vector<double> x;
+  std::vector<double> row_sq;
+  int64_t N = 0, d = 0;
+  double r = 0;
+};
+
+Rows load_rows(const Tensor& h, bool centre, const char* what) {
+  OFT_CHECK(h.defined() && h.ndim() >= 1 && h.numel() > 0, what, ": expected a non-empty tensor");
+  Rows R;
+  R.d = h.dim(-1);
+  R.N = h.numel() / R.d;
+  R.x.resize(static_cast<size_t>(h.numel()));
+  R.row_sq.resize(static_cast<size_t>(R.N));
+  const int64_t N = R.N, d = R.d;
+  with_values(h, what, [&](const auto* p, int64_t) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const auto* src = p + n * d;
+      double* dst = R.x.data() + n * d;
+      double mean = 0;
+      if (centre) {
+        for (int64_t j = 0; j < d; ++j) mean += static_cast<double>(src[j]);
+        mean /= static_cast<double>(d);
+      }
+      double sq = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        const double v = static_cast<double>(src[j]) - mean;
+        dst[j] = v;
+        sq += v * v;
+      }
+      R.row_sq[static_cast<size_t>(n)] = sq;
+    }
+    return 0;
+  });
+  double total = 0;
+  for (double s : R.row_sq) total += s;
+  R.r = std::sqrt(total / static_cast<double>(N * d)) + kSeedBRmsEps;
+  return R;
+}
+
+// Column sums of f(x) over the N rows, in row order per column.
+template <class F>
+std::vector<double> column_sums(const Rows& R, F&& f) {
+  const int64_t N = R.N, d = R.d;
+  std::vector<double> out(static_cast<size_t>(d), 0.0);
+  const int64_t chunk = 64;
+#pragma omp parallel for schedule(static)
+  for (int64_t j0 = 0; j0 < d; j0 += chunk) {
+    const int64_t j1 = std::min(d, j0 + chunk);
+    for (int64_t n = 0; n < N; ++n) {
+      const double* row = R.x.data() + n * d;
+      for (int64_t j = j0; j < j1; ++j) out[static_cast<size_t>(j)] += f(row[j]);
+    }
+  }
+  return out;
+}
+
+std::vector<double> mean_squares(const Rows& R) {
+  std::vector<double> s2 = column_sums(R, [](double v) { return v * v; });
+  const double scale = 1.0 / (static_cast<double>(R.N) * R.r * R.r);
+  for (double& v : s2) v *= scale;
+  return s2;
+}
+
+KurtosisRms kurtosis_from(const Rows& R) {
+  OFT_CHECK(R.d >= 2, "kurtosis_of_neuron_rms: need d >= 2 features (got ", R.d, ")");
+  const std::vector<double> s2 = mean_squares(R);
+  const double d = static_cast<double>(R.d);
+  double m = 0, m4 = 0;
+  for (double v : s2) m += v, m4 += v * v;
+  m /= d;
+  m4 /= d;
+  double var = 0;
+  for (double v : s2) var += (v - m) * (v - m);
+  KurtosisRms k;
+  k.kurtosis = m4 / (m * m);
+  k.var_form = var / (d - 1);
+  k.rms = R.r;
+  k.mean_s2 = m;
+  k.tokens = R.N;
+  k.d = R.d;
+  return k;
+}
+
+SignalProp signal_from(const Rows& R, int64_t B, int64_t T) {
+  const int64_t N = R.N, d = R.d;
+  OFT_CHECK(B >= 1 && T >= 1 && B * T == N, "signal_propagation: B*T = ", B, "*", T,
+            " does not match the ", N, " tokens of the hidden state (d = ", d, ")");
+  OFT_CHECK(N >= 2 && d >= 2, "signal_propagation: need >= 2 tokens and >= 2 features (got N = ",
+            N, ", d = ", d, ")");
+  const double Nd = static_cast<double>(N), dd = static_cast<double>(d);
+
+  // Column means and column-centred copy Y; Gc = Y^T Y (upper triangle), F = Gc + N mu mu^T.
+  std::vector<double> mu = column_sums(R, [](double v) { return v; });
+  for (double& v : mu) v /= Nd;
+  std::vector<double> Y(R.x.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < d; ++j) Y[n * d + j] = R.x[n * d + j] - mu[j];
+  std::vector<double> G(static_cast<size_t>(d * d), 0.0);
+  const int64_t nb = 64;  // tokens per block: a block of Y stays in cache while G is swept
+#pragma omp parallel
+  for (int64_t n0 = 0; n0 < N; n0 += nb) {
+    const int64_t n1 = std::min(N, n0 + nb);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t i = 0; i < d; ++i) {
+      double* gi = G.data() + i * d;
+      for (int64_t n = n0; n < n1; ++n) {
+        const double* y = Y.data() + n * d;
+        const double yi = y[i];
+        for (int64_t j = i; j < d; ++j) gi[j] += yi * y[j];
+      }
+    }
+  }
+
+  // Per-feature-row partial sums (fixed order), combined afterwards.
+  double diag_floor = 0;
+  for (int64_t i = 0; i < d; ++i) diag_floor += G[i * d + i];
+  diag_floor = diag_floor / dd * 1e-24;
+  std::vector<double> f_off(d, 0.0), f_diag(d, 0.0), cos_off(d, 0.0);
+#pragma omp parallel for schedule(dynamic, 8)
+  for (int64_t i = 0; i < d; ++i) {
+    const double gii = G[i * d + i];
+    const double fii = gii + Nd * mu[i] * mu[i];
+    f_diag[i] = fii * fii;
+    double fo = 0, co = 0;
+    for (int64_t j = i + 1; j < d; ++j) {
+      const double gij = G[i * d + j];
+      const double fij = gij + Nd * mu[i] * mu[j];
+      fo += fij * fij;
+      const double gjj = G[j * d + j];
+      if (gii > diag_floor && gjj > diag_floor) {
+        const double c = gij / std::sqrt(gii * gjj);
+        co += c * c;
+      }
+    }
+    f_off[i] = fo;
+    cos_off[i] = co;
+  }
+  double F_off = 0, F_diag = 0, C_off = 0;
+  for (int64_t i = 0; i < d; ++i) F_off += f_off[i], F_diag += f_diag[i], C_off += cos_off[i];
+
+  SignalProp s;
+  const double r2 = R.r * R.r;
+  const double pairs_f = dd * (dd - 1);
+  // (Z^T Z / N)_ij = F_ij / (N r^2); off-diagonal entries come in symmetric pairs.
+  s.feat_corr_rms = std::sqrt(2 * F_off / pairs_f) / (Nd * r2);
+  s.feat_cos_rms = std::sqrt(2 * C_off / pairs_f);
+
+  // Token Gram over all N tokens: (Z Z^T / d)_nm = <x~_n, x~_m> / (d r^2).
+  //   sum_{n != m} <x~_n, x~_m>   = |sum_n x~_n|^2 - sum_n |x~_n|^2 = N^2 |mu|^2 - sum_n |x~_n|^2
+  //   sum_{n != m} <x~_n, x~_m>^2 = ||X~ X~^T||_F^2 - sum_n |x~_n|^4 = ||F||_F^2 - sum_n |x~_n|^4
+  double mu2 = 0, rs = 0, rs2 = 0;
+  for (double v : mu) mu2 += v * v;
+  for (double v : R.row_sq) rs += v, rs2 += v * v;
+  const double pairs_t = Nd * (Nd - 1);
+  const double A = dd * r2;
+  s.token_corr_mean = (Nd * Nd * mu2 - rs) / A / pairs_t;
+  const double sq_off = std::max(0.0, F_diag + 2 * F_off - rs2);
+  s.token_corr_rms = std::sqrt(sq_off / pairs_t) / A;
+
+  // Per-sequence token cosines, pooled over sequences.
+  if (T < 2) {
+    s.token_cos_mean = s.token_cos_rms = std::numeric_limits<double>::quiet_NaN();
+    return s;
+  }
+  const double row_floor = rs / Nd * 1e-24;
+  std::vector<double> c_sum(N, 0.0), c_sq(N, 0.0);
+#pragma omp parallel for schedule(dynamic, 4)
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t end = (n / T + 1) * T;
+    const double qn = R.row_sq[n];
+    if (!(qn > row_floor) || qn == 0) continue;
+    const double* xn = R.x.data() + n * d;
+    double cs = 0, cq = 0;
+    for (int64_t m = n + 1; m < end; ++m) {
+      const double qm = R.row_sq[m];
+      if (!(qm > row_floor) || qm == 0) continue;
+      const double* xm = R.x.data() + m * d;
+      double dot = 0;
+      for (int64_t j = 0; j < d; ++j) dot += xn[j] * xm[j];
+      const double c = dot / std::sqrt(qn * qm);
+      cs += c;
+      cq += c * c;
+    }
+    c_sum[n] = cs;
+    c_sq[n] = cq;
+  }
+  double CS = 0, CQ = 0;
+  for (int64_t n = 0; n < N; ++n) CS += c_sum[n], CQ += c_sq[n];
+  const double pairs_s = static_cast<double>(B) * static_cast<double>(T) *
+                         static_cast<double>(T - 1) / 2;  // unordered pairs
+  s.token_cos_mean = CS / pairs_s;
+  s.token_cos_rms = std::sqrt(CQ / pairs_s);
+  return s;
+}
+
+double max_median_from(const Rows& R) {
+  const int64_t N = R.N, d = R.d;
+  std::vector<double> ratio(N);
+#pragma omp parallel
+  {
+    std::vector<double> buf(d);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const double* x = R.x.data() + n * d;
+      bool has_nan = false;
+      double mx = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        buf[j] = std::fabs(x[j]);
+        if (std::isnan(buf[j])) has_nan = true;
+        mx = std::max(mx, buf[j]);
+      }
+      if (has_nan) {
+        ratio[n] = std::numeric_limits<double>::quiet_NaN();
+        continue;
+      }
+      auto mid = buf.begin() + (d - 1) / 2;  // lower median, as torch.median
+      std::nth_element(buf.begin(), mid, buf.end());
+      ratio[n] = mx / *mid;
+    }
+  }
+  double s = 0;
+  for (double v : ratio) s += v;
+  return s / static_cast<double>(N);
+}
+
+}  // namespace
+
+KurtosisRms kurtosis_of_neuron_rms(const Tensor& h) {
+  return kurtosis_from(load_rows(h, true, "kurtosis_of_neuron_rms"));
+}
+
+std::vector<double> neuron_mean_squares(const Tensor& h) {
+  return mean_squares(load_rows(h, true, "neuron_mean_squares"));
+}
+
+SignalProp signal_propagation(const Tensor& h, int64_t B, int64_t T) {
+  return signal_from(load_rows(h, true, "signal_propagation"), B, T);
+}
+
+double max_median_ratio(const Tensor& h, bool centre) {
+  return max_median_from(load_rows(h, centre, "max_median_ratio"));
+}
+
+HiddenStateMetrics hidden_state_metrics(const Tensor& h, int64_t B, int64_t T) {
+  const Rows R = load_rows(h, true, "hidden_state_metrics");
+  HiddenStateMetrics m;
+  m.kurt = kurtosis_from(R);
+  m.signal = signal_from(R, B, T);
+  m.max_median_ratio = max_median_from(R);
+  return m;
+}
+
+namespace {
+
+// Per (b, h): sum over queries of the row entropy.
+std::vector<double> entropy_sums(const Tensor& probs, bool causal, int64_t& B, int64_t& H,
+                                 int64_t& Tq) {
+  OFT_CHECK(probs.ndim() == 4, "attention_entropy: expected probabilities [B, H, Tq, Tk], got ",
+            shape_str(probs.shape()));
+  B = probs.dim(0), H = probs.dim(1), Tq = probs.dim(2);
+  const int64_t Tk = probs.dim(3);
+  OFT_CHECK(!causal || Tq == Tk, "attention_entropy: causal needs Tq == Tk (got ", Tq, " and ",
+            Tk, ")");
+  OFT_CHECK(B * H * Tq > 0 && Tk > 0, "attention_entropy: empty probabilities");
+  const int64_t BH = B * H;
+  std::vector<double> sums(BH, 0.0);
+  const int64_t Tq_ = Tq;
+  with_values(probs, "attention_entropy", [&](const auto* p, int64_t) {
+#pragma omp parallel for schedule(static)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      double s = 0;
+      for (int64_t i = 0; i < Tq_; ++i) {
+        const auto* row = p + (bh * Tq_ + i) * Tk;
+        const int64_t jend = causal ? i + 1 : Tk;
+        double e = 0;
+        for (int64_t j = 0; j < jend; ++j) {
+          const double v = static_cast<double>(row[j]);
+          if (v > 0) e -= v * std::log(v);
+          else if (std::isnan(v)) e = std::numeric_limits<double>::quiet_NaN();
+        }
+        s += e;
+      }
+      sums[bh] = s;
+    }
+    return 0;
+  });
+  return sums;
+}
+
+}  // namespace
+
+std::vector<double> attention_entropy_per_head(const Tensor& probs, bool causal) {
+  int64_t B, H, Tq;
+  const std::vector<double> sums = entropy_sums(probs, causal, B, H, Tq);
+  std::vector<double> out(H, 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) out[h] += sums[b * H + h];
+  for (double& v : out) v /= static_cast<double>(B * Tq);
+  return out;
+}
+
+double attention_entropy(const Tensor& probs, bool causal) {
+  int64_t B, H, Tq;
+  const std::vector<double> sums = entropy_sums(probs, causal, B, H, Tq);
+  double s = 0;
+  for (double v : sums) s += v;
+  return s / static_cast<double>(B * H * Tq);
+}
+
+// ---------------------------------------------------------------- JSON
+
+void put_json(nlohmann::json& out, const std::string& prefix, const KurtosisRms& k) {
+  out[prefix + "kurtosis"] = num(k.kurtosis);
+  out[prefix + "kurtosis_var"] = num(k.var_form);
+  out[prefix + "x_rms"] = num(k.rms);
+}
+
+void put_json(nlohmann::json& out, const std::string& prefix, const SignalProp& s) {
+  out[prefix + "feat_corr_rms"] = num(s.feat_corr_rms);
+  out[prefix + "feat_cos_rms"] = num(s.feat_cos_rms);
+  out[prefix + "token_corr_mean"] = num(s.token_corr_mean);
+  out[prefix + "token_corr_rms"] = num(s.token_corr_rms);
+  out[prefix + "token_cos_mean"] = num(s.token_cos_mean);
+  out[prefix + "token_cos_rms"] = num(s.token_cos_rms);
+}
+
+void put_json(nlohmann::json& out, const std::string& prefix, const HiddenStateMetrics& m) {
+  put_json(out, prefix, m.kurt);
+  put_json(out, prefix, m.signal);
+  out[prefix + "max_median_ratio"] = num(m.max_median_ratio);
+}
+
+void put_attention_entropy(nlohmann::json& out, const std::string& prefix, double mean,
+                           const std::vector<double>& per_head) {
+  out[prefix + "entropy"] = num(mean);
+  for (size_t h = 0; h < per_head.size(); ++h)
+    out[prefix + "entropy_head." + std::to_string(h)] = num(per_head[h]);
+}
+
+}  // namespace oft::analysis
