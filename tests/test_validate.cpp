@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "analysis/collect.h"
 #include "core/resources.h"
@@ -68,6 +69,8 @@ TEST_F(ValidateTest, ReportsAndEncodingsAreWritten) {
   EXPECT_TRUE(enc["activation_encodings"].contains("h.0.mlp.c_proj"));
   EXPECT_TRUE(enc["activation_encodings"].contains("h.0.attn.context"));
   EXPECT_FALSE(enc["activation_encodings"].contains("h.0.attn.gated_context"));  // OPT: pre-gate
+  EXPECT_TRUE(enc["activation_encodings"].contains("h.0.attn.qkv.scores"));
+  EXPECT_TRUE(enc["activation_encodings"].contains("h.0.attn.qkv.probs"));
   // Per-channel weights: one encoding per output row; gates stay FP.
   EXPECT_EQ(enc["param_encodings"]["h.0.mlp.c_fc.weight"].size(), 512u);
   EXPECT_FALSE(enc["param_encodings"].contains("h.0.attn.gate.weight"));
@@ -75,6 +78,24 @@ TEST_F(ValidateTest, ReportsAndEncodingsAreWritten) {
   EXPECT_GT(r.avg_kurtosis, 1);
   const std::string table = validation_table({r, r});
   EXPECT_NE(table.find("W8A8 ppl"), std::string::npos) << table;
+}
+
+TEST_F(ValidateTest, TrainingLogsOutlierMetricsEveryNSteps) {
+  RunConfig cfg;
+  cfg.load("tiny_gpt2_op", common({"train.steps=4", "metrics.every=2", "run.dir=" + root_ + "/m"}));
+  train(cfg, true);
+  std::ifstream in(root_ + "/m/metrics.jsonl");
+  std::string line;
+  std::vector<int64_t> steps;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("summary")) {
+      steps.push_back(j["step"].get<int64_t>());
+      EXPECT_TRUE(j["seed_b"].contains("embedding"));
+      EXPECT_GE(j["seed_b"]["embedding"]["kurtosis"].get<double>(), 1.0);
+    }
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{2, 4}));
 }
 
 TEST(OutlierCollector, TracksTheSourceSystemsTensors) {

@@ -129,6 +129,24 @@ Tensor Attention::scalar_grad(double v, const Tensor& like) {
   return Tensor::from_vector({1}, {v}, like.dtype()).to(like.device());
 }
 
+void Attention::run_attention(AttentionActs& a, const Tensor& key_mask, int64_t B, int64_t T) {
+  AttentionQuantRequest* q = hook_ ? hook_->attention_quant(layer_) : nullptr;
+  if (!q) {
+    ops::on(a.qkv).attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec_);
+    return;
+  }
+  ops::AttentionSpec spec = spec_;
+  spec.score_quant = q->scores;
+  spec.prob_quant = q->probs;
+  double sr[2], pr[2];
+  if (q->observe) {
+    spec.score_range = sr;
+    spec.prob_range = pr;
+  }
+  ops::on(a.qkv).attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec);
+  if (q->observe) hook_->on_attention_ranges(layer_, sr, pr);
+}
+
 void Attention::shaped_forward(AttentionActs& a, Tensor& out, const Tensor& x,
                                const Tensor& key_mask, int64_t B, int64_t T) {
   const int64_t N = B * T;
@@ -160,7 +178,7 @@ void Attention::shaped_forward(AttentionActs& a, Tensor& out, const Tensor& x,
   } else {
     a.qkv = a.qkv_raw;
   }
-  be.attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec_);  // P V
+  run_attention(a, key_mask, B, T);  // P V
   if (hook_) hook_->on_activation(Point::Context, layer_, a.ctx, B, T);
   be.causal_mean_fwd(a.cv, a.v, T);                                    // C V
   be.head_gate_fwd(out, a.v, sa_alpha_, N);
@@ -232,7 +250,7 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
     a.qkv = a.qkv_raw;
   }
   ensure(a.ctx, {N, C_}, dt, dev);
-  be.attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec_);
+  run_attention(a, key_mask, B, T);
   if (hook_) hook_->on_activation(Point::Context, layer_, a.ctx, B, T);
   if (gate_ == GateType::None) {
     a.gated = a.ctx;

@@ -60,6 +60,8 @@ class Attention {
 
  private:
   int64_t rows_per_gate(int64_t B, int64_t T) const;
+  // The attention op, with the hook's quantization request applied when there is one.
+  void run_attention(AttentionActs& a, const Tensor& key_mask, int64_t B, int64_t T);
   void shaped_forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask,
                       int64_t B, int64_t T);
   void shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const Tensor& x,

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "ops/ops.h"
 
 namespace oft {
 
@@ -36,9 +37,21 @@ const char* point_name(Point p);
 std::string point_label(Point p, int64_t layer);
 bool point_is_per_layer(Point p);
 
+// Quantization inside the attention op (scores before the mask, probabilities): the grids to
+// apply and, when observing, the ranges the op measured on this batch.
+struct AttentionQuantRequest {
+  ops::FakeQuant scores, probs;
+  bool observe = false;
+};
+
 class ActivationHook {
  public:
   virtual ~ActivationHook() = default;
+  // Attention layers ask before running the op; nullptr = no quantization inside attention.
+  virtual AttentionQuantRequest* attention_quant(int64_t layer) { return nullptr; }
+  // With observe set, called after the op with the measured [min, max] ranges.
+  virtual void on_attention_ranges(int64_t layer, const double score_range[2],
+                                   const double prob_range[2]) {}
   // t: the tensor produced at point p of `layer` (-1 for points outside the blocks), viewed as
   // [B*T, width]. The hook may modify it in place; the forward pass continues with it.
   virtual void on_activation(Point p, int64_t layer, Tensor& t, int64_t B, int64_t T) = 0;

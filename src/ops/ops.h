@@ -24,12 +24,26 @@ Activation parse_activation(const std::string& s);
 // How attention scores become probabilities (REFERENCE.md §1).
 enum class ProbFn { Softmax, Clipped, Softmax1 };
 
+// A uniform fake-quantization grid applied inside an op: delta * (clamp(round(x / delta) + zp,
+// qmin, qmax) - zp), rounding half to even.
+struct FakeQuant {
+  bool enabled = false;
+  double delta = 1.0, zero_point = 0.0, qmin = 0.0, qmax = 255.0;
+};
+
 struct AttentionSpec {
   int n_head = 1;
   bool causal = true;
   ProbFn prob = ProbFn::Softmax;
   double gamma = 0.0;  // clipped softmax: clip((zeta - gamma) * softmax + gamma, 0, 1)
   double zeta = 1.0;
+  // Simulated quantization (evaluation only; the backward ignores it): scores S = QK^T/sqrt(D)
+  // before the mask, and the probabilities after the probability function (REFERENCE.md §5).
+  FakeQuant score_quant, prob_quant;
+  // When set, the op writes the min and max of the scores (all T x T, before the mask) and of
+  // the probabilities of this call into these two-element arrays.
+  double* score_range = nullptr;
+  double* prob_range = nullptr;
 };
 
 // Hyper-parameters of one AdamW update (decoupled weight decay, PyTorch semantics).

@@ -62,6 +62,46 @@ void QuantSimulator::on_activation(Point p, int64_t layer, Tensor& t, int64_t, i
   fake_quant(t, a.grid);
 }
 
+void QuantSimulator::observe_range(const std::string& label, double lo, double hi) {
+  const bool symmetric = q_.qmethod_acts == "symmetric_uniform";
+  const int bits = static_cast<int>(q_.n_bits_act);
+  ActQuant& a = acts_[label];
+  if (!a.est) a.est = make_estimator(q_.ranges_acts == "current_minmax" ? "current_minmax" : "running_minmax",
+                                     bits, symmetric, q_.percentile);
+  a.est->observe(Tensor::from_vector({2}, {lo, hi}, DType::F64));
+  const auto [mn, mx] = a.est->range();
+  a.grid = make_grid(mn, mx, bits, symmetric);
+  a.ready = true;
+}
+
+ops::FakeQuant QuantSimulator::op_grid(const ActQuant& a) {
+  ops::FakeQuant f;
+  f.enabled = a.ready;
+  f.delta = a.grid.delta;
+  f.zero_point = a.grid.zero_point;
+  f.qmin = a.grid.qmin;
+  f.qmax = a.grid.qmax;
+  return f;
+}
+
+AttentionQuantRequest* QuantSimulator::attention_quant(int64_t layer) {
+  AttentionQuantRequest& r = attn_req_[layer];
+  const auto s = acts_.find(point_label(Point::QKV, layer) + ".scores");
+  const auto p = acts_.find(point_label(Point::QKV, layer) + ".probs");
+  r.scores = s != acts_.end() ? op_grid(s->second) : ops::FakeQuant{};
+  r.probs = p != acts_.end() ? op_grid(p->second) : ops::FakeQuant{};
+  r.observe = calibrating_;
+  OFT_CHECK(calibrating_ || (r.scores.enabled && r.probs.enabled), "quantization: no calibrated "
+            "range for the attention scores of layer ", layer, " (calibrate first)");
+  return &r;
+}
+
+void QuantSimulator::on_attention_ranges(int64_t layer, const double sr[2], const double pr[2]) {
+  if (!calibrating_) return;
+  observe_range(point_label(Point::QKV, layer) + ".scores", sr[0], sr[1]);
+  observe_range(point_label(Point::QKV, layer) + ".probs", pr[0], pr[1]);
+}
+
 bool QuantSimulator::weight_quantized(const Param& p) const {
   // Every Linear / LayerNorm / Embedding weight; never biases, LayerNorm betas, gates (kept FP,
   // as the source does), block gains or shaped-attention scalars.

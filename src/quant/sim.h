@@ -32,6 +32,12 @@ class QuantSimulator : public ActivationHook {
   void set_calibrating(bool on) { calibrating_ = on; }
 
   void on_activation(Point p, int64_t layer, Tensor& t, int64_t B, int64_t T) override;
+  // Attention scores (before the mask) and probabilities are quantized inside the attention
+  // op. Their ranges come from the per-batch min/max the op reports, combined by the
+  // activation estimator (percentile / MSE estimators see only those two values here).
+  AttentionQuantRequest* attention_quant(int64_t layer) override;
+  void on_attention_ranges(int64_t layer, const double score_range[2],
+                           const double prob_range[2]) override;
 
   // Which points are quantized and with how many bits (0 = left FP).
   int bits_of(Point p) const;
@@ -51,6 +57,9 @@ class QuantSimulator : public ActivationHook {
   ModelConfig m_;
   bool calibrating_ = false;
   std::map<std::string, ActQuant> acts_;
+  std::map<int64_t, AttentionQuantRequest> attn_req_;
+  void observe_range(const std::string& label, double lo, double hi);
+  static ops::FakeQuant op_grid(const ActQuant& a);
   std::vector<std::pair<std::string, Tensor>> saved_;  // FP copies of quantized weights
   std::vector<Encoding> param_enc_;
 };

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "analysis/collect.h"
 #include "data/loader.h"
 #include "io/atomic_file.h"
 #include "io/metrics.h"
@@ -220,6 +221,24 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     st["tokens_seen"] = tokens_seen;
     return st;
   };
+  // Outlier metrics during training (metrics.every): one validation batch through the collector.
+  auto log_outliers = [&](int64_t step) {
+    LoaderOptions one = val_lo;
+    one.mode = LoaderMode::Eval;
+    TokenLoader vl(val_shard, one);
+    Tensor vi = Tensor::empty({B, T}, DType::I32), vt = Tensor::empty({B, T}, DType::I32);
+    Tensor vm = Tensor::empty({B, T}, DType::I32);
+    vl.next_batch(vi.data<int32_t>(), vt.data<int32_t>(), vm.data<int32_t>());
+    analysis::OutlierCollector c(cfg.model, cfg.metrics.rows == "token");
+    model.set_hook(&c);
+    model.forward(vi.to(device), vt.to(device), use_mask ? vm.to(device) : Tensor());
+    model.set_hook(nullptr);
+    c.after_forward(model);
+    nlohmann::json rec = c.to_json();
+    rec.erase("seed_a");
+    rec["step"] = step;
+    metrics.write(rec);
+  };
   if (start_step == 0) result.initial_val = do_eval(0);
 
   Tensor in = Tensor::empty({B, T}, DType::I32), tg = Tensor::empty({B, T}, DType::I32);
@@ -267,6 +286,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     const bool last = done == tc.steps;
     const bool stop = tc.stop_at > 0 && done == tc.stop_at;
     if ((tc.eval_every > 0 && done % tc.eval_every == 0) || last) result.final_val = do_eval(done);
+    if (cfg.metrics.every > 0 && (done % cfg.metrics.every == 0 || last)) log_outliers(done);
     if ((tc.ckpt_every > 0 && done % tc.ckpt_every == 0) || last || stop) {
       const std::string p = save_checkpoint(run_dir, done, model, &opt, checkpoint_state(), tc.keep_checkpoints);
       if (!quiet) std::fprintf(stderr, "checkpoint %s\n", p.c_str());

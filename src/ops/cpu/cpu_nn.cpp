@@ -1,6 +1,7 @@
 // CPU ops: LayerNorm, RMSNorm, attention (materialised T x T probabilities, every ProbFn),
 // cross-entropy. Reference implementations written for clarity; parameter gradients are summed
 // in a second pass over column blocks so results are deterministic.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -163,6 +164,12 @@ inline bool key_visible(int64_t i, int64_t j, int64_t b, int64_t T, bool causal,
   return true;
 }
 
+inline double fake_quant(double x, const FakeQuant& q) {
+  double v = std::nearbyint(x / q.delta) + q.zero_point;  // round half to even (default mode)
+  v = std::min(std::max(v, q.qmin), q.qmax);
+  return q.delta * (v - q.zero_point);
+}
+
 template <class T>
 T clip_prob(T p, const AttentionSpec& s) {
   if (s.prob != ProbFn::Clipped) return p;
@@ -181,6 +188,11 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
   if (!saved.defined() || saved.shape() != Shape{B, H, T, T} || saved.dtype() != qkv.dtype())
     saved = Tensor::empty({B, H, T, T}, qkv.dtype());
   const int32_t* mask = key_mask.defined() ? key_mask.data<int32_t>() : nullptr;
+  // Quantized evaluation sees every score, as the source quantizes them before the mask.
+  const bool all_scores = spec.score_quant.enabled || spec.score_range != nullptr;
+  const bool prob_q = spec.prob_quant.enabled;
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  std::vector<double> smin(B * H, kInf), smax(B * H, -kInf), pmin(B * H, kInf), pmax(B * H, -kInf);
   dispatch_float(qkv, [&]<class F>() {
     const F* base = qkv.data<F>();
     F* po = out.data<F>();
@@ -193,18 +205,25 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
       std::vector<double> s(T);
       for (int64_t i = 0; i < T; ++i) {
         F* prow = pp + (bh * T + i) * T;
-        double mx = -std::numeric_limits<double>::infinity();
+        double mx = -kInf;
         const F* qi = hv.q(i);
         for (int64_t j = 0; j < T; ++j) {
-          if (!key_visible(i, j, b, T, spec.causal, mask)) {
-            s[j] = -std::numeric_limits<double>::infinity();
+          const bool visible = key_visible(i, j, b, T, spec.causal, mask);
+          if (!visible && !all_scores) {
+            s[j] = -kInf;
             continue;
           }
           const F* kj = hv.k(j);
           F dot = 0;
           for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
-          s[j] = double(dot) * inv_sqrt_d;
-          mx = std::max(mx, s[j]);
+          double sc = double(dot) * inv_sqrt_d;
+          if (all_scores) {
+            smin[bh] = std::min(smin[bh], sc);
+            smax[bh] = std::max(smax[bh], sc);
+            if (spec.score_quant.enabled) sc = fake_quant(sc, spec.score_quant);
+          }
+          s[j] = visible ? sc : -kInf;
+          if (visible) mx = std::max(mx, s[j]);
         }
         double denom = 0;
         for (int64_t j = 0; j < T; ++j) {
@@ -217,7 +236,12 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
         F* orow = po + (b * T + i) * C + h * D;
         for (int64_t d = 0; d < D; ++d) orow[d] = 0;
         for (int64_t j = 0; j < T; ++j) {
-          const F pj = clip_prob(prow[j], spec);
+          F pj = clip_prob(prow[j], spec);
+          if (spec.prob_range || prob_q) {
+            pmin[bh] = std::min(pmin[bh], double(pj));
+            pmax[bh] = std::max(pmax[bh], double(pj));
+            if (prob_q) pj = F(fake_quant(pj, spec.prob_quant));
+          }
           if (pj == F(0)) continue;
           const F* vj = hv.v(j);
           for (int64_t d = 0; d < D; ++d) orow[d] += pj * vj[d];
@@ -225,6 +249,14 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
       }
     }
   });
+  if (spec.score_range) {
+    spec.score_range[0] = *std::min_element(smin.begin(), smin.end());
+    spec.score_range[1] = *std::max_element(smax.begin(), smax.end());
+  }
+  if (spec.prob_range) {
+    spec.prob_range[0] = *std::min_element(pmin.begin(), pmin.end());
+    spec.prob_range[1] = *std::max_element(pmax.begin(), pmax.end());
+  }
 }
 
 void CpuBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
