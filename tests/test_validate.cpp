@@ -98,6 +98,23 @@ TEST_F(ValidateTest, TrainingLogsOutlierMetricsEveryNSteps) {
   EXPECT_EQ(steps, (std::vector<int64_t>{2, 4}));
 }
 
+TEST_F(ValidateTest, BadQuantizationOptionsAreExplained) {
+  auto error_of = [&](const std::vector<std::string>& ov) {
+    try {
+      validate_checkpoint(root_ + "/run", true, ov, true);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error_of({"quant_setup=int4"}).find("quant.quant_setup: must be one of all, fp32_head"),
+            std::string::npos);
+  EXPECT_NE(error_of({"ranges_acts=minmax2"}).find("quant.ranges_acts"), std::string::npos);
+  EXPECT_NE(error_of({"n_bits=1"}).find("quant.n_bits: must be in [2, 16]"), std::string::npos);
+  EXPECT_NE(error_of({"est_num_batches=0"}).find("quant.est_num_batches"), std::string::npos);
+  EXPECT_NE(error_of({"percentile=101"}).find("quant.percentile"), std::string::npos);
+}
+
 TEST(OutlierCollector, TracksTheSourceSystemsTensors) {
   for (const std::string objective : {"clm", "mlm"}) {
     ModelConfig cfg;
