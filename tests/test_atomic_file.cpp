@@ -11,9 +11,11 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::error_of;
 
 namespace {
 
@@ -42,15 +44,6 @@ class AtomicFileTest : public ::testing::Test {
   }
   fs::path dir_;
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 }  // namespace
 

@@ -6,20 +6,13 @@
 
 #include "core/error.h"
 #include "train/run_config.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::error_of;
 
 namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 std::string write_temp(const std::string& name, const std::string& text) {
   const fs::path p = fs::temp_directory_path() / ("oft_cfg_" + std::to_string(::getpid()) + "_" + name);
   std::ofstream(p) << text;

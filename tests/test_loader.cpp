@@ -1,6 +1,5 @@
 // TokenLoader: window coverage per epoch, reshuffling, bit-exact resume, rank sharding, eval mode.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -12,26 +11,13 @@
 #include "core/error.h"
 #include "data/loader.h"
 #include "data/shard.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("oft_loader_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 // A shard whose token i is i, so a window's first input token identifies it (w = tok / T).
 std::shared_ptr<const Shard> iota_shard(const TempDir& td, size_t n) {
@@ -86,7 +72,7 @@ LoaderOptions opts(size_t B, size_t T, uint64_t seed = 1, int rank = 0, int worl
 }  // namespace
 
 TEST(Loader, EveryWindowOncePerEpoch) {
-  TempDir td;
+  TempDir td("loader");
   auto shard = iota_shard(td, 1005);  // (1005 - 1) / 10 = 100 windows, 4 tokens unused
   TokenLoader L(shard, opts(7, 10));
   EXPECT_EQ(L.num_windows(), 100u);
@@ -104,7 +90,7 @@ TEST(Loader, EveryWindowOncePerEpoch) {
 }
 
 TEST(Loader, PermutationDiffersAcrossEpochsAndSeeds) {
-  TempDir td;
+  TempDir td("loader");
   auto shard = iota_shard(td, 2001);
   TokenLoader a(shard, opts(10, 10, 42)), b(shard, opts(10, 10, 42)), c(shard, opts(10, 10, 43));
   const auto wa = take(a, 40), wb = take(b, 40), wc = take(c, 20);
@@ -118,7 +104,7 @@ TEST(Loader, PermutationDiffersAcrossEpochsAndSeeds) {
 }
 
 TEST(Loader, ResumeFromSavedStateIsBitExact) {
-  TempDir td;
+  TempDir td("loader");
   auto shard = iota_shard(td, 5000);
   const size_t B = 6, T = 16;
   TokenLoader a(shard, opts(B, T, 7));
@@ -143,7 +129,7 @@ TEST(Loader, ResumeFromSavedStateIsBitExact) {
 }
 
 TEST(Loader, RankShardingIsDisjoint) {
-  TempDir td;
+  TempDir td("loader");
   auto shard = iota_shard(td, 1001);  // 100 windows; 3 ranks take 33 each, 1 dropped
   std::set<size_t> seen;
   for (int r = 0; r < 3; ++r) {
@@ -159,7 +145,7 @@ TEST(Loader, RankShardingIsDisjoint) {
 }
 
 TEST(Loader, TooSmallShard) {
-  TempDir td;
+  TempDir td("loader");
   auto shard = iota_shard(td, 8);
   EXPECT_ERROR(TokenLoader(shard, opts(1, 8)), "iota.bin");
   EXPECT_ERROR(TokenLoader(shard, opts(1, 8)), "smaller seq_len");
@@ -169,7 +155,7 @@ TEST(Loader, TooSmallShard) {
 }
 
 TEST(Loader, EvalModeIsSequentialAndResets) {
-  TempDir td;
+  TempDir td("loader");
   auto shard = iota_shard(td, 401);  // 40 windows of T=10
   LoaderOptions o = opts(8, 10);
   o.mode = LoaderMode::Eval;
@@ -189,7 +175,7 @@ TEST(Loader, EvalModeIsSequentialAndResets) {
 }
 
 TEST(Loader, StateJsonErrors) {
-  TempDir td;
+  TempDir td("loader");
   auto shard = iota_shard(td, 101);
   TokenLoader L(shard, opts(1, 10));
   EXPECT_EQ(LoaderState::from_json(LoaderState{3, 4}.to_json()), (LoaderState{3, 4}));

@@ -4,7 +4,6 @@
 // mask), its errors, and `oft data prepare` writing [bos] doc [eot] for tokenizers with bos_id
 // (a fake one, then the shipped bert-base-uncased WordPiece end to end).
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -23,34 +22,21 @@
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::TempDir;
+using oft::testing::write_file;
 
 namespace {
 
 // BERT-like special ids for the synthetic data: PAD 0, UNK 1, CLS 2, SEP 3, MASK 4.
 constexpr int32_t kPad = 0, kCls = 2, kSep = 3, kMask = 4, kFirstWord = 10;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() / ("oft_mlm_" + std::string(info->test_suite_name()) + "_" +
-                                        info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& rel) const { return (path / rel).string(); }
-};
-
 std::shared_ptr<const Shard> make_shard(const TempDir& td, const std::vector<int32_t>& t,
                                         uint32_t vocab, const std::string& name = "s.bin") {
-  const std::string p = td / name;
+  const std::string p = td.file(name);
   ShardWriter w(p, vocab, kSep);
   w.append(t);
   w.finish();
@@ -209,7 +195,7 @@ std::shared_ptr<const Shard> word_shard(const TempDir& td, size_t n) {
 }
 
 TEST(MlmLoader, PackedWindowsTileTheShard) {
-  TempDir td;
+  TempDir td("mlm");
   const size_t T = 16, n = 16 * 50 + 7;  // 50 windows; the 7-token tail is dropped
   auto shard = word_shard(td, n);
   MlmOptions m = bert_like(0);  // vocab_size 0: the shard's
@@ -244,7 +230,7 @@ TEST(MlmLoader, PackedWindowsTileTheShard) {
 }
 
 TEST(MlmLoader, MasksMatchMlmMaskAndDifferAcrossEpochs) {
-  TempDir td;
+  TempDir td("mlm");
   const size_t T = 32, B = 4;
   auto shard = word_shard(td, T * 20);
   const MlmOptions m = bert_like(0);
@@ -274,7 +260,7 @@ TEST(MlmLoader, MasksMatchMlmMaskAndDifferAcrossEpochs) {
 }
 
 TEST(MlmLoader, ReproducibleAcrossInstancesAndResume) {
-  TempDir td;
+  TempDir td("mlm");
   const size_t B = 3, T = 16;
   auto shard = word_shard(td, 16 * 41);
   const MlmOptions m = bert_like(0);
@@ -307,7 +293,7 @@ TEST(MlmLoader, ReproducibleAcrossInstancesAndResume) {
 }
 
 TEST(MlmLoader, EvalMasksAreIdenticalAcrossEpochsAndResets) {
-  TempDir td;
+  TempDir td("mlm");
   const size_t T = 16;
   auto shard = word_shard(td, 16 * 12);
   LoaderOptions o = mlm_opts(4, T, bert_like(0));
@@ -336,7 +322,7 @@ TEST(MlmLoader, EvalMasksAreIdenticalAcrossEpochsAndResets) {
 // ---------------------------------------------------------------- loader, line by line
 
 TEST(MlmLoader, LineByLineTruncatesPadsAndMasksKeys) {
-  TempDir td;
+  TempDir td("mlm");
   const size_t T = 8;
   // Documents [CLS] words [SEP] with 0..13 words: lengths 2..15, some longer than T.
   std::vector<std::vector<int32_t>> docs;
@@ -389,7 +375,7 @@ TEST(MlmLoader, LineByLineTruncatesPadsAndMasksKeys) {
 }
 
 TEST(MlmLoader, LineByLineShuffleCoversDocumentsAndKeepsATail) {
-  TempDir td;
+  TempDir td("mlm");
   // 5 documents, the last without a final [SEP] (a hand-made shard).
   std::vector<int32_t> t{kCls, 11, kSep, kCls, 12, 12, kSep, kCls, kSep, kCls, 14, kSep, kCls, 15};
   auto shard = make_shard(td, t, 100);
@@ -407,7 +393,7 @@ TEST(MlmLoader, LineByLineShuffleCoversDocumentsAndKeepsATail) {
 }
 
 TEST(MlmLoader, Errors) {
-  TempDir td;
+  TempDir td("mlm");
   auto shard = word_shard(td, 40);
   MlmOptions m = bert_like(0);
   m.mask_id = -1;
@@ -432,7 +418,7 @@ TEST(MlmLoader, Errors) {
 }
 
 TEST(MlmLoader, CausalKeyMaskOverloadIsAllOnes) {
-  TempDir td;
+  TempDir td("mlm");
   auto shard = word_shard(td, 101);
   LoaderOptions o;
   o.batch_size = 2;
@@ -471,12 +457,6 @@ class BosByteTokenizer : public Tokenizer {
   std::string name() const override { return "test-bos-bytes"; }
 };
 
-void write_file(const std::string& p, const std::string& text) {
-  fs::create_directories(fs::path(p).parent_path());
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f << text;
-}
-
 std::vector<int32_t> shard_tokens(const std::string& p) {
   Shard s = Shard::open(p);
   std::vector<int32_t> t(s.size());
@@ -493,14 +473,14 @@ std::vector<int32_t> framed(const std::string& doc) {
 }  // namespace
 
 TEST(MlmPrepare, BosTokenizerWritesBosDocEot) {
-  TempDir td;
-  write_file(td / "c/a.txt", "alpha");
-  write_file(td / "c/b.txt", "beta");
-  write_file(td / "c/c.txt", "gamma");
+  TempDir td("mlm");
+  write_file(td.file("c/a.txt"), "alpha");
+  write_file(td.file("c/b.txt"), "beta");
+  write_file(td.file("c/c.txt"), "gamma");
   BosByteTokenizer tok;
   PrepareOptions o;
-  o.inputs = {td / "c"};
-  o.out_dir = td / "out";
+  o.inputs = {td.file("c")};
+  o.out_dir = td.file("out");
   o.val_fraction = 0.0;
   o.quiet = true;
   const PrepareResult r = prepare_corpus(o, tok);
@@ -528,7 +508,7 @@ TEST(MlmPrepare, BosTokenizerWritesBosDocEot) {
     EXPECT_EQ(x.vocab_size, 260);
     EXPECT_EQ(x.special_ids, (std::vector<int32_t>{256, 257, 258, 259}));
   }
-  EXPECT_ERROR(mlm_options_from_meta(td / "nope/meta.json"), "cannot read");
+  EXPECT_ERROR(mlm_options_from_meta(td.file("nope/meta.json")), "cannot read");
 
   // The prepared shard feeds the line-by-line loader: one [bos] ... [eot] document per row.
   LoaderOptions lo = mlm_opts(3, 8, m, false);
@@ -548,14 +528,14 @@ TEST(MlmPrepare, BosTokenizerWritesBosDocEot) {
 }
 
 TEST(MlmPrepare, SingleDocumentPartsAreBothFramed) {
-  TempDir td;
+  TempDir td("mlm");
   std::string text;
   for (int i = 0; i < 100; ++i) text.push_back(char('a' + i % 26));
-  write_file(td / "one.txt", text);
+  write_file(td.file("one.txt"), text);
   BosByteTokenizer tok;
   PrepareOptions o;
-  o.inputs = {td / "one.txt"};
-  o.out_dir = td / "out";
+  o.inputs = {td.file("one.txt")};
+  o.out_dir = td.file("out");
   o.val_fraction = 0.1;
   o.quiet = true;
   const PrepareResult r = prepare_corpus(o, tok);
@@ -566,7 +546,7 @@ TEST(MlmPrepare, SingleDocumentPartsAreBothFramed) {
 }
 
 TEST(MlmPrepare, BertWordPieceEndToEnd) {
-  TempDir td;
+  TempDir td("mlm");
   const auto tok = load_tokenizer("bert-base-uncased");
   EXPECT_EQ(tok->bos_id(), 101);  // [CLS]
   EXPECT_EQ(tok->eot_id(), 102);  // [SEP]
@@ -578,10 +558,10 @@ TEST(MlmPrepare, BertWordPieceEndToEnd) {
     EXPECT_NE(std::find(m.special_ids.begin(), m.special_ids.end(), id), m.special_ids.end()) << id;
 
   const std::string first = "The quick brown fox jumps over the lazy dog. The dog sleeps on.";
-  write_file(td / "c/a.txt", first + "\n\nCall me Ishmael.\n");
+  write_file(td.file("c/a.txt"), first + "\n\nCall me Ishmael.\n");
   PrepareOptions o;
-  o.inputs = {td / "c"};
-  o.out_dir = td / "out";
+  o.inputs = {td.file("c")};
+  o.out_dir = td.file("out");
   o.val_fraction = 0.0;
   o.doc_split = "blank_lines";
   o.quiet = true;

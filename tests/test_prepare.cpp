@@ -2,7 +2,6 @@
 // extension filter, globs), skipped binary files and the user-facing errors. Uses a fake
 // byte-level tokenizer (id = byte value, eot = 256) so shards decode back to the input text.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -16,9 +15,12 @@
 #include "core/error.h"
 #include "data/prepare.h"
 #include "data/shard.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::TempDir;
+using oft::testing::write_file;
 
 namespace {
 
@@ -39,27 +41,6 @@ class ByteTokenizer : public Tokenizer {
   std::string name() const override { return "test-bytes"; }
 };
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("oft_prepare_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& rel) const { return (path / rel).string(); }
-};
-
-void write_file(const std::string& p, const std::string& text) {
-  fs::create_directories(fs::path(p).parent_path());
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f << text;
-}
 std::string read_bytes(const std::string& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
@@ -107,13 +88,13 @@ std::string doc_text(int i) { return "document " + std::to_string(i) + " says he
 }  // namespace
 
 TEST(Prepare, DeterministicByteIdenticalRuns) {
-  TempDir td;
-  for (int i = 0; i < 60; ++i) write_file(td / ("corpus/f" + std::to_string(i) + ".txt"), doc_text(i));
+  TempDir td("prepare");
+  for (int i = 0; i < 60; ++i) write_file(td.file("corpus/f" + std::to_string(i) + ".txt"), doc_text(i));
   ByteTokenizer tok;
-  const PrepareResult a = prepare_corpus(options({td / "corpus"}, td / "out1", 0.2), tok);
-  const PrepareResult b = prepare_corpus(options({td / "corpus"}, td / "out2", 0.2), tok);
+  const PrepareResult a = prepare_corpus(options({td.file("corpus")}, td.file("out1"), 0.2), tok);
+  const PrepareResult b = prepare_corpus(options({td.file("corpus")}, td.file("out2"), 0.2), tok);
   for (const char* f : {"train.bin", "val.bin", "meta.json"})
-    EXPECT_EQ(read_bytes(td / (std::string("out1/") + f)), read_bytes(td / (std::string("out2/") + f)))
+    EXPECT_EQ(read_bytes(td.file(std::string("out1/") + f)), read_bytes(td.file(std::string("out2/") + f)))
         << f;
   EXPECT_EQ(a.files, 60u);
   EXPECT_EQ(a.train_documents + a.val_documents, 60u);
@@ -121,7 +102,7 @@ TEST(Prepare, DeterministicByteIdenticalRuns) {
   for (int i = 0; i < 60; ++i) bytes += doc_text(i).size() + 1;  // + eot
   EXPECT_EQ(a.train_tokens + a.val_tokens, bytes);
   EXPECT_EQ(b.val_tokens, a.val_tokens);
-  EXPECT_FALSE(fs::exists(td / "out1/train.bin.tmp"));
+  EXPECT_FALSE(fs::exists(td.file("out1/train.bin.tmp")));
 
   const auto meta = nlohmann::json::parse(read_bytes(a.meta_path));
   EXPECT_EQ(meta["tokenizer"], "test-bytes");
@@ -138,11 +119,11 @@ TEST(Prepare, DeterministicByteIdenticalRuns) {
 }
 
 TEST(Prepare, ManyDocumentsSplitByHash) {
-  TempDir td;
+  TempDir td("prepare");
   const int n = 300;
-  for (int i = 0; i < n; ++i) write_file(td / ("c/d" + std::to_string(i) + ".txt"), doc_text(i));
+  for (int i = 0; i < n; ++i) write_file(td.file("c/d" + std::to_string(i) + ".txt"), doc_text(i));
   ByteTokenizer tok;
-  const PrepareResult r = prepare_corpus(options({td / "c"}, td / "out", 0.1), tok);
+  const PrepareResult r = prepare_corpus(options({td.file("c")}, td.file("out"), 0.1), tok);
   std::set<std::string> want_val, want_train;
   for (int i = 0; i < n; ++i) {
     const bool v = hash_fraction(document_hash("d" + std::to_string(i) + ".txt", 0)) < 0.1;
@@ -156,7 +137,7 @@ TEST(Prepare, ManyDocumentsSplitByHash) {
   EXPECT_LT(val.size(), 60u);
   // Train documents appear in sorted path order.
   std::vector<std::string> paths;
-  for (int i = 0; i < n; ++i) paths.push_back(td / ("c/d" + std::to_string(i) + ".txt"));
+  for (int i = 0; i < n; ++i) paths.push_back(td.file("c/d" + std::to_string(i) + ".txt"));
   std::sort(paths.begin(), paths.end());
   std::vector<std::string> order;
   for (const auto& p : paths)
@@ -165,12 +146,12 @@ TEST(Prepare, ManyDocumentsSplitByHash) {
 }
 
 TEST(Prepare, AtLeastOneValAndOneTrainDocument) {
-  TempDir td;
+  TempDir td("prepare");
   ByteTokenizer tok;
   // Tiny val_fraction: no document hashes below it, one is moved to validation anyway.
-  write_file(td / "a/x.txt", "first");
-  write_file(td / "a/y.txt", "second");
-  PrepareResult r = prepare_corpus(options({td / "a"}, td / "out", 1e-9), tok);
+  write_file(td.file("a/x.txt"), "first");
+  write_file(td.file("a/y.txt"), "second");
+  PrepareResult r = prepare_corpus(options({td.file("a")}, td.file("out"), 1e-9), tok);
   EXPECT_EQ(r.val_documents, 1u);
   EXPECT_EQ(r.train_documents, 1u);
   // Two documents that both hash below 0.5: one is kept for training.
@@ -179,23 +160,23 @@ TEST(Prepare, AtLeastOneValAndOneTrainDocument) {
     const std::string name = "n" + std::to_string(i) + ".txt";
     if (hash_fraction(document_hash(name, 0)) < 0.5) low.push_back(name);
   }
-  for (const auto& name : low) write_file(td / ("b/" + name), name);
-  r = prepare_corpus(options({td / "b"}, td / "out2", 0.5), tok);
+  for (const auto& name : low) write_file(td.file("b/" + name), name);
+  r = prepare_corpus(options({td.file("b")}, td.file("out2"), 0.5), tok);
   EXPECT_EQ(r.val_documents, 1u);
   EXPECT_EQ(r.train_documents, 1u);
   // val_fraction 0: everything trains, val.bin exists and is empty.
-  r = prepare_corpus(options({td / "a"}, td / "out3", 0.0), tok);
+  r = prepare_corpus(options({td.file("a")}, td.file("out3"), 0.0), tok);
   EXPECT_EQ(r.train_documents, 2u);
   EXPECT_EQ(Shard::open(r.val_path).size(), 0u);
 }
 
 TEST(Prepare, SingleDocumentSplitsItsTail) {
-  TempDir td;
+  TempDir td("prepare");
   std::string text;
   for (int i = 0; i < 1000; ++i) text.push_back(static_cast<char>('a' + i % 26));
-  write_file(td / "one.txt", text);
+  write_file(td.file("one.txt"), text);
   ByteTokenizer tok;
-  const PrepareResult r = prepare_corpus(options({td / "one.txt"}, td / "out", 0.1), tok);
+  const PrepareResult r = prepare_corpus(options({td.file("one.txt")}, td.file("out"), 0.1), tok);
   EXPECT_EQ(shard_docs(r.train_path), std::vector<std::string>{text.substr(0, 900)});
   EXPECT_EQ(shard_docs(r.val_path), std::vector<std::string>{text.substr(900)});
   EXPECT_EQ(r.train_tokens, 901u);
@@ -203,10 +184,10 @@ TEST(Prepare, SingleDocumentSplitsItsTail) {
 }
 
 TEST(Prepare, BlankLineDocuments) {
-  TempDir td;
-  write_file(td / "p.txt", "para one\nline two\n\n\npara two\r\n \t\npara three\n\n");
+  TempDir td("prepare");
+  write_file(td.file("p.txt"), "para one\nline two\n\n\npara two\r\n \t\npara three\n\n");
   ByteTokenizer tok;
-  PrepareOptions o = options({td / "p.txt"}, td / "out", 0.3);
+  PrepareOptions o = options({td.file("p.txt")}, td.file("out"), 0.3);
   o.doc_split = "blank_lines";
   const PrepareResult r = prepare_corpus(o, tok);
   EXPECT_EQ(r.train_documents + r.val_documents, 3u);
@@ -219,26 +200,26 @@ TEST(Prepare, BlankLineDocuments) {
 }
 
 TEST(Prepare, DirectoryExtensionsHiddenAndGlobs) {
-  TempDir td;
-  write_file(td / "src/a.py", "import a\n");
-  write_file(td / "src/pkg/b.py", "import b\n");
-  write_file(td / "src/c.txt", "text c\n");
-  write_file(td / "src/.hidden/d.py", "hidden dir\n");
-  write_file(td / "src/.e.py", "hidden file\n");
+  TempDir td("prepare");
+  write_file(td.file("src/a.py"), "import a\n");
+  write_file(td.file("src/pkg/b.py"), "import b\n");
+  write_file(td.file("src/c.txt"), "text c\n");
+  write_file(td.file("src/.hidden/d.py"), "hidden dir\n");
+  write_file(td.file("src/.e.py"), "hidden file\n");
   ByteTokenizer tok;
-  PrepareOptions o = options({td / "src"}, td / "out", 0.0);
+  PrepareOptions o = options({td.file("src")}, td.file("out"), 0.0);
   o.extensions = {".py"};
   PrepareResult r = prepare_corpus(o, tok);
   EXPECT_EQ(r.files, 2u);
   EXPECT_EQ(shard_docs(r.train_path), (std::vector<std::string>{"import a\n", "import b\n"}));
 
-  o = options({td / "src/*.txt", td / "src/p*"}, td / "out2", 0.0);  // a file glob + a dir glob
+  o = options({td.file("src/*.txt"), td.file("src/p*")}, td.file("out2"), 0.0);  // a file glob + a dir glob
   r = prepare_corpus(o, tok);
   EXPECT_EQ(r.files, 2u);
   EXPECT_EQ(shard_docs(r.train_path), (std::vector<std::string>{"text c\n", "import b\n"}));
 
   // Overlapping inputs count a file once; the output directory inside an input is not read.
-  o = options({td / "src", td / "src/a.py"}, td / "src/out", 0.0);
+  o = options({td.file("src"), td.file("src/a.py")}, td.file("src/out"), 0.0);
   r = prepare_corpus(o, tok);
   EXPECT_EQ(r.files, 3u);
   r = prepare_corpus(o, tok);
@@ -246,13 +227,13 @@ TEST(Prepare, DirectoryExtensionsHiddenAndGlobs) {
 }
 
 TEST(Prepare, BinaryAndNonUtf8FilesAreSkipped) {
-  TempDir td;
-  write_file(td / "c/good1.txt", "hello\n");
-  write_file(td / "c/good2.txt", "caf\xc3\xa9\n");
-  write_file(td / "c/nul.bin", std::string("ab\0cd", 5));
-  write_file(td / "c/latin1.txt", "caf\xe9\n");
+  TempDir td("prepare");
+  write_file(td.file("c/good1.txt"), "hello\n");
+  write_file(td.file("c/good2.txt"), "caf\xc3\xa9\n");
+  write_file(td.file("c/nul.bin"), std::string("ab\0cd", 5));
+  write_file(td.file("c/latin1.txt"), "caf\xe9\n");
   ByteTokenizer tok;
-  const PrepareResult r = prepare_corpus(options({td / "c"}, td / "out", 0.0), tok);
+  const PrepareResult r = prepare_corpus(options({td.file("c")}, td.file("out"), 0.0), tok);
   EXPECT_EQ(r.files, 2u);
   EXPECT_EQ(r.skipped_files, 2u);
   ASSERT_EQ(r.warnings.size(), 2u);
@@ -261,12 +242,12 @@ TEST(Prepare, BinaryAndNonUtf8FilesAreSkipped) {
 }
 
 TEST(Prepare, MaxBytesCutsAtUtf8Boundary) {
-  TempDir td;
-  write_file(td / "c/a.txt", std::string(40, 'a'));
-  write_file(td / "c/b.txt", "bbbbbbbb\xc3\xa9zzzz");  // the limit falls inside the 2-byte char
-  write_file(td / "c/c.txt", "never read");
+  TempDir td("prepare");
+  write_file(td.file("c/a.txt"), std::string(40, 'a'));
+  write_file(td.file("c/b.txt"), "bbbbbbbb\xc3\xa9zzzz");  // the limit falls inside the 2-byte char
+  write_file(td.file("c/c.txt"), "never read");
   ByteTokenizer tok;
-  PrepareOptions o = options({td / "c"}, td / "out", 0.0);
+  PrepareOptions o = options({td.file("c")}, td.file("out"), 0.0);
   o.max_bytes = 49;
   const PrepareResult r = prepare_corpus(o, tok);
   EXPECT_EQ(r.input_bytes, 48u);
@@ -274,37 +255,37 @@ TEST(Prepare, MaxBytesCutsAtUtf8Boundary) {
 }
 
 TEST(Prepare, EmptyCorpusIsAnError) {
-  TempDir td;
-  write_file(td / "c/empty.txt", "");
-  write_file(td / "c/space.txt", " \n\n\t\n");
-  write_file(td / "c/bin.dat", std::string("\0\0", 2));
+  TempDir td("prepare");
+  write_file(td.file("c/empty.txt"), "");
+  write_file(td.file("c/space.txt"), " \n\n\t\n");
+  write_file(td.file("c/bin.dat"), std::string("\0\0", 2));
   ByteTokenizer tok;
-  EXPECT_ERROR(prepare_corpus(options({td / "c"}, td / "out"), tok),
+  EXPECT_ERROR(prepare_corpus(options({td.file("c")}, td.file("out")), tok),
                "corpus is empty after tokenization");
-  EXPECT_FALSE(fs::exists(td / "out/train.bin"));
-  EXPECT_FALSE(fs::exists(td / "out/train.bin.tmp"));
+  EXPECT_FALSE(fs::exists(td.file("out/train.bin")));
+  EXPECT_FALSE(fs::exists(td.file("out/train.bin.tmp")));
 }
 
 TEST(Prepare, NoMatchesIsAnError) {
-  TempDir td;
+  TempDir td("prepare");
   ByteTokenizer tok;
-  write_file(td / "c/a.txt", "x");
-  EXPECT_ERROR(prepare_corpus(options({td / "missing.txt"}, td / "out"), tok),
-               "no input files matched '" + (td / "missing.txt") + "': check the path");
-  EXPECT_ERROR(prepare_corpus(options({td / "c/*.md"}, td / "out"), tok), "no input files matched");
-  PrepareOptions o = options({td / "c"}, td / "out");
+  write_file(td.file("c/a.txt"), "x");
+  EXPECT_ERROR(prepare_corpus(options({td.file("missing.txt")}, td.file("out")), tok),
+               "no input files matched '" + (td.file("missing.txt")) + "': check the path");
+  EXPECT_ERROR(prepare_corpus(options({td.file("c/*.md")}, td.file("out")), tok), "no input files matched");
+  PrepareOptions o = options({td.file("c")}, td.file("out"));
   o.extensions = {"py"};
   EXPECT_ERROR(prepare_corpus(o, tok), "with extensions .py");
-  EXPECT_FALSE(fs::exists(td / "out"));  // nothing created before the inputs are known
+  EXPECT_FALSE(fs::exists(td.file("out")));  // nothing created before the inputs are known
 }
 
 TEST(Prepare, OptionErrors) {
-  TempDir td;
+  TempDir td("prepare");
   ByteTokenizer tok;
-  write_file(td / "c/a.txt", "x");
-  EXPECT_ERROR(prepare_corpus(options({td / "c"}, td / "out", 0.6), tok), "val_fraction");
-  EXPECT_ERROR(prepare_corpus(options({td / "c"}, td / "out", -0.1), tok), "[0, 0.5]");
-  write_file(td / "afile", "x");
-  EXPECT_ERROR(prepare_corpus(options({td / "c"}, td / "afile/sub"), tok),
+  write_file(td.file("c/a.txt"), "x");
+  EXPECT_ERROR(prepare_corpus(options({td.file("c")}, td.file("out"), 0.6), tok), "val_fraction");
+  EXPECT_ERROR(prepare_corpus(options({td.file("c")}, td.file("out"), -0.1), tok), "[0, 0.5]");
+  write_file(td.file("afile"), "x");
+  EXPECT_ERROR(prepare_corpus(options({td.file("c")}, td.file("afile/sub")), tok),
                "cannot create output directory");
 }

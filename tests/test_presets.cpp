@@ -7,13 +7,13 @@
 #include <filesystem>
 
 #include "core/resources.h"
-#include "data/prepare.h"
-#include "data/tokenizer.h"
 #include "gradcheck.h"
 #include "train/trainer.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::prepare_moby;
 
 namespace {
 
@@ -28,19 +28,9 @@ class TinyPreset : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
     root_ = (fs::temp_directory_path() / ("oft_presets_" + std::to_string(::getpid()))).string();
-    auto tok = load_tokenizer(resource_path("data/tokenizers/moby_sp2k/moby_sp2k.model"));
-    PrepareOptions po;
-    po.inputs = {resource_path("data/moby-dick/moby_dick.txt")};
-    po.out_dir = root_ + "/clm";
-    po.max_bytes = 300000;
-    po.val_fraction = 0.1;
-    po.quiet = true;
-    prepare_corpus(po, *tok);
+    prepare_moby(root_ + "/clm", resource_path("data/tokenizers/moby_sp2k/moby_sp2k.model"), 300000);
     // Masked-LM twins: WordPiece [CLS] paragraph [SEP] documents.
-    auto wp = load_tokenizer("bert-base-uncased");
-    po.out_dir = root_ + "/mlm";
-    po.doc_split = "blank_lines";
-    prepare_corpus(po, *wp);
+    prepare_moby(root_ + "/mlm", "bert-base-uncased", 300000, "blank_lines");
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }
   static inline std::string root_;

@@ -13,9 +13,11 @@
 #include "core/tensor.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::error_of;
 
 namespace {
 
@@ -32,15 +34,6 @@ class SafetensorsTest : public ::testing::Test {
   std::string p(const std::string& name) const { return (dir_ / name).string(); }
   fs::path dir_;
 };
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 #define EXPECT_ERROR_HAS(stmt, text)                                               \
   do {                                                                             \

@@ -1,6 +1,5 @@
 // Token shard format: round trips at both token widths, and every way a shard can be bad.
 #include <gtest/gtest.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <filesystem>
@@ -11,35 +10,18 @@
 
 #include "core/error.h"
 #include "data/shard.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::TempDir;
+using oft::testing::write_file;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() /
-           ("oft_shard_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 std::string read_bytes(const std::string& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
-}
-void write_bytes(const std::string& p, const std::string& b) {
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f << b;
 }
 
 void write_shard(const std::string& p, uint32_t vocab, const std::vector<int32_t>& toks,
@@ -62,7 +44,7 @@ void write_shard(const std::string& p, uint32_t vocab, const std::vector<int32_t
   } while (0)
 
 void check_round_trip(uint32_t vocab, uint32_t width) {
-  TempDir td;
+  TempDir td("shard");
   const std::string p = td.file("s.bin");
   std::vector<int32_t> toks;
   // > 1 MiB of body so the writer's buffer flushes several times; appended in uneven pieces.
@@ -119,7 +101,7 @@ TEST(Shard, RoundTripTwoByteTokens) { check_round_trip(50257, 2); }
 TEST(Shard, RoundTripFourByteTokens) { check_round_trip(100277, 4); }
 
 TEST(Shard, TokenWidthBoundary) {
-  TempDir td;
+  TempDir td("shard");
   write_shard(td.file("a.bin"), 65536, {0, 65535, 7});
   write_shard(td.file("b.bin"), 65537, {0, 65536, 7});
   Shard a = Shard::open(td.file("a.bin")), b = Shard::open(td.file("b.bin"));
@@ -130,7 +112,7 @@ TEST(Shard, TokenWidthBoundary) {
 }
 
 TEST(Shard, EmptyShardIsValid) {
-  TempDir td;
+  TempDir td("shard");
   write_shard(td.file("e.bin"), 100, {});
   Shard s = Shard::open(td.file("e.bin"));
   EXPECT_EQ(s.size(), 0u);
@@ -138,50 +120,50 @@ TEST(Shard, EmptyShardIsValid) {
 }
 
 TEST(Shard, MissingFile) {
-  TempDir td;
+  TempDir td("shard");
   EXPECT_ERROR(Shard::open(td.file("nope.bin")), "nope.bin");
   EXPECT_ERROR(Shard::open(td.file("nope.bin")), "oft data prepare");
 }
 
 TEST(Shard, TooSmallForHeader) {
-  TempDir td;
-  write_bytes(td.file("tiny.bin"), "OFTSHRD1abc");
+  TempDir td("shard");
+  write_file(td.file("tiny.bin"), "OFTSHRD1abc");
   EXPECT_ERROR(Shard::open(td.file("tiny.bin")), "smaller than the 64-byte header");
 }
 
 TEST(Shard, WrongMagic) {
-  TempDir td;
+  TempDir td("shard");
   const std::string p = td.file("s.bin");
   write_shard(p, 1000, {1, 2, 3});
   std::string b = read_bytes(p);
   b[0] = 'X';
-  write_bytes(p, b);
+  write_file(p, b);
   EXPECT_ERROR(Shard::open(p), "not an oft token shard (wrong magic)");
   EXPECT_ERROR(Shard::open(p), "re-create it with `oft data prepare`");
 }
 
 TEST(Shard, WrongVersion) {
-  TempDir td;
+  TempDir td("shard");
   const std::string p = td.file("s.bin");
   write_shard(p, 1000, {1, 2, 3});
   std::string b = read_bytes(p);
   b[8] = 2;
-  write_bytes(p, b);
+  write_file(p, b);
   EXPECT_ERROR(Shard::open(p), "format version 2");
 }
 
 TEST(Shard, InconsistentTokenWidth) {
-  TempDir td;
+  TempDir td("shard");
   const std::string p = td.file("s.bin");
   write_shard(p, 1000, {1, 2});
   std::string b = read_bytes(p);
   b[16] = 4;  // claims 4-byte tokens for a small vocabulary
-  write_bytes(p, b);
+  write_file(p, b);
   EXPECT_ERROR(Shard::open(p), "token width 4");
 }
 
 TEST(Shard, TruncatedBody) {
-  TempDir td;
+  TempDir td("shard");
   const std::string p = td.file("s.bin");
   write_shard(p, 1000, std::vector<int32_t>(100, 5));
   fs::resize_file(p, kShardHeaderBytes + 150);
@@ -190,20 +172,20 @@ TEST(Shard, TruncatedBody) {
 }
 
 TEST(Shard, TrailingBytes) {
-  TempDir td;
+  TempDir td("shard");
   const std::string p = td.file("s.bin");
   write_shard(p, 1000, {1, 2, 3});
-  write_bytes(p, read_bytes(p) + "xx");
+  write_file(p, read_bytes(p) + "xx");
   EXPECT_ERROR(Shard::open(p), "trailing data");
 }
 
 TEST(Shard, CorruptedByteFailsChecksum) {
-  TempDir td;
+  TempDir td("shard");
   const std::string p = td.file("s.bin");
   write_shard(p, 1000, {10, 20, 30, 40});
   std::string b = read_bytes(p);
   b[kShardHeaderBytes + 3] ^= 0x01;
-  write_bytes(p, b);
+  write_file(p, b);
   EXPECT_ERROR(Shard::open(p), "failed its checksum");
   Shard s = Shard::open(p, /*verify_checksum=*/false);  // skipping the check opens it
   EXPECT_EQ(s.token(0), 10);
@@ -211,7 +193,7 @@ TEST(Shard, CorruptedByteFailsChecksum) {
 }
 
 TEST(Shard, TokenOutsideVocabularyIsAnError) {
-  TempDir td;
+  TempDir td("shard");
   const std::string p = td.file("s.bin");
   {
     ShardWriter w(p, 1000, 999);
@@ -225,7 +207,7 @@ TEST(Shard, TokenOutsideVocabularyIsAnError) {
 }
 
 TEST(Shard, AbandonedWriterLeavesNothing) {
-  TempDir td;
+  TempDir td("shard");
   const std::string p = td.file("s.bin");
   {
     ShardWriter w(p, 1000, 0);
@@ -245,12 +227,12 @@ TEST(Shard, AbandonedWriterLeavesNothing) {
 }
 
 TEST(Shard, WriterIntoMissingDirectory) {
-  TempDir td;
+  TempDir td("shard");
   EXPECT_ERROR(ShardWriter(td.file("no/such/dir/s.bin"), 1000, 0), "cannot create shard");
 }
 
 TEST(Shard, CopyOutOfRange) {
-  TempDir td;
+  TempDir td("shard");
   write_shard(td.file("s.bin"), 1000, {1, 2, 3});
   Shard s = Shard::open(td.file("s.bin"));
   std::vector<int32_t> out(4);

@@ -8,8 +8,6 @@
 // whole book the same Encoder.js with its quadratic `bpe_tokens.concat` replaced by push().
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -24,12 +22,16 @@
 #include "data/gpt2_bpe.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/tokenizer.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace std::literals;
 
 namespace oft {
 namespace {
+
+using oft::testing::TempDir;
+using oft::testing::write_file;
 
 const Tokenizer& gpt2() {
   static const std::unique_ptr<Tokenizer> tok = load_tokenizer("gpt2");
@@ -46,28 +48,6 @@ std::string read_all(const std::string& path) {
 const std::string& moby_dick() {
   static const std::string text = read_all(resource_path("data/moby-dick/moby_dick.txt"));
   return text;
-}
-
-// A fresh directory under the system temp dir, removed at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("oft_tok_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-void write_file(const std::string& path, std::string_view bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(bytes.data(), std::streamsize(bytes.size()));
 }
 
 // Runs fn, expects an oft::Error whose message contains every one of `needles`.
@@ -353,7 +333,7 @@ TEST(TokenizerGpt2, LoadsFromDirectoryAndName) {
 }
 
 TEST(TokenizerErrors, BadSpecsAndFiles) {
-  TempDir tmp;
+  TempDir tmp("tok_test");
   expect_error([&] { load_tokenizer(tmp.file("nope.model")); }, {"nope.model"});
   write_file(tmp.file("garbage.model"), "this is not a protobuf \x01\x02\x03");
   expect_error([&] { load_tokenizer(tmp.file("garbage.model")); }, {"garbage.model"});
@@ -390,7 +370,7 @@ TEST(TokenizerErrors, BadSpecsAndFiles) {
 // ---- SentencePiece ----
 
 struct SpModel {
-  TempDir dir;
+  TempDir dir{"tok_test"};
   std::string prefix;
   std::string corpus;
 };
@@ -455,7 +435,7 @@ TEST(TokenizerSentencePiece, TrainingIsDeterministic) {
 
 TEST(TokenizerSentencePiece, ByteFallbackIsLossless) {
   const SpModel& m = sp_model();
-  TempDir dir;
+  TempDir dir("tok_test");
   SentencePieceTrainOptions opt;
   opt.inputs = {m.corpus};
   opt.out_prefix = dir.file("sub/bf");  // the directory is created
@@ -468,7 +448,7 @@ TEST(TokenizerSentencePiece, ByteFallbackIsLossless) {
 }
 
 TEST(TokenizerSentencePiece, BadTrainingInputs) {
-  TempDir dir;
+  TempDir dir("tok_test");
   SentencePieceTrainOptions opt;
   opt.out_prefix = dir.file("x");
   expect_error([&] { train_sentencepiece(opt); }, {"no input files"});

@@ -8,15 +8,16 @@
 #include <fstream>
 
 #include "core/resources.h"
-#include "data/prepare.h"
-#include "data/tokenizer.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::error_of;
+using oft::testing::prepare_moby;
 
 namespace {
 
@@ -25,14 +26,7 @@ class TrainTest : public ::testing::Test {
   static void SetUpTestSuite() {
     root_ = (fs::temp_directory_path() / ("oft_train_" + std::to_string(::getpid()))).string();
     fs::create_directories(root_);
-    auto tok = load_tokenizer(resource_path("data/tokenizers/moby_sp2k/moby_sp2k.model"));
-    PrepareOptions po;
-    po.inputs = {resource_path("data/moby-dick/moby_dick.txt")};
-    po.out_dir = root_ + "/data";
-    po.max_bytes = 400000;
-    po.val_fraction = 0.1;
-    po.quiet = true;
-    prepare_corpus(po, *tok);
+    prepare_moby(root_ + "/data", resource_path("data/tokenizers/moby_sp2k/moby_sp2k.model"), 400000);
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }
 
@@ -57,14 +51,6 @@ class TrainTest : public ::testing::Test {
       if (j.contains("loss")) r.push_back(j["loss"].get<double>());
     }
     return r;
-  }
-  static std::string error_of(const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "";
   }
   static inline std::string root_;
 };

@@ -9,13 +9,13 @@
 
 #include "analysis/collect.h"
 #include "core/resources.h"
-#include "data/prepare.h"
-#include "data/tokenizer.h"
 #include "io/atomic_file.h"
 #include "train/validate.h"
+#include "test_util.h"
 
 using namespace oft;
 namespace fs = std::filesystem;
+using oft::testing::prepare_moby;
 
 namespace {
 
@@ -23,14 +23,7 @@ class ValidateTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     root_ = (fs::temp_directory_path() / ("oft_validate_" + std::to_string(::getpid()))).string();
-    auto tok = load_tokenizer(resource_path("data/tokenizers/moby_sp2k/moby_sp2k.model"));
-    PrepareOptions po;
-    po.inputs = {resource_path("data/moby-dick/moby_dick.txt")};
-    po.out_dir = root_ + "/data";
-    po.max_bytes = 300000;
-    po.val_fraction = 0.1;
-    po.quiet = true;
-    prepare_corpus(po, *tok);
+    prepare_moby(root_ + "/data", resource_path("data/tokenizers/moby_sp2k/moby_sp2k.model"), 300000);
     RunConfig cfg;
     cfg.load("tiny_opt_125m_gated_attention", common({"train.steps=30", "run.dir=" + root_ + "/run"}));
     train(cfg, true);

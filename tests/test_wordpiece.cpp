@@ -9,7 +9,6 @@
 // BertTokenizerFast pipeline). The one known difference is marked: the Rust normalizer lower-cases
 // character by character, so it never produces the final sigma that Python's str.lower() does.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <array>
 #include <chrono>
@@ -23,6 +22,7 @@
 #include "core/error.h"
 #include "core/resources.h"
 #include "data/tokenizer.h"
+#include "test_util.h"
 #include "data/wordpiece.h"
 
 namespace fs = std::filesystem;
@@ -31,6 +31,9 @@ using Ids = std::vector<int32_t>;
 
 namespace oft {
 namespace {
+
+using oft::testing::TempDir;
+using oft::testing::write_file;
 
 const WordPieceTokenizer& bert() {
   static const WordPieceTokenizer tok(resource_path("data/tokenizers/bert-base-uncased/vocab.txt"),
@@ -96,28 +99,6 @@ std::string sha256_hex(std::string_view data) {
   char out[65];
   for (int i = 0; i < 8; ++i) std::snprintf(out + 8 * i, 9, "%08x", h[i]);
   return std::string(out, 64);
-}
-
-// A fresh directory under the system temp dir, removed at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("oft_wp_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-void write_file(const std::string& path, std::string_view data) {
-  std::ofstream f(path, std::ios::binary);
-  f << data;
 }
 
 template <class F>
@@ -287,7 +268,7 @@ TEST(WordPiece, DecodeRoundTrip) {
 }
 
 TEST(WordPiece, GreedyLongestMatchOnSmallVocab) {
-  TempDir tmp;
+  TempDir tmp("wp_test");
   // CRLF line ends; "##aff" is listed twice: the later line (id 9) wins, as in HF's load_vocab.
   write_file(tmp.file("vocab.txt"),
              "[PAD]\r\n[UNK]\r\n[CLS]\r\n[SEP]\r\n[MASK]\r\nun\r\n##aff\r\n##able\r\nuna\r\n##aff"
@@ -325,7 +306,7 @@ TEST(WordPiece, LoadTokenizerSpecs) {
   EXPECT_NE(dynamic_cast<const WordPieceTokenizer*>(shipped.get()), nullptr);
   EXPECT_EQ(shipped->encode("Hello, world!"), (Ids{7592, 1010, 2088, 999}));
 
-  TempDir tmp;
+  TempDir tmp("wp_test");
   const std::string copy = tmp.file("my-vocab.txt");
   fs::copy_file(resource_path("data/tokenizers/bert-base-uncased/vocab.txt"), copy);
   const auto by_path = load_tokenizer(copy);
@@ -339,7 +320,7 @@ TEST(WordPiece, LoadTokenizerSpecs) {
 }
 
 TEST(WordPiece, BadVocabularies) {
-  TempDir tmp;
+  TempDir tmp("wp_test");
   expect_error([&] { WordPieceTokenizer(tmp.file("missing.txt"), "x"); },
                {"missing.txt", "does not exist"});
   expect_error([&] { WordPieceTokenizer(tmp.path.string(), "x"); }, {"not a file"});
