@@ -8,6 +8,8 @@
 // whole book the same Encoder.js with its quadratic `bpe_tokens.concat` replaced by push().
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -375,9 +377,10 @@ struct SpModel {
   std::string corpus;
 };
 
+// Built once per test process; a function-local static, so its TempDir is removed at exit.
 const SpModel& sp_model() {
-  static const SpModel* m = [] {
-    auto* s = new SpModel;
+  static const std::unique_ptr<SpModel> m = [] {
+    auto s = std::make_unique<SpModel>();
     s->corpus = s->dir.file("moby200k.txt");
     write_file(s->corpus, std::string_view(moby_dick()).substr(0, 200 * 1024));
     s->prefix = s->dir.file("m300");
