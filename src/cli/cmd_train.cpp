@@ -92,7 +92,7 @@ void register_train(CLI::App& app) {
           std::printf("%s\n", r.run.c_str());
           for (const auto& [name, e] : r.report["outliers"]["seed_a"].items())
             std::printf("  %-24s kurtosis %10.2f  inf norm %10.3f\n", name.c_str(),
-                        e.value("kurtosis", nlohmann::json(0.0)).is_number() ? e["kurtosis"].get<double>() : NAN,
+                        e["kurtosis"].is_number() ? e["kurtosis"].get<double>() : NAN,
                         e["inf_norm"].get<double>());
         }
       }

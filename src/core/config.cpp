@@ -198,7 +198,6 @@ void ConfigRegistry::load_yaml_file(
   std::error_code ec;
   OFT_CHECK(std::filesystem::is_regular_file(path, ec), path,
             ": config file not found (give a preset name or a path to a .yaml file)");
-  YAML::Node n;
   std::ifstream in(path);
   OFT_CHECK(in.good(), path, ": cannot read config file");
   std::stringstream ss;

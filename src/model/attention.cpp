@@ -316,7 +316,6 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
         gate_all_features_.backward(dx, *dtok, x, accumulate_dx);
       } else if (gate_mlp_) {
         ensure(dhidden_, {N, H_ * hid_}, dt, dev);
-        Tensor none;
         be.grouped_linear_bwd(dhidden_, dgw2_, dgb2_, *dtok, a.hidden_act, gw2_, false);
         be.activation_bwd(dhidden_, dhidden_, a.hidden, ops::Activation::ReLU);
         be.grouped_linear_bwd(dx, dgw1_, dgb1_, dhidden_, x, gw1_, accumulate_dx);

@@ -63,7 +63,6 @@ class Backend {
   virtual void add(Tensor& out, const Tensor& a, const Tensor& b) = 0;       // out = a + b
   virtual void axpy(Tensor& y, const Tensor& x, double alpha) = 0;          // y += alpha * x
   virtual void scale(Tensor& x, double s) = 0;                              // x *= s
-  virtual double sum_squares(const Tensor& x) = 0;                          // sum x^2 (f64)
   virtual double dot(const Tensor& a, const Tensor& b) = 0;                 // sum a*b (f64)
 
   // ---- matrix products ----
@@ -166,8 +165,8 @@ inline void fill(Tensor& x, double v) { on(x).fill(x, v); }
 inline void add(Tensor& out, const Tensor& a, const Tensor& b) { on(out).add(out, a, b); }
 inline void axpy(Tensor& y, const Tensor& x, double alpha) { on(y).axpy(y, x, alpha); }
 inline void scale(Tensor& x, double s) { on(x).scale(x, s); }
-inline double sum_squares(const Tensor& x) { return on(x).sum_squares(x); }
 inline double dot(const Tensor& a, const Tensor& b) { return on(a).dot(a, b); }
+inline double sum_squares(const Tensor& x) { return dot(x, x); }  // sum x^2 (f64)
 inline void matmul(Tensor& C, const Tensor& A, bool tA, const Tensor& B, bool tB,
                    double alpha = 1.0, double beta = 0.0) {
   on(C).matmul(C, A, tA, B, tB, alpha, beta);

@@ -15,7 +15,6 @@ class CpuBackend final : public Backend {
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;
   void axpy(Tensor& y, const Tensor& x, double alpha) override;
   void scale(Tensor& x, double s) override;
-  double sum_squares(const Tensor& x) override;
   double dot(const Tensor& a, const Tensor& b) override;
 
   void matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB, double alpha,

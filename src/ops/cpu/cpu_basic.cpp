@@ -64,24 +64,7 @@ void CpuBackend::scale(Tensor& x, double s) {
   });
 }
 
-double CpuBackend::sum_squares(const Tensor& x) {
-  // Fixed-size chunks summed in order: the result does not depend on the thread count.
-  return dispatch_float(x, [&]<class T>() {
-    const T* p = x.data<T>();
-    const int64_t n = x.numel(), chunk = 4096, nchunks = (n + chunk - 1) / chunk;
-    std::vector<double> part(static_cast<size_t>(nchunks), 0.0);
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < nchunks; ++c) {
-      double s = 0;
-      for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) s += double(p[i]) * p[i];
-      part[c] = s;
-    }
-    double total = 0;
-    for (double s : part) total += s;
-    return total;
-  });
-}
-
+// Fixed-size chunks summed in order: the result does not depend on the thread count.
 double CpuBackend::dot(const Tensor& a, const Tensor& b) {
   expect_same(a, b, "dot");
   return dispatch_float(a, [&]<class T>() {
