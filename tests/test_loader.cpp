@@ -59,15 +59,6 @@ LoaderOptions opts(size_t B, size_t T, uint64_t seed = 1, int rank = 0, int worl
   return o;
 }
 
-#define EXPECT_ERROR(stmt, sub)                                                  \
-  do {                                                                           \
-    try {                                                                        \
-      stmt;                                                                      \
-      ADD_FAILURE() << "expected oft::Error containing '" << (sub) << "'";       \
-    } catch (const oft::Error& e) {                                              \
-      EXPECT_NE(std::string(e.what()).find(sub), std::string::npos) << e.what(); \
-    }                                                                            \
-  } while (0)
 
 }  // namespace
 

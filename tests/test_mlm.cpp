@@ -75,15 +75,6 @@ Batch next(TokenLoader& L) {
   return b;
 }
 
-#define EXPECT_ERROR(stmt, sub)                                                  \
-  do {                                                                           \
-    try {                                                                        \
-      stmt;                                                                      \
-      ADD_FAILURE() << "expected oft::Error containing '" << (sub) << "'";       \
-    } catch (const oft::Error& e) {                                              \
-      EXPECT_NE(std::string(e.what()).find(sub), std::string::npos) << e.what(); \
-    }                                                                            \
-  } while (0)
 
 }  // namespace
 
@@ -435,27 +426,6 @@ TEST(MlmLoader, CausalKeyMaskOverloadIsAllOnes) {
 // ---------------------------------------------------------------- prepare with bos
 
 namespace {
-// Byte-level fake: id = byte, eot 256, bos 257, mask 258, pad 259.
-class BosByteTokenizer : public Tokenizer {
- public:
-  std::vector<int32_t> encode(std::string_view text) const override {
-    std::vector<int32_t> ids;
-    for (unsigned char c : text) ids.push_back(c);
-    return ids;
-  }
-  std::string decode(const std::vector<int32_t>& ids) const override {
-    std::string s;
-    for (int32_t i : ids) s.push_back(static_cast<char>(i));
-    return s;
-  }
-  int vocab_size() const override { return 260; }
-  int32_t eot_id() const override { return 256; }
-  int32_t bos_id() const override { return 257; }
-  int32_t mask_id() const override { return 258; }
-  int32_t pad_id() const override { return 259; }
-  std::vector<int32_t> special_ids() const override { return {256, 257, 258, 259}; }
-  std::string name() const override { return "test-bos-bytes"; }
-};
 
 std::vector<int32_t> shard_tokens(const std::string& p) {
   Shard s = Shard::open(p);
@@ -477,7 +447,7 @@ TEST(MlmPrepare, BosTokenizerWritesBosDocEot) {
   write_file(td.file("c/a.txt"), "alpha");
   write_file(td.file("c/b.txt"), "beta");
   write_file(td.file("c/c.txt"), "gamma");
-  BosByteTokenizer tok;
+  oft::testing::ByteTokenizer tok(true);
   PrepareOptions o;
   o.inputs = {td.file("c")};
   o.out_dir = td.file("out");
@@ -532,7 +502,7 @@ TEST(MlmPrepare, SingleDocumentPartsAreBothFramed) {
   std::string text;
   for (int i = 0; i < 100; ++i) text.push_back(char('a' + i % 26));
   write_file(td.file("one.txt"), text);
-  BosByteTokenizer tok;
+  oft::testing::ByteTokenizer tok(true);
   PrepareOptions o;
   o.inputs = {td.file("one.txt")};
   o.out_dir = td.file("out");

@@ -18,28 +18,13 @@
 #include "test_util.h"
 
 using namespace oft;
+using oft::testing::ByteTokenizer;
 namespace fs = std::filesystem;
 using oft::testing::TempDir;
 using oft::testing::write_file;
 
 namespace {
 
-class ByteTokenizer : public Tokenizer {
- public:
-  std::vector<int32_t> encode(std::string_view text) const override {
-    std::vector<int32_t> ids;
-    for (unsigned char c : text) ids.push_back(c);
-    return ids;
-  }
-  std::string decode(const std::vector<int32_t>& ids) const override {
-    std::string s;
-    for (int32_t i : ids) s.push_back(static_cast<char>(i));
-    return s;
-  }
-  int vocab_size() const override { return 257; }
-  int32_t eot_id() const override { return 256; }
-  std::string name() const override { return "test-bytes"; }
-};
 
 std::string read_bytes(const std::string& p) {
   std::ifstream f(p, std::ios::binary);
@@ -73,15 +58,6 @@ PrepareOptions options(std::vector<std::string> inputs, std::string out, double 
   return o;
 }
 
-#define EXPECT_ERROR(stmt, sub)                                                  \
-  do {                                                                           \
-    try {                                                                        \
-      stmt;                                                                      \
-      ADD_FAILURE() << "expected oft::Error containing '" << (sub) << "'";       \
-    } catch (const oft::Error& e) {                                              \
-      EXPECT_NE(std::string(e.what()).find(sub), std::string::npos) << e.what(); \
-    }                                                                            \
-  } while (0)
 
 std::string doc_text(int i) { return "document " + std::to_string(i) + " says hello\n"; }
 

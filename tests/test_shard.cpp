@@ -33,15 +33,6 @@ void write_shard(const std::string& p, uint32_t vocab, const std::vector<int32_t
 }
 
 // Runs `stmt`, expecting an oft::Error whose message contains `sub`.
-#define EXPECT_ERROR(stmt, sub)                                                      \
-  do {                                                                               \
-    try {                                                                            \
-      stmt;                                                                          \
-      ADD_FAILURE() << "expected oft::Error containing '" << (sub) << "'";           \
-    } catch (const oft::Error& e) {                                                  \
-      EXPECT_NE(std::string(e.what()).find(sub), std::string::npos) << e.what();     \
-    }                                                                                \
-  } while (0)
 
 void check_round_trip(uint32_t vocab, uint32_t width) {
   TempDir td("shard");

@@ -13,6 +13,9 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
+
+#include <gtest/gtest.h>
 
 #include "core/error.h"
 #include "core/resources.h"
@@ -20,6 +23,35 @@
 #include "data/tokenizer.h"
 
 namespace oft::testing {
+
+// A byte-level fake tokenizer (id = byte, end-of-text 256) for data-layer tests that must not
+// depend on a real vocabulary. With mlm_ids it also has [CLS]-like bos 257, mask 258 and pad 259.
+class ByteTokenizer : public Tokenizer {
+ public:
+  explicit ByteTokenizer(bool mlm_ids = false) : mlm_(mlm_ids) {}
+  std::vector<int32_t> encode(std::string_view text) const override {
+    std::vector<int32_t> ids;
+    for (unsigned char c : text) ids.push_back(c);
+    return ids;
+  }
+  std::string decode(const std::vector<int32_t>& ids) const override {
+    std::string s;
+    for (int32_t i : ids) s.push_back(static_cast<char>(i));
+    return s;
+  }
+  int vocab_size() const override { return mlm_ ? 260 : 257; }
+  int32_t eot_id() const override { return 256; }
+  int32_t bos_id() const override { return mlm_ ? 257 : -1; }
+  int32_t mask_id() const override { return mlm_ ? 258 : -1; }
+  int32_t pad_id() const override { return mlm_ ? 259 : -1; }
+  std::vector<int32_t> special_ids() const override {
+    return mlm_ ? std::vector<int32_t>{256, 257, 258, 259} : std::vector<int32_t>{};
+  }
+  std::string name() const override { return mlm_ ? "test-bos-bytes" : "test-bytes"; }
+
+ private:
+  bool mlm_;
+};
 
 // A fresh directory temp_directory_path()/oft_<prefix>_<pid>_<n> (n counts instances within the
 // process), removed with everything under it when the TempDir goes out of scope.
@@ -84,3 +116,15 @@ inline void prepare_moby(const std::string& out_dir, const std::string& tokenize
 }
 
 }  // namespace oft::testing
+
+// EXPECT_ERROR(statement, "text"): the statement must throw an oft::Error whose message
+// contains text.
+#define EXPECT_ERROR(stmt, sub)                                                  \
+  do {                                                                           \
+    try {                                                                        \
+      stmt;                                                                      \
+      ADD_FAILURE() << "expected oft::Error containing '" << (sub) << "'";       \
+    } catch (const oft::Error& e) {                                              \
+      EXPECT_NE(std::string(e.what()).find(sub), std::string::npos) << e.what(); \
+    }                                                                            \
+  } while (0)
