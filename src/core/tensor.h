@@ -79,7 +79,8 @@ class Tensor {
   // Rows [begin, end) of the leading dimension; shares storage.
   Tensor slice(int64_t begin, int64_t end) const;
 
-  // Deep copies. `to` converts device; `cast` converts dtype (CPU only).
+  // Deep copies. `to` converts device; `cast` converts dtype (through the host for device
+  // tensors: use ops::convert in hot paths).
   Tensor clone() const;
   Tensor to(Device d) const;
   Tensor cast(DType t) const;

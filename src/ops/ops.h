@@ -152,11 +152,29 @@ class Backend {
   // ---- optimizer ----
   virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                      const AdamWStep& h) = 0;
+
+  // ---- dtype conversion ----
+  // dst = src converted to dst's dtype (same numel and device; round to nearest even). The
+  // trainer uses it to refresh the bf16 compute copies of f32 master weights.
+  virtual void convert(Tensor& dst, const Tensor& src) = 0;
 };
 
 Backend& backend(Device d);
 Backend& cpu_backend();
+// True when this build has the CUDA backend and a GPU it can run on; otherwise
+// cuda_unavailable_reason() says why (no driver, no device, wrong architecture, CPU-only build).
 bool cuda_available();
+std::string cuda_unavailable_reason();
+
+// GPU memory held by tensors: now, the high-water mark since the last reset, and what the
+// caching allocator holds from the driver. All zero without CUDA.
+struct DeviceMemory {
+  size_t in_use = 0, peak = 0, reserved = 0, total = 0;  // bytes; total = the device's memory
+};
+DeviceMemory device_memory();
+void reset_peak_device_memory();
+// Blocks until the GPU has finished all queued work (timing); no-op without CUDA.
+void device_synchronize();
 
 // ---- dispatching free functions (device of the first tensor) ----
 inline Backend& on(const Tensor& t) { return backend(t.device()); }
@@ -165,6 +183,7 @@ inline void fill(Tensor& x, double v) { on(x).fill(x, v); }
 inline void add(Tensor& out, const Tensor& a, const Tensor& b) { on(out).add(out, a, b); }
 inline void axpy(Tensor& y, const Tensor& x, double alpha) { on(y).axpy(y, x, alpha); }
 inline void scale(Tensor& x, double s) { on(x).scale(x, s); }
+inline void convert(Tensor& dst, const Tensor& src) { on(dst).convert(dst, src); }
 inline double dot(const Tensor& a, const Tensor& b) { return on(a).dot(a, b); }
 inline double sum_squares(const Tensor& x) { return dot(x, x); }  // sum x^2 (f64)
 inline void matmul(Tensor& C, const Tensor& A, bool tA, const Tensor& B, bool tB,

@@ -70,6 +70,7 @@ class CpuBackend final : public Backend {
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWStep& h) override;
+  void convert(Tensor& dst, const Tensor& src) override;
 };
 
 // Calls f.template operator()<T>() with T = float or double according to `t`'s dtype.

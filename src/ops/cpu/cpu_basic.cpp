@@ -279,6 +279,17 @@ void CpuBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
   });
 }
 
+void CpuBackend::convert(Tensor& dst, const Tensor& src) {
+  OFT_ASSERT(dst.numel() == src.numel(), "convert: ", shape_str(dst.shape()), " <- ",
+             shape_str(src.shape()));
+  if (dst.dtype() == src.dtype()) {
+    dst.copy_from(src);
+    return;
+  }
+  // Through double: exact for f32 / f64 sources; bf16 rounds to nearest even via Tensor::cast.
+  dst.copy_from(src.cast(dst.dtype()));
+}
+
 Backend& cpu_backend() {
   static CpuBackend b;
   return b;
@@ -286,6 +297,12 @@ Backend& cpu_backend() {
 
 #ifndef OFT_WITH_CUDA
 bool cuda_available() { return false; }
+std::string cuda_unavailable_reason() {
+  return "this oft build has no CUDA backend (built without nvcc)";
+}
+DeviceMemory device_memory() { return {}; }
+void reset_peak_device_memory() {}
+void device_synchronize() {}
 Backend& backend(Device d) {
   OFT_CHECK(d == Device::CPU, "this oft build has no CUDA backend: set device=cpu, or rebuild "
                               "on a machine with the CUDA toolkit");

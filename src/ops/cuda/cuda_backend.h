@@ -1,0 +1,91 @@
+// CUDA backend: every op of ops.h on the GPU. Kernels live in the .cu files of this folder, one
+// file per concern (elementwise, matmul, norms, activations, embedding, attention, loss,
+// optimizer, attention parts); this header only declares the class.
+//
+// Precision contract (DESIGN.md, Precision):
+// - Activations, their gradients and the compute copies of parameters passed to ops are bf16 or
+//   f32, the same dtype within one call ("act" below).
+// - Parameter gradients (dw, db of every op, dwte/dwpe, dwq/dwk, matmul C with beta = 1 for
+//   weight gradients), AdamW master weights and moments, norm statistics (mean, rstd, inv) and
+//   per-row losses are f32.
+// - matmul: A and B share a dtype; C is that dtype or f32 (weight gradients). fp32 accumulation
+//   throughout; with f32 operands the product is full fp32 (no TF32), so f32 runs match the CPU
+//   backend to rounding.
+// - axpy and convert accept any mix of f32 / bf16.
+// - f64 is CPU-only (gradient checks); a CUDA op given f64 fails with a clear message.
+#pragma once
+
+#include "ops/ops.h"
+
+namespace oft::ops {
+
+class CudaBackend final : public Backend {
+ public:
+  const char* name() const override { return "cuda"; }
+
+  void fill(Tensor& x, double value) override;
+  void add(Tensor& out, const Tensor& a, const Tensor& b) override;
+  void axpy(Tensor& y, const Tensor& x, double alpha) override;
+  void scale(Tensor& x, double s) override;
+  double dot(const Tensor& a, const Tensor& b) override;
+
+  void matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB, double alpha,
+              double beta) override;
+  void add_bias(Tensor& y, const Tensor& bias) override;
+  void bias_grad(Tensor& dbias, const Tensor& dy) override;
+
+  void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
+                     const Tensor& b, double eps) override;
+  void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
+                     const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                     bool accumulate) override;
+  void rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w, double eps) override;
+  void rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                   const Tensor& inv, bool accumulate) override;
+
+  void activation_fwd(Tensor& y, const Tensor& x, Activation a) override;
+  void activation_bwd(Tensor& dx, const Tensor& dy, const Tensor& x, Activation a) override;
+
+  void embedding_fwd(Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                     int64_t T, int64_t pos_offset) override;
+  void embedding_bwd(Tensor& dwte, Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
+                     int64_t T, int64_t pos_offset) override;
+
+  void attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv, const Tensor& key_mask,
+                     int64_t B, int64_t T, const AttentionSpec& spec) override;
+  void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved,
+                     const Tensor& key_mask, int64_t B, int64_t T,
+                     const AttentionSpec& spec) override;
+
+  void grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override;
+  void grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
+                          const Tensor& w, bool accumulate_dx) override;
+  void head_gate_fwd(Tensor& out, const Tensor& x, const Tensor& gate,
+                     int64_t rows_per_gate) override;
+  void head_gate_bwd(Tensor& dx, Tensor& dgate, const Tensor& dout, const Tensor& x,
+                     const Tensor& gate, int64_t rows_per_gate) override;
+  void group_mean_fwd(Tensor& y, const Tensor& x, int64_t k) override;
+  void group_mean_bwd(Tensor& dx, const Tensor& dy, int64_t k) override;
+  void qk_norm_fwd(Tensor& out, Tensor& inv, const Tensor& qkv, const Tensor& wq, const Tensor& wk,
+                   int64_t H, double eps) override;
+  void qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tensor& dout, const Tensor& qkv,
+                   const Tensor& wq, const Tensor& wk, const Tensor& inv, int64_t H) override;
+
+  void causal_mean_fwd(Tensor& y, const Tensor& x, int64_t T) override;
+  void causal_mean_bwd(Tensor& dx, const Tensor& dy, int64_t T) override;
+  void copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col,
+                    int64_t ncols, bool accumulate) override;
+
+  void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) override;
+  void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                         double scale) override;
+
+  void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+             const AdamWStep& h) override;
+  void convert(Tensor& dst, const Tensor& src) override;
+};
+
+
+CudaBackend& cuda_backend();
+
+}  // namespace oft::ops

@@ -1,0 +1,241 @@
+// CUDA runtime plumbing for the backend: device detection, the stream all ops run on, a caching
+// device allocator (so per-step tensors never reach cudaMalloc / cudaFree, which synchronise),
+// host <-> device copies registered with core/tensor, the scratch workspace, and memory
+// statistics for `oft bench`.
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "ops/cuda/cuda_backend.h"
+#include "ops/cuda/cuda_common.cuh"
+
+namespace oft::cuda {
+namespace {
+
+struct DeviceState {
+  bool probed = false;
+  bool ok = false;
+  std::string reason;
+  int sms = 0;
+  size_t total = 0;
+};
+
+DeviceState& state() {
+  static DeviceState s;
+  if (!s.probed) {
+    s.probed = true;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+      s.reason = e != cudaSuccess ? std::string("no usable CUDA driver or device (") +
+                                        cudaGetErrorString(e) + ")"
+                                  : "no CUDA device is visible";
+      cudaGetLastError();
+      return s;
+    }
+    cudaDeviceProp p{};
+    OFT_CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+    if (p.major != 9 || p.minor != 0) {
+      s.reason = std::string("this build targets Hopper (sm_90a) but the GPU is ") + p.name +
+                 " (sm_" + std::to_string(p.major) + std::to_string(p.minor) +
+                 "): rebuild with -DCMAKE_CUDA_ARCHITECTURES=" + std::to_string(p.major) +
+                 std::to_string(p.minor);
+      return s;
+    }
+    s.ok = true;
+    s.sms = p.multiProcessorCount;
+    s.total = p.totalGlobalMem;
+  }
+  return s;
+}
+
+// Caching allocator: blocks are rounded to a size class and kept on a free list when released.
+// All work runs on one stream, so a block freed by the host and handed out again is only
+// touched by later work on that stream: no extra synchronisation is needed.
+class Allocator {
+ public:
+  static size_t round(size_t bytes) {
+    if (bytes <= (1u << 20)) return (bytes + 511) / 512 * 512;
+    return (bytes + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+  }
+  void* alloc(size_t bytes) {
+    std::lock_guard<std::mutex> g(mu_);
+    const size_t sz = round(bytes);
+    void* p = nullptr;
+    auto it = free_.find(sz);
+    if (it != free_.end() && !it->second.empty()) {
+      p = it->second.back();
+      it->second.pop_back();
+    } else {
+      cudaError_t e = cudaMalloc(&p, sz);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        release_cached();
+        e = cudaMalloc(&p, sz);
+        if (e != cudaSuccess) {
+          cudaGetLastError();
+          fail("out of GPU memory: a tensor of ", sz, " bytes does not fit (", in_use_,
+               " bytes in use by tensors, ", reserved_, " reserved, of ", state().total,
+               "): lower train.batch_size or data.seq_len, or raise train.grad_accum");
+        }
+      }
+      reserved_ += sz;
+    }
+    sizes_[p] = sz;
+    in_use_ += sz;
+    peak_ = std::max(peak_, in_use_);
+    return p;
+  }
+  void free(void* p) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = sizes_.find(p);
+    if (it == sizes_.end()) return;
+    in_use_ -= it->second;
+    free_[it->second].push_back(p);
+    sizes_.erase(it);
+  }
+  void release_cached() {
+    cudaStreamSynchronize(stream());
+    for (auto& [sz, v] : free_) {
+      for (void* p : v) cudaFree(p);
+      reserved_ -= sz * v.size();
+      v.clear();
+    }
+  }
+  ops::DeviceMemory stats() {
+    std::lock_guard<std::mutex> g(mu_);
+    return {in_use_, peak_, reserved_, state().total};
+  }
+  void reset_peak() {
+    std::lock_guard<std::mutex> g(mu_);
+    peak_ = in_use_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<size_t, std::vector<void*>> free_;
+  std::map<void*, size_t> sizes_;
+  size_t in_use_ = 0, peak_ = 0, reserved_ = 0;
+};
+
+Allocator& allocator() {
+  static Allocator* a = new Allocator();  // never destroyed: tensors may outlive statics
+  return *a;
+}
+
+void* device_alloc(size_t bytes) { return allocator().alloc(bytes); }
+void device_free(void* p) { allocator().free(p); }
+
+void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
+  if (bytes == 0) return;
+  cudaMemcpyKind kind = dd == Device::CUDA ? (sd == Device::CUDA ? cudaMemcpyDeviceToDevice
+                                                                 : cudaMemcpyHostToDevice)
+                                           : cudaMemcpyDeviceToHost;
+  OFT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, stream()));
+  // The host side of a copy may be reused at once: wait for it.
+  if (kind != cudaMemcpyDeviceToDevice) OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+bool register_once() {
+  if (!state().ok) return false;
+  static bool done = [] {
+    register_device_allocator(Device::CUDA, device_alloc, device_free);
+    register_device_copy(device_copy);
+    return true;
+  }();
+  return done;
+}
+
+struct Scratch {
+  void* p = nullptr;
+  size_t bytes = 0;
+};
+
+}  // namespace
+
+cudaStream_t stream() {
+  static cudaStream_t s = [] {
+    cudaStream_t st;
+    OFT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    return st;
+  }();
+  return s;
+}
+
+void* scratch(size_t bytes) {
+  thread_local Scratch s;
+  if (bytes > s.bytes) {
+    if (s.p) {
+      OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+      device_free(s.p);
+    }
+    s.bytes = std::max(bytes, s.bytes * 2);
+    s.p = device_alloc(s.bytes);
+  }
+  return s.p;
+}
+
+int sm_count() { return state().sms; }
+
+void synchronize() { OFT_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+void expect_cuda(const Tensor& t, const char* what) {
+  OFT_ASSERT(t.defined(), what, ": tensor is undefined");
+  OFT_ASSERT(t.device() == Device::CUDA, what, ": expected a CUDA tensor, got a ",
+             device_name(t.device()), " one");
+}
+void expect_float(const Tensor& t, const char* what) {
+  expect_cuda(t, what);
+  OFT_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, what,
+            ": the CUDA backend computes in f32 or bf16, not ", dtype_name(t.dtype()));
+}
+void expect_dtype(const Tensor& t, DType d, const char* what) {
+  expect_cuda(t, what);
+  OFT_ASSERT(t.dtype() == d, what, ": expected ", dtype_name(d), ", got ", dtype_name(t.dtype()));
+}
+
+}  // namespace oft::cuda
+
+namespace oft::ops {
+
+CudaBackend& cuda_backend() {
+  static CudaBackend b;
+  return b;
+}
+
+bool cuda_available() { return cuda::register_once(); }
+std::string cuda_unavailable_reason() {
+  return cuda::state().ok ? std::string() : cuda::state().reason;
+}
+
+Backend& backend(Device d) {
+  if (d == Device::CPU) return cpu_backend();
+  OFT_CHECK(cuda_available(), "device=cuda: ", cuda_unavailable_reason(), "; use device=cpu");
+  return cuda_backend();
+}
+
+DeviceMemory device_memory() {
+  return cuda::state().ok ? cuda::allocator().stats() : DeviceMemory{};
+}
+void reset_peak_device_memory() {
+  if (cuda::state().ok) cuda::allocator().reset_peak();
+}
+void device_synchronize() {
+  if (cuda::state().ok) cuda::synchronize();
+}
+
+// Registers the allocator and copies as soon as the program starts, so Tensor::empty on the GPU
+// works before the first op.
+namespace {
+[[maybe_unused]] const bool g_registered = [] {
+  try {
+    return cuda::register_once();
+  } catch (...) {
+    return false;
+  }
+}();
+}  // namespace
+
+}  // namespace oft::ops

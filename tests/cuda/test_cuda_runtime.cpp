@@ -1,0 +1,47 @@
+// CUDA runtime plumbing: allocation through the caching allocator, host <-> device copies in
+// every dtype, memory statistics, and the clear error when no GPU is usable.
+#include "cuda/cuda_test_util.h"
+
+namespace oft::testing {
+namespace {
+
+TEST(CudaRuntime, CopiesRoundTripEveryDtype) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : {DType::F32, DType::BF16, DType::F64, DType::I32}) {
+    const Tensor host = d == DType::I32 ? randint({7, 13}, -50, 50) : randn({7, 13}).cast(d);
+    const Tensor dev = host.to(Device::CUDA);
+    EXPECT_EQ(dev.device(), Device::CUDA);
+    Tensor dev2 = Tensor::empty({7, 13}, d, Device::CUDA);
+    dev2.copy_from(dev);  // device -> device
+    EXPECT_EQ(dev2.to_vector(), host.to_vector()) << dtype_name(d);
+  }
+}
+
+TEST(CudaRuntime, AllocatorReusesFreedBlocksAndTracksPeak) {
+  OFT_REQUIRE_CUDA();
+  ops::reset_peak_device_memory();
+  const size_t before = ops::device_memory().in_use;
+  void* first = nullptr;
+  {
+    Tensor a = Tensor::empty({1 << 20}, DType::F32, Device::CUDA);
+    first = a.raw();
+    EXPECT_GE(ops::device_memory().in_use, before + (4u << 20));
+  }
+  EXPECT_EQ(ops::device_memory().in_use, before);
+  EXPECT_GE(ops::device_memory().peak, before + (4u << 20));
+  Tensor b = Tensor::empty({1 << 20}, DType::F32, Device::CUDA);
+  EXPECT_EQ(b.raw(), first) << "a freed block of the same size class is handed out again";
+}
+
+TEST(CudaRuntime, UnavailableGpuGivesAClearError) {
+  if (ops::cuda_available()) GTEST_SKIP() << "a GPU is present";
+  try {
+    ops::backend(Device::CUDA);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("device=cpu"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace oft::testing
