@@ -129,6 +129,7 @@ void register_train(CLI::App& app) {
 void register_commands(CLI::App& app) {
   register_train(app);
   register_data(app);
+  register_bench(app);
 }
 
 }  // namespace oft::cli

@@ -45,7 +45,7 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
       Param& p = ps.create(name + "." + n, {1, H_}, dt, dev, false);
       ops::fill(p.value, 1.0);
       p.fixed_init = true;
-      v = p.value, g = p.grad;
+      v = p.compute, g = p.grad;
     };
     head_params("shaped_alpha", sa_alpha_, dsa_alpha_);
     head_params("shaped_beta", sa_beta_, dsa_beta_);
@@ -71,7 +71,7 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
     Param& k = ps.create(name + ".k_norm.weight", {D_}, dt, dev, false);
     ops::fill(q.value, 1.0);
     ops::fill(k.value, 1.0);
-    wq_ = q.value, dwq_ = q.grad, wk_ = k.value, dwk_ = k.grad;
+    wq_ = q.compute, dwq_ = q.grad, wk_ = k.compute, dwk_ = k.grad;
   }
   gate_ = parse_gate_type(cfg.attn_gate_type);
   if (gate_ == GateType::None) return;
@@ -82,7 +82,7 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
     Param& g = ps.create(name + ".gate.logit", {1, H_}, dt, dev, false);
     ops::fill(g.value, bias0);
     g.fixed_init = true;
-    gate_logit_ = g.value, dgate_logit_ = g.grad;
+    gate_logit_ = g.compute, dgate_logit_ = g.grad;
     return;
   }
   gate_mlp_ = cfg.attn_gate_mlp;
@@ -106,14 +106,14 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
     Param& b2 = ps.create(name + ".gate.fc2.bias", {H_}, dt, dev, false);
     ops::fill(b2.value, bias0);
     b2.fixed_init = true;
-    gw1_ = w1.value, dgw1_ = w1.grad, gb1_ = b1.value, dgb1_ = b1.grad;
-    gw2_ = w2.value, dgw2_ = w2.grad, gb2_ = b2.value, dgb2_ = b2.grad;
+    gw1_ = w1.compute, dgw1_ = w1.grad, gb1_ = b1.compute, dgb1_ = b1.grad;
+    gw2_ = w2.compute, dgw2_ = w2.grad, gb2_ = b2.compute, dgb2_ = b2.grad;
   } else {
     Param& w1 = ps.create(name + ".gate.weight", {H_, 1, D_}, dt, dev, true);
     Param& b1 = ps.create(name + ".gate.bias", {H_}, dt, dev, false);
     ops::fill(b1.value, bias0);
     b1.fixed_init = true;
-    gw1_ = w1.value, dgw1_ = w1.grad, gb1_ = b1.value, dgb1_ = b1.grad;
+    gw1_ = w1.compute, dgw1_ = w1.grad, gb1_ = b1.compute, dgb1_ = b1.grad;
   }
 }
 
@@ -173,7 +173,7 @@ void Attention::shaped_forward(AttentionActs& a, Tensor& out, const Tensor& x,
   if (hook_) hook_->on_activation(Point::QKV, layer_, a.qkv_raw, B, T);
   if (qk_norm_) {
     ensure(a.qkv, {N, 3 * C_}, dt, dev);
-    ensure(a.qk_inv, {N, 2 * H_}, dt, dev);
+    ensure(a.qk_inv, {N, 2 * H_}, stat_dtype(dt), dev);
     be.qk_norm_fwd(a.qkv, a.qk_inv, a.qkv_raw, wq_, wk_, H_, qk_eps_);
   } else {
     a.qkv = a.qkv_raw;
@@ -221,8 +221,8 @@ void Attention::shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout
   k_.backward(dx, dq_, x, true);
   if (value_reparam_) {
     // V = rg * u + sg * x, u = x W^T
-    ops::axpy(dv_rg_, scalar_grad(ops::dot(dv_, a.u), x), 1.0);
-    ops::axpy(dv_sg_, scalar_grad(ops::dot(dv_, x), x), 1.0);
+    ops::axpy(dv_rg_, scalar_grad(ops::dot(dv_, a.u), dv_rg_), 1.0);
+    ops::axpy(dv_sg_, scalar_grad(ops::dot(dv_, x), dv_sg_), 1.0);
     dtmp_.copy_from(dv_);
     ops::scale(dtmp_, v_rg_.item());
     v_.backward(dx, dtmp_, x, true);
@@ -244,7 +244,7 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
   if (hook_) hook_->on_activation(Point::QKV, layer_, a.qkv_raw, B, T);
   if (qk_norm_) {
     ensure(a.qkv, {N, 3 * C_}, dt, dev);
-    ensure(a.qk_inv, {N, 2 * H_}, dt, dev);
+    ensure(a.qk_inv, {N, 2 * H_}, stat_dtype(dt), dev);
     be.qk_norm_fwd(a.qkv, a.qk_inv, a.qkv_raw, wq_, wk_, H_, qk_eps_);
   } else {
     a.qkv = a.qkv_raw;

@@ -12,11 +12,11 @@ Tensor& ensure(Tensor& t, const Shape& shape, DType dt, Device dev) {
 Linear::Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out, bool bias,
                DType dt, Device dev) {
   Param& pw = ps.create(name + ".weight", {out, in}, dt, dev, true);
-  w = pw.value;
+  w = pw.compute;
   dw = pw.grad;
   if (bias) {
     Param& pb = ps.create(name + ".bias", {out}, dt, dev, false);
-    b = pb.value;
+    b = pb.compute;
     db = pb.grad;
   }
 }
@@ -45,11 +45,11 @@ Norm::Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind k, doubl
   if (kind == NormKind::None) return;
   Param& pw = ps.create(name + ".weight", {C}, dt, dev, false);
   ops::fill(pw.value, 1.0);
-  w = pw.value;
+  w = pw.compute;
   dw = pw.grad;
   if (kind == NormKind::LayerNorm && bias) {
     Param& pb = ps.create(name + ".bias", {C}, dt, dev, false);
-    b = pb.value;
+    b = pb.compute;
     db = pb.grad;
   }
 }
@@ -61,10 +61,10 @@ void Norm::forward(NormSaved& s, const Tensor& x) const {
   }
   const int64_t N = x.numel() / x.dim(-1);
   ensure(s.out, x.shape(), x.dtype(), x.device());
-  ensure(s.inv, {N}, x.dtype(), x.device());
+  ensure(s.inv, {N}, stat_dtype(x.dtype()), x.device());
   auto& be = ops::on(x);
   if (kind == NormKind::LayerNorm) {
-    ensure(s.mean, {N}, x.dtype(), x.device());
+    ensure(s.mean, {N}, stat_dtype(x.dtype()), x.device());
     be.layernorm_fwd(s.out, s.mean, s.inv, x, w, b, eps);
   } else {
     be.rmsnorm_fwd(s.out, s.inv, x, w, eps);

@@ -44,6 +44,10 @@ struct Norm {
                 bool accumulate_dx);
 };
 
+// The dtype of statistics (norm mean / inverse std, per-row losses) for activations of dtype
+// `act`: f32 for bf16 activations, else the activation dtype (f64 in gradient checks).
+inline DType stat_dtype(DType act) { return act == DType::BF16 ? DType::F32 : act; }
+
 // Returns `t` if it already has this shape/dtype/device, else a new uninitialised tensor.
 Tensor& ensure(Tensor& t, const Shape& shape, DType dt, Device dev);
 

@@ -8,8 +8,11 @@ namespace oft {
 Param& ParamStore::create(const std::string& name, const Shape& shape, DType dtype,
                           Device device, bool matrix) {
   OFT_ASSERT(find(name) == nullptr, "duplicate parameter ", name);
-  params_.push_back({name, Tensor::zeros(shape, dtype, device), Tensor::zeros(shape, dtype, device),
-                     matrix});
+  const DType master = dtype == DType::BF16 ? DType::F32 : dtype;
+  Param p{name, Tensor::zeros(shape, master, device), Tensor::zeros(shape, master, device), Tensor(),
+          matrix};
+  p.compute = master == dtype ? p.value : Tensor::zeros(shape, dtype, device);
+  params_.push_back(std::move(p));
   return params_.back();
 }
 
@@ -27,6 +30,11 @@ int64_t ParamStore::numel() const {
 
 void ParamStore::zero_grad() {
   for (auto& p : params_) ops::fill(p.grad, 0.0);
+}
+
+void ParamStore::sync_compute() {
+  for (auto& p : params_)
+    if (!p.compute.same_storage(p.value)) ops::convert(p.compute, p.value);
 }
 
 }  // namespace oft

@@ -10,10 +10,14 @@
 
 namespace oft {
 
+// Mixed precision: `value` (the master weight) and `grad` are f32 (f64 in gradient checks);
+// `compute` is the tensor ops read, `value` itself or, when the model computes in bf16, a bf16
+// copy that ParamStore::sync_compute() refreshes after every change to `value`.
 struct Param {
   std::string name;
   Tensor value;
   Tensor grad;
+  Tensor compute;
   bool matrix = false;  // weight matrix or embedding (decayed by default); else bias / norm gain
   bool fixed_init = false;  // initialised at construction (gate biases, gains, zero-init maps);
                             // TransformerLM::init_weights leaves it as it is
@@ -21,7 +25,8 @@ struct Param {
 
 class ParamStore {
  public:
-  // Creates a zero-initialised parameter and its gradient; returns its index.
+  // Creates a zero-initialised parameter and its gradient. `dtype` is the dtype the model
+  // computes in: for bf16, value and grad are f32 masters and `compute` a bf16 copy.
   Param& create(const std::string& name, const Shape& shape, DType dtype, Device device,
                 bool matrix);
   // A deque: references returned by create() stay valid as more parameters are added.
@@ -30,6 +35,9 @@ class ParamStore {
   Param* find(const std::string& name);
   int64_t numel() const;
   void zero_grad();
+  // Refreshes the compute copies from the master values (after init, load, optimizer steps
+  // and weight quantization); free when there are no separate copies.
+  void sync_compute();
 
  private:
   std::deque<Param> params_;

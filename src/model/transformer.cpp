@@ -54,17 +54,17 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
   if (seq_len <= 0) seq_len = cfg.max_seq_len;
   {
     Param& p = params_.create("wte.weight", {V, C}, dtype, device, true);
-    wte_ = p.value;
+    wte_ = p.compute;
     dwte_ = p.grad;
   }
   {
     Param& p = params_.create("wpe.weight", {cfg.max_seq_len, C}, dtype, device, true);
-    wpe_ = p.value;
+    wpe_ = p.compute;
     dwpe_ = p.grad;
   }
   if (cfg.type_vocab_size > 0) {
     Param& p = params_.create("wtt.weight", {cfg.type_vocab_size, C}, dtype, device, true);
-    wtt0_ = p.value.slice(0, 1).view({C});
+    wtt0_ = p.compute.slice(0, 1).view({C});
     dwtt0_ = p.grad.slice(0, 1).view({C});
   }
   if (cfg.embed_norm)
@@ -110,9 +110,10 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
     mlm_dense_ = Linear(params_, "mlm.dense", C, C, true, dtype, device);
     mlm_norm_ = Norm(params_, "mlm.ln", C, NormKind::LayerNorm, cfg.norm_eps, true, dtype, device);
     Param& p = params_.create("mlm.decoder.bias", {V}, dtype, device, false);
-    mlm_bias_ = p.value;
+    mlm_bias_ = p.compute;
     dmlm_bias_ = p.grad;
   }
+  params_.sync_compute();  // constant initialisations above were written to the masters
 }
 
 void TransformerLM::init_weights(uint64_t seed) {
@@ -127,8 +128,9 @@ void TransformerLM::init_weights(uint64_t seed) {
     Rng rng(seed ^ std::hash<std::string>{}(p.name));
     std::vector<double> v(static_cast<size_t>(p.value.numel()));
     for (auto& x : v) x = rng.normal() * cfg_.init_std;
-    p.value.copy_from(Tensor::from_vector(p.value.shape(), v, dtype_).to(device_));
+    p.value.copy_from(Tensor::from_vector(p.value.shape(), v, p.value.dtype()).to(device_));
   }
+  params_.sync_compute();
 }
 
 void TransformerLM::allocate(int64_t B, int64_t T) {
@@ -155,7 +157,7 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
     mlm_act_ = mk({N, C});
   }
   logits_ = mk({N, V});
-  losses_ = mk({N});
+  losses_ = Tensor::empty({N}, stat_dtype(dtype_), device_);
   for (Tensor* t : {&dresid_, &dnorm_, &dbranch_, &dtmp_}) *t = mk({N, C});
   dfc_ = mk({N, F});
   dlogits_ = mk({N, V});
@@ -191,7 +193,7 @@ void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tens
 const Tensor& TransformerLM::branch_grad(const Tensor& g, Tensor& dg, double constant,
                                          const Tensor& d, const Tensor& branch_out) {
   if (g.defined()) {
-    const Tensor delta = Tensor::from_vector({1}, {ops::dot(d, branch_out)}, dtype_).to(device_);
+    const Tensor delta = Tensor::from_vector({1}, {ops::dot(d, branch_out)}, dg.dtype()).to(device_);
     ops::axpy(dg, delta, 1.0);
   }
   dbranch_.copy_from(d);
@@ -324,7 +326,7 @@ void TransformerLM::block_backward(size_t l) {
                    a.n2.out);
       // d h = a_FF d out + N2'(d M-input)
       if (b.g_skip.defined())
-        ops::axpy(b.dg_skip, Tensor::from_vector({1}, {ops::dot(dresid_, a.s1)}, dtype_).to(device_), 1.0);
+        ops::axpy(b.dg_skip, Tensor::from_vector({1}, {ops::dot(dresid_, a.s1)}, b.dg_skip.dtype()).to(device_), 1.0);
       dtmp_.copy_from(dresid_);
       ops::scale(dtmp_, gain(b.g_skip, 1.0));
       b.n2.backward(dtmp_, dnorm_, a.s1, a.n2, true);

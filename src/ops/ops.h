@@ -64,6 +64,9 @@ class Backend {
   virtual void axpy(Tensor& y, const Tensor& x, double alpha) = 0;          // y += alpha * x
   virtual void scale(Tensor& x, double s) = 0;                              // x *= s
   virtual double dot(const Tensor& a, const Tensor& b) = 0;                 // sum a*b (f64)
+  // acc[0] += sum x^2, with acc a one-element f64 tensor on x's device: no host round trip, so
+  // a global gradient norm over many tensors costs one synchronisation.
+  virtual void sum_squares_into(Tensor& acc, const Tensor& x) = 0;
 
   // ---- matrix products ----
   // C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C; op(X) = X^T when trans.

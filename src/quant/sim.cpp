@@ -44,9 +44,13 @@ int QuantSimulator::bits_of(Point p) const {
   return 0;
 }
 
-void QuantSimulator::on_activation(Point p, int64_t layer, Tensor& t, int64_t, int64_t) {
+void QuantSimulator::on_activation(Point p, int64_t layer, Tensor& dev_t, int64_t, int64_t) {
   const int bits = bits_of(p);
   if (bits == 0) return;
+  // The estimators and the fake quantizer run on the host: a GPU (or bf16) activation makes a
+  // round trip through an f32 host copy. Evaluation only; training never calls this.
+  const bool host_copy = dev_t.device() != Device::CPU || dev_t.dtype() == DType::BF16;
+  Tensor t = host_copy ? dev_t.to(Device::CPU).cast(DType::F32) : dev_t;
   const bool symmetric = q_.qmethod_acts == "symmetric_uniform";
   const std::string label = point_label(p, layer);
   ActQuant& a = acts_[label];
@@ -60,6 +64,7 @@ void QuantSimulator::on_activation(Point p, int64_t layer, Tensor& t, int64_t, i
   OFT_CHECK(a.ready, "quantization: no calibrated range for ", label,
             " (run the calibration batches first; quant.est_num_batches >= 1)");
   fake_quant(t, a.grid);
+  if (host_copy) dev_t.copy_from(t.cast(dev_t.dtype()).to(dev_t.device()));
 }
 
 void QuantSimulator::observe_range(const std::string& label, double lo, double hi) {
@@ -119,7 +124,7 @@ void QuantSimulator::quantize_weights(TransformerLM& model) {
     if (!weight_quantized(p)) continue;
     Tensor host = p.value.to(Device::CPU);
     saved_.emplace_back(p.name, host.clone());
-    if (p.name == "wte.weight" && fp_head) model.set_head_weight(p.value.clone());
+    if (p.name == "wte.weight" && fp_head) model.set_head_weight(p.compute.clone());
     if (q_.per_channel && host.ndim() == 2) {
       std::vector<QGrid> grids;
       for (const auto& [lo, hi] : row_min_max(host)) grids.push_back(make_grid(lo, hi, bits, symmetric));
@@ -135,6 +140,7 @@ void QuantSimulator::quantize_weights(TransformerLM& model) {
     }
     p.value.copy_from(host.to(p.value.device()));
   }
+  model.params().sync_compute();
 }
 
 void QuantSimulator::restore_weights(TransformerLM& model) {
@@ -144,6 +150,7 @@ void QuantSimulator::restore_weights(TransformerLM& model) {
     p->value.copy_from(t.to(p->value.device()));
   }
   saved_.clear();
+  model.params().sync_compute();
   model.set_head_weight(Tensor());
 }
 

@@ -134,6 +134,7 @@ void load_model_weights(const std::string& dir, TransformerLM& model) {
   const std::string path = (fs::path(dir) / kFiles[0]).string();
   const SafetensorsFile f = SafetensorsFile::open(path);
   for (Param& p : model.params().all()) load_into(f, p.name, p.value, path);
+  model.params().sync_compute();
   OFT_CHECK(f.size() == model.params().all().size(), path, ": holds ", f.size(),
             " tensors but the model has ", model.params().all().size(),
             ": use the model.* settings of the run that wrote it");

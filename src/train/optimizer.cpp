@@ -26,9 +26,11 @@ AdamW::AdamW(ParamStore& params, const TrainConfig& cfg) : params_(params), cfg_
 bool AdamW::decays(const Param& p) const { return cfg_.wd_exclude == "none" || p.matrix; }
 
 double AdamW::grad_norm() const {
-  double s = 0;
-  for (const Param& p : params_.all()) s += ops::sum_squares(p.grad);
-  return std::sqrt(s);
+  if (params_.all().empty()) return 0.0;
+  const Device dev = params_.all().front().grad.device();
+  Tensor acc = Tensor::zeros({1}, DType::F64, dev);
+  for (const Param& p : params_.all()) ops::on(p.grad).sum_squares_into(acc, p.grad);
+  return std::sqrt(acc.item());
 }
 
 void AdamW::step(double lr, double grad_scale) {
@@ -45,6 +47,7 @@ void AdamW::step(double lr, double grad_scale) {
     h.grad_scale = grad_scale;
     ops::on(ps[i].value).adamw(ps[i].value, ps[i].grad, m_[i], v_[i], h);
   }
+  params_.sync_compute();
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {

@@ -117,7 +117,12 @@ RunConfig::RunConfig() {
   r.add("train.resume", &t.resume, "resume from the run directory's latest checkpoint");
   r.add("train.stop_at", &t.stop_at,
         "end this invocation after step N with a checkpoint, to split a run (0 = off)", 0, kBig);
-  r.add("train.device", &t.device, "compute device", {"cpu", "cuda"});
+  r.add("train.device", &t.device, "compute device (auto = the GPU when one is usable)",
+        {"auto", "cpu", "cuda"});
+  r.add("train.precision", &t.precision,
+        "activation / matmul precision (auto = bf16 on the GPU, f32 on the CPU; master weights "
+        "and optimizer state are always f32)",
+        {"auto", "bf16", "f32"});
   r.add("train.threads", &t.threads, "CPU threads (0 = all cores)", 0, 4096);
 
   QuantConfig& q = quant;

@@ -44,7 +44,8 @@ struct TrainConfig {
   int64_t keep_checkpoints = 2;  // newest checkpoints kept (the final one is always kept)
   bool resume = false;           // continue from the run directory's latest checkpoint
   int64_t stop_at = 0;           // end this invocation after step N with a checkpoint (0 = off)
-  std::string device = "cpu";    // cpu | cuda
+  std::string device = "auto";   // auto | cpu | cuda
+  std::string precision = "auto";  // auto | bf16 | f32 (activations; masters are f32)
   int64_t threads = 0;           // CPU threads; 0 = all cores
 };
 

@@ -43,16 +43,27 @@ std::shared_ptr<const Shard> open_shard(const std::string& path, const char* key
   return std::make_shared<const Shard>(Shard::open(path));
 }
 
+}  // namespace
+
 Device parse_device(const std::string& d) {
   if (d == "cuda") {
-    OFT_CHECK(ops::cuda_available(), "train.device=cuda: no usable CUDA device in this build or "
-                                     "machine; use train.device=cpu");
+    OFT_CHECK(ops::cuda_available(), "train.device=cuda: ", ops::cuda_unavailable_reason(),
+              "; use train.device=cpu (or auto)");
     return Device::CUDA;
   }
+  if (d == "auto") return ops::cuda_available() ? Device::CUDA : Device::CPU;
   return Device::CPU;
 }
 
-}  // namespace
+DType compute_dtype(const TrainConfig& t, Device device) {
+  if (t.precision == "bf16") {
+    OFT_CHECK(device == Device::CUDA, "train.precision=bf16 needs the GPU (train.device=cuda); "
+                                      "the CPU backend computes in f32: use train.precision=auto");
+    return DType::BF16;
+  }
+  if (t.precision == "f32") return DType::F32;
+  return device == Device::CUDA ? DType::BF16 : DType::F32;
+}
 
 void set_cpu_threads(int64_t threads) {
   // 0 = OMP_NUM_THREADS when set, else every core.
@@ -137,7 +148,8 @@ std::unique_ptr<TransformerLM> load_model_from_checkpoint(
   cfg.registry().apply_overrides(overrides);
   cfg.validate();
   set_cpu_threads(cfg.train.threads);
-  auto model = std::make_unique<TransformerLM>(cfg.model, DType::F32, parse_device(cfg.train.device),
+  const Device device = parse_device(cfg.train.device);
+  auto model = std::make_unique<TransformerLM>(cfg.model, compute_dtype(cfg.train, device), device,
                                                cfg.data.seq_len);
   load_model_weights(ckpt_dir, *model);
   return model;
@@ -160,7 +172,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   const std::string run_dir = cfg.run_dir();
   fs::create_directories(run_dir);
   const Device device = parse_device(tc.device);
-  TransformerLM model(cfg.model, DType::F32, device, T);
+  TransformerLM model(cfg.model, compute_dtype(tc, device), device, T);
   AdamW opt(model.params(), tc);
 
   const LoaderOptions lo = loader_options(cfg, cfg.data.train);
@@ -199,9 +211,9 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   if (!quiet)
     std::fprintf(stderr,
                  "oft train: %s | %lld params | %lld layers x %lld wide | %lld tokens/step | "
-                 "device %s | run dir %s\n",
+                 "device %s (%s) | run dir %s\n",
                  cfg.name.c_str(), (long long)model.params().numel(), (long long)cfg.model.n_layer,
-                 (long long)cfg.model.d_model, (long long)tokens_per_step, tc.device.c_str(),
+                 (long long)cfg.model.d_model, (long long)tokens_per_step, device_name(device), dtype_name(model.dtype()),
                  run_dir.c_str());
 
   TrainResult result;

@@ -53,6 +53,10 @@ EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, Load
 
 // Sets OpenMP / OpenBLAS threads (0 = all cores).
 void set_cpu_threads(int64_t threads);
+// train.device -> the device (auto: the GPU when usable), with a clear error for cuda without one.
+Device parse_device(const std::string& device);
+// train.precision -> the dtype the model computes in on that device.
+DType compute_dtype(const TrainConfig& t, Device device);
 
 // Trains per `cfg`; `quiet` suppresses the progress lines.
 TrainResult train(RunConfig& cfg, bool quiet = false);

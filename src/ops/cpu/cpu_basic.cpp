@@ -2,11 +2,13 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <chrono>
 #include <cmath>
 #include <type_traits>
 #include <vector>
 
 #include "ops/cpu/cpu_backend.h"
+#include "ops/profiler.h"
 
 namespace oft::ops {
 
@@ -279,6 +281,11 @@ void CpuBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
   });
 }
 
+void CpuBackend::sum_squares_into(Tensor& acc, const Tensor& x) {
+  OFT_ASSERT(acc.numel() == 1 && acc.dtype() == DType::F64, "sum_squares_into: acc must be one f64");
+  acc.data<double>()[0] += dot(x, x);
+}
+
 void CpuBackend::convert(Tensor& dst, const Tensor& src) {
   OFT_ASSERT(dst.numel() == src.numel(), "convert: ", shape_str(dst.shape()), " <- ",
              shape_str(src.shape()));
@@ -296,6 +303,18 @@ Backend& cpu_backend() {
 }
 
 #ifndef OFT_WITH_CUDA
+namespace {
+std::vector<std::chrono::steady_clock::time_point> g_marks;
+}
+int device_mark() {
+  g_marks.push_back(std::chrono::steady_clock::now());
+  return static_cast<int>(g_marks.size()) - 1;
+}
+double device_elapsed_ms(int a, int b) {
+  return std::chrono::duration<double, std::milli>(g_marks.at(b) - g_marks.at(a)).count();
+}
+void device_marks_reset() { g_marks.clear(); }
+
 bool cuda_available() { return false; }
 std::string cuda_unavailable_reason() {
   return "this oft build has no CUDA backend (built without nvcc)";
@@ -304,6 +323,7 @@ DeviceMemory device_memory() { return {}; }
 void reset_peak_device_memory() {}
 void device_synchronize() {}
 Backend& backend(Device d) {
+  if (Backend* p = Profiler::active(d)) return *p;
   OFT_CHECK(d == Device::CPU, "this oft build has no CUDA backend: set device=cpu, or rebuild "
                               "on a machine with the CUDA toolkit");
   return cpu_backend();

@@ -10,6 +10,7 @@
 
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/profiler.h"
 
 namespace oft::cuda {
 namespace {
@@ -211,10 +212,35 @@ std::string cuda_unavailable_reason() {
 }
 
 Backend& backend(Device d) {
+  if (Backend* p = Profiler::active(d)) return *p;
   if (d == Device::CPU) return cpu_backend();
   OFT_CHECK(cuda_available(), "device=cuda: ", cuda_unavailable_reason(), "; use device=cpu");
   return cuda_backend();
 }
+
+// Profiler timestamps: a growing pool of CUDA events recorded on the op stream (CPU ops are
+// timed by the same events, which then measure the host-side gap between GPU work).
+namespace {
+std::vector<cudaEvent_t> g_events;
+size_t g_used = 0;
+}  // namespace
+int device_mark() {
+  if (!cuda::state().ok) return 0;
+  if (g_used == g_events.size()) {
+    cudaEvent_t e;
+    OFT_CUDA_CHECK(cudaEventCreate(&e));
+    g_events.push_back(e);
+  }
+  OFT_CUDA_CHECK(cudaEventRecord(g_events[g_used], cuda::stream()));
+  return static_cast<int>(g_used++);
+}
+double device_elapsed_ms(int a, int b) {
+  if (!cuda::state().ok) return 0;
+  float ms = 0;
+  OFT_CUDA_CHECK(cudaEventElapsedTime(&ms, g_events.at(a), g_events.at(b)));
+  return ms;
+}
+void device_marks_reset() { g_used = 0; }
 
 DeviceMemory device_memory() {
   return cuda::state().ok ? cuda::allocator().stats() : DeviceMemory{};

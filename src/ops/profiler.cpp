@@ -1,0 +1,222 @@
+// The profiling wrapper backend (see profiler.h). Each op call records a timestamp before and
+// after on the op stream; stop() synchronises once and sums the intervals per op name.
+#include "ops/profiler.h"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+
+namespace oft::ops {
+namespace {
+
+struct Interval {
+  const char* name;
+  int begin, end;
+};
+
+class ProfilingBackend final : public Backend {
+ public:
+  explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
+  const char* name() const override { return inner_.name(); }
+  std::vector<Interval> intervals;
+
+  // Nested ops (a backend op calling another) are attributed to the outermost one.
+  struct Scope {
+    ProfilingBackend* p;
+    const char* name;
+    int begin = -1;
+    Scope(ProfilingBackend* pb, const char* n) : p(pb), name(n) {
+      if (p->depth_++ == 0) begin = device_mark();
+    }
+    ~Scope() {
+      if (--p->depth_ == 0) p->intervals.push_back({name, begin, device_mark()});
+    }
+  };
+
+  void fill(Tensor& x, double value) override {
+    Scope scope_(this, "fill");
+    inner_.fill(x, value);
+  }
+  void add(Tensor& out, const Tensor& a, const Tensor& b) override {
+    Scope scope_(this, "add");
+    inner_.add(out, a, b);
+  }
+  void axpy(Tensor& y, const Tensor& x, double alpha) override {
+    Scope scope_(this, "axpy");
+    inner_.axpy(y, x, alpha);
+  }
+  void scale(Tensor& x, double s) override {
+    Scope scope_(this, "scale");
+    inner_.scale(x, s);
+  }
+  double dot(const Tensor& a, const Tensor& b) override {
+    Scope scope_(this, "dot");
+    return inner_.dot(a, b);
+  }
+  void sum_squares_into(Tensor& acc, const Tensor& x) override {
+    Scope scope_(this, "sum_squares_into");
+    inner_.sum_squares_into(acc, x);
+  }
+  void matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB, double alpha, double beta) override {
+    Scope scope_(this, "matmul");
+    inner_.matmul(C, A, transA, B, transB, alpha, beta);
+  }
+  void add_bias(Tensor& y, const Tensor& bias) override {
+    Scope scope_(this, "add_bias");
+    inner_.add_bias(y, bias);
+  }
+  void bias_grad(Tensor& dbias, const Tensor& dy) override {
+    Scope scope_(this, "bias_grad");
+    inner_.bias_grad(dbias, dy);
+  }
+  void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w, const Tensor& b, double eps) override {
+    Scope scope_(this, "layernorm_fwd");
+    inner_.layernorm_fwd(y, mean, rstd, x, w, b, eps);
+  }
+  void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, bool accumulate) override {
+    Scope scope_(this, "layernorm_bwd");
+    inner_.layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, accumulate);
+  }
+  void rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w, double eps) override {
+    Scope scope_(this, "rmsnorm_fwd");
+    inner_.rmsnorm_fwd(y, inv, x, w, eps);
+  }
+  void rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& inv, bool accumulate) override {
+    Scope scope_(this, "rmsnorm_bwd");
+    inner_.rmsnorm_bwd(dx, dw, dy, x, w, inv, accumulate);
+  }
+  void activation_fwd(Tensor& y, const Tensor& x, Activation a) override {
+    Scope scope_(this, "activation_fwd");
+    inner_.activation_fwd(y, x, a);
+  }
+  void activation_bwd(Tensor& dx, const Tensor& dy, const Tensor& x, Activation a) override {
+    Scope scope_(this, "activation_bwd");
+    inner_.activation_bwd(dx, dy, x, a);
+  }
+  void embedding_fwd(Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int64_t T, int64_t pos_offset) override {
+    Scope scope_(this, "embedding_fwd");
+    inner_.embedding_fwd(out, tokens, wte, wpe, T, pos_offset);
+  }
+  void embedding_bwd(Tensor& dwte, Tensor& dwpe, const Tensor& dout, const Tensor& tokens, int64_t T, int64_t pos_offset) override {
+    Scope scope_(this, "embedding_bwd");
+    inner_.embedding_bwd(dwte, dwpe, dout, tokens, T, pos_offset);
+  }
+  void attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv, const Tensor& key_mask, int64_t B, int64_t T, const AttentionSpec& spec) override {
+    Scope scope_(this, "attention_fwd");
+    inner_.attention_fwd(out, saved, qkv, key_mask, B, T, spec);
+  }
+  void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T, const AttentionSpec& spec) override {
+    Scope scope_(this, "attention_bwd");
+    inner_.attention_bwd(dqkv, dout, qkv, saved, key_mask, B, T, spec);
+  }
+  void grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override {
+    Scope scope_(this, "grouped_linear_fwd");
+    inner_.grouped_linear_fwd(y, x, w, b);
+  }
+  void grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dx) override {
+    Scope scope_(this, "grouped_linear_bwd");
+    inner_.grouped_linear_bwd(dx, dw, db, dy, x, w, accumulate_dx);
+  }
+  void head_gate_fwd(Tensor& out, const Tensor& x, const Tensor& gate, int64_t rows_per_gate) override {
+    Scope scope_(this, "head_gate_fwd");
+    inner_.head_gate_fwd(out, x, gate, rows_per_gate);
+  }
+  void head_gate_bwd(Tensor& dx, Tensor& dgate, const Tensor& dout, const Tensor& x, const Tensor& gate, int64_t rows_per_gate) override {
+    Scope scope_(this, "head_gate_bwd");
+    inner_.head_gate_bwd(dx, dgate, dout, x, gate, rows_per_gate);
+  }
+  void group_mean_fwd(Tensor& y, const Tensor& x, int64_t k) override {
+    Scope scope_(this, "group_mean_fwd");
+    inner_.group_mean_fwd(y, x, k);
+  }
+  void group_mean_bwd(Tensor& dx, const Tensor& dy, int64_t k) override {
+    Scope scope_(this, "group_mean_bwd");
+    inner_.group_mean_bwd(dx, dy, k);
+  }
+  void qk_norm_fwd(Tensor& out, Tensor& inv, const Tensor& qkv, const Tensor& wq, const Tensor& wk, int64_t H, double eps) override {
+    Scope scope_(this, "qk_norm_fwd");
+    inner_.qk_norm_fwd(out, inv, qkv, wq, wk, H, eps);
+  }
+  void qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tensor& dout, const Tensor& qkv, const Tensor& wq, const Tensor& wk, const Tensor& inv, int64_t H) override {
+    Scope scope_(this, "qk_norm_bwd");
+    inner_.qk_norm_bwd(dqkv, dwq, dwk, dout, qkv, wq, wk, inv, H);
+  }
+  void causal_mean_fwd(Tensor& y, const Tensor& x, int64_t T) override {
+    Scope scope_(this, "causal_mean_fwd");
+    inner_.causal_mean_fwd(y, x, T);
+  }
+  void causal_mean_bwd(Tensor& dx, const Tensor& dy, int64_t T) override {
+    Scope scope_(this, "causal_mean_bwd");
+    inner_.causal_mean_bwd(dx, dy, T);
+  }
+  void copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t ncols, bool accumulate) override {
+    Scope scope_(this, "copy_columns");
+    inner_.copy_columns(dst, dst_col, src, src_col, ncols, accumulate);
+  }
+  void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) override {
+    Scope scope_(this, "cross_entropy_fwd");
+    inner_.cross_entropy_fwd(losses, logits, targets);
+  }
+  void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets, double scale) override {
+    Scope scope_(this, "cross_entropy_bwd");
+    inner_.cross_entropy_bwd(dlogits, logits, targets, scale);
+  }
+  void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& h) override {
+    Scope scope_(this, "adamw");
+    inner_.adamw(param, grad, m, v, h);
+  }
+  void convert(Tensor& dst, const Tensor& src) override {
+    Scope scope_(this, "convert");
+    inner_.convert(dst, src);
+  }
+
+ private:
+  Backend& inner_;
+  int depth_ = 0;
+};
+
+bool g_active = false;
+std::unique_ptr<ProfilingBackend> g_wrap[2];
+
+}  // namespace
+
+void Profiler::start() {
+  device_marks_reset();
+  g_wrap[0] = std::make_unique<ProfilingBackend>(cpu_backend());
+  g_wrap[1].reset();
+  if (cuda_available()) {
+    g_active = false;  // ask for the real CUDA backend, not a wrapper
+    g_wrap[1] = std::make_unique<ProfilingBackend>(backend(Device::CUDA));
+  }
+  g_active = true;
+}
+
+std::vector<ProfileRow> Profiler::stop() {
+  g_active = false;
+  device_synchronize();
+  std::map<std::string, ProfileRow> by_name;
+  for (auto& w : g_wrap) {
+    if (!w) continue;
+    for (const Interval& iv : w->intervals) {
+      ProfileRow& r = by_name[iv.name];
+      r.name = iv.name;
+      r.total_ms += device_elapsed_ms(iv.begin, iv.end);
+      ++r.calls;
+    }
+  }
+  std::vector<ProfileRow> rows;
+  for (auto& [n, r] : by_name) rows.push_back(r);
+  std::sort(rows.begin(), rows.end(),
+            [](const ProfileRow& a, const ProfileRow& b) { return a.total_ms > b.total_ms; });
+  g_wrap[0].reset();
+  g_wrap[1].reset();
+  device_marks_reset();
+  return rows;
+}
+
+Backend* Profiler::active(Device d) {
+  if (!g_active) return nullptr;
+  return g_wrap[d == Device::CPU ? 0 : 1].get();
+}
+
+}  // namespace oft::ops

@@ -1,0 +1,203 @@
+// `oft bench` (see bench.h). Synthetic uniform tokens stand in for data, so the benchmark needs
+// no shards; the model, optimizer and step are exactly those of `oft train`.
+#include "train/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "core/rng.h"
+#include "model/transformer.h"
+#include "ops/ops.h"
+#include "ops/profiler.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
+
+namespace oft {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Uniform random tokens [B, T] (and masked-LM targets: 15% of positions, others -1).
+void synthetic_batch(Rng& rng, int64_t B, int64_t T, int64_t V, bool mlm, Tensor& in, Tensor& tg) {
+  in = Tensor::empty({B, T}, DType::I32);
+  tg = Tensor::empty({B, T}, DType::I32);
+  int32_t* pi = in.data<int32_t>();
+  int32_t* pt = tg.data<int32_t>();
+  for (int64_t i = 0; i < B * T; ++i) pi[i] = static_cast<int32_t>(rng.next_u64() % uint64_t(V));
+  for (int64_t i = 0; i < B * T; ++i) {
+    if (mlm)
+      pt[i] = rng.uniform() < 0.15 ? pi[i] : -1;
+    else
+      pt[i] = (i + 1) % T == 0 ? -1 : pi[i + 1];
+  }
+}
+
+}  // namespace
+
+double measure_matmul_peak(int64_t n, int reps) {
+  if (!ops::cuda_available()) return 0;
+  // Random (not zero) operands: zeros run measurably faster than real data.
+  Tensor host = Tensor::empty({n, n}, DType::F32);
+  float* p = host.data<float>();
+  uint64_t s = 0x9E3779B97F4A7C15ull;
+  for (int64_t i = 0; i < n * n; ++i) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    p[i] = static_cast<float>(static_cast<int64_t>(s >> 40) - (1 << 23)) / float(1 << 23);
+  }
+  Tensor a32 = host.to(Device::CUDA);
+  Tensor a = Tensor::empty({n, n}, DType::BF16, Device::CUDA);
+  Tensor b = Tensor::empty({n, n}, DType::BF16, Device::CUDA);
+  Tensor c = Tensor::empty({n, n}, DType::BF16, Device::CUDA);
+  ops::convert(a, a32);
+  ops::convert(b, a32);
+  for (int i = 0; i < 3; ++i) ops::matmul(c, a, false, b, true);
+  ops::device_synchronize();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = Clock::now();
+    ops::matmul(c, a, false, b, true);
+    ops::device_synchronize();
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return 2.0 * double(n) * double(n) * double(n) / median(t) / 1e12;
+}
+
+BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
+  set_cpu_threads(cfg.train.threads);
+  const TrainConfig& tc = cfg.train;
+  OFT_CHECK(cfg.model.vocab_size > 0, "oft bench: model.vocab_size is 0 (taken from the shard in "
+                                      "training); set it, e.g. model.vocab_size=50257");
+  OFT_CHECK(opt.steps >= 1 && opt.warmup >= 0, "oft bench: --steps must be >= 1 and --warmup >= 0");
+  const Device device = parse_device(tc.device);
+  const int64_t B = tc.batch_size, T = cfg.data.seq_len, V = cfg.model.vocab_size;
+  const bool mlm = cfg.model.objective == "mlm";
+  TransformerLM model(cfg.model, compute_dtype(tc, device), device, T);
+  model.init_weights(static_cast<uint64_t>(tc.seed));
+  AdamW adam(model.params(), tc);
+
+  Rng rng(static_cast<uint64_t>(tc.seed));
+  std::vector<Tensor> inputs, targets;
+  for (int i = 0; i < 2; ++i) {
+    Tensor in, tg;
+    synthetic_batch(rng, B, T, V, mlm, in, tg);
+    inputs.push_back(in.to(device));
+    targets.push_back(tg.to(device));
+  }
+  BenchResult r;
+  int64_t step_no = 0;
+  auto step = [&]() {
+    model.params().zero_grad();
+    double loss = 0;
+    for (int64_t m = 0; m < tc.grad_accum; ++m) {
+      const size_t k = static_cast<size_t>(step_no * tc.grad_accum + m) % inputs.size();
+      loss += model.forward(inputs[k], targets[k], Tensor()) / double(tc.grad_accum);
+      model.backward(1.0 / double(tc.grad_accum));
+    }
+    const double gnorm = adam.grad_norm();
+    const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
+    adam.step(tc.lr, clip);
+    ++step_no;
+    return loss;
+  };
+  for (int64_t i = 0; i < opt.warmup; ++i) step();
+  ops::device_synchronize();
+  ops::reset_peak_device_memory();
+  std::vector<double> times;
+  for (int64_t i = 0; i < opt.steps; ++i) {
+    const auto t0 = Clock::now();
+    const double loss = step();
+    ops::device_synchronize();
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    if (i == 0) r.loss_first = loss;
+    r.loss_last = loss;
+  }
+  const ops::DeviceMemory mem = ops::device_memory();
+
+  r.device = device_name(device);
+  r.dtype = dtype_name(model.dtype());
+  r.params = model.params().numel();
+  r.batch = B;
+  r.seq_len = T;
+  r.tokens_per_step = B * T * tc.grad_accum;
+  r.step_ms = median(times) * 1e3;
+  r.tokens_per_s = double(r.tokens_per_step) / median(times);
+  // Matmul parameters: everything but the position / token-type tables and the vectors; the
+  // tied output layer counts once more (it is a V x C product per token). Attention: QK^T and
+  // PV are 2 * 2 * T * C per token per layer for full attention, half of it when causal.
+  const double C = double(cfg.model.d_model), L = double(cfg.model.n_layer);
+  double matmul_params = 0;
+  for (const Param& p : model.params().all())
+    if (p.matrix && p.name != "wpe.weight" && p.name != "wtt.weight") matmul_params += double(p.value.numel());
+  const double attn = 4.0 * double(T) * C * L * (cfg.model.causal() ? 0.5 : 1.0);
+  r.flops_per_token = 6.0 * matmul_params + 3.0 * attn;
+  r.tflops = r.flops_per_token * r.tokens_per_s / 1e12;
+  if (opt.measure_peak && device == Device::CUDA) {
+    r.peak_tflops = measure_matmul_peak();
+    r.mfu = r.peak_tflops > 0 ? r.tflops / r.peak_tflops : 0;
+  }
+  r.peak_mem_gib = double(mem.peak) / double(1ull << 30);
+  r.reserved_gib = double(mem.reserved) / double(1ull << 30);
+  r.device_mem_gib = double(mem.total) / double(1ull << 30);
+
+  if (opt.profile) {
+    const int64_t prof_steps = std::max<int64_t>(3, opt.steps / 4);
+    ops::Profiler::start();
+    for (int64_t i = 0; i < prof_steps; ++i) step();
+    auto rows = ops::Profiler::stop();
+    for (const auto& row : rows) {
+      r.op_ms.emplace_back(row.name, row.total_ms / double(prof_steps));
+      r.op_calls.push_back(row.calls / prof_steps);
+    }
+  }
+  return r;
+}
+
+std::string bench_report(const std::string& name, const BenchResult& r) {
+  char buf[1024];
+  std::string s;
+  std::snprintf(buf, sizeof buf,
+                "oft bench %s | %s %s | %.1fM params | B=%lld T=%lld (%lld tokens/step)\n"
+                "step %.2f ms (median) | %.0f tokens/s | %.1f TFLOP/s model (%.0f FLOP/token)\n",
+                name.c_str(), r.device.c_str(), r.dtype.c_str(), double(r.params) / 1e6,
+                (long long)r.batch, (long long)r.seq_len, (long long)r.tokens_per_step, r.step_ms,
+                r.tokens_per_s, r.tflops, r.flops_per_token);
+  s += buf;
+  if (r.peak_tflops > 0) {
+    std::snprintf(buf, sizeof buf, "MFU %.1f%% of the measured bf16 peak %.0f TFLOP/s\n",
+                  100.0 * r.mfu, r.peak_tflops);
+    s += buf;
+  }
+  if (r.device == "cuda") {
+    std::snprintf(buf, sizeof buf, "peak memory %.2f GiB held by tensors (%.2f GiB reserved, device %.1f GiB)\n",
+                  r.peak_mem_gib, r.reserved_gib, r.device_mem_gib);
+    s += buf;
+  }
+  std::snprintf(buf, sizeof buf, "synthetic-data loss %.4f -> %.4f\n", r.loss_first, r.loss_last);
+  s += buf;
+  if (!r.op_ms.empty()) {
+    double total = 0;
+    for (const auto& [n, ms] : r.op_ms) total += ms;
+    s += "per-op device time per step (profiled steps):\n";
+    for (size_t i = 0; i < r.op_ms.size(); ++i) {
+      std::snprintf(buf, sizeof buf, "  %-22s %8.3f ms %5.1f%%  %6lld calls\n",
+                    r.op_ms[i].first.c_str(), r.op_ms[i].second,
+                    total > 0 ? 100.0 * r.op_ms[i].second / total : 0.0,
+                    (long long)r.op_calls[i]);
+      s += buf;
+    }
+    std::snprintf(buf, sizeof buf, "  %-22s %8.3f ms (sum of op times; the step is %.3f ms)\n",
+                  "total", total, r.step_ms);
+    s += buf;
+  }
+  return s;
+}
+
+}  // namespace oft
