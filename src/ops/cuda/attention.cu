@@ -1,15 +1,257 @@
-// STUB: not implemented yet (replaced by the real kernels).
+// Fused multi-head attention on the GPU: CudaBackend::attention_fwd / attention_bwd.
+//
+// Semantics are those of CpuBackend::attention_fwd / bwd (cpu_nn.cpp): S = QK^T / sqrt(D) with
+// the causal and padding masks, P = softmax, softmax1 (an extra virtual logit 0) or clipped
+// softmax (clip((zeta - gamma) softmax + gamma, 0, 1), gamma <= 0), out = P V; rows without a
+// visible key give 0. Unlike the CPU the probabilities are never stored: the forward keeps one
+// log-sum-exp per row and a copy of the output (see attention_common.cuh for the layout of
+// `saved`), and the backward recomputes P tile by tile (FlashAttention-2).
+//
+// Paths:
+// - evaluation with fake quantization or range capture: attention_quant.cu (exact CPU mirror);
+// - bf16 with D in {16, 32, 64, 128} and 16-byte aligned rows: tensor cores (attention_mma.cu);
+// - everything else (f32, other D up to 256): CUDA cores (attention_generic.cu).
+// This file validates, manages `saved`, and runs the two cheap backward helpers:
+//   row_term_kernel   D_i = factor * sum_d dO[i, d] * O[i, d] per (row, head)   [B*H*T] f32
+//   dq_store_kernel   dqkv[:, q columns] = dq_acc / sqrt(D) in the activation dtype
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_backend.h"
-#include "ops/cuda/cuda_common.cuh"
 
 namespace oft::ops {
+namespace {
 
-void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv, const Tensor& key_mask, int64_t B, int64_t T, const AttentionSpec& spec) {
-  fail("CUDA attention_fwd: not implemented yet");
+using cuda::attn::Args;
+
+// One warp per (token row, head): grid-stride over B*T*H warps.
+template <class T>
+__global__ void row_term_kernel(const T* __restrict__ dout, const T* __restrict__ osave,
+                                float* __restrict__ Dv, int64_t rows, int T_, int H, int D,
+                                float factor) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
+  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); w < rows * H;
+       w += warps) {
+    const int64_t n = w / H;  // token row b*T + t
+    const int h = int(w % H);
+    const int64_t off = n * int64_t(H) * D + int64_t(h) * D;
+    float s = 0.f;
+    for (int d = lane; d < D; d += 32) s += cuda::to_f32(dout[off + d]) * cuda::to_f32(osave[off + d]);
+    s = cuda::attn::warp_sum(s);
+    if (lane == 0) {
+      const int64_t b = n / T_, t = n % T_;
+      Dv[(b * H + h) * T_ + t] = factor * s;
+    }
+  }
 }
 
-void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T, const AttentionSpec& spec) {
-  fail("CUDA attention_bwd: not implemented yet");
+template <class T>
+__global__ void dq_store_kernel(T* __restrict__ dqkv, const float* __restrict__ acc, int64_t rows,
+                                int C, float scale) {
+  const int64_t total = rows * C;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = idx / C, c = idx % C;
+    dqkv[n * 3 * C + c] = cuda::from_f32<T>(acc[idx] * scale);
+  }
+}
+
+int grid_for(int64_t work, int per_block) {
+  const int64_t want = (work + per_block - 1) / per_block;
+  const int64_t cap = int64_t(cuda::sm_count()) * 32;
+  return int(std::max<int64_t>(1, std::min(want, cap)));
+}
+
+// Words of f32 in `saved`: L (padded to 16 bytes), then O in the activation dtype.
+struct SavedLayout {
+  int64_t l_words, o_words;
+  int64_t total() const { return l_words + o_words; }
+};
+SavedLayout saved_layout(int64_t B, int64_t T, int64_t H, int64_t C, DType dt) {
+  const int64_t l = (B * H * T + 3) / 4 * 4;
+  const int64_t o_bytes = B * T * C * int64_t(dtype_size(dt));
+  return {l, (o_bytes + 15) / 16 * 4};
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+struct Geometry {
+  int64_t C, H, D;
+};
+
+Geometry check_common(const char* op, const Tensor& qkv, const Tensor& key_mask, int64_t B,
+                      int64_t T, const AttentionSpec& spec) {
+  cuda::expect_float(qkv, op);
+  OFT_CHECK(B >= 1 && T >= 1, op, ": B and T must be positive (got B = ", B, ", T = ", T, ")");
+  OFT_CHECK(qkv.ndim() == 2 && qkv.dim(0) == B * T && qkv.dim(1) % 3 == 0, op,
+            ": qkv must be [B*T, 3C] = [", B * T, ", 3C]");
+  const int64_t C = qkv.dim(1) / 3, H = spec.n_head;
+  OFT_CHECK(H >= 1 && C % H == 0, op, ": model width ", C, " is not divisible by n_head = ", H);
+  OFT_CHECK(B * H <= INT32_MAX && T <= INT32_MAX / 2 && B * T * 3 * C < (int64_t(1) << 40), op,
+            ": problem too large");
+  if (key_mask.defined()) {
+    cuda::expect_dtype(key_mask, DType::I32, "attention key_mask");
+    OFT_CHECK(key_mask.numel() == B * T, op, ": key_mask must have B*T = ", B * T,
+              " entries, got ", key_mask.numel());
+  }
+  if (spec.prob == ProbFn::Clipped)
+    OFT_CHECK(spec.gamma <= 0.0, op, ": clipped softmax needs gamma <= 0 (got ", spec.gamma, ")");
+  return {C, H, C / H};
+}
+
+void expect_like(const Tensor& t, const Tensor& qkv, const Shape& shape, const char* what) {
+  cuda::expect_float(t, what);
+  OFT_CHECK(t.dtype() == qkv.dtype(), what, ": dtype ", dtype_name(t.dtype()),
+            " differs from qkv's ", dtype_name(qkv.dtype()));
+  OFT_CHECK(t.shape() == shape, what, ": wrong shape");
+}
+
+Args make_args(const Tensor& qkv, const Tensor& key_mask, int64_t B, int64_t T, const Geometry& g,
+               const AttentionSpec& spec) {
+  Args a;
+  a.qkv = qkv.raw();
+  a.mask = key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr;
+  a.B = int(B);
+  a.T = int(T);
+  a.H = int(g.H);
+  a.D = int(g.D);
+  a.C = int(g.C);
+  a.causal = spec.causal;
+  a.prob = spec.prob == ProbFn::Clipped    ? cuda::attn::kClipped
+           : spec.prob == ProbFn::Softmax1 ? cuda::attn::kSoftmax1
+                                           : cuda::attn::kSoftmax;
+  a.gamma = float(spec.gamma);
+  a.span = float(spec.zeta - spec.gamma);
+  a.scale = float(1.0 / std::sqrt(double(g.D)));
+  a.scale_log2 = float(1.4426950408889634 / std::sqrt(double(g.D)));
+  return a;
+}
+
+double decode_key(unsigned long long k) {
+  const unsigned long long u = (k >> 63) ? (k & ~(1ull << 63)) : ~k;
+  double d;
+  std::memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+}  // namespace
+
+void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
+                                const Tensor& key_mask, int64_t B, int64_t T,
+                                const AttentionSpec& spec) {
+  const char* op = "attention_fwd";
+  const Geometry g = check_common(op, qkv, key_mask, B, T, spec);
+  expect_like(out, qkv, {B * T, g.C}, "attention_fwd out");
+  Args a = make_args(qkv, key_mask, B, T, g, spec);
+  a.out = out.raw();
+
+  const bool quant = spec.score_quant.enabled || spec.prob_quant.enabled ||
+                     spec.score_range != nullptr || spec.prob_range != nullptr;
+  if (quant) {
+    // Evaluation-only: no backward follows, so `saved` is left alone.
+    cuda::attn::QuantArgs q;
+    q.score_q = spec.score_quant.enabled;
+    q.prob_q = spec.prob_quant.enabled;
+    q.score_range = spec.score_range != nullptr;
+    q.prob_range = spec.prob_range != nullptr;
+    q.s_delta = spec.score_quant.delta;
+    q.s_zp = spec.score_quant.zero_point;
+    q.s_qmin = spec.score_quant.qmin;
+    q.s_qmax = spec.score_quant.qmax;
+    q.p_delta = spec.prob_quant.delta;
+    q.p_zp = spec.prob_quant.zero_point;
+    q.p_qmin = spec.prob_quant.qmin;
+    q.p_qmax = spec.prob_quant.qmax;
+    q.gamma = spec.gamma;
+    q.zeta = spec.zeta;
+    Tensor keys = Tensor::empty({4}, DType::F64, Device::CUDA);  // 4 x 64-bit keys
+    const unsigned long long init[4] = {~0ull, 0ull, ~0ull, 0ull};
+    OFT_CUDA_CHECK(cudaMemcpyAsync(keys.raw(), init, sizeof init, cudaMemcpyHostToDevice,
+                                   cuda::stream()));
+    auto* dkeys = static_cast<unsigned long long*>(keys.raw());
+    cuda::attn::launch_fwd_quant(a, q, dkeys, qkv.dtype());
+    if (spec.score_range || spec.prob_range) {
+      unsigned long long host[4];
+      OFT_CUDA_CHECK(cudaMemcpyAsync(host, dkeys, sizeof host, cudaMemcpyDeviceToHost,
+                                     cuda::stream()));
+      cuda::synchronize();
+      if (spec.score_range) {
+        spec.score_range[0] = decode_key(host[0]);
+        spec.score_range[1] = decode_key(host[1]);
+      }
+      if (spec.prob_range) {
+        spec.prob_range[0] = decode_key(host[2]);
+        spec.prob_range[1] = decode_key(host[3]);
+      }
+    }
+    return;
+  }
+
+  const SavedLayout sl = saved_layout(B, T, g.H, g.C, qkv.dtype());
+  if (!saved.defined() || saved.device() != Device::CUDA || saved.dtype() != DType::F32 ||
+      saved.shape() != Shape{sl.total()})
+    saved = Tensor::empty({sl.total()}, DType::F32, Device::CUDA);
+  float* sbase = static_cast<float*>(saved.raw());
+  a.L = sbase;
+  a.osave = sbase + sl.l_words;
+
+  if (qkv.dtype() == DType::BF16 && cuda::attn::mma_supported(a.D) && aligned16(qkv.raw()) &&
+      aligned16(out.raw()) && aligned16(a.osave))
+    cuda::attn::launch_fwd_mma(a);
+  else
+    cuda::attn::launch_fwd_generic(a, qkv.dtype());
+}
+
+void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
+                                const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T,
+                                const AttentionSpec& spec) {
+  const char* op = "attention_bwd";
+  const Geometry g = check_common(op, qkv, key_mask, B, T, spec);
+  expect_like(dqkv, qkv, {B * T, 3 * g.C}, "attention_bwd dqkv");
+  expect_like(dout, qkv, {B * T, g.C}, "attention_bwd dout");
+  const SavedLayout sl = saved_layout(B, T, g.H, g.C, qkv.dtype());
+  cuda::expect_dtype(saved, DType::F32, "attention_bwd saved");
+  OFT_CHECK(saved.shape() == Shape{sl.total()}, op,
+            ": `saved` does not come from an attention_fwd of this shape and dtype (or that "
+            "forward used quantization / range capture)");
+  OFT_CHECK(!dqkv.same_storage(qkv) && !dqkv.same_storage(dout), op,
+            ": dqkv must not alias qkv or dout");
+
+  Args a = make_args(qkv, key_mask, B, T, g, spec);
+  a.dout = dout.raw();
+  a.dqkv = dqkv.raw();
+  float* sbase = static_cast<float*>(saved.raw());
+  a.L = sbase;
+  a.osave = sbase + sl.l_words;
+  Tensor Dv = Tensor::empty({B * g.H * T}, DType::F32, Device::CUDA);
+  a.Dv = static_cast<float*>(Dv.raw());
+  const float factor = spec.prob == ProbFn::Clipped ? a.span : 1.f;
+  const int64_t rows = B * T;
+
+  OFT_DISPATCH_FLOAT(qkv.dtype(), op, {
+    row_term_kernel<T><<<grid_for(rows * g.H, 8), 256, 0, cuda::stream()>>>(
+        static_cast<const T*>(a.dout), static_cast<const T*>(a.osave), a.Dv, rows, a.T, a.H,
+        a.D, factor);
+    OFT_CUDA_LAUNCH_CHECK();
+  });
+
+  const bool mma = qkv.dtype() == DType::BF16 && cuda::attn::mma_supported(a.D) &&
+                   aligned16(qkv.raw()) && aligned16(dout.raw()) && aligned16(dqkv.raw());
+  if (!mma) {
+    cuda::attn::launch_bwd_generic(a, qkv.dtype());
+    return;
+  }
+  Tensor acc = Tensor::empty({rows, g.C}, DType::F32, Device::CUDA);
+  a.dq_acc = static_cast<float*>(acc.raw());
+  OFT_CUDA_CHECK(cudaMemsetAsync(acc.raw(), 0, acc.nbytes(), cuda::stream()));
+  cuda::attn::launch_bwd_mma(a);
+  using Bf = __nv_bfloat16;
+  dq_store_kernel<Bf><<<grid_for(rows * g.C, 256), 256, 0, cuda::stream()>>>(
+      static_cast<Bf*>(a.dqkv), a.dq_acc, rows, a.C, a.scale);
+  OFT_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace oft::ops

@@ -1,0 +1,80 @@
+// Shared declarations of the fused attention kernels (attention.cu is the op entry point):
+// the argument block every kernel takes, the launchers of the three kernel families, and the
+// small device helpers they share.
+//
+//   attention_mma.cu      bf16 tensor-core FlashAttention-2 forward / backward (D = 16..128)
+//   attention_generic.cu  CUDA-core tiled forward / backward for f32 and any D <= 256
+//   attention_quant.cu    evaluation-only forward with fake quantization and range capture
+//
+// Layout (all kernels): qkv [B*T, 3C] (q | k | v, head h at columns h*D of each third),
+// out / dout [B*T, C], dqkv like qkv. Row statistics live in the backend-owned `saved` tensor:
+//   L  [B*H*T] f32: log2-domain log-sum-exp of the scaled scores x = (q.k) * log2(e) / sqrt(D),
+//      so p = exp2(x - L) is the exact probability (softmax1 folds in its virtual zero logit;
+//      +inf marks a softmax row with no visible key, so p = 0 there);
+//   O  [B*T, C] in the activation dtype: a copy of the output for softmax / softmax1, and for
+//      clipped softmax O2 = sum_j p_j [0 <= (zeta-gamma) p_j + gamma <= 1] v_j, so that the
+//      backward's row term D_i = sum_j p_j dp_j is factor * rowsum(dO * O) for every ProbFn
+//      (factor = zeta - gamma for clipped, 1 otherwise) without another pass over the keys.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/cuda/cuda_common.cuh"
+
+namespace oft::cuda::attn {
+
+enum Prob : int { kSoftmax = 0, kClipped = 1, kSoftmax1 = 2 };
+
+struct Args {
+  const void* qkv = nullptr;   // [B*T, 3C] act dtype
+  void* out = nullptr;         // [B*T, C] act dtype (forward)
+  const void* dout = nullptr;  // [B*T, C] act dtype (backward)
+  void* dqkv = nullptr;        // [B*T, 3C] act dtype (backward)
+  const int32_t* mask = nullptr;  // [B*T] or null; 0 = padding key
+  float* L = nullptr;          // [B*H*T] log2-domain LSE
+  void* osave = nullptr;       // [B*T, C] act dtype (O or O2)
+  float* Dv = nullptr;         // [B*H*T] backward row term D_i
+  float* dq_acc = nullptr;     // [B*T, C] f32 dQ accumulator (tensor-core backward)
+  int B = 0, T = 0, H = 0, D = 0, C = 0;
+  bool causal = true;
+  int prob = kSoftmax;
+  float gamma = 0.f, span = 1.f;  // clipped: p' = clip(span * p + gamma, 0, 1), span = zeta-gamma
+  float scale = 1.f;              // 1 / sqrt(D)
+  float scale_log2 = 1.f;         // log2(e) / sqrt(D)
+};
+
+// Fake quantization and range capture of the evaluation-only forward (doubles as on the CPU).
+struct QuantArgs {
+  bool score_q = false, prob_q = false, score_range = false, prob_range = false;
+  double s_delta = 1, s_zp = 0, s_qmin = 0, s_qmax = 255;
+  double p_delta = 1, p_zp = 0, p_qmin = 0, p_qmax = 255;
+  double gamma = 0, zeta = 1;
+};
+
+// Tensor-core path (bf16, D in {16, 32, 64, 128}, 16-byte aligned rows).
+bool mma_supported(int D);
+void launch_fwd_mma(const Args& a);
+void launch_bwd_mma(const Args& a);  // needs a.Dv and a zeroed a.dq_acc; writes k, v of dqkv
+
+// CUDA-core path (f32 or bf16, any D <= kGenericMaxD).
+constexpr int kGenericMaxD = 256;
+void launch_fwd_generic(const Args& a, DType dt);
+void launch_bwd_generic(const Args& a, DType dt);  // needs a.Dv; writes all of dqkv
+
+// Evaluation path: exact CPU semantics, one block per query row. ranges[4] holds order-preserving
+// integer keys of (score min, score max, prob min, prob max), initialised by the caller.
+void launch_fwd_quant(const Args& a, const QuantArgs& q, unsigned long long* ranges, DType dt);
+
+// ---- device helpers ----
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+}  // namespace oft::cuda::attn

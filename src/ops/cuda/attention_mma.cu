@@ -1,0 +1,642 @@
+// bf16 tensor-core FlashAttention-2 kernels (forward and backward) for head widths
+// D in {16, 32, 64, 128}. Nothing of size T x T touches global memory.
+//
+// Shapes: one CTA of 4 warps works on a 64 x 64 tile pair; every warp owns 16 rows of the
+// tile's M dimension. Products use mma.sync.m16n8k16 (bf16 in, f32 accumulate) with operands
+// fetched by ldmatrix from padded shared memory (row stride D + 8 elements, so the eight 16-byte
+// rows of one 8x8 ldmatrix block fall into distinct bank groups). Global -> shared copies are
+// 16-byte cp.async with zero fill past T.
+//
+// Fragment conventions of m16n8k16 (lane = 4 * g + t, g = lane / 4, t = lane % 4):
+//   A (16 x 16, row-major): reg0 = A[g][2t..2t+1], reg1 = A[g+8][2t..], reg2 = A[g][2t+8..],
+//                           reg3 = A[g+8][2t+8..]
+//   B (16 x 8, "col"):      reg0 = B[2t..2t+1][g], reg1 = B[2t+8..2t+9][g]
+//   C (16 x 8, f32):        c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]
+// so the C fragments of two neighbouring 8-column blocks are exactly the A fragment of the
+// next product (P of QK^T feeds PV without shared memory).
+//
+// Forward: grid (B*H, ceil(T/64)), query tiles in reverse order so the long causal rows start
+// first. Softmax / softmax1: one pass with the online softmax in registers. Clipped softmax:
+// pass 1 computes the row max and normaliser (QK^T only), pass 2 recomputes p = exp2(x - L)
+// exactly, clips it and accumulates P'V and the "unclipped part" O2 (see attention_common.cuh).
+// K and V of the next tile are prefetched while the current one is multiplied.
+//
+// Backward (FA2): grid (B*H, ceil(T/64) key tiles); each CTA keeps its 64 keys' dK, dV in
+// registers and loops over the query tiles (double-buffered Q, dO, L, D_i). Per query tile:
+// S^T = K Q^T, P, dV += P'^T dO, dP^T = V dO^T, dS = P (dp - D_i), dK += dS^T Q, and
+// dQ += dS K, accumulated into an f32 buffer with atomics (dS goes through shared memory
+// once, read back transposed by ldmatrix.trans).
+#include <cuda_bf16.h>
+
+#include "ops/cuda/attention_common.cuh"
+
+namespace oft::cuda::attn {
+namespace {
+
+using bf16 = __nv_bfloat16;
+constexpr int kTile = 64;      // query rows and keys per tile
+constexpr int kThreads = 128;  // 4 warps x 16 rows
+constexpr float kInf = __builtin_huge_valf();
+
+// ---- PTX wrappers ----
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy; copies zeros when !pred (src must still be a valid address).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
+  const int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(n));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool pred) {
+  const int n = pred ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+// c += a * b (16x8x16, bf16 inputs, f32 accumulators).
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Two floats as bf16x2 (lo in the low half = the lower column index).
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// ---- ldmatrix addressing (lane l supplies the row address of 8x8 block l / 8) ----
+// A operand 16x16 at (row0, col0) of a row-major [rows][ld] tile: blocks (r, c), (r+8, c),
+// (r, c+8), (r+8, c+8).
+__device__ __forceinline__ const bf16* a_addr(const bf16* s, int ld, int row0, int col0,
+                                              int lane) {
+  return s + (row0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + col0 + (lane >> 4) * 8;
+}
+// Two B operands (n-blocks n0, n0+8; k = col0..col0+15) where B[k][n] = S[n][k], i.e. the
+// tile is stored [n][k] (K for QK^T): r0, r1 -> n-block n0; r2, r3 -> n-block n0 + 8.
+__device__ __forceinline__ const bf16* bn_addr(const bf16* s, int ld, int n0, int k0, int lane) {
+  return s + (n0 + (lane >> 4) * 8 + (lane & 7)) * ld + k0 + ((lane >> 3) & 1) * 8;
+}
+// Two B operands where B[k][n] = S[k][n] (tile stored [k][n], e.g. V for PV), loaded with
+// .trans: k = k0..k0+15, n-blocks n0 (r0, r1) and n0 + 8 (r2, r3).
+__device__ __forceinline__ const bf16* bk_addr(const bf16* s, int ld, int k0, int n0, int lane) {
+  return s + (k0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * ld + n0 + (lane >> 4) * 8;
+}
+
+// 64 rows x D columns of a [rows, stride] bf16 matrix (rows r0.. of g) into s[64][D + 8].
+template <int D>
+__device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t stride, int r0, int T,
+                                          int tid) {
+  constexpr int CH = D / 8, LD = D + 8;
+  for (int idx = tid; idx < kTile * CH; idx += kThreads) {
+    const int row = idx / CH, ch = idx % CH, gr = r0 + row;
+    const bool ok = gr < T;
+    cp_async16(s + row * LD + ch * 8, g + int64_t(ok ? gr : 0) * stride + ch * 8, ok);
+  }
+}
+// Key validity flags of keys k0..k0+63 (0 past T or where the padding mask is 0).
+__device__ __forceinline__ void load_key_ok(int* s_ok, const int32_t* mask, int k0, int T,
+                                            int tid) {
+  if (tid < kTile) {
+    const int k = k0 + tid;
+    s_ok[tid] = (k < T && (mask == nullptr || mask[k] != 0)) ? 1 : 0;
+  }
+}
+
+template <int D>
+constexpr int fwd_smem_bytes() {
+  return 3 * kTile * (D + 8) * 2 + kTile * 4;
+}
+
+// ---------------------------------------------------------------- forward
+template <int D, int PROB>
+__global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Args a) {
+  constexpr int LD = D + 8, DB = D / 8, KS = D / 16, NB = kTile / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sK = sQ + kTile * LD;
+  bf16* sV = sK + kTile * LD;
+  int* sOk = reinterpret_cast<int*>(sV + kTile * LD);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kTile;
+  const int64_t stride = 3 * int64_t(C);
+  const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * D;
+  const bf16* gK = gQ + C;
+  const bf16* gV = gQ + 2 * C;
+  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const int n_kt = a.causal ? (min(q0 + kTile, T) - 1) / kTile + 1 : (T + kTile - 1) / kTile;
+  const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+
+  float o[DB][4], o2[PROB == kClipped ? DB : 1][4];
+#pragma unroll
+  for (int i = 0; i < DB; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+#pragma unroll
+  for (int i = 0; i < (PROB == kClipped ? DB : 1); ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o2[i][e] = 0.f;
+  float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f}, lse[2] = {0.f, 0.f};
+
+  load_tile<D>(sQ, gQ, stride, q0, T, tid);
+  constexpr int kPasses = PROB == kClipped ? 2 : 1;
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const bool with_v = PROB != kClipped || pass == 1;
+    // Every warp has passed the last barrier of the previous pass, so sK / sOk are free.
+    load_tile<D>(sK, gK, stride, 0, T, tid);
+    load_key_ok(sOk, mask, 0, T, tid);
+    cp_async_commit();
+    for (int kt = 0; kt < n_kt; ++kt) {
+      const int k0 = kt * kTile;
+      cp_async_wait_all();
+      __syncthreads();  // K[kt] (and Q) landed; every warp is done with V[kt-1]
+      if (with_v) {
+        load_tile<D>(sV, gV, stride, k0, T, tid);
+        cp_async_commit();
+      }
+      // S = Q K^T for this warp's 16 rows x 64 keys.
+      float s[NB][4];
+#pragma unroll
+      for (int i = 0; i < NB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[i][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t qa[4];
+        ldsm_x4(qa, a_addr(sQ, LD, warp * 16, ks * 16, lane));
+#pragma unroll
+        for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
+          uint32_t kb[4];
+          ldsm_x4(kb, bn_addr(sK, LD, nb2 * 16, ks * 16, lane));
+          mma(s[2 * nb2], qa, kb[0], kb[1]);
+          mma(s[2 * nb2 + 1], qa, kb[2], kb[3]);
+        }
+      }
+      // Scale into the log2 domain and mask (padding, causal, keys past T).
+      const bool need_mask = mask != nullptr || k0 + kTile > T || (a.causal && k0 + kTile - 1 > q0);
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[nb][e] * a.scale_log2;
+          if (need_mask) {
+            const int kl = nb * 8 + 2 * t4 + (e & 1);
+            const bool vis = sOk[kl] != 0 && (!a.causal || k0 + kl <= row[e >> 1]);
+            if (!vis) x = -kInf;
+          }
+          s[nb][e] = x;
+        }
+
+      if (PROB != kClipped || pass == 0) {
+        // Online softmax statistics (rows g and g + 8; the 4 lanes of a quad share a row).
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+          mx[0] = fmaxf(mx[0], fmaxf(s[nb][0], s[nb][1]));
+          mx[1] = fmaxf(mx[1], fmaxf(s[nb][2], s[nb][3]));
+        }
+        float mu[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+          mu[r] = mx[r] == -kInf ? 0.f : mx[r];
+          const float corr = exp2f(m[r] - mu[r]);
+          l[r] *= corr;
+          m[r] = mx[r];
+          if (PROB != kClipped) {
+#pragma unroll
+            for (int i = 0; i < DB; ++i) {
+              o[i][2 * r] *= corr;
+              o[i][2 * r + 1] *= corr;
+            }
+          }
+        }
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float p = exp2f(s[nb][e] - mu[e >> 1]);
+            l[e >> 1] += p;
+            s[nb][e] = p;
+          }
+      }
+
+      cp_async_wait_all();
+      __syncthreads();  // V[kt] landed; every warp is done with K[kt] and sOk
+      if (kt + 1 < n_kt) {
+        load_tile<D>(sK, gK, stride, k0 + kTile, T, tid);
+        load_key_ok(sOk, mask, k0 + kTile, T, tid);
+        cp_async_commit();
+      }
+      if (!with_v) continue;
+
+      if (PROB != kClipped) {
+        // O += P V
+#pragma unroll
+        for (int kk = 0; kk < NB / 2; ++kk) {
+          const uint32_t pa[4] = {pack(s[2 * kk][0], s[2 * kk][1]), pack(s[2 * kk][2], s[2 * kk][3]),
+                                  pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                  pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+          for (int db2 = 0; db2 < DB / 2; ++db2) {
+            uint32_t vb[4];
+            ldsm_x4_t(vb, bk_addr(sV, LD, kk * 16, db2 * 16, lane));
+            mma(o[2 * db2], pa, vb[0], vb[1]);
+            mma(o[2 * db2 + 1], pa, vb[2], vb[3]);
+          }
+        }
+      } else {
+        // Clipped pass 2: exact p, P' = clip(span p + gamma, 0, 1), P2 = p where unclipped.
+        float p2[NB][4];
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float p = exp2f(s[nb][e] - lse[e >> 1]);
+            const float raw = a.span * p + a.gamma;
+            s[nb][e] = fminf(fmaxf(raw, 0.f), 1.f);
+            p2[nb][e] = (raw >= 0.f && raw <= 1.f) ? p : 0.f;
+          }
+#pragma unroll
+        for (int kk = 0; kk < NB / 2; ++kk) {
+          const uint32_t pa[4] = {pack(s[2 * kk][0], s[2 * kk][1]), pack(s[2 * kk][2], s[2 * kk][3]),
+                                  pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                  pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+          const uint32_t pb[4] = {
+              pack(p2[2 * kk][0], p2[2 * kk][1]), pack(p2[2 * kk][2], p2[2 * kk][3]),
+              pack(p2[2 * kk + 1][0], p2[2 * kk + 1][1]), pack(p2[2 * kk + 1][2], p2[2 * kk + 1][3])};
+#pragma unroll
+          for (int db2 = 0; db2 < DB / 2; ++db2) {
+            uint32_t vb[4];
+            ldsm_x4_t(vb, bk_addr(sV, LD, kk * 16, db2 * 16, lane));
+            mma(o[2 * db2], pa, vb[0], vb[1]);
+            mma(o[2 * db2 + 1], pa, vb[2], vb[3]);
+            mma(o2[2 * db2], pb, vb[0], vb[1]);
+            mma(o2[2 * db2 + 1], pb, vb[2], vb[3]);
+          }
+        }
+      }
+    }
+    if (PROB == kClipped && pass == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        lse[r] = l[r] > 0.f ? m[r] + log2f(l[r]) : kInf;
+      }
+    }
+  }
+
+  // Normalise, store out and the saved copy (bf16x2 per lane), and L.
+  bf16* gO = static_cast<bf16*>(a.out);
+  bf16* gS = static_cast<bf16*>(a.osave);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float f = 1.f;
+    if (PROB != kClipped) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+      if (PROB == kSoftmax) {
+        lse[r] = l[r] > 0.f ? m[r] + log2f(l[r]) : kInf;
+        f = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      } else {  // softmax1: Z = 1 + sum exp, computed against M = max(m, 0) to avoid overflow
+        const float M = fmaxf(m[r], 0.f);
+        lse[r] = M + log2f(l[r] * exp2f(m[r] - M) + exp2f(-M));
+        f = exp2f((m[r] == -kInf ? 0.f : m[r]) - lse[r]);
+      }
+    }
+    if (row[r] >= T) continue;
+    const int64_t base = (int64_t(b) * T + row[r]) * C + h * D + 2 * t4;
+#pragma unroll
+    for (int i = 0; i < DB; ++i) {
+      *reinterpret_cast<uint32_t*>(gO + base + i * 8) = pack(o[i][2 * r] * f, o[i][2 * r + 1] * f);
+      if (PROB == kClipped)
+        *reinterpret_cast<uint32_t*>(gS + base + i * 8) = pack(o2[i][2 * r], o2[i][2 * r + 1]);
+      else
+        *reinterpret_cast<uint32_t*>(gS + base + i * 8) =
+            pack(o[i][2 * r] * f, o[i][2 * r + 1] * f);
+    }
+    if (t4 == 0) a.L[int64_t(bh) * T + row[r]] = lse[r];
+  }
+}
+
+// ---------------------------------------------------------------- backward
+template <int D>
+constexpr int bwd_smem_bytes() {
+  // sK, sV, 2 x sQ, 2 x sdO, sdS [64][72], 2 x sL, 2 x sD, sOk
+  return 6 * kTile * (D + 8) * 2 + kTile * (kTile + 8) * 2 + 4 * kTile * 4 + kTile * 4;
+}
+
+template <int D, int PROB>
+__global__ void __launch_bounds__(kThreads) bwd_mma_kernel(const Args a) {
+  constexpr int LD = D + 8, LDS = kTile + 8, DB = D / 8, KS = D / 16, NB = kTile / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* sK = reinterpret_cast<bf16*>(smem);
+  bf16* sV = sK + kTile * LD;
+  bf16* sQ = sV + kTile * LD;     // [2][64][LD]
+  bf16* sdO = sQ + 2 * kTile * LD;  // [2][64][LD]
+  bf16* sdS = sdO + 2 * kTile * LD;  // [64 keys][LDS]
+  float* sL = reinterpret_cast<float*>(sdS + kTile * LDS);  // [2][64]
+  float* sD = sL + 2 * kTile;                              // [2][64]
+  int* sOk = reinterpret_cast<int*>(sD + 2 * kTile);        // [64]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
+  const int k0 = blockIdx.y * kTile;
+  const int64_t stride = 3 * int64_t(C);
+  const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * D;
+  const bf16* gK = gQ + C;
+  const bf16* gV = gQ + 2 * C;
+  const bf16* gdO = static_cast<const bf16*>(a.dout) + int64_t(b) * T * C + h * D;
+  const float* gL = a.L + int64_t(bh) * T;
+  const float* gD = a.Dv + int64_t(bh) * T;
+  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const int n_qt = (T + kTile - 1) / kTile;
+  const int qt0 = a.causal ? blockIdx.y : 0;  // queries before the first key see none of them
+
+  auto load_q_tile = [&](int buf, int qt) {
+    const int q0 = qt * kTile;
+    load_tile<D>(sQ + buf * kTile * LD, gQ, stride, q0, T, tid);
+    load_tile<D>(sdO + buf * kTile * LD, gdO, C, q0, T, tid);
+    if (tid < kTile) {
+      const int q = q0 + tid;
+      cp_async4(sL + buf * kTile + tid, gL + (q < T ? q : 0), q < T);
+    } else {
+      const int q = q0 + tid - kTile;
+      cp_async4(sD + buf * kTile + tid - kTile, gD + (q < T ? q : 0), q < T);
+    }
+  };
+
+  load_tile<D>(sK, gK, stride, k0, T, tid);
+  load_tile<D>(sV, gV, stride, k0, T, tid);
+  load_key_ok(sOk, mask, k0, T, tid);
+  load_q_tile(0, qt0);
+  cp_async_commit();
+
+  float dk[DB][4], dv[DB][4];
+#pragma unroll
+  for (int i = 0; i < DB; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.f;
+  const int kl[2] = {warp * 16 + g, warp * 16 + g + 8};  // this thread's keys (tile-local)
+
+  for (int qt = qt0, it = 0; qt < n_qt; ++qt, ++it) {
+    const int buf = it & 1, q0 = qt * kTile;
+    cp_async_wait_all();
+    __syncthreads();  // tile qt landed; every warp is done with tile qt-1 and with sdS
+    if (qt + 1 < n_qt) {
+      load_q_tile(buf ^ 1, qt + 1);
+      cp_async_commit();
+    }
+    const bf16* cQ = sQ + buf * kTile * LD;
+    const bf16* cdO = sdO + buf * kTile * LD;
+    const float* cL = sL + buf * kTile;
+    const float* cD = sD + buf * kTile;
+
+    // S^T = K Q^T: this warp's 16 keys x 64 queries.
+    float st[NB][4];
+#pragma unroll
+    for (int i = 0; i < NB; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[i][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t ka[4];
+      ldsm_x4(ka, a_addr(sK, LD, warp * 16, ks * 16, lane));
+#pragma unroll
+      for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
+        uint32_t qb[4];
+        ldsm_x4(qb, bn_addr(cQ, LD, nb2 * 16, ks * 16, lane));
+        mma(st[2 * nb2], ka, qb[0], qb[1]);
+        mma(st[2 * nb2 + 1], ka, qb[2], qb[3]);
+      }
+    }
+    // P = exp2(x - L) on visible entries, 0 elsewhere.
+    const bool need_mask = mask != nullptr || k0 + kTile > T || q0 + kTile > T ||
+                           (a.causal && k0 + kTile - 1 > q0);
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ql = nb * 8 + 2 * t4 + (e & 1), k = kl[e >> 1];
+        bool vis = true;
+        if (need_mask)
+          vis = sOk[k] != 0 && q0 + ql < T && (!a.causal || k0 + k <= q0 + ql);
+        st[nb][e] = vis ? exp2f(st[nb][e] * a.scale_log2 - cL[ql]) : 0.f;
+      }
+    // dV += P'^T dO  (P' = P, or clip(span P + gamma) which is 0 where P = 0 as gamma <= 0).
+#pragma unroll
+    for (int kk = 0; kk < NB / 2; ++kk) {
+      float pc[2][4];
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float p = st[2 * kk + j][e];
+          pc[j][e] = PROB == kClipped ? fminf(fmaxf(a.span * p + a.gamma, 0.f), 1.f) : p;
+        }
+      const uint32_t pa[4] = {pack(pc[0][0], pc[0][1]), pack(pc[0][2], pc[0][3]),
+                              pack(pc[1][0], pc[1][1]), pack(pc[1][2], pc[1][3])};
+#pragma unroll
+      for (int db2 = 0; db2 < DB / 2; ++db2) {
+        uint32_t ob[4];
+        ldsm_x4_t(ob, bk_addr(cdO, LD, kk * 16, db2 * 16, lane));
+        mma(dv[2 * db2], pa, ob[0], ob[1]);
+        mma(dv[2 * db2 + 1], pa, ob[2], ob[3]);
+      }
+    }
+    // dP^T = V dO^T
+    float dpt[NB][4];
+#pragma unroll
+    for (int i = 0; i < NB; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dpt[i][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t va[4];
+      ldsm_x4(va, a_addr(sV, LD, warp * 16, ks * 16, lane));
+#pragma unroll
+      for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
+        uint32_t ob[4];
+        ldsm_x4(ob, bn_addr(cdO, LD, nb2 * 16, ks * 16, lane));
+        mma(dpt[2 * nb2], va, ob[0], ob[1]);
+        mma(dpt[2 * nb2 + 1], va, ob[2], ob[3]);
+      }
+    }
+    // dS = P (dp - D_i), dp = dP' (times span on the unclipped range for clipped softmax).
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ql = nb * 8 + 2 * t4 + (e & 1);
+        const float p = st[nb][e];
+        float dp = dpt[nb][e];
+        if (PROB == kClipped) {
+          const float raw = a.span * p + a.gamma;
+          dp = (raw >= 0.f && raw <= 1.f) ? dp * a.span : 0.f;
+        }
+        st[nb][e] = p * (dp - cD[ql]);
+      }
+    // dK += dS^T Q, and dS^T -> shared memory for dQ.
+#pragma unroll
+    for (int kk = 0; kk < NB / 2; ++kk) {
+      const uint32_t da[4] = {pack(st[2 * kk][0], st[2 * kk][1]), pack(st[2 * kk][2], st[2 * kk][3]),
+                              pack(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                              pack(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+      *reinterpret_cast<uint32_t*>(sdS + kl[0] * LDS + kk * 16 + 2 * t4) = da[0];
+      *reinterpret_cast<uint32_t*>(sdS + kl[1] * LDS + kk * 16 + 2 * t4) = da[1];
+      *reinterpret_cast<uint32_t*>(sdS + kl[0] * LDS + kk * 16 + 8 + 2 * t4) = da[2];
+      *reinterpret_cast<uint32_t*>(sdS + kl[1] * LDS + kk * 16 + 8 + 2 * t4) = da[3];
+#pragma unroll
+      for (int db2 = 0; db2 < DB / 2; ++db2) {
+        uint32_t qb[4];
+        ldsm_x4_t(qb, bk_addr(cQ, LD, kk * 16, db2 * 16, lane));
+        mma(dk[2 * db2], da, qb[0], qb[1]);
+        mma(dk[2 * db2 + 1], da, qb[2], qb[3]);
+      }
+    }
+    __syncthreads();  // sdS complete
+    // dQ (this warp's 16 queries x D) = dS K = (sdS)^T K, added into the f32 accumulator.
+    float dq[DB][4];
+#pragma unroll
+    for (int i = 0; i < DB; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dq[i][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < NB / 2; ++kk) {
+      // A[q][k] = sdS[k][q]: blocks (q, k), (q+8, k), (q, k+8), (q+8, k+8) read transposed.
+      uint32_t sa[4];
+      ldsm_x4_t(sa, sdS + (kk * 16 + (lane >> 4) * 8 + (lane & 7)) * LDS + warp * 16 +
+                        ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int db2 = 0; db2 < DB / 2; ++db2) {
+        uint32_t kb[4];
+        ldsm_x4_t(kb, bk_addr(sK, LD, kk * 16, db2 * 16, lane));
+        mma(dq[2 * db2], sa, kb[0], kb[1]);
+        mma(dq[2 * db2 + 1], sa, kb[2], kb[3]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = q0 + warp * 16 + g + 8 * r;
+      if (q >= T) continue;
+      float* dst = a.dq_acc + (int64_t(b) * T + q) * C + h * D + 2 * t4;
+#pragma unroll
+      for (int i = 0; i < DB; ++i) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        atomicAdd(reinterpret_cast<float2*>(dst + i * 8), make_float2(dq[i][2 * r], dq[i][2 * r + 1]));
+#else
+        atomicAdd(dst + i * 8, dq[i][2 * r]);
+        atomicAdd(dst + i * 8 + 1, dq[i][2 * r + 1]);
+#endif
+      }
+    }
+  }
+
+  // dK (scaled by 1/sqrt(D)) and dV into dqkv's k and v columns.
+  bf16* gdqkv = static_cast<bf16*>(a.dqkv);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int k = k0 + kl[r];
+    if (k >= T) continue;
+    bf16* dst = gdqkv + (int64_t(b) * T + k) * stride + C + h * D + 2 * t4;
+#pragma unroll
+    for (int i = 0; i < DB; ++i) {
+      *reinterpret_cast<uint32_t*>(dst + i * 8) =
+          pack(dk[i][2 * r] * a.scale, dk[i][2 * r + 1] * a.scale);
+      *reinterpret_cast<uint32_t*>(dst + C + i * 8) = pack(dv[i][2 * r], dv[i][2 * r + 1]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- launchers
+template <int D, int PROB>
+void fwd_launch(const Args& a) {
+  constexpr int smem = fwd_smem_bytes<D>();
+  static bool configured = false;
+  if (!configured) {
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(fwd_mma_kernel<D, PROB>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  const dim3 grid(a.B * a.H, (a.T + kTile - 1) / kTile);
+  fwd_mma_kernel<D, PROB><<<grid, kThreads, smem, stream()>>>(a);
+  OFT_CUDA_LAUNCH_CHECK();
+}
+
+template <int D, int PROB>
+void bwd_launch(const Args& a) {
+  constexpr int smem = bwd_smem_bytes<D>();
+  static bool configured = false;
+  if (!configured) {
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_mma_kernel<D, PROB>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  const dim3 grid(a.B * a.H, (a.T + kTile - 1) / kTile);
+  bwd_mma_kernel<D, PROB><<<grid, kThreads, smem, stream()>>>(a);
+  OFT_CUDA_LAUNCH_CHECK();
+}
+
+template <int D>
+void fwd_by_prob(const Args& a) {
+  switch (a.prob) {
+    case kSoftmax: return fwd_launch<D, kSoftmax>(a);
+    case kClipped: return fwd_launch<D, kClipped>(a);
+    default: return fwd_launch<D, kSoftmax1>(a);
+  }
+}
+template <int D>
+void bwd_by_prob(const Args& a) {
+  switch (a.prob) {
+    case kSoftmax: return bwd_launch<D, kSoftmax>(a);
+    case kClipped: return bwd_launch<D, kClipped>(a);
+    default: return bwd_launch<D, kSoftmax1>(a);
+  }
+}
+
+}  // namespace
+
+bool mma_supported(int D) { return D == 16 || D == 32 || D == 64 || D == 128; }
+
+void launch_fwd_mma(const Args& a) {
+  switch (a.D) {
+    case 16: return fwd_by_prob<16>(a);
+    case 32: return fwd_by_prob<32>(a);
+    case 64: return fwd_by_prob<64>(a);
+    case 128: return fwd_by_prob<128>(a);
+    default: fail("attention: no tensor-core kernel for head width ", a.D);
+  }
+}
+
+void launch_bwd_mma(const Args& a) {
+  switch (a.D) {
+    case 16: return bwd_by_prob<16>(a);
+    case 32: return bwd_by_prob<32>(a);
+    case 64: return bwd_by_prob<64>(a);
+    case 128: return bwd_by_prob<128>(a);
+    default: fail("attention: no tensor-core kernel for head width ", a.D);
+  }
+}
+
+}  // namespace oft::cuda::attn

@@ -1,0 +1,258 @@
+// Fused attention on the GPU vs the CPU oracle: forward output and backward dqkv for f32 and
+// bf16, every probability function (softmax, softmax1, two clipped softmaxes), causal and
+// bidirectional attention with padding masks (including rows that see no key at all), head
+// widths on the tensor-core path (16, 32, 64, 128) and off it (8, 24, 256), sequence lengths that
+// are not multiples of the 64-row tiles; the evaluation path with fake quantization and range
+// capture; `saved` reuse across shapes; and a timing report at the GPT-2 shape.
+//
+// Tolerances: tol_for(dtype) (1e-5 f32, 1e-2 bf16). For bf16 the kernels also round the
+// probabilities and dS to bf16 for the tensor-core products (as FlashAttention does); that adds
+// ~1e-3 relative error, well inside 1e-2 even for rows of 300 keys (the rounding errors are
+// independent per key and average out). Fake-quantized outputs in f32 are compared at 1e-3:
+// a score or probability that lies on a rounding boundary of the quantizer may round the other
+// way after a last-bit difference in the dot product, moving one probability by a whole step.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_test_util.h"
+
+namespace oft::cuda {
+cudaStream_t stream();  // the backend's stream (ops/cuda/cuda_common.cuh)
+}
+
+namespace oft::testing {
+namespace {
+
+using ops::AttentionSpec;
+using ops::ProbFn;
+
+struct Dims {
+  int64_t B, T, H, D;
+};
+struct ProbCase {
+  const char* name;
+  ProbFn prob;
+  double gamma, zeta;
+};
+const ProbCase kProbs[] = {{"softmax", ProbFn::Softmax, 0.0, 1.0},
+                           {"softmax1", ProbFn::Softmax1, 0.0, 1.0},
+                           {"clipped(-0.025:1)", ProbFn::Clipped, -0.025, 1.0},
+                           {"clipped(-0.1:1.1)", ProbFn::Clipped, -0.1, 1.1}};
+
+enum class Mode { Causal, BidirMasked, CausalMasked };
+const char* mode_name(Mode m) {
+  return m == Mode::Causal ? "causal" : (m == Mode::BidirMasked ? "bidirectional+mask" : "causal+mask");
+}
+
+// Padding mask [B*T]: the last sequence loses its last third and its first key (so with causal
+// attention its first row sees nothing), odd sequences lose their tail, even ones random keys.
+Tensor make_mask(int64_t B, int64_t T) {
+  const std::vector<double> r = randint({B * T}, 0, 100).to_vector();
+  std::vector<double> v(static_cast<size_t>(B * T), 1.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      double& x = v[static_cast<size_t>(b * T + t)];
+      if (b == B - 1)
+        x = (t == 0 || t >= T - T / 3) ? 0 : 1;
+      else if (b % 2 == 1)
+        x = t >= (2 * T) / 3 + 1 ? 0 : 1;
+      else
+        x = r[static_cast<size_t>(b * T + t)] < 12 ? 0 : 1;
+    }
+  return Tensor::from_vector({B * T}, v, DType::I32);
+}
+
+AttentionSpec make_spec(const Dims& d, const ProbCase& pc, Mode m) {
+  AttentionSpec s;
+  s.n_head = static_cast<int>(d.H);
+  s.causal = m != Mode::BidirMasked;
+  s.prob = pc.prob;
+  s.gamma = pc.gamma;
+  s.zeta = pc.zeta;
+  return s;
+}
+
+std::string label(DType dt, const Dims& d, const ProbCase& pc, Mode m) {
+  return std::string(dtype_label(dt)) + " B=" + std::to_string(d.B) + " T=" + std::to_string(d.T) +
+         " H=" + std::to_string(d.H) + " D=" + std::to_string(d.D) + " " + pc.name + " " +
+         mode_name(m);
+}
+
+// Forward and backward of one configuration on both backends; `gsaved` is the GPU's state
+// tensor (may come in defined, from another shape).
+void check_fwd_bwd(DType dt, const Dims& d, const ProbCase& pc, Mode m, Tensor& gsaved) {
+  SCOPED_TRACE(label(dt, d, pc, m));
+  const int64_t C = d.H * d.D, N = d.B * d.T;
+  const AttentionSpec spec = make_spec(d, pc, m);
+  const Tensor qkv = randn({N, 3 * C}, 1.5), dout = randn({N, C});
+  const Tensor mask = m == Mode::Causal ? Tensor() : make_mask(d.B, d.T);
+  const Tensor qkv_r = rounded(qkv, dt), dout_r = rounded(dout, dt);
+
+  auto& cpu = ops::cpu_backend();
+  Tensor out_ref = Tensor::empty({N, C}, DType::F32), saved_ref;
+  cpu.attention_fwd(out_ref, saved_ref, qkv_r, mask, d.B, d.T, spec);
+  Tensor dqkv_ref = Tensor::empty({N, 3 * C}, DType::F32);
+  cpu.attention_bwd(dqkv_ref, dout_r, qkv_r, saved_ref, mask, d.B, d.T, spec);
+
+  auto& gpu = ops::backend(Device::CUDA);
+  const Tensor gqkv = to_gpu(qkv, dt), gdout = to_gpu(dout, dt);
+  const Tensor gmask = mask.defined() ? mask.to(Device::CUDA) : Tensor();
+  Tensor gout = poisoned({N, C}, dt);
+  gpu.attention_fwd(gout, gsaved, gqkv, gmask, d.B, d.T, spec);
+  EXPECT_GPU_CLOSE(gout, out_ref, tol_for(dt));
+  Tensor gdqkv = poisoned({N, 3 * C}, dt);
+  gpu.attention_bwd(gdqkv, gdout, gqkv, gsaved, gmask, d.B, d.T, spec);
+  EXPECT_GPU_CLOSE(gdqkv, dqkv_ref, tol_for(dt));
+}
+
+// Tensor-core widths (bf16: mma path), an odd width and a tiny / wide one (generic path).
+const Dims kShapes[] = {{2, 128, 2, 64}, {1, 77, 3, 32}, {2, 200, 2, 16}, {1, 1, 1, 64},
+                        {1, 300, 2, 128}, {2, 50, 2, 24}, {3, 37, 2, 8},  {1, 70, 1, 256}};
+
+void check_all(DType dt) {
+  for (const Dims& d : kShapes)
+    for (const ProbCase& pc : kProbs)
+      for (Mode m : {Mode::Causal, Mode::BidirMasked, Mode::CausalMasked}) {
+        Tensor saved;
+        check_fwd_bwd(dt, d, pc, m, saved);
+      }
+}
+
+TEST(CudaAttention, ForwardBackwardMatchCpuF32) {
+  OFT_REQUIRE_CUDA();
+  check_all(DType::F32);
+}
+
+TEST(CudaAttention, ForwardBackwardMatchCpuBF16) {
+  OFT_REQUIRE_CUDA();
+  check_all(DType::BF16);
+}
+
+// Sequence lengths around the 64-row tile and multi-tile rows with every mask, bf16 fast path.
+TEST(CudaAttention, TileBoundariesBF16) {
+  OFT_REQUIRE_CUDA();
+  for (int64_t T : {63, 64, 65, 129, 192})
+    for (Mode m : {Mode::Causal, Mode::BidirMasked, Mode::CausalMasked}) {
+      Tensor saved;
+      check_fwd_bwd(DType::BF16, {2, T, 2, 64}, kProbs[0], m, saved);
+      check_fwd_bwd(DType::BF16, {1, T, 1, 32}, kProbs[3], m, saved);
+    }
+}
+
+// `saved` handed back in with another shape / dtype / probability function is reallocated.
+TEST(CudaAttention, SavedIsReusedAcrossShapes) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    Tensor saved;
+    check_fwd_bwd(dt, {2, 64, 2, 32}, kProbs[0], Mode::Causal, saved);
+    ASSERT_TRUE(saved.defined());
+    const int64_t first = saved.numel();
+    check_fwd_bwd(dt, {1, 100, 2, 64}, kProbs[2], Mode::BidirMasked, saved);
+    EXPECT_NE(saved.numel(), first);
+    check_fwd_bwd(dt, {2, 64, 2, 32}, kProbs[1], Mode::CausalMasked, saved);
+    EXPECT_EQ(saved.numel(), first);
+    check_fwd_bwd(dt, {2, 64, 2, 32}, kProbs[3], Mode::Causal, saved);  // same shape: reused
+  }
+}
+
+// Evaluation path: fake quantization of scores / probabilities and range capture.
+TEST(CudaAttention, QuantizedAndRangeForwardMatchCpu) {
+  OFT_REQUIRE_CUDA();
+  const Dims shapes[] = {{2, 70, 2, 32}, {1, 45, 3, 24}, {1, 1, 1, 16}};
+  const ProbCase probs[] = {kProbs[0], kProbs[1], kProbs[3]};
+  for (DType dt : {DType::F32, DType::BF16})
+    for (const Dims& d : shapes)
+      for (const ProbCase& pc : probs)
+        for (Mode m : {Mode::Causal, Mode::BidirMasked})
+          for (int variant = 0; variant < 3; ++variant) {
+            // 0: both quantizers + both ranges; 1: ranges only; 2: probability quantizer only
+            SCOPED_TRACE(label(dt, d, pc, m) + " variant " + std::to_string(variant));
+            const int64_t C = d.H * d.D, N = d.B * d.T;
+            AttentionSpec spec = make_spec(d, pc, m);
+            if (variant == 0) spec.score_quant = {true, 1.0 / 16, 0.0, -64.0, 63.0};
+            if (variant != 1) spec.prob_quant = {true, 1.0 / 256, 0.0, 0.0, 255.0};
+            double sr_cpu[2] = {0, 0}, pr_cpu[2] = {0, 0}, sr_gpu[2] = {0, 0}, pr_gpu[2] = {0, 0};
+            const Tensor qkv = randn({N, 3 * C}, 1.5);
+            const Tensor mask = m == Mode::Causal ? Tensor() : make_mask(d.B, d.T);
+            Tensor out_ref = Tensor::empty({N, C}, DType::F32), saved_ref;
+            if (variant != 2) {
+              spec.score_range = sr_cpu;
+              spec.prob_range = pr_cpu;
+            }
+            ops::cpu_backend().attention_fwd(out_ref, saved_ref, rounded(qkv, dt), mask, d.B,
+                                             d.T, spec);
+            if (variant != 2) {
+              spec.score_range = sr_gpu;
+              spec.prob_range = pr_gpu;
+            }
+            Tensor gout = poisoned({N, C}, dt), gsaved;
+            ops::backend(Device::CUDA)
+                .attention_fwd(gout, gsaved, to_gpu(qkv, dt),
+                               mask.defined() ? mask.to(Device::CUDA) : Tensor(), d.B, d.T, spec);
+            const double tol = variant == 1 ? tol_for(dt) : std::max(tol_for(dt), 1e-3);
+            EXPECT_GPU_CLOSE(gout, out_ref, tol);
+            if (variant != 2) {
+              for (int k = 0; k < 2; ++k) {
+                EXPECT_NEAR(sr_gpu[k], sr_cpu[k], tol_for(dt) * std::max(1.0, std::fabs(sr_cpu[k])))
+                    << "score range " << k;
+                EXPECT_NEAR(pr_gpu[k], pr_cpu[k], tol_for(dt) * std::max(1.0, std::fabs(pr_cpu[k])))
+                    << "prob range " << k;
+              }
+            }
+          }
+}
+
+// Timing at the GPT-2 small shape (B=16, T=1024, H=12, D=64, causal, bf16). Prints only.
+TEST(CudaAttentionBench, Timing) {
+  OFT_REQUIRE_CUDA();
+  const int64_t B = 16, T = 1024, H = 12, D = 64, C = H * D, N = B * T;
+  const Tensor qkv = to_gpu(randn({N, 3 * C}), DType::BF16);
+  const Tensor dout = to_gpu(randn({N, C}), DType::BF16);
+  Tensor out = Tensor::empty({N, C}, DType::BF16, Device::CUDA);
+  Tensor dqkv = Tensor::empty({N, 3 * C}, DType::BF16, Device::CUDA);
+  Tensor saved;
+  auto& gpu = ops::backend(Device::CUDA);
+  const double fwd_flops = 2.0 * 2.0 * B * H * double(T) * T * D / 2.0, bwd_flops = 2.5 * fwd_flops;
+  cudaEvent_t start, stop;
+  ASSERT_EQ(cudaEventCreate(&start), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&stop), cudaSuccess);
+  const int iters = 20;
+  for (const ProbCase& pc : {kProbs[0], kProbs[2]}) {
+    AttentionSpec spec = make_spec({B, T, H, D}, pc, Mode::Causal);
+    gpu.attention_fwd(out, saved, qkv, Tensor(), B, T, spec);  // warm-up
+    gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec);
+    ops::device_synchronize();
+    float ms_fwd = 0, ms_bwd = 0;
+    ASSERT_EQ(cudaEventRecord(start, cuda::stream()), cudaSuccess);
+    for (int i = 0; i < iters; ++i) gpu.attention_fwd(out, saved, qkv, Tensor(), B, T, spec);
+    ASSERT_EQ(cudaEventRecord(stop, cuda::stream()), cudaSuccess);
+    ASSERT_EQ(cudaEventSynchronize(stop), cudaSuccess);
+    ASSERT_EQ(cudaEventElapsedTime(&ms_fwd, start, stop), cudaSuccess);
+    ASSERT_EQ(cudaEventRecord(start, cuda::stream()), cudaSuccess);
+    for (int i = 0; i < iters; ++i) gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec);
+    ASSERT_EQ(cudaEventRecord(stop, cuda::stream()), cudaSuccess);
+    ASSERT_EQ(cudaEventSynchronize(stop), cudaSuccess);
+    ASSERT_EQ(cudaEventElapsedTime(&ms_bwd, start, stop), cudaSuccess);
+    ms_fwd /= iters;
+    ms_bwd /= iters;
+    std::printf("[attention bench] B=%lld T=%lld H=%lld D=%lld causal bf16 %-18s fwd %.3f ms "
+                "(%.1f TFLOP/s)  bwd %.3f ms (%.1f TFLOP/s)\n",
+                static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(H),
+                static_cast<long long>(D), pc.name, ms_fwd, fwd_flops / (ms_fwd * 1e-3) / 1e12,
+                ms_bwd, bwd_flops / (ms_bwd * 1e-3) / 1e12);
+    const std::vector<double> o = out.to_vector();
+    bool finite = true;
+    for (double x : o) finite = finite && std::isfinite(x);
+    EXPECT_TRUE(finite) << "non-finite attention output in the timing run";
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+}
+
+}  // namespace
+}  // namespace oft::testing
