@@ -1,0 +1,582 @@
+// GPU-vs-CPU checks of the dense CUDA ops: fill, add, axpy, scale, dot, convert, add_bias,
+// bias_grad, matmul, embedding_fwd/bwd, cross_entropy_fwd/bwd, adamw. Every op runs on fresh
+// random inputs in f32 and bf16 against the CPU backend on the same (bf16-rounded) values, over
+// shapes that are not multiples of the kernels' pack / tile sizes, with misaligned views (the
+// scalar fallbacks), the aliasing the CPU contract allows, and parameter gradients pre-filled
+// with random values (+= semantics).
+//
+// Tolerances: tol_for(dtype) of the output (cuda_test_util.h). Outputs that are f32 and computed
+// from values exactly representable in f32 (parameter gradients from bf16 inputs) use the f32
+// tolerance, except the bf16-operand / f32-accumulator matmul (see there).
+//
+// CudaDenseBench.Timing only prints timings of the GPT-2-sized matmuls and cross-entropy.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "cuda/cuda_test_util.h"
+
+namespace oft::cuda {
+cudaStream_t stream();  // the backend's stream (cuda_common.cuh)
+}
+
+namespace oft::testing {
+namespace {
+
+ops::Backend& gpu() { return ops::backend(Device::CUDA); }
+ops::Backend& cpu() { return ops::cpu_backend(); }
+
+const DType kDtypes[] = {DType::F32, DType::BF16};
+
+// A GPU copy (dtype d) of a CPU f32 tensor, placed one element past the start of its
+// allocation: its address is not 16-byte aligned, so the ops take their scalar paths.
+Tensor to_gpu_misaligned(const Tensor& cpu_f32, DType d) {
+  const int64_t n = cpu_f32.numel();
+  std::vector<double> v(static_cast<size_t>(n + 1), 0.0);
+  const std::vector<double> src = cpu_f32.to_vector();
+  for (int64_t i = 0; i < n; ++i) v[size_t(i + 1)] = src[size_t(i)];
+  const Tensor big = to_gpu(Tensor::from_vector({n + 1}, v, DType::F32), d);
+  return big.view({n + 1, 1}).slice(1, n + 1).view(cpu_f32.shape());
+}
+
+Tensor gpu_copy(const Tensor& cpu_f32, DType d, bool misaligned) {
+  return misaligned ? to_gpu_misaligned(cpu_f32, d) : to_gpu(cpu_f32, d);
+}
+
+Tensor constant(const Shape& s, double v) {
+  return Tensor::from_vector(s, std::vector<double>(size_t(shape_numel(s)), v));
+}
+
+// ---------------------------------------------------------------- elementwise
+
+TEST(CudaDense, Fill) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : kDtypes)
+    for (int64_t n : {1, 7, 4099, (1 << 20) + 3})
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " n=" << n << " mis=" << mis);
+        Tensor x = mis ? to_gpu_misaligned(randn({n}), d) : poisoned({n}, d);
+        gpu().fill(x, 0.37);
+        EXPECT_GPU_CLOSE(x, rounded(constant({n}, 0.37), d), tol_for(d));
+        gpu().fill(x, 0.0);
+        EXPECT_EQ(x.to_vector(), std::vector<double>(size_t(n), 0.0));
+      }
+}
+
+TEST(CudaDense, Scale) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : kDtypes)
+    for (int64_t n : {1, 7, 4099, (1 << 20) + 3})
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " n=" << n << " mis=" << mis);
+        const Tensor x = randn({n});
+        Tensor ref = rounded(x, d);
+        cpu().scale(ref, -1.7);
+        Tensor g = gpu_copy(x, d, mis);
+        gpu().scale(g, -1.7);
+        EXPECT_GPU_CLOSE(g, ref, tol_for(d));
+      }
+}
+
+TEST(CudaDense, AddIncludingInPlace) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : kDtypes)
+    for (int64_t n : {1, 7, 4099, (1 << 20) + 3})
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " n=" << n << " mis=" << mis);
+        const Tensor a = randn({n}), b = randn({n});
+        Tensor ref = Tensor::empty({n}, DType::F32);
+        cpu().add(ref, rounded(a, d), rounded(b, d));
+        const Tensor ga = gpu_copy(a, d, mis), gb = gpu_copy(b, d, false);
+        Tensor out = mis ? to_gpu_misaligned(randn({n}), d) : poisoned({n}, d);
+        gpu().add(out, ga, gb);
+        EXPECT_GPU_CLOSE(out, ref, tol_for(d));
+        // out aliasing a, then out aliasing b
+        Tensor ia = gpu_copy(a, d, mis);
+        gpu().add(ia, ia, gb);
+        EXPECT_GPU_CLOSE(ia, ref, tol_for(d));
+        Tensor ib = gpu_copy(b, d, mis);
+        gpu().add(ib, ga, ib);
+        EXPECT_GPU_CLOSE(ib, ref, tol_for(d));
+      }
+}
+
+TEST(CudaDense, AxpyEveryDtypeMix) {
+  OFT_REQUIRE_CUDA();
+  for (DType dy : kDtypes)
+    for (DType dx : kDtypes)
+      for (int64_t n : {1, 7, 4099, (1 << 20) + 3})
+        for (bool mis : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << "y " << dtype_label(dy) << " x " << dtype_label(dx)
+                                            << " n=" << n << " mis=" << mis);
+          const Tensor y = randn({n}), x = randn({n});
+          Tensor ref = rounded(y, dy);
+          cpu().axpy(ref, rounded(x, dx), -0.3);
+          Tensor gy = gpu_copy(y, dy, mis);
+          gpu().axpy(gy, gpu_copy(x, dx, false), -0.3);
+          EXPECT_GPU_CLOSE(gy, ref, tol_for(dy));
+        }
+  // y aliasing x: y += a * y
+  for (DType d : kDtypes) {
+    const Tensor y = randn({1001});
+    Tensor ref = rounded(y, d);
+    cpu().scale(ref, 1.25);
+    Tensor gy = to_gpu(y, d);
+    gpu().axpy(gy, gy, 0.25);
+    EXPECT_GPU_CLOSE(gy, ref, tol_for(d)) << dtype_label(d);
+  }
+}
+
+TEST(CudaDense, ConvertEveryDtypeMixIsExact) {
+  OFT_REQUIRE_CUDA();
+  for (DType ds : kDtypes)
+    for (DType dd : kDtypes)
+      for (int64_t n : {1, 7, 4099, (1 << 20) + 3})
+        for (bool mis : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << dtype_label(ds) << " -> " << dtype_label(dd)
+                                            << " n=" << n << " mis=" << mis);
+          const Tensor x = randn({n}, 3.0);
+          const Tensor ref = rounded(rounded(x, ds), dd);  // round to nearest even, as the CPU
+          Tensor out = mis ? to_gpu_misaligned(randn({n}), dd) : poisoned({n}, dd);
+          gpu().convert(out, gpu_copy(x, ds, false));
+          EXPECT_EQ(out.to_vector(), ref.to_vector());
+        }
+}
+
+TEST(CudaDense, DotMatchesCpuAndIsDeterministic) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : kDtypes)
+    for (int64_t n : {1, 5, 4099, (1 << 20) + 7, (1 << 23) + 1})
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " n=" << n << " mis=" << mis);
+        const Tensor a = rounded(randn({n}), d), b = rounded(randn({n}), d);
+        const double ref = cpu().dot(a, b);
+        const double norm = std::sqrt(cpu().dot(a, a) * cpu().dot(b, b));
+        const Tensor ga = gpu_copy(a, d, mis), gb = gpu_copy(b, d, mis);
+        const double got = gpu().dot(ga, gb);
+        // Inputs are exact in f32 for both dtypes: f32 accumulation error only, measured
+        // against ||a|| ||b|| (the dot itself may cancel to almost nothing).
+        EXPECT_LE(std::abs(got - ref), kTolF32 * norm) << got << " vs " << ref;
+        EXPECT_EQ(gpu().dot(ga, gb), got) << "the same call must give the same bits";
+        const double sq = gpu().dot(ga, ga), sq_ref = cpu().dot(a, a);
+        EXPECT_LE(std::abs(sq - sq_ref), kTolF32 * sq_ref);
+      }
+}
+
+TEST(CudaDense, AddBias) {
+  OFT_REQUIRE_CUDA();
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {1, 1}, {3, 7}, {64, 768}, {129, 1000}, {5, 50304}, {33, 8}, {2, 2304}};
+  for (DType d : kDtypes)
+    for (auto [N, C] : shapes)
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " N=" << N << " C=" << C
+                                          << " mis=" << mis);
+        const Tensor y = randn({N, C}), b = randn({C});
+        Tensor ref = rounded(y, d);
+        cpu().add_bias(ref, rounded(b, d));
+        Tensor gy = gpu_copy(y, d, mis);
+        gpu().add_bias(gy, to_gpu(b, d));
+        EXPECT_GPU_CLOSE(gy, ref, tol_for(d));
+      }
+}
+
+TEST(CudaDense, BiasGradAccumulates) {
+  OFT_REQUIRE_CUDA();
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {1, 5},     {7, 13},    {100, 768}, {2049, 1001}, {64, 8},
+      {16384, 768}, {300, 50304}, {1, 50304}, {513, 3}};
+  for (DType d : kDtypes)
+    for (auto [N, C] : shapes)
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " N=" << N << " C=" << C
+                                          << " mis=" << mis);
+        const Tensor dy = rounded(randn({N, C}), d), db0 = randn({C});
+        Tensor ref = db0.clone();
+        cpu().bias_grad(ref, dy);
+        Tensor gdb = to_gpu(db0, DType::F32);
+        gpu().bias_grad(gdb, gpu_copy(dy, d, mis));
+        // dbias is f32 and the bf16 inputs are exact in f32: f32 tolerance for both.
+        EXPECT_GPU_CLOSE(gdb, ref, kTolF32);
+      }
+}
+
+// ---------------------------------------------------------------- matmul
+
+struct MM {
+  int64_t M, N, K;
+};
+
+// Runs C = alpha op(A) op(B) + beta C on both backends and compares.
+void check_matmul(const MM& s, bool tA, bool tB, DType dab, DType dc, double alpha, double beta,
+                  double tol) {
+  SCOPED_TRACE(::testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " tA=" << tA
+                                    << " tB=" << tB << " AB " << dtype_label(dab) << " C "
+                                    << dtype_label(dc) << " alpha=" << alpha
+                                    << " beta=" << beta);
+  const Shape sa = tA ? Shape{s.K, s.M} : Shape{s.M, s.K};
+  const Shape sb = tB ? Shape{s.N, s.K} : Shape{s.K, s.N};
+  const Tensor a = rounded(randn(sa), dab), b = rounded(randn(sb), dab);
+  const Tensor c0 = rounded(randn({s.M, s.N}), dc);
+  Tensor ref = beta != 0.0 ? c0.clone() : Tensor::zeros({s.M, s.N}, DType::F32);
+  cpu().matmul(ref, a, tA, b, tB, alpha, beta);
+  Tensor gc = beta != 0.0 ? to_gpu(c0, dc) : poisoned({s.M, s.N}, dc);
+  gpu().matmul(gc, to_gpu(a, dab), tA, to_gpu(b, dab), tB, alpha, beta);
+  EXPECT_GPU_CLOSE(gc, ref, tol);
+}
+
+TEST(CudaDense, MatmulAllTransposesAndShapes) {
+  OFT_REQUIRE_CUDA();
+  const std::vector<MM> shapes = {{1, 1, 1},    {7, 5, 3},      {1, 64, 129},   {64, 64, 64},
+                                  {129, 65, 257}, {1, 768, 768}, {768, 1, 7},    {33, 2304, 768},
+                                  {129, 3072, 768}, {129, 768, 3072}};
+  for (DType d : kDtypes)
+    for (const MM& s : shapes)
+      for (bool tA : {false, true})
+        for (bool tB : {false, true}) {
+          check_matmul(s, tA, tB, d, d, 1.0, 0.0, tol_for(d));
+          check_matmul(s, tA, tB, d, d, 0.75, 0.5, tol_for(d));
+        }
+}
+
+TEST(CudaDense, MatmulF32AccumulatorFromBf16Operands) {
+  OFT_REQUIRE_CUDA();
+  // Weight gradients: C (f32) += A^T B from bf16 operands. The operands are exact in f32 and the
+  // products exact in the fp32 accumulator, so only the summation order differs from the CPU;
+  // 1e-4 leaves room for tensor-core accumulation order / split-K over long K.
+  const std::vector<MM> shapes = {{1, 1, 1}, {7, 5, 3}, {129, 65, 257}, {768, 2304, 300},
+                                  {64, 50, 1000}};
+  for (const MM& s : shapes)
+    for (bool tA : {false, true})
+      for (bool tB : {false, true}) {
+        check_matmul(s, tA, tB, DType::BF16, DType::F32, 1.0, 1.0, 1e-4);
+        check_matmul(s, tA, tB, DType::BF16, DType::F32, 0.5, 0.0, 1e-4);
+      }
+}
+
+TEST(CudaDense, MatmulRejectsBadShapes) {
+  OFT_REQUIRE_CUDA();
+  Tensor a = Tensor::zeros({4, 5}, DType::F32, Device::CUDA);
+  Tensor b = Tensor::zeros({6, 3}, DType::F32, Device::CUDA);
+  Tensor c = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
+  EXPECT_THROW(gpu().matmul(c, a, false, b, false, 1.0, 0.0), Error);
+  Tensor b16 = Tensor::zeros({5, 3}, DType::BF16, Device::CUDA);
+  EXPECT_THROW(gpu().matmul(c, a, false, b16, false, 1.0, 0.0), Error);  // A, B dtypes differ
+}
+
+// ---------------------------------------------------------------- embedding
+
+TEST(CudaDense, EmbeddingForward) {
+  OFT_REQUIRE_CUDA();
+  struct Case {
+    int64_t V, C, B, T, P, pos_offset;
+    bool with_wpe;
+  };
+  const std::vector<Case> cases = {{50, 768, 3, 5, 16, 2, true},  {50, 768, 3, 5, 16, 0, false},
+                                   {11, 13, 2, 7, 9, 1, true},    {11, 13, 2, 7, 9, 0, false},
+                                   {1000, 64, 4, 33, 40, 7, true}, {5, 1, 1, 1, 1, 0, true}};
+  for (DType d : kDtypes)
+    for (const Case& k : cases)
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " V=" << k.V << " C=" << k.C
+                                          << " T=" << k.T << " wpe=" << k.with_wpe
+                                          << " mis=" << mis);
+        const int64_t N = k.B * k.T;
+        const Tensor tokens = randint({k.B, k.T}, 0, int(k.V));
+        const Tensor wte = rounded(randn({k.V, k.C}), d), wpe = rounded(randn({k.P, k.C}), d);
+        Tensor ref = Tensor::empty({N, k.C}, DType::F32);
+        cpu().embedding_fwd(ref, tokens, wte, k.with_wpe ? wpe : Tensor(), k.T, k.pos_offset);
+        Tensor out = poisoned({N, k.C}, d);
+        gpu().embedding_fwd(out, tokens.to(Device::CUDA), gpu_copy(wte, d, mis),
+                            k.with_wpe ? to_gpu(wpe, d) : Tensor(), k.T, k.pos_offset);
+        EXPECT_GPU_CLOSE(out, ref, tol_for(d));
+      }
+}
+
+TEST(CudaDense, EmbeddingOutOfRangeTokenGivesNanRow) {
+  OFT_REQUIRE_CUDA();
+  const int64_t V = 20, C = 24, T = 4, N = 8;
+  std::vector<double> ids = {1, 2, 20, 3, -1, 5, 6, 19};  // rows 2 and 4 are invalid
+  const Tensor tokens = Tensor::from_vector({N}, ids, DType::I32);
+  std::vector<double> safe = ids;
+  safe[2] = 0;
+  safe[4] = 0;
+  for (DType d : kDtypes) {
+    const Tensor wte = rounded(randn({V, C}), d), wpe = rounded(randn({T, C}), d);
+    Tensor ref = Tensor::empty({N, C}, DType::F32);
+    cpu().embedding_fwd(ref, Tensor::from_vector({N}, safe, DType::I32), wte, wpe, T, 0);
+    Tensor out = poisoned({N, C}, d);
+    gpu().embedding_fwd(out, tokens.to(Device::CUDA), to_gpu(wte, d), to_gpu(wpe, d), T, 0);
+    const std::vector<double> g = out.to_vector(), r = ref.to_vector();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        const size_t i = size_t(n * C + c);
+        if (n == 2 || n == 4)
+          EXPECT_TRUE(std::isnan(g[i])) << dtype_label(d) << " row " << n;
+        else
+          EXPECT_NEAR(g[i], r[i], 0.02 * (1 + std::abs(r[i]))) << dtype_label(d) << " row " << n;
+      }
+    // The backward skips those rows instead of writing out of bounds.
+    Tensor dwte = Tensor::zeros({V, C}, DType::F32, Device::CUDA);
+    Tensor dout = to_gpu(randn({N, C}), d);
+    Tensor no_wpe;
+    gpu().embedding_bwd(dwte, no_wpe, dout, tokens.to(Device::CUDA), T, 0);
+    for (double x : dwte.to_vector()) EXPECT_TRUE(std::isfinite(x));
+  }
+}
+
+TEST(CudaDense, EmbeddingBackwardAccumulates) {
+  OFT_REQUIRE_CUDA();
+  struct Case {
+    int64_t V, C, N, T, P, pos_offset;
+    bool with_wpe;
+  };
+  // Small vocabularies so tokens repeat (concurrent atomics on one row); N not always a
+  // multiple of T (the CPU contract uses t = n % T).
+  const std::vector<Case> cases = {{7, 768, 15, 5, 16, 2, true},   {7, 768, 15, 5, 16, 0, false},
+                                   {3, 13, 17, 4, 9, 3, true},     {50, 64, 4 * 33, 33, 40, 7, true},
+                                   {1000, 36, 64, 64, 64, 0, true}, {2, 1, 3, 3, 3, 0, true}};
+  for (DType d : kDtypes)
+    for (const Case& k : cases)
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " V=" << k.V << " C=" << k.C
+                                          << " N=" << k.N << " T=" << k.T << " wpe=" << k.with_wpe
+                                          << " mis=" << mis);
+        const Tensor tokens = randint({k.N}, 0, int(k.V));
+        const Tensor dout = rounded(randn({k.N, k.C}), d);
+        const Tensor dwte0 = randn({k.V, k.C}), dwpe0 = randn({k.P, k.C});
+        Tensor rte = dwte0.clone(), rpe = k.with_wpe ? dwpe0.clone() : Tensor();
+        cpu().embedding_bwd(rte, rpe, dout, tokens, k.T, k.pos_offset);
+        Tensor gte = to_gpu(dwte0, DType::F32);
+        Tensor gpe = k.with_wpe ? to_gpu(dwpe0, DType::F32) : Tensor();
+        gpu().embedding_bwd(gte, gpe, gpu_copy(dout, d, mis), tokens.to(Device::CUDA), k.T,
+                            k.pos_offset);
+        // f32 gradients of values exact in f32: f32 tolerance for both dtypes.
+        EXPECT_GPU_CLOSE(gte, rte, kTolF32);
+        if (k.with_wpe) {
+          EXPECT_GPU_CLOSE(gpe, rpe, kTolF32);
+        }
+      }
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+struct CE {
+  int64_t N, V;
+};
+const std::vector<CE> kCeShapes = {{1, 1},   {3, 7},    {17, 129},  {5, 1000},
+                                   {4, 50257}, {3, 30522}, {2, 50304}, {64, 8}};
+
+// Targets in [0, V) with row 1 ignored (-1) when there is one.
+Tensor ce_targets(int64_t N, int64_t V) {
+  std::vector<double> t = randint({N}, 0, int(V)).to_vector();
+  if (N > 1) t[1] = -1;
+  return Tensor::from_vector({N}, t, DType::I32);
+}
+
+TEST(CudaDense, CrossEntropyForward) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : kDtypes)
+    for (const CE& s : kCeShapes)
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " N=" << s.N << " V=" << s.V
+                                          << " mis=" << mis);
+        const Tensor logits = rounded(randn({s.N, s.V}, 3.0), d);
+        const Tensor tg = ce_targets(s.N, s.V);
+        Tensor ref = Tensor::empty({s.N}, DType::F32);
+        cpu().cross_entropy_fwd(ref, logits, tg);
+        Tensor losses = poisoned({s.N}, DType::F32);
+        gpu().cross_entropy_fwd(losses, gpu_copy(logits, d, mis), tg.to(Device::CUDA));
+        EXPECT_GPU_CLOSE(losses, ref, tol_for(d));
+        if (s.N > 1) {
+          EXPECT_EQ(losses.to_vector()[1], 0.0) << "ignored row";
+        }
+      }
+}
+
+TEST(CudaDense, CrossEntropyBackwardIncludingInPlace) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : kDtypes)
+    for (const CE& s : kCeShapes)
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " N=" << s.N << " V=" << s.V
+                                          << " mis=" << mis);
+        const Tensor logits = rounded(randn({s.N, s.V}, 3.0), d);
+        const Tensor tg = ce_targets(s.N, s.V), gtg = tg.to(Device::CUDA);
+        const double scale = 1.0 / double(s.N);
+        Tensor ref = Tensor::empty({s.N, s.V}, DType::F32);
+        cpu().cross_entropy_bwd(ref, logits, tg, scale);
+        // Separate output (with mis: logits misaligned, dlogits aligned -> different phase).
+        Tensor dl = poisoned({s.N, s.V}, d);
+        gpu().cross_entropy_bwd(dl, gpu_copy(logits, d, mis), gtg, scale);
+        EXPECT_GPU_CLOSE(dl, ref, tol_for(d));
+        // In place: dlogits aliases logits.
+        Tensor inplace = gpu_copy(logits, d, mis);
+        gpu().cross_entropy_bwd(inplace, inplace, gtg, scale);
+        EXPECT_GPU_CLOSE(inplace, ref, tol_for(d));
+        if (s.N > 1) {
+          const std::vector<double> g = inplace.to_vector();
+          for (int64_t v = 0; v < s.V; ++v) ASSERT_EQ(g[size_t(s.V + v)], 0.0) << "ignored row";
+        }
+      }
+}
+
+TEST(CudaDense, CrossEntropyOutOfRangeTargetGivesNan) {
+  OFT_REQUIRE_CUDA();
+  const int64_t N = 3, V = 10;
+  const Tensor tg = Tensor::from_vector({N}, {2, 10, 4}, DType::I32);
+  for (DType d : kDtypes) {
+    const Tensor logits = to_gpu(randn({N, V}), d);
+    Tensor losses = poisoned({N}, DType::F32);
+    gpu().cross_entropy_fwd(losses, logits, tg.to(Device::CUDA));
+    const std::vector<double> l = losses.to_vector();
+    EXPECT_TRUE(std::isfinite(l[0]) && std::isfinite(l[2])) << dtype_label(d);
+    EXPECT_TRUE(std::isnan(l[1])) << dtype_label(d);
+  }
+}
+
+// ---------------------------------------------------------------- adamw
+
+TEST(CudaDense, AdamWSeveralStepsMatchCpu) {
+  OFT_REQUIRE_CUDA();
+  for (int64_t n : {1, 7, 4099, 1000003})
+    for (bool mis : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "n=" << n << " mis=" << mis);
+      Tensor p = randn({n}), m = randn({n}, 0.1), v;
+      {  // v >= 0: squares of N(0, 0.1^2)
+        std::vector<double> vv = randn({n}, 0.1).to_vector();
+        for (double& x : vv) x = x * x;
+        v = Tensor::from_vector({n}, vv);
+      }
+      Tensor gp = gpu_copy(p, DType::F32, mis), gm = gpu_copy(m, DType::F32, mis),
+             gv = gpu_copy(v, DType::F32, mis);
+      for (int64_t step = 1; step <= 5; ++step) {
+        ops::AdamWStep h;
+        h.lr = 3e-3 * double(step);
+        h.beta1 = 0.9;
+        h.beta2 = 0.95;
+        h.eps = 1e-8;
+        h.weight_decay = 0.1;
+        h.step = step;
+        h.grad_scale = step % 2 ? 0.5 : 1.0;
+        const Tensor g = randn({n});
+        cpu().adamw(p, g, m, v, h);
+        gpu().adamw(gp, gpu_copy(g, DType::F32, mis), gm, gv, h);
+      }
+      // Same f32 operations in the same order: agreement far below the f32 test tolerance.
+      EXPECT_GPU_CLOSE(gp, p, 1e-6);
+      EXPECT_GPU_CLOSE(gm, m, 1e-6);
+      EXPECT_GPU_CLOSE(gv, v, 1e-6);
+    }
+}
+
+// ---------------------------------------------------------------- timing (prints only)
+
+// Milliseconds per call of f over `iters` calls after warm-up, by CUDA events on the stream.
+template <class F>
+double time_ms(F&& f, int iters = 20) {
+  for (int i = 0; i < 3; ++i) f();
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  cudaEventRecord(a, cuda::stream());
+  for (int i = 0; i < iters; ++i) f();
+  cudaEventRecord(b, cuda::stream());
+  cudaEventSynchronize(b);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return double(ms) / iters;
+}
+
+// A GPU tensor of N(0, scale^2)-ish values: a random [rows_src, cols] block tiled over the rows.
+Tensor gpu_random(int64_t rows, int64_t cols, DType d, double scale) {
+  Tensor t = Tensor::empty({rows, cols}, d, Device::CUDA);
+  const int64_t block = std::min<int64_t>(rows, 64);
+  const Tensor src = to_gpu(randn({block, cols}, scale), d);
+  for (int64_t r = 0; r < rows; r += block) {
+    const int64_t e = std::min(rows, r + block);
+    Tensor dst = t.slice(r, e);
+    dst.copy_from(src.slice(0, e - r));
+  }
+  return t;
+}
+
+TEST(CudaDenseBench, Timing) {
+  OFT_REQUIRE_CUDA();
+  const DType bf = DType::BF16;
+  const int64_t N = 16384, C = 768, F = 3072, V = 50304;
+  struct Mat {
+    const char* name;
+    Tensor *c, *a, *b;
+    bool ta, tb;
+    double beta;
+  };
+  Tensor x = gpu_random(N, C, bf, 1.0), h = gpu_random(N, F, bf, 1.0);
+  Tensor wqkv = gpu_random(3 * C, C, bf, 0.02), wfc = gpu_random(F, C, bf, 0.02),
+         wproj = gpu_random(C, F, bf, 0.02), wte = gpu_random(V, C, bf, 0.02);
+  Tensor qkv = Tensor::empty({N, 3 * C}, bf, Device::CUDA), fc = Tensor::empty({N, F}, bf, Device::CUDA),
+         proj = Tensor::empty({N, C}, bf, Device::CUDA), logits = Tensor::empty({N, V}, bf, Device::CUDA);
+  Tensor dx = Tensor::empty({N, C}, bf, Device::CUDA);
+  Tensor dwqkv = Tensor::zeros({3 * C, C}, DType::F32, Device::CUDA),
+         dwfc = Tensor::zeros({F, C}, DType::F32, Device::CUDA),
+         dwproj = Tensor::zeros({C, F}, DType::F32, Device::CUDA),
+         dwte = Tensor::zeros({V, C}, DType::F32, Device::CUDA);
+  // Model layouts (layers.cpp / transformer.cpp): y = x w^T, dx = dy w, dw += dy^T x.
+  const std::vector<Mat> mats = {
+      {"qkv     [N,768]x[2304,768]^T", &qkv, &x, &wqkv, false, true, 0.0},
+      {"fc      [N,768]x[3072,768]^T", &fc, &x, &wfc, false, true, 0.0},
+      {"proj    [N,3072]x[768,3072]^T", &proj, &h, &wproj, false, true, 0.0},
+      {"head    [N,768]x[50304,768]^T", &logits, &x, &wte, false, true, 0.0},
+      {"dx fc   [N,3072]x[3072,768]", &dx, &h, &wfc, false, false, 0.0},
+      {"dhead   [N,50304]x[50304,768]", &dx, &logits, &wte, false, false, 0.0},
+      {"dW qkv  f32 += [N,2304]^T[N,768]", &dwqkv, &qkv, &x, true, false, 1.0},
+      {"dW fc   f32 += [N,3072]^T[N,768]", &dwfc, &fc, &x, true, false, 1.0},
+      {"dW proj f32 += [N,768]^T[N,3072]", &dwproj, &proj, &h, true, false, 1.0},
+      {"dwte    f32 += [N,50304]^T[N,768]", &dwte, &logits, &x, true, false, 1.0},
+  };
+  std::printf("[ timing ] bf16 matmuls, N = %lld rows (cuBLASLt, fp32 accumulation)\n",
+              static_cast<long long>(N));
+  for (const Mat& m : mats) {
+    const int64_t M = m.c->dim(0), NN = m.c->dim(1), K = m.ta ? m.a->dim(0) : m.a->dim(1);
+    const double ms = time_ms([&] { gpu().matmul(*m.c, *m.a, m.ta, *m.b, m.tb, 1.0, m.beta); });
+    std::printf("[ timing ]   %-36s %8.3f ms  %6.1f TFLOP/s\n", m.name, ms,
+                2.0 * double(M) * double(NN) * double(K) / (ms * 1e-3) / 1e12);
+  }
+  // Free the head tensors before the cross-entropy buffers.
+  logits = Tensor();
+  dwte = Tensor();
+  const int64_t Vce = 50257;
+  Tensor ce_logits = gpu_random(N, Vce, bf, 3.0);
+  const Tensor targets = randint({N}, 0, int(Vce)).to(Device::CUDA);
+  Tensor losses = Tensor::empty({N}, DType::F32, Device::CUDA);
+  const double fwd = time_ms([&] { gpu().cross_entropy_fwd(losses, ce_logits, targets); });
+  Tensor dlogits = Tensor::empty({N, Vce}, bf, Device::CUDA);
+  const double bwd =
+      time_ms([&] { gpu().cross_entropy_bwd(dlogits, ce_logits, targets, 1.0 / double(N)); });
+  const double gb = double(N) * double(Vce) * 2 / 1e9;
+  std::printf("[ timing ] cross-entropy bf16 [%lld, %lld]: fwd %.3f ms (%.0f GB/s), bwd %.3f ms "
+              "(%.0f GB/s incl. re-read), fwd+bwd %.3f ms\n",
+              static_cast<long long>(N), static_cast<long long>(Vce), fwd, gb / (fwd * 1e-3), bwd,
+              3 * gb / (bwd * 1e-3), fwd + bwd);
+  const double other = time_ms([&] {
+    gpu().cross_entropy_fwd(losses, ce_logits, targets);
+    gpu().cross_entropy_bwd(ce_logits, ce_logits, targets, 1e-30);  // in place, stays finite
+  });
+  std::printf("[ timing ]   fwd + in-place bwd: %.3f ms\n", other);
+  // Small ops at training sizes, for reference.
+  Tensor db = Tensor::zeros({F}, DType::F32, Device::CUDA);
+  const Tensor bias = to_gpu(randn({F}), bf);
+  const double t_bg = time_ms([&] { gpu().bias_grad(db, fc); });
+  const double t_ab = time_ms([&] { gpu().add_bias(fc, bias); });
+  std::printf("[ timing ] bias_grad [%lld,%d] bf16: %.3f ms; add_bias: %.3f ms\n",
+              static_cast<long long>(N), int(F), t_bg, t_ab);
+  SUCCEED();
+}
+
+}  // namespace
+}  // namespace oft::testing
