@@ -173,8 +173,8 @@ TEST(CudaDense, AddBias) {
   for (DType d : kDtypes)
     for (auto [N, C] : shapes)
       for (bool mis : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " N=" << N << " C=" << C
-                                          << " mis=" << mis);
+        SCOPED_TRACE(::testing::Message()
+                     << dtype_label(d) << " N=" << N << " C=" << C << " mis=" << mis);
         const Tensor y = randn({N, C}), b = randn({C});
         Tensor ref = rounded(y, d);
         cpu().add_bias(ref, rounded(b, d));
@@ -186,14 +186,14 @@ TEST(CudaDense, AddBias) {
 
 TEST(CudaDense, BiasGradAccumulates) {
   OFT_REQUIRE_CUDA();
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {
-      {1, 5},     {7, 13},    {100, 768}, {2049, 1001}, {64, 8},
-      {16384, 768}, {300, 50304}, {1, 50304}, {513, 3}};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 5},       {7, 13},    {100, 768},
+                                                           {2049, 1001}, {64, 8},    {16384, 768},
+                                                           {300, 50304}, {1, 50304}, {513, 3}};
   for (DType d : kDtypes)
     for (auto [N, C] : shapes)
       for (bool mis : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " N=" << N << " C=" << C
-                                          << " mis=" << mis);
+        SCOPED_TRACE(::testing::Message()
+                     << dtype_label(d) << " N=" << N << " C=" << C << " mis=" << mis);
         const Tensor dy = rounded(randn({N, C}), d), db0 = randn({C});
         Tensor ref = db0.clone();
         cpu().bias_grad(ref, dy);
@@ -215,8 +215,7 @@ void check_matmul(const MM& s, bool tA, bool tB, DType dab, DType dc, double alp
                   double tol) {
   SCOPED_TRACE(::testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " tA=" << tA
                                     << " tB=" << tB << " AB " << dtype_label(dab) << " C "
-                                    << dtype_label(dc) << " alpha=" << alpha
-                                    << " beta=" << beta);
+                                    << dtype_label(dc) << " alpha=" << alpha << " beta=" << beta);
   const Shape sa = tA ? Shape{s.K, s.M} : Shape{s.M, s.K};
   const Shape sb = tB ? Shape{s.N, s.K} : Shape{s.K, s.N};
   const Tensor a = rounded(randn(sa), dab), b = rounded(randn(sb), dab);
@@ -230,8 +229,8 @@ void check_matmul(const MM& s, bool tA, bool tB, DType dab, DType dc, double alp
 
 TEST(CudaDense, MatmulAllTransposesAndShapes) {
   OFT_REQUIRE_CUDA();
-  const std::vector<MM> shapes = {{1, 1, 1},    {7, 5, 3},      {1, 64, 129},   {64, 64, 64},
-                                  {129, 65, 257}, {1, 768, 768}, {768, 1, 7},    {33, 2304, 768},
+  const std::vector<MM> shapes = {{1, 1, 1},        {7, 5, 3},       {1, 64, 129}, {64, 64, 64},
+                                  {129, 65, 257},   {1, 768, 768},   {768, 1, 7},  {33, 2304, 768},
                                   {129, 3072, 768}, {129, 768, 3072}};
   for (DType d : kDtypes)
     for (const MM& s : shapes)
@@ -247,8 +246,8 @@ TEST(CudaDense, MatmulF32AccumulatorFromBf16Operands) {
   // Weight gradients: C (f32) += A^T B from bf16 operands. The operands are exact in f32 and the
   // products exact in the fp32 accumulator, so only the summation order differs from the CPU;
   // 1e-4 leaves room for tensor-core accumulation order / split-K over long K.
-  const std::vector<MM> shapes = {{1, 1, 1}, {7, 5, 3}, {129, 65, 257}, {768, 2304, 300},
-                                  {64, 50, 1000}};
+  const std::vector<MM> shapes = {
+      {1, 1, 1}, {7, 5, 3}, {129, 65, 257}, {768, 2304, 300}, {64, 50, 1000}};
   for (const MM& s : shapes)
     for (bool tA : {false, true})
       for (bool tB : {false, true}) {
@@ -275,15 +274,14 @@ TEST(CudaDense, EmbeddingForward) {
     int64_t V, C, B, T, P, pos_offset;
     bool with_wpe;
   };
-  const std::vector<Case> cases = {{50, 768, 3, 5, 16, 2, true},  {50, 768, 3, 5, 16, 0, false},
-                                   {11, 13, 2, 7, 9, 1, true},    {11, 13, 2, 7, 9, 0, false},
+  const std::vector<Case> cases = {{50, 768, 3, 5, 16, 2, true},   {50, 768, 3, 5, 16, 0, false},
+                                   {11, 13, 2, 7, 9, 1, true},     {11, 13, 2, 7, 9, 0, false},
                                    {1000, 64, 4, 33, 40, 7, true}, {5, 1, 1, 1, 1, 0, true}};
   for (DType d : kDtypes)
     for (const Case& k : cases)
       for (bool mis : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " V=" << k.V << " C=" << k.C
-                                          << " T=" << k.T << " wpe=" << k.with_wpe
-                                          << " mis=" << mis);
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " V=" << k.V << " C=" << k.C << " T="
+                                          << k.T << " wpe=" << k.with_wpe << " mis=" << mis);
         const int64_t N = k.B * k.T;
         const Tensor tokens = randint({k.B, k.T}, 0, int(k.V));
         const Tensor wte = rounded(randn({k.V, k.C}), d), wpe = rounded(randn({k.P, k.C}), d);
@@ -336,15 +334,16 @@ TEST(CudaDense, EmbeddingBackwardAccumulates) {
   };
   // Small vocabularies so tokens repeat (concurrent atomics on one row); N not always a
   // multiple of T (the CPU contract uses t = n % T).
-  const std::vector<Case> cases = {{7, 768, 15, 5, 16, 2, true},   {7, 768, 15, 5, 16, 0, false},
-                                   {3, 13, 17, 4, 9, 3, true},     {50, 64, 4 * 33, 33, 40, 7, true},
-                                   {1000, 36, 64, 64, 64, 0, true}, {2, 1, 3, 3, 3, 0, true}};
+  const std::vector<Case> cases = {
+      {7, 768, 15, 5, 16, 2, true},    {7, 768, 15, 5, 16, 0, false},
+      {3, 13, 17, 4, 9, 3, true},      {50, 64, 4 * 33, 33, 40, 7, true},
+      {1000, 36, 64, 64, 64, 0, true}, {2, 1, 3, 3, 3, 0, true}};
   for (DType d : kDtypes)
     for (const Case& k : cases)
       for (bool mis : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " V=" << k.V << " C=" << k.C
-                                          << " N=" << k.N << " T=" << k.T << " wpe=" << k.with_wpe
-                                          << " mis=" << mis);
+        SCOPED_TRACE(::testing::Message()
+                     << dtype_label(d) << " V=" << k.V << " C=" << k.C << " N=" << k.N
+                     << " T=" << k.T << " wpe=" << k.with_wpe << " mis=" << mis);
         const Tensor tokens = randint({k.N}, 0, int(k.V));
         const Tensor dout = rounded(randn({k.N, k.C}), d);
         const Tensor dwte0 = randn({k.V, k.C}), dwpe0 = randn({k.P, k.C});
@@ -367,7 +366,7 @@ TEST(CudaDense, EmbeddingBackwardAccumulates) {
 struct CE {
   int64_t N, V;
 };
-const std::vector<CE> kCeShapes = {{1, 1},   {3, 7},    {17, 129},  {5, 1000},
+const std::vector<CE> kCeShapes = {{1, 1},     {3, 7},     {17, 129},  {5, 1000},
                                    {4, 50257}, {3, 30522}, {2, 50304}, {64, 8}};
 
 // Targets in [0, V) with row 1 ignored (-1) when there is one.
@@ -382,8 +381,8 @@ TEST(CudaDense, CrossEntropyForward) {
   for (DType d : kDtypes)
     for (const CE& s : kCeShapes)
       for (bool mis : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " N=" << s.N << " V=" << s.V
-                                          << " mis=" << mis);
+        SCOPED_TRACE(::testing::Message()
+                     << dtype_label(d) << " N=" << s.N << " V=" << s.V << " mis=" << mis);
         const Tensor logits = rounded(randn({s.N, s.V}, 3.0), d);
         const Tensor tg = ce_targets(s.N, s.V);
         Tensor ref = Tensor::empty({s.N}, DType::F32);
@@ -402,8 +401,8 @@ TEST(CudaDense, CrossEntropyBackwardIncludingInPlace) {
   for (DType d : kDtypes)
     for (const CE& s : kCeShapes)
       for (bool mis : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " N=" << s.N << " V=" << s.V
-                                          << " mis=" << mis);
+        SCOPED_TRACE(::testing::Message()
+                     << dtype_label(d) << " N=" << s.N << " V=" << s.V << " mis=" << mis);
         const Tensor logits = rounded(randn({s.N, s.V}, 3.0), d);
         const Tensor tg = ce_targets(s.N, s.V), gtg = tg.to(Device::CUDA);
         const double scale = 1.0 / double(s.N);
@@ -519,8 +518,10 @@ TEST(CudaDenseBench, Timing) {
   Tensor x = gpu_random(N, C, bf, 1.0), h = gpu_random(N, F, bf, 1.0);
   Tensor wqkv = gpu_random(3 * C, C, bf, 0.02), wfc = gpu_random(F, C, bf, 0.02),
          wproj = gpu_random(C, F, bf, 0.02), wte = gpu_random(V, C, bf, 0.02);
-  Tensor qkv = Tensor::empty({N, 3 * C}, bf, Device::CUDA), fc = Tensor::empty({N, F}, bf, Device::CUDA),
-         proj = Tensor::empty({N, C}, bf, Device::CUDA), logits = Tensor::empty({N, V}, bf, Device::CUDA);
+  Tensor qkv = Tensor::empty({N, 3 * C}, bf, Device::CUDA),
+         fc = Tensor::empty({N, F}, bf, Device::CUDA),
+         proj = Tensor::empty({N, C}, bf, Device::CUDA),
+         logits = Tensor::empty({N, V}, bf, Device::CUDA);
   Tensor dx = Tensor::empty({N, C}, bf, Device::CUDA);
   Tensor dwqkv = Tensor::zeros({3 * C, C}, DType::F32, Device::CUDA),
          dwfc = Tensor::zeros({F, C}, DType::F32, Device::CUDA),
@@ -559,10 +560,11 @@ TEST(CudaDenseBench, Timing) {
   const double bwd =
       time_ms([&] { gpu().cross_entropy_bwd(dlogits, ce_logits, targets, 1.0 / double(N)); });
   const double gb = double(N) * double(Vce) * 2 / 1e9;
-  std::printf("[ timing ] cross-entropy bf16 [%lld, %lld]: fwd %.3f ms (%.0f GB/s), bwd %.3f ms "
-              "(%.0f GB/s incl. re-read), fwd+bwd %.3f ms\n",
-              static_cast<long long>(N), static_cast<long long>(Vce), fwd, gb / (fwd * 1e-3), bwd,
-              3 * gb / (bwd * 1e-3), fwd + bwd);
+  std::printf(
+      "[ timing ] cross-entropy bf16 [%lld, %lld]: fwd %.3f ms (%.0f GB/s), bwd %.3f ms "
+      "(%.0f GB/s incl. re-read), fwd+bwd %.3f ms\n",
+      static_cast<long long>(N), static_cast<long long>(Vce), fwd, gb / (fwd * 1e-3), bwd,
+      3 * gb / (bwd * 1e-3), fwd + bwd);
   const double other = time_ms([&] {
     gpu().cross_entropy_fwd(losses, ce_logits, targets);
     gpu().cross_entropy_bwd(ce_logits, ce_logits, targets, 1e-30);  // in place, stays finite

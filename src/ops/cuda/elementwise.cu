@@ -468,7 +468,8 @@ void CudaBackend::add_bias(Tensor& y, const Tensor& bias) {
     const int threads = static_cast<int>(std::min<int64_t>(kThreads, (cpacks + 31) / 32 * 32));
     const int64_t gx = cuda::ceil_div(cpacks, threads);
     const int64_t want = int64_t(std::max(cuda::sm_count(), 1)) * 2048 / threads;
-    const int64_t gy = std::max<int64_t>(1, std::min({N, cuda::ceil_div(want, gx), int64_t(65535)}));
+    const int64_t gy =
+        std::max<int64_t>(1, std::min({N, cuda::ceil_div(want, gx), int64_t(65535)}));
     const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
     if (vec)
       add_bias_kernel<T, kV><<<grid, threads, 0, cuda::stream()>>>(py, pb, N, C);
@@ -486,7 +487,8 @@ void CudaBackend::bias_grad(Tensor& dbias, const Tensor& dy) {
              " is not a whole number of rows of dbias ", shape_str(dbias.shape()));
   const int64_t N = dy.numel() / C;
   if (N == 0) return;
-  OFT_DISPATCH_FLOAT(dy.dtype(), "bias_grad", { bias_grad_impl<T>(ptr<float>(dbias), ptr<T>(dy), N, C); });
+  OFT_DISPATCH_FLOAT(dy.dtype(), "bias_grad",
+                     { bias_grad_impl<T>(ptr<float>(dbias), ptr<T>(dy), N, C); });
 }
 
 }  // namespace oft::ops
