@@ -101,8 +101,7 @@ __global__ void act_bwd_kernel(T* dx, const T* dy, const T* x, int64_t n) {
     const Pack<T, V> in = reinterpret_cast<const Pack<T, V>*>(x)[t];
     Pack<T, V> out;
 #pragma unroll
-    for (int i = 0; i < V; ++i)
-      out.v[i] = from_f32<T>(to_f32(g.v[i]) * act_df<A>(to_f32(in.v[i])));
+    for (int i = 0; i < V; ++i) out.v[i] = from_f32<T>(to_f32(g.v[i]) * act_df<A>(to_f32(in.v[i])));
     reinterpret_cast<Pack<T, V>*>(dx)[t] = out;
   }
   const int64_t tail = nv * V + t;
@@ -129,11 +128,20 @@ void launch_fwd(Activation a, T* y, const T* x, int64_t n) {
   const unsigned grid = grid_for(n, V);
   cudaStream_t st = cuda::stream();
   switch (a) {
-    case Activation::ReLU: act_fwd_kernel<T, V, Activation::ReLU><<<grid, kThreads, 0, st>>>(y, x, n); break;
-    case Activation::GELU_Tanh: act_fwd_kernel<T, V, Activation::GELU_Tanh><<<grid, kThreads, 0, st>>>(y, x, n); break;
-    case Activation::GELU_Erf: act_fwd_kernel<T, V, Activation::GELU_Erf><<<grid, kThreads, 0, st>>>(y, x, n); break;
-    case Activation::Sigmoid: act_fwd_kernel<T, V, Activation::Sigmoid><<<grid, kThreads, 0, st>>>(y, x, n); break;
-    default: fail("CUDA activation_fwd: unknown activation ", static_cast<int>(a));
+    case Activation::ReLU:
+      act_fwd_kernel<T, V, Activation::ReLU><<<grid, kThreads, 0, st>>>(y, x, n);
+      break;
+    case Activation::GELU_Tanh:
+      act_fwd_kernel<T, V, Activation::GELU_Tanh><<<grid, kThreads, 0, st>>>(y, x, n);
+      break;
+    case Activation::GELU_Erf:
+      act_fwd_kernel<T, V, Activation::GELU_Erf><<<grid, kThreads, 0, st>>>(y, x, n);
+      break;
+    case Activation::Sigmoid:
+      act_fwd_kernel<T, V, Activation::Sigmoid><<<grid, kThreads, 0, st>>>(y, x, n);
+      break;
+    default:
+      fail("CUDA activation_fwd: unknown activation ", static_cast<int>(a));
   }
   OFT_CUDA_LAUNCH_CHECK();
 }
@@ -143,20 +151,29 @@ void launch_bwd(Activation a, T* dx, const T* dy, const T* x, int64_t n) {
   const unsigned grid = grid_for(n, V);
   cudaStream_t st = cuda::stream();
   switch (a) {
-    case Activation::ReLU: act_bwd_kernel<T, V, Activation::ReLU><<<grid, kThreads, 0, st>>>(dx, dy, x, n); break;
-    case Activation::GELU_Tanh: act_bwd_kernel<T, V, Activation::GELU_Tanh><<<grid, kThreads, 0, st>>>(dx, dy, x, n); break;
-    case Activation::GELU_Erf: act_bwd_kernel<T, V, Activation::GELU_Erf><<<grid, kThreads, 0, st>>>(dx, dy, x, n); break;
-    case Activation::Sigmoid: act_bwd_kernel<T, V, Activation::Sigmoid><<<grid, kThreads, 0, st>>>(dx, dy, x, n); break;
-    default: fail("CUDA activation_bwd: unknown activation ", static_cast<int>(a));
+    case Activation::ReLU:
+      act_bwd_kernel<T, V, Activation::ReLU><<<grid, kThreads, 0, st>>>(dx, dy, x, n);
+      break;
+    case Activation::GELU_Tanh:
+      act_bwd_kernel<T, V, Activation::GELU_Tanh><<<grid, kThreads, 0, st>>>(dx, dy, x, n);
+      break;
+    case Activation::GELU_Erf:
+      act_bwd_kernel<T, V, Activation::GELU_Erf><<<grid, kThreads, 0, st>>>(dx, dy, x, n);
+      break;
+    case Activation::Sigmoid:
+      act_bwd_kernel<T, V, Activation::Sigmoid><<<grid, kThreads, 0, st>>>(dx, dy, x, n);
+      break;
+    default:
+      fail("CUDA activation_bwd: unknown activation ", static_cast<int>(a));
   }
   OFT_CUDA_LAUNCH_CHECK();
 }
 
 void expect_like(const Tensor& t, const Tensor& ref, const char* what) {
   cuda::expect_float(t, what);
-  OFT_CHECK(t.numel() == ref.numel() && t.dtype() == ref.dtype(), what, ": ",
-            shape_str(t.shape()), " ", dtype_name(t.dtype()), " does not match ",
-            shape_str(ref.shape()), " ", dtype_name(ref.dtype()));
+  OFT_CHECK(t.numel() == ref.numel() && t.dtype() == ref.dtype(), what, ": ", shape_str(t.shape()),
+            " ", dtype_name(t.dtype()), " does not match ", shape_str(ref.shape()), " ",
+            dtype_name(ref.dtype()));
 }
 
 }  // namespace

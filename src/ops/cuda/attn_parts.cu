@@ -69,8 +69,8 @@ void expect_act(const Tensor& t, DType dt, const char* what) {
 }
 
 void expect_shape2(const Tensor& t, int64_t rows, int64_t cols, const char* what) {
-  OFT_CHECK(t.ndim() == 2 && t.dim(0) == rows && t.dim(1) == cols, what, ": expected [", rows,
-            ", ", cols, "], got ", shape_str(t.shape()));
+  OFT_CHECK(t.ndim() == 2 && t.dim(0) == rows && t.dim(1) == cols, what, ": expected [", rows, ", ",
+            cols, "], got ", shape_str(t.shape()));
 }
 
 // ------------------------------------------------------------------ grouped linear
@@ -171,8 +171,8 @@ __global__ void grouped_linear_dw_finish_kernel(float* dw, float* db, const floa
 
 // out[n, c] = x[n, c] * gate[n / rpg, c / D]; one pack of V columns (inside one head) per thread.
 template <class T, int V>
-__global__ void head_gate_kernel(T* out, const T* x, const T* gate, int64_t N, int C, int H,
-                                 int D, int64_t rpg) {
+__global__ void head_gate_kernel(T* out, const T* x, const T* gate, int64_t N, int C, int H, int D,
+                                 int64_t rpg) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int cv = C / V;
   if (t >= N * cv) return;
@@ -191,9 +191,8 @@ __global__ void head_gate_kernel(T* out, const T* x, const T* gate, int64_t N, i
 // [C]), then per head over its D columns (a warp per head). Writes dgate[r, h] directly when a
 // gate has one chunk (cpg == 1), else the f32 partial part[q * H + h].
 template <class T, int V>
-__global__ void head_gate_dgate_kernel(T* dgate, float* part, const T* dout, const T* x,
-                                       int64_t N, int C, int H, int D, int64_t rpg, int64_t RC,
-                                       int64_t cpg) {
+__global__ void head_gate_dgate_kernel(T* dgate, float* part, const T* dout, const T* x, int64_t N,
+                                       int C, int H, int D, int64_t rpg, int64_t RC, int64_t cpg) {
   extern __shared__ float colsum[];
   const int64_t q = blockIdx.x, r = q / cpg, k = q % cpg;
   const int64_t n0 = r * rpg + k * RC, n1 = std::min(r * rpg + rpg, n0 + RC);
@@ -276,8 +275,8 @@ __device__ __forceinline__ float scan_term(float v, int64_t i) {
 // sums[(b * nq + q) * C + c] = sum of the scanned terms of rows [q*L, min(T, (q+1)*L)) of
 // sequence b, column c; one thread per (b, q, pack of V columns). in: [B*T, C].
 template <class T, int V, bool BWD>
-__global__ void causal_chunk_sums_kernel(float* sums, const T* in, int64_t B, int64_t Tlen,
-                                         int C, int64_t nq) {
+__global__ void causal_chunk_sums_kernel(float* sums, const T* in, int64_t B, int64_t Tlen, int C,
+                                         int64_t nq) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int cv = C / V;
   if (t >= B * nq * cv) return;
@@ -299,8 +298,8 @@ __global__ void causal_chunk_sums_kernel(float* sums, const T* in, int64_t B, in
 // sum_{i >= j} in[b*T + i] / (i + 1). Each thread starts from the sums of the other chunks
 // (earlier ones for fwd, later ones for bwd) and scans its own chunk. out may alias in.
 template <class T, int V, bool BWD>
-__global__ void causal_scan_kernel(T* out, const T* in, const float* sums, int64_t B,
-                                   int64_t Tlen, int C, int64_t nq) {
+__global__ void causal_scan_kernel(T* out, const T* in, const float* sums, int64_t B, int64_t Tlen,
+                                   int C, int64_t nq) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int cv = C / V;
   if (t >= B * nq * cv) return;
@@ -330,13 +329,12 @@ template <class T, int V, bool BWD>
 void causal_scan(T* out, const T* in, int64_t B, int64_t Tlen, int C) {
   const int64_t nq = cuda::ceil_div(Tlen, kScanChunk);
   const int64_t threads = B * nq * (C / V);
-  float* sums =
-      static_cast<float*>(cuda::scratch(static_cast<size_t>(B * nq) * C * sizeof(float)));
-  causal_chunk_sums_kernel<T, V, BWD><<<blocks_for(threads), kThreads, 0, cuda::stream()>>>(
-      sums, in, B, Tlen, C, nq);
+  float* sums = static_cast<float*>(cuda::scratch(static_cast<size_t>(B * nq) * C * sizeof(float)));
+  causal_chunk_sums_kernel<T, V, BWD>
+      <<<blocks_for(threads), kThreads, 0, cuda::stream()>>>(sums, in, B, Tlen, C, nq);
   OFT_CUDA_LAUNCH_CHECK();
-  causal_scan_kernel<T, V, BWD><<<blocks_for(threads), kThreads, 0, cuda::stream()>>>(
-      out, in, sums, B, Tlen, C, nq);
+  causal_scan_kernel<T, V, BWD>
+      <<<blocks_for(threads), kThreads, 0, cuda::stream()>>>(out, in, sums, B, Tlen, C, nq);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
@@ -344,8 +342,8 @@ template <bool BWD>
 void causal_mean(Tensor& out, const Tensor& in, int64_t seq, const char* op) {
   cuda::expect_float(in, op);
   expect_act(out, in.dtype(), op);
-  OFT_CHECK(in.ndim() == 2 && seq > 0 && in.dim(0) % seq == 0, op, ": input ", shape_str(in.shape()),
-            " is not [B*T, C] with T = ", seq);
+  OFT_CHECK(in.ndim() == 2 && seq > 0 && in.dim(0) % seq == 0, op, ": input ",
+            shape_str(in.shape()), " is not [B*T, C] with T = ", seq);
   expect_shape2(out, in.dim(0), in.dim(1), op);
   const int64_t B = in.dim(0) / seq;
   const int C = static_cast<int>(in.dim(1));
@@ -391,8 +389,7 @@ GateShape check_gate(const Tensor& x, const Tensor& gate, int64_t rpg, const cha
   OFT_CHECK(x.ndim() == 2 && gate.ndim() == 2, op, ": x ", shape_str(x.shape()), " and gate ",
             shape_str(gate.shape()), " must be 2-D");
   GateShape s{x.dim(0), static_cast<int>(x.dim(1)), static_cast<int>(gate.dim(1)), 0, gate.dim(0)};
-  OFT_CHECK(s.H > 0 && s.C % s.H == 0, op, ": ", s.C, " columns do not split into ", s.H,
-            " heads");
+  OFT_CHECK(s.H > 0 && s.C % s.H == 0, op, ": ", s.C, " columns do not split into ", s.H, " heads");
   s.D = s.C / s.H;
   OFT_CHECK(rpg > 0 && s.R * rpg == s.N, op, ": gate rows ", s.R, " x rows_per_gate ", rpg,
             " != ", s.N, " rows");
@@ -416,8 +413,7 @@ void launch_head_gate(T* out, const T* x, const T* gate, const GateShape& s, int
 
 // ---------------------------------------------------------------------- ops
 
-void CudaBackend::grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w,
-                                     const Tensor& b) {
+void CudaBackend::grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
   const char* op = "grouped_linear_fwd";
   cuda::expect_float(x, op);
   expect_act(w, x.dtype(), op);
@@ -485,8 +481,8 @@ void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const T
   int64_t splits = std::min<int64_t>(want, cuda::ceil_div(N, RT));
   const int64_t rows_per_split = cuda::ceil_div(N, splits);
   splits = cuda::ceil_div(N, rows_per_split);
-  float* part = static_cast<float*>(
-      cuda::scratch(static_cast<size_t>(splits) * G * nout * sizeof(float)));
+  float* part =
+      static_cast<float*>(cuda::scratch(static_cast<size_t>(splits) * G * nout * sizeof(float)));
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
     if (dx.defined()) {
       grouped_linear_dx_kernel<T><<<blocks_for(N * G * I), kThreads, 0, cuda::stream()>>>(
@@ -499,9 +495,9 @@ void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const T
     OFT_CUDA_LAUNCH_CHECK();
   });
   grouped_linear_dw_finish_kernel<<<blocks_for(static_cast<int64_t>(G) * nout), kThreads, 0,
-                                    cuda::stream()>>>(
-      ptr<float>(dw), db.defined() ? ptr<float>(db) : nullptr, part, static_cast<int>(splits), G,
-      O, I);
+                                    cuda::stream()>>>(ptr<float>(dw),
+                                                      db.defined() ? ptr<float>(db) : nullptr, part,
+                                                      static_cast<int>(splits), G, O, I);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
@@ -534,9 +530,10 @@ void CudaBackend::head_gate_bwd(Tensor& dx, Tensor& dgate, const Tensor& dout, c
   const int64_t RC = std::max<int64_t>(
       1, std::min(rows_per_gate, cuda::ceil_div(s.N, 4 * static_cast<int64_t>(cuda::sm_count()))));
   const int64_t cpg = cuda::ceil_div(rows_per_gate, RC), chunks = s.R * cpg;
-  float* part = cpg > 1 ? static_cast<float*>(cuda::scratch(
-                              static_cast<size_t>(chunks) * s.H * sizeof(float)))
-                        : nullptr;
+  float* part =
+      cpg > 1
+          ? static_cast<float*>(cuda::scratch(static_cast<size_t>(chunks) * s.H * sizeof(float)))
+          : nullptr;
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
     constexpr int VEC = 16 / sizeof(T);
     const bool vec = s.C % VEC == 0 && aligned16(dout.raw()) && aligned16(x.raw());
@@ -545,15 +542,15 @@ void CudaBackend::head_gate_bwd(Tensor& dx, Tensor& dgate, const Tensor& dout, c
         static_cast<int>(std::clamp<int64_t>(cuda::ceil_div(s.C / V, 32) * 32, 32, kThreads));
     const size_t smem = static_cast<size_t>(s.C) * sizeof(float);
     if (vec)
-      head_gate_dgate_kernel<T, VEC><<<static_cast<unsigned>(chunks), threads, smem,
-                                       cuda::stream()>>>(ptr<T>(dgate), part, ptr<T>(dout),
-                                                         ptr<T>(x), s.N, s.C, s.H, s.D,
-                                                         rows_per_gate, RC, cpg);
+      head_gate_dgate_kernel<T, VEC>
+          <<<static_cast<unsigned>(chunks), threads, smem, cuda::stream()>>>(
+              ptr<T>(dgate), part, ptr<T>(dout), ptr<T>(x), s.N, s.C, s.H, s.D, rows_per_gate, RC,
+              cpg);
     else
-      head_gate_dgate_kernel<T, 1><<<static_cast<unsigned>(chunks), threads, smem,
-                                     cuda::stream()>>>(ptr<T>(dgate), part, ptr<T>(dout),
-                                                       ptr<T>(x), s.N, s.C, s.H, s.D,
-                                                       rows_per_gate, RC, cpg);
+      head_gate_dgate_kernel<T, 1>
+          <<<static_cast<unsigned>(chunks), threads, smem, cuda::stream()>>>(
+              ptr<T>(dgate), part, ptr<T>(dout), ptr<T>(x), s.N, s.C, s.H, s.D, rows_per_gate, RC,
+              cpg);
     OFT_CUDA_LAUNCH_CHECK();
     if (cpg > 1) {
       head_gate_dgate_finish_kernel<T><<<blocks_for(s.R * s.H), kThreads, 0, cuda::stream()>>>(
@@ -576,8 +573,8 @@ void CudaBackend::group_mean_fwd(Tensor& y, const Tensor& x, int64_t k) {
   expect_shape2(x, R * k, H, op);
   if (R * H == 0) return;
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
-    group_mean_fwd_kernel<T><<<blocks_for(R * H), kThreads, 0, cuda::stream()>>>(
-        ptr<T>(y), ptr<T>(x), R, H, k);
+    group_mean_fwd_kernel<T>
+        <<<blocks_for(R * H), kThreads, 0, cuda::stream()>>>(ptr<T>(y), ptr<T>(x), R, H, k);
     OFT_CUDA_LAUNCH_CHECK();
   });
 }
@@ -586,8 +583,8 @@ void CudaBackend::group_mean_bwd(Tensor& dx, const Tensor& dy, int64_t k) {
   const char* op = "group_mean_bwd";
   cuda::expect_float(dy, op);
   expect_act(dx, dy.dtype(), op);
-  OFT_CHECK(dy.ndim() == 2 && k > 0, op, ": dy ", shape_str(dy.shape()), " is not [R, H] (k = ",
-            k, ")");
+  OFT_CHECK(dy.ndim() == 2 && k > 0, op, ": dy ", shape_str(dy.shape()), " is not [R, H] (k = ", k,
+            ")");
   const int64_t R = dy.dim(0);
   const int H = static_cast<int>(dy.dim(1));
   expect_shape2(dx, R * k, H, op);
@@ -616,10 +613,10 @@ void CudaBackend::copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, 
             shape_str(dst.shape()), " and src ", shape_str(src.shape()),
             " must be 2-D with the same rows");
   const int64_t N = dst.dim(0), Wd = dst.dim(1), Ws = src.dim(1);
-  OFT_CHECK(ncols >= 0 && dst_col >= 0 && src_col >= 0 && dst_col + ncols <= Wd &&
-                src_col + ncols <= Ws,
-            op, ": columns [", dst_col, ", +", ncols, ") of ", Wd, " / [", src_col, ", +", ncols,
-            ") of ", Ws, " out of range");
+  OFT_CHECK(
+      ncols >= 0 && dst_col >= 0 && src_col >= 0 && dst_col + ncols <= Wd && src_col + ncols <= Ws,
+      op, ": columns [", dst_col, ", +", ncols, ") of ", Wd, " / [", src_col, ", +", ncols, ") of ",
+      Ws, " out of range");
   if (N == 0 || ncols == 0) return;
   const size_t es = dtype_size(dst.dtype());
   char* pd = static_cast<char*>(dst.raw()) + dst_col * es;
@@ -632,8 +629,8 @@ void CudaBackend::copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, 
   }
   OFT_DISPATCH_FLOAT(dst.dtype(), op, {
     constexpr int VEC = 16 / sizeof(T);
-    const bool vec = ncols % VEC == 0 && Wd % VEC == 0 && Ws % VEC == 0 && aligned16(pd) &&
-                     aligned16(ps);
+    const bool vec =
+        ncols % VEC == 0 && Wd % VEC == 0 && Ws % VEC == 0 && aligned16(pd) && aligned16(ps);
     if (vec)
       add_columns_kernel<T, VEC><<<blocks_for(N * (ncols / VEC)), kThreads, 0, cuda::stream()>>>(
           reinterpret_cast<T*>(pd), Wd, reinterpret_cast<const T*>(ps), Ws, N, ncols);

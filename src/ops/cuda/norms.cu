@@ -7,13 +7,13 @@
 //   A block owns whole rows; each thread owns fixed columns of the row: K packs of V elements
 //   (V = 16 bytes: 4 f32 or 8 bf16, or 1 when C or an address does not allow packs), threads
 //   = ceil(C / (K V)) rounded to a warp (<= 1024; __launch_bounds__(1024) keeps registers <= 64,
-//   which only makes the rare K > 1 instantiations for C > 8192 spill a little). A row is loaded once into registers; the row
-//   sums are block reductions (warp shuffles, then one shared-memory step with double buffering,
-//   so one __syncthreads per reduction). Forward statistics are exact two-pass (mean, then the
-//   biased variance of the registered values). The grid is persistent (SMs x occupancy blocks,
-//   rows strided), so the weights are loaded once per block and the backward's parameter
-//   gradients accumulate in registers across the block's rows in a fixed order. The backward
-//   writes one partial row per block into scratch; a second kernel sums the partials over
+//   which only makes the rare K > 1 instantiations for C > 8192 spill a little). A row is loaded
+//   once into registers; the row sums are block reductions (warp shuffles, then one shared-memory
+//   step with double buffering, so one __syncthreads per reduction). Forward statistics are exact
+//   two-pass (mean, then the biased variance of the registered values). The grid is persistent (SMs
+//   x occupancy blocks, rows strided), so the weights are loaded once per block and the backward's
+//   parameter gradients accumulate in registers across the block's rows in a fixed order. The
+//   backward writes one partial row per block into scratch; a second kernel sums the partials over
 //   blocks in a fixed order and adds them into dw / db (deterministic, no atomics, the llm.c
 //   layernorm_backward scheme). dx may alias dy: a thread reads its columns of dy before it
 //   writes the same columns of dx.
@@ -93,8 +93,9 @@ __device__ __forceinline__ void block_sum(float (&v)[NV], float* buf, int& parit
 // Forward. x, y [N, C]; w, b [C] (b may be null; unused for RMS); LN: stat0 = mean, stat1 = rstd;
 // RMS: stat1 = inv = 1 / (rms + eps) (stat0 unused). Thread t owns packs t + k * blockDim.
 template <class T, int V, int K, bool LN>
-__global__ void __launch_bounds__(1024) norm_fwd_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w,
-                                const T* b, int64_t N, int C, float eps) {
+__global__ void __launch_bounds__(1024)
+    norm_fwd_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w, const T* b, int64_t N,
+                    int C, float eps) {
   __shared__ float red[2 * 32];
   int parity = 0;
   const int nvec = C / V;
@@ -166,9 +167,9 @@ __global__ void __launch_bounds__(1024) norm_fwd_kernel(T* y, float* stat0, floa
 // block's sums over its rows of dy * xhat and dy (LN) or dy * x * inv (RMS; pb unused).
 // dx may alias dy (each thread reads its columns of the row before writing them).
 template <class T, int V, int K, bool LN>
-__global__ void __launch_bounds__(1024) norm_bwd_kernel(T* dx, float* pw, float* pb, const T* dy, const T* x, const T* w,
-                                const float* stat0, const float* stat1, int64_t N, int C,
-                                bool accumulate) {
+__global__ void __launch_bounds__(1024)
+    norm_bwd_kernel(T* dx, float* pw, float* pb, const T* dy, const T* x, const T* w,
+                    const float* stat0, const float* stat1, int64_t N, int C, bool accumulate) {
   __shared__ float red[2 * 2 * 32];
   int parity = 0;
   const int nvec = C / V;
@@ -331,8 +332,8 @@ void launch_norm_bwd(const RowPlan& p, T* dx, float* dw, float* db, const T* dy,
   auto kernel = norm_bwd_kernel<T, V, K, LN>;
   const int blocks = persistent_blocks(kernel, p.threads, N);
   const int nparts = LN && db ? 2 : 1;
-  float* part = static_cast<float*>(
-      cuda::scratch(static_cast<size_t>(nparts) * blocks * C * sizeof(float)));
+  float* part =
+      static_cast<float*>(cuda::scratch(static_cast<size_t>(nparts) * blocks * C * sizeof(float)));
   float* pb = nparts == 2 ? part + static_cast<int64_t>(blocks) * C : nullptr;
   kernel<<<blocks, p.threads, 0, cuda::stream()>>>(dx, part, pb, dy, x, w, s0, s1, N, C,
                                                    accumulate);
@@ -486,8 +487,9 @@ __device__ __forceinline__ float group_sum(float v, int gs) {
 // inv[n, ph] = 1 / (rms + eps). qkv, out [N, 3C]; w_q, w_k [D]; inv [N, 2H]. Warps iterate in
 // lockstep so the shuffles never see a partial warp.
 template <class T, int V>
-__global__ void __launch_bounds__(256) qk_norm_fwd_kernel(T* out, float* inv, const T* qkv, const T* wq, const T* wk,
-                                   int64_t N, int H, int D, int gs, float eps) {
+__global__ void __launch_bounds__(256)
+    qk_norm_fwd_kernel(T* out, float* inv, const T* qkv, const T* wq, const T* wk, int64_t N, int H,
+                       int D, int gs, float eps) {
   const int lane = threadIdx.x & 31, gl = lane & (gs - 1), gpw = 32 / gs;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int64_t nwarps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
@@ -530,9 +532,9 @@ __global__ void __launch_bounds__(256) qk_norm_fwd_kernel(T* out, float* inv, co
 // Lanes hold their columns' dw in registers (at most MAXJ packs per lane); the block's groups are
 // summed through shared memory [groups][D] in group order.
 template <class T, int V, int MAXJ>
-__global__ void __launch_bounds__(256) qk_norm_bwd_kernel(T* dqkv, float* part, const T* dout, const T* qkv,
-                                   const T* wq, const T* wk, const float* inv, int64_t N, int H,
-                                   int D, int gs) {
+__global__ void __launch_bounds__(256)
+    qk_norm_bwd_kernel(T* dqkv, float* part, const T* dout, const T* qkv, const T* wq, const T* wk,
+                       const float* inv, int64_t N, int H, int D, int gs) {
   extern __shared__ float sm[];  // [blockDim.x / gs][D]
   const int p = blockIdx.y;
   const int lane = threadIdx.x & 31, gl = lane & (gs - 1), gpw = 32 / gs;
@@ -618,8 +620,7 @@ struct QkShape {
   int H, D, C;
 };
 
-QkShape check_qk(const Tensor& qkv, const Tensor& wq, const Tensor& wk, int64_t H,
-                 const char* op) {
+QkShape check_qk(const Tensor& qkv, const Tensor& wq, const Tensor& wk, int64_t H, const char* op) {
   cuda::expect_float(qkv, op);
   OFT_CHECK(qkv.ndim() == 2 && qkv.dim(1) % 3 == 0 && H > 0 && (qkv.dim(1) / 3) % H == 0, op,
             ": qkv ", shape_str(qkv.shape()), " is not [N, 3C] with C divisible by H = ", H);
@@ -638,10 +639,9 @@ void copy_v(Tensor& dst, const Tensor& src, const QkShape& s) {
   const size_t es = dtype_size(src.dtype());
   const size_t pitch = static_cast<size_t>(3) * s.C * es;
   const size_t off = static_cast<size_t>(2) * s.C * es;
-  OFT_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(dst.raw()) + off, pitch,
-                                   static_cast<const char*>(src.raw()) + off, pitch, s.C * es,
-                                   static_cast<size_t>(s.N), cudaMemcpyDeviceToDevice,
-                                   cuda::stream()));
+  OFT_CUDA_CHECK(cudaMemcpy2DAsync(
+      static_cast<char*>(dst.raw()) + off, pitch, static_cast<const char*>(src.raw()) + off, pitch,
+      s.C * es, static_cast<size_t>(s.N), cudaMemcpyDeviceToDevice, cuda::stream()));
 }
 
 constexpr int kQkThreads = 256;
@@ -733,8 +733,8 @@ void CudaBackend::qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tens
             32 * 4 * V, " for this dtype and alignment)");
   const int64_t segments = s.N * s.H;
   const int64_t warps = cuda::ceil_div(segments, 32 / gs);
-  const int blocks = static_cast<int>(std::min<int64_t>(cuda::ceil_div(warps, kQkThreads / 32),
-                                                        static_cast<int64_t>(cuda::sm_count()) * 4));
+  const int blocks = static_cast<int>(std::min<int64_t>(
+      cuda::ceil_div(warps, kQkThreads / 32), static_cast<int64_t>(cuda::sm_count()) * 4));
   const size_t smem = static_cast<size_t>(kQkThreads / gs) * s.D * sizeof(float);
   float* part =
       static_cast<float*>(cuda::scratch(static_cast<size_t>(2) * blocks * s.D * sizeof(float)));
@@ -743,8 +743,8 @@ void CudaBackend::qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tens
     constexpr int VV = 16 / sizeof(T);
     auto args = [&](auto kernel) {
       kernel<<<grid, kQkThreads, smem, cuda::stream()>>>(ptr<T>(dqkv), part, ptr<T>(dout),
-                                                          ptr<T>(qkv), ptr<T>(wq), ptr<T>(wk),
-                                                          ptr<float>(inv), s.N, s.H, s.D, gs);
+                                                         ptr<T>(qkv), ptr<T>(wq), ptr<T>(wk),
+                                                         ptr<float>(inv), s.N, s.H, s.D, gs);
     };
     if (vec_ok && maxj == 1)
       args(qk_norm_bwd_kernel<T, VV, 1>);

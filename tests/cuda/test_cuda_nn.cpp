@@ -1,0 +1,477 @@
+// GPU-vs-CPU checks of the CUDA norms (LayerNorm, RMSNorm, QK-norm), activations and the
+// attention-variant pieces (grouped linear, head gates, group / causal means, column copies),
+// in f32 and bf16, forward and backward, on shapes that are not multiples of the kernels' packs
+// or tiles, with accumulate flags, pre-filled parameter gradients (+= semantics) and the
+// aliasing the model relies on. CudaNnBench.Timing prints bandwidths and never fails.
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_test_util.h"
+#include "ops/cuda/cuda_common.cuh"
+
+namespace oft::testing {
+namespace {
+
+using ops::Activation;
+
+ops::Backend& cpu() { return ops::cpu_backend(); }
+ops::Backend& gpu() { return ops::backend(Device::CUDA); }
+
+const DType kDtypes[] = {DType::F32, DType::BF16};
+
+Tensor cpu_empty(const Shape& s) { return Tensor::empty(s, DType::F32); }
+// f32 parameter gradient / statistic on the GPU (same values as the CPU tensor).
+Tensor gpu_f32(const Tensor& cpu_t) { return cpu_t.to(Device::CUDA); }
+
+// "bf16 37 768 1": the dtype and the case's parameters, for SCOPED_TRACE.
+template <class... A>
+std::string label(DType dt, const A&... a) {
+  std::string s = dtype_label(dt);
+  ((s += ' ', s += std::to_string(a)), ...);
+  return s;
+}
+
+// ------------------------------------------------------------------ LayerNorm / RMSNorm
+
+struct RowShape {
+  int64_t N, C;
+};
+// C: packs of 16 bytes (24, 64, 768, 1000, 2048, 4096), scalar fallbacks (36 for bf16, 1001 and
+// 5001 for both), more than one pack per thread (5001, 12000).
+const RowShape kRowShapes[] = {{1, 24},   {37, 64}, {1000, 768}, {37, 1000}, {64, 2048},
+                               {3, 4096}, {17, 36}, {9, 1001},   {7, 5001},  {5, 12000}};
+
+TEST(CudaNn, LayerNormForward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const RowShape& s : kRowShapes)
+      for (bool bias : {true, false}) {
+        SCOPED_TRACE(label(dt, s.N, s.C, bias));
+        const Tensor x = randn({s.N, s.C}, 2.0), w = randn({s.C}), b = randn({s.C});
+        const Tensor xr = rounded(x, dt), wr = rounded(w, dt), br = rounded(b, dt);
+        Tensor y = cpu_empty({s.N, s.C}), mean = cpu_empty({s.N}), rstd = cpu_empty({s.N});
+        cpu().layernorm_fwd(y, mean, rstd, xr, wr, bias ? br : Tensor(), 1e-5);
+        Tensor gy = poisoned({s.N, s.C}, dt), gm = poisoned({s.N}, DType::F32),
+               gr = poisoned({s.N}, DType::F32);
+        gpu().layernorm_fwd(gy, gm, gr, to_gpu(x, dt), to_gpu(w, dt),
+                            bias ? to_gpu(b, dt) : Tensor(), 1e-5);
+        EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+        EXPECT_GPU_CLOSE(gm, mean, kTolF32);
+        EXPECT_GPU_CLOSE(gr, rstd, kTolF32);
+      }
+}
+
+TEST(CudaNn, LayerNormBackward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const RowShape& s : kRowShapes)
+      for (bool bias : {true, false})
+        for (bool acc : {false, true}) {
+          SCOPED_TRACE(label(dt, s.N, s.C, bias, acc));
+          const Tensor x = rounded(randn({s.N, s.C}, 2.0), dt), w = rounded(randn({s.C}), dt);
+          const Tensor dy = rounded(randn({s.N, s.C}), dt), dx0 = rounded(randn({s.N, s.C}), dt);
+          const Tensor dw0 = randn({s.C}), db0 = randn({s.C});
+          Tensor y = cpu_empty({s.N, s.C}), mean = cpu_empty({s.N}), rstd = cpu_empty({s.N});
+          cpu().layernorm_fwd(y, mean, rstd, x, w, Tensor(), 1e-5);
+          Tensor dx = acc ? dx0.clone() : cpu_empty({s.N, s.C}), dw = dw0.clone(),
+                 db = bias ? db0.clone() : Tensor();
+          cpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, acc);
+          Tensor gdx = acc ? to_gpu(dx0, dt) : poisoned({s.N, s.C}, dt), gdw = gpu_f32(dw0),
+                 gdb = bias ? gpu_f32(db0) : Tensor();
+          gpu().layernorm_bwd(gdx, gdw, gdb, to_gpu(dy, dt), to_gpu(x, dt), to_gpu(w, dt),
+                              gpu_f32(mean), gpu_f32(rstd), acc);
+          EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+          EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
+          if (bias) {
+            EXPECT_GPU_CLOSE(gdb, db, tol_for(dt));
+          }
+        }
+}
+
+TEST(CudaNn, LayerNormBackwardInPlace) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const RowShape& s : {RowShape{37, 768}, RowShape{5, 1001}}) {
+      SCOPED_TRACE(label(dt, s.N, s.C));
+      const Tensor x = rounded(randn({s.N, s.C}), dt), w = rounded(randn({s.C}), dt);
+      const Tensor dy = rounded(randn({s.N, s.C}), dt), dw0 = randn({s.C}), db0 = randn({s.C});
+      Tensor y = cpu_empty({s.N, s.C}), mean = cpu_empty({s.N}), rstd = cpu_empty({s.N});
+      cpu().layernorm_fwd(y, mean, rstd, x, w, Tensor(), 1e-5);
+      Tensor dx = cpu_empty({s.N, s.C}), dw = dw0.clone(), db = db0.clone();
+      cpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, false);
+      Tensor g = to_gpu(dy, dt), gdw = gpu_f32(dw0), gdb = gpu_f32(db0);
+      gpu().layernorm_bwd(g, gdw, gdb, g, to_gpu(x, dt), to_gpu(w, dt), gpu_f32(mean),
+                          gpu_f32(rstd), false);  // dx aliases dy
+      EXPECT_GPU_CLOSE(g, dx, tol_for(dt));
+      EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
+      EXPECT_GPU_CLOSE(gdb, db, tol_for(dt));
+    }
+}
+
+TEST(CudaNn, RmsNormForward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const RowShape& s : kRowShapes) {
+      SCOPED_TRACE(label(dt, s.N, s.C));
+      const Tensor x = randn({s.N, s.C}, 2.0), w = randn({s.C});
+      Tensor y = cpu_empty({s.N, s.C}), inv = cpu_empty({s.N});
+      cpu().rmsnorm_fwd(y, inv, rounded(x, dt), rounded(w, dt), 1e-6);
+      Tensor gy = poisoned({s.N, s.C}, dt), ginv = poisoned({s.N}, DType::F32);
+      gpu().rmsnorm_fwd(gy, ginv, to_gpu(x, dt), to_gpu(w, dt), 1e-6);
+      EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+      EXPECT_GPU_CLOSE(ginv, inv, kTolF32);
+    }
+}
+
+TEST(CudaNn, RmsNormBackward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const RowShape& s : kRowShapes)
+      for (bool acc : {false, true}) {
+        SCOPED_TRACE(label(dt, s.N, s.C, acc));
+        const Tensor x = rounded(randn({s.N, s.C}, 2.0), dt), w = rounded(randn({s.C}), dt);
+        const Tensor dy = rounded(randn({s.N, s.C}), dt), dx0 = rounded(randn({s.N, s.C}), dt);
+        const Tensor dw0 = randn({s.C});
+        Tensor y = cpu_empty({s.N, s.C}), inv = cpu_empty({s.N});
+        cpu().rmsnorm_fwd(y, inv, x, w, 1e-6);
+        Tensor dx = acc ? dx0.clone() : cpu_empty({s.N, s.C}), dw = dw0.clone();
+        cpu().rmsnorm_bwd(dx, dw, dy, x, w, inv, acc);
+        Tensor gdx = acc ? to_gpu(dx0, dt) : poisoned({s.N, s.C}, dt), gdw = gpu_f32(dw0);
+        gpu().rmsnorm_bwd(gdx, gdw, to_gpu(dy, dt), to_gpu(x, dt), to_gpu(w, dt), gpu_f32(inv),
+                          acc);
+        EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+        EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
+      }
+}
+
+// ------------------------------------------------------------------ QK-norm
+
+struct QkCase {
+  int64_t N, H, D;
+};
+// D: 64 (GPT-2 heads), packs smaller than a warp (8, 24), scalar fallbacks (100 for both dtypes,
+// 24 for bf16), several packs per lane (256 bf16 / 512 both).
+const QkCase kQkCases[] = {{37, 12, 64}, {1, 3, 24},  {300, 2, 100}, {5, 2, 256},
+                           {16, 4, 8},   {7, 1, 512}, {1000, 12, 64}};
+
+TEST(CudaNn, QkNormForward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const QkCase& c : kQkCases) {
+      SCOPED_TRACE(label(dt, c.N, c.H, c.D));
+      const int64_t C = c.H * c.D;
+      const Tensor qkv = randn({c.N, 3 * C}, 2.0), wq = randn({c.D}), wk = randn({c.D});
+      Tensor out = cpu_empty({c.N, 3 * C}), inv = cpu_empty({c.N, 2 * c.H});
+      cpu().qk_norm_fwd(out, inv, rounded(qkv, dt), rounded(wq, dt), rounded(wk, dt), c.H, 1e-6);
+      Tensor gout = poisoned({c.N, 3 * C}, dt), ginv = poisoned({c.N, 2 * c.H}, DType::F32);
+      gpu().qk_norm_fwd(gout, ginv, to_gpu(qkv, dt), to_gpu(wq, dt), to_gpu(wk, dt), c.H, 1e-6);
+      EXPECT_GPU_CLOSE(gout, out, tol_for(dt));
+      EXPECT_GPU_CLOSE(ginv, inv, kTolF32);
+    }
+}
+
+TEST(CudaNn, QkNormBackward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const QkCase& c : kQkCases) {
+      SCOPED_TRACE(label(dt, c.N, c.H, c.D));
+      const int64_t C = c.H * c.D;
+      const Tensor qkv = rounded(randn({c.N, 3 * C}, 2.0), dt);
+      const Tensor wq = rounded(randn({c.D}), dt), wk = rounded(randn({c.D}), dt);
+      const Tensor dout = rounded(randn({c.N, 3 * C}), dt);
+      const Tensor dwq0 = randn({c.D}), dwk0 = randn({c.D});
+      Tensor out = cpu_empty({c.N, 3 * C}), inv = cpu_empty({c.N, 2 * c.H});
+      cpu().qk_norm_fwd(out, inv, qkv, wq, wk, c.H, 1e-6);
+      Tensor dqkv = cpu_empty({c.N, 3 * C}), dwq = dwq0.clone(), dwk = dwk0.clone();
+      cpu().qk_norm_bwd(dqkv, dwq, dwk, dout, qkv, wq, wk, inv, c.H);
+      Tensor gd = poisoned({c.N, 3 * C}, dt), gdwq = gpu_f32(dwq0), gdwk = gpu_f32(dwk0);
+      gpu().qk_norm_bwd(gd, gdwq, gdwk, to_gpu(dout, dt), to_gpu(qkv, dt), to_gpu(wq, dt),
+                        to_gpu(wk, dt), gpu_f32(inv), c.H);
+      EXPECT_GPU_CLOSE(gd, dqkv, tol_for(dt));
+      EXPECT_GPU_CLOSE(gdwq, dwq, tol_for(dt));
+      EXPECT_GPU_CLOSE(gdwk, dwk, tol_for(dt));
+    }
+}
+
+// ------------------------------------------------------------------ activations
+
+const Activation kActs[] = {Activation::ReLU, Activation::GELU_Tanh, Activation::GELU_Erf,
+                            Activation::Sigmoid};
+// Sizes: not multiples of the pack (1, 7, 4099), whole packs (1000, 65536).
+const int64_t kActSizes[] = {1, 7, 1000, 4099, 65536};
+
+TEST(CudaNn, ActivationForward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (Activation a : kActs)
+      for (int64_t n : kActSizes) {
+        SCOPED_TRACE(label(dt, static_cast<int>(a), n));
+        const Tensor x = randn({n}, 3.0);
+        Tensor y = cpu_empty({n});
+        cpu().activation_fwd(y, rounded(x, dt), a);
+        Tensor gy = poisoned({n}, dt);
+        gpu().activation_fwd(gy, to_gpu(x, dt), a);
+        EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+      }
+}
+
+TEST(CudaNn, ActivationBackward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (Activation a : kActs)
+      for (int64_t n : kActSizes)
+        for (bool in_place : {false, true}) {
+          SCOPED_TRACE(label(dt, static_cast<int>(a), n, in_place));
+          const Tensor x = rounded(randn({n}, 3.0), dt), dy = rounded(randn({n}), dt);
+          Tensor dx = cpu_empty({n});
+          cpu().activation_bwd(dx, dy, x, a);
+          Tensor gx = to_gpu(x, dt);
+          if (in_place) {
+            Tensor g = to_gpu(dy, dt);
+            gpu().activation_bwd(g, g, gx, a);  // the model's activation_bwd(d, d, x)
+            EXPECT_GPU_CLOSE(g, dx, tol_for(dt));
+          } else {
+            Tensor gdx = poisoned({n}, dt);
+            gpu().activation_bwd(gdx, to_gpu(dy, dt), gx, a);
+            EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+          }
+        }
+}
+
+// Tensors that start one element into their storage (not 16-byte aligned): the scalar path.
+TEST(CudaNn, ActivationMisaligned) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (Activation a : kActs) {
+      SCOPED_TRACE(label(dt, static_cast<int>(a)));
+      const int64_t n = 1003;
+      const Tensor x = rounded(randn({n + 1}, 3.0), dt), dy = rounded(randn({n + 1}), dt);
+      const Tensor xs = x.slice(1, n + 1), dys = dy.slice(1, n + 1);
+      Tensor y = cpu_empty({n}), dx = cpu_empty({n});
+      cpu().activation_fwd(y, xs, a);
+      cpu().activation_bwd(dx, dys, xs, a);
+      const Tensor gx = to_gpu(x, dt).slice(1, n + 1), gdy = to_gpu(dy, dt).slice(1, n + 1);
+      Tensor gy = poisoned({n + 1}, dt).slice(1, n + 1),
+             gdx = poisoned({n + 1}, dt).slice(1, n + 1);
+      gpu().activation_fwd(gy, gx, a);
+      gpu().activation_bwd(gdx, gdy, gx, a);
+      EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+      EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+    }
+}
+
+// ------------------------------------------------------------------ grouped linear
+
+struct GlCase {
+  int64_t N, G, I, O;
+};
+// Gate networks: 12 heads of 64 into 1 or a small hidden layer, and odd sizes (scalar path).
+const GlCase kGlCases[] = {{1, 12, 64, 1},    {37, 12, 64, 4}, {1000, 3, 5, 2},
+                           {500, 12, 64, 16}, {64, 2, 16, 1},  {2000, 12, 8, 1}};
+
+TEST(CudaNn, GroupedLinearForward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const GlCase& c : kGlCases)
+      for (bool bias : {true, false}) {
+        SCOPED_TRACE(label(dt, c.N, c.G, c.I, c.O, bias));
+        const Tensor x = randn({c.N, c.G * c.I}), w = randn({c.G, c.O, c.I}, 0.2),
+                     b = randn({c.G * c.O});
+        Tensor y = cpu_empty({c.N, c.G * c.O});
+        cpu().grouped_linear_fwd(y, rounded(x, dt), rounded(w, dt),
+                                 bias ? rounded(b, dt) : Tensor());
+        Tensor gy = poisoned({c.N, c.G * c.O}, dt);
+        gpu().grouped_linear_fwd(gy, to_gpu(x, dt), to_gpu(w, dt), bias ? to_gpu(b, dt) : Tensor());
+        EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+      }
+}
+
+TEST(CudaNn, GroupedLinearBackward) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const GlCase& c : kGlCases)
+      for (int mode : {0, 1, 2}) {  // 0: dx overwritten, 1: dx accumulated, 2: no dx, no db
+        SCOPED_TRACE(label(dt, c.N, c.G, c.I, c.O, mode));
+        const Tensor x = rounded(randn({c.N, c.G * c.I}), dt);
+        const Tensor w = rounded(randn({c.G, c.O, c.I}, 0.2), dt);
+        const Tensor dy = rounded(randn({c.N, c.G * c.O}), dt);
+        const Tensor dx0 = rounded(randn({c.N, c.G * c.I}), dt);
+        const Tensor dw0 = randn({c.G, c.O, c.I}), db0 = randn({c.G * c.O});
+        const bool acc = mode == 1, with_dx = mode != 2, with_db = mode != 2;
+        Tensor dx = !with_dx ? Tensor() : acc ? dx0.clone() : cpu_empty({c.N, c.G * c.I});
+        Tensor dw = dw0.clone(), db = with_db ? db0.clone() : Tensor();
+        cpu().grouped_linear_bwd(dx, dw, db, dy, x, w, acc);
+        Tensor gdx = !with_dx ? Tensor() : acc ? to_gpu(dx0, dt) : poisoned({c.N, c.G * c.I}, dt);
+        Tensor gdw = gpu_f32(dw0), gdb = with_db ? gpu_f32(db0) : Tensor();
+        gpu().grouped_linear_bwd(gdx, gdw, gdb, to_gpu(dy, dt), to_gpu(x, dt), to_gpu(w, dt), acc);
+        if (with_dx) {
+          EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+        }
+        EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
+        if (with_db) {
+          EXPECT_GPU_CLOSE(gdb, db, tol_for(dt));
+        }
+      }
+}
+
+// ------------------------------------------------------------------ head gate
+
+struct GateCase {
+  int64_t B, T, H, D;
+};
+const GateCase kGateCases[] = {
+    {1, 1, 12, 64}, {3, 37, 12, 64}, {2, 37, 3, 5}, {4, 250, 12, 64}, {1, 1000, 2, 12}};
+
+TEST(CudaNn, HeadGate) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (const GateCase& c : kGateCases) {
+      const int64_t N = c.B * c.T, C = c.H * c.D;
+      for (int64_t rpg : {int64_t{1}, c.T, N})
+        for (bool alias : {false, true}) {
+          SCOPED_TRACE(label(dt, c.B, c.T, c.H, c.D, rpg, alias));
+          const int64_t R = N / rpg;
+          const Tensor x = rounded(randn({N, C}), dt), gate = rounded(randn({R, c.H}), dt);
+          const Tensor dout = rounded(randn({N, C}), dt);
+          Tensor out = cpu_empty({N, C}), dx = cpu_empty({N, C}), dgate = cpu_empty({R, c.H});
+          cpu().head_gate_fwd(out, x, gate, rpg);
+          cpu().head_gate_bwd(dx, dgate, dout, x, gate, rpg);
+          const Tensor gx = to_gpu(x, dt), gg = to_gpu(gate, dt);
+          Tensor gout = poisoned({N, C}, dt), gdgate = poisoned({R, c.H}, dt);
+          gpu().head_gate_fwd(gout, gx, gg, rpg);
+          EXPECT_GPU_CLOSE(gout, out, tol_for(dt));
+          Tensor gdout = to_gpu(dout, dt);
+          Tensor gdx = alias ? gdout : poisoned({N, C}, dt);
+          gpu().head_gate_bwd(gdx, gdgate, gdout, gx, gg, rpg);
+          EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+          EXPECT_GPU_CLOSE(gdgate, dgate, tol_for(dt));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ group mean, causal mean
+
+TEST(CudaNn, GroupMean) {
+  OFT_REQUIRE_CUDA();
+  struct Case {
+    int64_t R, k, H;
+  };
+  for (DType dt : kDtypes)
+    for (const Case& c : {Case{1, 1, 12}, Case{3, 37, 12}, Case{16, 100, 5}, Case{1, 1000, 3}}) {
+      SCOPED_TRACE(label(dt, c.R, c.k, c.H));
+      const Tensor x = rounded(randn({c.R * c.k, c.H}), dt), dy = rounded(randn({c.R, c.H}), dt);
+      Tensor y = cpu_empty({c.R, c.H}), dx = cpu_empty({c.R * c.k, c.H});
+      cpu().group_mean_fwd(y, x, c.k);
+      cpu().group_mean_bwd(dx, dy, c.k);
+      Tensor gy = poisoned({c.R, c.H}, dt), gdx = poisoned({c.R * c.k, c.H}, dt);
+      gpu().group_mean_fwd(gy, to_gpu(x, dt), c.k);
+      gpu().group_mean_bwd(gdx, to_gpu(dy, dt), c.k);
+      EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+      EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+    }
+}
+
+TEST(CudaNn, CausalMean) {
+  OFT_REQUIRE_CUDA();
+  struct Case {
+    int64_t B, T, C;
+  };
+  // T: one row, less than / not a multiple of the 32-row scan chunk; C: packs and scalars.
+  for (DType dt : kDtypes)
+    for (const Case& c :
+         {Case{1, 1, 24}, Case{2, 37, 64}, Case{3, 100, 768}, Case{2, 70, 5}, Case{1, 1024, 36}})
+      for (bool in_place : {false, true}) {
+        SCOPED_TRACE(label(dt, c.B, c.T, c.C, in_place));
+        const int64_t N = c.B * c.T;
+        const Tensor x = rounded(randn({N, c.C}), dt), dy = rounded(randn({N, c.C}), dt);
+        Tensor y = cpu_empty({N, c.C}), dx = cpu_empty({N, c.C});
+        cpu().causal_mean_fwd(y, x, c.T);
+        cpu().causal_mean_bwd(dx, dy, c.T);
+        Tensor gx = to_gpu(x, dt), gdy = to_gpu(dy, dt);
+        Tensor gy = in_place ? gx : poisoned({N, c.C}, dt);
+        Tensor gdx = in_place ? gdy : poisoned({N, c.C}, dt);
+        gpu().causal_mean_fwd(gy, gx, c.T);
+        gpu().causal_mean_bwd(gdx, gdy, c.T);
+        EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+        EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+      }
+}
+
+// ------------------------------------------------------------------ copy columns
+
+TEST(CudaNn, CopyColumns) {
+  OFT_REQUIRE_CUDA();
+  struct Case {
+    int64_t N, Wd, Ws, dc, sc, n;
+  };
+  // Packed (all offsets multiples of 8), and odd offsets / widths (scalar path).
+  for (DType dt : kDtypes)
+    for (const Case& c : {Case{37, 192, 64, 64, 0, 64}, Case{5, 10, 7, 3, 1, 5},
+                          Case{1, 2304, 2304, 1536, 1536, 768}, Case{100, 33, 40, 0, 8, 32}})
+      for (bool acc : {false, true}) {
+        SCOPED_TRACE(label(dt, c.N, c.Wd, c.Ws, c.dc, c.sc, c.n, acc));
+        const Tensor dst0 = rounded(randn({c.N, c.Wd}), dt), src = rounded(randn({c.N, c.Ws}), dt);
+        Tensor dst = dst0.clone();
+        cpu().copy_columns(dst, c.dc, src, c.sc, c.n, acc);
+        Tensor gdst = to_gpu(dst0, dt);
+        gpu().copy_columns(gdst, c.dc, to_gpu(src, dt), c.sc, c.n, acc);
+        EXPECT_GPU_CLOSE(gdst, dst, tol_for(dt));
+      }
+}
+
+// ------------------------------------------------------------------ timing (prints only)
+
+// Mean milliseconds of fn over 20 runs after 3 warm-up runs, timed with CUDA events on the
+// backend's stream.
+double time_ms(const std::function<void()>& fn) {
+  for (int i = 0; i < 3; ++i) fn();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaEventRecord(start, cuda::stream());
+  const int iters = 20;
+  for (int i = 0; i < iters; ++i) fn();
+  cudaEventRecord(stop, cuda::stream());
+  cudaEventSynchronize(stop);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / iters;
+}
+
+void report(const char* what, double ms, double bytes) {
+  std::printf("[ timing   ] %-28s %8.1f us  %7.0f GB/s\n", what, ms * 1e3,
+              bytes / (ms * 1e-3) / 1e9);
+}
+
+TEST(CudaNnBench, Timing) {
+  OFT_REQUIRE_CUDA();
+  const int64_t N = 16384, C = 768, F = 3072;
+  const DType dt = DType::BF16;
+  const double es = 2;  // bytes per bf16
+  Tensor x = to_gpu(randn({N, C}), dt), w = to_gpu(randn({C}), dt), b = to_gpu(randn({C}), dt);
+  Tensor y = poisoned({N, C}, dt), dy = to_gpu(randn({N, C}), dt), dx = poisoned({N, C}, dt);
+  Tensor mean = poisoned({N}, DType::F32), rstd = poisoned({N}, DType::F32);
+  Tensor dw = Tensor::zeros({C}, DType::F32).to(Device::CUDA), db = dw.clone();
+  report("layernorm_fwd 16384x768",
+         time_ms([&] { gpu().layernorm_fwd(y, mean, rstd, x, w, b, 1e-5); }),
+         2.0 * N * C * es + 8.0 * N);
+  report("layernorm_bwd 16384x768",
+         time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, false); }),
+         3.0 * N * C * es + 8.0 * N);
+  Tensor h = to_gpu(randn({N, F}), dt), hy = poisoned({N, F}, dt), hd = to_gpu(randn({N, F}), dt);
+  Tensor hdx = poisoned({N, F}, dt);
+  report("gelu_fwd 16384x3072",
+         time_ms([&] { gpu().activation_fwd(hy, h, Activation::GELU_Tanh); }), 2.0 * N * F * es);
+  report("gelu_bwd 16384x3072",
+         time_ms([&] { gpu().activation_bwd(hdx, hd, h, Activation::GELU_Tanh); }),
+         3.0 * N * F * es);
+}
+
+}  // namespace
+}  // namespace oft::testing
