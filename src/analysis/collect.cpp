@@ -61,7 +61,7 @@ void OutlierCollector::on_activation(Point p, int64_t layer, Tensor& t, int64_t 
 
 void OutlierCollector::after_forward(const TransformerLM& model) {
   for (int64_t l = 0; l < model.config().n_layer; ++l) {
-    const Tensor& probs = model.attention_probs(static_cast<size_t>(l));
+    const Tensor probs = model.attention_probs(static_cast<size_t>(l));
     if (!probs.defined() || probs.ndim() != 4) continue;
     auto& e = entropy_[l];
     e.first += attention_entropy(probs.to(Device::CPU), model.config().causal());

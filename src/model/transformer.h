@@ -54,7 +54,9 @@ class TransformerLM {
   // Installs an observer of the forward pass (hooks.h); nullptr removes it.
   void set_hook(ActivationHook* hook);
   // Attention probabilities saved by the last forward for layer l (CPU backend: [B, H, T, T]).
-  const Tensor& attention_probs(size_t l) const { return acts_.at(l).attn.att_saved; }
+  // On the GPU the fused kernel keeps no probabilities: they are recomputed on the host from the
+  // saved q/k/v with the CPU backend (f32), for evaluation-time metrics only.
+  Tensor attention_probs(size_t l) const;
   // Uses `w` ([V, C], e.g. an unquantized copy of the embedding) as the output layer's weight
   // instead of the tied embedding; an undefined tensor restores the tie.
   void set_head_weight(const Tensor& w) { head_w_ = w; }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine over a copy of the repository with gpu-bundle/ (scripts/gpu_bundle.sh):
+#   1. every CUDA op against the CPU backend on fresh random inputs (oft_cuda_tests), whole
+#      tiny models of every family GPU-vs-CPU, and the kernels' timing prints;
+#   2. a real training run of the `tiny` preset on the GPU (compare its perplexity with the
+#      CPU figure in docs/performance.md);
+#   3. `oft bench` of the performance presets.
+# Results land in $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|train|bench]...
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export OFT_HOME=$PWD
+export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+BIN=$PWD/gpu-bundle/bin
+what=${*:-tests train bench}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+
+if [[ " $what " == *" tests "* ]]; then
+  echo "== GPU-vs-CPU op and model checks"
+  "$BIN/oft_cuda_tests" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} > "$OUT/cuda_tests.log" 2>&1
+  echo "oft_cuda_tests exit $?"
+  grep -E "^\[  FAILED|Failure|error|rel|Expected|Which is|\[model|TFLOP|GB/s| ms" "$OUT/cuda_tests.log" | head -150
+  grep -E "^\[  PASSED|tests ran" "$OUT/cuda_tests.log"
+fi
+
+if [[ " $what " == *" train "* ]]; then
+  echo "== tiny preset trained on the GPU"
+  "$BIN/oft" data prepare data/moby-dick/moby_dick.txt -t data/tokenizers/moby_sp2k/moby_sp2k.model \
+    -o data/cache/moby_sp2k > "$OUT/prepare.log" 2>&1 || tail -5 "$OUT/prepare.log"
+  "$BIN/oft" train tiny train.device=cuda --run-dir /tmp/tiny_gpu -q 2>&1 | tail -3
+fi
+
+if [[ " $what " == *" bench "* ]]; then
+  echo "== oft bench"
+  b() {  # name, preset, overrides...
+    local name=$1; shift
+    "$BIN/oft" bench "$@" --steps ${BENCH_STEPS:-10} --json "$OUT/bench_$name.json" > "$OUT/bench_$name.log" 2>&1
+    echo "-- $name (exit $?)"; grep -E "tokens/s|MFU|memory|loss|error|Error" "$OUT/bench_$name.log"
+  }
+  b gpt2_124m_vanilla gpt2_124m --profile
+  b gpt2_124m_clipped gpt2_124m "model.attn_softmax=clipped(-0.025:1)"
+  b gpt2_124m_gated gpt2_124m model.attn_gate_type=conditional_per_token
+  b opt_125m_vanilla opt_125m_vanilla train.grad_accum=1
+  b opt_125m_clipped opt_125m_clipped_softmax train.grad_accum=1
+  b opt_125m_gated opt_125m_gated_attention train.grad_accum=1
+  b bert_base bert_base_vanilla train.grad_accum=1
+  b opt_1.3b_b16 opt_1.3b_vanilla train.grad_accum=1 train.batch_size=16 --no-peak
+  grep -A40 "per-op" "$OUT/bench_gpt2_124m_vanilla.log"
+fi
