@@ -13,10 +13,10 @@
 //   two-pass (mean, then the biased variance of the registered values). The grid is persistent (SMs
 //   x occupancy blocks, rows strided), so the weights are loaded once per block and the backward's
 //   parameter gradients accumulate in registers across the block's rows in a fixed order. The
-//   backward writes one partial row per block into scratch; a second kernel sums the partials over
-//   blocks in a fixed order and adds them into dw / db (deterministic, no atomics, the llm.c
-//   layernorm_backward scheme). dx may alias dy: a thread reads its columns of dy before it
-//   writes the same columns of dx.
+//   backward writes one partial row per block (dw and db side by side) into scratch; two small
+//   kernels sum the partials in a fixed order (up to 32 row splits, then the splits) and add them
+//   into dw / db (deterministic, no atomics; the llm.c layernorm_backward scheme). dx may alias dy:
+//   a thread reads its columns of dy before it writes the same columns of dx.
 //
 // QK-norm (head width D, usually 64): a group of GS lanes (a power of two <= 32) per head
 //   segment of D values; the group reduces with xor shuffles inside the warp. The backward
@@ -163,12 +163,13 @@ __global__ void __launch_bounds__(1024)
 }
 
 // Backward. dy, x, dx [N, C]; w [C]; LN: stat0 = mean, stat1 = rstd; RMS: stat1 = inv.
-// dx = (accumulate ? dx : 0) + d; pw[blockIdx, C] / pb[blockIdx, C] (scratch, f32) receive this
-// block's sums over its rows of dy * xhat and dy (LN) or dy * x * inv (RMS; pb unused).
+// dx = (accumulate ? dx : 0) + d. Row blockIdx of part [blocks, C or 2C] (scratch, f32) receives
+// this block's sums over its rows of dy * xhat (LN) or dy * x * inv (RMS) in columns [0, C), and
+// of dy in columns [C, 2C) when with_db (LN with a bias).
 // dx may alias dy (each thread reads its columns of the row before writing them).
 template <class T, int V, int K, bool LN>
 __global__ void __launch_bounds__(1024)
-    norm_bwd_kernel(T* dx, float* pw, float* pb, const T* dy, const T* x, const T* w,
+    norm_bwd_kernel(T* dx, float* part, bool with_db, const T* dy, const T* x, const T* w,
                     const float* stat0, const float* stat1, int64_t N, int C, bool accumulate) {
   __shared__ float red[2 * 2 * 32];
   int parity = 0;
@@ -251,8 +252,8 @@ __global__ void __launch_bounds__(1024)
       }
     }
   }
-  float* pwr = pw + static_cast<int64_t>(blockIdx.x) * C;
-  float* pbr = LN && pb ? pb + static_cast<int64_t>(blockIdx.x) * C : nullptr;
+  float* pwr = part + static_cast<int64_t>(blockIdx.x) * (with_db ? 2 * C : C);
+  float* pbr = LN && with_db ? pwr + C : nullptr;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int j = threadIdx.x + k * blockDim.x;
@@ -265,26 +266,59 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// dst[c] += sum over p < P of part[p * ld + c], c < C, summed in a fixed order. Block (32, 32):
-// threadIdx.x picks the column (coalesced), threadIdx.y strides over the partial rows.
-__global__ void add_partials_kernel(float* dst, const float* part, int P, int C, int64_t ld) {
+// Column sums of partial rows, part [P, Ct] (f32, row-major), in a fixed order. Block (32, 32):
+// threadIdx.x picks the column (coalesced), threadIdx.y strides over the rows
+// [blockIdx.y * rows, ...). With out set, the block's sums go to out[blockIdx.y, Ct] (first
+// level); otherwise they are added to dst0[c] (c < C0) or dst1[c - C0] (final level).
+__global__ void sum_partials_kernel(float* out, float* dst0, float* dst1, int C0, const float* part,
+                                    int P, int Ct, int rows) {
   __shared__ float acc[32][33];
   const int c = blockIdx.x * 32 + threadIdx.x;
+  const int p0 = blockIdx.y * rows, p1 = min(P, p0 + rows);
   float s = 0.f;
-  if (c < C)
-    for (int p = threadIdx.y; p < P; p += 32) s += part[p * ld + c];
+  if (c < Ct)
+    for (int p = p0 + threadIdx.y; p < p1; p += 32) s += part[static_cast<int64_t>(p) * Ct + c];
   acc[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
+  if (threadIdx.y == 0 && c < Ct) {
     float t = 0.f;
     for (int y = 0; y < 32; ++y) t += acc[y][threadIdx.x];
-    dst[c] += t;
+    if (out)
+      out[static_cast<int64_t>(blockIdx.y) * Ct + c] = t;
+    else if (c < C0)
+      dst0[c] += t;
+    else
+      dst1[c - C0] += t;
   }
 }
 
-void add_partials(float* dst, const float* part, int P, int C, int64_t ld) {
-  add_partials_kernel<<<static_cast<unsigned>(cuda::ceil_div(C, 32)), dim3(32, 32), 0,
-                        cuda::stream()>>>(dst, part, P, C, ld);
+constexpr int kMaxSplits = 32;
+
+// Scratch floats for P partial rows of Ct columns plus the first-level sums of reduce_partials.
+size_t partial_floats(int64_t P, int Ct) {
+  return static_cast<size_t>(P + kMaxSplits) * static_cast<size_t>(Ct);
+}
+
+// dst0[c] += sum_p part[p, c] (c < C0), dst1[c - C0] += ... (C0 <= c < Ct); part is the start of
+// a scratch block of partial_floats(P, Ct). Many partial rows are first summed in up to 32
+// row splits (enough blocks to keep the GPU busy even when Ct is a few hundred), then the splits.
+void reduce_partials(float* dst0, float* dst1, int C0, float* part, int P, int Ct) {
+  const unsigned cblocks = static_cast<unsigned>(cuda::ceil_div(Ct, 32));
+  const float* src = part;
+  int rows = P;
+  if (P > 64) {
+    const int splits = static_cast<int>(std::min<int64_t>(kMaxSplits, cuda::ceil_div(P, 32)));
+    const int per = static_cast<int>(cuda::ceil_div(P, splits));
+    float* level = part + static_cast<int64_t>(P) * Ct;
+    sum_partials_kernel<<<dim3(cblocks, static_cast<unsigned>(cuda::ceil_div(P, per))),
+                          dim3(32, 32), 0, cuda::stream()>>>(level, nullptr, nullptr, 0, part, P,
+                                                             Ct, per);
+    OFT_CUDA_LAUNCH_CHECK();
+    src = level;
+    rows = static_cast<int>(cuda::ceil_div(P, per));
+  }
+  sum_partials_kernel<<<dim3(cblocks, 1), dim3(32, 32), 0, cuda::stream()>>>(
+      nullptr, dst0, dst1, C0, src, rows, Ct, rows);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
@@ -331,15 +365,13 @@ void launch_norm_bwd(const RowPlan& p, T* dx, float* dw, float* db, const T* dy,
                      bool accumulate) {
   auto kernel = norm_bwd_kernel<T, V, K, LN>;
   const int blocks = persistent_blocks(kernel, p.threads, N);
-  const int nparts = LN && db ? 2 : 1;
-  float* part =
-      static_cast<float*>(cuda::scratch(static_cast<size_t>(nparts) * blocks * C * sizeof(float)));
-  float* pb = nparts == 2 ? part + static_cast<int64_t>(blocks) * C : nullptr;
-  kernel<<<blocks, p.threads, 0, cuda::stream()>>>(dx, part, pb, dy, x, w, s0, s1, N, C,
+  const bool with_db = LN && db;
+  const int Ct = with_db ? 2 * C : C;
+  float* part = static_cast<float*>(cuda::scratch(partial_floats(blocks, Ct) * sizeof(float)));
+  kernel<<<blocks, p.threads, 0, cuda::stream()>>>(dx, part, with_db, dy, x, w, s0, s1, N, C,
                                                    accumulate);
   OFT_CUDA_LAUNCH_CHECK();
-  add_partials(dw, part, blocks, C, C);
-  if (pb) add_partials(db, pb, blocks, C, C);
+  reduce_partials(dw, db, C, part, blocks, Ct);
 }
 
 template <int I>
@@ -528,7 +560,7 @@ __global__ void __launch_bounds__(256)
 
 // Backward for part p = blockIdx.y (0: q with wq, 1: k with wk) over segments s = (n, h):
 // dqkv = inv * dout * w - kk * x (kk from d inv / dx); dw partial of this block
-// part[(p * gridDim.x + blockIdx.x) * D + d] = sum over its segments of dout * x * inv.
+// part[blockIdx.x, p * D + d] (rows of 2D) = sum over its segments of dout * x * inv.
 // Lanes hold their columns' dw in registers (at most MAXJ packs per lane); the block's groups are
 // summed through shared memory [groups][D] in group order.
 template <class T, int V, int MAXJ>
@@ -607,7 +639,7 @@ __global__ void __launch_bounds__(256)
   }
   __syncthreads();
   const int groups = blockDim.x / gs;
-  float* dst = part + (static_cast<int64_t>(p) * gridDim.x + blockIdx.x) * D;
+  float* dst = part + static_cast<int64_t>(blockIdx.x) * 2 * D + static_cast<int64_t>(p) * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float t = 0.f;
     for (int g = 0; g < groups; ++g) t += sm[g * D + d];
@@ -736,8 +768,7 @@ void CudaBackend::qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tens
   const int blocks = static_cast<int>(std::min<int64_t>(
       cuda::ceil_div(warps, kQkThreads / 32), static_cast<int64_t>(cuda::sm_count()) * 4));
   const size_t smem = static_cast<size_t>(kQkThreads / gs) * s.D * sizeof(float);
-  float* part =
-      static_cast<float*>(cuda::scratch(static_cast<size_t>(2) * blocks * s.D * sizeof(float)));
+  float* part = static_cast<float*>(cuda::scratch(partial_floats(blocks, 2 * s.D) * sizeof(float)));
   const dim3 grid(static_cast<unsigned>(blocks), 2);
   OFT_DISPATCH_FLOAT(qkv.dtype(), op, {
     constexpr int VV = 16 / sizeof(T);
@@ -756,8 +787,7 @@ void CudaBackend::qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tens
       args(qk_norm_bwd_kernel<T, 1, 4>);
     OFT_CUDA_LAUNCH_CHECK();
   });
-  add_partials(ptr<float>(dwq), part, blocks, s.D, s.D);
-  add_partials(ptr<float>(dwk), part + static_cast<int64_t>(blocks) * s.D, blocks, s.D, s.D);
+  reduce_partials(ptr<float>(dwq), ptr<float>(dwk), s.D, part, blocks, 2 * s.D);
   copy_v(dqkv, dout, s);
 }
 
