@@ -12,6 +12,7 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export OFT_HOME=$PWD
 export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+[[ -x gpu-bundle/bin/oft ]] || tar -xJf gpu-bundle.tar.xz
 BIN=$PWD/gpu-bundle/bin
 what=${*:-tests train bench}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
@@ -28,7 +29,10 @@ if [[ " $what " == *" train "* ]]; then
   echo "== tiny preset trained on the GPU"
   "$BIN/oft" data prepare data/moby-dick/moby_dick.txt -t data/tokenizers/moby_sp2k/moby_sp2k.model \
     -o data/cache/moby_sp2k > "$OUT/prepare.log" 2>&1 || tail -5 "$OUT/prepare.log"
-  "$BIN/oft" train tiny train.device=cuda --run-dir /tmp/tiny_gpu -q 2>&1 | tail -3
+  for prec in bf16 f32; do
+    echo "-- train.precision=$prec"
+    "$BIN/oft" train tiny train.device=cuda train.precision=$prec --run-dir /tmp/tiny_gpu_$prec -q 2>&1 | tail -3
+  done
 fi
 
 if [[ " $what " == *" bench "* ]]; then
@@ -48,3 +52,13 @@ if [[ " $what " == *" bench "* ]]; then
   b opt_1.3b_b16 opt_1.3b_vanilla train.grad_accum=1 train.batch_size=16 --no-peak
   grep -A40 "per-op" "$OUT/bench_gpt2_124m_vanilla.log"
 fi
+
+if [[ " $what " == *" sanitize "* ]]; then
+  echo "== compute-sanitizer memcheck on the whole-model tests"
+  compute-sanitizer --tool memcheck --print-limit 20 "$BIN/oft_cuda_tests" \
+    --gtest_filter="${SANITIZE_FILTER:-Presets/CudaModel.*}" > "$OUT/sanitize.log" 2>&1
+  echo "exit $?"; grep -E "Invalid|ERROR SUMMARY|at 0x|by thread|FAILED" "$OUT/sanitize.log" | head -40
+fi
+
+# At most a few files come back from a GPU machine: pack the logs into one archive.
+(cd "$OUT" && tar -czf logs.tar.gz --exclude=logs.tar.gz . && find . -type f ! -name logs.tar.gz -delete)

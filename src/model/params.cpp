@@ -32,6 +32,24 @@ void ParamStore::zero_grad() {
   for (auto& p : params_) ops::fill(p.grad, 0.0);
 }
 
+void ParamStore::pad_rows(Param& p, int64_t rows, Tensor& compute_full, Tensor& grad_full) {
+  const int64_t n = p.value.dim(0);
+  OFT_ASSERT(rows >= n, "pad_rows: ", rows, " < ", n);
+  Shape s = p.value.shape();
+  s[0] = rows;
+  const Device dev = p.value.device();
+  grad_full = Tensor::zeros(s, p.grad.dtype(), dev);
+  p.grad = grad_full.slice(0, n);
+  if (p.compute.same_storage(p.value)) {
+    compute_full = Tensor::zeros(s, p.value.dtype(), dev);
+    p.value = compute_full.slice(0, n);
+    p.compute = p.value;
+  } else {
+    compute_full = Tensor::zeros(s, p.compute.dtype(), dev);
+    p.compute = compute_full.slice(0, n);
+  }
+}
+
 void ParamStore::sync_compute() {
   for (auto& p : params_)
     if (!p.compute.same_storage(p.value)) ops::convert(p.compute, p.value);

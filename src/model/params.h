@@ -38,6 +38,10 @@ class ParamStore {
   // Refreshes the compute copies from the master values (after init, load, optimizer steps
   // and weight quantization); free when there are no separate copies.
   void sync_compute();
+  // Re-homes a freshly created (still zero) parameter into zero-padded storage of `rows` leading
+  // rows: value / grad / compute become views of the first rows, and the full padded compute
+  // and gradient tensors are returned (the output layer pads the vocabulary to an aligned width).
+  static void pad_rows(Param& p, int64_t rows, Tensor& compute_full, Tensor& grad_full);
 
  private:
   std::deque<Param> params_;

@@ -54,6 +54,13 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
   if (seq_len <= 0) seq_len = cfg.max_seq_len;
   {
     Param& p = params_.create("wte.weight", {V, C}, dtype, device, true);
+    vocab_padded_ = device == Device::CUDA ? (V + 63) / 64 * 64 : V;
+    if (vocab_padded_ != V) {
+      ParamStore::pad_rows(p, vocab_padded_, head_full_, dhead_full_);
+    } else {
+      head_full_ = p.compute;
+      dhead_full_ = p.grad;
+    }
     wte_ = p.compute;
     dwte_ = p.grad;
   }
@@ -110,6 +117,12 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
     mlm_dense_ = Linear(params_, "mlm.dense", C, C, true, dtype, device);
     mlm_norm_ = Norm(params_, "mlm.ln", C, NormKind::LayerNorm, cfg.norm_eps, true, dtype, device);
     Param& p = params_.create("mlm.decoder.bias", {V}, dtype, device, false);
+    if (vocab_padded_ != V) {
+      ParamStore::pad_rows(p, vocab_padded_, mlm_bias_full_, dmlm_bias_full_);
+    } else {
+      mlm_bias_full_ = p.compute;
+      dmlm_bias_full_ = p.grad;
+    }
     mlm_bias_ = p.compute;
     dmlm_bias_ = p.grad;
   }
@@ -156,11 +169,21 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
     mlm_pre_ = mk({N, C});
     mlm_act_ = mk({N, C});
   }
-  logits_ = mk({N, V});
+  logits_ = mk({N, vocab_padded_});
   losses_ = Tensor::empty({N}, stat_dtype(dtype_), device_);
   for (Tensor* t : {&dresid_, &dnorm_, &dbranch_, &dtmp_}) *t = mk({N, C});
   dfc_ = mk({N, F});
-  dlogits_ = mk({N, V});
+  dlogits_ = mk({N, vocab_padded_});
+}
+
+void TransformerLM::set_head_weight(const Tensor& w) {
+  if (!w.defined() || w.dim(0) == vocab_padded_) {
+    head_w_ = w;
+    return;
+  }
+  head_w_ = Tensor::zeros({vocab_padded_, w.dim(1)}, w.dtype(), w.device());
+  Tensor rows = head_w_.slice(0, w.dim(0));
+  rows.copy_from(w);
 }
 
 Tensor TransformerLM::attention_probs(size_t l) const {
@@ -383,19 +406,19 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   for (size_t l = 0; l < blocks_.size(); ++l) block_forward(l);
   ln_f_.forward(lnf_, resid_.back());
   tap_norm(ln_f_, Point::FinalNorm, -1, lnf_);
-  const Tensor& head_w = head_w_.defined() ? head_w_ : wte_;
+  const Tensor& head_w = head_w_.defined() ? head_w_ : head_full_;
   if (mlm_) {
     mlm_dense_.forward(mlm_pre_, lnf_.out);
     be.activation_fwd(mlm_act_, mlm_pre_, act_);
     mlm_norm_.forward(mlm_saved_, mlm_act_);
     tap(Point::MlmHidden, -1, mlm_saved_.out);
     ops::matmul(logits_, mlm_saved_.out, false, head_w, true);
-    ops::add_bias(logits_, mlm_bias_);
+    ops::add_bias(logits_, mlm_bias_full_);
   } else {
     ops::matmul(logits_, lnf_.out, false, head_w, true);
   }
   if (!targets.defined()) return 0.0;
-  ops::on(logits_).cross_entropy_fwd(losses_, logits_, targets);
+  ops::on(logits_).cross_entropy_fwd(losses_, logits_, targets, cfg_.vocab_size);
   n_targets_ = 0;
   const Tensor t_host = targets.to(Device::CPU);
   for (int64_t i = 0; i < t_host.numel(); ++i) n_targets_ += t_host.data<int32_t>()[i] >= 0;
@@ -411,18 +434,18 @@ void TransformerLM::backward(double loss_scale) {
   const double scale = n_targets_ ? loss_scale / double(n_targets_) : 0.0;
   // Output layer (tied): logits = lnf @ wte^T.
   auto& be = ops::on(logits_);
-  be.cross_entropy_bwd(dlogits_, logits_, targets_, scale);
+  be.cross_entropy_bwd(dlogits_, logits_, targets_, scale, cfg_.vocab_size);
   if (mlm_) {
     // logits = LN(act(dense(h))) @ wte^T + bias
-    ops::bias_grad(dmlm_bias_, dlogits_);
-    ops::matmul(dwte_, dlogits_, true, mlm_saved_.out, false, 1.0, 1.0);
-    ops::matmul(dtmp_, dlogits_, false, wte_, false);
+    ops::bias_grad(dmlm_bias_full_, dlogits_);
+    ops::matmul(dhead_full_, dlogits_, true, mlm_saved_.out, false, 1.0, 1.0);
+    ops::matmul(dtmp_, dlogits_, false, head_full_, false);
     mlm_norm_.backward(dbranch_, dtmp_, mlm_act_, mlm_saved_, false);
     be.activation_bwd(dbranch_, dbranch_, mlm_pre_, act_);
     mlm_dense_.backward(dnorm_, dbranch_, lnf_.out, false);
   } else {
-    ops::matmul(dwte_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
-    ops::matmul(dnorm_, dlogits_, false, wte_, false);
+    ops::matmul(dhead_full_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
+    ops::matmul(dnorm_, dlogits_, false, head_full_, false);
   }
   ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false);
   for (size_t l = blocks_.size(); l-- > 0;) block_backward(l);

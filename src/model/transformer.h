@@ -48,7 +48,8 @@ class TransformerLM {
   double forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask = Tensor());
   // Accumulates d(loss_scale * mean loss)/d(params) into the gradients. Follows forward().
   void backward(double loss_scale);
-  // Logits [B*T, V] of the last forward.
+  // Logits [B*T, Vp] of the last forward (Vp = V on the CPU; on the GPU columns >= V are the
+  // aligned padding of the output layer and hold 0).
   const Tensor& logits() const { return logits_; }
   int64_t counted_targets() const { return n_targets_; }
   // Installs an observer of the forward pass (hooks.h); nullptr removes it.
@@ -59,7 +60,7 @@ class TransformerLM {
   Tensor attention_probs(size_t l) const;
   // Uses `w` ([V, C], e.g. an unquantized copy of the embedding) as the output layer's weight
   // instead of the tied embedding; an undefined tensor restores the tie.
-  void set_head_weight(const Tensor& w) { head_w_ = w; }
+  void set_head_weight(const Tensor& w);
   // Residual stream of the last forward: hidden(0) = embeddings, hidden(l+1) = block l output.
   const Tensor& hidden(size_t l) const { return resid_.at(l); }
 
@@ -104,6 +105,12 @@ class TransformerLM {
   ops::Activation act_;
   ParamStore params_;
   Tensor wte_, wpe_, dwte_, dwpe_;
+  // The tied output layer over the padded vocabulary Vp (= V on the CPU; on the GPU V rounded up
+  // to 64 so every logits row is 128-byte aligned for the matrix units): wte / its gradient with
+  // zero rows appended, the MLM decoder bias likewise. Logits are [N, Vp]; the loss ignores
+  // the padding columns.
+  int64_t vocab_padded_ = 0;
+  Tensor head_full_, dhead_full_, mlm_bias_full_, dmlm_bias_full_;
   Tensor wtt0_, dwtt0_;  // token-type embedding row 0 [C] (BERT)
   Norm emb_norm_;
   std::vector<Block> blocks_;

@@ -145,12 +145,14 @@ class Backend {
                             int64_t ncols, bool accumulate) = 0;
 
   // ---- loss ----
-  // losses[N] = -log softmax(logits[N,V])[target]; rows with target < 0 get 0.
-  virtual void cross_entropy_fwd(Tensor& losses, const Tensor& logits,
-                                 const Tensor& targets) = 0;
-  // dlogits[N,V] = scale * (softmax(logits) - onehot(target)); zero rows for target < 0.
+  // losses[N] = -log softmax(logits[N, :vocab])[target]; rows with target < 0 get 0. Columns
+  // >= vocab are padding (the output layer is padded to an aligned width) and are ignored.
+  virtual void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets,
+                                 int64_t vocab) = 0;
+  // dlogits[N, :vocab] = scale * (softmax - onehot(target)); zero rows for target < 0 and zero
+  // padding columns.
   virtual void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
-                                 double scale) = 0;
+                                 double scale, int64_t vocab) = 0;
 
   // ---- optimizer ----
   virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,

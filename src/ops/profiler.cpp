@@ -153,13 +153,15 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "copy_columns");
     inner_.copy_columns(dst, dst_col, src, src_col, ncols, accumulate);
   }
-  void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) override {
+  void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets,
+                         int64_t vocab) override {
     Scope scope_(this, "cross_entropy_fwd");
-    inner_.cross_entropy_fwd(losses, logits, targets);
+    inner_.cross_entropy_fwd(losses, logits, targets, vocab);
   }
-  void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets, double scale) override {
+  void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                         double scale, int64_t vocab) override {
     Scope scope_(this, "cross_entropy_bwd");
-    inner_.cross_entropy_bwd(dlogits, logits, targets, scale);
+    inner_.cross_entropy_bwd(dlogits, logits, targets, scale, vocab);
   }
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& h) override {
     Scope scope_(this, "adamw");

@@ -386,9 +386,9 @@ TEST(CudaDense, CrossEntropyForward) {
         const Tensor logits = rounded(randn({s.N, s.V}, 3.0), d);
         const Tensor tg = ce_targets(s.N, s.V);
         Tensor ref = Tensor::empty({s.N}, DType::F32);
-        cpu().cross_entropy_fwd(ref, logits, tg);
+        cpu().cross_entropy_fwd(ref, logits, tg, s.V);
         Tensor losses = poisoned({s.N}, DType::F32);
-        gpu().cross_entropy_fwd(losses, gpu_copy(logits, d, mis), tg.to(Device::CUDA));
+        gpu().cross_entropy_fwd(losses, gpu_copy(logits, d, mis), tg.to(Device::CUDA), s.V);
         EXPECT_GPU_CLOSE(losses, ref, tol_for(d));
         if (s.N > 1) {
           EXPECT_EQ(losses.to_vector()[1], 0.0) << "ignored row";
@@ -407,14 +407,14 @@ TEST(CudaDense, CrossEntropyBackwardIncludingInPlace) {
         const Tensor tg = ce_targets(s.N, s.V), gtg = tg.to(Device::CUDA);
         const double scale = 1.0 / double(s.N);
         Tensor ref = Tensor::empty({s.N, s.V}, DType::F32);
-        cpu().cross_entropy_bwd(ref, logits, tg, scale);
+        cpu().cross_entropy_bwd(ref, logits, tg, scale, s.V);
         // Separate output (with mis: logits misaligned, dlogits aligned -> different phase).
         Tensor dl = poisoned({s.N, s.V}, d);
-        gpu().cross_entropy_bwd(dl, gpu_copy(logits, d, mis), gtg, scale);
+        gpu().cross_entropy_bwd(dl, gpu_copy(logits, d, mis), gtg, scale, s.V);
         EXPECT_GPU_CLOSE(dl, ref, tol_for(d));
         // In place: dlogits aliases logits.
         Tensor inplace = gpu_copy(logits, d, mis);
-        gpu().cross_entropy_bwd(inplace, inplace, gtg, scale);
+        gpu().cross_entropy_bwd(inplace, inplace, gtg, scale, s.V);
         EXPECT_GPU_CLOSE(inplace, ref, tol_for(d));
         if (s.N > 1) {
           const std::vector<double> g = inplace.to_vector();
@@ -430,7 +430,7 @@ TEST(CudaDense, CrossEntropyOutOfRangeTargetGivesNan) {
   for (DType d : kDtypes) {
     const Tensor logits = to_gpu(randn({N, V}), d);
     Tensor losses = poisoned({N}, DType::F32);
-    gpu().cross_entropy_fwd(losses, logits, tg.to(Device::CUDA));
+    gpu().cross_entropy_fwd(losses, logits, tg.to(Device::CUDA), logits.dim(1));
     const std::vector<double> l = losses.to_vector();
     EXPECT_TRUE(std::isfinite(l[0]) && std::isfinite(l[2])) << dtype_label(d);
     EXPECT_TRUE(std::isnan(l[1])) << dtype_label(d);
@@ -555,10 +555,10 @@ TEST(CudaDenseBench, Timing) {
   Tensor ce_logits = gpu_random(N, Vce, bf, 3.0);
   const Tensor targets = randint({N}, 0, int(Vce)).to(Device::CUDA);
   Tensor losses = Tensor::empty({N}, DType::F32, Device::CUDA);
-  const double fwd = time_ms([&] { gpu().cross_entropy_fwd(losses, ce_logits, targets); });
+  const double fwd = time_ms([&] { gpu().cross_entropy_fwd(losses, ce_logits, targets, ce_logits.dim(1)); });
   Tensor dlogits = Tensor::empty({N, Vce}, bf, Device::CUDA);
   const double bwd =
-      time_ms([&] { gpu().cross_entropy_bwd(dlogits, ce_logits, targets, 1.0 / double(N)); });
+      time_ms([&] { gpu().cross_entropy_bwd(dlogits, ce_logits, targets, 1.0 / double(N), ce_logits.dim(1)); });
   const double gb = double(N) * double(Vce) * 2 / 1e9;
   std::printf(
       "[ timing ] cross-entropy bf16 [%lld, %lld]: fwd %.3f ms (%.0f GB/s), bwd %.3f ms "
@@ -566,8 +566,8 @@ TEST(CudaDenseBench, Timing) {
       static_cast<long long>(N), static_cast<long long>(Vce), fwd, gb / (fwd * 1e-3), bwd,
       3 * gb / (bwd * 1e-3), fwd + bwd);
   const double other = time_ms([&] {
-    gpu().cross_entropy_fwd(losses, ce_logits, targets);
-    gpu().cross_entropy_bwd(ce_logits, ce_logits, targets, 1e-30);  // in place, stays finite
+    gpu().cross_entropy_fwd(losses, ce_logits, targets, ce_logits.dim(1));
+    gpu().cross_entropy_bwd(ce_logits, ce_logits, targets, 1e-30, ce_logits.dim(1));  // in place, stays finite
   });
   std::printf("[ timing ]   fwd + in-place bwd: %.3f ms\n", other);
   // Small ops at training sizes, for reference.

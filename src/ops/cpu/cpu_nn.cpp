@@ -320,8 +320,10 @@ void CpuBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& q
 }
 
 // ---------------------------------------------------------------- cross-entropy
-void CpuBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) {
-  const int64_t N = logits.dim(0), V = logits.dim(1);
+void CpuBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets,
+                                   int64_t vocab) {
+  const int64_t N = logits.dim(0), ld = logits.dim(1), V = vocab;
+  OFT_ASSERT(V >= 1 && V <= ld, "cross_entropy_fwd: vocab ", V, " outside [1, ", ld, "]");
   const int32_t* tg = targets.data<int32_t>();
   dispatch_float(logits, [&]<class T>() {
     const T* pl = logits.data<T>();
@@ -333,7 +335,7 @@ void CpuBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const T
         continue;
       }
       OFT_ASSERT(tg[n] < V, "target ", tg[n], " outside the vocabulary of ", V);
-      const T* row = pl + n * V;
+      const T* row = pl + n * ld;
       T mx = row[0];
       for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
       double s = 0;
@@ -344,20 +346,22 @@ void CpuBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const T
 }
 
 void CpuBackend::cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
-                                   double scale) {
-  const int64_t N = logits.dim(0), V = logits.dim(1);
+                                   double scale, int64_t vocab) {
+  const int64_t N = logits.dim(0), ld = logits.dim(1), V = vocab;
+  OFT_ASSERT(V >= 1 && V <= ld, "cross_entropy_bwd: vocab ", V, " outside [1, ", ld, "]");
   const int32_t* tg = targets.data<int32_t>();
   dispatch_float(logits, [&]<class T>() {
     const T* pl = logits.data<T>();
     T* pd = dlogits.data<T>();
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
-      T* drow = pd + n * V;
+      T* drow = pd + n * ld;
+      for (int64_t v = V; v < ld; ++v) drow[v] = 0;
       if (tg[n] < 0) {
         for (int64_t v = 0; v < V; ++v) drow[v] = 0;
         continue;
       }
-      const T* row = pl + n * V;
+      const T* row = pl + n * ld;
       T mx = row[0];
       for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
       double s = 0;

@@ -77,9 +77,10 @@ class CudaBackend final : public Backend {
   void copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col,
                     int64_t ncols, bool accumulate) override;
 
-  void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) override;
+  void cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets,
+                         int64_t vocab) override;
   void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
-                         double scale) override;
+                         double scale, int64_t vocab) override;
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWStep& h) override;

@@ -140,14 +140,14 @@ __device__ MaxSum row_stats(const T* row, int64_t V, const RowSplit& sp) {
 template <class T, int kN>
 __global__ void __launch_bounds__(kCeThreads)
     cross_entropy_fwd_kernel(float* __restrict__ losses, const T* __restrict__ logits,
-                             const int32_t* __restrict__ targets, int64_t V) {
+                             const int32_t* __restrict__ targets, int64_t V, int64_t ld) {
   const int64_t n = blockIdx.x;
   const int64_t tgt = targets[n];
   if (tgt < 0) {  // uniform across the block: no thread reaches a barrier
     if (threadIdx.x == 0) losses[n] = 0.f;
     return;
   }
-  const T* row = logits + n * V;
+  const T* row = logits + n * ld;
   const RowSplit sp = split_row<T, kN>(row, V);
   const MaxSum st = row_stats<T, kN>(row, V, sp);
   if (threadIdx.x == 0) losses[n] = tgt < V ? st.m + __logf(st.s) - to_f32(row[tgt]) : NAN;
@@ -158,11 +158,12 @@ __global__ void __launch_bounds__(kCeThreads)
 template <class T, int kN>
 __global__ void __launch_bounds__(kCeThreads)
     cross_entropy_bwd_kernel(T* dlogits, const T* logits, const int32_t* __restrict__ targets,
-                             int64_t V, float scale) {
+                             int64_t V, int64_t ld, float scale) {
   const int64_t n = blockIdx.x;
   const int64_t tgt = targets[n];
-  const T* row = logits + n * V;
-  T* drow = dlogits + n * V;
+  const T* row = logits + n * ld;
+  T* drow = dlogits + n * ld;
+  for (int64_t i = V + threadIdx.x; i < ld; i += kCeThreads) drow[i] = from_f32<T>(0.f);  // padding
   const RowSplit sp = split_row<T, kN>(row, V);  // same split for drow (checked by the host)
   const int tid = threadIdx.x;
   float m = 0.f, inv = 0.f, fixed = 0.f;
@@ -209,10 +210,12 @@ void check_ce_args(const Tensor& logits, const Tensor& targets, const char* what
 
 }  // namespace
 
-void CudaBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets) {
+void CudaBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets,
+                                    int64_t vocab) {
   check_ce_args(logits, targets, "cross_entropy_fwd");
   cuda::expect_dtype(losses, DType::F32, "cross_entropy_fwd losses (per-row losses are f32)");
-  const int64_t N = logits.dim(0), V = logits.dim(1);
+  const int64_t N = logits.dim(0), ld = logits.dim(1), V = vocab;
+  OFT_ASSERT(V <= ld, "cross_entropy_fwd: vocab ", V, " exceeds the logits width ", ld);
   OFT_ASSERT(losses.numel() == N, "cross_entropy_fwd: losses has ", losses.numel(),
              " elements for ", N, " rows");
   if (N == 0) return;
@@ -220,20 +223,21 @@ void CudaBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const 
   OFT_DISPATCH_FLOAT(logits.dtype(), "cross_entropy_fwd", {
     constexpr int kV = static_cast<int>(16 / sizeof(T));
     cross_entropy_fwd_kernel<T, kV><<<static_cast<unsigned>(N), kCeThreads, 0, cuda::stream()>>>(
-        static_cast<float*>(losses.raw()), ptr<T>(logits), ptr<int32_t>(targets), V);
+        static_cast<float*>(losses.raw()), ptr<T>(logits), ptr<int32_t>(targets), V, ld);
     OFT_CUDA_LAUNCH_CHECK();
   });
 }
 
 void CudaBackend::cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
-                                    double scale) {
+                                    double scale, int64_t vocab) {
   check_ce_args(logits, targets, "cross_entropy_bwd");
   cuda::expect_float(dlogits, "cross_entropy_bwd dlogits");
   OFT_ASSERT(dlogits.shape() == logits.shape() && dlogits.dtype() == logits.dtype(),
              "cross_entropy_bwd: dlogits ", shape_str(dlogits.shape()), " ",
              dtype_name(dlogits.dtype()), " vs logits ", shape_str(logits.shape()), " ",
              dtype_name(logits.dtype()));
-  const int64_t N = logits.dim(0), V = logits.dim(1);
+  const int64_t N = logits.dim(0), ld = logits.dim(1), V = vocab;
+  OFT_ASSERT(V <= ld, "cross_entropy_bwd: vocab ", V, " exceeds the logits width ", ld);
   if (N == 0 || V == 0) return;
   // Packed access needs both rows at the same offset modulo 16 (always true in place).
   const bool same_phase = reinterpret_cast<uintptr_t>(dlogits.raw()) % 16 ==
@@ -243,11 +247,11 @@ void CudaBackend::cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const
     if (same_phase)
       cross_entropy_bwd_kernel<T, kV><<<static_cast<unsigned>(N), kCeThreads, 0,
                                         cuda::stream()>>>(ptr<T>(dlogits), ptr<T>(logits),
-                                                          ptr<int32_t>(targets), V, float(scale));
+                                                          ptr<int32_t>(targets), V, ld, float(scale));
     else
       cross_entropy_bwd_kernel<T, 1><<<static_cast<unsigned>(N), kCeThreads, 0,
                                        cuda::stream()>>>(ptr<T>(dlogits), ptr<T>(logits),
-                                                         ptr<int32_t>(targets), V, float(scale));
+                                                         ptr<int32_t>(targets), V, ld, float(scale));
     OFT_CUDA_LAUNCH_CHECK();
   });
 }
