@@ -61,4 +61,4 @@ if [[ " $what " == *" sanitize "* ]]; then
 fi
 
 # At most a few files come back from a GPU machine: pack the logs into one archive.
-(cd "$OUT" && tar -czf logs.tar.gz --exclude=logs.tar.gz . && find . -type f ! -name logs.tar.gz -delete)
+tar -czf /tmp/oft_logs.tar.gz -C "$OUT" . && find "$OUT" -type f -delete && mv /tmp/oft_logs.tar.gz "$OUT/logs.tar.gz"

@@ -95,8 +95,9 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
                  name.c_str());
   if (gate_all_) {
     gate_all_features_ = Linear(ps, name + ".gate.all_features", C_, H_, true, dt, dev);
-    ops::fill(gate_all_features_.b, bias0);
-    ps.find(name + ".gate.all_features.bias")->fixed_init = true;
+    Param* gb = ps.find(name + ".gate.all_features.bias");
+    ops::fill(gb->value, bias0);  // the master: the bf16 compute copy follows at sync_compute
+    gb->fixed_init = true;
   } else if (gate_mlp_) {
     hid_ = cfg.attn_gate_hidden;
     OFT_CHECK(hid_ >= 1, "model.attn_gate_hidden must be >= 1");

@@ -11,6 +11,9 @@
 //         order; the embedding gradient sums with atomics);
 //   bf16: loss 1e-2 relative, each tensor 0.15, all together 6e-2 (activations rounded to
 //         8 significant bits at every op boundary through two layers; a wrong kernel gives ~1).
+//         Scalar and per-head gains (<= 16 values; skipless blocks) get 0.6: their gradient is one dot product of two bf16
+//         activation tensors whose terms largely cancel, so bf16 leaves few correct digits; a
+//         sign or scale error still exceeds it.
 #include <cmath>
 #include <functional>
 
@@ -94,7 +97,9 @@ TEST_P(CudaModel, LossAndGradientsMatchTheCpu) {
       const double rel = rel_err(got.grads[i].second, ref.grads[i].second);
       const double diff = norms[i] > 0 ? rel * norms[i] : rel;  // ||got - ref||
       const double e = diff / std::max(norms[i], floor);
-      EXPECT_LE(e, bf ? 0.15 : 1e-3) << dtype_label(dt) << " gradient of " << ref.grads[i].first;
+      const bool scalar_gain = ref.grads[i].second.numel() <= 16;  // scalar or per-head
+      EXPECT_LE(e, bf ? (scalar_gain ? 0.6 : 0.15) : 1e-3)
+          << dtype_label(dt) << " gradient of " << ref.grads[i].first;
       if (e > worst) worst = e, worst_name = ref.grads[i].first;
       const std::vector<double> g = got.grads[i].second.to_vector(), r = ref.grads[i].second.to_vector();
       for (size_t k = 0; k < g.size(); ++k) num += (g[k] - r[k]) * (g[k] - r[k]), den += r[k] * r[k];
