@@ -2,6 +2,8 @@
 // "oft: error: ..." line naming the file or key, never a crash, and leaves no files behind.
 #include <gtest/gtest.h>
 
+#include "ops/ops.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -63,6 +65,13 @@ TEST_F(Cli, BadConfigValues) {
   expect_error("train tiny model.n_head=3", {"model.n_head=3", "d_model=128"});
   expect_error("train tiny data.seq_len=512", {"model.max_seq_len=128"});
   expect_error("train tiny model.depth=3", {"unknown config key 'model.depth'", "model.n_layer"});
+  expect_error("train tiny train.device=gpu", {"train.device", "cuda"});
+  expect_error("train tiny train.device=cpu train.precision=bf16",
+               {"train.precision=bf16 needs the GPU", "train.precision=auto"});
+  expect_error("train tiny train.precision=fp8", {"train.precision", "bf16"});
+  if (!oft::ops::cuda_available())
+    expect_error("train tiny train.device=cuda", {"train.device=cuda", "train.device=cpu"});
+  expect_error("bench tiny", {"model.vocab_size", "model.vocab_size=50257"});
   const fs::path y = dir_ / "broken.yaml";
   std::ofstream(y) << "model: {n_layer: [\n";
   expect_error("train " + y.string(), {y.string(), "malformed YAML"});

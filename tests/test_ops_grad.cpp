@@ -131,6 +131,29 @@ TEST(OpGrad, CrossEntropyWithIgnoredRows) {
   expect_grad("dlogits", logits, d, loss);
 }
 
+// Padded output layer: columns >= vocab are ignored by the loss and get a zero gradient, so a
+// [N, Vp] logits matrix gives exactly the losses and gradients of its first V columns.
+TEST(OpGrad, CrossEntropyIgnoresPaddingColumns) {
+  Rng rng(7);
+  const int64_t N = 4, V = 5, Vp = 8;
+  Tensor wide = randn({N, Vp}, rng, 2.0), narrow = Tensor::zeros({N, V}, DType::F64);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t v = 0; v < V; ++v) narrow.data<double>()[n * V + v] = wide.data<double>()[n * Vp + v];
+  Tensor tg = Tensor::from_vector({N}, {4, -1, 0, 2}, DType::I32);
+  Tensor lw = Tensor::zeros({N}, DType::F64), ln = Tensor::zeros({N}, DType::F64);
+  cpu().cross_entropy_fwd(lw, wide, tg, V);
+  cpu().cross_entropy_fwd(ln, narrow, tg, V);
+  EXPECT_EQ(lw.to_vector(), ln.to_vector());
+  Tensor dw = randn({N, Vp}, rng), dn = Tensor::zeros({N, V}, DType::F64);
+  cpu().cross_entropy_bwd(dw, wide, tg, 0.5, V);
+  cpu().cross_entropy_bwd(dn, narrow, tg, 0.5, V);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t v = 0; v < V; ++v)
+      EXPECT_EQ(dw.data<double>()[n * Vp + v], dn.data<double>()[n * V + v]);
+    for (int64_t v = V; v < Vp; ++v) EXPECT_EQ(dw.data<double>()[n * Vp + v], 0.0);
+  }
+}
+
 struct AttnCase {
   const char* name;
   ops::ProbFn prob;

@@ -159,6 +159,9 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   set_cpu_threads(cfg.train.threads);
   const TrainConfig& tc = cfg.train;
   const int64_t B = tc.batch_size, T = cfg.data.seq_len;
+  // Device and precision first: a wrong one fails before any data is read.
+  const Device device = parse_device(tc.device);
+  const DType dtype = compute_dtype(tc, device);
   auto train_shard = open_shard(cfg.data.train, "data.train");
   auto val_shard = open_shard(cfg.data.val, "data.val");
   OFT_CHECK(train_shard->vocab_size() == val_shard->vocab_size(), "data.train (vocabulary ",
@@ -171,8 +174,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
 
   const std::string run_dir = cfg.run_dir();
   fs::create_directories(run_dir);
-  const Device device = parse_device(tc.device);
-  TransformerLM model(cfg.model, compute_dtype(tc, device), device, T);
+  TransformerLM model(cfg.model, dtype, device, T);
   AdamW opt(model.params(), tc);
 
   const LoaderOptions lo = loader_options(cfg, cfg.data.train);
