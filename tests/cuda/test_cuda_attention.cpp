@@ -3,7 +3,9 @@
 // bidirectional attention with padding masks (including rows that see no key at all), head
 // widths on the tensor-core path (16, 32, 64, 128) and off it (8, 24, 256), sequence lengths that
 // are not multiples of the 64-row tiles; the evaluation path with fake quantization and range
-// capture; `saved` reuse across shapes; and a timing report at the GPT-2 shape.
+// capture; `saved` reuse across shapes; hand-built inputs that put clipped-softmax
+// probabilities exactly on the clamp bound (p = 1, zeta = 1); and a timing report at the GPT-2
+// shape.
 //
 // Tolerances: tol_for(dtype) (1e-5 f32, 1e-2 bf16). For bf16 the kernels also round the
 // probabilities and dS to bf16 for the tensor-core products (as FlashAttention does); that adds
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
@@ -83,14 +86,12 @@ std::string label(DType dt, const Dims& d, const ProbCase& pc, Mode m) {
          mode_name(m);
 }
 
-// Forward and backward of one configuration on both backends; `gsaved` is the GPU's state
-// tensor (may come in defined, from another shape).
-void check_fwd_bwd(DType dt, const Dims& d, const ProbCase& pc, Mode m, Tensor& gsaved) {
-  SCOPED_TRACE(label(dt, d, pc, m));
+// Forward and backward of one configuration on both backends, on the given inputs (f32 CPU
+// tensors; the CPU sees them rounded to dt); `gsaved` is the GPU's state tensor (may come in
+// defined, from another shape).
+void compare_fwd_bwd(DType dt, const Dims& d, const AttentionSpec& spec, const Tensor& qkv,
+                     const Tensor& dout, const Tensor& mask, Tensor& gsaved) {
   const int64_t C = d.H * d.D, N = d.B * d.T;
-  const AttentionSpec spec = make_spec(d, pc, m);
-  const Tensor qkv = randn({N, 3 * C}, 1.5), dout = randn({N, C});
-  const Tensor mask = m == Mode::Causal ? Tensor() : make_mask(d.B, d.T);
   const Tensor qkv_r = rounded(qkv, dt), dout_r = rounded(dout, dt);
 
   auto& cpu = ops::cpu_backend();
@@ -108,6 +109,16 @@ void check_fwd_bwd(DType dt, const Dims& d, const ProbCase& pc, Mode m, Tensor& 
   Tensor gdqkv = poisoned({N, 3 * C}, dt);
   gpu.attention_bwd(gdqkv, gdout, gqkv, gsaved, gmask, d.B, d.T, spec);
   EXPECT_GPU_CLOSE(gdqkv, dqkv_ref, tol_for(dt));
+}
+
+// One configuration on fresh random inputs.
+void check_fwd_bwd(DType dt, const Dims& d, const ProbCase& pc, Mode m, Tensor& gsaved) {
+  SCOPED_TRACE(label(dt, d, pc, m));
+  const int64_t C = d.H * d.D, N = d.B * d.T;
+  const AttentionSpec spec = make_spec(d, pc, m);
+  const Tensor qkv = randn({N, 3 * C}, 1.5), dout = randn({N, C});
+  const Tensor mask = m == Mode::Causal ? Tensor() : make_mask(d.B, d.T);
+  compare_fwd_bwd(dt, d, spec, qkv, dout, mask, gsaved);
 }
 
 // Tensor-core widths (bf16: mma path), an odd width and a tiny / wide one (generic path).
@@ -142,6 +153,69 @@ TEST(CudaAttention, TileBoundariesBF16) {
       check_fwd_bwd(DType::BF16, {2, T, 2, 64}, kProbs[0], m, saved);
       check_fwd_bwd(DType::BF16, {1, T, 1, 32}, kProbs[3], m, saved);
     }
+}
+
+// Clipped softmax with zeta = 1 where a probability is exactly 1: raw = (zeta - gamma) p + gamma
+// lands exactly on the upper clamp bound 1. The forward gets p = 1 exactly, the backward
+// recomputes p = exp2(x * scale_log2 - L) and, if the compiler fuses that into one FMA, gets
+// exp2(rounding residual of x) = 1 + a few ulp for a positive residual. Before the kernels
+// stopped testing the vacuous upper bound for zeta <= 1 (Args::clip_hi), that switched dp off
+// in the backward but not in the forward's O2 / D_i, so dS = -D_i instead of 0 (relative dqkv
+// errors of 0.1 - 0.3 in the random bf16 cases with single-key rows).
+// Inputs: T = 3 keys, k_t = b_t e_t, q_t = a_t e_t + noise in dimensions >= T (where every k is
+// 0), so q_i . k_j = 0 for i != j and q_t . k_t = a_t b_t exactly (bf16 a, b): the diagonal score
+// x = a b scale_log2 lies in [32, 64) and dominates its row (the other keys get p ~ 2^-32, so
+// p rounds to 1 on both sides), and (a, b) are chosen so that the rounding residual of x is
+// positive and at least a quarter ulp (exp2 of it is 1 + 5 ulp, well above ex2.approx's error).
+// Rows: the first causal row (one visible key), a row whose earlier key is padding (one visible
+// key under causal+mask), and rows with a dominant diagonal key (every mode).
+Tensor clip_boundary_qkv(const Dims& d) {
+  const int64_t C = d.H * d.D, N = d.B * d.T;
+  const float sl = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d.D)));
+  std::vector<std::pair<double, double>> ab;  // (a, b) on the bf16 grid of [8, 16) (step 1/16)
+  for (int i = 0; i < 128 && ab.size() < 64; ++i)
+    for (int j = 0; j < 128 && ab.size() < 64; j += 7) {
+      const double a = 8 + i / 16.0, b = 8 + j / 16.0;
+      const float s = static_cast<float>(a * b);  // exact: 16 significant bits
+      const float x = s * sl;
+      if (x < 32.f || x >= 64.f) continue;
+      const double residual = static_cast<double>(s) * sl - x;  // exact product minus rounded
+      if (residual >= 0.25 * std::ldexp(1.0, -18)) ab.emplace_back(a, b);  // ulp(x) = 2^-18
+    }
+  EXPECT_GE(ab.size(), 16u) << "too few (a, b) pairs with a positive score rounding residual";
+  if (ab.empty()) ab.emplace_back(12.0, 12.0);
+  std::vector<double> v = randn({N, 3 * C}).to_vector();  // v columns and the q noise stay
+  size_t next = 0;
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t t = 0; t < d.T; ++t)
+      for (int64_t h = 0; h < d.H; ++h) {
+        const auto [qa, kb] = ab[next++ % ab.size()];
+        double* row = v.data() + (b * d.T + t) * 3 * C;
+        for (int64_t e = 0; e < d.D; ++e) {
+          double& q = row[h * d.D + e];
+          if (e < d.T) q = e == t ? qa : 0.0;
+          row[C + h * d.D + e] = e == t ? kb : 0.0;
+        }
+      }
+  return rounded(Tensor::from_vector({N, 3 * C}, v, DType::F32), DType::BF16);
+}
+
+TEST(CudaAttention, ClippedGradientAtProbabilityOne) {
+  OFT_REQUIRE_CUDA();
+  const ProbCase pc = kProbs[2];  // clipped(-0.025:1): zeta = 1
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t D : {32, 24})  // bf16: tensor-core (32) and CUDA-core (24) kernels
+      for (Mode m : {Mode::Causal, Mode::BidirMasked, Mode::CausalMasked}) {
+        const Dims d{2, 3, 2, D};
+        SCOPED_TRACE(label(dt, d, pc, m));
+        // Sequence 1 loses key 0: causal+mask row 0 sees nothing, row 1 only its own key.
+        const Tensor mask = m == Mode::Causal
+                                ? Tensor()
+                                : Tensor::from_vector({6}, {1, 1, 1, 0, 1, 1}, DType::I32);
+        Tensor saved;
+        compare_fwd_bwd(dt, d, make_spec(d, pc, m), clip_boundary_qkv(d),
+                        randn({d.B * d.T, d.H * d.D}), mask, saved);
+      }
 }
 
 // `saved` handed back in with another shape / dtype / probability function is reallocated.

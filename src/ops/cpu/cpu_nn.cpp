@@ -296,8 +296,11 @@ void CpuBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& q
             for (int64_t d = 0; d < D; ++d) dvj[d] += pc * doi[d];
           }
           if (spec.prob == ProbFn::Clipped) {
-            const double raw = span * pij + spec.gamma;  // clamp passes gradient on [0, 1]
-            g = (raw >= 0.0 && raw <= 1.0) ? g * span : 0.0;
+            // The clamp passes the gradient on [0, 1]; for zeta <= 1 the upper clamp never
+            // binds (p <= 1 gives raw <= zeta), so only the lower bound is tested, as the CUDA
+            // kernels do (a rounding of p = 1 upwards must not switch the gradient off).
+            const double raw = span * pij + spec.gamma;
+            g = (raw >= 0.0 && (spec.zeta <= 1.0 || raw <= 1.0)) ? g * span : 0.0;
           }
           dp[j] = g;
           rowsum += double(pij) * g;

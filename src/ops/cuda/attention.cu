@@ -125,6 +125,8 @@ Args make_args(const Tensor& qkv, const Tensor& key_mask, int64_t B, int64_t T, 
                                            : cuda::attn::kSoftmax;
   a.gamma = float(spec.gamma);
   a.span = float(spec.zeta - spec.gamma);
+  // zeta <= 1: the upper clamp never binds (see attention_common.cuh), so never test it.
+  a.clip_hi = spec.zeta <= 1.0 ? cuda::attn::kNoClipHi : 1.f;
   a.scale = float(1.0 / std::sqrt(double(g.D)));
   a.scale_log2 = float(1.4426950408889634 / std::sqrt(double(g.D)));
   return a;

@@ -12,9 +12,21 @@
 //      so p = exp2(x - L) is the exact probability (softmax1 folds in its virtual zero logit;
 //      +inf marks a softmax row with no visible key, so p = 0 there);
 //   O  [B*T, C] in the activation dtype: a copy of the output for softmax / softmax1, and for
-//      clipped softmax O2 = sum_j p_j [0 <= (zeta-gamma) p_j + gamma <= 1] v_j, so that the
+//      clipped softmax O2 = sum_j p_j [0 <= (zeta-gamma) p_j + gamma <= clip_hi] v_j, so that the
 //      backward's row term D_i = sum_j p_j dp_j is factor * rowsum(dO * O) for every ProbFn
 //      (factor = zeta - gamma for clipped, 1 otherwise) without another pass over the keys.
+//
+// Clipped softmax pass-through test (forward O2 and backward dp must agree on it key by key,
+// or dS = p (dp - D_i) keeps a term of D_i that dp lacks): raw = (zeta-gamma) p + gamma passes
+// the gradient when 0 <= raw <= clip_hi. clip_hi is 1, except for zeta <= 1, where the upper
+// clamp can never bind (p <= 1 gives raw <= zeta <= 1) and clip_hi = kNoClipHi (no upper test).
+// This matters at p = 1, where raw = zeta = 1 sits exactly on the bound: rows with one visible
+// key (the first causal row, rows whose earlier keys are padding) or one dominant key have
+// p = 1 in the forward, while the backward recomputes p = exp2(x - L) from separately compiled
+// arithmetic (the compiler may fuse x * scale_log2 - L into one FMA, which keeps the rounding
+// residual of x) and can get p = 1 + 2^-23, raw > 1. A literal `raw <= 1` then switched dp off
+// in the backward while O2 / D_i kept it: dS = -D_i instead of 0 on those rows. The CPU oracle
+// (CpuBackend::attention_bwd) uses the same rule.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +36,8 @@
 namespace oft::cuda::attn {
 
 enum Prob : int { kSoftmax = 0, kClipped = 1, kSoftmax1 = 2 };
+// Args::clip_hi when the upper clamp cannot bind (FLT_MAX: above every finite raw).
+constexpr float kNoClipHi = 3.402823466e+38f;
 
 struct Args {
   const void* qkv = nullptr;   // [B*T, 3C] act dtype
@@ -39,6 +53,7 @@ struct Args {
   bool causal = true;
   int prob = kSoftmax;
   float gamma = 0.f, span = 1.f;  // clipped: p' = clip(span * p + gamma, 0, 1), span = zeta-gamma
+  float clip_hi = 1.f;  // clipped: gradient passes on 0 <= raw <= clip_hi (see above)
   float scale = 1.f;              // 1 / sqrt(D)
   float scale_log2 = 1.f;         // log2(e) / sqrt(D)
 };

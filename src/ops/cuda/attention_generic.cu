@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kThreads) fwd_generic_kernel(const Args a) {
         const float pe = exp2f(x - lse);
         const float raw = a.span * pe + a.gamma;
         p = fminf(fmaxf(raw, 0.f), 1.f);
-        p2 = (raw >= 0.f && raw <= 1.f) ? pe : 0.f;
+        p2 = (raw >= 0.f && raw <= a.clip_hi) ? pe : 0.f;  // see Args::clip_hi
       }
       for (int jj = 0; jj < kTile; ++jj) {
         const float pj = __shfl_sync(0xffffffffu, p, jj);
@@ -138,7 +138,7 @@ __device__ __forceinline__ void pair_grad(const Args& a, bool vis, float qk, flo
   if (PROB == kClipped) {
     const float raw = a.span * p + a.gamma;
     pc = fminf(fmaxf(raw, 0.f), 1.f);
-    dp = (raw >= 0.f && raw <= 1.f) ? dov * a.span : 0.f;
+    dp = (raw >= 0.f && raw <= a.clip_hi) ? dov * a.span : 0.f;  // as the forward's O2
   }
   ds = p * (dp - Di);
 }

@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Args a) {
             const float p = exp2f(s[nb][e] - lse[e >> 1]);
             const float raw = a.span * p + a.gamma;
             s[nb][e] = fminf(fmaxf(raw, 0.f), 1.f);
-            p2[nb][e] = (raw >= 0.f && raw <= 1.f) ? p : 0.f;
+            p2[nb][e] = (raw >= 0.f && raw <= a.clip_hi) ? p : 0.f;  // see Args::clip_hi
           }
 #pragma unroll
         for (int kk = 0; kk < NB / 2; ++kk) {
@@ -493,7 +493,8 @@ __global__ void __launch_bounds__(kThreads) bwd_mma_kernel(const Args a) {
         float dp = dpt[nb][e];
         if (PROB == kClipped) {
           const float raw = a.span * p + a.gamma;
-          dp = (raw >= 0.f && raw <= 1.f) ? dp * a.span : 0.f;
+          // Same test as the forward's O2 (Args::clip_hi), or D_i and dp disagree at p = 1.
+          dp = (raw >= 0.f && raw <= a.clip_hi) ? dp * a.span : 0.f;
         }
         st[nb][e] = p * (dp - cD[ql]);
       }
