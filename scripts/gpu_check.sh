@@ -5,7 +5,10 @@
 #   2. a real training run of the `tiny` preset on the GPU (compare its perplexity with the
 #      CPU figure in docs/performance.md);
 #   3. `oft bench` of the performance presets.
-# Results land in $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|train|bench]...
+#   4. (torch) the whole-model loss and gradients against an independent PyTorch model;
+#   5. (peers) the PyTorch peer throughputs of REFERENCE.md §8 on the same GPU.
+# Results land in $OUT (or ./gpu-out).
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -51,6 +54,19 @@ if [[ " $what " == *" bench "* ]]; then
   b bert_base bert_base_vanilla train.grad_accum=1
   b opt_1.3b_b16 opt_1.3b_vanilla train.grad_accum=1 train.batch_size=16 --no-peak
   grep -A40 "per-op" "$OUT/bench_gpt2_124m_vanilla.log"
+fi
+
+if [[ " $what " == *" torch "* ]]; then
+  echo "== independent PyTorch reference: loss and gradients of oft's CPU and GPU backends"
+  rm -rf /tmp/oft_dump
+  OFT_DUMP_DIR=/tmp/oft_dump "$BIN/oft_cuda_tests" --gtest_filter='TorchDump.*' > "$OUT/dump.log" 2>&1 \
+    || tail -5 "$OUT/dump.log"
+  python3 scripts/torch/reference.py /tmp/oft_dump 2>&1 | tee "$OUT/reference.log"
+fi
+
+if [[ " $what " == *" peers "* ]]; then
+  echo "== PyTorch peers on this GPU"
+  PYTHONUNBUFFERED=1 python3 scripts/torch/peers.py ${PEERS_ARGS:-} 2>&1 | tee "$OUT/peers.log" | grep -E "^peer|rror"
 fi
 
 if [[ " $what " == *" sanitize "* ]]; then

@@ -29,7 +29,10 @@ int64_t ParamStore::numel() const {
 }
 
 void ParamStore::zero_grad() {
-  for (auto& p : params_) ops::fill(p.grad, 0.0);
+  if (params_.empty()) return;
+  std::vector<Tensor*> grads;
+  for (auto& p : params_) grads.push_back(&p.grad);
+  ops::on(params_.front().grad).zero_multi(grads);
 }
 
 void ParamStore::pad_rows(Param& p, int64_t rows, Tensor& compute_full, Tensor& grad_full) {

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -51,6 +52,17 @@ struct AdamWStep {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   int64_t step = 1;       // 1-based, for bias correction
   double grad_scale = 1;  // gradients are multiplied by this first (clipping)
+};
+
+// One parameter of a fused multi-tensor AdamW step: f32 master, gradient and moments, and the
+// compute copy to refresh (nullptr, or the master itself, when there is none).
+struct AdamWTensors {
+  Tensor* param = nullptr;
+  const Tensor* grad = nullptr;
+  Tensor* m = nullptr;
+  Tensor* v = nullptr;
+  Tensor* compute = nullptr;
+  double weight_decay = 0.0;
 };
 
 class Backend {
@@ -157,6 +169,26 @@ class Backend {
   // ---- optimizer ----
   virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                      const AdamWStep& h) = 0;
+
+  // ---- multi-tensor forms (one launch for every parameter on the GPU; loops by default) ----
+  // AdamW on every item with h's hyper-parameters (h.weight_decay is ignored: each item has
+  // its own), then compute = bf16/f32 copy of the updated master where an item has one.
+  virtual void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) {
+    for (const AdamWTensors& t : items) {
+      AdamWStep s = h;
+      s.weight_decay = t.weight_decay;
+      adamw(*t.param, *t.grad, *t.m, *t.v, s);
+      if (t.compute && !t.compute->same_storage(*t.param)) convert(*t.compute, *t.param);
+    }
+  }
+  // acc[0] += sum over the tensors of sum x^2 (acc: one f64 on the tensors' device).
+  virtual void sum_squares_multi(Tensor& acc, const std::vector<const Tensor*>& xs) {
+    for (const Tensor* x : xs) sum_squares_into(acc, *x);
+  }
+  // Every tensor = 0.
+  virtual void zero_multi(const std::vector<Tensor*>& xs) {
+    for (Tensor* x : xs) fill(*x, 0.0);
+  }
 
   // ---- dtype conversion ----
   // dst = src converted to dst's dtype (same numel and device; round to nearest even). The

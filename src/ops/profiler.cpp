@@ -171,6 +171,18 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "convert");
     inner_.convert(dst, src);
   }
+  void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override {
+    Scope scope_(this, "adamw_multi");
+    inner_.adamw_multi(items, h);
+  }
+  void sum_squares_multi(Tensor& acc, const std::vector<const Tensor*>& xs) override {
+    Scope scope_(this, "sum_squares_multi");
+    inner_.sum_squares_multi(acc, xs);
+  }
+  void zero_multi(const std::vector<Tensor*>& xs) override {
+    Scope scope_(this, "zero_multi");
+    inner_.zero_multi(xs);
+  }
 
  private:
   Backend& inner_;

@@ -29,25 +29,29 @@ double AdamW::grad_norm() const {
   if (params_.all().empty()) return 0.0;
   const Device dev = params_.all().front().grad.device();
   Tensor acc = Tensor::zeros({1}, DType::F64, dev);
-  for (const Param& p : params_.all()) ops::on(p.grad).sum_squares_into(acc, p.grad);
+  std::vector<const Tensor*> grads;
+  for (const Param& p : params_.all()) grads.push_back(&p.grad);
+  ops::on(acc).sum_squares_multi(acc, grads);
   return std::sqrt(acc.item());
 }
 
 void AdamW::step(double lr, double grad_scale) {
   ++t_;
   auto& ps = params_.all();
-  for (size_t i = 0; i < ps.size(); ++i) {
-    ops::AdamWStep h;
-    h.lr = lr;
-    h.beta1 = cfg_.beta1;
-    h.beta2 = cfg_.beta2;
-    h.eps = cfg_.adam_eps;
-    h.weight_decay = decays(ps[i]) ? cfg_.weight_decay : 0.0;
-    h.step = t_;
-    h.grad_scale = grad_scale;
-    ops::on(ps[i].value).adamw(ps[i].value, ps[i].grad, m_[i], v_[i], h);
-  }
-  params_.sync_compute();
+  if (ps.empty()) return;
+  ops::AdamWStep h;
+  h.lr = lr;
+  h.beta1 = cfg_.beta1;
+  h.beta2 = cfg_.beta2;
+  h.eps = cfg_.adam_eps;
+  h.step = t_;
+  h.grad_scale = grad_scale;
+  // One fused update of every parameter, refreshing the compute copies on the way.
+  std::vector<ops::AdamWTensors> items(ps.size());
+  for (size_t i = 0; i < ps.size(); ++i)
+    items[i] = {&ps[i].value, &ps[i].grad, &m_[i], &v_[i], &ps[i].compute,
+                decays(ps[i]) ? cfg_.weight_decay : 0.0};
+  ops::on(ps[0].value).adamw_multi(items, h);
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {

@@ -85,6 +85,10 @@ class CudaBackend final : public Backend {
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWStep& h) override;
   void convert(Tensor& dst, const Tensor& src) override;
+  // multi_tensor.cu: one launch over every parameter.
+  void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override;
+  void sum_squares_multi(Tensor& acc, const std::vector<const Tensor*>& xs) override;
+  void zero_multi(const std::vector<Tensor*>& xs) override;
 };
 
 
