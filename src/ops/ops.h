@@ -170,6 +170,14 @@ class Backend {
   virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                      const AdamWStep& h) = 0;
 
+  // ---- fused layers ----
+  // y[N, out] = x[N, in] @ w[out, in]^T + b[out] (b may be undefined). The CUDA backend adds
+  // the bias in the matrix product's epilogue.
+  virtual void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
+    matmul(y, x, false, w, true, 1.0, 0.0);
+    if (b.defined()) add_bias(y, b);
+  }
+
   // ---- multi-tensor forms (one launch for every parameter on the GPU; loops by default) ----
   // AdamW on every item with h's hyper-parameters (h.weight_decay is ignored: each item has
   // its own), then compute = bf16/f32 copy of the updated master where an item has one.

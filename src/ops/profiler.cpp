@@ -171,6 +171,10 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "convert");
     inner_.convert(dst, src);
   }
+  void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override {
+    Scope scope_(this, "linear_fwd");
+    inner_.linear_fwd(y, x, w, b);
+  }
   void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override {
     Scope scope_(this, "adamw_multi");
     inner_.adamw_multi(items, h);

@@ -85,6 +85,8 @@ class CudaBackend final : public Backend {
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWStep& h) override;
   void convert(Tensor& dst, const Tensor& src) override;
+  // matmul.cu: the bias in cuBLASLt's epilogue.
+  void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override;
   // multi_tensor.cu: one launch over every parameter.
   void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override;
   void sum_squares_multi(Tensor& acc, const std::vector<const Tensor*>& xs) override;

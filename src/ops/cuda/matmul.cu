@@ -66,10 +66,11 @@ struct PlanKey {
   DType ab, c;
   bool beta_nonzero;
   uint32_t align_a, align_b, align_c;
+  bool bias = false;  // CUBLASLT_EPILOGUE_BIAS: C[m, n] += bias[n] (linear_fwd)
   bool operator<(const PlanKey& o) const {
-    return std::tie(M, N, K, transA, transB, ab, c, beta_nonzero, align_a, align_b, align_c) <
+    return std::tie(M, N, K, transA, transB, ab, c, beta_nonzero, align_a, align_b, align_c, bias) <
            std::tie(o.M, o.N, o.K, o.transA, o.transB, o.ab, o.c, o.beta_nonzero, o.align_a,
-                    o.align_b, o.align_c);
+                    o.align_b, o.align_c, o.bias);
   }
 };
 
@@ -91,6 +92,16 @@ Plan make_plan(const PlanKey& k) {
                                                   sizeof(op_first)));
   OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB,
                                                   &op_second, sizeof(op_second)));
+  if (k.bias) {
+    // In the column-major view D is [N rows, M cols]: the epilogue's per-row bias is per output
+    // feature. The bias has C's dtype; its pointer is set before each call.
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType_t bt = cuda_type(k.c);
+    OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                                    sizeof(epi)));
+    OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+  }
   // Column-major views (rows, cols, ld) of the row-major tensors:
   //   B [K,N] -> (N, K, N); B [N,K] (transB) -> (K, N, K)
   //   A [M,K] -> (K, M, K); A [K,M] (transA) -> (M, K, M)
@@ -147,8 +158,10 @@ const Plan& plan_for(const PlanKey& k) {
 
 }  // namespace
 
-void CudaBackend::matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB,
-                         double alpha, double beta) {
+namespace {
+// C = alpha op(A) op(B) + beta C (+ bias[n] on every row when bias is given).
+void matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, const Tensor& B,
+                 bool transB, double alpha, double beta, const Tensor* bias) {
   cuda::expect_float(A, "matmul A");
   cuda::expect_float(B, "matmul B");
   cuda::expect_float(C, "matmul C");
@@ -167,9 +180,10 @@ void CudaBackend::matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& 
   OFT_ASSERT(C.raw() != A.raw() && C.raw() != B.raw(), "matmul: C must not alias A or B");
   if (K == 0) {  // empty product: C = beta * C
     if (beta == 0.0)
-      fill(C, 0.0);
+      backend.fill(C, 0.0);
     else if (beta != 1.0)
-      scale(C, beta);
+      backend.scale(C, beta);
+    if (bias) backend.add_bias(C, *bias);
     return;
   }
   const PlanKey key{M,
@@ -182,13 +196,40 @@ void CudaBackend::matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& 
                     beta != 0.0,
                     alignment_of(A.raw()),
                     alignment_of(B.raw()),
-                    alignment_of(C.raw())};
+                    alignment_of(C.raw()),
+                    bias != nullptr};
   const Plan& plan = plan_for(key);
+  if (bias) {
+    const void* bp = bias->raw();
+    OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                    &bp, sizeof(bp)));
+  }
   const float al = float(alpha), be = float(beta);
   void* ws = cuda::scratch(kWorkspaceBytes);
   OFT_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(),
                                   plan.second, &be, C.raw(), plan.out, C.raw(), plan.out,
                                   &plan.algo, ws, kWorkspaceBytes, cuda::stream()));
+}
+
+}  // namespace
+
+void CudaBackend::matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB,
+                         double alpha, double beta) {
+  matmul_impl(*this, C, A, transA, B, transB, alpha, beta, nullptr);
+}
+
+void CudaBackend::linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
+  if (!b.defined()) return matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, nullptr);
+  cuda::expect_float(b, "linear_fwd bias");
+  OFT_ASSERT(b.dtype() == y.dtype() && b.numel() == w.dim(0), "linear_fwd: bias ",
+             shape_str(b.shape()), " ", dtype_name(b.dtype()), " for y ", shape_str(y.shape()),
+             " ", dtype_name(y.dtype()));
+  // The epilogue reads the bias with 16-byte vectors when it can: keep a fallback for views.
+  if (reinterpret_cast<uintptr_t>(b.raw()) % 16 != 0) {
+    matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, nullptr);
+    return add_bias(y, b);
+  }
+  matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, &b);
 }
 
 }  // namespace oft::ops
