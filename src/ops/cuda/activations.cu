@@ -25,17 +25,15 @@ namespace {
 
 using cuda::from_f32;
 using cuda::to_f32;
+using cuda::Pack;
+using cuda::ptr;
+using cuda::aligned16;
 
 constexpr int kThreads = 256;
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 constexpr float kGeluC = 0.044715f;
-
-template <class T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
 
 // f(x) in fp32.
 template <Activation A>
@@ -109,13 +107,6 @@ __global__ void act_bwd_kernel(T* dx, const T* dy, const T* x, int64_t n) {
 }
 
 // Typed device pointer (dtype checked by the caller; Tensor::data<T> has no bf16 overload).
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw());
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 // Grid covering max(packs, V) threads (the tail needs up to V threads).
 unsigned grid_for(int64_t n, int V) {
   const int64_t threads = std::max<int64_t>(n / V, V);

@@ -24,6 +24,8 @@
 namespace oft::ops {
 namespace {
 
+using cuda::aligned16;
+
 using cuda::attn::Args;
 
 // One warp per (token row, head): grid-stride over B*T*H warps.
@@ -75,8 +77,6 @@ SavedLayout saved_layout(int64_t B, int64_t T, int64_t H, int64_t C, DType dt) {
   const int64_t o_bytes = B * T * C * int64_t(dtype_size(dt));
   return {l, (o_bytes + 15) / 16 * 4};
 }
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 struct Geometry {
   int64_t C, H, D;

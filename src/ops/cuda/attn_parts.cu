@@ -29,34 +29,13 @@ namespace {
 
 using cuda::from_f32;
 using cuda::to_f32;
+using cuda::Pack;
+using cuda::ptr;
+using cuda::aligned16;
+using cuda::load_pack;
+using cuda::store_pack;
 
 constexpr int kThreads = 256;
-
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw());
-}
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-template <class T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
-template <class T, int V>
-__device__ __forceinline__ void load_pack(const T* p, float (&f)[V]) {
-  const Pack<T, V> r = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-  for (int i = 0; i < V; ++i) f[i] = to_f32(r.v[i]);
-}
-
-template <class T, int V>
-__device__ __forceinline__ void store_pack(T* p, const float (&f)[V]) {
-  Pack<T, V> r;
-#pragma unroll
-  for (int i = 0; i < V; ++i) r.v[i] = from_f32<T>(f[i]);
-  *reinterpret_cast<Pack<T, V>*>(p) = r;
-}
 
 unsigned blocks_for(int64_t threads, int per_block = kThreads) {
   return static_cast<unsigned>(std::max<int64_t>(1, cuda::ceil_div(threads, per_block)));

@@ -82,7 +82,7 @@ class CudaBackend final : public Backend {
   void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                          double scale, int64_t vocab) override;
 
-  void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+  void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,  // multi_tensor.cu
              const AdamWStep& h) override;
   void convert(Tensor& dst, const Tensor& src) override;
   // matmul.cu: the bias in cuBLASLt's epilogue.

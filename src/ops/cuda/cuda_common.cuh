@@ -53,6 +53,38 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
   return __float2bfloat16_rn(x);
 }
 
+// ---- vectorised access shared by the kernels ----
+#ifdef __CUDACC__
+// kN elements of T moved as one aligned load / store (16 bytes: 4 f32 or 8 bf16).
+template <class T, int kN>
+struct alignas(sizeof(T) * kN) Pack {
+  T v[kN];
+};
+
+template <class T, int kN>
+__device__ __forceinline__ void load_pack(const T* p, float (&f)[kN]) {
+  const Pack<T, kN> r = *reinterpret_cast<const Pack<T, kN>*>(p);
+#pragma unroll
+  for (int i = 0; i < kN; ++i) f[i] = to_f32(r.v[i]);
+}
+
+template <class T, int kN>
+__device__ __forceinline__ void store_pack(T* p, const float (&f)[kN]) {
+  Pack<T, kN> r;
+#pragma unroll
+  for (int i = 0; i < kN; ++i) r.v[i] = from_f32<T>(f[i]);
+  *reinterpret_cast<Pack<T, kN>*>(p) = r;
+}
+#endif  // __CUDACC__
+
+// The tensor's data as T* (the dtype was checked by the caller).
+template <class T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw());
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
 // Checks a tensor is on the GPU with an allowed dtype; `what` names it in the error.
 void expect_cuda(const Tensor& t, const char* what);
 void expect_float(const Tensor& t, const char* what);  // f32 or bf16 on the GPU

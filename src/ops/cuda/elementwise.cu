@@ -30,19 +30,10 @@ namespace {
 
 using cuda::from_f32;
 using cuda::to_f32;
+using cuda::Pack;
+using cuda::ptr;
 
 constexpr int kThreads = 256;
-
-// kN elements of T moved as one aligned load/store.
-template <class T, int kN>
-struct alignas(sizeof(T) * kN) Pack {
-  T v[kN];
-};
-
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw());
-}
 
 // A host float in storage type T (round to nearest even for bf16).
 template <class T>

@@ -27,19 +27,11 @@ namespace {
 
 using cuda::from_f32;
 using cuda::to_f32;
+using cuda::Pack;
+using cuda::ptr;
 
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / 32;
-
-template <class T, int kN>
-struct alignas(sizeof(T) * kN) Pack {
-  T v[kN];
-};
-
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw());
-}
 
 bool aligned(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;

@@ -29,19 +29,11 @@ namespace {
 
 using cuda::from_f32;
 using cuda::to_f32;
+using cuda::Pack;
+using cuda::ptr;
 
 constexpr int kCeThreads = 512;
 constexpr int kCeWarps = kCeThreads / 32;
-
-template <class T, int kN>
-struct alignas(sizeof(T) * kN) Pack {
-  T v[kN];
-};
-
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw());
-}
 
 // Online softmax statistics: the running max m and s = sum exp(x - m).
 struct MaxSum {

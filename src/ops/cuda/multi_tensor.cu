@@ -1,3 +1,11 @@
+// AdamW (decoupled weight decay, PyTorch semantics) on f32 master weights, gradients and
+// moments, matching CpuBackend::adamw operation for operation:
+//   g = grad * grad_scale;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   param = param * (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
+// with the same f32 constants and explicitly rounded operations (__fmul_rn, __fsqrt_rn, ...), so
+// neither --use_fast_math nor FMA contraction changes the result. The single-tensor op is the
+// multi-tensor one with one item.
+//
 // Multi-tensor ops: the optimizer step, the global gradient norm and zeroing the gradients, each
 // in one launch over every parameter instead of one launch per tensor (a 124M-parameter GPT-2
 // has 148 tensors: 4 x 148 small launches cost about 5 ms per step).
@@ -192,6 +200,12 @@ void CudaBackend::adamw_multi(const std::vector<AdamWTensors>& items, const Adam
         adamw_multi_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, cuda::stream()>>>(s, k);
         OFT_CUDA_LAUNCH_CHECK();
       });
+}
+
+void CudaBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                        const AdamWStep& h) {
+  OFT_ASSERT(h.step >= 1, "adamw: step is 1-based, got ", h.step);
+  adamw_multi({AdamWTensors{&param, &grad, &m, &v, nullptr, h.weight_decay}}, h);
 }
 
 void CudaBackend::sum_squares_multi(Tensor& acc, const std::vector<const Tensor*>& xs) {

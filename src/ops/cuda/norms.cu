@@ -34,34 +34,13 @@ namespace {
 
 using cuda::from_f32;
 using cuda::to_f32;
+using cuda::Pack;
+using cuda::ptr;
+using cuda::aligned16;
+using cuda::load_pack;
+using cuda::store_pack;
 
 constexpr int kMaxC = 16384;
-
-template <class T>
-T* ptr(const Tensor& t) {
-  return static_cast<T*>(t.raw());
-}
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
-template <class T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
-template <class T, int V>
-__device__ __forceinline__ void load_pack(const T* p, float (&f)[V]) {
-  const Pack<T, V> r = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-  for (int i = 0; i < V; ++i) f[i] = to_f32(r.v[i]);
-}
-
-template <class T, int V>
-__device__ __forceinline__ void store_pack(T* p, const float (&f)[V]) {
-  Pack<T, V> r;
-#pragma unroll
-  for (int i = 0; i < V; ++i) r.v[i] = from_f32<T>(f[i]);
-  *reinterpret_cast<Pack<T, V>*>(p) = r;
-}
 
 // Sums NV values over the whole block (blockDim a multiple of 32); every thread gets the same
 // totals, summed in a fixed order. buf: shared [2 * NV * 32] floats; parity alternates between
