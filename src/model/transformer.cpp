@@ -407,22 +407,49 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   ln_f_.forward(lnf_, resid_.back());
   tap_norm(ln_f_, Point::FinalNorm, -1, lnf_);
   const Tensor& head_w = head_w_.defined() ? head_w_ : head_full_;
-  if (mlm_) {
-    mlm_dense_.forward(mlm_pre_, lnf_.out);
-    be.activation_fwd(mlm_act_, mlm_pre_, act_);
-    mlm_norm_.forward(mlm_saved_, mlm_act_);
-    tap(Point::MlmHidden, -1, mlm_saved_.out);
-    ops::matmul(logits_, mlm_saved_.out, false, head_w, true);
-    ops::add_bias(logits_, mlm_bias_full_);
+  Tensor t_host;
+  n_targets_ = 0;
+  if (targets.defined()) {
+    t_host = targets.to(Device::CPU);
+    for (int64_t i = 0; i < t_host.numel(); ++i) n_targets_ += t_host.data<int32_t>()[i] >= 0;
+  }
+  // Masked LM in training: the head (dense, activation, norm, the V-wide output layer and the
+  // loss) runs on the masked positions only, gathered into n_targets_ dense rows. Observed
+  // forward passes (hooks: metrics, quantization) keep every position.
+  head_rows_ = B * T;
+  head_targets_ = targets;
+  if (mlm_ && targets.defined() && !hook_) {
+    std::vector<double> ix, tg;
+    const int32_t* pt = t_host.data<int32_t>();
+    for (int64_t i = 0; i < t_host.numel(); ++i)
+      if (pt[i] >= 0) ix.push_back(double(i)), tg.push_back(double(pt[i]));
+    head_rows_ = n_targets_;
+    if (head_rows_ == 0) return 0.0;
+    head_index_ = Tensor::from_vector({head_rows_}, ix, DType::I32).to(device_);
+    head_targets_ = Tensor::from_vector({head_rows_}, tg, DType::I32).to(device_);
+    ensure(head_in_, {head_rows_, cfg_.d_model}, dtype_, device_);
+    be.gather_rows(head_in_, lnf_.out, head_index_);
   } else {
-    ops::matmul(logits_, lnf_.out, false, head_w, true);
+    head_index_ = Tensor();
+  }
+  const int64_t M = head_rows_;
+  Tensor logits = logits_.slice(0, M);
+  if (mlm_) {
+    const Tensor& in = head_index_.defined() ? head_in_ : lnf_.out;
+    Tensor pre = mlm_pre_.slice(0, M), act = mlm_act_.slice(0, M);
+    mlm_dense_.forward(pre, in);
+    be.activation_fwd(act, pre, act_);
+    mlm_norm_.forward(mlm_saved_, act);
+    tap(Point::MlmHidden, -1, mlm_saved_.out);
+    ops::matmul(logits, mlm_saved_.out, false, head_w, true);
+    ops::add_bias(logits, mlm_bias_full_);
+  } else {
+    ops::matmul(logits, lnf_.out, false, head_w, true);
   }
   if (!targets.defined()) return 0.0;
-  ops::on(logits_).cross_entropy_fwd(losses_, logits_, targets, cfg_.vocab_size);
-  n_targets_ = 0;
-  const Tensor t_host = targets.to(Device::CPU);
-  for (int64_t i = 0; i < t_host.numel(); ++i) n_targets_ += t_host.data<int32_t>()[i] >= 0;
-  const std::vector<double> lv = losses_.to_vector();
+  Tensor losses = losses_.slice(0, M);
+  ops::on(logits).cross_entropy_fwd(losses, logits, head_targets_, cfg_.vocab_size);
+  const std::vector<double> lv = losses.to_vector();
   double s = 0;
   for (double x : lv) s += x;
   return n_targets_ ? s / double(n_targets_) : 0.0;
@@ -434,15 +461,30 @@ void TransformerLM::backward(double loss_scale) {
   const double scale = n_targets_ ? loss_scale / double(n_targets_) : 0.0;
   // Output layer (tied): logits = lnf @ wte^T.
   auto& be = ops::on(logits_);
-  be.cross_entropy_bwd(dlogits_, logits_, targets_, scale, cfg_.vocab_size);
+  const int64_t M = head_rows_;
+  if (M == 0) {  // masked LM with no masked position: no loss, no gradient
+    ops::fill(dresid_, 0.0);
+    return;
+  }
+  Tensor dlogits = dlogits_.slice(0, M);
+  be.cross_entropy_bwd(dlogits, logits_.slice(0, M), head_targets_, scale, cfg_.vocab_size);
   if (mlm_) {
-    // logits = LN(act(dense(h))) @ wte^T + bias
-    ops::bias_grad(dmlm_bias_full_, dlogits_);
-    ops::matmul(dhead_full_, dlogits_, true, mlm_saved_.out, false, 1.0, 1.0);
-    ops::matmul(dtmp_, dlogits_, false, head_full_, false);
-    mlm_norm_.backward(dbranch_, dtmp_, mlm_act_, mlm_saved_, false);
-    be.activation_bwd(dbranch_, dbranch_, mlm_pre_, act_);
-    mlm_dense_.backward(dnorm_, dbranch_, lnf_.out, false);
+    // logits = LN(act(dense(h))) @ wte^T + bias, on the M head rows
+    const bool gathered = head_index_.defined();
+    Tensor dt = dtmp_.slice(0, M), db = dbranch_.slice(0, M);
+    ops::bias_grad(dmlm_bias_full_, dlogits);
+    ops::matmul(dhead_full_, dlogits, true, mlm_saved_.out, false, 1.0, 1.0);
+    ops::matmul(dt, dlogits, false, head_full_, false);
+    mlm_norm_.backward(db, dt, mlm_act_.slice(0, M), mlm_saved_, false);
+    be.activation_bwd(db, db, mlm_pre_.slice(0, M), act_);
+    if (gathered) {
+      ensure(dhead_in_, {M, cfg_.d_model}, dtype_, device_);
+      mlm_dense_.backward(dhead_in_, db, head_in_, false);
+      ops::fill(dnorm_, 0.0);  // unmasked positions get no gradient from the loss
+      be.scatter_rows(dnorm_, dhead_in_, head_index_);
+    } else {
+      mlm_dense_.backward(dnorm_, db, lnf_.out, false);
+    }
   } else {
     ops::matmul(dhead_full_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
     ops::matmul(dnorm_, dlogits_, false, head_full_, false);

@@ -50,7 +50,8 @@ class TransformerLM {
   void backward(double loss_scale);
   // Logits [B*T, Vp] of the last forward (Vp = V on the CPU; on the GPU columns >= V are the
   // aligned padding of the output layer and hold 0).
-  const Tensor& logits() const { return logits_; }
+  // (A masked LM in training keeps only the masked positions' rows, in position order.)
+  Tensor logits() const { return logits_.slice(0, head_rows_); }
   int64_t counted_targets() const { return n_targets_; }
   // Installs an observer of the forward pass (hooks.h); nullptr removes it.
   void set_hook(ActivationHook* hook);
@@ -128,7 +129,11 @@ class TransformerLM {
   std::vector<BlockActs> acts_;
   Tensor emb_;  // embedding sum before emb_norm_ [N, C]
   NormSaved emb_saved_, lnf_, mlm_saved_;
-  Tensor mlm_pre_, mlm_act_;  // [N, C]
+  Tensor mlm_pre_, mlm_act_;  // [N, C] (the first head_rows_ rows in use)
+  // Rows the output head runs on: all N, or (masked LM in training) the masked positions,
+  // gathered from lnf_.out by head_index_ [M] into head_in_ [M, C]; head_targets_ [M].
+  int64_t head_rows_ = 0;
+  Tensor head_index_, head_targets_, head_in_, dhead_in_;
   Tensor logits_, losses_;
   // Backward scratch.
   Tensor dresid_, dnorm_, dbranch_, dtmp_, dfc_, dlogits_;

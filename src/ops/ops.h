@@ -170,6 +170,12 @@ class Backend {
   virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                      const AdamWStep& h) = 0;
 
+  // ---- row selection (the masked-LM head runs on the masked positions only) ----
+  // dst[i, :] = src[idx[i], :]   (dst [M, C], src [N, C], idx [M] i32 on the device)
+  virtual void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) = 0;
+  // dst[idx[i], :] = src[i, :]; other rows of dst are left as they are (indices are distinct).
+  virtual void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) = 0;
+
   // ---- fused layers ----
   // y[N, out] = x[N, in] @ w[out, in]^T + b[out] (b may be undefined). The CUDA backend adds
   // the bias in the matrix product's epilogue.

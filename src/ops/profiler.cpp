@@ -171,6 +171,14 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "convert");
     inner_.convert(dst, src);
   }
+  void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override {
+    Scope scope_(this, "gather_rows");
+    inner_.gather_rows(dst, src, idx);
+  }
+  void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override {
+    Scope scope_(this, "scatter_rows");
+    inner_.scatter_rows(dst, src, idx);
+  }
   void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override {
     Scope scope_(this, "linear_fwd");
     inner_.linear_fwd(y, x, w, b);

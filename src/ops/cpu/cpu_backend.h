@@ -73,6 +73,8 @@ class CpuBackend final : public Backend {
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWStep& h) override;
   void convert(Tensor& dst, const Tensor& src) override;
+  void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
+  void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
 };
 
 // Calls f.template operator()<T>() with T = float or double according to `t`'s dtype.

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -284,6 +285,39 @@ void CpuBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
 void CpuBackend::sum_squares_into(Tensor& acc, const Tensor& x) {
   OFT_ASSERT(acc.numel() == 1 && acc.dtype() == DType::F64, "sum_squares_into: acc must be one f64");
   acc.data<double>()[0] += dot(x, x);
+}
+
+namespace {
+// Checks of gather_rows / scatter_rows: dense [M, C] rows, sparse [N, C] rows, idx [M] in [0, N).
+void check_rows(const Tensor& dense, const Tensor& sparse, const Tensor& idx, const char* what) {
+  OFT_ASSERT(dense.ndim() == 2 && sparse.ndim() == 2 && dense.dim(1) == sparse.dim(1) &&
+                 dense.dtype() == sparse.dtype() && idx.dtype() == DType::I32 &&
+                 idx.numel() == dense.dim(0),
+             what, ": rows ", shape_str(dense.shape()), " / ", shape_str(sparse.shape()),
+             " with ", idx.numel(), " indices");
+}
+}  // namespace
+
+void CpuBackend::gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) {
+  check_rows(dst, src, idx, "gather_rows");
+  const int64_t M = dst.dim(0), N = src.dim(0), row = src.dim(1) * int64_t(dtype_size(src.dtype()));
+  const int32_t* ix = idx.data<int32_t>();
+  for (int64_t i = 0; i < M; ++i) {
+    OFT_ASSERT(ix[i] >= 0 && ix[i] < N, "gather_rows: index ", ix[i], " outside [0, ", N, ")");
+    std::memcpy(static_cast<char*>(dst.raw()) + i * row,
+                static_cast<const char*>(src.raw()) + ix[i] * row, size_t(row));
+  }
+}
+
+void CpuBackend::scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) {
+  check_rows(src, dst, idx, "scatter_rows");
+  const int64_t M = src.dim(0), N = dst.dim(0), row = dst.dim(1) * int64_t(dtype_size(dst.dtype()));
+  const int32_t* ix = idx.data<int32_t>();
+  for (int64_t i = 0; i < M; ++i) {
+    OFT_ASSERT(ix[i] >= 0 && ix[i] < N, "scatter_rows: index ", ix[i], " outside [0, ", N, ")");
+    std::memcpy(static_cast<char*>(dst.raw()) + ix[i] * row,
+                static_cast<const char*>(src.raw()) + i * row, size_t(row));
+  }
 }
 
 void CpuBackend::convert(Tensor& dst, const Tensor& src) {

@@ -85,6 +85,8 @@ class CudaBackend final : public Backend {
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,  // multi_tensor.cu
              const AdamWStep& h) override;
   void convert(Tensor& dst, const Tensor& src) override;
+  void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
+  void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
   // matmul.cu: the bias in cuBLASLt's epilogue.
   void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override;
   // multi_tensor.cu: one launch over every parameter.
