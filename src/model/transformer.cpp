@@ -190,7 +190,8 @@ Tensor TransformerLM::attention_probs(size_t l) const {
   const AttentionActs& a = acts_.at(l).attn;
   if (a.att_saved.defined() && a.att_saved.device() == Device::CPU) return a.att_saved;
   if (!a.qkv.defined()) return Tensor();
-  const Tensor qkv = a.qkv.to(Device::CPU).cast(DType::F32);
+  Tensor qkv = a.qkv.to(Device::CPU);
+  if (qkv.dtype() != DType::F32) qkv = qkv.cast(DType::F32);
   const Tensor mask = key_mask_.defined() ? key_mask_.to(Device::CPU) : Tensor();
   Tensor out = Tensor::empty({B_ * T_, cfg_.d_model}, DType::F32), probs;
   ops::cpu_backend().attention_fwd(out, probs, qkv, mask, B_, T_, blocks_.at(l).attn.spec());

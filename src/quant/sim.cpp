@@ -50,7 +50,11 @@ void QuantSimulator::on_activation(Point p, int64_t layer, Tensor& dev_t, int64_
   // The estimators and the fake quantizer run on the host: a GPU (or bf16) activation makes a
   // round trip through an f32 host copy. Evaluation only; training never calls this.
   const bool host_copy = dev_t.device() != Device::CPU || dev_t.dtype() == DType::BF16;
-  Tensor t = host_copy ? dev_t.to(Device::CPU).cast(DType::F32) : dev_t;
+  Tensor t = dev_t;
+  if (host_copy) {
+    t = dev_t.to(Device::CPU);
+    if (t.dtype() == DType::BF16) t = t.cast(DType::F32);
+  }
   const bool symmetric = q_.qmethod_acts == "symmetric_uniform";
   const std::string label = point_label(p, layer);
   ActQuant& a = acts_[label];

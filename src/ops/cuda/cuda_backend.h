@@ -28,7 +28,7 @@ class CudaBackend final : public Backend {
   void axpy(Tensor& y, const Tensor& x, double alpha) override;
   void scale(Tensor& x, double s) override;
   double dot(const Tensor& a, const Tensor& b) override;
-  void sum_squares_into(Tensor& acc, const Tensor& x) override;  // reduce.cu
+  void sum_squares_into(Tensor& acc, const Tensor& x) override;  // multi_tensor.cu
 
   void matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB, double alpha,
               double beta) override;

@@ -8,13 +8,13 @@
 //
 // Multi-tensor ops: the optimizer step, the global gradient norm and zeroing the gradients, each
 // in one launch over every parameter instead of one launch per tensor (a 124M-parameter GPT-2
-// has 148 tensors: 4 x 148 small launches cost about 5 ms per step).
+// has 148 tensors: 4 x 148 small launches cost about 5 ms per step). The single-tensor adamw
+// and sum_squares_into are their one-item case.
 //
 // The tensors of one launch are described in a kernel parameter (up to kMaxSegs segments; more
 // are split over several launches). Each segment is cut into chunks of kChunk elements; block b
 // finds its segment by binary search over the chunk prefix sums and walks its chunk with
-// coalesced per-thread strides. The AdamW arithmetic is that of adamw.cu (explicitly rounded f32
-// operations, the CPU's constants), so results equal the per-tensor op bit for bit. The norm is
+// coalesced per-thread strides. The norm is
 // deterministic: per-block partials summed in a fixed order.
 #include <algorithm>
 #include <cmath>
@@ -32,6 +32,8 @@ constexpr int kMaxSegs = 96;
 
 enum CopyKind : int { kNoCopy = 0, kCopyBF16 = 1, kCopyF32 = 2 };
 
+// One tensor of a launch. AdamW uses p / g / m / v and writes the compute copy `copy` (of
+// dtype copy_kind); the single-tensor ops (norm, zeroing) read or write `copy` alone.
 struct Seg {
   float* p;
   const float* g;
@@ -92,14 +94,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t begin = (chunk - s.chunk_begin[&sg - s.seg]) * kChunk;
   const int64_t end = min(sg.n, begin + kChunk);
   float acc = 0.f;
-  if (sg.copy_kind == kCopyBF16) {  // reused as "the tensor is bf16"
+  if (sg.copy_kind == kCopyBF16) {
     const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(sg.copy);
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
       const float t = __bfloat162float(x[i]);
       acc = fmaf(t, t, acc);
     }
   } else {
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) acc = fmaf(sg.g[i], sg.g[i], acc);
+    const float* x = static_cast<const float*>(sg.copy);
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) acc = fmaf(x[i], x[i], acc);
   }
   double d = acc;
   for (int o = 16; o > 0; o >>= 1) d += __shfl_down_sync(0xffffffffu, d, o);
@@ -137,8 +140,18 @@ __global__ void __launch_bounds__(kThreads) zero_multi_kernel(const __grid_const
     __nv_bfloat16* x = static_cast<__nv_bfloat16*>(sg.copy);
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) x[i] = __float2bfloat16_rn(0.f);
   } else {
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) sg.p[i] = 0.f;
+    float* x = static_cast<float*>(sg.copy);
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) x[i] = 0.f;
   }
+}
+
+// A single-tensor segment: the tensor in `copy`, its dtype in copy_kind.
+Seg tensor_seg(const Tensor& x) {
+  Seg sg{};
+  sg.copy = x.raw();
+  sg.copy_kind = x.dtype() == DType::BF16 ? kCopyBF16 : kCopyF32;
+  sg.n = x.numel();
+  return sg;
 }
 
 // Groups segments into launches of at most kMaxSegs; calls launch(segs, chunks) for each.
@@ -208,21 +221,17 @@ void CudaBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
   adamw_multi({AdamWTensors{&param, &grad, &m, &v, nullptr, h.weight_decay}}, h);
 }
 
+void CudaBackend::sum_squares_into(Tensor& acc, const Tensor& x) {
+  OFT_ASSERT(acc.numel() == 1, "sum_squares_into: acc must hold one value");
+  sum_squares_multi(acc, {&x});
+}
+
 void CudaBackend::sum_squares_multi(Tensor& acc, const std::vector<const Tensor*>& xs) {
   cuda::expect_dtype(acc, DType::F64, "sum_squares_multi acc");
   for (const Tensor* x : xs) cuda::expect_float(*x, "sum_squares_multi tensor");
   for_each_launch(
       xs.size(),
-      [&](size_t i, Seg& sg) {
-        sg.n = xs[i]->numel();
-        if (xs[i]->dtype() == DType::BF16) {
-          sg.copy = xs[i]->raw();
-          sg.copy_kind = kCopyBF16;
-        } else {
-          sg.g = static_cast<const float*>(xs[i]->raw());
-          sg.copy_kind = kNoCopy;
-        }
-      },
+      [&](size_t i, Seg& sg) { sg = tensor_seg(*xs[i]); },
       [&](const Segs& s, int64_t chunks) {
         auto* partials = static_cast<double*>(cuda::scratch(sizeof(double) * size_t(chunks)));
         sum_squares_multi_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, cuda::stream()>>>(
@@ -237,16 +246,7 @@ void CudaBackend::zero_multi(const std::vector<Tensor*>& xs) {
   for (const Tensor* x : xs) cuda::expect_float(*x, "zero_multi tensor");
   for_each_launch(
       xs.size(),
-      [&](size_t i, Seg& sg) {
-        sg.n = xs[i]->numel();
-        if (xs[i]->dtype() == DType::BF16) {
-          sg.copy = xs[i]->raw();
-          sg.copy_kind = kCopyBF16;
-        } else {
-          sg.p = static_cast<float*>(xs[i]->raw());
-          sg.copy_kind = kNoCopy;
-        }
-      },
+      [&](size_t i, Seg& sg) { sg = tensor_seg(*xs[i]); },
       [&](const Segs& s, int64_t chunks) {
         zero_multi_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, cuda::stream()>>>(s);
         OFT_CUDA_LAUNCH_CHECK();
