@@ -456,15 +456,22 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   return n_targets_ ? s / double(n_targets_) : 0.0;
 }
 
-void TransformerLM::backward(double loss_scale) {
+bool TransformerLM::in_block(const std::string& name, size_t layer) {
+  return name.starts_with("h." + std::to_string(layer) + ".");
+}
+
+void TransformerLM::backward(double loss_scale, int64_t total_targets) {
   OFT_ASSERT(targets_.defined(), "backward() needs a forward() with targets");
   OFT_ASSERT(!head_w_.defined(), "backward() with an output-layer weight override");
-  const double scale = n_targets_ ? loss_scale / double(n_targets_) : 0.0;
+  const int64_t denom = total_targets > 0 ? total_targets : n_targets_;
+  const double scale = denom ? loss_scale / double(denom) : 0.0;
   // Output layer (tied): logits = lnf @ wte^T.
   auto& be = ops::on(logits_);
   const int64_t M = head_rows_;
   if (M == 0) {  // masked LM with no masked position: no loss, no gradient
     ops::fill(dresid_, 0.0);
+    if (grads_ready_)
+      for (size_t l = blocks_.size(); l-- > 0;) grads_ready_(l);
     return;
   }
   Tensor dlogits = dlogits_.slice(0, M);
@@ -491,7 +498,10 @@ void TransformerLM::backward(double loss_scale) {
     ops::matmul(dnorm_, dlogits_, false, head_full_, false);
   }
   ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false);
-  for (size_t l = blocks_.size(); l-- > 0;) block_backward(l);
+  for (size_t l = blocks_.size(); l-- > 0;) {
+    block_backward(l);
+    if (grads_ready_) grads_ready_(l);
+  }
   // dresid_ = d resid_[0]; through the embedding norm to d(embedding sum).
   Tensor* demb = &dresid_;
   if (emb_norm_.kind != NormKind::None) {

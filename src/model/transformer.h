@@ -12,6 +12,7 @@
 // forward() keeps every activation the explicit backward() needs.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -47,7 +48,16 @@ class TransformerLM {
   // Returns the mean cross-entropy over the counted targets.
   double forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask = Tensor());
   // Accumulates d(loss_scale * mean loss)/d(params) into the gradients. Follows forward().
-  void backward(double loss_scale);
+  // The mean is over counted_targets(), or over `total_targets` when positive (data-parallel
+  // ranks divide their share of the loss by the targets of the whole global batch).
+  void backward(double loss_scale, int64_t total_targets = 0);
+  // Called from backward() as soon as block l's parameter gradients are final (l = L-1 .. 0),
+  // on the host, after the block's backward ops are enqueued: data-parallel training starts
+  // reducing that block's gradients while the earlier blocks are still computing. The
+  // gradients of the embeddings, final norm and head are final when backward() returns.
+  void set_block_grads_ready(std::function<void(size_t layer)> fn) { grads_ready_ = std::move(fn); }
+  // True when the parameter belongs to block l (its name starts with "h.<l>.").
+  static bool in_block(const std::string& param_name, size_t layer);
   // Logits [B*T, Vp] of the last forward (Vp = V on the CPU; on the GPU columns >= V are the
   // aligned padding of the output layer and hold 0).
   // (A masked LM in training keeps only the masked positions' rows, in position order.)
@@ -99,6 +109,7 @@ class TransformerLM {
 
   ModelConfig cfg_;
   ActivationHook* hook_ = nullptr;
+  std::function<void(size_t)> grads_ready_;
   Tensor head_w_;  // output-layer weight override (else the tied wte_)
   DType dtype_;
   Device device_;
