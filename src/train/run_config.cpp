@@ -115,6 +115,9 @@ RunConfig::RunConfig() {
         kBig);
   r.add("train.keep_checkpoints", &t.keep_checkpoints, "newest checkpoints to keep", 1, kBig);
   r.add("train.resume", &t.resume, "resume from the run directory's latest checkpoint");
+  r.add("train.init_from", &t.init_from,
+        "start from the weights of this run / checkpoint (e.g. an `oft import-hf` output) with a "
+        "fresh optimizer and data order; empty = random initialisation");
   r.add("train.stop_at", &t.stop_at,
         "end this invocation after step N with a checkpoint, to split a run (0 = off)", 0, kBig);
   r.add("train.device", &t.device, "compute device (auto = the GPU when one is usable)",

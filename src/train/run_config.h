@@ -43,6 +43,8 @@ struct TrainConfig {
   int64_t ckpt_every = 0;        // 0: only at the end
   int64_t keep_checkpoints = 2;  // newest checkpoints kept (the final one is always kept)
   bool resume = false;           // continue from the run directory's latest checkpoint
+  std::string init_from;         // start from these weights (a run, checkpoints/ or step dir,
+                                 // e.g. one `oft import-hf` wrote) with a fresh optimizer
   int64_t stop_at = 0;           // end this invocation after step N with a checkpoint (0 = off)
   std::string device = "auto";   // auto | cpu | cuda
   std::string precision = "auto";  // auto | bf16 | f32 (activations; masters are f32)

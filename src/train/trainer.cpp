@@ -201,7 +201,13 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     OFT_CHECK(!fs::exists(fs::path(run_dir) / "checkpoints" / "latest"), run_dir,
               " already holds checkpoints: pass train.resume=true to continue it, or choose "
               "another run.name / --run-dir");
-    model.init_weights(static_cast<uint64_t>(tc.seed));
+    if (tc.init_from.empty()) {
+      model.init_weights(static_cast<uint64_t>(tc.seed));
+    } else {
+      const std::string ckpt = find_checkpoint(tc.init_from);
+      load_model_weights(ckpt, model);
+      if (!quiet) std::fprintf(stderr, "initialised from %s\n", ckpt.c_str());
+    }
   }
   NonFiniteGuard guard(tc, skipped);
   write_file_atomic((fs::path(run_dir) / "config.yaml").string(), cfg.registry().to_yaml());
