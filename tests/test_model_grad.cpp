@@ -43,6 +43,7 @@ ModelConfig small_config(const std::vector<std::string>& ov) {
     else if (k == "objective") cfg.objective = v;
     else if (k == "type_vocab_size") cfg.type_vocab_size = std::stoi(v);
     else if (k == "embed_norm") cfg.embed_norm = v == "true";
+    else if (k == "word_embed_proj_dim") cfg.word_embed_proj_dim = std::stoi(v);
     else ADD_FAILURE() << "unknown test override " << k;
   }
   return cfg;
@@ -97,6 +98,9 @@ INSTANTIATE_TEST_SUITE_P(
         ModelCase{"skipless", {"block=skipless", "gains_trainable=true"}},
         ModelCase{"skipless_fixed_gains_rms", {"block=skipless", "norm=rmsnorm", "qk_norm=true"}},
         ModelCase{"skipless_parallel_nonorm", {"block=skipless_parallel", "norm=none", "gains_trainable=true"}},
+        ModelCase{"opt_project_in_out", {"word_embed_proj_dim=6"}},
+        ModelCase{"opt350m_post_norm_project_in_out", {"word_embed_proj_dim=5", "block=post_norm",
+                                                        "final_norm=false", "activation=relu"}},
         ModelCase{"bert_mlm", {"objective=mlm", "block=post_norm", "final_norm=false",
                                "activation=gelu_erf", "type_vocab_size=2", "embed_norm=true"}},
         ModelCase{"bert_mlm_gated_clipped", {"objective=mlm", "block=post_norm", "final_norm=false",

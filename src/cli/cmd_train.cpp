@@ -1,15 +1,24 @@
 // `oft train`, `oft eval` and `oft config`.
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "dist/communicator.h"
+#include "dist/launch.h"
+#include "ops/ops.h"
 #include "train/checkpoint.h"
 #include "train/run_config.h"
 #include "train/trainer.h"
 #include "train/validate.h"
 
 namespace oft::cli {
+
+std::vector<std::string>& program_args() {
+  static std::vector<std::string> args;
+  return args;
+}
 
 namespace {
 // Splits positional arguments into an optional preset/YAML and key=value overrides.
@@ -33,10 +42,31 @@ void register_train(CLI::App& app) {
     auto args = std::make_shared<std::vector<std::string>>();
     auto run_dir = std::make_shared<std::string>();
     auto quiet = std::make_shared<bool>(false);
+    auto gpus = std::make_shared<int>(1);
     cmd->add_option("args", *args, "PRESET_OR_YAML [key=value ...] (default preset: tiny)");
     cmd->add_option("--run-dir", *run_dir, "run directory (default runs/<preset>)");
     cmd->add_flag("-q,--quiet", *quiet, "no progress lines");
+    cmd->add_option("--gpus", *gpus,
+                    "data-parallel over N GPUs of this host, one process each (0 = every "
+                    "visible GPU); train.batch_size stays the global batch")
+        ->check(CLI::Range(0, 1024));
     cmd->callback([=] {
+      const dist::DistEnv env = dist::dist_env_from_environment();
+      if (!env.distributed && *gpus != 1) {
+        // The launcher: the same command line once per GPU, then the ranks' exit status.
+        const int visible = dist::visible_gpus();
+        const int n = *gpus == 0 ? visible : *gpus;
+        OFT_CHECK(n >= 1 && n <= visible, "--gpus ", *gpus, ": ", visible,
+                  " GPU(s) are visible", visible == 0 ? std::string(" (") +
+                      ops::cuda_unavailable_reason() + ")" : std::string(),
+                  ": pass --gpus 1..", std::max(visible, 1));
+        OFT_CHECK(!program_args().empty(), "--gpus: the command line is not known");
+        if (const int rc = dist::launch_local(n, program_args()); rc != 0) std::exit(rc);
+        return;
+      }
+      OFT_CHECK(!env.distributed || *gpus == 1 || *gpus == env.world, "--gpus ", *gpus,
+                " but this process is rank ", env.rank, " of ", env.world,
+                " (OFT_WORLD_SIZE / mpirun): give --gpus only without mpirun");
       std::string preset;
       std::vector<std::string> ov;
       split_args(*args, preset, ov);
@@ -44,6 +74,7 @@ void register_train(CLI::App& app) {
       cfg.load(preset.empty() ? "tiny" : preset, ov);
       if (!run_dir->empty()) cfg.dir = *run_dir;
       TrainResult r = train(cfg, *quiet);
+      if (env.rank != 0) return;
       std::printf("run %s: %lld steps, %.0f tokens/s\n", r.run_dir.c_str(), (long long)r.steps,
                   r.tokens_per_s);
       if (r.initial_val.tokens > 0)

@@ -147,6 +147,41 @@ void Tensor::copy_from(const Tensor& src) {
   }
 }
 
+void Tensor::move_storage_to(void* dst) {
+  OFT_ASSERT(storage_ != nullptr, "move_storage_to on an undefined tensor");
+  Storage& st = *storage_;
+  if (st.data == dst) return;
+  if (st.device == Device::CPU) {
+    std::memcpy(dst, st.data, st.bytes);
+  } else {
+    OFT_ASSERT(g_copy != nullptr, "no device copy registered");
+    g_copy(dst, st.device, st.data, st.device, st.bytes);
+  }
+  if (st.deleter) st.deleter(st.data);
+  st.data = dst;
+  st.deleter = nullptr;
+}
+
+void Tensor::reallocate_storage() {
+  OFT_ASSERT(storage_ != nullptr, "reallocate_storage on an undefined tensor");
+  Storage& st = *storage_;
+  void* dst = nullptr;
+  void (*deleter)(void*) = nullptr;
+  if (st.device == Device::CPU) {
+    dst = std::aligned_alloc(64, (st.bytes + 63) / 64 * 64);
+    deleter = cpu_free;
+    std::memcpy(dst, st.data, st.bytes);
+  } else {
+    const int i = static_cast<int>(st.device);
+    dst = g_alloc[i](st.bytes);
+    deleter = g_free[i];
+    g_copy(dst, st.device, st.data, st.device, st.bytes);
+  }
+  if (st.deleter) st.deleter(st.data);
+  st.data = dst;
+  st.deleter = deleter;
+}
+
 Tensor Tensor::clone() const {
   Tensor t = empty(shape_, dtype_, device());
   t.copy_from(*this);

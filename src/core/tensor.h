@@ -92,6 +92,17 @@ class Tensor {
   double item() const;                    // numel must be 1
 
   bool same_storage(const Tensor& o) const { return storage_ == o.storage_; }
+  // Bytes of the whole storage behind this tensor (views included) and this view's offset in it.
+  size_t storage_bytes() const { return storage_ ? storage_->bytes : 0; }
+  size_t storage_offset() const { return offset_bytes_; }
+  // Moves the whole storage (seen by every tensor that shares it) into `dst`: caller-owned
+  // memory of the same device with room for storage_bytes(). The contents are copied, the old
+  // memory is released, and `dst` must outlive every tensor that shares the storage.
+  // Data-parallel training gathers the gradients into one flat buffer this way while the
+  // layers keep their handles.
+  void move_storage_to(void* dst);
+  // The reverse: moves the storage into fresh memory that it owns again.
+  void reallocate_storage();
 
  private:
   std::shared_ptr<Storage> storage_;

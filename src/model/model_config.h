@@ -14,6 +14,11 @@ struct ModelConfig {
   int64_t d_ff = 512;               // MLP hidden width (4 * d_model in every source config)
   int64_t vocab_size = 0;           // 0: take it from the training shard's header
   int64_t max_seq_len = 128;        // rows of the learned position table
+  // OPT-350m's token embedding width P != d_model: wte is [V, P], project_in [C, P] maps the
+  // token embedding to the model width before the positions are added, project_out [P, C] maps
+  // the final hidden state back before the tied output layer (both without bias). 0 = d_model,
+  // no projections.
+  int64_t word_embed_proj_dim = 0;
   std::string activation = "gelu";  // relu | gelu (tanh approx.) | gelu_erf
   std::string norm = "layernorm";   // layernorm | rmsnorm | none
   double norm_eps = 1e-5;
@@ -45,6 +50,8 @@ struct ModelConfig {
 
   bool causal() const { return objective != "mlm"; }
   int64_t head_dim() const { return d_model / n_head; }
+  bool embed_proj() const { return word_embed_proj_dim > 0 && word_embed_proj_dim != d_model; }
+  int64_t embed_dim() const { return embed_proj() ? word_embed_proj_dim : d_model; }
 };
 
 }  // namespace oft

@@ -50,10 +50,13 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
   act_ = ops::parse_activation(cfg.activation);
   block_ = parse_block(cfg.block);
   const NormKind nk = parse_norm(cfg.norm);
-  const int64_t C = cfg.d_model, F = cfg.d_ff, V = cfg.vocab_size;
+  const int64_t C = cfg.d_model, F = cfg.d_ff, V = cfg.vocab_size, P = cfg.embed_dim();
   if (seq_len <= 0) seq_len = cfg.max_seq_len;
+  proj_ = cfg.embed_proj();
+  OFT_CHECK(!proj_ || cfg.objective == "clm", "model.word_embed_proj_dim (project_in / "
+            "project_out) is for causal LMs (model.objective=clm)");
   {
-    Param& p = params_.create("wte.weight", {V, C}, dtype, device, true);
+    Param& p = params_.create("wte.weight", {V, P}, dtype, device, true);
     vocab_padded_ = device == Device::CUDA ? (V + 63) / 64 * 64 : V;
     if (vocab_padded_ != V) {
       ParamStore::pad_rows(p, vocab_padded_, head_full_, dhead_full_);
@@ -68,6 +71,10 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
     Param& p = params_.create("wpe.weight", {cfg.max_seq_len, C}, dtype, device, true);
     wpe_ = p.compute;
     dwpe_ = p.grad;
+  }
+  if (proj_) {
+    project_in_ = Linear(params_, "project_in", P, C, false, dtype, device);
+    project_out_ = Linear(params_, "project_out", C, P, false, dtype, device);
   }
   if (cfg.type_vocab_size > 0) {
     Param& p = params_.create("wtt.weight", {cfg.type_vocab_size, C}, dtype, device, true);
@@ -165,6 +172,16 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
     if (block_ == BlockType::PostNorm) a.s2 = mk({N, C});
   }
   emb_ = mk({N, C});
+  if (proj_) {
+    const int64_t P = cfg_.embed_dim();
+    std::vector<double> pos(static_cast<size_t>(N));
+    for (int64_t n = 0; n < N; ++n) pos[static_cast<size_t>(n)] = double(n % T);
+    pos_ids_ = Tensor::from_vector({N}, pos, DType::I32).to(device_);
+    emb_tok_ = mk({N, P});
+    pos_emb_ = mk({N, C});
+    head_src_ = mk({N, P});
+    dproj_ = mk({N, P});
+  }
   if (mlm_) {
     mlm_pre_ = mk({N, C});
     mlm_act_ = mk({N, C});
@@ -394,7 +411,15 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   key_mask_ = key_mask;
   OFT_ASSERT(!key_mask.defined() || key_mask.numel() == B * T, "key mask shape");
   auto& be = ops::on(resid_[0]);
-  be.embedding_fwd(emb_, tokens, wte_, wpe_, T, 0);
+  if (proj_) {
+    // x0 = project_in(wte[tok]) + wpe[t]
+    be.embedding_fwd(emb_tok_, tokens, wte_, Tensor(), T, 0);
+    project_in_.forward(emb_, emb_tok_);
+    be.embedding_fwd(pos_emb_, pos_ids_, wpe_, Tensor(), T, 0);
+    ops::add(emb_, emb_, pos_emb_);
+  } else {
+    be.embedding_fwd(emb_, tokens, wte_, wpe_, T, 0);
+  }
   if (wtt0_.defined()) ops::add_bias(emb_, wtt0_);  // every token has type 0
   tap(Point::Embedding, -1, emb_);
   if (emb_norm_.kind != NormKind::None) {
@@ -407,6 +432,8 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   for (size_t l = 0; l < blocks_.size(); ++l) block_forward(l);
   ln_f_.forward(lnf_, resid_.back());
   tap_norm(ln_f_, Point::FinalNorm, -1, lnf_);
+  if (proj_) project_out_.forward(head_src_, lnf_.out);  // [N, C] -> [N, P]
+  const Tensor& head_src = proj_ ? head_src_ : lnf_.out;
   const Tensor& head_w = head_w_.defined() ? head_w_ : head_full_;
   Tensor t_host;
   n_targets_ = 0;
@@ -445,7 +472,7 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
     ops::matmul(logits, mlm_saved_.out, false, head_w, true);
     ops::add_bias(logits, mlm_bias_full_);
   } else {
-    ops::matmul(logits, lnf_.out, false, head_w, true);
+    ops::matmul(logits, head_src, false, head_w, true);
   }
   if (!targets.defined()) return 0.0;
   Tensor losses = losses_.slice(0, M);
@@ -494,8 +521,14 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
       mlm_dense_.backward(dnorm_, db, lnf_.out, false);
     }
   } else {
-    ops::matmul(dhead_full_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
-    ops::matmul(dnorm_, dlogits_, false, head_full_, false);
+    if (proj_) {
+      ops::matmul(dhead_full_, dlogits_, true, head_src_, false, 1.0, 1.0);
+      ops::matmul(dproj_, dlogits_, false, head_full_, false);
+      project_out_.backward(dnorm_, dproj_, lnf_.out, false);
+    } else {
+      ops::matmul(dhead_full_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
+      ops::matmul(dnorm_, dlogits_, false, head_full_, false);
+    }
   }
   ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false);
   for (size_t l = blocks_.size(); l-- > 0;) {
@@ -509,7 +542,14 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
     demb = &dtmp_;
   }
   if (dwtt0_.defined()) ops::bias_grad(dwtt0_, *demb);
-  be.embedding_bwd(dwte_, dwpe_, *demb, tokens_, T_, 0);
+  if (proj_) {
+    Tensor none;
+    be.embedding_bwd(dwpe_, none, *demb, pos_ids_, T_, 0);  // dwpe[t] += d x0
+    project_in_.backward(dproj_, *demb, emb_tok_, false);    // d wte[tok] [N, P]
+    be.embedding_bwd(dwte_, none, dproj_, tokens_, T_, 0);
+  } else {
+    be.embedding_bwd(dwte_, dwpe_, *demb, tokens_, T_, 0);
+  }
 }
 
 }  // namespace oft

@@ -9,6 +9,8 @@
 //   skipless_parallel  out = b_SA SA(N1(x)) + b_FF M(N1(x))
 // (SA: shaped attention; gains b_SA, a_FF, b_FF start at 1, 1, 0.1.)
 // A is multi-head attention with its variants (attention.h), M = Linear -> act -> Linear.
+// With model.word_embed_proj_dim = P != C (OPT-350m) the token embedding is [V, P]:
+//   x0 = project_in(wte[tok]) + wpe[t],   logits = project_out(final hidden) @ wte^T.
 // forward() keeps every activation the explicit backward() needs.
 #pragma once
 
@@ -117,6 +119,9 @@ class TransformerLM {
   ops::Activation act_;
   ParamStore params_;
   Tensor wte_, wpe_, dwte_, dwpe_;
+  // project_in [C, P] / project_out [P, C] (no bias) when the embedding width P differs.
+  bool proj_ = false;
+  Linear project_in_, project_out_;
   // The tied output layer over the padded vocabulary Vp (= V on the CPU; on the GPU V rounded up
   // to 64 so every logits row is 128-byte aligned for the matrix units): wte / its gradient with
   // zero rows appended, the MLM decoder bias likewise. Logits are [N, Vp]; the loss ignores
@@ -139,6 +144,7 @@ class TransformerLM {
   std::vector<Tensor> resid_;  // resid_[l]: input of block l; resid_[L]: output of the last
   std::vector<BlockActs> acts_;
   Tensor emb_;  // embedding sum before emb_norm_ [N, C]
+  Tensor pos_ids_, emb_tok_, pos_emb_, head_src_;  // with projections: [N] t, [N, P], [N, C], [N, P]
   NormSaved emb_saved_, lnf_, mlm_saved_;
   Tensor mlm_pre_, mlm_act_;  // [N, C] (the first head_rows_ rows in use)
   // Rows the output head runs on: all N, or (masked LM in training) the masked positions,
@@ -147,7 +153,7 @@ class TransformerLM {
   Tensor head_index_, head_targets_, head_in_, dhead_in_;
   Tensor logits_, losses_;
   // Backward scratch.
-  Tensor dresid_, dnorm_, dbranch_, dtmp_, dfc_, dlogits_;
+  Tensor dresid_, dnorm_, dbranch_, dtmp_, dfc_, dlogits_, dproj_;  // dproj_ [N, P]
 };
 
 }  // namespace oft

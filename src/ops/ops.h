@@ -227,6 +227,23 @@ void reset_peak_device_memory();
 // Blocks until the GPU has finished all queued work (timing); no-op without CUDA.
 void device_synchronize();
 
+// ---- multi-GPU plumbing (data-parallel training, src/dist) ----
+// Chooses the GPU this process uses (data-parallel rank -> its local GPU). Must come before any
+// other CUDA work; throws without CUDA or when `index` is not a visible device.
+void select_cuda_device(int index);
+// GPUs visible to this process (0 without CUDA or a driver).
+int cuda_device_count();
+// The stream every op runs on, and a second stream for collectives that overlap with it, as
+// opaque cudaStream_t handles (nullptr without CUDA).
+void* compute_stream_handle();
+void* comm_stream_handle();
+// Ordering between the two: work enqueued on the comm stream from now on waits for everything
+// enqueued so far on the compute stream, and vice versa. No-ops without CUDA.
+void comm_wait_compute();
+void compute_wait_comm();
+// Blocks until the comm stream is idle.
+void comm_synchronize();
+
 // ---- dispatching free functions (device of the first tensor) ----
 inline Backend& on(const Tensor& t) { return backend(t.device()); }
 

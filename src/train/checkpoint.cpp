@@ -43,6 +43,14 @@ void load_into(const SafetensorsFile& f, const std::string& name, Tensor& dst,
 
 std::string save_checkpoint(const std::string& run_dir, int64_t step, TransformerLM& model,
                             const AdamW* opt, nlohmann::json state, int64_t keep) {
+  return save_checkpoint(run_dir, step, model,
+                         opt ? opt->state_tensors() : std::vector<std::pair<std::string, Tensor>>{},
+                         std::move(state), keep);
+}
+
+std::string save_checkpoint(const std::string& run_dir, int64_t step, TransformerLM& model,
+                            const std::vector<std::pair<std::string, Tensor>>& opt_state,
+                            nlohmann::json state, int64_t keep) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   fs::create_directories(root);
   const std::string name = step_dir_name(step);
@@ -54,8 +62,7 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, Transforme
     for (const Param& p : model.params().all()) weights.emplace_back(p.name, p.value);
     const std::map<std::string, std::string> meta{{"format", "oft"}, {"step", std::to_string(step)}};
     save_safetensors((tmp / kFiles[0]).string(), host_copies(weights), meta);
-    save_safetensors((tmp / kFiles[1]).string(),
-                     opt ? host_copies(opt->state_tensors()) : decltype(weights){}, meta);
+    save_safetensors((tmp / kFiles[1]).string(), host_copies(opt_state), meta);
     state["format"] = "oft-checkpoint";
     state["version"] = 1;
     state["step"] = step;
@@ -143,7 +150,19 @@ void load_model_weights(const std::string& dir, TransformerLM& model) {
 void load_optimizer_state(const std::string& dir, AdamW& opt) {
   const std::string path = (fs::path(dir) / kFiles[1]).string();
   const SafetensorsFile f = SafetensorsFile::open(path);
-  for (auto& [name, t] : opt.state_tensors()) load_into(f, name, t, path);
+  if (!opt.sharded()) {
+    for (auto& [name, t] : opt.state_tensors()) load_into(f, name, t, path);
+    return;
+  }
+  for (size_t i = 0; i < opt.ranges().size(); ++i) {
+    const ParamRange& r = opt.ranges()[i];
+    const Param& p = opt.params().all()[r.param];
+    for (const char* kind : {"m.", "v."}) {
+      Tensor full = Tensor::empty(p.value.shape(), p.value.dtype());
+      load_into(f, kind + p.name, full, path);
+      (kind[0] == 'm' ? opt.m(i) : opt.v(i)).copy_from(range_view(full, r));
+    }
+  }
 }
 
 }  // namespace oft

@@ -20,6 +20,10 @@ namespace oft {
 // Writes a checkpoint for `step`; keeps the newest `keep` step directories. Returns its path.
 std::string save_checkpoint(const std::string& run_dir, int64_t step, TransformerLM& model,
                             const AdamW* opt, nlohmann::json state, int64_t keep);
+// The same with the optimizer state given as named tensors (a sharded optimizer's, gathered).
+std::string save_checkpoint(const std::string& run_dir, int64_t step, TransformerLM& model,
+                            const std::vector<std::pair<std::string, Tensor>>& opt_state,
+                            nlohmann::json state, int64_t keep);
 
 // Resolves a run directory (its latest checkpoint), a checkpoints/ directory or a step
 // directory to a checkpoint directory. Errors explain what was expected.
@@ -28,7 +32,8 @@ std::string find_checkpoint(const std::string& run_or_checkpoint);
 // Reads state.json and verifies the tensor files' sizes and checksums.
 nlohmann::json read_checkpoint_state(const std::string& ckpt_dir);
 
-// Copies the stored tensors into the model / optimizer (shapes must match exactly).
+// Copies the stored tensors into the model / optimizer (shapes must match exactly). A sharded
+// optimizer takes its ranges of the full moments, so any number of ranks resumes any checkpoint.
 void load_model_weights(const std::string& ckpt_dir, TransformerLM& model);
 void load_optimizer_state(const std::string& ckpt_dir, AdamW& opt);
 

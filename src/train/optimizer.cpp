@@ -17,28 +17,54 @@ double learning_rate(const TrainConfig& t, int64_t warmup, int64_t step) {
 }
 
 AdamW::AdamW(ParamStore& params, const TrainConfig& cfg) : params_(params), cfg_(cfg) {
+  size_t i = 0;
   for (const Param& p : params_.all()) {
+    ranges_.push_back({i++, 0, p.value.numel()});
     m_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
     v_.push_back(Tensor::zeros(p.value.shape(), p.value.dtype(), p.value.device()));
   }
 }
 
+AdamW::AdamW(ParamStore& params, const TrainConfig& cfg, std::vector<ParamRange> ranges)
+    : params_(params), cfg_(cfg), sharded_(true), ranges_(std::move(ranges)) {
+  std::vector<bool> seen(params_.all().size(), false);
+  for (const ParamRange& r : ranges_) {
+    OFT_ASSERT(r.param < seen.size() && !seen[r.param], "AdamW: bad or repeated range");
+    seen[r.param] = true;
+    const Param& p = params_.all()[r.param];
+    OFT_ASSERT(0 <= r.begin && r.begin < r.end && r.end <= p.value.numel(), "AdamW: range of ",
+               p.name);
+    m_.push_back(Tensor::zeros({r.end - r.begin}, p.value.dtype(), p.value.device()));
+    v_.push_back(Tensor::zeros({r.end - r.begin}, p.value.dtype(), p.value.device()));
+  }
+}
+
+Tensor range_view(const Tensor& t, const ParamRange& r) {
+  return t.view({t.numel()}).slice(r.begin, r.end);
+}
+
 bool AdamW::decays(const Param& p) const { return cfg_.wd_exclude == "none" || p.matrix; }
 
-double AdamW::grad_norm() const {
-  if (params_.all().empty()) return 0.0;
-  const Device dev = params_.all().front().grad.device();
+double AdamW::grad_sum_squares() const {
+  const auto& ps = params_.all();
+  if (ps.empty()) return 0.0;
+  const Device dev = ps.front().grad.device();
   Tensor acc = Tensor::zeros({1}, DType::F64, dev);
+  std::vector<Tensor> views;
+  views.reserve(ranges_.size());
+  for (const ParamRange& r : ranges_) views.push_back(range_view(ps[r.param].grad, r));
   std::vector<const Tensor*> grads;
-  for (const Param& p : params_.all()) grads.push_back(&p.grad);
-  ops::on(acc).sum_squares_multi(acc, grads);
-  return std::sqrt(acc.item());
+  for (const Tensor& g : views) grads.push_back(&g);
+  if (!grads.empty()) ops::on(acc).sum_squares_multi(acc, grads);
+  return acc.item();
 }
+
+double AdamW::grad_norm() const { return std::sqrt(grad_sum_squares()); }
 
 void AdamW::step(double lr, double grad_scale) {
   ++t_;
   auto& ps = params_.all();
-  if (ps.empty()) return;
+  if (ps.empty() || ranges_.empty()) return;
   ops::AdamWStep h;
   h.lr = lr;
   h.beta1 = cfg_.beta1;
@@ -46,15 +72,22 @@ void AdamW::step(double lr, double grad_scale) {
   h.eps = cfg_.adam_eps;
   h.step = t_;
   h.grad_scale = grad_scale;
-  // One fused update of every parameter, refreshing the compute copies on the way.
-  std::vector<ops::AdamWTensors> items(ps.size());
-  for (size_t i = 0; i < ps.size(); ++i)
-    items[i] = {&ps[i].value, &ps[i].grad, &m_[i], &v_[i], &ps[i].compute,
-                decays(ps[i]) ? cfg_.weight_decay : 0.0};
-  ops::on(ps[0].value).adamw_multi(items, h);
+  // One fused update of every parameter (range), refreshing the compute copies on the way
+  // unless sharded.
+  std::vector<Tensor> value(ranges_.size()), grad(ranges_.size());
+  std::vector<ops::AdamWTensors> items(ranges_.size());
+  for (size_t i = 0; i < ranges_.size(); ++i) {
+    Param& p = ps[ranges_[i].param];
+    value[i] = sharded_ ? range_view(p.value, ranges_[i]) : p.value;
+    grad[i] = sharded_ ? range_view(p.grad, ranges_[i]) : p.grad;
+    items[i] = {&value[i], &grad[i], &m_[i], &v_[i], sharded_ ? nullptr : &p.compute,
+                decays(p) ? cfg_.weight_decay : 0.0};
+  }
+  ops::on(value[0]).adamw_multi(items, h);
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {
+  OFT_ASSERT(!sharded_, "state_tensors() of a sharded AdamW: use dist::gather_optimizer_state");
   std::vector<std::pair<std::string, Tensor>> r;
   const auto& ps = params_.all();
   for (size_t i = 0; i < ps.size(); ++i) {

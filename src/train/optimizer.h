@@ -14,24 +14,54 @@ namespace oft {
 // linear / cosine decay to lr * min_lr_ratio at the last step, or constant.
 double learning_rate(const TrainConfig& t, int64_t warmup, int64_t step);
 
+// Elements [begin, end) (row-major) of parameter `param` (an index into ParamStore::all()):
+// the pieces of the model a ZeRO-1 rank updates.
+struct ParamRange {
+  size_t param = 0;
+  int64_t begin = 0, end = 0;
+  bool operator==(const ParamRange&) const = default;
+};
+
 class AdamW {
  public:
   AdamW(ParamStore& params, const TrainConfig& cfg);
-  // sqrt(sum of squared gradients) over all parameters (f64 accumulation).
+  // Sharded (ZeRO-1): moments and updates for `ranges` only (at most one range per parameter).
+  // step() writes the master weights of those ranges and leaves the compute copies to the
+  // caller, who gathers the other ranks' ranges and refreshes them.
+  AdamW(ParamStore& params, const TrainConfig& cfg, std::vector<ParamRange> ranges);
+  // Sum of squared gradients (f64 accumulation) over all parameters, or over the ranges when
+  // sharded (the ranks' sums add up to the total).
+  double grad_sum_squares() const;
+  // sqrt(grad_sum_squares()).
   double grad_norm() const;
   // One update with learning rate `lr`; gradients are multiplied by grad_scale first.
   void step(double lr, double grad_scale);
   int64_t steps_taken() const { return t_; }
   void set_steps_taken(int64_t t) { t_ = t; }
-  // Moment tensors named "m.<param>" / "v.<param>" for checkpoints.
+  // Moment tensors named "m.<param>" / "v.<param>" for checkpoints (unsharded only: a sharded
+  // optimizer's full state is assembled by dist::gather_optimizer_state).
   std::vector<std::pair<std::string, Tensor>> state_tensors() const;
   bool decays(const Param& p) const;
+
+  bool sharded() const { return sharded_; }
+  const std::vector<ParamRange>& ranges() const { return ranges_; }
+  // Moments of range i: [end - begin] when sharded, else the parameter's shape.
+  Tensor& m(size_t i) { return m_[i]; }
+  Tensor& v(size_t i) { return v_[i]; }
+  const Tensor& m(size_t i) const { return m_[i]; }
+  const Tensor& v(size_t i) const { return v_[i]; }
+  const ParamStore& params() const { return params_; }
 
  private:
   ParamStore& params_;
   TrainConfig cfg_;
+  bool sharded_ = false;
+  std::vector<ParamRange> ranges_;
   std::vector<Tensor> m_, v_;
   int64_t t_ = 0;
 };
+
+// Elements [r.begin, r.end) of `t` as a 1-D view.
+Tensor range_view(const Tensor& t, const ParamRange& r);
 
 }  // namespace oft

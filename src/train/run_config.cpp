@@ -120,6 +120,9 @@ RunConfig::RunConfig() {
         "fresh optimizer and data order; empty = random initialisation");
   r.add("train.stop_at", &t.stop_at,
         "end this invocation after step N with a checkpoint, to split a run (0 = off)", 0, kBig);
+  r.add("train.zero_stage", &t.zero_stage,
+        "multi-GPU (--gpus N / mpirun): 0 = every GPU keeps the whole AdamW state, 1 = each keeps "
+        "its 1/N shard (ZeRO-1: gradients reduce-scattered, weights all-gathered)", 0, 1);
   r.add("train.device", &t.device, "compute device (auto = the GPU when one is usable)",
         {"auto", "cpu", "cuda"});
   r.add("train.precision", &t.precision,

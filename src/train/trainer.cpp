@@ -11,6 +11,8 @@
 
 #include "analysis/collect.h"
 #include "data/loader.h"
+#include "dist/communicator.h"
+#include "dist/data_parallel.h"
 #include "io/atomic_file.h"
 #include "io/metrics.h"
 #include "train/checkpoint.h"
@@ -159,8 +161,25 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   set_cpu_threads(cfg.train.threads);
   const TrainConfig& tc = cfg.train;
   const int64_t B = tc.batch_size, T = cfg.data.seq_len;
+  // Data parallelism: set by `oft train --gpus N` or mpirun. Rank r computes rows
+  // [r*B/W, (r+1)*B/W) of every global batch; rank 0 alone evaluates, logs and saves.
+  const dist::DistEnv denv = dist::dist_env_from_environment();
+  const int W = denv.world, rank = denv.rank;
+  if (denv.distributed) {
+    OFT_CHECK(tc.device != "cpu", "train.device=cpu with ", W, " ranks: data-parallel training "
+              "runs one process per GPU; drop --gpus / mpirun or use train.device=cuda");
+    ops::select_cuda_device(denv.local_rank);
+  }
+  OFT_CHECK(B % W == 0, "train.batch_size=", B, " is the global batch and must split evenly "
+            "over the ", W, " GPUs: use a multiple of ", W);
+  OFT_CHECK(tc.zero_stage == 0 || denv.distributed, "train.zero_stage=", tc.zero_stage,
+            " shards the optimizer over GPUs: launch with --gpus N (or mpirun), or set "
+            "train.zero_stage=0");
+  if (rank != 0) quiet = true;
   // Device and precision first: a wrong one fails before any data is read.
   const Device device = parse_device(tc.device);
+  OFT_CHECK(!denv.distributed || device == Device::CUDA, "multi-GPU training needs the GPU: ",
+            ops::cuda_unavailable_reason());
   const DType dtype = compute_dtype(tc, device);
   auto train_shard = open_shard(cfg.data.train, "data.train");
   auto val_shard = open_shard(cfg.data.val, "data.val");
@@ -173,9 +192,20 @@ TrainResult train(RunConfig& cfg, bool quiet) {
             train_shard->vocab_size(), " of ", cfg.data.train, ": raise it or set it to 0");
 
   const std::string run_dir = cfg.run_dir();
-  fs::create_directories(run_dir);
+  if (rank == 0) fs::create_directories(run_dir);
   TransformerLM model(cfg.model, dtype, device, T);
-  AdamW opt(model.params(), tc);
+  if (!tc.resume)
+    OFT_CHECK(!fs::exists(fs::path(run_dir) / "checkpoints" / "latest"), run_dir,
+              " already holds checkpoints: pass train.resume=true to continue it, or choose "
+              "another run.name / --run-dir");
+  std::unique_ptr<dist::Communicator> comm;
+  std::unique_ptr<dist::DataParallel> dp;
+  if (denv.distributed) {
+    comm = std::make_unique<dist::NcclCommunicator>(denv);
+    dp = std::make_unique<dist::DataParallel>(model, *comm, tc.zero_stage == 1);
+  }
+  AdamW opt = dp && dp->zero1() ? AdamW(model.params(), tc, dp->owned_ranges())
+                                : AdamW(model.params(), tc);
 
   const LoaderOptions lo = loader_options(cfg, cfg.data.train);
   const LoaderOptions val_lo = loader_options(cfg, cfg.data.val);
@@ -198,9 +228,6 @@ TrainResult train(RunConfig& cfg, bool quiet) {
               " but train.steps=", tc.steps, ": raise train.steps to continue");
     if (!quiet) std::fprintf(stderr, "resumed from %s (step %lld)\n", ckpt.c_str(), (long long)start_step);
   } else {
-    OFT_CHECK(!fs::exists(fs::path(run_dir) / "checkpoints" / "latest"), run_dir,
-              " already holds checkpoints: pass train.resume=true to continue it, or choose "
-              "another run.name / --run-dir");
     if (tc.init_from.empty()) {
       model.init_weights(static_cast<uint64_t>(tc.seed));
     } else {
@@ -209,26 +236,37 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       if (!quiet) std::fprintf(stderr, "initialised from %s\n", ckpt.c_str());
     }
   }
+  if (dp) dp->broadcast_parameters();  // every rank starts from rank 0's weights
   NonFiniteGuard guard(tc, skipped);
-  write_file_atomic((fs::path(run_dir) / "config.yaml").string(), cfg.registry().to_yaml());
-  MetricsWriter metrics((fs::path(run_dir) / "metrics.jsonl").string(),
-                        tc.resume ? start_step : -1);
+  std::unique_ptr<MetricsWriter> metrics_file;
+  if (rank == 0) {
+    write_file_atomic((fs::path(run_dir) / "config.yaml").string(), cfg.registry().to_yaml());
+    metrics_file = std::make_unique<MetricsWriter>((fs::path(run_dir) / "metrics.jsonl").string(),
+                                                   tc.resume ? start_step : -1);
+  }
+  auto write_metrics = [&](const nlohmann::json& j) {
+    if (metrics_file) metrics_file->write(j);
+  };
 
   const int64_t warmup = cfg.warmup();
   const int64_t tokens_per_step = B * T * tc.grad_accum;
   if (!quiet)
     std::fprintf(stderr,
                  "oft train: %s | %lld params | %lld layers x %lld wide | %lld tokens/step | "
-                 "device %s (%s) | run dir %s\n",
+                 "device %s (%s)%s | run dir %s\n",
                  cfg.name.c_str(), (long long)model.params().numel(), (long long)cfg.model.n_layer,
-                 (long long)cfg.model.d_model, (long long)tokens_per_step, device_name(device), dtype_name(model.dtype()),
+                 (long long)cfg.model.d_model, (long long)tokens_per_step, device_name(device),
+                 dtype_name(model.dtype()),
+                 W > 1 ? (" x " + std::to_string(W) + " GPUs, " + std::to_string(B / W) +
+                          " rows each" + (tc.zero_stage == 1 ? ", ZeRO-1" : "")).c_str()
+                       : "",
                  run_dir.c_str());
 
   TrainResult result;
   result.run_dir = run_dir;
   auto do_eval = [&](int64_t step) {
     EvalResult e = evaluate(model, val_shard, val_lo, tc.eval_batches);
-    metrics.write({{"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_tokens", e.tokens}});
+    write_metrics({{"step", step}, {"val_loss", e.loss}, {"val_ppl", e.ppl}, {"val_tokens", e.tokens}});
     if (!quiet)
       std::fprintf(stderr, "step %lld | val loss %.4f | val ppl %.2f\n", (long long)step, e.loss, e.ppl);
     return e;
@@ -257,12 +295,13 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     nlohmann::json rec = c.to_json();
     rec.erase("seed_a");
     rec["step"] = step;
-    metrics.write(rec);
+    write_metrics(rec);
   };
-  if (start_step == 0) result.initial_val = do_eval(0);
+  if (start_step == 0 && rank == 0) result.initial_val = do_eval(0);
 
   Tensor in = Tensor::empty({B, T}, DType::I32), tg = Tensor::empty({B, T}, DType::I32);
   Tensor mask = Tensor::empty({B, T}, DType::I32);
+  const int64_t row0 = rank * (B / W), row1 = row0 + B / W;  // this rank's rows
   const auto t0 = Clock::now();
   auto t_log = t0;
   int64_t tokens_since_log = 0;
@@ -270,22 +309,43 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     model.params().zero_grad();
     double loss = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      // Every rank reads the whole global batch (cheap, on the host) and keeps its rows; the
+      // loss is normalised by the targets of the whole batch, so summed gradients are the mean.
       loader.next_batch(in.data<int32_t>(), tg.data<int32_t>(), mask.data<int32_t>());
-      loss += model.forward(in.to(device), tg.to(device), use_mask ? mask.to(device) : Tensor()) /
-              double(tc.grad_accum);
-      model.backward(1.0 / double(tc.grad_accum));
+      int64_t global_targets = 0;
+      const int32_t* pt = tg.data<int32_t>();
+      for (int64_t i = 0; i < B * T; ++i) global_targets += pt[i] >= 0;
+      const double l = model.forward(in.slice(row0, row1).to(device), tg.slice(row0, row1).to(device),
+                                     use_mask ? mask.slice(row0, row1).to(device) : Tensor());
+      if (W == 1)
+        loss += l / double(tc.grad_accum);
+      else if (global_targets > 0)
+        loss += l * double(model.counted_targets()) / double(global_targets) / double(tc.grad_accum);
+      if (dp) dp->before_backward(micro + 1 == tc.grad_accum);
+      model.backward(1.0 / double(tc.grad_accum), global_targets);
+      if (dp) dp->after_backward();
     }
-    const double gnorm = opt.grad_norm();
+    double gnorm = 0;
+    if (comm) {
+      // One blocking exchange: the global loss, and the gradient norm of ZeRO-1's shards.
+      std::vector<double> v{loss, dp->zero1() ? opt.grad_sum_squares() : 0.0};
+      comm->all_reduce_host(v);
+      loss = v[0];
+      gnorm = dp->zero1() ? std::sqrt(v[1]) : opt.grad_norm();
+    } else {
+      gnorm = opt.grad_norm();
+    }
     const double lr = learning_rate(tc, warmup, step);
     tokens_seen += double(tokens_per_step);
     tokens_since_log += tokens_per_step;
     if (guard.skip_step(step + 1, loss, gnorm)) {
-      metrics.write({{"step", step + 1}, {"skipped", true}});
+      write_metrics({{"step", step + 1}, {"skipped", true}});
       opt.set_steps_taken(opt.steps_taken() + 1);
       continue;
     }
     const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
     opt.step(lr, clip);
+    if (dp) dp->after_step();
     result.train_loss = loss;
     const int64_t done = step + 1;
     if (done % tc.log_every == 0 || done == tc.steps || done == 1) {
@@ -294,7 +354,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       const double tps = dt > 0 ? tokens_since_log / dt : 0;
       const double elapsed = std::chrono::duration<double>(now - t0).count();
       const double eta = elapsed / double(done - start_step) * double(tc.steps - done);
-      metrics.write({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm},
+      write_metrics({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm},
                      {"tokens", tokens_seen}, {"tokens_per_s", tps}, {"elapsed_s", elapsed}});
       if (!quiet)
         std::fprintf(stderr, "step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %.1fk tok/s | ETA %s\n",
@@ -305,11 +365,23 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     }
     const bool last = done == tc.steps;
     const bool stop = tc.stop_at > 0 && done == tc.stop_at;
-    if ((tc.eval_every > 0 && done % tc.eval_every == 0) || last) result.final_val = do_eval(done);
-    if (cfg.metrics.every > 0 && (done % cfg.metrics.every == 0 || last)) log_outliers(done);
+    if (rank == 0) {
+      if ((tc.eval_every > 0 && done % tc.eval_every == 0) || last) result.final_val = do_eval(done);
+      if (cfg.metrics.every > 0 && (done % cfg.metrics.every == 0 || last)) log_outliers(done);
+    }
     if ((tc.ckpt_every > 0 && done % tc.ckpt_every == 0) || last || stop) {
-      const std::string p = save_checkpoint(run_dir, done, model, &opt, checkpoint_state(), tc.keep_checkpoints);
-      if (!quiet) std::fprintf(stderr, "checkpoint %s\n", p.c_str());
+      if (opt.sharded()) {
+        // Collective: every rank contributes its shard of the moments.
+        const auto state = dist::gather_optimizer_state(opt, *comm);
+        if (rank == 0) {
+          const std::string p = save_checkpoint(run_dir, done, model, state, checkpoint_state(),
+                                                tc.keep_checkpoints);
+          if (!quiet) std::fprintf(stderr, "checkpoint %s\n", p.c_str());
+        }
+      } else if (rank == 0) {
+        const std::string p = save_checkpoint(run_dir, done, model, &opt, checkpoint_state(), tc.keep_checkpoints);
+        if (!quiet) std::fprintf(stderr, "checkpoint %s\n", p.c_str());
+      }
     }
     if (stop) {
       result.steps = done;
@@ -317,7 +389,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       return result;
     }
   }
-  if (start_step == tc.steps) result.final_val = do_eval(start_step);
+  if (start_step == tc.steps && rank == 0) result.final_val = do_eval(start_step);
   const double total = std::chrono::duration<double>(Clock::now() - t0).count();
   result.steps = tc.steps;
   result.tokens_per_s = total > 0 ? double(tokens_per_step) * double(tc.steps - start_step) / total : 0;

@@ -17,6 +17,7 @@
 //         gradient (1) still fails, and the f32 run checks these gradients to 1e-3.
 #include <cmath>
 #include <functional>
+#include <sstream>
 
 #include "cuda/cuda_test_util.h"
 #include "model/transformer.h"
@@ -30,9 +31,15 @@ struct Pass {
   std::vector<std::pair<std::string, Tensor>> grads;  // CPU f32
 };
 
-ModelConfig model_of(const std::string& preset) {
+// "PRESET [key=value ...]": a preset at test size, with optional extra overrides.
+ModelConfig model_of(const std::string& spec) {
+  std::istringstream in(spec);
+  std::string preset, kv;
+  in >> preset;
+  std::vector<std::string> ov{"model.n_layer=2", "model.vocab_size=301", "data.seq_len=64"};
+  while (in >> kv) ov.push_back(kv);
   RunConfig cfg;
-  cfg.load(preset, {"model.n_layer=2", "model.vocab_size=301", "data.seq_len=64"});
+  cfg.load(preset, ov);
   return cfg.model;
 }
 
@@ -119,6 +126,9 @@ INSTANTIATE_TEST_SUITE_P(
                       "tiny_opt_125m_gated_attention", "tiny_opt_1.3b_gated_attention",
                       "tiny_gpt2_default", "tiny_gpt2_op", "tiny_gpt2_parallel",
                       "tiny_gpt2_skipless", "tiny_gpt2_skipless_parallel",
+                      // OPT-350m's layout: post-norm, no final norm, project_in / project_out
+                      "tiny_opt_350m_vanilla model.block=post_norm model.final_norm=false "
+                      "model.word_embed_proj_dim=64",
                       "tiny_bert_base_vanilla", "tiny_bert_base_clipped_softmax",
                       "tiny_bert_base_gated_attention"),
     [](const ::testing::TestParamInfo<std::string>& i) {

@@ -356,6 +356,16 @@ std::string cuda_unavailable_reason() {
 DeviceMemory device_memory() { return {}; }
 void reset_peak_device_memory() {}
 void device_synchronize() {}
+void select_cuda_device(int index) {
+  OFT_CHECK(false, "GPU ", index, " requested but this oft build has no CUDA backend: rebuild on "
+                   "a machine with the CUDA toolkit, or train on one process with train.device=cpu");
+}
+int cuda_device_count() { return 0; }
+void* compute_stream_handle() { return nullptr; }
+void* comm_stream_handle() { return nullptr; }
+void comm_wait_compute() {}
+void compute_wait_comm() {}
+void comm_synchronize() {}
 Backend& backend(Device d) {
   if (Backend* p = Profiler::active(d)) return *p;
   OFT_CHECK(d == Device::CPU, "this oft build has no CUDA backend: set device=cpu, or rebuild "

@@ -4,6 +4,7 @@
 // statistics for `oft bench`.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -23,6 +24,10 @@ struct DeviceState {
   size_t total = 0;
 };
 
+// The GPU this process uses (select_cuda_device); `touched` once memory or a stream exists.
+int g_device = 0;
+bool g_touched = false;
+
 DeviceState& state() {
   static DeviceState s;
   if (!s.probed) {
@@ -37,7 +42,7 @@ DeviceState& state() {
       return s;
     }
     cudaDeviceProp p{};
-    OFT_CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+    OFT_CUDA_CHECK(cudaGetDeviceProperties(&p, g_device));
     if (p.major != 9 || p.minor != 0) {
       s.reason = std::string("this build targets Hopper (sm_90a) but the GPU is ") + p.name +
                  " (sm_" + std::to_string(p.major) + std::to_string(p.minor) +
@@ -70,6 +75,7 @@ class Allocator {
       p = it->second.back();
       it->second.pop_back();
     } else {
+      g_touched = true;
       cudaError_t e = cudaMalloc(&p, sz);
       if (e != cudaSuccess) {
         cudaGetLastError();
@@ -158,6 +164,18 @@ struct Scratch {
 
 cudaStream_t stream() {
   static cudaStream_t s = [] {
+    g_touched = true;
+    cudaStream_t st;
+    OFT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    return st;
+  }();
+  return s;
+}
+
+// Collectives of data-parallel training run here, ordered against stream() by events.
+cudaStream_t comm_stream() {
+  static cudaStream_t s = [] {
+    g_touched = true;
     cudaStream_t st;
     OFT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     return st;
@@ -250,6 +268,62 @@ void reset_peak_device_memory() {
 }
 void device_synchronize() {
   if (cuda::state().ok) cuda::synchronize();
+}
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+  cudaGetLastError();
+  return n;
+}
+
+void select_cuda_device(int index) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+  cudaGetLastError();
+  OFT_CHECK(index >= 0 && index < n, "GPU ", index, " requested but ", n,
+            " GPU(s) are visible (CUDA_VISIBLE_DEVICES=",
+            std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "unset",
+            "): start at most one process per visible GPU");
+  if (index == cuda::g_device) return;
+  OFT_CHECK(!cuda::g_touched, "select_cuda_device(", index, ") after GPU ", cuda::g_device,
+            " was already in use: choose the device before any GPU work");
+  cuda::g_device = index;
+  cuda::state() = cuda::DeviceState{};  // probe the chosen device again
+  OFT_CUDA_CHECK(cudaSetDevice(index));
+  OFT_CHECK(cuda_available(), "GPU ", index, ": ", cuda_unavailable_reason());
+}
+
+void* compute_stream_handle() { return cuda::state().ok ? cuda::stream() : nullptr; }
+void* comm_stream_handle() { return cuda::state().ok ? cuda::comm_stream() : nullptr; }
+
+namespace {
+// Records an event on `from` and makes `to` wait for it. A wait captures the event's state when
+// it is enqueued, so the events can be re-recorded right away (a few are kept for clarity in
+// profiles).
+void order(cudaStream_t to, cudaStream_t from) {
+  static cudaEvent_t ev[8];
+  static int next = 0;
+  static bool made = false;
+  if (!made) {
+    for (auto& e : ev) OFT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    made = true;
+  }
+  cudaEvent_t e = ev[next];
+  next = (next + 1) % 8;
+  OFT_CUDA_CHECK(cudaEventRecord(e, from));
+  OFT_CUDA_CHECK(cudaStreamWaitEvent(to, e, 0));
+}
+}  // namespace
+
+void comm_wait_compute() {
+  if (cuda::state().ok) order(cuda::comm_stream(), cuda::stream());
+}
+void compute_wait_comm() {
+  if (cuda::state().ok) order(cuda::stream(), cuda::comm_stream());
+}
+void comm_synchronize() {
+  if (cuda::state().ok) OFT_CUDA_CHECK(cudaStreamSynchronize(cuda::comm_stream()));
 }
 
 // Registers the allocator and copies as soon as the program starts, so Tensor::empty on the GPU

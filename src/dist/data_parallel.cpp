@@ -1,0 +1,190 @@
+// Data-parallel gradient reduction and ZeRO-1 sharding (see data_parallel.h).
+#include "dist/data_parallel.h"
+
+#include <algorithm>
+
+#include "ops/ops.h"
+
+namespace oft::dist {
+
+namespace {
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Elements of the largest storage behind a parameter's gradient and master value: its slot
+// holds either storage whole (the output layer's are padded beyond the parameter).
+int64_t slot_elems(const Param& p) {
+  const size_t es = dtype_size(p.grad.dtype());
+  return int64_t((std::max(p.grad.storage_bytes(), p.value.storage_bytes()) + es - 1) / es);
+}
+
+int layer_of(const std::string& name, int n_layer) {
+  for (int l = 0; l < n_layer; ++l)
+    if (TransformerLM::in_block(name, size_t(l))) return l;
+  return -1;
+}
+}  // namespace
+
+ArenaLayout ArenaLayout::plan(const std::vector<int64_t>& elems, const std::vector<int>& layer_of,
+                              int n_layer, int world) {
+  OFT_ASSERT(elems.size() == layer_of.size() && world >= 1, "ArenaLayout::plan");
+  ArenaLayout a;
+  a.world = world;
+  a.slot.assign(elems.size(), -1);
+  // Buckets in the order gradients become final: blocks L-1 .. 0, then the rest.
+  std::vector<std::vector<size_t>> members(size_t(n_layer) + 1);
+  for (size_t i = 0; i < elems.size(); ++i)
+    members[layer_of[i] >= 0 ? size_t(n_layer - 1 - layer_of[i]) : size_t(n_layer)].push_back(i);
+  a.bucket_of_layer.assign(size_t(n_layer), 0);
+  int64_t off = 0;
+  for (size_t b = 0; b < members.size(); ++b) {
+    if (members[b].empty() && b < size_t(n_layer)) continue;  // a block without parameters
+    Bucket k;
+    k.offset = off;
+    for (size_t i : members[b]) {
+      a.slot[i] = off;
+      off += round_up(std::max<int64_t>(elems[i], 1), kAlign);
+    }
+    k.size = round_up(std::max<int64_t>(off - k.offset, 1), kAlign * world);
+    off = k.offset + k.size;
+    k.params = members[b];
+    if (b < size_t(n_layer)) a.bucket_of_layer[size_t(n_layer) - 1 - b] = a.buckets.size();
+    a.buckets.push_back(std::move(k));
+  }
+  a.total = off;
+  return a;
+}
+
+std::vector<ParamRange> ArenaLayout::owned_ranges(int rank,
+                                                  const std::vector<int64_t>& numel) const {
+  std::vector<ParamRange> r;
+  for (const Bucket& b : buckets) {
+    const int64_t cs = b.size / world;
+    const int64_t lo = b.offset + rank * cs, hi = lo + cs;
+    for (size_t i : b.params) {
+      const int64_t a = std::max(lo, slot[i]), e = std::min(hi, slot[i] + numel[i]);
+      if (a < e) r.push_back({i, a - slot[i], e - slot[i]});
+    }
+  }
+  std::sort(r.begin(), r.end(), [](const ParamRange& x, const ParamRange& y) {
+    return x.param < y.param;
+  });
+  return r;
+}
+
+DataParallel::DataParallel(TransformerLM& model, Communicator& comm, bool zero1)
+    : model_(model), comm_(comm), zero1_(zero1) {
+  auto& ps = model_.params().all();
+  OFT_CHECK(!ps.empty(), "data-parallel training of a model without parameters");
+  const DType dt = ps.front().grad.dtype();
+  std::vector<int64_t> elems;
+  std::vector<int> layers;
+  for (const Param& p : ps) {
+    OFT_ASSERT(p.grad.storage_offset() == 0 && p.value.storage_offset() == 0 &&
+                   p.grad.dtype() == dt && p.value.dtype() == dt,
+               "parameter ", p.name, " does not start its own storage");
+    elems.push_back(slot_elems(p));
+    layers.push_back(layer_of(p.name, int(model_.config().n_layer)));
+  }
+  layout_ = ArenaLayout::plan(elems, layers, int(model_.config().n_layer), comm_.size());
+  const Device dev = model_.device();
+  grad_arena_ = Tensor::zeros({layout_.total}, dt, dev);
+  if (zero1_) value_arena_ = Tensor::zeros({layout_.total}, dt, dev);
+  const size_t es = dtype_size(dt);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    char* g = static_cast<char*>(grad_arena_.raw()) + size_t(layout_.slot[i]) * es;
+    ps[i].grad.move_storage_to(g);
+    if (zero1_) {
+      char* v = static_cast<char*>(value_arena_.raw()) + size_t(layout_.slot[i]) * es;
+      ps[i].value.move_storage_to(v);
+    }
+  }
+  model_.set_block_grads_ready([this](size_t l) {
+    if (reduce_) reduce_bucket(layout_.bucket_of_layer.at(l));
+  });
+}
+
+DataParallel::~DataParallel() {
+  model_.set_block_grads_ready(nullptr);
+  ops::comm_synchronize();
+  // The arenas own the parameters' memory: give every storage memory of its own again so the
+  // model stays usable once the arenas are gone.
+  for (Param& p : model_.params().all()) {
+    p.grad.reallocate_storage();
+    if (zero1_) p.value.reallocate_storage();
+  }
+}
+
+std::vector<ParamRange> DataParallel::owned_ranges() const {
+  std::vector<int64_t> numel;
+  for (const Param& p : model_.params().all()) numel.push_back(p.value.numel());
+  return layout_.owned_ranges(comm_.rank(), numel);
+}
+
+void DataParallel::broadcast_parameters() {
+  ops::comm_wait_compute();
+  comm_.group_start();
+  for (Param& p : model_.params().all()) comm_.broadcast(p.value, 0);
+  comm_.group_end();
+  ops::compute_wait_comm();
+  model_.params().sync_compute();
+}
+
+void DataParallel::before_backward(bool reduce) { reduce_ = reduce; }
+
+void DataParallel::reduce_bucket(size_t b) {
+  const Bucket& k = layout_.buckets.at(b);
+  Tensor range = grad_arena_.slice(k.offset, k.offset + k.size);
+  ops::comm_wait_compute();  // the bucket's gradients are computed
+  if (zero1_)
+    comm_.reduce_scatter_sum(range);
+  else
+    comm_.all_reduce_sum(range);
+}
+
+void DataParallel::after_backward() {
+  if (reduce_) reduce_bucket(layout_.buckets.size() - 1);
+  reduce_ = false;
+  ops::compute_wait_comm();
+}
+
+void DataParallel::after_step() {
+  if (!zero1_) return;
+  ops::comm_wait_compute();  // the updates of this rank's chunks are done
+  comm_.group_start();
+  for (const Bucket& k : layout_.buckets) {
+    Tensor range = value_arena_.slice(k.offset, k.offset + k.size);
+    comm_.all_gather(range);
+  }
+  comm_.group_end();
+  ops::compute_wait_comm();
+  model_.params().sync_compute();
+}
+
+std::vector<std::pair<std::string, Tensor>> gather_optimizer_state(const AdamW& opt,
+                                                                   Communicator& comm) {
+  const auto& ps = opt.params().all();
+  std::vector<const ParamRange*> mine(ps.size(), nullptr);
+  std::vector<size_t> index(ps.size(), 0);
+  for (size_t i = 0; i < opt.ranges().size(); ++i) {
+    mine[opt.ranges()[i].param] = &opt.ranges()[i];
+    index[opt.ranges()[i].param] = i;
+  }
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (size_t p = 0; p < ps.size(); ++p) {
+    for (int k = 0; k < 2; ++k) {
+      // Each rank writes its range into zeros; the sum over ranks is the full tensor.
+      Tensor full = Tensor::zeros(ps[p].value.shape(), ps[p].value.dtype(), ps[p].value.device());
+      if (mine[p]) {
+        Tensor dst = range_view(full, *mine[p]);
+        dst.copy_from(k == 0 ? opt.m(index[p]) : opt.v(index[p]));
+      }
+      ops::comm_wait_compute();
+      comm.all_reduce_sum(full);
+      ops::compute_wait_comm();
+      out.emplace_back((k == 0 ? "m." : "v.") + ps[p].name, full.to(Device::CPU));
+    }
+  }
+  return out;
+}
+
+}  // namespace oft::dist

@@ -1,0 +1,99 @@
+// Data-parallel training over a Communicator: every rank holds the whole model and computes the
+// gradients of its rows of the global batch; the gradients are summed across ranks bucket by
+// bucket while the backward pass continues (overlap), and with ZeRO-1 each rank keeps the AdamW
+// moments of its shard only.
+//
+// Layout. Every parameter's gradient storage is moved into one flat f32 arena (the layers keep
+// their handles: Tensor::move_storage_to). Parameters are grouped into buckets in the order
+// their gradients become final: block L-1, ..., block 0, then the rest (embeddings, final norm,
+// head). Each parameter gets a slot aligned to 64 elements; each bucket is padded to a multiple
+// of 64 * world elements so it splits into `world` equal, aligned chunks. With ZeRO-1 the master
+// weights live in a second arena with the same slots, and rank r owns chunk r of every bucket:
+//
+//   backward of block l done -> (comm stream) reduce bucket l:
+//                               all-reduce (DDP)  |  reduce-scatter, chunk r summed (ZeRO-1)
+//   after backward           -> reduce the rest bucket; compute stream waits for the comm stream
+//   optimizer                -> DDP: every rank updates everything (identical results);
+//                               ZeRO-1: rank r updates the parameter ranges in its chunks, then
+//                               the master arena is all-gathered and the bf16 copies refreshed
+//
+// The gradients are scaled before the reduction (each rank's loss is divided by the target
+// count of the whole global batch), so a sum gives the global mean.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "model/transformer.h"
+#include "train/optimizer.h"
+
+namespace oft::dist {
+
+struct Bucket {
+  int64_t offset = 0;  // first element in the arena
+  int64_t size = 0;    // elements, a multiple of 64 * world
+  std::vector<size_t> params;  // indices into ParamStore::all()
+};
+
+// The arena layout (pure bookkeeping, no memory): slots and buckets for `world` ranks.
+struct ArenaLayout {
+  static constexpr int64_t kAlign = 64;  // elements (256 bytes of f32)
+  std::vector<int64_t> slot;  // per parameter: element offset of its slot
+  std::vector<Bucket> buckets;
+  int64_t total = 0;  // elements
+  int world = 1;
+  // bucket_of_layer[l]: index of block l's bucket; the last bucket holds the rest.
+  std::vector<size_t> bucket_of_layer;
+
+  // `slot_elems[i]`: elements parameter i needs (its largest storage); `layer_of[i]`: its block,
+  // or -1 for the rest.
+  static ArenaLayout plan(const std::vector<int64_t>& slot_elems, const std::vector<int>& layer_of,
+                          int n_layer, int world);
+  // Parameter element ranges inside chunk `rank` of every bucket: what ZeRO-1 rank `rank`
+  // updates. `numel[i]`: elements of parameter i.
+  std::vector<ParamRange> owned_ranges(int rank, const std::vector<int64_t>& numel) const;
+};
+
+class DataParallel {
+ public:
+  // Moves the gradient (and with zero1 the master) storages into arenas on the model's device.
+  DataParallel(TransformerLM& model, Communicator& comm, bool zero1);
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  bool zero1() const { return zero1_; }
+  const ArenaLayout& layout() const { return layout_; }
+  // The parameter ranges this rank's optimizer updates (ZeRO-1), for AdamW's sharded form.
+  std::vector<ParamRange> owned_ranges() const;
+
+  // Makes every rank start from rank 0's weights (after init or loading).
+  void broadcast_parameters();
+  // Call before the backward pass: with `reduce` the buckets are reduced as they become final
+  // (the last micro-batch of an accumulation); without, gradients just accumulate locally.
+  void before_backward(bool reduce);
+  // Call after the backward pass: reduces the rest bucket and orders the compute stream after
+  // the reductions.
+  void after_backward();
+  // ZeRO-1, after the optimizer updated this rank's ranges: all-gathers the master weights and
+  // refreshes the compute copies. No-op for DDP.
+  void after_step();
+
+ private:
+  void reduce_bucket(size_t b);
+
+  TransformerLM& model_;
+  Communicator& comm_;
+  bool zero1_;
+  bool reduce_ = false;
+  ArenaLayout layout_;
+  Tensor grad_arena_, value_arena_;  // [total] f32 (value_arena_: ZeRO-1 only)
+};
+
+// ZeRO-1 checkpoints: the full AdamW moments ("m.<param>", "v.<param>" host tensors in
+// parameter order), assembled from every rank's ranges. Collective: every rank calls it.
+std::vector<std::pair<std::string, Tensor>> gather_optimizer_state(const AdamW& opt,
+                                                                   Communicator& comm);
+
+}  // namespace oft::dist

@@ -1,0 +1,19 @@
+// The built-in launcher of `oft train --gpus N`: runs the same command as N processes on this
+// host, one per GPU, with OFT_RANK / OFT_WORLD_SIZE / OFT_LOCAL_RANK / OFT_RENDEZVOUS set, and
+// waits for them. When one fails the others are stopped, and the launcher exits with the first
+// failure's status; Ctrl-C reaches every rank.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace oft::dist {
+
+// Runs `argv` (argv[0]: the program; /proc/self/exe is executed) as `n` ranks; returns the exit
+// status to give (0 when every rank succeeded).
+int launch_local(int n, const std::vector<std::string>& argv);
+
+// GPUs visible to this process (0 without CUDA).
+int visible_gpus();
+
+}  // namespace oft::dist
