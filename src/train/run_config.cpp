@@ -123,9 +123,6 @@ RunConfig::RunConfig() {
   r.add("train.zero_stage", &t.zero_stage,
         "multi-GPU (--gpus N / mpirun): 0 = every GPU keeps the whole AdamW state, 1 = each keeps "
         "its 1/N shard (ZeRO-1: gradients reduce-scattered, weights all-gathered)", 0, 1);
-  r.add("train.zero_stage", &t.zero_stage,
-        "multi-GPU (--gpus N / mpirun): 0 = every GPU keeps the whole AdamW state, 1 = each keeps "
-        "its 1/N shard (ZeRO-1: gradients reduce-scattered, weights all-gathered)", 0, 1);
   r.add("train.device", &t.device, "compute device (auto = the GPU when one is usable)",
         {"auto", "cpu", "cuda"});
   r.add("train.precision", &t.precision,
