@@ -4,14 +4,10 @@
 #include <CLI/CLI.hpp>
 #include <string>
 #include <vector>
-#include <string>
-#include <vector>
 
 namespace oft::cli {
 
 void register_commands(CLI::App& app);
-// The process's command line (main() records it; `oft train --gpus N` re-runs it per GPU).
-std::vector<std::string>& program_args();
 // The process's command line (main() records it; `oft train --gpus N` re-runs it per GPU).
 std::vector<std::string>& program_args();
 void register_train(CLI::App& app);      // oft train, oft eval, oft config
