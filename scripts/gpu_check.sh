@@ -7,8 +7,11 @@
 #   3. `oft bench` of the performance presets.
 #   4. (torch) the whole-model loss and gradients against an independent PyTorch model;
 #   5. (peers) the PyTorch peer throughputs of REFERENCE.md §8 on the same GPU.
+#   6. (dist) data-parallel training through NCCL: one-rank NCCL runs (DDP, ZeRO-1) against the
+#      plain run, then with 2+ GPUs the same runs on every GPU, resuming a run on another GPU
+#      count, and `oft bench --gpus N` scaling of OPT-125m / OPT-350m.
 # Results land in $OUT (or ./gpu-out).
-# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize]
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [dist]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -74,6 +77,79 @@ if [[ " $what " == *" sanitize "* ]]; then
   compute-sanitizer --tool memcheck --print-limit 20 "$BIN/oft_cuda_tests" \
     --gtest_filter="${SANITIZE_FILTER:-Presets/CudaModel.*}" > "$OUT/sanitize.log" 2>&1
   echo "exit $?"; grep -E "Invalid|ERROR SUMMARY|at 0x|by thread|FAILED" "$OUT/sanitize.log" | head -40
+fi
+
+if [[ " $what " == *" dist "* ]]; then
+  echo "== data-parallel training through NCCL"
+  if [[ -z "${OFT_NCCL_LIBRARY:-}" ]]; then
+    # The NCCL that ships with PyTorch, else any on the machine.
+    OFT_NCCL_LIBRARY=$(python3 -c 'import nvidia.nccl as n, glob, os; print((glob.glob(os.path.join(list(n.__path__)[0], "lib", "libnccl.so*")) + [""])[0])' 2>/dev/null)
+    [[ -n "$OFT_NCCL_LIBRARY" ]] || OFT_NCCL_LIBRARY=$(find / -name 'libnccl.so.2' -not -path '/proc/*' 2>/dev/null | head -1)
+    export OFT_NCCL_LIBRARY
+  fi
+  echo "NCCL library: ${OFT_NCCL_LIBRARY:-none found}"
+  ngpu=$(nvidia-smi -L | wc -l)
+  echo "GPUs: $ngpu"
+  "$BIN/oft" data prepare data/moby-dick/moby_dick.txt -t data/tokenizers/moby_sp2k/moby_sp2k.model \
+    -o data/cache/moby_sp2k > "$OUT/prepare.log" 2>&1 || tail -5 "$OUT/prepare.log"
+  dp_common="tiny train.device=cuda train.steps=${DIST_STEPS:-80} train.eval_every=40 train.log_every=10 -q"
+  run() {  # name, extra args...
+    local name=$1; shift
+    rm -rf "/tmp/dp_$name"
+    "$@" > "$OUT/dist_$name.log" 2>&1
+    echo "-- $name (exit $?)"; grep -E "error|rror:" "$OUT/dist_$name.log" | head -5
+    cp "/tmp/dp_$name/metrics.jsonl" "$OUT/metrics_$name.jsonl" 2>/dev/null
+  }
+  run plain "$BIN/oft" train $dp_common --run-dir /tmp/dp_plain
+  run nccl1 env OFT_WORLD_SIZE=1 OFT_RANK=0 "$BIN/oft" train $dp_common --run-dir /tmp/dp_nccl1
+  run nccl1_zero1 env OFT_WORLD_SIZE=1 OFT_RANK=0 "$BIN/oft" train $dp_common train.zero_stage=1 --run-dir /tmp/dp_nccl1_zero1
+  if (( ngpu >= 2 )); then
+    run gpus2 "$BIN/oft" train $dp_common --gpus 2 --run-dir /tmp/dp_gpus2
+    run gpus2_zero1 "$BIN/oft" train $dp_common --gpus 2 train.zero_stage=1 --run-dir /tmp/dp_gpus2_zero1
+    # A run split across GPU counts: 2 GPUs (ZeRO-1) to step 40, then 1 GPU; and 1 -> 2.
+    run split21 "$BIN/oft" train $dp_common --gpus 2 train.zero_stage=1 train.stop_at=40 --run-dir /tmp/dp_split21
+    "$BIN/oft" train $dp_common train.resume=true --run-dir /tmp/dp_split21 > "$OUT/dist_split21b.log" 2>&1
+    echo "-- split21 resumed on 1 GPU (exit $?)"; cp /tmp/dp_split21/metrics.jsonl "$OUT/metrics_split21.jsonl"
+    run split12 "$BIN/oft" train $dp_common train.stop_at=40 --run-dir /tmp/dp_split12
+    "$BIN/oft" train $dp_common --gpus 2 train.zero_stage=1 train.resume=true --run-dir /tmp/dp_split12 > "$OUT/dist_split12b.log" 2>&1
+    echo "-- split12 resumed on 2 GPUs (exit $?)"; cp /tmp/dp_split12/metrics.jsonl "$OUT/metrics_split12.jsonl"
+    # A failing rank stops the others: a bad override on rank 1 only is not possible from the
+    # command line, so kill one rank and check the launcher returns.
+  fi
+  python3 - "$OUT" <<'PY'
+import json, sys, glob, os
+out = sys.argv[1]
+runs = {}
+for f in sorted(glob.glob(os.path.join(out, "metrics_*.jsonl"))):
+    name = os.path.basename(f)[8:-6]
+    loss, val = {}, {}
+    for line in open(f):
+        r = json.loads(line)
+        if "loss" in r: loss[r["step"]] = r["loss"]
+        if "val_loss" in r: val[r["step"]] = r["val_loss"]
+    runs[name] = (loss, val)
+base = runs.get("plain")
+print("%-14s %10s %10s %12s %12s" % ("run", "loss@end", "val@end", "max|dloss|", "vs plain"))
+for name, (loss, val) in runs.items():
+    if not loss: continue
+    last = max(loss); lv = max(val) if val else None
+    d = max(abs(loss[s] - base[0][s]) for s in loss if s in base[0]) if base else 0
+    print("%-14s %10.4f %10s %12.2e %12s" % (name, loss[last], "%.4f" % val[lv] if lv else "-", d,
+          "%+.3f%%" % (100 * (val[lv] - base[1][max(base[1])]) / base[1][max(base[1])]) if lv and base and base[1] else "-"))
+PY
+  echo "-- scaling (oft bench --gpus N, per-GPU batch of the preset)"
+  for preset in opt_125m_vanilla opt_350m_vanilla; do
+    n=1
+    while (( n <= ngpu )); do
+      for z in 0 1; do
+        (( n == 1 && z == 1 )) && continue
+        "$BIN/oft" bench $preset train.grad_accum=1 train.zero_stage=$z --gpus $n --steps ${BENCH_STEPS:-10} --no-peak \
+          --json "$OUT/scale_${preset}_g${n}_z$z.json" > "$OUT/scale_${preset}_g${n}_z$z.log" 2>&1
+        echo "$preset gpus=$n zero=$z (exit $?): $(grep -E "tokens/s|memory|rror" "$OUT/scale_${preset}_g${n}_z$z.log" | tr '\n' ' ')"
+      done
+      n=$((n * 2))
+    done
+  done
 fi
 
 # At most a few files come back from a GPU machine: pack the logs into one archive.

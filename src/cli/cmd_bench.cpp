@@ -1,11 +1,14 @@
 // `oft bench`: training throughput, MFU and memory of a preset on synthetic tokens.
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "dist/communicator.h"
+#include "dist/launch.h"
 #include "train/bench.h"
 #include "train/run_config.h"
 
@@ -25,7 +28,19 @@ void register_bench(CLI::App& app) {
   cmd->add_flag("--profile", opt->profile, "per-op device-time breakdown over extra steps");
   cmd->add_flag("--no-peak", *no_peak, "skip measuring the bf16 matmul peak (no MFU)");
   cmd->add_option("--json", *json, "also write the result as JSON to this file");
+  auto gpus = std::make_shared<int>(1);
+  cmd->add_option("--gpus", *gpus, "data-parallel over N GPUs of this host (0 = all), "
+                                   "train.batch_size rows on each (per-GPU figures)")
+      ->check(CLI::Range(0, 1024));
   cmd->callback([=] {
+    const dist::DistEnv env = dist::dist_env_from_environment();
+    if (!env.distributed && *gpus != 1) {
+      const int visible = dist::visible_gpus();
+      const int n = *gpus == 0 ? visible : *gpus;
+      OFT_CHECK(n >= 1 && n <= visible, "--gpus ", *gpus, ": ", visible, " GPU(s) are visible");
+      if (const int rc = dist::launch_local(n, program_args()); rc != 0) std::exit(rc);
+      return;
+    }
     std::string preset;
     std::vector<std::string> ov;
     for (const auto& a : *args) {
@@ -42,10 +57,12 @@ void register_bench(CLI::App& app) {
     BenchOptions o = *opt;
     o.measure_peak = !*no_peak;
     const BenchResult r = bench(cfg, o);
+    if (env.rank != 0) return;
     std::printf("%s", bench_report(preset, r).c_str());
     if (!json->empty()) {
       nlohmann::json j = {{"preset", preset}, {"overrides", ov}, {"device", r.device},
-                          {"dtype", r.dtype}, {"params", r.params}, {"batch", r.batch},
+                          {"dtype", r.dtype}, {"gpus", r.gpus}, {"zero_stage", r.zero_stage},
+                          {"params", r.params}, {"batch", r.batch},
                           {"seq_len", r.seq_len}, {"tokens_per_step", r.tokens_per_step},
                           {"step_ms", r.step_ms}, {"tokens_per_s", r.tokens_per_s},
                           {"flops_per_token", r.flops_per_token}, {"tflops", r.tflops},

@@ -8,6 +8,8 @@
 #include <cstdio>
 
 #include "core/rng.h"
+#include "dist/communicator.h"
+#include "dist/data_parallel.h"
 #include "model/transformer.h"
 #include "ops/ops.h"
 #include "ops/profiler.h"
@@ -76,14 +78,27 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   OFT_CHECK(cfg.model.vocab_size > 0, "oft bench: model.vocab_size is 0 (taken from the shard in "
                                       "training); set it, e.g. model.vocab_size=50257");
   OFT_CHECK(opt.steps >= 1 && opt.warmup >= 0, "oft bench: --steps must be >= 1 and --warmup >= 0");
+  const dist::DistEnv denv = dist::dist_env_from_environment();
+  if (denv.distributed) ops::select_cuda_device(denv.local_rank);
   const Device device = parse_device(tc.device);
+  OFT_CHECK(!denv.distributed || device == Device::CUDA, "oft bench with ", denv.world,
+            " ranks needs the GPU");
+  OFT_CHECK(tc.zero_stage == 0 || denv.distributed, "train.zero_stage=1 needs --gpus N");
   const int64_t B = tc.batch_size, T = cfg.data.seq_len, V = cfg.model.vocab_size;
   const bool mlm = cfg.model.objective == "mlm";
   TransformerLM model(cfg.model, compute_dtype(tc, device), device, T);
   model.init_weights(static_cast<uint64_t>(tc.seed));
-  AdamW adam(model.params(), tc);
+  std::unique_ptr<dist::Communicator> comm;
+  std::unique_ptr<dist::DataParallel> dp;
+  if (denv.distributed) {
+    comm = std::make_unique<dist::NcclCommunicator>(denv);
+    dp = std::make_unique<dist::DataParallel>(model, *comm, tc.zero_stage == 1);
+    dp->broadcast_parameters();
+  }
+  AdamW adam = dp && dp->zero1() ? AdamW(model.params(), tc, dp->owned_ranges())
+                                 : AdamW(model.params(), tc);
 
-  Rng rng(static_cast<uint64_t>(tc.seed));
+  Rng rng(static_cast<uint64_t>(tc.seed) + uint64_t(denv.rank) * 7919);
   std::vector<Tensor> inputs, targets;
   for (int i = 0; i < 2; ++i) {
     Tensor in, tg;
@@ -99,11 +114,23 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     for (int64_t m = 0; m < tc.grad_accum; ++m) {
       const size_t k = static_cast<size_t>(step_no * tc.grad_accum + m) % inputs.size();
       loss += model.forward(inputs[k], targets[k], Tensor()) / double(tc.grad_accum);
-      model.backward(1.0 / double(tc.grad_accum));
+      if (dp) dp->before_backward(m + 1 == tc.grad_accum);
+      // Data-parallel: every rank's share is 1/W of the mean (equal target counts assumed).
+      model.backward(1.0 / double(tc.grad_accum) / double(denv.world));
+      if (dp) dp->after_backward();
     }
-    const double gnorm = adam.grad_norm();
+    double gnorm = 0;
+    if (comm) {
+      std::vector<double> v{loss / double(denv.world), dp->zero1() ? adam.grad_sum_squares() : 0.0};
+      comm->all_reduce_host(v);
+      loss = v[0];
+      gnorm = dp->zero1() ? std::sqrt(v[1]) : adam.grad_norm();
+    } else {
+      gnorm = adam.grad_norm();
+    }
     const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
     adam.step(tc.lr, clip);
+    if (dp) dp->after_step();
     ++step_no;
     return loss;
   };
@@ -122,6 +149,8 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   const ops::DeviceMemory mem = ops::device_memory();
 
   r.device = device_name(device);
+  r.gpus = denv.world;
+  r.zero_stage = int(tc.zero_stage);
   r.dtype = dtype_name(model.dtype());
   r.params = model.params().numel();
   r.batch = B;
@@ -170,6 +199,11 @@ std::string bench_report(const std::string& name, const BenchResult& r) {
                 (long long)r.batch, (long long)r.seq_len, (long long)r.tokens_per_step, r.step_ms,
                 r.tokens_per_s, r.tflops, r.flops_per_token);
   s += buf;
+  if (r.gpus > 1) {
+    std::snprintf(buf, sizeof buf, "%d GPUs%s: %.0f tokens/s in all (figures above are per GPU)\n",
+                  r.gpus, r.zero_stage == 1 ? " (ZeRO-1)" : "", r.tokens_per_s * r.gpus);
+    s += buf;
+  }
   if (r.peak_tflops > 0) {
     std::snprintf(buf, sizeof buf, "MFU %.1f%% of the measured bf16 peak %.0f TFLOP/s\n",
                   100.0 * r.mfu, r.peak_tflops);

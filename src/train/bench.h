@@ -20,9 +20,11 @@ struct BenchOptions {
 
 struct BenchResult {
   std::string device, dtype;
+  int gpus = 1;                // data-parallel ranks (--gpus N / mpirun); batch is per GPU
+  int zero_stage = 0;
   int64_t params = 0, batch = 0, seq_len = 0, tokens_per_step = 0;
   double step_ms = 0;         // median over the timed steps
-  double tokens_per_s = 0;
+  double tokens_per_s = 0;     // per GPU
   double flops_per_token = 0;  // 6 * (matmul params incl. the head) + causal attention
   double tflops = 0;           // achieved model TFLOP/s
   double peak_tflops = 0;      // measured bf16 matmul peak (0 when not measured / CPU)
@@ -33,6 +35,9 @@ struct BenchResult {
   std::vector<int64_t> op_calls;
 };
 
+// In a data-parallel launch (OFT_WORLD_SIZE / mpirun) every rank runs train.batch_size rows
+// (weak scaling: the per-GPU work of the one-GPU figure) and the gradients are reduced as in
+// `oft train`; rank 0's result is the one to report.
 BenchResult bench(RunConfig& cfg, const BenchOptions& opt);
 std::string bench_report(const std::string& name, const BenchResult& r);
 
