@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
+#include "io/atomic_file.h"
 
 namespace oft::cli {
 
@@ -61,9 +62,14 @@ void register_data(CLI::App& app) {
     auto* enc = tk->add_subcommand("encode", "Print the token ids of a text");
     auto spec = std::make_shared<std::string>("gpt2");
     auto text = std::make_shared<std::string>();
-    enc->add_option("text", *text, "text to encode")->required();
-    enc->add_option("-t,--tokenizer", *spec, "tokenizer spec")->capture_default_str();
+    auto file = std::make_shared<std::string>();
+    enc->add_option("text", *text, "text to encode");
+    enc->add_option("-f,--file", *file, "encode this file's bytes exactly (instead of TEXT)");
+    enc->add_option("-t,--tokenizer", *spec, "tokenizer spec (also a Hugging Face tokenizer "
+                                             "directory or an imported run)")->capture_default_str();
     enc->callback([=] {
+      OFT_CHECK(text->empty() != file->empty(), "oft tokenizer encode: give TEXT or --file PATH");
+      if (!file->empty()) *text = read_file(*file);
       auto t = load_tokenizer(*spec);
       std::ostringstream os;
       for (int32_t id : t->encode(*text)) os << id << ' ';

@@ -13,5 +13,6 @@ std::vector<std::string>& program_args();
 void register_train(CLI::App& app);      // oft train, oft eval, oft config
 void register_data(CLI::App& app);       // oft data prepare, oft tokenizer ...
 void register_bench(CLI::App& app);      // oft bench
+void register_hf(CLI::App& app);         // oft import-hf, oft export-hf, oft logits
 
 }  // namespace oft::cli

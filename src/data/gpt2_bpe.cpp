@@ -166,23 +166,38 @@ std::vector<std::string_view> gpt2_pretokenize(std::string_view text) {
 // ---------------------------------------------------------------------------------------------
 
 Gpt2BpeTokenizer::Gpt2BpeTokenizer(const std::string& encoder_json_path,
-                                   const std::string& vocab_bpe_path, std::string name)
+                                   const std::string& vocab_bpe_path, std::string name,
+                                   std::vector<std::string> eot_tokens)
     : name_(std::move(name)), encoder_path_(encoder_json_path), vocab_path_(vocab_bpe_path) {
-  load_encoder(encoder_json_path);
-  load_merges(vocab_bpe_path);
+  const std::string text = read_whole_file(encoder_json_path, "GPT-2 encoder.json", kAssetFix);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail("GPT-2 encoder.json ", encoder_json_path, " is not valid JSON (", e.what(), "); ",
+         kAssetFix);
+  }
+  load_encoder(j, encoder_json_path, kAssetFix, eot_tokens);
+  load_merges(read_whole_file(vocab_bpe_path, "GPT-2 vocab.bpe", kAssetFix), vocab_bpe_path,
+              kAssetFix);
+  serial_ = g_next_serial.fetch_add(1);
+}
+
+Gpt2BpeTokenizer::Gpt2BpeTokenizer(const nlohmann::json& vocab, const std::string& merges_text,
+                                   std::string name, std::vector<std::string> eot_tokens,
+                                   const std::string& source, const std::string& fix)
+    : name_(std::move(name)), encoder_path_(source), vocab_path_(source) {
+  load_encoder(vocab, source, fix, eot_tokens);
+  load_merges(merges_text, source, fix);
   serial_ = g_next_serial.fetch_add(1);
 }
 
 Gpt2BpeTokenizer::~Gpt2BpeTokenizer() = default;
 
-void Gpt2BpeTokenizer::load_encoder(const std::string& path) {
-  const std::string text = read_whole_file(path, "GPT-2 encoder.json", kAssetFix);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail("GPT-2 encoder.json ", path, " is not valid JSON (", e.what(), "); ", kAssetFix);
-  }
+void Gpt2BpeTokenizer::load_encoder(const nlohmann::json& j, const std::string& path,
+                                    const std::string& fix,
+                                    const std::vector<std::string>& eot_tokens) {
+  const std::string& kAssetFix = fix;
   OFT_CHECK(j.is_object() && !j.empty(), "GPT-2 encoder.json ", path,
             " must be a non-empty JSON object mapping token strings to ids; ", kAssetFix);
   vocab_size_ = int(j.size());
@@ -208,10 +223,18 @@ void Gpt2BpeTokenizer::load_encoder(const std::string& path) {
       // produces it; it decodes to its own text.
       symbol_bytes_[size_t(id)] = it.key();
     }
-    if (it.key() == "<|endoftext|>") eot_id_ = int32_t(id);
   }
-  OFT_CHECK(eot_id_ >= 0, "GPT-2 encoder.json ", path,
-            " has no \"<|endoftext|>\" token (needed to separate documents); ", kAssetFix);
+  for (const std::string& e : eot_tokens) {
+    const auto it = j.find(e);
+    if (it != j.end()) {
+      eot_id_ = int32_t(it->get<int64_t>());
+      break;
+    }
+  }
+  std::string names;
+  for (const std::string& e : eot_tokens) names += (names.empty() ? "\"" : " or \"") + e + "\"";
+  OFT_CHECK(eot_id_ >= 0, "GPT-2 encoder.json ", path, " has no ", names,
+            " token (needed to separate documents); ", kAssetFix);
   symbol_index_.clear();
   symbol_index_.reserve(ordinary.size() * 2);
   for (auto& [b, id] : ordinary) symbol_index_.emplace(std::move(b), id);
@@ -234,8 +257,8 @@ int32_t Gpt2BpeTokenizer::symbol_for(const std::string& bytes) {
   return id;
 }
 
-void Gpt2BpeTokenizer::load_merges(const std::string& path) {
-  const std::string text = read_whole_file(path, "GPT-2 vocab.bpe", kAssetFix);
+void Gpt2BpeTokenizer::load_merges(const std::string& text, const std::string& path,
+                                   const std::string& kAssetFix) {
   struct Merge {
     int32_t left, right, merged;
   };

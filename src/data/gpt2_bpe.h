@@ -22,6 +22,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "data/tokenizer.h"
 
 namespace oft {
@@ -41,8 +43,16 @@ class Gpt2BpeTokenizer final : public Tokenizer {
  public:
   // Loads an encoder.json (token -> id, ids 0..N-1) and a vocab.bpe (merge list in rank order,
   // first line "#version: ..."). Errors name the file at fault. `name` is what name() returns.
+  // eot_tokens: candidates for the document separator, first present wins (GPT-2:
+  // <|endoftext|>; OPT's vocabulary has </s> instead).
   Gpt2BpeTokenizer(const std::string& encoder_json_path, const std::string& vocab_bpe_path,
-                   std::string name);
+                   std::string name, std::vector<std::string> eot_tokens = {"<|endoftext|>"});
+  // From in-memory data: `vocab` (token -> id, the encoder.json / Hugging Face vocab.json
+  // format) and `merges_text` (vocab.bpe / merges.txt format: one "a b" per line, an optional
+  // "#version" first line). `source` names the origin in errors; `fix` says how to repair it.
+  Gpt2BpeTokenizer(const nlohmann::json& vocab, const std::string& merges_text, std::string name,
+                   std::vector<std::string> eot_tokens, const std::string& source,
+                   const std::string& fix);
   ~Gpt2BpeTokenizer() override;
 
   std::vector<int32_t> encode(std::string_view text) const override;
@@ -75,8 +85,9 @@ class Gpt2BpeTokenizer final : public Tokenizer {
       h = (h + 1) & merge_mask_;
     }
   }
-  void load_encoder(const std::string& path);
-  void load_merges(const std::string& path);
+  void load_encoder(const nlohmann::json& j, const std::string& path, const std::string& fix,
+                    const std::vector<std::string>& eot_tokens);
+  void load_merges(const std::string& text, const std::string& path, const std::string& fix);
   int32_t symbol_for(const std::string& bytes);  // vocab id, or a new internal symbol
   void bpe_word(std::string_view word, std::vector<int32_t>* out) const;
   void bpe_simple(std::vector<int32_t>& sym) const;

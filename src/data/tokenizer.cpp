@@ -8,11 +8,16 @@
 //   bert-base-uncased         the shipped BERT WordPiece vocab (data/tokenizers/bert-base-uncased)
 //   <path>.txt                a BERT WordPiece vocab.txt (lower-casing, as bert-base-uncased)
 //   wordpiece:<path>          the same, explicitly (what such a tokenizer's name() returns)
+//   <dir>                     a Hugging Face tokenizer directory (tokenizer.json, vocab.json +
+//                             merges.txt, or vocab.txt; see hf_tokenizer.h), or a run
+//                             directory whose tokenizer/ holds one (`oft import-hf` writes it)
+//   hf:<dir>                  the same, explicitly (what such a tokenizer's name() returns)
 #include <filesystem>
 
 #include "core/error.h"
 #include "core/resources.h"
 #include "data/gpt2_bpe.h"
+#include "data/hf_tokenizer.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/tokenizer.h"
 #include "data/wordpiece.h"
@@ -27,7 +32,9 @@ constexpr const char* kAcceptedForms =
     "accepted forms: \"gpt2\" (shipped GPT-2 BPE), a directory holding encoder.json and "
     "vocab.bpe, \"gpt2-bpe:<dir>\", a path ending in .model (SentencePiece), "
     "\"sentencepiece:<path>\", \"bert-base-uncased\" (shipped BERT WordPiece), a path to a "
-    "WordPiece vocab.txt (ending in .txt) or \"wordpiece:<path>\"";
+    "WordPiece vocab.txt (ending in .txt), \"wordpiece:<path>\", a Hugging Face tokenizer "
+    "directory (tokenizer.json, vocab.json + merges.txt, or vocab.txt) or a run directory "
+    "holding one in tokenizer/ (\"hf:<dir>\")";
 
 bool starts_with(const std::string& s, std::string_view prefix) {
   return s.size() >= prefix.size() && std::string_view(s).substr(0, prefix.size()) == prefix;
@@ -37,6 +44,13 @@ std::unique_ptr<Tokenizer> load_bpe_dir(const std::string& dir) {
   std::error_code ec;
   OFT_CHECK(fs::is_directory(dir, ec), "tokenizer directory ", dir,
             " does not exist; fix the path (", kAcceptedForms, ")");
+  // Hugging Face files, directly or in a run's tokenizer/ folder.
+  if (!fs::is_regular_file(fs::path(dir) / "encoder.json", ec)) {
+    if (!hf_tokenizer_kind(dir).empty()) return load_hf_tokenizer(dir);
+    const fs::path sub = fs::path(dir) / "tokenizer";
+    if (fs::is_directory(sub, ec) && !hf_tokenizer_kind(sub.string()).empty())
+      return load_hf_tokenizer(sub.string());
+  }
   const std::string enc = (fs::path(dir) / "encoder.json").string();
   const std::string bpe = (fs::path(dir) / "vocab.bpe").string();
   OFT_CHECK(fs::is_regular_file(enc, ec), "tokenizer directory ", dir, " has no encoder.json (",
@@ -76,6 +90,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
         resource_path("data/tokenizers/bert-base-uncased/vocab.txt"), "bert-base-uncased");
   }
   if (starts_with(spec, "gpt2-bpe:")) return load_bpe_dir(spec.substr(9));
+  if (starts_with(spec, "hf:")) return load_hf_tokenizer(spec.substr(3));
   if (starts_with(spec, "wordpiece:")) return load_wordpiece(spec.substr(10));
   if (starts_with(spec, "sentencepiece:"))
     return std::make_unique<SentencePieceTokenizer>(spec.substr(14));

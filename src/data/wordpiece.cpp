@@ -212,8 +212,9 @@ struct Scratch {
 // Lower-cases, strips accents from and punctuation-splits one whitespace-delimited token in
 // s.raw (`ascii`: all its code points are < 0x80), calling emit(word, num_code_points) for each
 // word: token.lower(), _run_strip_accents() and _run_split_on_punc() of BasicTokenizer.
+// `lower` / `strip`: the do_lower_case and strip_accents switches (cased models skip them).
 template <class Emit>
-void finish_token(Scratch& s, bool ascii, Emit& emit) {
+void finish_token(Scratch& s, bool ascii, bool lower, bool strip, Emit& emit) {
   const UnicodeData& u = udata();
   std::vector<uint32_t>* cps = &s.raw;
   bool plain = true;  // no code point that str.lower() or NFD changes, and no mark
@@ -225,13 +226,28 @@ void finish_token(Scratch& s, bool ascii, Emit& emit) {
       }
   }
   if (plain) {
-    for (uint32_t& c : s.raw)
-      if (c >= 'A' && c <= 'Z') c += 32;
+    if (lower)
+      for (uint32_t& c : s.raw)
+        if (c >= 'A' && c <= 'Z') c += 32;
+  } else if (!strip) {
+    if (lower) {
+      s.low.clear();
+      for (size_t i = 0; i < s.raw.size(); ++i) {
+        const uint32_t c = s.raw[i];
+        if (c == 0x3A3)
+          s.low.push_back(final_sigma(u, s.raw, i) ? 0x3C2 : 0x3C3);
+        else
+          u.lower(c, &s.low);
+      }
+      cps = &s.low;
+    }
   } else {
     s.low.clear();
     for (size_t i = 0; i < s.raw.size(); ++i) {
       const uint32_t c = s.raw[i];
-      if (c == 0x3A3)
+      if (!lower)
+        s.low.push_back(c);
+      else if (c == 0x3A3)
         s.low.push_back(final_sigma(u, s.raw, i) ? 0x3C2 : 0x3C3);
       else
         u.lower(c, &s.low);
@@ -305,7 +321,7 @@ void WordPieceTokenizer::basic(std::string_view text, Emit&& emit) const {
   s.raw.reserve(64);
   bool ascii = true;
   auto flush = [&] {
-    if (!s.raw.empty()) finish_token(s, ascii, emit);
+    if (!s.raw.empty()) finish_token(s, ascii, options_.lowercase, options_.strips(), emit);
     s.raw.clear();
     ascii = true;
   };
@@ -332,7 +348,7 @@ void WordPieceTokenizer::basic(std::string_view text, Emit&& emit) const {
     if (f & un::kFlagControl) continue;
     if ((f & un::kFlagSpaceSep) || c == 0x2028 || c == 0x2029) {
       flush();
-    } else if (is_cjk(c)) {
+    } else if (options_.tokenize_chinese_chars && is_cjk(c)) {
       flush();
       s.raw.push_back(c);
       ascii = false;
@@ -345,10 +361,27 @@ void WordPieceTokenizer::basic(std::string_view text, Emit&& emit) const {
   flush();
 }
 
-WordPieceTokenizer::WordPieceTokenizer(const std::string& vocab_path, std::string name)
-    : name_(std::move(name)), path_(vocab_path) {
+WordPieceTokenizer::WordPieceTokenizer(const std::string& vocab_path, std::string name,
+                                       WordPieceOptions options)
+    : name_(std::move(name)), path_(vocab_path), options_(options) {
   load_vocab(vocab_path);
   build_trie();
+  find_specials();
+}
+
+WordPieceTokenizer::WordPieceTokenizer(std::vector<std::string> tokens, std::string name,
+                                       std::string source, WordPieceOptions options)
+    : name_(std::move(name)), path_(std::move(source)), options_(options),
+      tokens_(std::move(tokens)) {
+  OFT_CHECK(!tokens_.empty(), "WordPiece vocabulary of ", path_, " is empty");
+  for (size_t i = 0; i < tokens_.size(); ++i)
+    OFT_CHECK(valid_utf8(tokens_[i]), "WordPiece vocabulary of ", path_, ": token ", i,
+              " is not valid UTF-8");
+  build_trie();
+  find_specials();
+}
+
+void WordPieceTokenizer::find_specials() {
   struct Special {
     const char* text;
     int32_t* id;

@@ -1,5 +1,6 @@
 // BERT WordPiece tokenizer, token-for-token identical to Hugging Face's BertTokenizer with
-// do_lower_case=True (the bert-base-uncased setting) and to Google's tokenization.py:
+// do_lower_case=True (the bert-base-uncased setting; WordPieceOptions select the cased, accent
+// and CJK variants) and to Google's tokenization.py:
 //
 //  BasicTokenizer: drop NUL, U+FFFD and control characters (general category C* except \t \n
 //  \r, as Hugging Face does; Google drops only Cc/Cf), turn whitespace (space, \t, \n, \r, Zs)
@@ -29,6 +30,15 @@
 
 namespace oft {
 
+// BasicTokenizer switches of Hugging Face's BertTokenizer / BertNormalizer (the defaults are
+// bert-base-uncased's). strip_accents < 0 follows lowercase, as Hugging Face's None does.
+struct WordPieceOptions {
+  bool lowercase = true;            // do_lower_case
+  int strip_accents = -1;           // 1 / 0 / -1 = follow lowercase
+  bool tokenize_chinese_chars = true;
+  bool strips() const { return strip_accents < 0 ? lowercase : strip_accents != 0; }
+};
+
 class WordPieceTokenizer final : public Tokenizer {
  public:
   static constexpr int kMaxInputCharsPerWord = 100;
@@ -37,7 +47,13 @@ class WordPieceTokenizer final : public Tokenizer {
   // "\r\n" or "\r" (as Python's text mode reads them); for a token listed twice the later line
   // wins, like Hugging Face's load_vocab. [PAD], [UNK], [CLS], [SEP] and [MASK] must be present.
   // Errors name the file and the fix. `name` is what name() returns.
-  WordPieceTokenizer(const std::string& vocab_path, std::string name);
+  WordPieceTokenizer(const std::string& vocab_path, std::string name,
+                     WordPieceOptions options = {});
+  // From an in-memory vocabulary (id = index), e.g. the "vocab" of a Hugging Face
+  // tokenizer.json; `source` names it in errors.
+  WordPieceTokenizer(std::vector<std::string> tokens, std::string name, std::string source,
+                     WordPieceOptions options);
+  const WordPieceOptions& options() const { return options_; }
   ~WordPieceTokenizer() override;
 
   // Token ids without [CLS]/[SEP].
@@ -95,6 +111,7 @@ class WordPieceTokenizer final : public Tokenizer {
     }
   }
   void load_vocab(const std::string& path);
+  void find_specials();
   void build_trie();
   // Appends the pieces of one word (UTF-8, after BasicTokenizer) to *out.
   void wordpiece(std::string_view word, int num_chars, std::vector<int32_t>* out) const;
@@ -104,6 +121,7 @@ class WordPieceTokenizer final : public Tokenizer {
 
   std::string name_;
   std::string path_;
+  WordPieceOptions options_;
   std::vector<std::string> tokens_;  // id -> token
   // Byte trie over all tokens; node 0 is the root, cont_root_ the node of "##" (-1 if none).
   std::vector<int32_t> terminal_;  // node -> token id ending there, or -1

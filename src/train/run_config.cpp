@@ -28,6 +28,9 @@ RunConfig::RunConfig() {
   r.add("model.vocab_size", &m.vocab_size, "vocabulary size; 0 = from the training shard", 0,
         1 << 24);
   r.add("model.max_seq_len", &m.max_seq_len, "rows of the position table", 1, 1 << 20);
+  r.add("model.word_embed_proj_dim", &m.word_embed_proj_dim,
+        "token embedding width with project_in / project_out to and from d_model (OPT-350m: "
+        "512); 0 = d_model, no projections", 0, 1 << 16);
   r.add("model.activation", &m.activation, "MLP activation",
         {"relu", "gelu", "gelu_tanh", "gelu_new", "gelu_erf"});
   r.add("model.norm", &m.norm, "normalisation layer", {"layernorm", "rmsnorm", "none"});
@@ -198,6 +201,9 @@ void RunConfig::validate() const {
   OFT_CHECK(!(train.warmup_steps > 0 && train.warmup_ratio > 0),
             "set train.warmup_steps or train.warmup_ratio, not both");
   OFT_CHECK(!data.train.empty(), "data.train is empty: give the training shard path");
+  OFT_CHECK(!model.embed_proj() || model.objective == "clm", "model.word_embed_proj_dim=",
+            model.word_embed_proj_dim, " (project_in / project_out, OPT) is for causal LMs: set "
+            "it to 0 with model.objective=mlm");
   OFT_CHECK(data.pack || model.objective == "mlm",
             "data.pack=false (one padded document per sequence) is for model.objective=mlm only");
 }
