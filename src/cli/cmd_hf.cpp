@@ -125,8 +125,9 @@ void register_hf(CLI::App& app) {
                   run.c_str());
       std::printf("  oft validate %s data.val=data/cache/NAME/val.bin [--quantize]\n", run.c_str());
       std::printf("  oft train %s/config.yaml data.train=data/cache/NAME/train.bin "
-                  "data.val=data/cache/NAME/val.bin   (continued training, train.init_from=%s)\n",
-                  run.c_str(), run.c_str());
+                  "data.val=data/cache/NAME/val.bin   (continued training from these weights, "
+                  "into runs/%s-ft)\n",
+                  run.c_str(), fs::path(run).filename().c_str());
     });
   }
   {

@@ -162,8 +162,6 @@ ImportReport import_hf(const ImportOptions& opt) {
     cfg.registry().set(s.substr(0, eq), s.substr(eq + 1), cfg_path.string());
   }
   cfg.data.seq_len = std::min(cfg.data.seq_len, cfg.model.max_seq_len);
-  cfg.name = fs::path(opt.run_dir).filename().string();
-  cfg.dir = opt.run_dir;
   const ModelConfig& mc = cfg.model;
   OFT_CHECK(mc.d_model % mc.n_head == 0, cfg_path.string(), ": the width (", mc.d_model,
             ") is not a multiple of the head count (", mc.n_head, ")");
@@ -278,7 +276,8 @@ ImportReport import_hf(const ImportOptions& opt) {
     rep.notes.push_back("converted " + std::to_string(n) + " " + dt + " tensor(s) to f32 master weights");
 
   // The run directory.
-  const fs::path run(opt.run_dir);
+  fs::path run = fs::path(opt.run_dir).lexically_normal();
+  if (run.filename().empty()) run = run.parent_path();  // "runs/x/" -> "runs/x"
   OFT_CHECK(!fs::exists(run / "checkpoints" / "latest"), opt.run_dir, " already holds "
             "checkpoints: choose another output directory (--out) or remove it");
   fs::create_directories(run);
@@ -309,6 +308,11 @@ ImportReport import_hf(const ImportOptions& opt) {
                                         ": the run has no tokenizer; give one to oft data prepare"
                                       : "tokenizer not imported (--no-tokenizer)");
   }
+  // The run's config.yaml is the template for continued training: `oft train RUN/config.yaml
+  // data.train=... data.val=...` starts from these weights and writes runs/<name>-ft.
+  cfg.train.init_from = fs::absolute(run).lexically_normal().string();
+  cfg.name = run.filename().string() + "-ft";
+  cfg.dir = "";
   const json before = cfg.registry().to_json();
   cfg.registry().apply_overrides(opt.overrides);
   cfg.validate();
