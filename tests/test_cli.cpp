@@ -21,8 +21,9 @@ struct CmdResult {
   std::string out;  // stdout and stderr together
 };
 
-CmdResult oft(const std::string& args) {
-  const std::string cmd = std::string(OFT_BINARY) + " " + args + " 2>&1";
+// `env`: VAR=value assignments for the command.
+CmdResult oft(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " " + std::string(OFT_BINARY) + " " + args + " 2>&1";
   CmdResult r;
   FILE* p = popen(cmd.c_str(), "r");
   std::array<char, 4096> buf;
@@ -42,8 +43,9 @@ class Cli : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
   // Expects exit 1 with one error line containing every fragment.
-  void expect_error(const std::string& args, const std::vector<std::string>& fragments) {
-    const CmdResult r = oft(args);
+  void expect_error(const std::string& args, const std::vector<std::string>& fragments,
+                    const std::string& env = "") {
+    const CmdResult r = oft(args, env);
     EXPECT_EQ(r.status, 1) << args << "\n" << r.out;
     EXPECT_EQ(r.out.rfind("oft: error: ", 0), 0u) << args << "\n" << r.out;
     EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << args << "\n" << r.out;
@@ -72,6 +74,22 @@ TEST_F(Cli, BadConfigValues) {
   if (!oft::ops::cuda_available())
     expect_error("train tiny train.device=cuda", {"train.device=cuda", "train.device=cpu"});
   expect_error("bench tiny", {"model.vocab_size", "model.vocab_size=50257"});
+  // Multi-GPU launches.
+  if (!oft::ops::cuda_available()) {
+    expect_error("train tiny --gpus 2", {"--gpus 2", "0 GPU(s) are visible"});
+    expect_error("bench tiny model.vocab_size=64 --gpus 4", {"--gpus 4", "0 GPU(s)"});
+  }
+  {
+    const CmdResult r = oft("train tiny --gpus -1");  // CLI11's own range message
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.out.find("--gpus: Value -1 not in range"), std::string::npos) << r.out;
+  }
+  expect_error("train tiny train.zero_stage=1", {"train.zero_stage=1", "--gpus N"});
+  expect_error("train tiny train.zero_stage=2", {"train.zero_stage", "[0, 1]"});
+  // A rank of a 3-process launch: the global batch must split evenly; the error names the rank.
+  expect_error("train tiny train.batch_size=16", {"rank 1: ", "train.batch_size=16", "multiple of 3"},
+               "OFT_WORLD_SIZE=3 OFT_RANK=1 OFT_RENDEZVOUS=/nonexistent/rdv");
+  expect_error("train tiny", {"OFT_RANK=x"}, "OFT_WORLD_SIZE=2 OFT_RANK=x");
   const fs::path y = dir_ / "broken.yaml";
   std::ofstream(y) << "model: {n_layer: [\n";
   expect_error("train " + y.string(), {y.string(), "malformed YAML"});

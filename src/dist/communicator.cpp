@@ -56,7 +56,7 @@ DistEnv dist_env_from_environment() {
   e.distributed = true;
   if (env("OFT_RENDEZVOUS")) {
     e.rendezvous = env("OFT_RENDEZVOUS");
-  } else {
+  } else if (e.world > 1) {
     const char* job = env("PMIX_NAMESPACE") ? env("PMIX_NAMESPACE")
                       : env("OMPI_MCA_ess_base_jobid") ? env("OMPI_MCA_ess_base_jobid")
                                                        : env("OMPI_MCA_orte_ess_jobid");

@@ -165,13 +165,13 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   // [r*B/W, (r+1)*B/W) of every global batch; rank 0 alone evaluates, logs and saves.
   const dist::DistEnv denv = dist::dist_env_from_environment();
   const int W = denv.world, rank = denv.rank;
+  OFT_CHECK(B % W == 0, "train.batch_size=", B, " is the global batch and must split evenly "
+            "over the ", W, " GPUs: use a multiple of ", W);
   if (denv.distributed) {
     OFT_CHECK(tc.device != "cpu", "train.device=cpu with ", W, " ranks: data-parallel training "
               "runs one process per GPU; drop --gpus / mpirun or use train.device=cuda");
     ops::select_cuda_device(denv.local_rank);
   }
-  OFT_CHECK(B % W == 0, "train.batch_size=", B, " is the global batch and must split evenly "
-            "over the ", W, " GPUs: use a multiple of ", W);
   OFT_CHECK(tc.zero_stage == 0 || denv.distributed, "train.zero_stage=", tc.zero_stage,
             " shards the optimizer over GPUs: launch with --gpus N (or mpirun), or set "
             "train.zero_stage=0");
