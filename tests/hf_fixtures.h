@@ -122,15 +122,15 @@ inline HfFixture opt350m_fixture() {
 
 // BertForPreTraining-style save with the old LayerNorm gamma / beta names, a pooler and the
 // position-id buffer.
-inline HfFixture bert_fixture() {
+inline HfFixture bert_fixture(int64_t V = kV) {
   HfFixture f;
   f.config = {{"model_type", "bert"}, {"architectures", {"BertForMaskedLM"}},
-              {"vocab_size", kV}, {"hidden_size", kC}, {"num_hidden_layers", kL},
+              {"vocab_size", V}, {"hidden_size", kC}, {"num_hidden_layers", kL},
               {"num_attention_heads", kH}, {"intermediate_size", kF},
               {"max_position_embeddings", kPos}, {"type_vocab_size", 2},
               {"hidden_act", "gelu"}, {"layer_norm_eps", 1e-12}};
   const std::string p = "bert.";
-  f.add(p + "embeddings.word_embeddings.weight", {kV, kC});
+  f.add(p + "embeddings.word_embeddings.weight", {V, kC});
   f.add(p + "embeddings.position_embeddings.weight", {kPos, kC});
   f.add(p + "embeddings.token_type_embeddings.weight", {2, kC});
   f.add(p + "embeddings.LayerNorm.gamma", {kC});
@@ -160,7 +160,7 @@ inline HfFixture bert_fixture() {
   f.add("cls.predictions.transform.dense.bias", {kC});
   f.add("cls.predictions.transform.LayerNorm.weight", {kC});
   f.add("cls.predictions.transform.LayerNorm.bias", {kC});
-  f.add("cls.predictions.bias", {kV});
+  f.add("cls.predictions.bias", {V});
   f.tensors["cls.predictions.decoder.weight"] =
       f.tensors[p + "embeddings.word_embeddings.weight"].clone();
   return f;

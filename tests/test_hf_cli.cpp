@@ -108,6 +108,18 @@ TEST(HfCli, ImportTokenizeValidateTrainLogitsExport) {
   EXPECT_TRUE(fs::exists(d.file("out/tokenizer.json")));
 }
 
+TEST(HfCli, MaskedLmFillsTheMask) {
+  TempDir d("hf_cli_bert");
+  bert_fixture(30522).write(d.file("hf"));
+  fs::copy_file(resource_path("data/tokenizers/bert-base-uncased/vocab.txt"), d.file("hf/vocab.txt"));
+  ASSERT_EQ(oft_cmd("import-hf " + d.file("hf") + " --out " + d.file("run")).status, 0);
+  // [CLS] the [MASK] sat [SEP]: the prediction is printed at position 2, the mask.
+  const CmdOut r = oft_cmd("logits " + d.file("run") + " --text 'The [MASK] sat' --top 2");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("sequence 0 position 2 (token 103)"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("position 1 "), std::string::npos) << "only masked positions: " << r.out;
+}
+
 TEST(HfCli, Errors) {
   TempDir d("hf_cli_err");
   auto expect_error = [](const std::string& args, const std::vector<std::string>& parts) {

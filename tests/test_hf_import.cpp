@@ -147,6 +147,7 @@ TEST(HfImport, OverridesAreRecordedButNotModelKeys) {
   const std::string err = error_of([&] { import(e, "hf", {"model.n_layer=3"}); });
   EXPECT_NE(err.find("model.n_layer"), std::string::npos) << err;
   EXPECT_NE(err.find("cannot be overridden"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(e.file("run"))) << "a refused import writes nothing";
 }
 
 // ---- bad input ----
@@ -268,6 +269,7 @@ TEST_F(HfImportError, MissingTokenizerIsANoteAndBrokenTokenizerAnError) {
   gpt2_fixture().write(e.file("hf"));
   write_file(e.file("hf/tokenizer.json"), R"({"model": {"type": "Unigram", "vocab": {}}})");
   expect(error_of([&] { import(e); }), {"tokenizer.json", "Unigram", "--no-tokenizer"});
+  EXPECT_FALSE(fs::exists(e.file("run")));
 }
 
 TEST_F(HfImportError, ExistingRunIsNotOverwritten) {

@@ -275,21 +275,18 @@ ImportReport import_hf(const ImportOptions& opt) {
   for (const auto& [dt, n] : rep.converted)
     rep.notes.push_back("converted " + std::to_string(n) + " " + dt + " tensor(s) to f32 master weights");
 
-  // The run directory.
+  // The run directory: everything is checked before anything is written.
   fs::path run = fs::path(opt.run_dir).lexically_normal();
   if (run.filename().empty()) run = run.parent_path();  // "runs/x/" -> "runs/x"
   OFT_CHECK(!fs::exists(run / "checkpoints" / "latest"), opt.run_dir, " already holds "
             "checkpoints: choose another output directory (--out) or remove it");
-  fs::create_directories(run);
   const std::string kind = hf_tokenizer_kind(src.string());
-  if (opt.tokenizer && !kind.empty()) {
-    const fs::path td = run / "tokenizer";
-    fs::create_directories(td);
-    for (const auto& file : hf_tokenizer_files(src.string()))
-      fs::copy_file(file, td / fs::path(file).filename(), fs::copy_options::overwrite_existing);
+  const fs::path td = run / "tokenizer";
+  const bool with_tokenizer = opt.tokenizer && !kind.empty();
+  if (with_tokenizer) {
     std::unique_ptr<Tokenizer> tok;
     try {
-      tok = load_hf_tokenizer(td.string());
+      tok = load_hf_tokenizer(src.string());
     } catch (const Error& e) {
       fail(e.what(), " (the tokenizer of ", opt.src, "; pass --no-tokenizer to import the "
            "weights without it)");
@@ -297,17 +294,18 @@ ImportReport import_hf(const ImportOptions& opt) {
     OFT_CHECK(tok->vocab_size() <= mc.vocab_size, opt.src, ": the tokenizer (", kind, ") has ",
               tok->vocab_size(), " tokens but config.json's vocab_size is ", mc.vocab_size,
               ": they do not belong together (pass --no-tokenizer to import without it)");
-    rep.tokenizer = tok->name();
-    cfg.data.tokenizer = rep.tokenizer;
+    std::error_code ec;
+    const fs::path abs = fs::weakly_canonical(fs::absolute(td), ec);
+    rep.tokenizer = "hf:" + (ec ? td.string() : abs.string());  // what the copy's name() is
     rep.notes.push_back("tokenizer: " + kind + " copied to " + td.string() + " (" +
                         std::to_string(tok->vocab_size()) + " tokens)");
   } else {
-    cfg.data.tokenizer = "";
     rep.notes.push_back(opt.tokenizer ? "no tokenizer files (tokenizer.json, vocab.json + "
                                         "merges.txt, vocab.txt) in " + opt.src +
                                         ": the run has no tokenizer; give one to oft data prepare"
                                       : "tokenizer not imported (--no-tokenizer)");
   }
+  cfg.data.tokenizer = rep.tokenizer;
   // The run's config.yaml is the template for continued training: `oft train RUN/config.yaml
   // data.train=... data.val=...` starts from these weights and writes runs/<name>-ft.
   cfg.train.init_from = fs::absolute(run).lexically_normal().string();
@@ -321,6 +319,12 @@ ImportReport import_hf(const ImportOptions& opt) {
     OFT_CHECK(!k.starts_with("model.") || before[k] == v, "import-hf: ", k, " comes from ",
               cfgname, " and cannot be overridden (override data.*, train.*, quant.* or run.* "
               "keys; change the model afterwards with oft train ... train.init_from=RUN)");
+  fs::create_directories(run);
+  if (with_tokenizer) {
+    fs::create_directories(td);
+    for (const auto& file : hf_tokenizer_files(src.string()))
+      fs::copy_file(file, td / fs::path(file).filename(), fs::copy_options::overwrite_existing);
+  }
   json state;
   state["config"] = cfg.registry().to_json();
   state["hf_import"] = {{"source", fs::absolute(src).string()}, {"model_type", family_name(f)},
