@@ -223,6 +223,17 @@ TEST_F(HfImportError, UntiedHead) {
   expect(run_import(), {"lm_head.weight", "untied"});
 }
 
+TEST_F(HfImportError, BertDecoderBiasCopies) {
+  HfFixture f = bert_fixture();
+  f.tensors["cls.predictions.decoder.bias"] = f.tensors["cls.predictions.bias"].clone();
+  f.write(d.file("hf"));
+  EXPECT_EQ(run_import(), "") << "an equal tied copy is accepted";
+  TempDir e("hf_err4");
+  f.add("cls.predictions.decoder.bias", {kV});
+  f.write(e.file("hf"));
+  expect(error_of([&] { import(e); }), {"cls.predictions.decoder.bias", "differs"});
+}
+
 TEST_F(HfImportError, UnsupportedDtype) {
   HfFixture f = gpt2_fixture();
   std::vector<double> v(kC, 1.0);

@@ -43,11 +43,11 @@ Tensor transposed(const Tensor& t) {
   return r;
 }
 
-Tensor rows(const Tensor& t, int64_t begin, int64_t n) {
+// Part i of 3 of a fused q|k|v tensor [3C, ...] -> [C, ...].
+Tensor third(const Tensor& t, int64_t i) {
   Tensor r = Tensor::empty(hf_shape(Layout::ConcatRows, t.shape()), DType::F32);
   const int64_t per = r.numel();
-  std::copy_n(t.data<float>() + begin * per, per, r.data<float>());
-  (void)n;
+  std::copy_n(t.data<float>() + i * per, per, r.data<float>());
   return r;
 }
 
@@ -149,7 +149,7 @@ ExportReport export_hf(const ExportOptions& opt) {
   auto hf_name = [&](const std::string& n) { return top_level(n) ? n : prefix + n; };
   for (const Param& p : model->params().all()) {
     const Tensor v = p.value.to(Device::CPU);
-    const std::optional<Rule> rule = rule_for(f, mc, p.name);
+    const std::optional<Rule> rule = rule_for(f, p.name);
     if (!rule) {
       tensors.emplace_back("oft." + p.name, v);
       rep.oft_tensors.push_back("oft." + p.name);
@@ -161,7 +161,7 @@ ExportReport export_hf(const ExportOptions& opt) {
         tensors.emplace_back(hf_name(rule->hf[0]), v.ndim() == 2 ? transposed(v) : v);
         break;
       case Layout::ConcatRows:
-        for (int64_t i = 0; i < 3; ++i) tensors.emplace_back(hf_name(rule->hf[size_t(i)]), rows(v, i, 3));
+        for (int64_t i = 0; i < 3; ++i) tensors.emplace_back(hf_name(rule->hf[size_t(i)]), third(v, i));
         break;
       case Layout::PosOffset2: {
         Tensor t = Tensor::zeros(hf_shape(Layout::PosOffset2, v.shape()), DType::F32);

@@ -187,7 +187,7 @@ ImportReport import_hf(const ImportOptions& opt) {
     return "";
   };
   for (Param& p : model.params().all()) {
-    const std::optional<Rule> rule = rule_for(f, mc, p.name);
+    const std::optional<Rule> rule = rule_for(f, p.name);
     if (!rule) {
       const std::string n = "oft." + p.name;
       OFT_CHECK(w.contains(n), opt.src, ": tensor ", n, " is missing. The model config asks for "
@@ -248,6 +248,19 @@ ImportReport import_hf(const ImportOptions& opt) {
               "layer is not supported (oft ties the output layer to the token embedding, as GPT-2, "
               "OPT and BERT do; tie_word_embeddings=", hcfg.value("tie_word_embeddings", true), ")");
     used.insert(head);
+  }
+  // Older BERT saves hold the decoder bias twice (cls.predictions.bias and its tied copy).
+  if (f == Family::BERT && w.contains("cls.predictions.bias") &&
+      w.contains("cls.predictions.decoder.bias")) {
+    std::map<std::string, int64_t> scratch;
+    const Tensor a = w.load_f32("cls.predictions.decoder.bias", scratch),
+                 b = w.load_f32("cls.predictions.bias", scratch);
+    bool same = a.shape() == b.shape();
+    for (int64_t i = 0; same && i < a.numel(); ++i) same = a.data<float>()[i] == b.data<float>()[i];
+    OFT_CHECK(same, w.file_of("cls.predictions.decoder.bias").path(), ": cls.predictions.decoder."
+              "bias differs from cls.predictions.bias: transformers ties them, oft has one "
+              "decoder bias");
+    used.insert("cls.predictions.decoder.bias");
   }
   // Leftovers: known buffers and heads the LM does not use are noted, anything else is an error.
   std::map<std::string, int64_t> ignored;

@@ -94,7 +94,7 @@ std::string suffix(const std::string& n) {
 
 Rule copy(const std::string& hf, const std::string& field) { return {Layout::Copy, {hf}, field}; }
 
-std::optional<Rule> gpt2_rule(const ModelConfig& cfg, const std::string& n) {
+std::optional<Rule> gpt2_rule(const std::string& n) {
   if (n == "wte.weight") return copy("wte.weight", "vocab_size, n_embd");
   if (n == "wpe.weight") return copy("wpe.weight", "n_positions, n_embd");
   if (n == "ln_f.weight" || n == "ln_f.bias") return copy(n, "n_embd");
@@ -110,11 +110,10 @@ std::optional<Rule> gpt2_rule(const ModelConfig& cfg, const std::string& n) {
   if (r == "attn.c_attn.bias" || r == "attn.c_proj.bias" || r == "mlp.c_fc.bias" ||
       r == "mlp.c_proj.bias")
     return copy(p + r, r == "mlp.c_fc.bias" ? "n_inner" : "n_embd");
-  (void)cfg;
   return std::nullopt;
 }
 
-std::optional<Rule> opt_rule(const ModelConfig& cfg, const std::string& n) {
+std::optional<Rule> opt_rule(const std::string& n) {
   if (n == "wte.weight") return copy("embed_tokens.weight", "vocab_size, word_embed_proj_dim");
   if (n == "wpe.weight")
     return Rule{Layout::PosOffset2, {"embed_positions.weight"}, "max_position_embeddings, hidden_size"};
@@ -135,11 +134,10 @@ std::optional<Rule> opt_rule(const ModelConfig& cfg, const std::string& n) {
   if (r.starts_with("ln_2.")) return copy(p + "final_layer_norm." + s, "hidden_size");
   if (r.starts_with("mlp.c_fc.")) return copy(p + "fc1." + s, "hidden_size, ffn_dim");
   if (r.starts_with("mlp.c_proj.")) return copy(p + "fc2." + s, "hidden_size, ffn_dim");
-  (void)cfg;
   return std::nullopt;
 }
 
-std::optional<Rule> bert_rule(const ModelConfig& cfg, const std::string& n) {
+std::optional<Rule> bert_rule(const std::string& n) {
   if (n == "wte.weight") return copy("embeddings.word_embeddings.weight", "vocab_size, hidden_size");
   if (n == "wpe.weight")
     return copy("embeddings.position_embeddings.weight", "max_position_embeddings, hidden_size");
@@ -166,17 +164,16 @@ std::optional<Rule> bert_rule(const ModelConfig& cfg, const std::string& n) {
   if (r.starts_with("mlp.c_fc.")) return copy(p + "intermediate.dense." + s, "hidden_size, intermediate_size");
   if (r.starts_with("mlp.c_proj.")) return copy(p + "output.dense." + s, "hidden_size, intermediate_size");
   if (r.starts_with("ln_2.")) return copy(p + "output.LayerNorm." + s, "hidden_size");
-  (void)cfg;
   return std::nullopt;
 }
 
 }  // namespace
 
-std::optional<Rule> rule_for(Family f, const ModelConfig& cfg, const std::string& name) {
+std::optional<Rule> rule_for(Family f, const std::string& name) {
   switch (f) {
-    case Family::GPT2: return gpt2_rule(cfg, name);
-    case Family::OPT: return opt_rule(cfg, name);
-    case Family::BERT: return bert_rule(cfg, name);
+    case Family::GPT2: return gpt2_rule(name);
+    case Family::OPT: return opt_rule(name);
+    case Family::BERT: return bert_rule(name);
   }
   return std::nullopt;
 }

@@ -36,7 +36,7 @@ struct Rule {
 };
 
 // The rule of oft parameter `name`, or nullopt when it has no Hugging Face counterpart.
-std::optional<Rule> rule_for(Family f, const ModelConfig& cfg, const std::string& name);
+std::optional<Rule> rule_for(Family f, const std::string& name);
 
 // Prefix of the base model in the full-model checkpoints transformers writes:
 // "transformer." (GPT2LMHeadModel), "model.decoder." (OPTForCausalLM), "bert." (BertForMaskedLM).
