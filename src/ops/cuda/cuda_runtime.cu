@@ -172,12 +172,16 @@ cudaStream_t stream() {
   return s;
 }
 
-// Collectives of data-parallel training run here, ordered against stream() by events.
+// Collectives of data-parallel training run here, ordered against stream() by events. High
+// priority: NCCL's blocks are scheduled ahead of the compute kernels' pending blocks, so the
+// reductions progress while the backward pass fills the GPU.
 cudaStream_t comm_stream() {
   static cudaStream_t s = [] {
     g_touched = true;
+    int least = 0, greatest = 0;
+    OFT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     cudaStream_t st;
-    OFT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    OFT_CUDA_CHECK(cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking, greatest));
     return st;
   }();
   return s;
