@@ -7,11 +7,13 @@
 #   3. `oft bench` of the performance presets.
 #   4. (torch) the whole-model loss and gradients against an independent PyTorch model;
 #   5. (peers) the PyTorch peer throughputs of REFERENCE.md §8 on the same GPU.
-#   6. (dist) data-parallel training through NCCL: one-rank NCCL runs (DDP, ZeRO-1) against the
+#   6. (hf) Hugging Face interop against transformers: random GPT-2 / OPT / BERT models
+#      imported, their logits and tokenizations compared, exports loaded back.
+#   7. (dist) data-parallel training through NCCL: one-rank NCCL runs (DDP, ZeRO-1) against the
 #      plain run, then with 2+ GPUs the same runs on every GPU, resuming a run on another GPU
 #      count, and `oft bench --gpus N` scaling of OPT-125m / OPT-350m.
 # Results land in $OUT (or ./gpu-out).
-# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [dist]
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -77,6 +79,11 @@ if [[ " $what " == *" sanitize "* ]]; then
   compute-sanitizer --tool memcheck --print-limit 20 "$BIN/oft_cuda_tests" \
     --gtest_filter="${SANITIZE_FILTER:-Presets/CudaModel.*}" > "$OUT/sanitize.log" 2>&1
   echo "exit $?"; grep -E "Invalid|ERROR SUMMARY|at 0x|by thread|FAILED" "$OUT/sanitize.log" | head -40
+fi
+
+if [[ " $what " == *" hf "* ]]; then
+  echo "== Hugging Face import / export against transformers"
+  python3 scripts/torch/hf_check.py --oft "$BIN/oft" 2>&1 | tee "$OUT/hf_check.log" | tail -50
 fi
 
 if [[ " $what " == *" dist "* ]]; then

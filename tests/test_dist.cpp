@@ -157,7 +157,10 @@ struct Outcome {
   std::vector<double> losses, norms;
 };
 
-Outcome train_ranks(int W, bool zero1, int steps, int accum, const std::string& objective) {
+// `tokens`: tell DataParallel the global batch's token ids (else it reduces every row of the
+// input-embedding gradient).
+Outcome train_ranks(int W, bool zero1, int steps, int accum, const std::string& objective,
+                    bool tokens = true) {
   const int64_t B = 4, T = 5;
   const bool mlm = objective == "mlm";
   Outcome out;
@@ -180,6 +183,7 @@ Outcome train_ranks(int W, bool zero1, int steps, int accum, const std::string& 
         const int64_t global = count_targets(tg);
         const double l = model.forward(tok.slice(r0, r0 + rows), tg.slice(r0, r0 + rows));
         loss += global ? l * double(model.counted_targets()) / double(global) / accum : 0.0;
+        if (dp && tokens) dp->add_batch_tokens(tok.data<int32_t>(), B * T);
         if (dp) dp->before_backward(m + 1 == accum);
         model.backward(1.0 / accum, global);
         if (dp) dp->after_backward();
@@ -241,17 +245,22 @@ void expect_same(const Outcome& a, const Outcome& b, double tol) {
 }  // namespace
 
 TEST(ArenaLayout, BucketsAlignedChunksPartitionEveryParameter) {
-  // 5 parameters: two of block 1, one of block 0, two of the rest; odd sizes.
-  const std::vector<int64_t> elems{100, 3, 70, 1000, 1};
-  const std::vector<int> layer{-1, 1, 1, 0, -1};
+  // 6 parameters: two of the head, two of block 1, one of block 0, one of the embedding end;
+  // odd sizes.
+  using A = dist::ArenaLayout;
+  const std::vector<int64_t> elems{100, 3, 70, 1000, 1, 17};
+  const std::vector<int> group{A::kHead, 1, 1, 0, A::kHead, A::kEnd};
   for (int W : {1, 2, 3, 8}) {
-    const auto a = dist::ArenaLayout::plan(elems, layer, 2, W);
-    ASSERT_EQ(a.buckets.size(), 3u);
-    // Order: block 1, block 0, rest.
-    EXPECT_EQ(a.buckets[0].params, (std::vector<size_t>{1, 2}));
-    EXPECT_EQ(a.buckets[1].params, (std::vector<size_t>{3}));
-    EXPECT_EQ(a.buckets[2].params, (std::vector<size_t>{0, 4}));
-    EXPECT_EQ(a.bucket_of_layer, (std::vector<size_t>{1, 0}));
+    const auto a = A::plan(elems, group, 2, W);
+    ASSERT_EQ(a.buckets.size(), 4u);
+    // Order: head, block 1, block 0, end.
+    EXPECT_EQ(a.buckets[0].params, (std::vector<size_t>{0, 4}));
+    EXPECT_EQ(a.buckets[1].params, (std::vector<size_t>{1, 2}));
+    EXPECT_EQ(a.buckets[2].params, (std::vector<size_t>{3}));
+    EXPECT_EQ(a.buckets[3].params, (std::vector<size_t>{5}));
+    EXPECT_EQ(a.bucket_of_layer, (std::vector<size_t>{2, 1}));
+    EXPECT_EQ(a.head_bucket, 0u);
+    EXPECT_EQ(a.end_bucket, 3u);
     int64_t end = 0;
     for (const auto& b : a.buckets) {
       EXPECT_EQ(b.offset, end);
@@ -292,6 +301,8 @@ TEST(DataParallel, AccumulationAndMaskedLmWithAnEmptyRank) {
   const Outcome one = train_ranks(0, false, 2, 2, "mlm");
   expect_same(train_ranks(2, false, 2, 2, "mlm"), one, kTol);
   expect_same(train_ranks(2, true, 2, 2, "mlm"), one, kTol);
+  expect_same(train_ranks(2, true, 2, 2, "mlm", false), one, kTol);
+  expect_same(train_ranks(4, false, 2, 2, "clm", false), train_ranks(0, false, 2, 2, "clm"), kTol);
 }
 
 TEST(DataParallel, ArenaIsReleasedWithTheModelIntact) {

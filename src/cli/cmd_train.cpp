@@ -161,6 +161,7 @@ void register_commands(CLI::App& app) {
   register_train(app);
   register_data(app);
   register_bench(app);
+  register_hf(app);
 }
 
 }  // namespace oft::cli

@@ -23,7 +23,6 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
   oft::cli::register_commands(app);
-  oft::cli::register_hf(app);
   oft::cli::program_args().assign(argv, argv + argc);
   try {
     app.parse(argc, argv);

@@ -17,27 +17,32 @@ int64_t slot_elems(const Param& p) {
   return int64_t((std::max(p.grad.storage_bytes(), p.value.storage_bytes()) + es - 1) / es);
 }
 
-int layer_of(const std::string& name, int n_layer) {
+int group_of(const std::string& name, int n_layer) {
   for (int l = 0; l < n_layer; ++l)
     if (TransformerLM::in_block(name, size_t(l))) return l;
-  return -1;
+  return TransformerLM::grad_final_at_end(name) ? ArenaLayout::kEnd : ArenaLayout::kHead;
 }
 }  // namespace
 
-ArenaLayout ArenaLayout::plan(const std::vector<int64_t>& elems, const std::vector<int>& layer_of,
+ArenaLayout ArenaLayout::plan(const std::vector<int64_t>& elems, const std::vector<int>& group,
                               int n_layer, int world) {
-  OFT_ASSERT(elems.size() == layer_of.size() && world >= 1, "ArenaLayout::plan");
+  OFT_ASSERT(elems.size() == group.size() && world >= 1, "ArenaLayout::plan");
   ArenaLayout a;
   a.world = world;
   a.slot.assign(elems.size(), -1);
-  // Buckets in the order gradients become final: blocks L-1 .. 0, then the rest.
-  std::vector<std::vector<size_t>> members(size_t(n_layer) + 1);
-  for (size_t i = 0; i < elems.size(); ++i)
-    members[layer_of[i] >= 0 ? size_t(n_layer - 1 - layer_of[i]) : size_t(n_layer)].push_back(i);
-  a.bucket_of_layer.assign(size_t(n_layer), 0);
+  // Buckets in the order gradients become final: the head, blocks L-1 .. 0, the embedding end.
+  // members[0]: head; members[1 + L-1-l]: block l; members[L + 1]: end.
+  const size_t L = size_t(n_layer);
+  std::vector<std::vector<size_t>> members(L + 2);
+  for (size_t i = 0; i < elems.size(); ++i) {
+    const int g = group[i];
+    OFT_ASSERT(g == kHead || g == kEnd || (g >= 0 && g < n_layer), "ArenaLayout: group ", g);
+    members[g == kHead ? 0 : g == kEnd ? L + 1 : 1 + L - 1 - size_t(g)].push_back(i);
+  }
+  a.bucket_of_layer.assign(L, kNone);
   int64_t off = 0;
   for (size_t b = 0; b < members.size(); ++b) {
-    if (members[b].empty() && b < size_t(n_layer)) continue;  // a block without parameters
+    if (members[b].empty()) continue;  // no head / end parameters, or a block without any
     Bucket k;
     k.offset = off;
     for (size_t i : members[b]) {
@@ -47,7 +52,12 @@ ArenaLayout ArenaLayout::plan(const std::vector<int64_t>& elems, const std::vect
     k.size = round_up(std::max<int64_t>(off - k.offset, 1), kAlign * world);
     off = k.offset + k.size;
     k.params = members[b];
-    if (b < size_t(n_layer)) a.bucket_of_layer[size_t(n_layer) - 1 - b] = a.buckets.size();
+    if (b == 0)
+      a.head_bucket = a.buckets.size();
+    else if (b == L + 1)
+      a.end_bucket = a.buckets.size();
+    else
+      a.bucket_of_layer[L - b] = a.buckets.size();
     a.buckets.push_back(std::move(k));
   }
   a.total = off;
@@ -83,7 +93,7 @@ DataParallel::DataParallel(TransformerLM& model, Communicator& comm, bool zero1)
                    p.grad.dtype() == dt && p.value.dtype() == dt,
                "parameter ", p.name, " does not start its own storage");
     elems.push_back(slot_elems(p));
-    layers.push_back(layer_of(p.name, int(model_.config().n_layer)));
+    layers.push_back(group_of(p.name, int(model_.config().n_layer)));
   }
   layout_ = ArenaLayout::plan(elems, layers, int(model_.config().n_layer), comm_.size());
   const Device dev = model_.device();
@@ -98,13 +108,27 @@ DataParallel::DataParallel(TransformerLM& model, Communicator& comm, bool zero1)
       ps[i].value.move_storage_to(v);
     }
   }
+  // The input embedding's part of the tied token-embedding gradient is kept apart (it is only
+  // final at the end) so the output layer's part can be reduced first.
+  wte_ = model_.params().find("wte.weight");
+  if (wte_ && layout_.head_bucket != ArenaLayout::kNone) {
+    token_sink_ = Tensor::zeros(wte_->grad.shape(), dt, dev);
+    token_seen_.assign(size_t(wte_->grad.dim(0)), 0);
+    model_.set_token_grad_sink(token_sink_);
+  }
+  model_.set_head_grads_ready([this] {
+    if (reduce_ && layout_.head_bucket != ArenaLayout::kNone) reduce_bucket(layout_.head_bucket);
+  });
   model_.set_block_grads_ready([this](size_t l) {
-    if (reduce_) reduce_bucket(layout_.bucket_of_layer.at(l));
+    if (reduce_ && layout_.bucket_of_layer.at(l) != ArenaLayout::kNone)
+      reduce_bucket(layout_.bucket_of_layer.at(l));
   });
 }
 
 DataParallel::~DataParallel() {
   model_.set_block_grads_ready(nullptr);
+  model_.set_head_grads_ready(nullptr);
+  model_.set_token_grad_sink(Tensor());
   ops::comm_synchronize();
   // The arenas own the parameters' memory: give every storage memory of its own again so the
   // model stays usable once the arenas are gone.
@@ -131,6 +155,40 @@ void DataParallel::broadcast_parameters() {
 
 void DataParallel::before_backward(bool reduce) { reduce_ = reduce; }
 
+void DataParallel::add_batch_tokens(const int32_t* ids, int64_t n) {
+  if (!token_sink_.defined()) return;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t t = ids[i];
+    OFT_ASSERT(t >= 0 && size_t(t) < token_seen_.size(), "token id ", t, " out of range");
+    if (!token_seen_[size_t(t)]) {
+      token_seen_[size_t(t)] = 1;
+      token_rows_.push_back(double(t));
+    }
+  }
+}
+
+void DataParallel::reduce_token_rows() {
+  if (!token_sink_.defined()) return;
+  const int64_t V = token_sink_.dim(0), P = token_sink_.dim(1);
+  if (token_rows_.empty())  // no ids given: every row
+    for (int64_t t = 0; t < V; ++t) token_rows_.push_back(double(t));
+  const int64_t U = int64_t(token_rows_.size());
+  const Device dev = token_sink_.device();
+  const Tensor idx = Tensor::from_vector({U}, token_rows_, DType::I32).to(dev);
+  Tensor part = Tensor::empty({U, P}, token_sink_.dtype(), dev);
+  ops::on(part).gather_rows(part, token_sink_, idx);
+  ops::comm_wait_compute();
+  comm_.all_reduce_sum(part);
+  ops::compute_wait_comm();  // also after the head bucket's reduction (one comm stream)
+  Tensor rows = Tensor::empty({U, P}, token_sink_.dtype(), dev);
+  ops::on(rows).gather_rows(rows, wte_->grad, idx);
+  ops::add(rows, rows, part);
+  ops::on(rows).scatter_rows(wte_->grad, rows, idx);
+  ops::fill(token_sink_, 0.0);
+  for (double t : token_rows_) token_seen_[size_t(t)] = 0;
+  token_rows_.clear();
+}
+
 void DataParallel::reduce_bucket(size_t b) {
   const Bucket& k = layout_.buckets.at(b);
   Tensor range = grad_arena_.slice(k.offset, k.offset + k.size);
@@ -142,7 +200,10 @@ void DataParallel::reduce_bucket(size_t b) {
 }
 
 void DataParallel::after_backward() {
-  if (reduce_) reduce_bucket(layout_.buckets.size() - 1);
+  if (reduce_) {
+    if (layout_.end_bucket != ArenaLayout::kNone) reduce_bucket(layout_.end_bucket);
+    reduce_token_rows();
+  }
   reduce_ = false;
   ops::compute_wait_comm();
 }

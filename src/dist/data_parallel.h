@@ -5,14 +5,20 @@
 //
 // Layout. Every parameter's gradient storage is moved into one flat f32 arena (the layers keep
 // their handles: Tensor::move_storage_to). Parameters are grouped into buckets in the order
-// their gradients become final: block L-1, ..., block 0, then the rest (embeddings, final norm,
-// head). Each parameter gets a slot aligned to 64 elements; each bucket is padded to a multiple
+// their gradients become final: the head (output layer = the tied token embedding, final norm,
+// masked-LM head), block L-1, ..., block 0, then the embedding end (position / token-type
+// embeddings, embedding norm, project_in). Each parameter gets a slot aligned to 64 elements; each bucket is padded to a multiple
 // of 64 * world elements so it splits into `world` equal, aligned chunks. With ZeRO-1 the master
 // weights live in a second arena with the same slots, and rank r owns chunk r of every bucket:
 //
-//   backward of block l done -> (comm stream) reduce bucket l:
+//   head backward done       -> (comm stream) reduce the head bucket:
 //                               all-reduce (DDP)  |  reduce-scatter, chunk r summed (ZeRO-1)
-//   after backward           -> reduce the rest bucket; compute stream waits for the comm stream
+//   backward of block l done -> reduce bucket l the same way
+//   after backward           -> reduce the embedding-end bucket; the input embedding's part of
+//                               the token-embedding gradient (kept apart by the model) is
+//                               all-reduced for the rows of the global batch's tokens only and
+//                               added to the reduced output-layer part; the compute stream waits
+//                               for the comm stream
 //   optimizer                -> DDP: every rank updates everything (identical results);
 //                               ZeRO-1: rank r updates the parameter ranges in its chunks, then
 //                               the master arena is all-gathered and the bf16 copies refreshed
@@ -39,16 +45,19 @@ struct Bucket {
 // The arena layout (pure bookkeeping, no memory): slots and buckets for `world` ranks.
 struct ArenaLayout {
   static constexpr int64_t kAlign = 64;  // elements (256 bytes of f32)
+  static constexpr int kHead = -1, kEnd = -2;  // groups besides the blocks
+  static constexpr size_t kNone = size_t(-1);
   std::vector<int64_t> slot;  // per parameter: element offset of its slot
   std::vector<Bucket> buckets;
   int64_t total = 0;  // elements
   int world = 1;
-  // bucket_of_layer[l]: index of block l's bucket; the last bucket holds the rest.
+  // Bucket indices: block l's, the head's and the embedding end's (kNone when empty).
   std::vector<size_t> bucket_of_layer;
+  size_t head_bucket = kNone, end_bucket = kNone;
 
-  // `slot_elems[i]`: elements parameter i needs (its largest storage); `layer_of[i]`: its block,
-  // or -1 for the rest.
-  static ArenaLayout plan(const std::vector<int64_t>& slot_elems, const std::vector<int>& layer_of,
+  // `slot_elems[i]`: elements parameter i needs (its largest storage); `group[i]`: its block,
+  // or kHead / kEnd.
+  static ArenaLayout plan(const std::vector<int64_t>& slot_elems, const std::vector<int>& group,
                           int n_layer, int world);
   // Parameter element ranges inside chunk `rank` of every bucket: what ZeRO-1 rank `rank`
   // updates. `numel[i]`: elements of parameter i.
@@ -73,6 +82,9 @@ class DataParallel {
   // Call before the backward pass: with `reduce` the buckets are reduced as they become final
   // (the last micro-batch of an accumulation); without, gradients just accumulate locally.
   void before_backward(bool reduce);
+  // The token ids of a micro-batch of the *global* batch (every rank passes the same ids, all
+  // rows): the rows of the input-embedding gradient to reduce. Without any, all rows are.
+  void add_batch_tokens(const int32_t* ids, int64_t n);
   // Call after the backward pass: reduces the rest bucket and orders the compute stream after
   // the reductions.
   void after_backward();
@@ -82,6 +94,7 @@ class DataParallel {
 
  private:
   void reduce_bucket(size_t b);
+  void reduce_token_rows();
 
   TransformerLM& model_;
   Communicator& comm_;
@@ -89,6 +102,10 @@ class DataParallel {
   bool reduce_ = false;
   ArenaLayout layout_;
   Tensor grad_arena_, value_arena_;  // [total] f32 (value_arena_: ZeRO-1 only)
+  Param* wte_ = nullptr;             // the token embedding
+  Tensor token_sink_;                // [V, P] the input embedding's part of its gradient
+  std::vector<char> token_seen_;     // [V] tokens of this step's global batches
+  std::vector<double> token_rows_;   // their ids, in first-seen order
 };
 
 // ZeRO-1 checkpoints: the full AdamW moments ("m.<param>", "v.<param>" host tensors in

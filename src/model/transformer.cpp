@@ -483,6 +483,12 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   return n_targets_ ? s / double(n_targets_) : 0.0;
 }
 
+bool TransformerLM::grad_final_at_end(const std::string& name) {
+  for (const char* p : {"wpe.", "wtt.", "emb_ln.", "project_in."})
+    if (name.starts_with(p)) return true;
+  return false;
+}
+
 bool TransformerLM::in_block(const std::string& name, size_t layer) {
   return name.starts_with("h." + std::to_string(layer) + ".");
 }
@@ -497,6 +503,7 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
   const int64_t M = head_rows_;
   if (M == 0) {  // masked LM with no masked position: no loss, no gradient
     ops::fill(dresid_, 0.0);
+    if (head_ready_) head_ready_();
     if (grads_ready_)
       for (size_t l = blocks_.size(); l-- > 0;) grads_ready_(l);
     return;
@@ -531,6 +538,7 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
     }
   }
   ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false);
+  if (head_ready_) head_ready_();
   for (size_t l = blocks_.size(); l-- > 0;) {
     block_backward(l);
     if (grads_ready_) grads_ready_(l);
@@ -546,9 +554,9 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
     Tensor none;
     be.embedding_bwd(dwpe_, none, *demb, pos_ids_, T_, 0);  // dwpe[t] += d x0
     project_in_.backward(dproj_, *demb, emb_tok_, false);    // d wte[tok] [N, P]
-    be.embedding_bwd(dwte_, none, dproj_, tokens_, T_, 0);
+    be.embedding_bwd(token_sink_.defined() ? token_sink_ : dwte_, none, dproj_, tokens_, T_, 0);
   } else {
-    be.embedding_bwd(dwte_, dwpe_, *demb, tokens_, T_, 0);
+    be.embedding_bwd(token_sink_.defined() ? token_sink_ : dwte_, dwpe_, *demb, tokens_, T_, 0);
   }
 }
 

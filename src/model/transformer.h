@@ -58,6 +58,17 @@ class TransformerLM {
   // reducing that block's gradients while the earlier blocks are still computing. The
   // gradients of the embeddings, final norm and head are final when backward() returns.
   void set_block_grads_ready(std::function<void(size_t layer)> fn) { grads_ready_ = std::move(fn); }
+  // Called from backward() as soon as the output layer's, the final norm's and (masked LM) the
+  // head's gradients are final, before the blocks' backward.
+  void set_head_grads_ready(std::function<void()> fn) { head_ready_ = std::move(fn); }
+  // When defined ([V, P] like the token embedding's gradient, zeroed by the caller), backward()
+  // adds the input embedding's part of the tied token-embedding gradient here instead of into
+  // wte's gradient, which then holds the output layer's part only: data-parallel training
+  // reduces that part early and, at the end, only the rows of the tokens the batch holds.
+  void set_token_grad_sink(Tensor sink) { token_sink_ = std::move(sink); }
+  // True when the parameter's gradient is only final at the very end of backward() (position /
+  // token-type embeddings, embedding norm, project_in).
+  static bool grad_final_at_end(const std::string& param_name);
   // True when the parameter belongs to block l (its name starts with "h.<l>.").
   static bool in_block(const std::string& param_name, size_t layer);
   // Logits [B*T, Vp] of the last forward (Vp = V on the CPU; on the GPU columns >= V are the
@@ -112,6 +123,8 @@ class TransformerLM {
   ModelConfig cfg_;
   ActivationHook* hook_ = nullptr;
   std::function<void(size_t)> grads_ready_;
+  std::function<void()> head_ready_;
+  Tensor token_sink_;
   Tensor head_w_;  // output-layer weight override (else the tied wte_)
   DType dtype_;
   Device device_;

@@ -98,13 +98,15 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   AdamW adam = dp && dp->zero1() ? AdamW(model.params(), tc, dp->owned_ranges())
                                  : AdamW(model.params(), tc);
 
-  Rng rng(static_cast<uint64_t>(tc.seed) + uint64_t(denv.rank) * 7919);
-  std::vector<Tensor> inputs, targets;
+  // Two global batches of W * B rows (the same on every rank); rank r takes rows [r*B, r*B + B).
+  Rng rng(static_cast<uint64_t>(tc.seed));
+  std::vector<Tensor> inputs, targets, global_inputs;
   for (int i = 0; i < 2; ++i) {
     Tensor in, tg;
-    synthetic_batch(rng, B, T, V, mlm, in, tg);
-    inputs.push_back(in.to(device));
-    targets.push_back(tg.to(device));
+    synthetic_batch(rng, B * denv.world, T, V, mlm, in, tg);
+    global_inputs.push_back(in);
+    inputs.push_back(in.slice(denv.rank * B, denv.rank * B + B).to(device));
+    targets.push_back(tg.slice(denv.rank * B, denv.rank * B + B).to(device));
   }
   BenchResult r;
   int64_t step_no = 0;
@@ -114,6 +116,7 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     for (int64_t m = 0; m < tc.grad_accum; ++m) {
       const size_t k = static_cast<size_t>(step_no * tc.grad_accum + m) % inputs.size();
       loss += model.forward(inputs[k], targets[k], Tensor()) / double(tc.grad_accum);
+      if (dp) dp->add_batch_tokens(global_inputs[k].data<int32_t>(), global_inputs[k].numel());
       if (dp) dp->before_backward(m + 1 == tc.grad_accum);
       // Data-parallel: every rank's share is 1/W of the mean (equal target counts assumed).
       model.backward(1.0 / double(tc.grad_accum) / double(denv.world));

@@ -321,6 +321,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
         loss += l / double(tc.grad_accum);
       else if (global_targets > 0)
         loss += l * double(model.counted_targets()) / double(global_targets) / double(tc.grad_accum);
+      if (dp) dp->add_batch_tokens(in.data<int32_t>(), B * T);  // the global batch's ids
       if (dp) dp->before_backward(micro + 1 == tc.grad_accum);
       model.backward(1.0 / double(tc.grad_accum), global_targets);
       if (dp) dp->after_backward();
