@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "ops/ops.h"
+#include "test_util.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,22 +17,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct CmdResult {
-  int status = -1;
-  std::string out;  // stdout and stderr together
-};
-
+using oft::testing::CmdResult;
 // `env`: VAR=value assignments for the command.
 CmdResult oft(const std::string& args, const std::string& env = "") {
-  const std::string cmd = env + " " + std::string(OFT_BINARY) + " " + args + " 2>&1";
-  CmdResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
+  return oft::testing::run_command(env + " " + std::string(OFT_BINARY) + " " + args);
 }
 
 class Cli : public ::testing::Test {

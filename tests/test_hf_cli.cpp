@@ -12,6 +12,7 @@
 
 #include "core/resources.h"
 #include "hf_fixtures.h"
+#include "test_util.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 
@@ -21,22 +22,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct CmdOut {
-  int status = -1;
-  std::string out;
-};
-
+using CmdOut = oft::testing::CmdResult;
 CmdOut oft_cmd(const std::string& args) {
-  const std::string cmd = "OMP_WAIT_POLICY=passive OMP_NUM_THREADS=2 " + std::string(OFT_BINARY) +
-                          " " + args + " 2>&1";
-  CmdOut r;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
+  return oft::testing::run_command("OMP_WAIT_POLICY=passive OMP_NUM_THREADS=2 " +
+                                   std::string(OFT_BINARY) + " " + args);
 }
 
 // A tokenizer.json of the shipped GPT-2 BPE.

@@ -3,9 +3,12 @@
 // Moby-Dick corpus into token shards for the end-to-end suites. Header-only, test code only.
 #pragma once
 
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <cstdio>
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
@@ -23,6 +26,22 @@
 #include "data/tokenizer.h"
 
 namespace oft::testing {
+
+// Exit status and stdout + stderr of a shell command line.
+struct CmdResult {
+  int status = -1;
+  std::string out;
+};
+inline CmdResult run_command(const std::string& cmd) {
+  CmdResult r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
 
 // A byte-level fake tokenizer (id = byte, end-of-text 256) for data-layer tests that must not
 // depend on a real vocabulary. With mlm_ids it also has [CLS]-like bos 257, mask 258 and pad 259.

@@ -23,11 +23,6 @@ namespace oft::cli {
 
 namespace {
 
-std::string run_dir_of(const std::string& ckpt) {
-  const fs::path c(ckpt);
-  if (c.parent_path().filename() == "checkpoints") return c.parent_path().parent_path().string();
-  return c.string();
-}
 
 // The tokenizer of a run: its tokenizer/ folder (imported models), else data.tokenizer.
 std::unique_ptr<Tokenizer> run_tokenizer(const std::string& run_dir, const RunConfig& cfg) {

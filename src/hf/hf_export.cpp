@@ -27,11 +27,6 @@ namespace oft::hf {
 
 namespace {
 
-std::string run_dir_of(const std::string& ckpt) {
-  const fs::path c(ckpt);
-  if (c.parent_path().filename() == "checkpoints") return c.parent_path().parent_path().string();
-  return c.string();
-}
 
 Tensor transposed(const Tensor& t) {
   const int64_t R = t.dim(0), C = t.dim(1);

@@ -109,6 +109,12 @@ std::string find_checkpoint(const std::string& path) {
              "checkpoints/step_* directory holding state.json)");
 }
 
+std::string run_dir_of(const std::string& ckpt) {
+  const fs::path c(ckpt);
+  if (c.parent_path().filename() == "checkpoints") return c.parent_path().parent_path().string();
+  return c.string();
+}
+
 nlohmann::json read_checkpoint_state(const std::string& dir) {
   const fs::path d(dir);
   const std::string state_path = (d / "state.json").string();

@@ -29,6 +29,10 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, Transforme
 // directory to a checkpoint directory. Errors explain what was expected.
 std::string find_checkpoint(const std::string& run_or_checkpoint);
 
+// The run directory a checkpoint directory belongs to (RUN for RUN/checkpoints/step_*), else
+// the directory itself.
+std::string run_dir_of(const std::string& ckpt_dir);
+
 // Reads state.json and verifies the tensor files' sizes and checksums.
 nlohmann::json read_checkpoint_state(const std::string& ckpt_dir);
 

@@ -49,12 +49,6 @@ EvalResult run_batches(TransformerLM& model, std::shared_ptr<const Shard> shard,
   return r;
 }
 
-std::string run_dir_of(const std::string& ckpt) {
-  const fs::path c(ckpt);
-  if (c.parent_path().filename() == "checkpoints") return c.parent_path().parent_path().string();
-  return c.string();
-}
-
 nlohmann::json eval_json(const EvalResult& e) {
   return {{"loss", e.loss}, {"ppl", e.ppl}, {"tokens", e.tokens}};
 }
