@@ -81,7 +81,8 @@ std::vector<ParamRange> ArenaLayout::owned_ranges(int rank,
   return r;
 }
 
-DataParallel::DataParallel(TransformerLM& model, Communicator& comm, bool zero1)
+DataParallel::DataParallel(TransformerLM& model, Communicator& comm, bool zero1,
+                           bool bf16_reduce)
     : model_(model), comm_(comm), zero1_(zero1) {
   auto& ps = model_.params().all();
   OFT_CHECK(!ps.empty(), "data-parallel training of a model without parameters");
@@ -99,6 +100,7 @@ DataParallel::DataParallel(TransformerLM& model, Communicator& comm, bool zero1)
   const Device dev = model_.device();
   grad_arena_ = Tensor::zeros({layout_.total}, dt, dev);
   if (zero1_) value_arena_ = Tensor::zeros({layout_.total}, dt, dev);
+  if (bf16_reduce) comm_arena_ = Tensor::zeros({layout_.total}, DType::BF16, dev);
   const size_t es = dtype_size(dt);
   for (size_t i = 0; i < ps.size(); ++i) {
     char* g = static_cast<char*>(grad_arena_.raw()) + size_t(layout_.slot[i]) * es;
@@ -192,6 +194,11 @@ void DataParallel::reduce_token_rows() {
 void DataParallel::reduce_bucket(size_t b) {
   const Bucket& k = layout_.buckets.at(b);
   Tensor range = grad_arena_.slice(k.offset, k.offset + k.size);
+  if (comm_arena_.defined()) {  // narrow the bucket to its bf16 copy, which travels instead
+    Tensor narrow = comm_arena_.slice(k.offset, k.offset + k.size);
+    ops::convert(narrow, range);
+    range = narrow;
+  }
   ops::comm_wait_compute();  // the bucket's gradients are computed
   if (zero1_)
     comm_.reduce_scatter_sum(range);
@@ -200,12 +207,17 @@ void DataParallel::reduce_bucket(size_t b) {
 }
 
 void DataParallel::after_backward() {
+  const bool reduced = reduce_;
   if (reduce_) {
     if (layout_.end_bucket != ArenaLayout::kNone) reduce_bucket(layout_.end_bucket);
-    reduce_token_rows();
+    if (!comm_arena_.defined()) reduce_token_rows();
   }
   reduce_ = false;
   ops::compute_wait_comm();
+  if (reduced && comm_arena_.defined()) {
+    ops::convert(grad_arena_, comm_arena_);  // widen the reduced buckets back to f32
+    reduce_token_rows();                     // (in f32; it adds into wte's widened rows)
+  }
 }
 
 void DataParallel::after_step() {

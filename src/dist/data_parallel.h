@@ -24,7 +24,9 @@
 //                               the master arena is all-gathered and the bf16 copies refreshed
 //
 // The gradients are scaled before the reduction (each rank's loss is divided by the target
-// count of the whole global batch), so a sum gives the global mean.
+// count of the whole global batch), so a sum gives the global mean. With reduce_dtype bf16 the
+// buckets travel as bf16 copies (half the bytes; each sum rounds to bf16, like FSDP's
+// reduce_dtype) and are widened back to f32 after the backward pass.
 #pragma once
 
 #include <cstdint>
@@ -67,7 +69,8 @@ struct ArenaLayout {
 class DataParallel {
  public:
   // Moves the gradient (and with zero1 the master) storages into arenas on the model's device.
-  DataParallel(TransformerLM& model, Communicator& comm, bool zero1);
+  // bf16_reduce: the buckets travel as bf16 copies (train.grad_reduce_dtype=bf16).
+  DataParallel(TransformerLM& model, Communicator& comm, bool zero1, bool bf16_reduce = false);
   ~DataParallel();
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
@@ -99,6 +102,7 @@ class DataParallel {
   TransformerLM& model_;
   Communicator& comm_;
   bool zero1_;
+  Tensor comm_arena_;  // [total] bf16 copies of the gradients in flight (reduce_dtype bf16)
   bool reduce_ = false;
   ArenaLayout layout_;
   Tensor grad_arena_, value_arena_;  // [total] f32 (value_arena_: ZeRO-1 only)

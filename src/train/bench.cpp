@@ -92,7 +92,8 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   std::unique_ptr<dist::DataParallel> dp;
   if (denv.distributed) {
     comm = std::make_unique<dist::NcclCommunicator>(denv);
-    dp = std::make_unique<dist::DataParallel>(model, *comm, tc.zero_stage == 1);
+    dp = std::make_unique<dist::DataParallel>(
+        model, *comm, tc.zero_stage == 1, tc.grad_reduce_dtype == "bf16");
     dp->broadcast_parameters();
   }
   AdamW adam = dp && dp->zero1() ? AdamW(model.params(), tc, dp->owned_ranges())

@@ -126,6 +126,9 @@ RunConfig::RunConfig() {
   r.add("train.zero_stage", &t.zero_stage,
         "multi-GPU (--gpus N / mpirun): 0 = every GPU keeps the whole AdamW state, 1 = each keeps "
         "its 1/N shard (ZeRO-1: gradients reduce-scattered, weights all-gathered)", 0, 1);
+  r.add("train.grad_reduce_dtype", &t.grad_reduce_dtype,
+        "multi-GPU: dtype the gradients are summed in across GPUs (bf16 halves the traffic; "
+        "each sum rounds to bf16)", {"f32", "bf16"});
   r.add("train.device", &t.device, "compute device (auto = the GPU when one is usable)",
         {"auto", "cpu", "cuda"});
   r.add("train.precision", &t.precision,

@@ -50,6 +50,7 @@ struct TrainConfig {
   std::string precision = "auto";  // auto | bf16 | f32 (activations; masters are f32)
   int64_t threads = 0;           // CPU threads; 0 = all cores
   int64_t zero_stage = 0;        // multi-GPU: 1 = shard the AdamW moments over the GPUs (ZeRO-1)
+  std::string grad_reduce_dtype = "f32";  // multi-GPU: dtype gradients travel in (f32 | bf16)
 };
 
 // Simulated quantization for `oft validate --quantize` (REFERENCE.md §5; seed A's flag names).

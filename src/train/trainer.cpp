@@ -202,7 +202,8 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   std::unique_ptr<dist::DataParallel> dp;
   if (denv.distributed) {
     comm = std::make_unique<dist::NcclCommunicator>(denv);
-    dp = std::make_unique<dist::DataParallel>(model, *comm, tc.zero_stage == 1);
+    dp = std::make_unique<dist::DataParallel>(
+        model, *comm, tc.zero_stage == 1, tc.grad_reduce_dtype == "bf16");
   }
   AdamW opt = dp && dp->zero1() ? AdamW(model.params(), tc, dp->owned_ranges())
                                 : AdamW(model.params(), tc);
