@@ -202,6 +202,7 @@ Outcome train_ranks(int W, bool zero1, int steps, int accum, const std::string& 
         out.norms.push_back(std::sqrt(v[1]));
       }
     }
+    if (dp) dp->gather_masters();
     auto moments = opt.sharded() ? dist::gather_optimizer_state(opt, *comm) : opt.state_tensors();
     if (rank == 0) {
       for (const Param& p : model.params().all()) out.params.push_back(p.value.to_vector());

@@ -99,15 +99,24 @@ DataParallel::DataParallel(TransformerLM& model, Communicator& comm, bool zero1,
   layout_ = ArenaLayout::plan(elems, layers, int(model_.config().n_layer), comm_.size());
   const Device dev = model_.device();
   grad_arena_ = Tensor::zeros({layout_.total}, dt, dev);
-  if (zero1_) value_arena_ = Tensor::zeros({layout_.total}, dt, dev);
+  // ZeRO-1 all-gathers what the forward pass reads: the bf16 compute copies when the model has
+  // them (half the bytes of the masters; other shards' masters are gathered for checkpoints
+  // only), else the f32 masters themselves.
+  split_compute_ = !ps.front().compute.same_storage(ps.front().value);
+  const DType gather_dt = split_compute_ ? ps.front().compute.dtype() : dt;
+  if (zero1_) value_arena_ = Tensor::zeros({layout_.total}, gather_dt, dev);
   if (bf16_reduce) comm_arena_ = Tensor::zeros({layout_.total}, DType::BF16, dev);
   const size_t es = dtype_size(dt);
   for (size_t i = 0; i < ps.size(); ++i) {
     char* g = static_cast<char*>(grad_arena_.raw()) + size_t(layout_.slot[i]) * es;
     ps[i].grad.move_storage_to(g);
     if (zero1_) {
-      char* v = static_cast<char*>(value_arena_.raw()) + size_t(layout_.slot[i]) * es;
-      ps[i].value.move_storage_to(v);
+      Tensor& t = split_compute_ ? ps[i].compute : ps[i].value;
+      OFT_ASSERT(t.storage_offset() == 0 && t.dtype() == gather_dt &&
+                     t.storage_bytes() <= size_t(elems[i]) * dtype_size(gather_dt),
+                 "parameter ", ps[i].name, ": compute copy does not fit its slot");
+      t.move_storage_to(static_cast<char*>(value_arena_.raw()) +
+                        size_t(layout_.slot[i]) * dtype_size(gather_dt));
     }
   }
   // The input embedding's part of the tied token-embedding gradient is kept apart (it is only
@@ -136,7 +145,7 @@ DataParallel::~DataParallel() {
   // model stays usable once the arenas are gone.
   for (Param& p : model_.params().all()) {
     p.grad.reallocate_storage();
-    if (zero1_) p.value.reallocate_storage();
+    if (zero1_) (split_compute_ ? p.compute : p.value).reallocate_storage();
   }
 }
 
@@ -230,7 +239,27 @@ void DataParallel::after_step() {
   }
   comm_.group_end();
   ops::compute_wait_comm();
-  model_.params().sync_compute();
+  // The gathered arena holds the compute copies (or the f32 masters they are): nothing to refresh.
+}
+
+void DataParallel::gather_masters() {
+  if (!zero1_ || !split_compute_) return;  // f32 models gather the masters every step
+  const std::vector<ParamRange> mine = owned_ranges();
+  std::vector<const ParamRange*> of(model_.params().all().size(), nullptr);
+  for (const ParamRange& r : mine) of[r.param] = &r;
+  auto& ps = model_.params().all();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    // Each rank writes its range into zeros; the sum over ranks is the whole tensor.
+    Tensor full = Tensor::zeros(ps[i].value.shape(), ps[i].value.dtype(), ps[i].value.device());
+    if (of[i]) {
+      Tensor dst = range_view(full, *of[i]);
+      dst.copy_from(range_view(ps[i].value, *of[i]));
+    }
+    ops::comm_wait_compute();
+    comm_.all_reduce_sum(full);
+    ops::compute_wait_comm();
+    ps[i].value.copy_from(full);
+  }
 }
 
 std::vector<std::pair<std::string, Tensor>> gather_optimizer_state(const AdamW& opt,

@@ -91,9 +91,12 @@ class DataParallel {
   // Call after the backward pass: reduces the rest bucket and orders the compute stream after
   // the reductions.
   void after_backward();
-  // ZeRO-1, after the optimizer updated this rank's ranges: all-gathers the master weights and
-  // refreshes the compute copies. No-op for DDP.
+  // ZeRO-1, after the optimizer updated this rank's ranges (masters and compute copies): all-
+  // gathers the compute copies (bf16 models; the f32 masters of f32 models). No-op for DDP.
   void after_step();
+  // ZeRO-1 with bf16 compute copies: every rank's masters are current only in its own ranges.
+  // This collective makes them whole (before a checkpoint). No-op otherwise.
+  void gather_masters();
 
  private:
   void reduce_bucket(size_t b);
@@ -105,7 +108,10 @@ class DataParallel {
   Tensor comm_arena_;  // [total] bf16 copies of the gradients in flight (reduce_dtype bf16)
   bool reduce_ = false;
   ArenaLayout layout_;
-  Tensor grad_arena_, value_arena_;  // [total] f32 (value_arena_: ZeRO-1 only)
+  // [total]: the f32 gradients; (ZeRO-1) what is all-gathered after each step, the compute
+  // copies (bf16) or, for f32 models, the masters.
+  Tensor grad_arena_, value_arena_;
+  bool split_compute_ = false;  // the model keeps separate (bf16) compute copies
   Param* wte_ = nullptr;             // the token embedding
   Tensor token_sink_;                // [V, P] the input embedding's part of its gradient
   std::vector<char> token_seen_;     // [V] tokens of this step's global batches

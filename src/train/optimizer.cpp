@@ -72,15 +72,15 @@ void AdamW::step(double lr, double grad_scale) {
   h.eps = cfg_.adam_eps;
   h.step = t_;
   h.grad_scale = grad_scale;
-  // One fused update of every parameter (range), refreshing the compute copies on the way
-  // unless sharded.
-  std::vector<Tensor> value(ranges_.size()), grad(ranges_.size());
+  // One fused update of every parameter (range), refreshing its compute copy on the way.
+  std::vector<Tensor> value(ranges_.size()), grad(ranges_.size()), compute(ranges_.size());
   std::vector<ops::AdamWTensors> items(ranges_.size());
   for (size_t i = 0; i < ranges_.size(); ++i) {
     Param& p = ps[ranges_[i].param];
     value[i] = sharded_ ? range_view(p.value, ranges_[i]) : p.value;
     grad[i] = sharded_ ? range_view(p.grad, ranges_[i]) : p.grad;
-    items[i] = {&value[i], &grad[i], &m_[i], &v_[i], sharded_ ? nullptr : &p.compute,
+    compute[i] = sharded_ ? range_view(p.compute, ranges_[i]) : p.compute;
+    items[i] = {&value[i], &grad[i], &m_[i], &v_[i], &compute[i],
                 decays(p) ? cfg_.weight_decay : 0.0};
   }
   ops::on(value[0]).adamw_multi(items, h);

@@ -26,8 +26,8 @@ class AdamW {
  public:
   AdamW(ParamStore& params, const TrainConfig& cfg);
   // Sharded (ZeRO-1): moments and updates for `ranges` only (at most one range per parameter).
-  // step() writes the master weights of those ranges and leaves the compute copies to the
-  // caller, who gathers the other ranks' ranges and refreshes them.
+  // step() writes the master weights and compute copies of those ranges; the caller gathers
+  // the other ranks' ranges.
   AdamW(ParamStore& params, const TrainConfig& cfg, std::vector<ParamRange> ranges);
   // Sum of squared gradients (f64 accumulation) over all parameters, or over the ranges when
   // sharded (the ranks' sums add up to the total).

@@ -373,7 +373,8 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     }
     if ((tc.ckpt_every > 0 && done % tc.ckpt_every == 0) || last || stop) {
       if (opt.sharded()) {
-        // Collective: every rank contributes its shard of the moments.
+        // Collective: every rank contributes its shard of the masters and the moments.
+        dp->gather_masters();
         const auto state = dist::gather_optimizer_state(opt, *comm);
         if (rank == 0) {
           const std::string p = save_checkpoint(run_dir, done, model, state, checkpoint_state(),
