@@ -170,8 +170,7 @@ Outcome train_ranks(int W, bool zero1, int steps, int accum, const std::string& 
     std::unique_ptr<dist::DataParallel> dp;
     if (comm) dp = std::make_unique<dist::DataParallel>(model, *comm, zero1, bf16_reduce);
     TrainConfig tc = adam_config();
-    AdamW opt = dp && zero1 ? AdamW(model.params(), tc, dp->owned_ranges())
-                            : AdamW(model.params(), tc);
+    AdamW opt = dp ? dp->make_optimizer(tc) : AdamW(model.params(), tc);
     if (dp) dp->broadcast_parameters();
     const int64_t rows = B / world, r0 = rank * rows;
     for (int s = 0; s < steps; ++s) {
@@ -188,18 +187,12 @@ Outcome train_ranks(int W, bool zero1, int steps, int accum, const std::string& 
         model.backward(1.0 / accum, global);
         if (dp) dp->after_backward();
       }
-      std::vector<double> v{loss, opt.grad_sum_squares()};
-      if (comm && zero1) comm->all_reduce_host(v);
-      if (comm && !zero1) {
-        std::vector<double> l{loss};
-        comm->all_reduce_host(l);
-        v[0] = l[0];
-      }
+      const double norm = dp ? dp->global_loss_and_grad_norm(loss, opt) : opt.grad_norm();
       opt.step(1e-2, 1.0);
       if (dp) dp->after_step();
       if (rank == 0) {
-        out.losses.push_back(v[0]);
-        out.norms.push_back(std::sqrt(v[1]));
+        out.losses.push_back(loss);
+        out.norms.push_back(norm);
       }
     }
     if (dp) dp->gather_masters();

@@ -33,14 +33,8 @@ void register_bench(CLI::App& app) {
                                    "train.batch_size rows on each (per-GPU figures)")
       ->check(CLI::Range(0, 1024));
   cmd->callback([=] {
+    if (dist::launch_if_requested(*gpus, program_args())) return;
     const dist::DistEnv env = dist::dist_env_from_environment();
-    if (!env.distributed && *gpus != 1) {
-      const int visible = dist::visible_gpus();
-      const int n = *gpus == 0 ? visible : *gpus;
-      OFT_CHECK(n >= 1 && n <= visible, "--gpus ", *gpus, ": ", visible, " GPU(s) are visible");
-      if (const int rc = dist::launch_local(n, program_args()); rc != 0) std::exit(rc);
-      return;
-    }
     std::string preset;
     std::vector<std::string> ov;
     for (const auto& a : *args) {

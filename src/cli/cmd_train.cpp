@@ -51,22 +51,8 @@ void register_train(CLI::App& app) {
                     "visible GPU); train.batch_size stays the global batch")
         ->check(CLI::Range(0, 1024));
     cmd->callback([=] {
+      if (dist::launch_if_requested(*gpus, program_args())) return;
       const dist::DistEnv env = dist::dist_env_from_environment();
-      if (!env.distributed && *gpus != 1) {
-        // The launcher: the same command line once per GPU, then the ranks' exit status.
-        const int visible = dist::visible_gpus();
-        const int n = *gpus == 0 ? visible : *gpus;
-        OFT_CHECK(n >= 1 && n <= visible, "--gpus ", *gpus, ": ", visible,
-                  " GPU(s) are visible", visible == 0 ? std::string(" (") +
-                      ops::cuda_unavailable_reason() + ")" : std::string(),
-                  ": pass --gpus 1..", std::max(visible, 1));
-        OFT_CHECK(!program_args().empty(), "--gpus: the command line is not known");
-        if (const int rc = dist::launch_local(n, program_args()); rc != 0) std::exit(rc);
-        return;
-      }
-      OFT_CHECK(!env.distributed || *gpus == 1 || *gpus == env.world, "--gpus ", *gpus,
-                " but this process is rank ", env.rank, " of ", env.world,
-                " (OFT_WORLD_SIZE / mpirun): give --gpus only without mpirun");
       std::string preset;
       std::vector<std::string> ov;
       split_args(*args, preset, ov);

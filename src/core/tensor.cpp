@@ -14,6 +14,20 @@ DeviceFreeFn g_free[2] = {nullptr, nullptr};
 DeviceCopyFn g_copy = nullptr;
 
 void cpu_free(void* p) { std::free(p); }
+
+// Fresh memory for st.bytes on st.device (CPU: 64-byte aligned), with its deleter.
+void allocate(Storage& st) {
+  if (st.device == Device::CPU) {
+    st.data = std::aligned_alloc(64, (st.bytes + 63) / 64 * 64);
+    st.deleter = cpu_free;
+  } else {
+    const int i = static_cast<int>(st.device);
+    OFT_CHECK(g_alloc[i] != nullptr, "device ", device_name(st.device),
+              " is not available in this build (rebuild with CUDA, or set device=cpu)");
+    st.data = g_alloc[i](st.bytes);
+    st.deleter = g_free[i];
+  }
+}
 }  // namespace
 
 size_t dtype_size(DType t) {
@@ -68,17 +82,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   auto st = std::make_shared<Storage>();
   st->bytes = std::max<size_t>(t.nbytes(), 1);
   st->device = device;
-  if (device == Device::CPU) {
-    size_t rounded = (st->bytes + 63) / 64 * 64;
-    st->data = std::aligned_alloc(64, rounded);
-    st->deleter = cpu_free;
-  } else {
-    int i = static_cast<int>(device);
-    OFT_CHECK(g_alloc[i] != nullptr, "device ", device_name(device),
-              " is not available in this build (rebuild with CUDA, or set device=cpu)");
-    st->data = g_alloc[i](st->bytes);
-    st->deleter = g_free[i];
-  }
+  allocate(*st);
   OFT_CHECK(st->data != nullptr, "out of memory allocating ", st->bytes, " bytes on ",
             device_name(device), " for a tensor of shape ", shape_str(shape));
   t.storage_ = std::move(st);
@@ -165,21 +169,18 @@ void Tensor::move_storage_to(void* dst) {
 void Tensor::reallocate_storage() {
   OFT_ASSERT(storage_ != nullptr, "reallocate_storage on an undefined tensor");
   Storage& st = *storage_;
-  void* dst = nullptr;
-  void (*deleter)(void*) = nullptr;
-  if (st.device == Device::CPU) {
-    dst = std::aligned_alloc(64, (st.bytes + 63) / 64 * 64);
-    deleter = cpu_free;
-    std::memcpy(dst, st.data, st.bytes);
-  } else {
-    const int i = static_cast<int>(st.device);
-    dst = g_alloc[i](st.bytes);
-    deleter = g_free[i];
-    g_copy(dst, st.device, st.data, st.device, st.bytes);
-  }
-  if (st.deleter) st.deleter(st.data);
-  st.data = dst;
-  st.deleter = deleter;
+  Storage fresh;  // takes the old memory (and frees it, if owned) when it goes
+  fresh.bytes = st.bytes;
+  fresh.device = st.device;
+  allocate(fresh);
+  OFT_CHECK(fresh.data != nullptr, "out of memory allocating ", st.bytes, " bytes on ",
+            device_name(st.device));
+  std::swap(st.data, fresh.data);
+  std::swap(st.deleter, fresh.deleter);
+  if (st.device == Device::CPU)
+    std::memcpy(st.data, fresh.data, st.bytes);
+  else
+    g_copy(st.data, st.device, fresh.data, st.device, st.bytes);
 }
 
 Tensor Tensor::clone() const {

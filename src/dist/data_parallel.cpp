@@ -2,6 +2,7 @@
 #include "dist/data_parallel.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "ops/ops.h"
 
@@ -15,6 +16,20 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t slot_elems(const Param& p) {
   const size_t es = dtype_size(p.grad.dtype());
   return int64_t((std::max(p.grad.storage_bytes(), p.value.storage_bytes()) + es - 1) / es);
+}
+
+// Collective: the whole tensor of shape `like` from the ranks' ranges of it. Each rank writes its
+// range (`part`, or nothing when `r` is null) into zeros; the sum over ranks is the whole.
+Tensor assemble(const Tensor& like, const ParamRange* r, const Tensor& part, Communicator& comm) {
+  Tensor full = Tensor::zeros(like.shape(), like.dtype(), like.device());
+  if (r) {
+    Tensor dst = range_view(full, *r);
+    dst.copy_from(part);
+  }
+  ops::comm_wait_compute();
+  comm.all_reduce_sum(full);
+  ops::compute_wait_comm();
+  return full;
 }
 
 int group_of(const std::string& name, int n_layer) {
@@ -166,6 +181,17 @@ void DataParallel::broadcast_parameters() {
 
 void DataParallel::before_backward(bool reduce) { reduce_ = reduce; }
 
+double DataParallel::global_loss_and_grad_norm(double& loss, const AdamW& opt) {
+  std::vector<double> v{loss, zero1_ ? opt.grad_sum_squares() : 0.0};
+  comm_.all_reduce_host(v);
+  loss = v[0];
+  return zero1_ ? std::sqrt(v[1]) : opt.grad_norm();  // DDP: every rank holds the sum
+}
+
+AdamW DataParallel::make_optimizer(const TrainConfig& cfg) {
+  return zero1_ ? AdamW(model_.params(), cfg, owned_ranges()) : AdamW(model_.params(), cfg);
+}
+
 void DataParallel::add_batch_tokens(const int32_t* ids, int64_t n) {
   if (!token_sink_.defined()) return;
   for (int64_t i = 0; i < n; ++i) {
@@ -249,16 +275,8 @@ void DataParallel::gather_masters() {
   for (const ParamRange& r : mine) of[r.param] = &r;
   auto& ps = model_.params().all();
   for (size_t i = 0; i < ps.size(); ++i) {
-    // Each rank writes its range into zeros; the sum over ranks is the whole tensor.
-    Tensor full = Tensor::zeros(ps[i].value.shape(), ps[i].value.dtype(), ps[i].value.device());
-    if (of[i]) {
-      Tensor dst = range_view(full, *of[i]);
-      dst.copy_from(range_view(ps[i].value, *of[i]));
-    }
-    ops::comm_wait_compute();
-    comm_.all_reduce_sum(full);
-    ops::compute_wait_comm();
-    ps[i].value.copy_from(full);
+    const Tensor mine = of[i] ? range_view(ps[i].value, *of[i]) : Tensor();
+    ps[i].value.copy_from(assemble(ps[i].value, of[i], mine, comm_));
   }
 }
 
@@ -273,18 +291,12 @@ std::vector<std::pair<std::string, Tensor>> gather_optimizer_state(const AdamW& 
   }
   std::vector<std::pair<std::string, Tensor>> out;
   for (size_t p = 0; p < ps.size(); ++p) {
-    for (int k = 0; k < 2; ++k) {
-      // Each rank writes its range into zeros; the sum over ranks is the full tensor.
-      Tensor full = Tensor::zeros(ps[p].value.shape(), ps[p].value.dtype(), ps[p].value.device());
-      if (mine[p]) {
-        Tensor dst = range_view(full, *mine[p]);
-        dst.copy_from(k == 0 ? opt.m(index[p]) : opt.v(index[p]));
-      }
-      ops::comm_wait_compute();
-      comm.all_reduce_sum(full);
-      ops::compute_wait_comm();
-      out.emplace_back((k == 0 ? "m." : "v.") + ps[p].name, full.to(Device::CPU));
-    }
+    out.emplace_back("m." + ps[p].name,
+                     assemble(ps[p].value, mine[p], mine[p] ? opt.m(index[p]) : Tensor(), comm)
+                         .to(Device::CPU));
+    out.emplace_back("v." + ps[p].name,
+                     assemble(ps[p].value, mine[p], mine[p] ? opt.v(index[p]) : Tensor(), comm)
+                         .to(Device::CPU));
   }
   return out;
 }

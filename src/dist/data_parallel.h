@@ -94,6 +94,11 @@ class DataParallel {
   // ZeRO-1, after the optimizer updated this rank's ranges (masters and compute copies): all-
   // gathers the compute copies (bf16 models; the f32 masters of f32 models). No-op for DDP.
   void after_step();
+  // The step's one blocking exchange: `loss` (this rank's share of the global mean) becomes the
+  // global loss, and the global gradient norm is returned (ZeRO-1: summed over the shards).
+  double global_loss_and_grad_norm(double& loss, const AdamW& opt);
+  // AdamW over the whole model, or (ZeRO-1) over this rank's ranges.
+  AdamW make_optimizer(const TrainConfig& cfg);
   // ZeRO-1 with bf16 compute copies: every rank's masters are current only in its own ranges.
   // This collective makes them whole (before a checkpoint). No-op otherwise.
   void gather_masters();

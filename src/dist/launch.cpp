@@ -5,12 +5,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
+#include "dist/communicator.h"
 #include "ops/ops.h"
 
 namespace oft::dist {
@@ -27,6 +29,25 @@ void forward_signal(int sig) {
 int visible_gpus() {
   if (!ops::cuda_available()) return 0;
   return ops::cuda_device_count();
+}
+
+bool launch_if_requested(int gpus, const std::vector<std::string>& argv) {
+  const DistEnv env = dist_env_from_environment();
+  if (env.distributed) {
+    OFT_CHECK(gpus == 1 || gpus == env.world, "--gpus ", gpus, " but this process is rank ",
+              env.rank, " of ", env.world, " (OFT_WORLD_SIZE / mpirun): give --gpus only "
+              "without mpirun");
+    return false;
+  }
+  if (gpus == 1) return false;
+  const int visible = visible_gpus();
+  const int n = gpus == 0 ? visible : gpus;
+  OFT_CHECK(n >= 1 && n <= visible, "--gpus ", gpus, ": ", visible, " GPU(s) are visible",
+            visible == 0 ? " (" + ops::cuda_unavailable_reason() + ")" : std::string(),
+            ": pass --gpus 1..", std::max(visible, 1));
+  OFT_CHECK(!argv.empty(), "--gpus: the command line is not known");
+  if (const int rc = launch_local(n, argv); rc != 0) std::exit(rc);
+  return true;
 }
 
 int launch_local(int n, const std::vector<std::string>& argv) {

@@ -16,4 +16,10 @@ int launch_local(int n, const std::vector<std::string>& argv);
 // GPUs visible to this process (0 without CUDA).
 int visible_gpus();
 
+// The `--gpus N` option of `oft train` / `oft bench` (0 = every visible GPU). Outside a launch,
+// with N != 1: runs this command line (`argv`) as the ranks and returns true once they are done
+// (exiting with the first failing rank's status). Inside one, or with N == 1: checks N agrees
+// with the launch and returns false, and the caller does its work as this rank.
+bool launch_if_requested(int gpus, const std::vector<std::string>& argv);
+
 }  // namespace oft::dist

@@ -96,8 +96,7 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
         model, *comm, tc.zero_stage == 1, tc.grad_reduce_dtype == "bf16");
     dp->broadcast_parameters();
   }
-  AdamW adam = dp && dp->zero1() ? AdamW(model.params(), tc, dp->owned_ranges())
-                                 : AdamW(model.params(), tc);
+  AdamW adam = dp ? dp->make_optimizer(tc) : AdamW(model.params(), tc);
 
   // Two global batches of W * B rows (the same on every rank); rank r takes rows [r*B, r*B + B).
   Rng rng(static_cast<uint64_t>(tc.seed));
@@ -123,15 +122,8 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
       model.backward(1.0 / double(tc.grad_accum) / double(denv.world));
       if (dp) dp->after_backward();
     }
-    double gnorm = 0;
-    if (comm) {
-      std::vector<double> v{loss / double(denv.world), dp->zero1() ? adam.grad_sum_squares() : 0.0};
-      comm->all_reduce_host(v);
-      loss = v[0];
-      gnorm = dp->zero1() ? std::sqrt(v[1]) : adam.grad_norm();
-    } else {
-      gnorm = adam.grad_norm();
-    }
+    if (dp) loss /= double(denv.world);  // this rank's share of the mean
+    const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, adam) : adam.grad_norm();
     const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
     adam.step(tc.lr, clip);
     if (dp) dp->after_step();

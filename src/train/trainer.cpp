@@ -205,8 +205,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     dp = std::make_unique<dist::DataParallel>(
         model, *comm, tc.zero_stage == 1, tc.grad_reduce_dtype == "bf16");
   }
-  AdamW opt = dp && dp->zero1() ? AdamW(model.params(), tc, dp->owned_ranges())
-                                : AdamW(model.params(), tc);
+  AdamW opt = dp ? dp->make_optimizer(tc) : AdamW(model.params(), tc);
 
   const LoaderOptions lo = loader_options(cfg, cfg.data.train);
   const LoaderOptions val_lo = loader_options(cfg, cfg.data.val);
@@ -318,7 +317,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       for (int64_t i = 0; i < B * T; ++i) global_targets += pt[i] >= 0;
       const double l = model.forward(in.slice(row0, row1).to(device), tg.slice(row0, row1).to(device),
                                      use_mask ? mask.slice(row0, row1).to(device) : Tensor());
-      if (W == 1)
+      if (W == 1)  // one process: the same sum as always, bit for bit
         loss += l / double(tc.grad_accum);
       else if (global_targets > 0)
         loss += l * double(model.counted_targets()) / double(global_targets) / double(tc.grad_accum);
@@ -327,16 +326,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       model.backward(1.0 / double(tc.grad_accum), global_targets);
       if (dp) dp->after_backward();
     }
-    double gnorm = 0;
-    if (comm) {
-      // One blocking exchange: the global loss, and the gradient norm of ZeRO-1's shards.
-      std::vector<double> v{loss, dp->zero1() ? opt.grad_sum_squares() : 0.0};
-      comm->all_reduce_host(v);
-      loss = v[0];
-      gnorm = dp->zero1() ? std::sqrt(v[1]) : opt.grad_norm();
-    } else {
-      gnorm = opt.grad_norm();
-    }
+    const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, opt) : opt.grad_norm();
     const double lr = learning_rate(tc, warmup, step);
     tokens_seen += double(tokens_per_step);
     tokens_since_log += tokens_per_step;
