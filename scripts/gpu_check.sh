@@ -12,8 +12,9 @@
 #   7. (dist) data-parallel training through NCCL: one-rank NCCL runs (DDP, ZeRO-1) against the
 #      plain run, then with 2+ GPUs the same runs on every GPU, resuming a run on another GPU
 #      count, and `oft bench --gpus N` scaling of OPT-125m / OPT-350m.
+#   8. (ncu) Nsight Compute counters of the attention kernels (NCU_KERNELS, NCU_FILTER).
 # Results land in $OUT (or ./gpu-out).
-# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist]
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -157,6 +158,17 @@ PY
       n=$((n * 2))
     done
   done
+fi
+
+if [[ " $what " == *" ncu "* ]]; then
+  echo "== Nsight Compute: the attention kernels at the GPT-2 shape (B 16, T 1024, H 12, D 64)"
+  ncu --clock-control none --kernel-name "${NCU_KERNELS:-regex:mma_kernel|row_term|dq_store}" \
+    --launch-skip ${NCU_SKIP:-3} --launch-count ${NCU_COUNT:-6} \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    "$BIN/oft_cuda_tests" --gtest_filter="${NCU_FILTER:-CudaAttentionBench.*}" > "$OUT/ncu.log" 2>&1
+  echo "ncu exit $?"
+  grep -E "^  [a-z_].*\(|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Shared Memory Configuration Size|Dynamic Shared|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|L1/TEX Hit|L2 Hit|DRAM Throughput|Executed Ipc A" "$OUT/ncu.log" | head -150
 fi
 
 # At most a few files come back from a GPU machine: pack the logs into one archive.

@@ -12,8 +12,10 @@
 // - bf16 with D in {16, 32, 64, 128} and 16-byte aligned rows: tensor cores (attention_mma.cu);
 // - everything else (f32, other D up to 256): CUDA cores (attention_generic.cu).
 // This file validates, manages `saved`, and runs the two cheap backward helpers:
-//   row_term_kernel   D_i = factor * sum_d dO[i, d] * O[i, d] per (row, head)   [B*H*T] f32
-//   dq_store_kernel   dqkv[:, q columns] = dq_acc / sqrt(D) in the activation dtype
+//   row_term_kernel       D_i = factor * sum_d dO[i, d] * O[i, d] per (row, head)   [B*H*T] f32
+//   row_term_zero_kernel  the same with 16-byte loads, also zeroing the f32 dQ accumulator
+//                         (tensor-core path)
+//   dq_store_vec_kernel   dqkv[:, q columns] = dq_acc / sqrt(D) in bf16 (tensor-core path)
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -50,14 +52,56 @@ __global__ void row_term_kernel(const T* __restrict__ dout, const T* __restrict_
   }
 }
 
-template <class T>
-__global__ void dq_store_kernel(T* __restrict__ dqkv, const float* __restrict__ acc, int64_t rows,
-                                int C, float scale) {
-  const int64_t total = rows * C;
+// Tensor-core path versions of the two helpers: 16-byte accesses, one thread per 8 columns.
+// row_term_zero_kernel also zeroes the f32 dQ accumulator (instead of a separate memset): the
+// D / 8 threads of a (row, head) are consecutive lanes of one warp and reduce with shuffles.
+// Needs D in {16, 32, 64, 128} and 16-byte aligned dout / osave / acc.
+__global__ void row_term_zero_kernel(const __nv_bfloat16* __restrict__ dout,
+                                     const __nv_bfloat16* __restrict__ osave,
+                                     float* __restrict__ Dv, float* __restrict__ acc, int64_t rows,
+                                     int T_, int H, int D, float factor) {
+  const int C8 = H * D / 8, group = D / 8, lane = threadIdx.x & 31;
+  const int64_t total = rows * C8;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;  // a multiple of 32
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.x + (threadIdx.x & ~31); base < total;
+       base += stride) {
+    const int64_t idx = base + lane;
+    const bool ok = idx < total;
+    float s = 0.f;
+    if (ok) {
+      float a[8], o[8];
+      cuda::load_pack<__nv_bfloat16, 8>(dout + idx * 8, a);
+      cuda::load_pack<__nv_bfloat16, 8>(osave + idx * 8, o);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) s += a[j] * o[j];
+      const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+      reinterpret_cast<float4*>(acc + idx * 8)[0] = z;
+      reinterpret_cast<float4*>(acc + idx * 8)[1] = z;
+    }
+    for (int o = 1; o < group; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (ok && (idx % group) == 0) {
+      const int64_t n = idx / C8;
+      const int h = int(idx % C8) / group;
+      const int64_t b = n / T_, t = n % T_;
+      Dv[(b * H + h) * T_ + t] = factor * s;
+    }
+  }
+}
+
+// dqkv[:, q columns] = acc / sqrt(D) in bf16, 8 columns per thread.
+__global__ void dq_store_vec_kernel(__nv_bfloat16* __restrict__ dqkv, const float* __restrict__ acc,
+                                    int64_t rows, int C, float scale) {
+  const int C8 = C / 8;
+  const int64_t total = rows * C8;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t n = idx / C, c = idx % C;
-    dqkv[n * 3 * C + c] = cuda::from_f32<T>(acc[idx] * scale);
+    const int64_t n = idx / C8;
+    const int c = int(idx % C8) * 8;
+    const float4 a0 = reinterpret_cast<const float4*>(acc + idx * 8)[0];
+    const float4 a1 = reinterpret_cast<const float4*>(acc + idx * 8)[1];
+    const float f[8] = {a0.x * scale, a0.y * scale, a0.z * scale, a0.w * scale,
+                        a1.x * scale, a1.y * scale, a1.z * scale, a1.w * scale};
+    cuda::store_pack<__nv_bfloat16, 8>(dqkv + n * 3 * C + c, f);
   }
 }
 
@@ -233,25 +277,29 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   const float factor = spec.prob == ProbFn::Clipped ? a.span : 1.f;
   const int64_t rows = B * T;
 
-  OFT_DISPATCH_FLOAT(qkv.dtype(), op, {
-    row_term_kernel<T><<<grid_for(rows * g.H, 8), 256, 0, cuda::stream()>>>(
-        static_cast<const T*>(a.dout), static_cast<const T*>(a.osave), a.Dv, rows, a.T, a.H,
-        a.D, factor);
-    OFT_CUDA_LAUNCH_CHECK();
-  });
-
   const bool mma = qkv.dtype() == DType::BF16 && cuda::attn::mma_supported(a.D) &&
-                   aligned16(qkv.raw()) && aligned16(dout.raw()) && aligned16(dqkv.raw());
+                   aligned16(qkv.raw()) && aligned16(dout.raw()) && aligned16(dqkv.raw()) &&
+                   aligned16(a.osave);
   if (!mma) {
+    OFT_DISPATCH_FLOAT(qkv.dtype(), op, {
+      row_term_kernel<T><<<grid_for(rows * g.H, 8), 256, 0, cuda::stream()>>>(
+          static_cast<const T*>(a.dout), static_cast<const T*>(a.osave), a.Dv, rows, a.T, a.H,
+          a.D, factor);
+      OFT_CUDA_LAUNCH_CHECK();
+    });
     cuda::attn::launch_bwd_generic(a, qkv.dtype());
     return;
   }
+  // D_i and the zeroed dQ accumulator in one pass, the kernel, then dQ into dqkv.
   Tensor acc = Tensor::empty({rows, g.C}, DType::F32, Device::CUDA);
   a.dq_acc = static_cast<float*>(acc.raw());
-  OFT_CUDA_CHECK(cudaMemsetAsync(acc.raw(), 0, acc.nbytes(), cuda::stream()));
-  cuda::attn::launch_bwd_mma(a);
   using Bf = __nv_bfloat16;
-  dq_store_kernel<Bf><<<grid_for(rows * g.C, 256), 256, 0, cuda::stream()>>>(
+  row_term_zero_kernel<<<grid_for(rows * g.C / 8, 256), 256, 0, cuda::stream()>>>(
+      static_cast<const Bf*>(a.dout), static_cast<const Bf*>(a.osave), a.Dv, a.dq_acc, rows, a.T,
+      a.H, a.D, factor);
+  OFT_CUDA_LAUNCH_CHECK();
+  cuda::attn::launch_bwd_mma(a);
+  dq_store_vec_kernel<<<grid_for(rows * g.C / 8, 256), 256, 0, cuda::stream()>>>(
       static_cast<Bf*>(a.dqkv), a.dq_acc, rows, a.C, a.scale);
   OFT_CUDA_LAUNCH_CHECK();
 }

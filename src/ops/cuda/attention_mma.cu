@@ -1,8 +1,10 @@
 // bf16 tensor-core FlashAttention-2 kernels (forward and backward) for head widths
 // D in {16, 32, 64, 128}. Nothing of size T x T touches global memory.
 //
-// Shapes: one CTA of 4 warps works on a 64 x 64 tile pair; every warp owns 16 rows of the
-// tile's M dimension. Products use mma.sync.m16n8k16 (bf16 in, f32 accumulate) with operands
+// Shapes: one CTA of 4 warps; every warp owns 16 rows (one "row block") of the tile's M
+// dimension per product, or two row blocks in the forward for D <= 64 (a 128-query tile: each
+// K / V fragment read from shared memory then feeds two products, fwd_row_blocks()). Keys come
+// in tiles of 64. Products use mma.sync.m16n8k16 (bf16 in, f32 accumulate) with operands
 // fetched by ldmatrix from padded shared memory (row stride D + 8 elements, so the eight 16-byte
 // rows of one 8x8 ldmatrix block fall into distinct bank groups). Global -> shared copies are
 // 16-byte cp.async with zero fill past T.
@@ -15,7 +17,7 @@
 // so the C fragments of two neighbouring 8-column blocks are exactly the A fragment of the
 // next product (P of QK^T feeds PV without shared memory).
 //
-// Forward: grid (B*H, ceil(T/64)), query tiles in reverse order so the long causal rows start
+// Forward: grid (B*H, ceil(T/(64 * row blocks))), query tiles in reverse order so the long causal rows start
 // first. Softmax / softmax1: one pass with the online softmax in registers. Clipped softmax:
 // pass 1 computes the row max and normaliser (QK^T only), pass 2 recomputes p = exp2(x - L)
 // exactly, clips it and accumulates P'V and the "unclipped part" O2 (see attention_common.cuh).
@@ -27,6 +29,9 @@
 // dQ += dS K, accumulated into an f32 buffer with atomics (dS goes through shared memory
 // once, read back transposed by ldmatrix.trans).
 #include <cuda_bf16.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include "ops/cuda/attention_common.cuh"
 
@@ -120,44 +125,69 @@ __device__ __forceinline__ void load_key_ok(int* s_ok, const int32_t* mask, int 
   }
 }
 
-template <int D>
+template <int D, int RB>
 constexpr int fwd_smem_bytes() {
-  return 3 * kTile * (D + 8) * 2 + kTile * 4;
+  return (RB + 2) * kTile * (D + 8) * 2 + kTile * 4;
+}
+
+// Row blocks per warp of the forward: two (a 128-query tile, each K / V fragment read from
+// shared memory feeds two products) where the registers allow it, else one.
+template <int D, int PROB>
+constexpr int fwd_row_blocks() {
+  return (D <= 64 && PROB != kClipped) ? 2 : 1;
 }
 
 // ---------------------------------------------------------------- forward
-template <int D, int PROB>
-__global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Args a) {
-  constexpr int LD = D + 8, DB = D / 8, KS = D / 16, NB = kTile / 8;
+// RB row blocks of 16 queries per warp: warp w owns tile rows (r * 4 + w) * 16 .. + 15 of the
+// RB * 64-query tile.
+template <int D, int PROB, int RB, int MINB>
+__global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
+  constexpr int LD = D + 8, DB = D / 8, KS = D / 16, NB = kTile / 8, TQ = RB * kTile;
+  constexpr int RB2 = PROB == kClipped ? RB : 1;  // O2 accumulators only for clipped softmax
+  constexpr int DB2 = PROB == kClipped ? DB : 1;
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sK = sQ + kTile * LD;
+  bf16* sQ = reinterpret_cast<bf16*>(smem);  // [TQ][LD]
+  bf16* sK = sQ + TQ * LD;
   bf16* sV = sK + kTile * LD;
   int* sOk = reinterpret_cast<int*>(sV + kTile * LD);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * kTile;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * TQ;
   const int64_t stride = 3 * int64_t(C);
   const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * D;
   const bf16* gK = gQ + C;
   const bf16* gV = gQ + 2 * C;
   const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
-  const int n_kt = a.causal ? (min(q0 + kTile, T) - 1) / kTile + 1 : (T + kTile - 1) / kTile;
-  const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  const int n_kt = a.causal ? (min(q0 + TQ, T) - 1) / kTile + 1 : (T + kTile - 1) / kTile;
+  int row[RB][2];
+#pragma unroll
+  for (int r = 0; r < RB; ++r) {
+    row[r][0] = q0 + (r * 4 + warp) * 16 + g;
+    row[r][1] = row[r][0] + 8;
+  }
 
-  float o[DB][4], o2[PROB == kClipped ? DB : 1][4];
+  float o[RB][DB][4], o2[RB2][DB2][4];
 #pragma unroll
-  for (int i = 0; i < DB; ++i)
+  for (int r = 0; r < RB; ++r)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+    for (int i = 0; i < DB; ++i)
 #pragma unroll
-  for (int i = 0; i < (PROB == kClipped ? DB : 1); ++i)
+      for (int e = 0; e < 4; ++e) o[r][i][e] = 0.f;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) o2[i][e] = 0.f;
-  float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f}, lse[2] = {0.f, 0.f};
+  for (int r = 0; r < RB2; ++r)
+#pragma unroll
+    for (int i = 0; i < DB2; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o2[r][i][e] = 0.f;
+  float m[RB][2], l[RB][2], lse[RB][2];
+#pragma unroll
+  for (int r = 0; r < RB; ++r)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) m[r][j] = -kInf, l[r][j] = 0.f, lse[r][j] = 0.f;
 
-  load_tile<D>(sQ, gQ, stride, q0, T, tid);
+#pragma unroll
+  for (int r = 0; r < RB; ++r) load_tile<D>(sQ + r * kTile * LD, gQ, stride, q0 + r * kTile, T, tid);
   constexpr int kPasses = PROB == kClipped ? 2 : 1;
   for (int pass = 0; pass < kPasses; ++pass) {
     const bool with_v = PROB != kClipped || pass == 1;
@@ -173,72 +203,83 @@ __global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Args a) {
         load_tile<D>(sV, gV, stride, k0, T, tid);
         cp_async_commit();
       }
-      // S = Q K^T for this warp's 16 rows x 64 keys.
-      float s[NB][4];
+      // S = Q K^T for this warp's RB x 16 rows x 64 keys; each K fragment serves RB products.
+      float s[RB][NB][4];
 #pragma unroll
-      for (int i = 0; i < NB; ++i)
+      for (int r = 0; r < RB; ++r)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[i][e] = 0.f;
+        for (int i = 0; i < NB; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[r][i][e] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
-        uint32_t qa[4];
-        ldsm_x4(qa, a_addr(sQ, LD, warp * 16, ks * 16, lane));
+        uint32_t qa[RB][4];
+#pragma unroll
+        for (int r = 0; r < RB; ++r) ldsm_x4(qa[r], a_addr(sQ, LD, (r * 4 + warp) * 16, ks * 16, lane));
 #pragma unroll
         for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
           uint32_t kb[4];
           ldsm_x4(kb, bn_addr(sK, LD, nb2 * 16, ks * 16, lane));
-          mma(s[2 * nb2], qa, kb[0], kb[1]);
-          mma(s[2 * nb2 + 1], qa, kb[2], kb[3]);
+#pragma unroll
+          for (int r = 0; r < RB; ++r) {
+            mma(s[r][2 * nb2], qa[r], kb[0], kb[1]);
+            mma(s[r][2 * nb2 + 1], qa[r], kb[2], kb[3]);
+          }
         }
       }
       // Scale into the log2 domain and mask (padding, causal, keys past T).
       const bool need_mask = mask != nullptr || k0 + kTile > T || (a.causal && k0 + kTile - 1 > q0);
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[nb][e] * a.scale_log2;
-          if (need_mask) {
-            const int kl = nb * 8 + 2 * t4 + (e & 1);
-            const bool vis = sOk[kl] != 0 && (!a.causal || k0 + kl <= row[e >> 1]);
-            if (!vis) x = -kInf;
-          }
-          s[nb][e] = x;
-        }
-
-      if (PROB != kClipped || pass == 0) {
-        // Online softmax statistics (rows g and g + 8; the 4 lanes of a quad share a row).
-        float mx[2] = {m[0], m[1]};
-#pragma unroll
-        for (int nb = 0; nb < NB; ++nb) {
-          mx[0] = fmaxf(mx[0], fmaxf(s[nb][0], s[nb][1]));
-          mx[1] = fmaxf(mx[1], fmaxf(s[nb][2], s[nb][3]));
-        }
-        float mu[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-          mu[r] = mx[r] == -kInf ? 0.f : mx[r];
-          const float corr = exp2f(m[r] - mu[r]);
-          l[r] *= corr;
-          m[r] = mx[r];
-          if (PROB != kClipped) {
-#pragma unroll
-            for (int i = 0; i < DB; ++i) {
-              o[i][2 * r] *= corr;
-              o[i][2 * r + 1] *= corr;
-            }
-          }
-        }
+      for (int r = 0; r < RB; ++r)
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const float p = exp2f(s[nb][e] - mu[e >> 1]);
-            l[e >> 1] += p;
-            s[nb][e] = p;
+            float x = s[r][nb][e] * a.scale_log2;
+            if (need_mask) {
+              const int kl = nb * 8 + 2 * t4 + (e & 1);
+              const bool vis = sOk[kl] != 0 && (!a.causal || k0 + kl <= row[r][e >> 1]);
+              if (!vis) x = -kInf;
+            }
+            s[r][nb][e] = x;
           }
+
+      if (PROB != kClipped || pass == 0) {
+        // Online softmax statistics (rows g and g + 8; the 4 lanes of a quad share a row).
+#pragma unroll
+        for (int r = 0; r < RB; ++r) {
+          float mx[2] = {m[r][0], m[r][1]};
+#pragma unroll
+          for (int nb = 0; nb < NB; ++nb) {
+            mx[0] = fmaxf(mx[0], fmaxf(s[r][nb][0], s[r][nb][1]));
+            mx[1] = fmaxf(mx[1], fmaxf(s[r][nb][2], s[r][nb][3]));
+          }
+          float mu[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 1));
+            mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 2));
+            mu[j] = mx[j] == -kInf ? 0.f : mx[j];
+            const float corr = exp2f(m[r][j] - mu[j]);
+            l[r][j] *= corr;
+            m[r][j] = mx[j];
+            if (PROB != kClipped) {
+#pragma unroll
+              for (int i = 0; i < DB; ++i) {
+                o[r][i][2 * j] *= corr;
+                o[r][i][2 * j + 1] *= corr;
+              }
+            }
+          }
+#pragma unroll
+          for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float p = exp2f(s[r][nb][e] - mu[e >> 1]);
+              l[r][e >> 1] += p;
+              s[r][nb][e] = p;
+            }
+        }
       }
 
       cp_async_wait_all();
@@ -251,59 +292,74 @@ __global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Args a) {
       if (!with_v) continue;
 
       if (PROB != kClipped) {
-        // O += P V
+        // O += P V; each V fragment serves RB products.
 #pragma unroll
         for (int kk = 0; kk < NB / 2; ++kk) {
-          const uint32_t pa[4] = {pack(s[2 * kk][0], s[2 * kk][1]), pack(s[2 * kk][2], s[2 * kk][3]),
-                                  pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                  pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+          uint32_t pa[RB][4];
+#pragma unroll
+          for (int r = 0; r < RB; ++r) {
+            pa[r][0] = pack(s[r][2 * kk][0], s[r][2 * kk][1]);
+            pa[r][1] = pack(s[r][2 * kk][2], s[r][2 * kk][3]);
+            pa[r][2] = pack(s[r][2 * kk + 1][0], s[r][2 * kk + 1][1]);
+            pa[r][3] = pack(s[r][2 * kk + 1][2], s[r][2 * kk + 1][3]);
+          }
 #pragma unroll
           for (int db2 = 0; db2 < DB / 2; ++db2) {
             uint32_t vb[4];
             ldsm_x4_t(vb, bk_addr(sV, LD, kk * 16, db2 * 16, lane));
-            mma(o[2 * db2], pa, vb[0], vb[1]);
-            mma(o[2 * db2 + 1], pa, vb[2], vb[3]);
+#pragma unroll
+            for (int r = 0; r < RB; ++r) {
+              mma(o[r][2 * db2], pa[r], vb[0], vb[1]);
+              mma(o[r][2 * db2 + 1], pa[r], vb[2], vb[3]);
+            }
           }
         }
       } else {
         // Clipped pass 2: exact p, P' = clip(span p + gamma, 0, 1), P2 = p where unclipped.
-        float p2[NB][4];
 #pragma unroll
-        for (int nb = 0; nb < NB; ++nb)
+        for (int r = 0; r < RB2; ++r) {
+          float p2[NB][4];
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float p = exp2f(s[nb][e] - lse[e >> 1]);
-            const float raw = a.span * p + a.gamma;
-            s[nb][e] = fminf(fmaxf(raw, 0.f), 1.f);
-            p2[nb][e] = (raw >= 0.f && raw <= a.clip_hi) ? p : 0.f;  // see Args::clip_hi
-          }
+          for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-        for (int kk = 0; kk < NB / 2; ++kk) {
-          const uint32_t pa[4] = {pack(s[2 * kk][0], s[2 * kk][1]), pack(s[2 * kk][2], s[2 * kk][3]),
-                                  pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                  pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-          const uint32_t pb[4] = {
-              pack(p2[2 * kk][0], p2[2 * kk][1]), pack(p2[2 * kk][2], p2[2 * kk][3]),
-              pack(p2[2 * kk + 1][0], p2[2 * kk + 1][1]), pack(p2[2 * kk + 1][2], p2[2 * kk + 1][3])};
+            for (int e = 0; e < 4; ++e) {
+              const float p = exp2f(s[r][nb][e] - lse[r][e >> 1]);
+              const float raw = a.span * p + a.gamma;
+              s[r][nb][e] = fminf(fmaxf(raw, 0.f), 1.f);
+              p2[nb][e] = (raw >= 0.f && raw <= a.clip_hi) ? p : 0.f;  // see Args::clip_hi
+            }
 #pragma unroll
-          for (int db2 = 0; db2 < DB / 2; ++db2) {
-            uint32_t vb[4];
-            ldsm_x4_t(vb, bk_addr(sV, LD, kk * 16, db2 * 16, lane));
-            mma(o[2 * db2], pa, vb[0], vb[1]);
-            mma(o[2 * db2 + 1], pa, vb[2], vb[3]);
-            mma(o2[2 * db2], pb, vb[0], vb[1]);
-            mma(o2[2 * db2 + 1], pb, vb[2], vb[3]);
+          for (int kk = 0; kk < NB / 2; ++kk) {
+            const uint32_t pa[4] = {pack(s[r][2 * kk][0], s[r][2 * kk][1]),
+                                    pack(s[r][2 * kk][2], s[r][2 * kk][3]),
+                                    pack(s[r][2 * kk + 1][0], s[r][2 * kk + 1][1]),
+                                    pack(s[r][2 * kk + 1][2], s[r][2 * kk + 1][3])};
+            const uint32_t pb[4] = {pack(p2[2 * kk][0], p2[2 * kk][1]),
+                                    pack(p2[2 * kk][2], p2[2 * kk][3]),
+                                    pack(p2[2 * kk + 1][0], p2[2 * kk + 1][1]),
+                                    pack(p2[2 * kk + 1][2], p2[2 * kk + 1][3])};
+#pragma unroll
+            for (int db2 = 0; db2 < DB / 2; ++db2) {
+              uint32_t vb[4];
+              ldsm_x4_t(vb, bk_addr(sV, LD, kk * 16, db2 * 16, lane));
+              mma(o[r][2 * db2], pa, vb[0], vb[1]);
+              mma(o[r][2 * db2 + 1], pa, vb[2], vb[3]);
+              mma(o2[r][2 * db2], pb, vb[0], vb[1]);
+              mma(o2[r][2 * db2 + 1], pb, vb[2], vb[3]);
+            }
           }
         }
       }
     }
     if (PROB == kClipped && pass == 0) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        lse[r] = l[r] > 0.f ? m[r] + log2f(l[r]) : kInf;
-      }
+      for (int r = 0; r < RB; ++r)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          l[r][j] += __shfl_xor_sync(0xffffffffu, l[r][j], 1);
+          l[r][j] += __shfl_xor_sync(0xffffffffu, l[r][j], 2);
+          lse[r][j] = l[r][j] > 0.f ? m[r][j] + log2f(l[r][j]) : kInf;
+        }
     }
   }
 
@@ -311,33 +367,35 @@ __global__ void __launch_bounds__(kThreads) fwd_mma_kernel(const Args a) {
   bf16* gO = static_cast<bf16*>(a.out);
   bf16* gS = static_cast<bf16*>(a.osave);
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float f = 1.f;
-    if (PROB != kClipped) {
-      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-      if (PROB == kSoftmax) {
-        lse[r] = l[r] > 0.f ? m[r] + log2f(l[r]) : kInf;
-        f = l[r] > 0.f ? 1.f / l[r] : 0.f;
-      } else {  // softmax1: Z = 1 + sum exp, computed against M = max(m, 0) to avoid overflow
-        const float M = fmaxf(m[r], 0.f);
-        lse[r] = M + log2f(l[r] * exp2f(m[r] - M) + exp2f(-M));
-        f = exp2f((m[r] == -kInf ? 0.f : m[r]) - lse[r]);
-      }
-    }
-    if (row[r] >= T) continue;
-    const int64_t base = (int64_t(b) * T + row[r]) * C + h * D + 2 * t4;
+  for (int r = 0; r < RB; ++r)
 #pragma unroll
-    for (int i = 0; i < DB; ++i) {
-      *reinterpret_cast<uint32_t*>(gO + base + i * 8) = pack(o[i][2 * r] * f, o[i][2 * r + 1] * f);
-      if (PROB == kClipped)
-        *reinterpret_cast<uint32_t*>(gS + base + i * 8) = pack(o2[i][2 * r], o2[i][2 * r + 1]);
-      else
-        *reinterpret_cast<uint32_t*>(gS + base + i * 8) =
-            pack(o[i][2 * r] * f, o[i][2 * r + 1] * f);
+    for (int j = 0; j < 2; ++j) {
+      float f = 1.f;
+      if (PROB != kClipped) {
+        l[r][j] += __shfl_xor_sync(0xffffffffu, l[r][j], 1);
+        l[r][j] += __shfl_xor_sync(0xffffffffu, l[r][j], 2);
+        if (PROB == kSoftmax) {
+          lse[r][j] = l[r][j] > 0.f ? m[r][j] + log2f(l[r][j]) : kInf;
+          f = l[r][j] > 0.f ? 1.f / l[r][j] : 0.f;
+        } else {  // softmax1: Z = 1 + sum exp, computed against M = max(m, 0) to avoid overflow
+          const float M = fmaxf(m[r][j], 0.f);
+          lse[r][j] = M + log2f(l[r][j] * exp2f(m[r][j] - M) + exp2f(-M));
+          f = exp2f((m[r][j] == -kInf ? 0.f : m[r][j]) - lse[r][j]);
+        }
+      }
+      if (row[r][j] >= T) continue;
+      const int64_t base = (int64_t(b) * T + row[r][j]) * C + h * D + 2 * t4;
+#pragma unroll
+      for (int i = 0; i < DB; ++i) {
+        const uint32_t ov = pack(o[r][i][2 * j] * f, o[r][i][2 * j + 1] * f);
+        *reinterpret_cast<uint32_t*>(gO + base + i * 8) = ov;
+        if constexpr (PROB == kClipped)
+          *reinterpret_cast<uint32_t*>(gS + base + i * 8) = pack(o2[r][i][2 * j], o2[r][i][2 * j + 1]);
+        else
+          *reinterpret_cast<uint32_t*>(gS + base + i * 8) = ov;
+      }
+      if (t4 == 0) a.L[int64_t(bh) * T + row[r][j]] = lse[r][j];
     }
-    if (t4 == 0) a.L[int64_t(bh) * T + row[r]] = lse[r];
-  }
 }
 
 // ---------------------------------------------------------------- backward
@@ -347,8 +405,8 @@ constexpr int bwd_smem_bytes() {
   return 6 * kTile * (D + 8) * 2 + kTile * (kTile + 8) * 2 + 4 * kTile * 4 + kTile * 4;
 }
 
-template <int D, int PROB>
-__global__ void __launch_bounds__(kThreads) bwd_mma_kernel(const Args a) {
+template <int D, int PROB, int MINB>
+__global__ void __launch_bounds__(kThreads, MINB) bwd_mma_kernel(const Args a) {
   constexpr int LD = D + 8, LDS = kTile + 8, DB = D / 8, KS = D / 16, NB = kTile / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* sK = reinterpret_cast<bf16*>(smem);
@@ -571,48 +629,104 @@ __global__ void __launch_bounds__(kThreads) bwd_mma_kernel(const Args a) {
 }
 
 // ---------------------------------------------------------------- launchers
-template <int D, int PROB>
+// Launch shape of the D = 64 kernels (GPT-2, OPT, BERT heads): forward row blocks per warp and
+// the minimum resident CTAs per SM each kernel is compiled for (a register cap: 65536 / (128 x
+// MINB) registers per thread). OFT_ATTN_TUNE="rb,fwd_minb,bwd_minb" overrides the defaults for
+// measurements; other head widths always use fwd_row_blocks() and MINB 1.
+struct Tune {
+  int rb = 0, fwd_minb = 1, bwd_minb = 1;  // rb 0: fwd_row_blocks()
+};
+const Tune& tune() {
+  static const Tune t = [] {
+    Tune x;
+    if (const char* e = std::getenv("OFT_ATTN_TUNE")) {
+      if (std::sscanf(e, "%d,%d,%d", &x.rb, &x.fwd_minb, &x.bwd_minb) != 3 || x.rb < 0 ||
+          x.rb > 2 || x.fwd_minb < 1 || x.fwd_minb > 3 || x.bwd_minb < 1 || x.bwd_minb > 3)
+        fail("OFT_ATTN_TUNE='", e, "': expected rb,fwd_minb,bwd_minb with rb in 0..2 and "
+             "minb in 1..3");
+    }
+    return x;
+  }();
+  return t;
+}
+
+template <int D, int PROB, int RB, int MINB>
 void fwd_launch(const Args& a) {
-  constexpr int smem = fwd_smem_bytes<D>();
+  constexpr int smem = fwd_smem_bytes<D, RB>();
   static bool configured = false;
   if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(fwd_mma_kernel<D, PROB>,
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(fwd_mma_kernel<D, PROB, RB, MINB>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  const dim3 grid(a.B * a.H, (a.T + kTile - 1) / kTile);
-  fwd_mma_kernel<D, PROB><<<grid, kThreads, smem, stream()>>>(a);
+  const dim3 grid(a.B * a.H, (a.T + RB * kTile - 1) / (RB * kTile));
+  fwd_mma_kernel<D, PROB, RB, MINB><<<grid, kThreads, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
-template <int D, int PROB>
+template <int D, int PROB, int MINB>
 void bwd_launch(const Args& a) {
   constexpr int smem = bwd_smem_bytes<D>();
   static bool configured = false;
   if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_mma_kernel<D, PROB>,
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_mma_kernel<D, PROB, MINB>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
   const dim3 grid(a.B * a.H, (a.T + kTile - 1) / kTile);
-  bwd_mma_kernel<D, PROB><<<grid, kThreads, smem, stream()>>>(a);
+  bwd_mma_kernel<D, PROB, MINB><<<grid, kThreads, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
+}
+
+template <int D, int PROB>
+void fwd_tuned(const Args& a) {
+  constexpr int RB0 = fwd_row_blocks<D, PROB>();
+  if constexpr (D != 64) {
+    fwd_launch<D, PROB, RB0, 1>(a);
+  } else {
+    const Tune& t = tune();
+    const int rb = t.rb ? t.rb : RB0;
+    if (rb == 1) {
+      if (t.fwd_minb == 1) return fwd_launch<D, PROB, 1, 1>(a);
+      if (t.fwd_minb == 2) return fwd_launch<D, PROB, 1, 2>(a);
+      return fwd_launch<D, PROB, 1, 3>(a);
+    }
+    if constexpr (PROB != kClipped) {
+      if (t.fwd_minb == 1) return fwd_launch<D, PROB, 2, 1>(a);
+      if (t.fwd_minb == 2) return fwd_launch<D, PROB, 2, 2>(a);
+      return fwd_launch<D, PROB, 2, 3>(a);
+    } else {
+      fail("OFT_ATTN_TUNE: the clipped-softmax forward has one row block per warp");
+    }
+  }
+}
+
+template <int D, int PROB>
+void bwd_tuned(const Args& a) {
+  if constexpr (D != 64) {
+    bwd_launch<D, PROB, 1>(a);
+  } else {
+    const int m = tune().bwd_minb;
+    if (m == 1) return bwd_launch<D, PROB, 1>(a);
+    if (m == 2) return bwd_launch<D, PROB, 2>(a);
+    bwd_launch<D, PROB, 3>(a);
+  }
 }
 
 template <int D>
 void fwd_by_prob(const Args& a) {
   switch (a.prob) {
-    case kSoftmax: return fwd_launch<D, kSoftmax>(a);
-    case kClipped: return fwd_launch<D, kClipped>(a);
-    default: return fwd_launch<D, kSoftmax1>(a);
+    case kSoftmax: return fwd_tuned<D, kSoftmax>(a);
+    case kClipped: return fwd_tuned<D, kClipped>(a);
+    default: return fwd_tuned<D, kSoftmax1>(a);
   }
 }
 template <int D>
 void bwd_by_prob(const Args& a) {
   switch (a.prob) {
-    case kSoftmax: return bwd_launch<D, kSoftmax>(a);
-    case kClipped: return bwd_launch<D, kClipped>(a);
-    default: return bwd_launch<D, kSoftmax1>(a);
+    case kSoftmax: return bwd_tuned<D, kSoftmax>(a);
+    case kClipped: return bwd_tuned<D, kClipped>(a);
+    default: return bwd_tuned<D, kSoftmax1>(a);
   }
 }
 

@@ -245,6 +245,202 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+// ---- narrow rows: one warp per row (C <= 32 * 4 packs in the forward, 1024 bf16 or 512 f32
+// columns, and 32 * 3 packs in the backward) ----
+// Same arithmetic as norm_fwd_kernel / norm_bwd_kernel, but a row is owned by one warp (lane l
+// holds packs l + 32 k, k < K), so the row sums are warp shuffles with no block barrier and
+// eight rows per block are in flight at once; the blocks of 96 threads the general kernels use
+// for C = 768 spent most of their time waiting at the barrier of each row. The backward's
+// parameter-gradient partials of the block's 8 warps are summed in shared memory in warp order
+// (deterministic) and written as one partial row per block, like the general kernel.
+constexpr int kWarpRowThreads = 256;
+
+__device__ __forceinline__ float warp_allsum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+template <class T, int K, bool LN>
+__global__ void __launch_bounds__(kWarpRowThreads, 2)
+    norm_fwd_warp_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w, const T* b,
+                         int64_t N, int C, float eps) {
+  constexpr int V = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31, nvec = C / V;
+  const int64_t warps = int64_t(gridDim.x) * (kWarpRowThreads / 32);
+  float wr[K][V], br[K][V];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = lane + 32 * k;
+#pragma unroll
+    for (int i = 0; i < V; ++i) wr[k][i] = br[k][i] = 0.f;
+    if (j < nvec) {
+      load_pack<T, V>(w + j * V, wr[k]);
+      if (b) load_pack<T, V>(b + j * V, br[k]);
+    }
+  }
+  const float inv_c = 1.f / static_cast<float>(C);
+  for (int64_t n = int64_t(blockIdx.x) * (kWarpRowThreads / 32) + (threadIdx.x >> 5); n < N;
+       n += warps) {
+    const T* xr = x + n * C;
+    float xv[K][V];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = lane + 32 * k;
+      if (j < nvec) {
+        load_pack<T, V>(xr + j * V, xv[k]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) xv[k][i] = 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < V; ++i) s += LN ? xv[k][i] : xv[k][i] * xv[k][i];
+    }
+    s = warp_allsum(s);
+    float mu = 0.f, r;
+    if (LN) {
+      mu = s * inv_c;
+      float q = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        if (lane + 32 * k < nvec)
+#pragma unroll
+          for (int i = 0; i < V; ++i) q += (xv[k][i] - mu) * (xv[k][i] - mu);
+      q = warp_allsum(q);
+      r = rsqrtf(q * inv_c + eps);  // biased variance
+    } else {
+      r = 1.f / (sqrtf(s * inv_c) + eps);
+    }
+    if (lane == 0) {
+      if (LN) stat0[n] = mu;
+      stat1[n] = r;
+    }
+    T* yr = y + n * C;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = lane + 32 * k;
+      if (j < nvec) {
+        float o[V];
+#pragma unroll
+        for (int i = 0; i < V; ++i) o[i] = (xv[k][i] - mu) * r * wr[k][i] + br[k][i];
+        store_pack<T, V>(yr + j * V, o);
+      }
+    }
+  }
+}
+
+// part [gridDim.x, C or 2C] like norm_bwd_kernel; dynamic shared memory: (with_db ? 2C : C)
+// floats. dx may alias dy.
+template <class T, int K, bool LN>
+__global__ void __launch_bounds__(kWarpRowThreads, K <= 2 ? 2 : 1)
+    norm_bwd_warp_kernel(T* dx, float* part, bool with_db, const T* dy, const T* x, const T* w,
+                         const float* stat0, const float* stat1, int64_t N, int C,
+                         bool accumulate) {
+  constexpr int V = 16 / sizeof(T);
+  extern __shared__ float sacc[];  // [C] dw partial, then [C] db partial
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nvec = C / V;
+  const int64_t warps = int64_t(gridDim.x) * (kWarpRowThreads / 32);
+  const float inv_c = 1.f / static_cast<float>(C);
+  float wr[K][V], aw[K][V], ab[K][V];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = lane + 32 * k;
+#pragma unroll
+    for (int i = 0; i < V; ++i) wr[k][i] = aw[k][i] = ab[k][i] = 0.f;
+    if (j < nvec) load_pack<T, V>(w + j * V, wr[k]);
+  }
+  for (int64_t n = int64_t(blockIdx.x) * (kWarpRowThreads / 32) + warp; n < N; n += warps) {
+    const T *xr = x + n * C, *dyr = dy + n * C;
+    const float mu = LN ? stat0[n] : 0.f, r = stat1[n];
+    float xv[K][V], gv[K][V];
+    float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = lane + 32 * k;
+      if (j < nvec) {
+        load_pack<T, V>(xr + j * V, xv[k]);
+        load_pack<T, V>(dyr + j * V, gv[k]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) xv[k][i] = gv[k][i] = 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const float g = gv[k][i] * wr[k][i];
+        if (LN) {
+          const float xh = (xv[k][i] - mu) * r;
+          s0 += g;
+          s1 += g * xh;
+        } else {
+          s0 += g * xv[k][i];
+          s1 += xv[k][i] * xv[k][i];
+        }
+      }
+    }
+    s0 = warp_allsum(s0);
+    s1 = warp_allsum(s1);
+    float c0, c1;  // dx = r * g - c0 - c1 * (LN ? xhat : x)
+    if (LN) {
+      c0 = r * s0 * inv_c;
+      c1 = r * s1 * inv_c;
+    } else {
+      const float rms = sqrtf(s1 * inv_c);
+      c0 = 0.f;
+      c1 = rms > 0.f ? r * r * s0 * inv_c / rms : 0.f;
+    }
+    T* dxr = dx + n * C;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = lane + 32 * k;
+      if (j < nvec) {
+        float old[V];
+        if (accumulate) {
+          load_pack<T, V>(dxr + j * V, old);
+        } else {
+#pragma unroll
+          for (int i = 0; i < V; ++i) old[i] = 0.f;
+        }
+        float o[V];
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const float g = gv[k][i] * wr[k][i];
+          if (LN) {
+            const float xh = (xv[k][i] - mu) * r;
+            o[i] = old[i] + (r * g - c0 - c1 * xh);
+            aw[k][i] += gv[k][i] * xh;
+            ab[k][i] += gv[k][i];
+          } else {
+            o[i] = old[i] + (r * g - c1 * xv[k][i]);
+            aw[k][i] += gv[k][i] * xv[k][i] * r;
+          }
+        }
+        store_pack<T, V>(dxr + j * V, o);
+      }
+    }
+  }
+  // The block's partial: warps add their sums into shared memory one after another.
+  const bool db_too = LN && with_db;
+  for (int wi = 0; wi < kWarpRowThreads / 32; ++wi) {
+    if (warp == wi) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int j = lane + 32 * k;
+        if (j < nvec)
+#pragma unroll
+          for (int i = 0; i < V; ++i) {
+            const int c = j * V + i;
+            sacc[c] = wi == 0 ? aw[k][i] : sacc[c] + aw[k][i];
+            if (db_too) sacc[C + c] = wi == 0 ? ab[k][i] : sacc[C + c] + ab[k][i];
+          }
+      }
+    }
+    __syncthreads();
+  }
+  float* pr = part + static_cast<int64_t>(blockIdx.x) * (db_too ? 2 * C : C);
+  for (int c = threadIdx.x; c < (db_too ? 2 * C : C); c += kWarpRowThreads) pr[c] = sacc[c];
+}
+
 // Column sums of partial rows, part [P, Ct] (f32, row-major), in a fixed order. Block (32, 32):
 // threadIdx.x picks the column (coalesced), threadIdx.y strides over the rows
 // [blockIdx.y * rows, ...). With out set, the block's sums go to out[blockIdx.y, Ct] (first
@@ -353,6 +549,57 @@ void launch_norm_bwd(const RowPlan& p, T* dx, float* dw, float* db, const T* dy,
   reduce_partials(dw, db, C, part, blocks, Ct);
 }
 
+// Packs per lane of the one-warp-per-row kernels, or 0 when the row is too wide (more than
+// max_k packs per lane; the backward keeps three times the registers of the forward) or not
+// packed.
+template <class T>
+int warp_row_packs(int C, bool vec_ok, int max_k) {
+  constexpr int V = 16 / sizeof(T);
+  if (!vec_ok || C % V != 0) return 0;
+  const int K = static_cast<int>(cuda::ceil_div(C / V, 32));
+  return K <= max_k ? K : 0;
+}
+
+template <class T, int K, bool LN>
+void launch_norm_fwd_warp(T* y, float* s0, float* s1, const T* x, const T* w, const T* b,
+                          int64_t N, int C, float eps) {
+  auto kernel = norm_fwd_warp_kernel<T, K, LN>;
+  const int blocks = persistent_blocks(kernel, kWarpRowThreads, cuda::ceil_div(N, 8));
+  kernel<<<blocks, kWarpRowThreads, 0, cuda::stream()>>>(y, s0, s1, x, w, b, N, C, eps);
+  OFT_CUDA_LAUNCH_CHECK();
+}
+
+template <class T, int K, bool LN>
+void launch_norm_bwd_warp(T* dx, float* dw, float* db, const T* dy, const T* x, const T* w,
+                          const float* s0, const float* s1, int64_t N, int C, bool accumulate) {
+  auto kernel = norm_bwd_warp_kernel<T, K, LN>;
+  const bool with_db = LN && db;
+  const int Ct = with_db ? 2 * C : C;
+  const size_t smem = static_cast<size_t>(Ct) * sizeof(float);
+  int per_sm = 0;
+  OFT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpRowThreads,
+                                                               smem));
+  const int blocks = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(cuda::ceil_div(N, 8), int64_t(std::max(per_sm, 1)) * cuda::sm_count())));
+  float* part = static_cast<float*>(cuda::scratch(partial_floats(blocks, Ct) * sizeof(float)));
+  kernel<<<blocks, kWarpRowThreads, smem, cuda::stream()>>>(dx, part, with_db, dy, x, w, s0, s1,
+                                                            N, C, accumulate);
+  OFT_CUDA_LAUNCH_CHECK();
+  reduce_partials(dw, db, C, part, blocks, Ct);
+}
+
+template <int MAXK, class F>
+void dispatch_k(int K, F&& f) {
+  switch (K) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    default:
+      if constexpr (MAXK >= 4) return f(std::integral_constant<int, 4>{});
+      fail("norm: no one-warp-per-row kernel for ", K, " packs per lane");
+  }
+}
+
 template <int I>
 using IntC = std::integral_constant<int, I>;
 
@@ -433,6 +680,13 @@ void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tens
   float* s1 = ptr<float>(stat);
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
     const T* pb = b.defined() ? ptr<T>(b) : nullptr;
+    if (const int K = warp_row_packs<T>(C, vec_ok, 4)) {
+      dispatch_k<4>(K, [&](auto k) {
+        launch_norm_fwd_warp<T, decltype(k)::value, LN>(ptr<T>(y), s0, s1, ptr<T>(x), ptr<T>(w),
+                                                        pb, N, C, static_cast<float>(eps));
+      });
+      return;
+    }
     dispatch_vk<T>(p, [&](auto v, auto k) {
       launch_norm_fwd<T, decltype(v)::value, decltype(k)::value, LN>(
           p, ptr<T>(y), s0, s1, ptr<T>(x), ptr<T>(w), pb, N, C, static_cast<float>(eps));
@@ -471,6 +725,14 @@ void norm_bwd(Tensor& dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor
   const float* s1 = ptr<float>(stat);
   float* pdb = db ? ptr<float>(*db) : nullptr;
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
+    if (const int K = warp_row_packs<T>(C, vec_ok, 3)) {
+      dispatch_k<3>(K, [&](auto k) {
+        launch_norm_bwd_warp<T, decltype(k)::value, LN>(ptr<T>(dx), ptr<float>(dw), pdb,
+                                                        ptr<T>(dy), ptr<T>(x), ptr<T>(w), s0, s1,
+                                                        N, C, accumulate);
+      });
+      return;
+    }
     dispatch_vk<T>(p, [&](auto v, auto k) {
       launch_norm_bwd<T, decltype(v)::value, decltype(k)::value, LN>(
           p, ptr<T>(dx), ptr<float>(dw), pdb, ptr<T>(dy), ptr<T>(x), ptr<T>(w), s0, s1, N, C,
