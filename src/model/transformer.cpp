@@ -166,7 +166,7 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
     BlockActs& a = acts_[l];
     a.attn_out = mk({N, C});
     a.mlp_out = mk({N, C});
-    a.fc = mk({N, F});
+    if (act_ != ops::Activation::ReLU) a.fc = mk({N, F});  // see mlp_forward
     a.act = mk({N, F});
     a.s1 = mk({N, C});
     if (block_ == BlockType::PostNorm) a.s2 = mk({N, C});
@@ -226,10 +226,14 @@ void TransformerLM::set_hook(ActivationHook* hook) {
   for (size_t l = 0; l < blocks_.size(); ++l) blocks_[l].attn.set_hook(hook, static_cast<int64_t>(l));
 }
 
+// MLP: act = a(fc(in)) in one op (on the GPU the activation runs in the matrix product's
+// epilogue), then out = fc_out(act). a.fc keeps the pre-activation for the backward, except with
+// ReLU: there it is not allocated and the backward reads relu' from a.act (ops.h,
+// linear_act_bwd_dx). Hooks see, and may change, a.act at FfnAct; they observe evaluation
+// forwards only (no backward follows), so a changed a.act never reaches the ReLU derivative.
 void TransformerLM::mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in) {
   const int64_t l = &a - acts_.data();
-  b.fc.forward(a.fc, in);
-  ops::on(in).activation_fwd(a.act, a.fc, act_);
+  ops::on(in).linear_act_fwd(a.act, a.fc, in, b.fc.w, b.fc.b, act_);
   tap(Point::FfnAct, l, a.act);
   b.fc_out.forward(out, a.act);
   tap(Point::FfnOut, l, out);
@@ -237,8 +241,10 @@ void TransformerLM::mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tenso
 
 void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tensor& dout,
                                  const Tensor& in) {
-  b.fc_out.backward(dfc_, dout, a.act, false);
-  ops::on(in).activation_bwd(dfc_, dfc_, a.fc, act_);
+  Tensor no_dx;  // fc_out's input gradient comes with the activation's derivative below
+  b.fc_out.backward(no_dx, dout, a.act, false);
+  const Tensor& saved = act_ == ops::Activation::ReLU ? a.act : a.fc;  // see mlp_forward
+  ops::on(in).linear_act_bwd_dx(dfc_, dout, b.fc_out.w, saved, act_);
   b.fc.backward(din, dfc_, in, false);
 }
 
@@ -465,8 +471,7 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   if (mlm_) {
     const Tensor& in = head_index_.defined() ? head_in_ : lnf_.out;
     Tensor pre = mlm_pre_.slice(0, M), act = mlm_act_.slice(0, M);
-    mlm_dense_.forward(pre, in);
-    be.activation_fwd(act, pre, act_);
+    be.linear_act_fwd(act, pre, in, mlm_dense_.w, mlm_dense_.b, act_);
     mlm_norm_.forward(mlm_saved_, act);
     tap(Point::MlmHidden, -1, mlm_saved_.out);
     ops::matmul(logits, mlm_saved_.out, false, head_w, true);

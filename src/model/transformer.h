@@ -98,7 +98,9 @@ class TransformerLM {
   struct BlockActs {
     NormSaved n1, n2;
     AttentionActs attn;
-    Tensor attn_out, mlp_out, fc, act, s1, s2;  // branch outputs, MLP hidden, inner sums
+    // Branch outputs; the MLP's pre-activation (fc, not kept with ReLU) and activation (act);
+    // inner sums.
+    Tensor attn_out, mlp_out, fc, act, s1, s2;
   };
 
   void allocate(int64_t B, int64_t T);

@@ -101,6 +101,7 @@ class Backend {
                            const Tensor& w, const Tensor& inv, bool accumulate) = 0;
 
   // ---- activations ----
+  // Elementwise: y may be x (in place), dx may be dy.
   virtual void activation_fwd(Tensor& y, const Tensor& x, Activation a) = 0;
   virtual void activation_bwd(Tensor& dx, const Tensor& dy, const Tensor& x, Activation a) = 0;
 
@@ -182,6 +183,36 @@ class Backend {
   virtual void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
     matmul(y, x, false, w, true, 1.0, 0.0);
     if (b.defined()) add_bias(y, b);
+  }
+  // A linear layer and the activation after it (the first half of an MLP):
+  //   pre[N, out] = x[N, in] @ w[out, in]^T + b[out] (b may be undefined),  act = a(pre).
+  // pre is kept for linear_act_bwd_dx. With ReLU it may be undefined: the derivative is read
+  // from act there (see linear_act_bwd_dx), and only act is written. The CUDA backend applies
+  // GELU-tanh (bf16) and ReLU in the matrix product's epilogue; everything else composes
+  // linear_fwd and activation_fwd as below.
+  virtual void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
+                              const Tensor& b, Activation a) {
+    if (pre.defined()) {
+      linear_fwd(pre, x, w, b);
+      activation_fwd(act, pre, a);
+      return;
+    }
+    OFT_CHECK(a == Activation::ReLU, "linear_act_fwd: only ReLU may go without `pre`");
+    linear_fwd(act, x, w, b);
+    activation_fwd(act, act, a);  // elementwise, in place
+  }
+  // The input gradient of a linear layer taken on through the activation that fed it: with
+  // act = a(pre) and out = act @ w^T + b (w: [O, F]), given dout [N, O],
+  //   dpre[N, F] = (dout @ w) * a'(pre)   (overwritten).
+  // `saved` is pre, or, for ReLU only, act = relu(pre) itself: relu'(x) = [x > 0] =
+  // [relu(x) > 0] for every x (activation_bwd's ReLU only tests its input's sign). The layer's
+  // own parameter gradients are not computed here (Linear::backward with no dx does them).
+  // dpre must not alias dout or saved. The CUDA backend applies GELU-tanh' (bf16) in the
+  // product's epilogue.
+  virtual void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w,
+                                 const Tensor& saved, Activation a) {
+    matmul(dpre, dout, false, w, false, 1.0, 0.0);
+    activation_bwd(dpre, dpre, saved, a);
   }
 
   // ---- multi-tensor forms (one launch for every parameter on the GPU; loops by default) ----

@@ -183,6 +183,14 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "linear_fwd");
     inner_.linear_fwd(y, x, w, b);
   }
+  void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w, const Tensor& b, Activation a) override {
+    Scope scope_(this, "linear_act_fwd");
+    inner_.linear_act_fwd(act, pre, x, w, b, a);
+  }
+  void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w, const Tensor& saved, Activation a) override {
+    Scope scope_(this, "linear_act_bwd_dx");
+    inner_.linear_act_bwd_dx(dpre, dout, w, saved, a);
+  }
   void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override {
     Scope scope_(this, "adamw_multi");
     inner_.adamw_multi(items, h);

@@ -87,8 +87,13 @@ class CudaBackend final : public Backend {
   void convert(Tensor& dst, const Tensor& src) override;
   void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
   void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
-  // matmul.cu: the bias in cuBLASLt's epilogue.
+  // matmul.cu: the bias, and the MLP activation (GELU-tanh bf16, ReLU) or its derivative
+  // (GELU-tanh bf16), in cuBLASLt's epilogue; other cases compose as Backend does.
   void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override;
+  void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
+                      const Tensor& b, Activation a) override;
+  void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w, const Tensor& saved,
+                         Activation a) override;
   // multi_tensor.cu: one launch over every parameter.
   void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override;
   void sum_squares_multi(Tensor& acc, const std::vector<const Tensor*>& xs) override;
@@ -97,5 +102,13 @@ class CudaBackend final : public Backend {
 
 
 CudaBackend& cuda_backend();
+
+// matmul.cu: how many linear_act_fwd / linear_act_bwd_dx calls of this process ran the
+// activation (or its derivative) in cuBLASLt's epilogue, and how many composed separate ops
+// (other activations, f32 GELU, misalignment, no algorithm). For tests and benchmarks.
+struct ActEpilogueCounts {
+  int64_t fused = 0, composed = 0;
+};
+ActEpilogueCounts act_epilogue_counts();
 
 }  // namespace oft::ops

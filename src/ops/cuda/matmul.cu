@@ -13,12 +13,42 @@
 // products run on tensor cores with fp32 accumulation, f32 products are full fp32 (no TF32), so
 // f32 runs match the CPU backend to rounding.
 //
+// Epilogues (applied by cuBLASLt to the fp32 result r = alpha AB + beta C before D is rounded).
+// In the column-major view D is [N rows, M cols] with ld N, so a per-row epilogue vector is per
+// output feature (a bias [N]) and an auxiliary matrix with D's layout (ld N) is exactly the
+// row-major [M, N] tensor of D's shape.
+//   linear_fwd         BIAS            D = r + bias
+//   linear_act_fwd     RELU_BIAS/RELU  D = max(r + bias, 0); no auxiliary output: the model
+//                                      keeps only D and the backward reads relu' from it
+//                      GELU_AUX_BIAS/GELU_AUX  aux = r + bias (the pre-activation), D = gelu(aux)
+//   linear_act_bwd_dx  DGELU           D = r * gelu'(aux), aux = the saved pre-activation
+// Attributes: EPILOGUE, BIAS_POINTER + BIAS_DATA_TYPE (= D's dtype), EPILOGUE_AUX_POINTER +
+// EPILOGUE_AUX_LD (= N). EPILOGUE_AUX_DATA_TYPE is left unset: it defaults to D's dtype, which is
+// what the model stores. cuBLASLt's GELU is the tanh approximation (= Activation::GELU_Tanh).
+// Conditions, each with a fallback to the composition of Backend (the plain product with the
+// bias epilogue, then activations.cu):
+// - GELU and GELU' only in bf16. cuBLASLt evaluates tanh approximately (about 1e-4 relative in
+//   fp32, far below bf16's 2^-8 rounding but above the 1e-5 at which f32 GPU runs match the CPU
+//   backend), so f32 keeps the exact composition. ReLU is exact and fuses in f32 and bf16.
+// - The bias and the auxiliary matrix 16-byte aligned, the auxiliary ld (N) a multiple of 8
+//   elements (cuBLASLt's rule for the GELU input matrix); ReLU with `pre` requested (nothing to
+//   write it), K = 0, and any problem for which the heuristic offers no algorithm.
+// Precision against the composition: the fused activation is computed from the fp32 result
+// before any rounding, where the composition rounds the pre-activation to the output dtype first
+// and then applies the activation (and rounds again). In bf16 the fused GELU output therefore
+// differs from the composed one by up to about one bf16 ulp (the stored `pre` is the same
+// rounding of r + bias in both); likewise DGELU multiplies the unrounded product by gelu'(pre)
+// and rounds once, where the composition rounds dout @ w first. ReLU commutes with rounding, so
+// the fused ReLU equals the composed one up to the product's own summation order.
+//
 // One cuBLASLt handle per process; a 32 MiB workspace from oft::cuda::scratch; the matmul
 // descriptor, the three layouts and the heuristic's algorithm are cached per problem (shape,
-// transposes, dtypes, beta != 0, pointer alignments) so a repeated shape costs no heuristic
-// query.
+// transposes, dtypes, beta != 0, pointer alignments, epilogue kind) so a repeated shape costs no
+// heuristic query. An epilogue problem that the heuristic refuses is cached as such and then
+// always takes its fallback.
 #include <cublasLt.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -60,17 +90,46 @@ uint32_t alignment_of(const void* p) {
   return al;
 }
 
+// The epilogue of one product (see the header comment for what each computes).
+enum class Epi : uint8_t { None, Bias, Relu, ReluBias, GeluAux, GeluAuxBias, DGelu };
+
+bool epi_has_bias(Epi e) { return e == Epi::Bias || e == Epi::ReluBias || e == Epi::GeluAuxBias; }
+bool epi_has_aux(Epi e) { return e == Epi::GeluAux || e == Epi::GeluAuxBias || e == Epi::DGelu; }
+
+cublasLtEpilogue_t lt_epilogue(Epi e) {
+  switch (e) {
+    case Epi::None: return CUBLASLT_EPILOGUE_DEFAULT;
+    case Epi::Bias: return CUBLASLT_EPILOGUE_BIAS;
+    case Epi::Relu: return CUBLASLT_EPILOGUE_RELU;
+    case Epi::ReluBias: return CUBLASLT_EPILOGUE_RELU_BIAS;
+    case Epi::GeluAux: return CUBLASLT_EPILOGUE_GELU_AUX;
+    case Epi::GeluAuxBias: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    case Epi::DGelu: return CUBLASLT_EPILOGUE_DGELU;
+  }
+  return CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+// An epilogue and its device pointers: the bias [N] (C's dtype) and the auxiliary matrix with
+// C's shape, dtype and row length (written by GELU_AUX*, read by DGELU).
+struct EpiArgs {
+  Epi kind = Epi::None;
+  const Tensor* bias = nullptr;
+  const Tensor* aux = nullptr;
+};
+
 struct PlanKey {
   int64_t M, N, K;
   bool transA, transB;
   DType ab, c;
   bool beta_nonzero;
   uint32_t align_a, align_b, align_c;
-  bool bias = false;  // CUBLASLT_EPILOGUE_BIAS: C[m, n] += bias[n] (linear_fwd)
+  Epi epi = Epi::None;
+  uint32_t align_bias = 0, align_aux = 0;  // 0 when the epilogue has none
   bool operator<(const PlanKey& o) const {
-    return std::tie(M, N, K, transA, transB, ab, c, beta_nonzero, align_a, align_b, align_c, bias) <
+    return std::tie(M, N, K, transA, transB, ab, c, beta_nonzero, align_a, align_b, align_c, epi,
+                    align_bias, align_aux) <
            std::tie(o.M, o.N, o.K, o.transA, o.transB, o.ab, o.c, o.beta_nonzero, o.align_a,
-                    o.align_b, o.align_c, o.bias);
+                    o.align_b, o.align_c, o.epi, o.align_bias, o.align_aux);
   }
 };
 
@@ -81,9 +140,26 @@ struct Plan {
   cublasLtMatrixLayout_t second = nullptr;  // A, column-major view
   cublasLtMatrixLayout_t out = nullptr;     // C (also D)
   cublasLtMatmulAlgo_t algo{};
+  bool found = false;                       // the heuristic offered an algorithm
+  cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
 };
 
-Plan make_plan(const PlanKey& k) {
+// Sets the epilogue's pointers on a (cached) descriptor: before the heuristic query, whose
+// choice depends on their alignment, and before every call.
+void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const EpiArgs& e) {
+  if (epi_has_bias(e.kind)) {
+    const void* p = e.bias->raw();
+    OFT_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p, sizeof(p)));
+  }
+  if (epi_has_aux(e.kind)) {
+    void* p = e.aux->raw();  // written by GELU_AUX*, read by DGELU
+    OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+        desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &p, sizeof(p)));
+  }
+}
+
+Plan make_plan(const PlanKey& k, const EpiArgs& e) {
   Plan p;
   OFT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t op_first = k.transB ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -92,16 +168,26 @@ Plan make_plan(const PlanKey& k) {
                                                   sizeof(op_first)));
   OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB,
                                                   &op_second, sizeof(op_second)));
-  if (k.bias) {
-    // In the column-major view D is [N rows, M cols]: the epilogue's per-row bias is per output
-    // feature. The bias has C's dtype; its pointer is set before each call.
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    const cudaDataType_t bt = cuda_type(k.c);
+  if (k.epi != Epi::None) {
+    const cublasLtEpilogue_t epi = lt_epilogue(k.epi);
     OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                                     sizeof(epi)));
+  }
+  if (epi_has_bias(k.epi)) {
+    // In the column-major view D is [N rows, M cols]: the epilogue's per-row bias is per output
+    // feature. The bias has C's dtype.
+    const cudaDataType_t bt = cuda_type(k.c);
     OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
   }
+  if (epi_has_aux(k.epi)) {
+    // The GELU input matrix has D's column-major layout [N rows, M cols], ld N (the row-major
+    // [M, N] tensor), and D's dtype (EPILOGUE_AUX_DATA_TYPE's default).
+    const int64_t aux_ld = k.N;
+    OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                    &aux_ld, sizeof(aux_ld)));
+  }
+  set_epilogue_pointers(p.desc, e);
   // Column-major views (rows, cols, ld) of the row-major tensors:
   //   B [K,N] -> (N, K, N); B [N,K] (transB) -> (K, N, K)
   //   A [M,K] -> (K, M, K); A [K,M] (transA) -> (M, K, M)
@@ -136,32 +222,43 @@ Plan make_plan(const PlanKey& k) {
 
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_handle(), p.desc, p.first, p.second,
-                                                           p.out, p.out, pref, 1, &result, &found);
+  p.status = cublasLtMatmulAlgoGetHeuristic(lt_handle(), p.desc, p.first, p.second, p.out, p.out,
+                                            pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  OFT_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0,
-            "matmul: cuBLASLt has no algorithm for M=", k.M, " N=", k.N, " K=", k.K,
-            k.transA ? " A^T" : " A", k.transB ? " B^T" : " B", " ", dtype_name(k.ab), " -> ",
-            dtype_name(k.c), " (", cublasLtGetStatusString(st), ")");
-  p.algo = result.algo;
+  p.found = p.status == CUBLAS_STATUS_SUCCESS && found > 0;
+  if (p.found) p.algo = result.algo;
   return p;
 }
 
-const Plan& plan_for(const PlanKey& k) {
-  static std::mutex mu;
-  static std::map<PlanKey, Plan> plans;  // never destroyed: descriptors live with the process
-  std::lock_guard<std::mutex> g(mu);
-  auto it = plans.find(k);
-  if (it == plans.end()) it = plans.emplace(k, make_plan(k)).first;
+std::mutex g_plans_mu;
+std::map<PlanKey, Plan>& plans() {
+  static auto* p = new std::map<PlanKey, Plan>;  // never destroyed: descriptors live with the process
+  return *p;
+}
+
+const Plan& plan_for(const PlanKey& k, const EpiArgs& e) {
+  std::lock_guard<std::mutex> g(g_plans_mu);
+  auto it = plans().find(k);
+  if (it == plans().end()) it = plans().emplace(k, make_plan(k, e)).first;
   return it->second;
 }
 
-}  // namespace
+// An epilogue plan whose call failed: later calls of that problem compose directly.
+void refuse_plan(const PlanKey& k, cublasStatus_t st) {
+  std::lock_guard<std::mutex> g(g_plans_mu);
+  Plan& p = plans().at(k);
+  p.found = false;
+  p.status = st;
+}
 
-namespace {
-// C = alpha op(A) op(B) + beta C (+ bias[n] on every row when bias is given).
-void matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, const Tensor& B,
-                 bool transB, double alpha, double beta, const Tensor* bias) {
+// Whether the fallback of an activation epilogue covers its failure (the plain product and the
+// bias epilogue must always run).
+bool epi_optional(Epi e) { return e != Epi::None && e != Epi::Bias; }
+
+// C = alpha op(A) op(B) + beta C with epilogue e. Returns false, having done nothing, when an
+// activation epilogue cannot run (K = 0, or no algorithm for it): the caller then composes.
+bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, const Tensor& B,
+                 bool transB, double alpha, double beta, const EpiArgs& e) {
   cuda::expect_float(A, "matmul A");
   cuda::expect_float(B, "matmul B");
   cuda::expect_float(C, "matmul C");
@@ -176,15 +273,16 @@ void matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
              dtype_name(B.dtype()));
   OFT_ASSERT(C.dtype() == A.dtype() || C.dtype() == DType::F32, "matmul: C must be ",
              dtype_name(A.dtype()), " or f32, got ", dtype_name(C.dtype()));
-  if (M == 0 || N == 0) return;
+  if (M == 0 || N == 0) return true;
   OFT_ASSERT(C.raw() != A.raw() && C.raw() != B.raw(), "matmul: C must not alias A or B");
   if (K == 0) {  // empty product: C = beta * C
+    if (epi_optional(e.kind)) return false;
     if (beta == 0.0)
       backend.fill(C, 0.0);
     else if (beta != 1.0)
       backend.scale(C, beta);
-    if (bias) backend.add_bias(C, *bias);
-    return;
+    if (e.kind == Epi::Bias) backend.add_bias(C, *e.bias);
+    return true;
   }
   const PlanKey key{M,
                     N,
@@ -197,39 +295,130 @@ void matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
                     alignment_of(A.raw()),
                     alignment_of(B.raw()),
                     alignment_of(C.raw()),
-                    bias != nullptr};
-  const Plan& plan = plan_for(key);
-  if (bias) {
-    const void* bp = bias->raw();
-    OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                    &bp, sizeof(bp)));
+                    e.kind,
+                    epi_has_bias(e.kind) ? alignment_of(e.bias->raw()) : 0u,
+                    epi_has_aux(e.kind) ? alignment_of(e.aux->raw()) : 0u};
+  const Plan& plan = plan_for(key, e);
+  if (!plan.found) {
+    if (epi_optional(e.kind)) return false;
+    fail("matmul: cuBLASLt has no algorithm for M=", M, " N=", N, " K=", K, transA ? " A^T" : " A",
+         transB ? " B^T" : " B", " ", dtype_name(A.dtype()), " -> ", dtype_name(C.dtype()), " (",
+         cublasLtGetStatusString(plan.status), ")");
   }
+  set_epilogue_pointers(plan.desc, e);
   const float al = float(alpha), be = float(beta);
   void* ws = cuda::scratch(kWorkspaceBytes);
-  OFT_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(),
-                                  plan.second, &be, C.raw(), plan.out, C.raw(), plan.out,
-                                  &plan.algo, ws, kWorkspaceBytes, cuda::stream()));
+  const cublasStatus_t st =
+      cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(), plan.second, &be,
+                     C.raw(), plan.out, C.raw(), plan.out, &plan.algo, ws, kWorkspaceBytes,
+                     cuda::stream());
+  if (st != CUBLAS_STATUS_SUCCESS && epi_optional(e.kind)) {
+    // Refused before launching anything (e.g. an epilogue this cuBLASLt build cannot run with
+    // the chosen algorithm): C is untouched and the caller composes.
+    refuse_plan(key, st);
+    return false;
+  }
+  if (st != CUBLAS_STATUS_SUCCESS)
+    fail("cuBLASLt error: ", cublasLtGetStatusString(st), " (cublasLtMatmul, M=", M, " N=", N,
+         " K=", K, ") at ", __FILE__, ":", __LINE__);
+  return true;
 }
 
 }  // namespace
 
 void CudaBackend::matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& B, bool transB,
                          double alpha, double beta) {
-  matmul_impl(*this, C, A, transA, B, transB, alpha, beta, nullptr);
+  matmul_impl(*this, C, A, transA, B, transB, alpha, beta, EpiArgs{});
 }
 
 void CudaBackend::linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
-  if (!b.defined()) return matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, nullptr);
+  if (!b.defined()) {
+    matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{});
+    return;
+  }
   cuda::expect_float(b, "linear_fwd bias");
   OFT_ASSERT(b.dtype() == y.dtype() && b.numel() == w.dim(0), "linear_fwd: bias ",
              shape_str(b.shape()), " ", dtype_name(b.dtype()), " for y ", shape_str(y.shape()),
              " ", dtype_name(y.dtype()));
   // The epilogue reads the bias with 16-byte vectors when it can: keep a fallback for views.
-  if (reinterpret_cast<uintptr_t>(b.raw()) % 16 != 0) {
-    matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, nullptr);
+  if (!cuda::aligned16(b.raw())) {
+    matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{});
     return add_bias(y, b);
   }
-  matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, &b);
+  matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{Epi::Bias, &b, nullptr});
+}
+
+namespace {
+std::atomic<int64_t> g_fused{0}, g_composed{0};
+}  // namespace
+
+ActEpilogueCounts act_epilogue_counts() { return {g_fused.load(), g_composed.load()}; }
+
+void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
+                                 const Tensor& b, Activation a) {
+  auto compose = [&] {
+    ++g_composed;
+    Backend::linear_act_fwd(act, pre, x, w, b, a);
+  };
+  const bool relu = a == Activation::ReLU, gelu = a == Activation::GELU_Tanh;
+  // ReLU fuses only without `pre` (its epilogue has no pre-activation output), GELU only with it
+  // (the backward needs it; the composition reports the missing tensor) and only in bf16.
+  const bool candidate = (relu && !pre.defined()) ||
+                         (gelu && pre.defined() && act.dtype() == DType::BF16);
+  if (!candidate) return compose();
+  cuda::expect_float(act, "linear_act_fwd act");
+  OFT_ASSERT(act.ndim() == 2 && w.ndim() == 2 && act.dim(1) == w.dim(0),
+             "linear_act_fwd: act ", shape_str(act.shape()), " for w ", shape_str(w.shape()));
+  OFT_ASSERT(act.dtype() == x.dtype(), "linear_act_fwd: act is ", dtype_name(act.dtype()),
+             " but x is ", dtype_name(x.dtype()));
+  if (pre.defined()) {
+    OFT_ASSERT(pre.shape() == act.shape() && pre.dtype() == act.dtype(), "linear_act_fwd: pre ",
+               shape_str(pre.shape()), " ", dtype_name(pre.dtype()), " for act ",
+               shape_str(act.shape()), " ", dtype_name(act.dtype()));
+    OFT_ASSERT(pre.raw() != act.raw(), "linear_act_fwd: pre must not alias act");
+  }
+  if (b.defined()) {
+    cuda::expect_float(b, "linear_act_fwd bias");
+    OFT_ASSERT(b.dtype() == act.dtype() && b.numel() == w.dim(0), "linear_act_fwd: bias ",
+               shape_str(b.shape()), " ", dtype_name(b.dtype()), " for act ",
+               shape_str(act.shape()), " ", dtype_name(act.dtype()));
+  }
+  const int64_t N = act.dim(1);
+  const bool ok = (!b.defined() || cuda::aligned16(b.raw())) &&
+                  (relu || (cuda::aligned16(pre.raw()) && N % 8 == 0));
+  if (!ok) return compose();
+  EpiArgs e;
+  e.kind = relu ? (b.defined() ? Epi::ReluBias : Epi::Relu)
+                : (b.defined() ? Epi::GeluAuxBias : Epi::GeluAux);
+  e.bias = b.defined() ? &b : nullptr;
+  e.aux = relu ? nullptr : &pre;
+  if (!matmul_impl(*this, act, x, false, w, true, 1.0, 0.0, e)) return compose();
+  ++g_fused;
+}
+
+void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w,
+                                    const Tensor& saved, Activation a) {
+  auto compose = [&] {
+    ++g_composed;
+    Backend::linear_act_bwd_dx(dpre, dout, w, saved, a);
+  };
+  // Only GELU-tanh has a derivative epilogue without a bit mask (ReLU's DRELU would need the
+  // mask of RELU_AUX); bf16 only, as in the forward.
+  if (a != Activation::GELU_Tanh || dpre.dtype() != DType::BF16) return compose();
+  cuda::expect_float(saved, "linear_act_bwd_dx saved");
+  OFT_ASSERT(dpre.ndim() == 2 && saved.shape() == dpre.shape() && saved.dtype() == dpre.dtype(),
+             "linear_act_bwd_dx: saved ", shape_str(saved.shape()), " ",
+             dtype_name(saved.dtype()), " for dpre ", shape_str(dpre.shape()), " ",
+             dtype_name(dpre.dtype()));
+  OFT_ASSERT(dpre.raw() != saved.raw(), "linear_act_bwd_dx: dpre must not alias saved");
+  OFT_ASSERT(dout.dtype() == dpre.dtype(), "linear_act_bwd_dx: dout is ",
+             dtype_name(dout.dtype()), " but dpre is ", dtype_name(dpre.dtype()));
+  const int64_t F = dpre.dim(1);
+  if (!cuda::aligned16(saved.raw()) || F % 8 != 0) return compose();
+  if (!matmul_impl(*this, dpre, dout, false, w, false, 1.0, 0.0,
+                   EpiArgs{Epi::DGelu, nullptr, &saved}))
+    return compose();
+  ++g_fused;
 }
 
 }  // namespace oft::ops
