@@ -157,7 +157,7 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
   if (B == B_ && T == T_) return;
   B_ = B;
   T_ = T;
-  const int64_t N = B * T, C = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size, L = cfg_.n_layer;
+  const int64_t N = B * T, C = cfg_.d_model, F = cfg_.d_ff, L = cfg_.n_layer;
   auto mk = [&](const Shape& s) { return Tensor::empty(s, dtype_, device_); };
   resid_.assign(L + 1, Tensor());
   acts_.assign(L, BlockActs());
@@ -190,7 +190,8 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
   losses_ = Tensor::empty({N}, stat_dtype(dtype_), device_);
   for (Tensor* t : {&dresid_, &dnorm_, &dbranch_, &dtmp_}) *t = mk({N, C});
   dfc_ = mk({N, F});
-  dlogits_ = mk({N, vocab_padded_});
+  dlogits_ = Tensor();  // allocated by the first backward() that needs it
+  grad_in_logits_ = false;
 }
 
 void TransformerLM::set_head_weight(const Tensor& w) {
@@ -400,12 +401,14 @@ void TransformerLM::block_backward(size_t l) {
   }
 }
 
-double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask) {
+double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask,
+                              bool will_backward) {
   OFT_ASSERT(tokens.ndim() == 2 && tokens.dtype() == DType::I32, "tokens must be [B,T] i32");
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   OFT_CHECK(T <= cfg_.max_seq_len, "sequence length ", T, " exceeds model.max_seq_len=",
             cfg_.max_seq_len, ": lower data.seq_len or raise model.max_seq_len");
   allocate(B, T);
+  grad_in_logits_ = false;
   tokens_ = tokens;
   targets_ = targets;
   key_mask_ = key_mask;
@@ -476,7 +479,14 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   }
   if (!targets.defined()) return 0.0;
   Tensor losses = losses_.slice(0, M);
-  ops::on(logits).cross_entropy_fwd(losses, logits, head_targets_, cfg_.vocab_size);
+  if (will_backward && !mlm_ && !head_w_.defined()) {
+    // Training step of a causal LM: the losses and the unscaled gradient softmax - onehot in
+    // one pass, written over the logits (backward() applies the scale).
+    ops::on(logits).cross_entropy_fwd_grad(losses, logits, logits, head_targets_, cfg_.vocab_size);
+    grad_in_logits_ = true;
+  } else {
+    ops::on(logits).cross_entropy_fwd(losses, logits, head_targets_, cfg_.vocab_size);
+  }
   const std::vector<double> lv = losses.to_vector();
   double s = 0;
   for (double x : lv) s += x;
@@ -508,15 +518,26 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
       for (size_t l = blocks_.size(); l-- > 0;) grads_ready_(l);
     return;
   }
-  Tensor dlogits = dlogits_.slice(0, M);
-  be.cross_entropy_bwd(dlogits, logits_.slice(0, M), head_targets_, scale, cfg_.vocab_size);
+  // dlogits = d(scaled loss)/d logits = alpha * dl: the gradient forward() left in the logits
+  // with alpha = scale, or cross_entropy_bwd's scaled one with alpha = 1.
+  Tensor dl;
+  double alpha = 1.0;
+  if (grad_in_logits_) {
+    dl = logits_.slice(0, M);
+    alpha = scale;
+  } else {
+    ensure(dlogits_, logits_.shape(), logits_.dtype(), device_);
+    dl = dlogits_.slice(0, M);
+    be.cross_entropy_bwd(dl, logits_.slice(0, M), head_targets_, scale, cfg_.vocab_size);
+  }
   if (mlm_) {
+    OFT_ASSERT(!grad_in_logits_, "masked-LM head: forward() computes no fused gradient");
     // logits = LN(act(dense(h))) @ wte^T + bias, on the M head rows
     const bool gathered = head_index_.defined();
     Tensor dt = dtmp_.slice(0, M), db = dbranch_.slice(0, M);
-    ops::bias_grad(dmlm_bias_full_, dlogits);
-    ops::matmul(dhead_full_, dlogits, true, mlm_saved_.out, false, 1.0, 1.0);
-    ops::matmul(dt, dlogits, false, head_full_, false);
+    ops::bias_grad(dmlm_bias_full_, dl);
+    ops::matmul(dhead_full_, dl, true, mlm_saved_.out, false, 1.0, 1.0);
+    ops::matmul(dt, dl, false, head_full_, false);
     mlm_norm_.backward(db, dt, mlm_act_.slice(0, M), mlm_saved_, false);
     be.activation_bwd(db, db, mlm_pre_.slice(0, M), act_);
     if (gathered) {
@@ -528,13 +549,14 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
       mlm_dense_.backward(dnorm_, db, lnf_.out, false);
     }
   } else {
+    // logits = h @ wte^T (h = lnf, or project_out(lnf)): dwte += alpha dl^T h, dh = alpha dl wte
     if (proj_) {
-      ops::matmul(dhead_full_, dlogits_, true, head_src_, false, 1.0, 1.0);
-      ops::matmul(dproj_, dlogits_, false, head_full_, false);
+      ops::matmul(dhead_full_, dl, true, head_src_, false, alpha, 1.0);
+      ops::matmul(dproj_, dl, false, head_full_, false, alpha, 0.0);
       project_out_.backward(dnorm_, dproj_, lnf_.out, false);
     } else {
-      ops::matmul(dhead_full_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
-      ops::matmul(dnorm_, dlogits_, false, head_full_, false);
+      ops::matmul(dhead_full_, dl, true, lnf_.out, false, alpha, 1.0);
+      ops::matmul(dnorm_, dl, false, head_full_, false, alpha, 0.0);
     }
   }
   ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false);

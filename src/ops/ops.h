@@ -165,6 +165,14 @@ class Backend {
   // padding columns.
   virtual void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                                  double scale, int64_t vocab) = 0;
+  // Both at once for a training step, in one pass over the logits: losses[N] exactly as
+  // cross_entropy_fwd, and the UNSCALED gradient dlogits[N, :vocab] = softmax - onehot(target)
+  // (cross_entropy_bwd at scale 1: zero rows for target < 0, zero padding columns); the caller
+  // applies its scale where dlogits is consumed (the alpha of the matrix products). dlogits may
+  // alias logits (in place). A target >= vocab fails on the CPU; the CUDA backend, which cannot
+  // check it without a copy, writes a NaN loss and a NaN gradient row, as its forward does.
+  virtual void cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const Tensor& logits,
+                                      const Tensor& targets, int64_t vocab) = 0;
 
   // ---- optimizer ----
   virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,

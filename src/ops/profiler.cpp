@@ -163,6 +163,11 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "cross_entropy_bwd");
     inner_.cross_entropy_bwd(dlogits, logits, targets, scale, vocab);
   }
+  void cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const Tensor& logits,
+                              const Tensor& targets, int64_t vocab) override {
+    Scope scope_(this, "cross_entropy_fwd_grad");
+    inner_.cross_entropy_fwd_grad(losses, dlogits, logits, targets, vocab);
+  }
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& h) override {
     Scope scope_(this, "adamw");
     inner_.adamw(param, grad, m, v, h);

@@ -69,6 +69,8 @@ class CpuBackend final : public Backend {
                          int64_t vocab) override;
   void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                          double scale, int64_t vocab) override;
+  void cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const Tensor& logits,
+                              const Tensor& targets, int64_t vocab) override;
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWStep& h) override;

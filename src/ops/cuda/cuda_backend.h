@@ -81,6 +81,8 @@ class CudaBackend final : public Backend {
                          int64_t vocab) override;
   void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                          double scale, int64_t vocab) override;
+  void cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const Tensor& logits,
+                              const Tensor& targets, int64_t vocab) override;
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,  // multi_tensor.cu
              const AdamWStep& h) override;
