@@ -208,6 +208,28 @@ TEST(OpGrad, CrossEntropyFwdGradEqualsForwardAndBackward) {
   EXPECT_EQ(two.to_vector(), before);
 }
 
+// out = alpha a + beta b, also with out aliasing a or b; alpha = 1 equals copy + axpy exactly.
+TEST(OpGrad, AddScaled) {
+  Rng rng(10);
+  const Tensor a = randn({3, 7}, rng), b = randn({3, 7}, rng);
+  Tensor out = Tensor::zeros({3, 7}, DType::F64);
+  cpu().add_scaled(out, a, -0.6, b, 1.7);
+  const std::vector<double> va = a.to_vector(), vb = b.to_vector(), vo = out.to_vector();
+  for (size_t i = 0; i < vo.size(); ++i) EXPECT_NEAR(vo[i], -0.6 * va[i] + 1.7 * vb[i], 1e-15);
+  Tensor ia = a.clone(), ib = b.clone();
+  cpu().add_scaled(ia, ia, -0.6, b, 1.7);
+  cpu().add_scaled(ib, a, -0.6, ib, 1.7);
+  EXPECT_EQ(ia.to_vector(), vo);
+  EXPECT_EQ(ib.to_vector(), vo);
+  for (DType dt : {DType::F64, DType::F32}) {
+    const Tensor x = a.cast(dt), y = b.cast(dt);
+    Tensor want = x.clone(), got = Tensor::zeros({3, 7}, dt);
+    cpu().axpy(want, y, 0.3);
+    cpu().add_scaled(got, x, 1.0, y, 0.3);
+    EXPECT_EQ(got.to_vector(), want.to_vector()) << dtype_name(dt);
+  }
+}
+
 struct AttnCase {
   const char* name;
   ops::ProbFn prob;

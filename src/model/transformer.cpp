@@ -244,13 +244,16 @@ void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tens
 }
 
 const Tensor& TransformerLM::branch_grad(const Tensor& g, Tensor& dg, double constant,
-                                         const Tensor& d, const Tensor& branch_out) {
+                                         const Tensor& d, const Tensor& branch_out, BranchDx dx) {
   if (g.defined()) {
     const Tensor delta = Tensor::from_vector({1}, {ops::dot(d, branch_out)}, dg.dtype()).to(device_);
     ops::axpy(dg, delta, 1.0);
   }
-  dbranch_.copy_from(d);
   const double s = gain(g, constant);
+  // Gain 1 (the default blocks): the branch gradient is d itself, when nothing writes into d
+  // while the branch's backward reads it.
+  if (s == 1.0 && dx == BranchDx::Elsewhere) return d;
+  dbranch_.copy_from(d);
   if (s != 1.0) ops::scale(dbranch_, s);
   return dbranch_;
 }
@@ -262,9 +265,9 @@ void TransformerLM::block_forward(size_t l) {
   Tensor& out = resid_[l + 1];
   const int64_t L = static_cast<int64_t>(l);
   const double ga = gain(b.g_attn, attn_gain0()), gm = gain(b.g_mlp, mlp_gain0());
+  // dst = base + g * branch, in one pass
   auto residual = [&](Tensor& dst, const Tensor& base, const Tensor& branch, double g) {
-    dst.copy_from(base);
-    ops::axpy(dst, branch, g);
+    ops::add_scaled(dst, base, 1.0, branch, g);
   };
   switch (block_) {
     case BlockType::PreNorm:
@@ -322,9 +325,7 @@ void TransformerLM::block_forward(size_t l) {
       b.n2.forward(a.n2, a.s1);
       tap_norm(b.n2, Point::Norm2, L, a.n2);
       mlp_forward(b, a, a.mlp_out, a.n2.out);
-      out.copy_from(a.s1);
-      ops::scale(out, gain(b.g_skip, 1.0));
-      ops::axpy(out, a.mlp_out, gm);
+      ops::add_scaled(out, a.s1, gain(b.g_skip, 1.0), a.mlp_out, gm);  // a_FF h + b_FF M(N2(h))
       break;
     case BlockType::SkiplessParallel:
       b.n1.forward(a.n1, x);
@@ -332,51 +333,63 @@ void TransformerLM::block_forward(size_t l) {
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
       tap(Point::AttnOut, L, a.attn_out);
       mlp_forward(b, a, a.mlp_out, a.n1.out);
-      out.copy_from(a.attn_out);
-      ops::scale(out, ga);
-      ops::axpy(out, a.mlp_out, gm);
+      ops::add_scaled(out, a.attn_out, ga, a.mlp_out, gm);
       break;
   }
   tap(Point::LayerOut, L, out);
 }
 
 // On entry dresid_ holds d(block output); on exit d(block input).
+// The branch gradient dmlp(d) / dattn(d) (branch_grad) is d itself when the gain is 1, so it
+// must not be written while the branch's backward reads it. Per block type, d is:
+//   pre_norm, parallel, op, skipless_parallel: dresid_; skipless: dresid_ (MLP), dtmp_ (attention);
+//   post_norm: dtmp_ (MLP), dresid_ (attention).
+// Every MLP backward writes dfc_ and its input gradient dnorm_, every attention backward its own
+// scratch and dnorm_, and d is next written (n2 / n1 backward, axpy) only after that backward
+// is enqueued whole: safe, except post_norm's attention, whose input gradient accumulates into
+// dresid_ = d (the residual path x + A(x)); that one keeps the copy (BranchDx::IntoD).
 void TransformerLM::block_backward(size_t l) {
   Block& b = blocks_[l];
   BlockActs& a = acts_[l];
   const Tensor& x = resid_[l];
+  auto dmlp = [&](const Tensor& d) -> const Tensor& {
+    return branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), d, a.mlp_out, BranchDx::Elsewhere);
+  };
+  auto dattn = [&](const Tensor& d, BranchDx dx) -> const Tensor& {
+    return branch_grad(b.g_attn, b.dg_attn, attn_gain0(), d, a.attn_out, dx);
+  };
+  constexpr BranchDx kElsewhere = BranchDx::Elsewhere;
   switch (block_) {
     case BlockType::PreNorm:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out), a.n2.out);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n2.out);
       b.n2.backward(dresid_, dnorm_, a.s1, a.n2, true);
-      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
-                      a.n1.out, key_mask_, B_, T_, false);
+      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      false);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true);
       break;
     case BlockType::PostNorm:
       b.n2.backward(dtmp_, dresid_, a.s2, a.n2, false);  // d s2
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dtmp_, a.mlp_out), a.n1.out);
+      mlp_backward(b, a, dnorm_, dmlp(dtmp_), a.n1.out);
       ops::axpy(dnorm_, dtmp_, 1.0);                         // d h
       b.n1.backward(dresid_, dnorm_, a.s1, a.n1, false);    // d s1
-      b.attn.backward(a.attn, dresid_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out), x,
-                      key_mask_, B_, T_, true);
+      b.attn.backward(a.attn, dresid_, dattn(dresid_, BranchDx::IntoD), x, key_mask_, B_, T_,
+                      true);
       break;
     case BlockType::Parallel:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out), a.n1.out);
-      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
-                      a.n1.out, key_mask_, B_, T_, true);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n1.out);
+      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      true);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true);
       break;
     case BlockType::OP:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out), a.s1);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.s1);
       ops::axpy(dresid_, dnorm_, 1.0);  // d h
-      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
-                      a.n1.out, key_mask_, B_, T_, false);
+      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      false);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true);
       break;
     case BlockType::Skipless: {
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out),
-                   a.n2.out);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n2.out);
       // d h = a_FF d out + N2'(d M-input)
       if (b.g_skip.defined())
         ops::axpy(b.dg_skip, Tensor::from_vector({1}, {ops::dot(dresid_, a.s1)}, b.dg_skip.dtype()).to(device_), 1.0);
@@ -384,18 +397,15 @@ void TransformerLM::block_backward(size_t l) {
       ops::scale(dtmp_, gain(b.g_skip, 1.0));
       b.n2.backward(dtmp_, dnorm_, a.s1, a.n2, true);
       // h = b_SA attn_out, attn_out = SA(N1(x)); no skip connection.
-      b.attn.backward(a.attn, dnorm_,
-                      branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dtmp_, a.attn_out), a.n1.out,
-                      key_mask_, B_, T_, false);
+      b.attn.backward(a.attn, dnorm_, dattn(dtmp_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      false);
       b.n1.backward(dresid_, dnorm_, x, a.n1, false);
       break;
     }
     case BlockType::SkiplessParallel:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out),
-                   a.n1.out);
-      b.attn.backward(a.attn, dnorm_,
-                      branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
-                      a.n1.out, key_mask_, B_, T_, true);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n1.out);
+      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      true);
       b.n1.backward(dresid_, dnorm_, x, a.n1, false);
       break;
   }

@@ -117,9 +117,15 @@ class TransformerLM {
   bool skipless() const { return block_ == BlockType::Skipless || block_ == BlockType::SkiplessParallel; }
   void mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in);
   void mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tensor& dout, const Tensor& in);
-  // dbranch_ = gain * d, and the gain's gradient dot(d, branch_out) when trainable.
+  // Where the branch's backward writes its input gradient, relative to d: Elsewhere (d is only
+  // read until the branch's backward is done), or IntoD (it accumulates into d itself while it
+  // still reads the branch gradient: post_norm's attention).
+  enum class BranchDx { Elsewhere, IntoD };
+  // The gradient of the branch output, gain * d, and the gain's gradient dot(d, branch_out)
+  // when trainable. A gain of 1 returns d itself unless dx is IntoD; otherwise the scaled copy
+  // in dbranch_.
   const Tensor& branch_grad(const Tensor& g, Tensor& dg, double constant, const Tensor& d,
-                            const Tensor& branch_out);
+                            const Tensor& branch_out, BranchDx dx);
   void block_forward(size_t l);
   void tap(Point p, int64_t layer, Tensor& t) {
     if (hook_) hook_->on_activation(p, layer, t, B_, T_);

@@ -41,6 +41,11 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "add");
     inner_.add(out, a, b);
   }
+  void add_scaled(Tensor& out, const Tensor& a, double alpha, const Tensor& b,
+                  double beta) override {
+    Scope scope_(this, "add_scaled");
+    inner_.add_scaled(out, a, alpha, b, beta);
+  }
   void axpy(Tensor& y, const Tensor& x, double alpha) override {
     Scope scope_(this, "axpy");
     inner_.axpy(y, x, alpha);

@@ -1,5 +1,5 @@
-// GPU-vs-CPU checks of the dense CUDA ops: fill, add, axpy, scale, dot, convert, add_bias,
-// bias_grad, matmul, embedding_fwd/bwd, cross_entropy_fwd/bwd/fwd_grad, adamw. Every op runs on fresh
+// GPU-vs-CPU checks of the dense CUDA ops: fill, add, add_scaled, axpy, scale, dot, convert,
+// add_bias, bias_grad, matmul, embedding_fwd/bwd, cross_entropy_fwd/bwd/fwd_grad, adamw. Every op runs on fresh
 // random inputs in f32 and bf16 against the CPU backend on the same (bf16-rounded) values, over
 // shapes that are not multiples of the kernels' pack / tile sizes, with misaligned views (the
 // scalar fallbacks), the aliasing the CPU contract allows, and parameter gradients pre-filled
@@ -101,6 +101,34 @@ TEST(CudaDense, AddIncludingInPlace) {
         Tensor ib = gpu_copy(b, d, mis);
         gpu().add(ib, ga, ib);
         EXPECT_GPU_CLOSE(ib, ref, tol_for(d));
+      }
+}
+
+TEST(CudaDense, AddScaledIncludingInPlace) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : kDtypes)
+    for (int64_t n : {1, 7, 4099, (1 << 20) + 3})
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " n=" << n << " mis=" << mis);
+        const Tensor a = randn({n}), b = randn({n});
+        Tensor ref = Tensor::empty({n}, DType::F32);
+        cpu().add_scaled(ref, rounded(a, d), 0.8, rounded(b, d), -1.3);
+        const Tensor ga = gpu_copy(a, d, mis), gb = gpu_copy(b, d, false);
+        Tensor out = mis ? to_gpu_misaligned(randn({n}), d) : poisoned({n}, d);
+        gpu().add_scaled(out, ga, 0.8, gb, -1.3);
+        EXPECT_GPU_CLOSE(out, ref, tol_for(d));
+        // out aliasing a, then out aliasing b
+        Tensor ia = gpu_copy(a, d, mis);
+        gpu().add_scaled(ia, ia, 0.8, gb, -1.3);
+        EXPECT_GPU_CLOSE(ia, ref, tol_for(d));
+        Tensor ib = gpu_copy(b, d, mis);
+        gpu().add_scaled(ib, ga, 0.8, ib, -1.3);
+        EXPECT_GPU_CLOSE(ib, ref, tol_for(d));
+        // alpha = 1 (the residual sums) rounds exactly like a copy followed by axpy.
+        Tensor want = gpu_copy(a, d, mis), got = poisoned({n}, d);
+        gpu().axpy(want, gb, 0.7);
+        gpu().add_scaled(got, ga, 1.0, gb, 0.7);
+        EXPECT_EQ(got.to_vector(), want.to_vector());
       }
 }
 

@@ -25,6 +25,8 @@ class CudaBackend final : public Backend {
 
   void fill(Tensor& x, double value) override;
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;
+  void add_scaled(Tensor& out, const Tensor& a, double alpha, const Tensor& b,
+                  double beta) override;
   void axpy(Tensor& y, const Tensor& x, double alpha) override;
   void scale(Tensor& x, double s) override;
   double dot(const Tensor& a, const Tensor& b) override;
