@@ -182,11 +182,15 @@ TEST(OpGrad, CrossEntropyFwdGradEqualsForwardAndBackward) {
         double row_sum = 0;
         for (int64_t v = 0; v < ld; ++v) {
           const double x = g[size_t(n * ld + v)];
-          if (v >= V || tg.data<int32_t>()[n] < 0) EXPECT_EQ(x, 0.0) << "row " << n << " col " << v;
+          if (v >= V || tg.data<int32_t>()[n] < 0) {
+            EXPECT_EQ(x, 0.0) << "row " << n << " col " << v;
+          }
           if (v < V) row_sum += x;
         }
         EXPECT_NEAR(row_sum, 0.0, dt == DType::F64 ? 1e-14 : 1e-6) << "softmax - onehot sums to 0";
-        if (tg.data<int32_t>()[n] < 0) EXPECT_EQ(lv[size_t(n)], 0.0);
+        if (tg.data<int32_t>()[n] < 0) {
+          EXPECT_EQ(lv[size_t(n)], 0.0);
+        }
       }
     }
   // The unscaled gradient is d(sum of losses)/d logits (finite differences, f64, padded).

@@ -524,8 +524,11 @@ TEST(CudaDense, CrossEntropyOutOfRangeTargetGivesNan) {
     EXPECT_TRUE(std::isnan(fl[1])) << dtype_label(d);
     for (int64_t v = 0; v < V + 6; ++v) {
       const double x = g[size_t((V + 6) + v)];
-      if (v < V) EXPECT_TRUE(std::isnan(x)) << dtype_label(d) << " col " << v;
-      else EXPECT_EQ(x, 0.0) << dtype_label(d) << " padding col " << v;
+      if (v < V) {
+        EXPECT_TRUE(std::isnan(x)) << dtype_label(d) << " col " << v;
+      } else {
+        EXPECT_EQ(x, 0.0) << dtype_label(d) << " padding col " << v;
+      }
       EXPECT_TRUE(std::isfinite(g[size_t(v)]) && std::isfinite(g[size_t(2 * (V + 6) + v)]));
     }
   }
