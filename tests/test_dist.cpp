@@ -180,7 +180,8 @@ Outcome train_ranks(int W, bool zero1, int steps, int accum, const std::string& 
         Tensor tok, tg;
         make_batch(s * accum + m, B, T, mlm, tok, tg);
         const int64_t global = count_targets(tg);
-        const double l = model.forward(tok.slice(r0, r0 + rows), tg.slice(r0, r0 + rows));
+        const double l = model.forward(tok.slice(r0, r0 + rows), tg.slice(r0, r0 + rows),
+                                       Tensor(), /*will_backward=*/true);
         loss += global ? l * double(model.counted_targets()) / double(global) / accum : 0.0;
         if (dp && tokens) dp->add_batch_tokens(tok.data<int32_t>(), B * T);
         if (dp) dp->before_backward(m + 1 == accum);

@@ -1,5 +1,6 @@
 // Whole-model fp64 finite-difference gradient checks of TransformerLM: every parameter tensor,
-// for each block type, norm, activation, attention probability function and gate type.
+// for each block type, norm, activation, attention probability function and gate type; and the
+// training-step forward (will_backward) against the plain forward + backward.
 #include <gtest/gtest.h>
 
 #include "gradcheck.h"
@@ -75,38 +76,100 @@ TEST_P(ModelGrad, AllParameters) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    All, ModelGrad,
-    ::testing::Values(
-        ModelCase{"pre_layernorm_gelu", {}},
-        ModelCase{"pre_rmsnorm_relu_nobias", {"norm=rmsnorm", "activation=relu", "bias=false"}},
-        ModelCase{"pre_nonorm_gelu_erf", {"norm=none", "activation=gelu_erf", "final_norm=false"}},
-        ModelCase{"clipped", {"attn_softmax=clipped(-0.1:1.05)"}},
-        ModelCase{"clipped_alpha", {"alpha=0.5"}},
-        ModelCase{"softmax1", {"attn_softmax=softmax1"}},
-        ModelCase{"post_norm", {"block=post_norm", "final_norm=false"}},
-        ModelCase{"parallel", {"block=parallel"}},
-        ModelCase{"op_block", {"block=op", "qk_norm=true", "branch_gain=0.2"}},
-        ModelCase{"op_trainable_gains", {"block=op", "qk_norm=true", "gains_trainable=true"}},
-        ModelCase{"pre_trainable_gains", {"gains_trainable=true", "branch_gain=0.7"}},
-        ModelCase{"gate_unconditional", {"gate=unconditional_per_head"}},
-        ModelCase{"gate_conditional_per_head", {"gate=conditional_per_head"}},
-        ModelCase{"gate_per_token_linear", {"gate=conditional_per_token"}},
-        ModelCase{"gate_per_token_mlp", {"gate=conditional_per_token", "gate_mlp=true"}},
-        ModelCase{"gate_all_features", {"gate=conditional_per_token", "gate_all=true"}},
-        ModelCase{"gate_post_norm", {"block=post_norm", "gate=conditional_per_token", "gate_mlp=true"}},
-        ModelCase{"skipless", {"block=skipless", "gains_trainable=true"}},
-        ModelCase{"skipless_fixed_gains_rms", {"block=skipless", "norm=rmsnorm", "qk_norm=true"}},
-        ModelCase{"skipless_parallel_nonorm", {"block=skipless_parallel", "norm=none", "gains_trainable=true"}},
-        ModelCase{"opt_project_in_out", {"word_embed_proj_dim=6"}},
-        ModelCase{"opt350m_post_norm_project_in_out", {"word_embed_proj_dim=5", "block=post_norm",
-                                                        "final_norm=false", "activation=relu"}},
-        ModelCase{"bert_mlm", {"objective=mlm", "block=post_norm", "final_norm=false",
-                               "activation=gelu_erf", "type_vocab_size=2", "embed_norm=true"}},
-        ModelCase{"bert_mlm_gated_clipped", {"objective=mlm", "block=post_norm", "final_norm=false",
-                                             "embed_norm=true", "gate=conditional_per_token",
-                                             "attn_softmax=clipped(-0.1:1)"}}),
-    [](const auto& info) { return std::string(info.param.name); });
+const std::vector<ModelCase> kModelCases = {
+    ModelCase{"pre_layernorm_gelu", {}},
+    ModelCase{"pre_rmsnorm_relu_nobias", {"norm=rmsnorm", "activation=relu", "bias=false"}},
+    ModelCase{"pre_nonorm_gelu_erf", {"norm=none", "activation=gelu_erf", "final_norm=false"}},
+    ModelCase{"clipped", {"attn_softmax=clipped(-0.1:1.05)"}},
+    ModelCase{"clipped_alpha", {"alpha=0.5"}},
+    ModelCase{"softmax1", {"attn_softmax=softmax1"}},
+    ModelCase{"post_norm", {"block=post_norm", "final_norm=false"}},
+    ModelCase{"parallel", {"block=parallel"}},
+    ModelCase{"op_block", {"block=op", "qk_norm=true", "branch_gain=0.2"}},
+    ModelCase{"op_trainable_gains", {"block=op", "qk_norm=true", "gains_trainable=true"}},
+    ModelCase{"pre_trainable_gains", {"gains_trainable=true", "branch_gain=0.7"}},
+    ModelCase{"gate_unconditional", {"gate=unconditional_per_head"}},
+    ModelCase{"gate_conditional_per_head", {"gate=conditional_per_head"}},
+    ModelCase{"gate_per_token_linear", {"gate=conditional_per_token"}},
+    ModelCase{"gate_per_token_mlp", {"gate=conditional_per_token", "gate_mlp=true"}},
+    ModelCase{"gate_all_features", {"gate=conditional_per_token", "gate_all=true"}},
+    ModelCase{"gate_post_norm", {"block=post_norm", "gate=conditional_per_token", "gate_mlp=true"}},
+    ModelCase{"skipless", {"block=skipless", "gains_trainable=true"}},
+    ModelCase{"skipless_fixed_gains_rms", {"block=skipless", "norm=rmsnorm", "qk_norm=true"}},
+    ModelCase{"skipless_parallel_nonorm", {"block=skipless_parallel", "norm=none", "gains_trainable=true"}},
+    ModelCase{"opt_project_in_out", {"word_embed_proj_dim=6"}},
+    ModelCase{"opt350m_post_norm_project_in_out", {"word_embed_proj_dim=5", "block=post_norm",
+                                                    "final_norm=false", "activation=relu"}},
+    ModelCase{"bert_mlm", {"objective=mlm", "block=post_norm", "final_norm=false",
+                           "activation=gelu_erf", "type_vocab_size=2", "embed_norm=true"}},
+    ModelCase{"bert_mlm_gated_clipped", {"objective=mlm", "block=post_norm", "final_norm=false",
+                                         "embed_norm=true", "gate=conditional_per_token",
+                                         "attn_softmax=clipped(-0.1:1)"}},
+};
+
+INSTANTIATE_TEST_SUITE_P(All, ModelGrad, ::testing::ValuesIn(kModelCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// A training step's forward (will_backward: loss and unscaled logits gradient in one op, in
+// place; the scale applied in the output layer's matrix products) gives the same loss and
+// gradients as forward + backward with cross_entropy_bwd, for every block type and head
+// (the masked LM ignores the flag). A plain forward after it restores the plain backward.
+class FusedLossGrad : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(FusedLossGrad, SameLossAndGradientsAsSeparateOps) {
+  TransformerLM model(small_config(GetParam().overrides), DType::F64, Device::CPU, 5);
+  model.init_weights(43);
+  Rng rng(11);
+  for (Param& p : model.params().all())
+    if (!p.matrix) ops::axpy(p.value, randn(p.value.shape(), rng, 0.2), 1.0);
+  const int64_t B = 2, T = 5;
+  Tensor tok = Tensor::from_vector({B, T}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, DType::I32);
+  Tensor tgt = Tensor::from_vector({B, T}, {2, -1, 4, 5, -1, 7, 8, 9, 10, 0}, DType::I32);
+  Tensor mask;
+  if (model.config().objective == "mlm")
+    mask = Tensor::from_vector({B, T}, {1, 1, 1, 1, 1, 1, 1, 1, 0, 0}, DType::I32);
+  // loss_scale and a data-parallel style denominator, so the scale is not 1 / count.
+  auto step = [&](bool fused_first, bool will_backward, double& loss) {
+    model.params().zero_grad();
+    if (fused_first) model.forward(tok, tgt, mask, true);
+    loss = model.forward(tok, tgt, mask, will_backward);
+    model.backward(0.7, 13);
+    std::vector<std::vector<double>> g;
+    for (Param& p : model.params().all()) g.push_back(p.grad.to_vector());
+    return g;
+  };
+  double l_ref = 0, l_fused = 0, l_reset = 0;
+  const auto ref = step(false, false, l_ref);
+  const auto fused = step(false, true, l_fused);
+  const auto reset = step(true, false, l_reset);
+  EXPECT_NEAR(l_fused, l_ref, 1e-12 * std::abs(l_ref));
+  EXPECT_EQ(l_reset, l_ref);
+  // Per tensor, relative to its norm (floored at 1e-3 of the RMS tensor norm: some gradients
+  // are analytically zero and only rounding noise).
+  double sumsq = 0;
+  std::vector<double> norms;
+  for (const auto& g : ref) {
+    double s2 = 0;
+    for (double x : g) s2 += x * x;
+    norms.push_back(std::sqrt(s2));
+    sumsq += s2;
+  }
+  const double floor = 1e-3 * std::sqrt(sumsq / double(ref.size()));
+  ASSERT_GT(floor, 0.0);
+  for (size_t i = 0; i < ref.size(); ++i) {
+    double diff = 0, diff_reset = 0;
+    for (size_t k = 0; k < ref[i].size(); ++k) {
+      diff += (fused[i][k] - ref[i][k]) * (fused[i][k] - ref[i][k]);
+      diff_reset += (reset[i][k] - ref[i][k]) * (reset[i][k] - ref[i][k]);
+    }
+    const std::string& name = model.params().all()[i].name;
+    EXPECT_LE(std::sqrt(diff), 1e-12 * std::max(norms[i], floor)) << name;
+    EXPECT_EQ(diff_reset, 0.0) << name << " (plain forward after a fused one)";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, FusedLossGrad, ::testing::ValuesIn(kModelCases),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 // Invariants of REFERENCE.md §1-§3 on whole models.
 TEST(ModelInvariants, ConditionalGateWithZeroWeightsOutputsPiInit) {

@@ -238,6 +238,86 @@ TEST(OpGrad, CrossEntropyIgnoresPaddingColumns) {
   }
 }
 
+// The fused training-step op: losses and the unscaled gradient equal cross_entropy_fwd and
+// cross_entropy_bwd at scale 1 (same arithmetic: bit for bit), written to a separate buffer or
+// in place over the logits, with ignored rows (zero loss and gradient) and padding columns
+// >= vocab (ignored, zero gradient; filled with random values here, so a leak would show).
+TEST(OpGrad, CrossEntropyFwdGradEqualsForwardAndBackward) {
+  Rng rng(8);
+  const int64_t N = 6, V = 7;
+  const Tensor tg = Tensor::from_vector({N}, {3, -1, 0, 6, -1, 2}, DType::I32);
+  for (DType dt : {DType::F64, DType::F32})
+    for (int64_t ld : {V, V + 5}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " ld=" << ld);
+      const Tensor logits = randn({N, ld}, rng, 2.0).cast(dt);
+      Tensor want_l = Tensor::zeros({N}, dt), want_d = randn({N, ld}, rng).cast(dt);
+      cpu().cross_entropy_fwd(want_l, logits, tg, V);
+      cpu().cross_entropy_bwd(want_d, logits, tg, 1.0, V);
+      Tensor l = randn({N}, rng).cast(dt), d = randn({N, ld}, rng).cast(dt);
+      cpu().cross_entropy_fwd_grad(l, d, logits, tg, V);
+      EXPECT_EQ(l.to_vector(), want_l.to_vector());
+      EXPECT_EQ(d.to_vector(), want_d.to_vector());
+      Tensor inplace = logits.clone(), l2 = randn({N}, rng).cast(dt);
+      cpu().cross_entropy_fwd_grad(l2, inplace, inplace, tg, V);
+      EXPECT_EQ(l2.to_vector(), want_l.to_vector()) << "in place";
+      EXPECT_EQ(inplace.to_vector(), want_d.to_vector()) << "in place";
+      const std::vector<double> g = inplace.to_vector(), lv = l2.to_vector();
+      for (int64_t n = 0; n < N; ++n) {
+        double row_sum = 0;
+        for (int64_t v = 0; v < ld; ++v) {
+          const double x = g[size_t(n * ld + v)];
+          if (v >= V || tg.data<int32_t>()[n] < 0) {
+            EXPECT_EQ(x, 0.0) << "row " << n << " col " << v;
+          }
+          if (v < V) row_sum += x;
+        }
+        EXPECT_NEAR(row_sum, 0.0, dt == DType::F64 ? 1e-14 : 1e-6) << "softmax - onehot sums to 0";
+        if (tg.data<int32_t>()[n] < 0) {
+          EXPECT_EQ(lv[size_t(n)], 0.0);
+        }
+      }
+    }
+  // The unscaled gradient is d(sum of losses)/d logits (finite differences, f64, padded).
+  Tensor logits = randn({N, V + 2}, rng, 2.0), losses = Tensor::zeros({N}, DType::F64);
+  auto loss = [&] {
+    cpu().cross_entropy_fwd(losses, logits, tg, V);
+    double s = 0;
+    for (double v : losses.to_vector()) s += v;
+    return s;
+  };
+  Tensor d = Tensor::zeros({N, V + 2}, DType::F64);
+  cpu().cross_entropy_fwd_grad(losses, d, logits, tg, V);
+  expect_grad("dlogits", logits, d, loss);
+  // A target outside the vocabulary fails before anything is written.
+  const Tensor bad = Tensor::from_vector({2}, {1, int(V)}, DType::I32);
+  Tensor two = randn({2, V}, rng), l2 = Tensor::zeros({2}, DType::F64);
+  const std::vector<double> before = two.to_vector();
+  EXPECT_THROW(cpu().cross_entropy_fwd_grad(l2, two, two, bad, V), Error);
+  EXPECT_EQ(two.to_vector(), before);
+}
+
+// out = alpha a + beta b, also with out aliasing a or b; alpha = 1 equals copy + axpy exactly.
+TEST(OpGrad, AddScaled) {
+  Rng rng(10);
+  const Tensor a = randn({3, 7}, rng), b = randn({3, 7}, rng);
+  Tensor out = Tensor::zeros({3, 7}, DType::F64);
+  cpu().add_scaled(out, a, -0.6, b, 1.7);
+  const std::vector<double> va = a.to_vector(), vb = b.to_vector(), vo = out.to_vector();
+  for (size_t i = 0; i < vo.size(); ++i) EXPECT_NEAR(vo[i], -0.6 * va[i] + 1.7 * vb[i], 1e-15);
+  Tensor ia = a.clone(), ib = b.clone();
+  cpu().add_scaled(ia, ia, -0.6, b, 1.7);
+  cpu().add_scaled(ib, a, -0.6, ib, 1.7);
+  EXPECT_EQ(ia.to_vector(), vo);
+  EXPECT_EQ(ib.to_vector(), vo);
+  for (DType dt : {DType::F64, DType::F32}) {
+    const Tensor x = a.cast(dt), y = b.cast(dt);
+    Tensor want = x.clone(), got = Tensor::zeros({3, 7}, dt);
+    cpu().axpy(want, y, 0.3);
+    cpu().add_scaled(got, x, 1.0, y, 0.3);
+    EXPECT_EQ(got.to_vector(), want.to_vector()) << dtype_name(dt);
+  }
+}
+
 struct AttnCase {
   const char* name;
   ops::ProbFn prob;

@@ -157,7 +157,7 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
   if (B == B_ && T == T_) return;
   B_ = B;
   T_ = T;
-  const int64_t N = B * T, C = cfg_.d_model, F = cfg_.d_ff, V = cfg_.vocab_size, L = cfg_.n_layer;
+  const int64_t N = B * T, C = cfg_.d_model, F = cfg_.d_ff, L = cfg_.n_layer;
   auto mk = [&](const Shape& s) { return Tensor::empty(s, dtype_, device_); };
   resid_.assign(L + 1, Tensor());
   acts_.assign(L, BlockActs());
@@ -190,7 +190,8 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
   losses_ = Tensor::empty({N}, stat_dtype(dtype_), device_);
   for (Tensor* t : {&dresid_, &dnorm_, &dbranch_, &dtmp_}) *t = mk({N, C});
   dfc_ = mk({N, F});
-  dlogits_ = mk({N, vocab_padded_});
+  dlogits_ = Tensor();  // allocated by the first backward() that needs it
+  grad_in_logits_ = false;
 }
 
 void TransformerLM::set_head_weight(const Tensor& w) {
@@ -249,13 +250,16 @@ void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tens
 }
 
 const Tensor& TransformerLM::branch_grad(const Tensor& g, Tensor& dg, double constant,
-                                         const Tensor& d, const Tensor& branch_out) {
+                                         const Tensor& d, const Tensor& branch_out, BranchDx dx) {
   if (g.defined()) {
     const Tensor delta = Tensor::from_vector({1}, {ops::dot(d, branch_out)}, dg.dtype()).to(device_);
     ops::axpy(dg, delta, 1.0);
   }
-  dbranch_.copy_from(d);
   const double s = gain(g, constant);
+  // Gain 1 (the default blocks): the branch gradient is d itself, when nothing writes into d
+  // while the branch's backward reads it.
+  if (s == 1.0 && dx == BranchDx::Elsewhere) return d;
+  dbranch_.copy_from(d);
   if (s != 1.0) ops::scale(dbranch_, s);
   return dbranch_;
 }
@@ -267,9 +271,9 @@ void TransformerLM::block_forward(size_t l) {
   Tensor& out = resid_[l + 1];
   const int64_t L = static_cast<int64_t>(l);
   const double ga = gain(b.g_attn, attn_gain0()), gm = gain(b.g_mlp, mlp_gain0());
+  // dst = base + g * branch, in one pass
   auto residual = [&](Tensor& dst, const Tensor& base, const Tensor& branch, double g) {
-    dst.copy_from(base);
-    ops::axpy(dst, branch, g);
+    ops::add_scaled(dst, base, 1.0, branch, g);
   };
   switch (block_) {
     case BlockType::PreNorm:
@@ -327,9 +331,7 @@ void TransformerLM::block_forward(size_t l) {
       b.n2.forward(a.n2, a.s1);
       tap_norm(b.n2, Point::Norm2, L, a.n2);
       mlp_forward(b, a, a.mlp_out, a.n2.out);
-      out.copy_from(a.s1);
-      ops::scale(out, gain(b.g_skip, 1.0));
-      ops::axpy(out, a.mlp_out, gm);
+      ops::add_scaled(out, a.s1, gain(b.g_skip, 1.0), a.mlp_out, gm);  // a_FF h + b_FF M(N2(h))
       break;
     case BlockType::SkiplessParallel:
       b.n1.forward(a.n1, x);
@@ -337,51 +339,63 @@ void TransformerLM::block_forward(size_t l) {
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
       tap(Point::AttnOut, L, a.attn_out);
       mlp_forward(b, a, a.mlp_out, a.n1.out);
-      out.copy_from(a.attn_out);
-      ops::scale(out, ga);
-      ops::axpy(out, a.mlp_out, gm);
+      ops::add_scaled(out, a.attn_out, ga, a.mlp_out, gm);
       break;
   }
   tap(Point::LayerOut, L, out);
 }
 
 // On entry dresid_ holds d(block output); on exit d(block input).
+// The branch gradient dmlp(d) / dattn(d) (branch_grad) is d itself when the gain is 1, so it
+// must not be written while the branch's backward reads it. Per block type, d is:
+//   pre_norm, parallel, op, skipless_parallel: dresid_; skipless: dresid_ (MLP), dtmp_ (attention);
+//   post_norm: dtmp_ (MLP), dresid_ (attention).
+// Every MLP backward writes dfc_ and its input gradient dnorm_, every attention backward its own
+// scratch and dnorm_, and d is next written (n2 / n1 backward, axpy) only after that backward
+// is enqueued whole: safe, except post_norm's attention, whose input gradient accumulates into
+// dresid_ = d (the residual path x + A(x)); that one keeps the copy (BranchDx::IntoD).
 void TransformerLM::block_backward(size_t l) {
   Block& b = blocks_[l];
   BlockActs& a = acts_[l];
   const Tensor& x = resid_[l];
+  auto dmlp = [&](const Tensor& d) -> const Tensor& {
+    return branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), d, a.mlp_out, BranchDx::Elsewhere);
+  };
+  auto dattn = [&](const Tensor& d, BranchDx dx) -> const Tensor& {
+    return branch_grad(b.g_attn, b.dg_attn, attn_gain0(), d, a.attn_out, dx);
+  };
+  constexpr BranchDx kElsewhere = BranchDx::Elsewhere;
   switch (block_) {
     case BlockType::PreNorm:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out), a.n2.out);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n2.out);
       b.n2.backward(dresid_, dnorm_, a.s1, a.n2, true);
-      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
-                      a.n1.out, key_mask_, B_, T_, false);
+      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      false);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true);
       break;
     case BlockType::PostNorm:
       b.n2.backward(dtmp_, dresid_, a.s2, a.n2, false);  // d s2
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dtmp_, a.mlp_out), a.n1.out);
+      mlp_backward(b, a, dnorm_, dmlp(dtmp_), a.n1.out);
       ops::axpy(dnorm_, dtmp_, 1.0);                         // d h
       b.n1.backward(dresid_, dnorm_, a.s1, a.n1, false);    // d s1
-      b.attn.backward(a.attn, dresid_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out), x,
-                      key_mask_, B_, T_, true);
+      b.attn.backward(a.attn, dresid_, dattn(dresid_, BranchDx::IntoD), x, key_mask_, B_, T_,
+                      true);
       break;
     case BlockType::Parallel:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out), a.n1.out);
-      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
-                      a.n1.out, key_mask_, B_, T_, true);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n1.out);
+      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      true);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true);
       break;
     case BlockType::OP:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out), a.s1);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.s1);
       ops::axpy(dresid_, dnorm_, 1.0);  // d h
-      b.attn.backward(a.attn, dnorm_, branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
-                      a.n1.out, key_mask_, B_, T_, false);
+      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      false);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true);
       break;
     case BlockType::Skipless: {
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out),
-                   a.n2.out);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n2.out);
       // d h = a_FF d out + N2'(d M-input)
       if (b.g_skip.defined())
         ops::axpy(b.dg_skip, Tensor::from_vector({1}, {ops::dot(dresid_, a.s1)}, b.dg_skip.dtype()).to(device_), 1.0);
@@ -389,29 +403,28 @@ void TransformerLM::block_backward(size_t l) {
       ops::scale(dtmp_, gain(b.g_skip, 1.0));
       b.n2.backward(dtmp_, dnorm_, a.s1, a.n2, true);
       // h = b_SA attn_out, attn_out = SA(N1(x)); no skip connection.
-      b.attn.backward(a.attn, dnorm_,
-                      branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dtmp_, a.attn_out), a.n1.out,
-                      key_mask_, B_, T_, false);
+      b.attn.backward(a.attn, dnorm_, dattn(dtmp_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      false);
       b.n1.backward(dresid_, dnorm_, x, a.n1, false);
       break;
     }
     case BlockType::SkiplessParallel:
-      mlp_backward(b, a, dnorm_, branch_grad(b.g_mlp, b.dg_mlp, mlp_gain0(), dresid_, a.mlp_out),
-                   a.n1.out);
-      b.attn.backward(a.attn, dnorm_,
-                      branch_grad(b.g_attn, b.dg_attn, attn_gain0(), dresid_, a.attn_out),
-                      a.n1.out, key_mask_, B_, T_, true);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n1.out);
+      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
+                      true);
       b.n1.backward(dresid_, dnorm_, x, a.n1, false);
       break;
   }
 }
 
-double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask) {
+double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask,
+                              bool will_backward) {
   OFT_ASSERT(tokens.ndim() == 2 && tokens.dtype() == DType::I32, "tokens must be [B,T] i32");
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   OFT_CHECK(T <= cfg_.max_seq_len, "sequence length ", T, " exceeds model.max_seq_len=",
             cfg_.max_seq_len, ": lower data.seq_len or raise model.max_seq_len");
   allocate(B, T);
+  grad_in_logits_ = false;
   tokens_ = tokens;
   targets_ = targets;
   key_mask_ = key_mask;
@@ -481,7 +494,14 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   }
   if (!targets.defined()) return 0.0;
   Tensor losses = losses_.slice(0, M);
-  ops::on(logits).cross_entropy_fwd(losses, logits, head_targets_, cfg_.vocab_size);
+  if (will_backward && !mlm_ && !head_w_.defined()) {
+    // Training step of a causal LM: the losses and the unscaled gradient softmax - onehot in
+    // one pass, written over the logits (backward() applies the scale).
+    ops::on(logits).cross_entropy_fwd_grad(losses, logits, logits, head_targets_, cfg_.vocab_size);
+    grad_in_logits_ = true;
+  } else {
+    ops::on(logits).cross_entropy_fwd(losses, logits, head_targets_, cfg_.vocab_size);
+  }
   const std::vector<double> lv = losses.to_vector();
   double s = 0;
   for (double x : lv) s += x;
@@ -513,15 +533,26 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
       for (size_t l = blocks_.size(); l-- > 0;) grads_ready_(l);
     return;
   }
-  Tensor dlogits = dlogits_.slice(0, M);
-  be.cross_entropy_bwd(dlogits, logits_.slice(0, M), head_targets_, scale, cfg_.vocab_size);
+  // dlogits = d(scaled loss)/d logits = alpha * dl: the gradient forward() left in the logits
+  // with alpha = scale, or cross_entropy_bwd's scaled one with alpha = 1.
+  Tensor dl;
+  double alpha = 1.0;
+  if (grad_in_logits_) {
+    dl = logits_.slice(0, M);
+    alpha = scale;
+  } else {
+    ensure(dlogits_, logits_.shape(), logits_.dtype(), device_);
+    dl = dlogits_.slice(0, M);
+    be.cross_entropy_bwd(dl, logits_.slice(0, M), head_targets_, scale, cfg_.vocab_size);
+  }
   if (mlm_) {
+    OFT_ASSERT(!grad_in_logits_, "masked-LM head: forward() computes no fused gradient");
     // logits = LN(act(dense(h))) @ wte^T + bias, on the M head rows
     const bool gathered = head_index_.defined();
     Tensor dt = dtmp_.slice(0, M), db = dbranch_.slice(0, M);
-    ops::bias_grad(dmlm_bias_full_, dlogits);
-    ops::matmul(dhead_full_, dlogits, true, mlm_saved_.out, false, 1.0, 1.0);
-    ops::matmul(dt, dlogits, false, head_full_, false);
+    ops::bias_grad(dmlm_bias_full_, dl);
+    ops::matmul(dhead_full_, dl, true, mlm_saved_.out, false, 1.0, 1.0);
+    ops::matmul(dt, dl, false, head_full_, false);
     mlm_norm_.backward(db, dt, mlm_act_.slice(0, M), mlm_saved_, false);
     be.activation_bwd(db, db, mlm_pre_.slice(0, M), act_);
     if (gathered) {
@@ -533,13 +564,14 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
       mlm_dense_.backward(dnorm_, db, lnf_.out, false);
     }
   } else {
+    // logits = h @ wte^T (h = lnf, or project_out(lnf)): dwte += alpha dl^T h, dh = alpha dl wte
     if (proj_) {
-      ops::matmul(dhead_full_, dlogits_, true, head_src_, false, 1.0, 1.0);
-      ops::matmul(dproj_, dlogits_, false, head_full_, false);
+      ops::matmul(dhead_full_, dl, true, head_src_, false, alpha, 1.0);
+      ops::matmul(dproj_, dl, false, head_full_, false, alpha, 0.0);
       project_out_.backward(dnorm_, dproj_, lnf_.out, false);
     } else {
-      ops::matmul(dhead_full_, dlogits_, true, lnf_.out, false, 1.0, 1.0);
-      ops::matmul(dnorm_, dlogits_, false, head_full_, false);
+      ops::matmul(dhead_full_, dl, true, lnf_.out, false, alpha, 1.0);
+      ops::matmul(dnorm_, dl, false, head_full_, false, alpha, 0.0);
     }
   }
   ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false);

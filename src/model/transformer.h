@@ -48,7 +48,15 @@ class TransformerLM {
   // tokens, targets: [B, T] i32 on the model's device (targets < 0 are ignored); key_mask:
   // optional [B, T] i32, 0 = padding (masked-LM line-by-line batches).
   // Returns the mean cross-entropy over the counted targets.
-  double forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask = Tensor());
+  // will_backward: a training step's forward, followed by backward(). A causal LM then computes
+  // the losses and their unscaled gradient softmax - onehot in one pass over the logits, in
+  // place (ops cross_entropy_fwd_grad), and backward() applies its scale in the output layer's
+  // matrix products instead of running the cross-entropy backward: one read of the [N, Vp]
+  // logits less per step, and no separate logits-gradient buffer. logits() then holds that
+  // gradient, not the logits. A masked LM ignores will_backward (its head runs on the masked
+  // rows and keeps cross_entropy_fwd / cross_entropy_bwd).
+  double forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask = Tensor(),
+                 bool will_backward = false);
   // Accumulates d(loss_scale * mean loss)/d(params) into the gradients. Follows forward().
   // The mean is over counted_targets(), or over `total_targets` when positive (data-parallel
   // ranks divide their share of the loss by the targets of the whole global batch).
@@ -73,7 +81,8 @@ class TransformerLM {
   static bool in_block(const std::string& param_name, size_t layer);
   // Logits [B*T, Vp] of the last forward (Vp = V on the CPU; on the GPU columns >= V are the
   // aligned padding of the output layer and hold 0).
-  // (A masked LM in training keeps only the masked positions' rows, in position order.)
+  // (A masked LM in training keeps only the masked positions' rows, in position order; after a
+  // causal LM's forward with will_backward the rows hold the unscaled loss gradient instead.)
   Tensor logits() const { return logits_.slice(0, head_rows_); }
   int64_t counted_targets() const { return n_targets_; }
   // Installs an observer of the forward pass (hooks.h); nullptr removes it.
@@ -110,9 +119,15 @@ class TransformerLM {
   bool skipless() const { return block_ == BlockType::Skipless || block_ == BlockType::SkiplessParallel; }
   void mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in);
   void mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tensor& dout, const Tensor& in);
-  // dbranch_ = gain * d, and the gain's gradient dot(d, branch_out) when trainable.
+  // Where the branch's backward writes its input gradient, relative to d: Elsewhere (d is only
+  // read until the branch's backward is done), or IntoD (it accumulates into d itself while it
+  // still reads the branch gradient: post_norm's attention).
+  enum class BranchDx { Elsewhere, IntoD };
+  // The gradient of the branch output, gain * d, and the gain's gradient dot(d, branch_out)
+  // when trainable. A gain of 1 returns d itself unless dx is IntoD; otherwise the scaled copy
+  // in dbranch_.
   const Tensor& branch_grad(const Tensor& g, Tensor& dg, double constant, const Tensor& d,
-                            const Tensor& branch_out);
+                            const Tensor& branch_out, BranchDx dx);
   void block_forward(size_t l);
   void tap(Point p, int64_t layer, Tensor& t) {
     if (hook_) hook_->on_activation(p, layer, t, B_, T_);
@@ -167,7 +182,11 @@ class TransformerLM {
   int64_t head_rows_ = 0;
   Tensor head_index_, head_targets_, head_in_, dhead_in_;
   Tensor logits_, losses_;
-  // Backward scratch.
+  // True after a forward(..., will_backward = true) that left the unscaled loss gradient in
+  // logits_ (rows [0, head_rows_)); any later forward resets it.
+  bool grad_in_logits_ = false;
+  // Backward scratch. dlogits_ [N, Vp] is allocated on the first backward that needs it (one
+  // after a forward without will_backward, or a masked LM's).
   Tensor dresid_, dnorm_, dbranch_, dtmp_, dfc_, dlogits_, dproj_;  // dproj_ [N, P]
 };
 

@@ -73,6 +73,10 @@ class Backend {
   // ---- elementwise ----
   virtual void fill(Tensor& x, double value) = 0;
   virtual void add(Tensor& out, const Tensor& a, const Tensor& b) = 0;       // out = a + b
+  // out = alpha * a + beta * b in one pass (out may alias a or b): residual sums with gains,
+  // instead of a copy followed by axpy.
+  virtual void add_scaled(Tensor& out, const Tensor& a, double alpha, const Tensor& b,
+                          double beta) = 0;
   virtual void axpy(Tensor& y, const Tensor& x, double alpha) = 0;          // y += alpha * x
   virtual void scale(Tensor& x, double s) = 0;                              // x *= s
   virtual double dot(const Tensor& a, const Tensor& b) = 0;                 // sum a*b (f64)
@@ -166,6 +170,14 @@ class Backend {
   // padding columns.
   virtual void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                                  double scale, int64_t vocab) = 0;
+  // Both at once for a training step, in one pass over the logits: losses[N] exactly as
+  // cross_entropy_fwd, and the UNSCALED gradient dlogits[N, :vocab] = softmax - onehot(target)
+  // (cross_entropy_bwd at scale 1: zero rows for target < 0, zero padding columns); the caller
+  // applies its scale where dlogits is consumed (the alpha of the matrix products). dlogits may
+  // alias logits (in place). A target >= vocab fails on the CPU; the CUDA backend, which cannot
+  // check it without a copy, writes a NaN loss and a NaN gradient row, as its forward does.
+  virtual void cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const Tensor& logits,
+                                      const Tensor& targets, int64_t vocab) = 0;
 
   // ---- optimizer ----
   virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
@@ -280,6 +292,9 @@ inline Backend& on(const Tensor& t) { return backend(t.device()); }
 
 inline void fill(Tensor& x, double v) { on(x).fill(x, v); }
 inline void add(Tensor& out, const Tensor& a, const Tensor& b) { on(out).add(out, a, b); }
+inline void add_scaled(Tensor& out, const Tensor& a, double alpha, const Tensor& b, double beta) {
+  on(out).add_scaled(out, a, alpha, b, beta);
+}
 inline void axpy(Tensor& y, const Tensor& x, double alpha) { on(y).axpy(y, x, alpha); }
 inline void scale(Tensor& x, double s) { on(x).scale(x, s); }
 inline void convert(Tensor& dst, const Tensor& src) { on(dst).convert(dst, src); }

@@ -41,6 +41,11 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "add");
     inner_.add(out, a, b);
   }
+  void add_scaled(Tensor& out, const Tensor& a, double alpha, const Tensor& b,
+                  double beta) override {
+    Scope scope_(this, "add_scaled");
+    inner_.add_scaled(out, a, alpha, b, beta);
+  }
   void axpy(Tensor& y, const Tensor& x, double alpha) override {
     Scope scope_(this, "axpy");
     inner_.axpy(y, x, alpha);
@@ -162,6 +167,11 @@ class ProfilingBackend final : public Backend {
                          double scale, int64_t vocab) override {
     Scope scope_(this, "cross_entropy_bwd");
     inner_.cross_entropy_bwd(dlogits, logits, targets, scale, vocab);
+  }
+  void cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const Tensor& logits,
+                              const Tensor& targets, int64_t vocab) override {
+    Scope scope_(this, "cross_entropy_fwd_grad");
+    inner_.cross_entropy_fwd_grad(losses, dlogits, logits, targets, vocab);
   }
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& h) override {
     Scope scope_(this, "adamw");

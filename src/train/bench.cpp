@@ -115,7 +115,8 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     double loss = 0;
     for (int64_t m = 0; m < tc.grad_accum; ++m) {
       const size_t k = static_cast<size_t>(step_no * tc.grad_accum + m) % inputs.size();
-      loss += model.forward(inputs[k], targets[k], Tensor()) / double(tc.grad_accum);
+      loss += model.forward(inputs[k], targets[k], Tensor(), /*will_backward=*/true) /
+              double(tc.grad_accum);
       if (dp) dp->add_batch_tokens(global_inputs[k].data<int32_t>(), global_inputs[k].numel());
       if (dp) dp->before_backward(m + 1 == tc.grad_accum);
       // Data-parallel: every rank's share is 1/W of the mean (equal target counts assumed).

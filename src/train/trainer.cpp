@@ -316,7 +316,8 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       const int32_t* pt = tg.data<int32_t>();
       for (int64_t i = 0; i < B * T; ++i) global_targets += pt[i] >= 0;
       const double l = model.forward(in.slice(row0, row1).to(device), tg.slice(row0, row1).to(device),
-                                     use_mask ? mask.slice(row0, row1).to(device) : Tensor());
+                                     use_mask ? mask.slice(row0, row1).to(device) : Tensor(),
+                                     /*will_backward=*/true);
       if (W == 1)  // one process: the same sum as always, bit for bit
         loss += l / double(tc.grad_accum);
       else if (global_targets > 0)

@@ -1,5 +1,5 @@
-// GPU-vs-CPU checks of the dense CUDA ops: fill, add, axpy, scale, dot, convert, add_bias,
-// bias_grad, matmul, embedding_fwd/bwd, cross_entropy_fwd/bwd, adamw. Every op runs on fresh
+// GPU-vs-CPU checks of the dense CUDA ops: fill, add, add_scaled, axpy, scale, dot, convert,
+// add_bias, bias_grad, matmul, embedding_fwd/bwd, cross_entropy_fwd/bwd/fwd_grad, adamw. Every op runs on fresh
 // random inputs in f32 and bf16 against the CPU backend on the same (bf16-rounded) values, over
 // shapes that are not multiples of the kernels' pack / tile sizes, with misaligned views (the
 // scalar fallbacks), the aliasing the CPU contract allows, and parameter gradients pre-filled
@@ -101,6 +101,34 @@ TEST(CudaDense, AddIncludingInPlace) {
         Tensor ib = gpu_copy(b, d, mis);
         gpu().add(ib, ga, ib);
         EXPECT_GPU_CLOSE(ib, ref, tol_for(d));
+      }
+}
+
+TEST(CudaDense, AddScaledIncludingInPlace) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : kDtypes)
+    for (int64_t n : {1, 7, 4099, (1 << 20) + 3})
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " n=" << n << " mis=" << mis);
+        const Tensor a = randn({n}), b = randn({n});
+        Tensor ref = Tensor::empty({n}, DType::F32);
+        cpu().add_scaled(ref, rounded(a, d), 0.8, rounded(b, d), -1.3);
+        const Tensor ga = gpu_copy(a, d, mis), gb = gpu_copy(b, d, false);
+        Tensor out = mis ? to_gpu_misaligned(randn({n}), d) : poisoned({n}, d);
+        gpu().add_scaled(out, ga, 0.8, gb, -1.3);
+        EXPECT_GPU_CLOSE(out, ref, tol_for(d));
+        // out aliasing a, then out aliasing b
+        Tensor ia = gpu_copy(a, d, mis);
+        gpu().add_scaled(ia, ia, 0.8, gb, -1.3);
+        EXPECT_GPU_CLOSE(ia, ref, tol_for(d));
+        Tensor ib = gpu_copy(b, d, mis);
+        gpu().add_scaled(ib, ga, 0.8, ib, -1.3);
+        EXPECT_GPU_CLOSE(ib, ref, tol_for(d));
+        // alpha = 1 (the residual sums) rounds exactly like a copy followed by axpy.
+        Tensor want = gpu_copy(a, d, mis), got = poisoned({n}, d);
+        gpu().axpy(want, gb, 0.7);
+        gpu().add_scaled(got, ga, 1.0, gb, 0.7);
+        EXPECT_EQ(got.to_vector(), want.to_vector());
       }
 }
 
@@ -423,6 +451,60 @@ TEST(CudaDense, CrossEntropyBackwardIncludingInPlace) {
       }
 }
 
+// The fused training-step op against the CPU backend, into a separate buffer and in place,
+// with ignored rows and (the model's layout) rows padded to an aligned width ld >= V whose
+// padding columns hold random values that must be ignored and get a zero gradient. Its losses
+// and gradient must also equal the GPU's cross_entropy_fwd and cross_entropy_bwd at scale 1
+// bit for bit (same statistics, same arithmetic).
+TEST(CudaDense, CrossEntropyFwdGradIncludingInPlaceAndPadding) {
+  OFT_REQUIRE_CUDA();
+  struct Padded {
+    int64_t N, V, ld;
+  };
+  std::vector<Padded> shapes = {{16, 50257, 50304}, {5, 30522, 30528}, {7, 301, 320}, {3, 7, 8}};
+  for (const CE& c : kCeShapes) shapes.push_back({c.N, c.V, c.V});
+  for (DType d : kDtypes)
+    for (const Padded& s : shapes)
+      for (bool mis : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_label(d) << " N=" << s.N << " V=" << s.V
+                                          << " ld=" << s.ld << " mis=" << mis);
+        const Tensor logits = rounded(randn({s.N, s.ld}, 3.0), d);
+        std::vector<double> t = ce_targets(s.N, s.V).to_vector();
+        if (s.N > 4) t[4] = -1;  // a second ignored row
+        if (s.N > 2) t[2] = double(s.V - 1);  // the last real column
+        const Tensor tg = Tensor::from_vector({s.N}, t, DType::I32), gtg = tg.to(Device::CUDA);
+        Tensor ref_l = Tensor::empty({s.N}, DType::F32), ref_d = Tensor::empty({s.N, s.ld}, DType::F32);
+        cpu().cross_entropy_fwd_grad(ref_l, ref_d, logits, tg, s.V);
+        // Separate output (with mis: logits misaligned, dlogits aligned -> different phase).
+        const Tensor glogits = gpu_copy(logits, d, mis);
+        Tensor losses = poisoned({s.N}, DType::F32), dl = poisoned({s.N, s.ld}, d);
+        gpu().cross_entropy_fwd_grad(losses, dl, glogits, gtg, s.V);
+        EXPECT_GPU_CLOSE(losses, ref_l, tol_for(d));
+        EXPECT_GPU_CLOSE(dl, ref_d, tol_for(d));
+        // The two-op path on the GPU gives the same bits.
+        Tensor l2 = poisoned({s.N}, DType::F32), d2 = poisoned({s.N, s.ld}, d);
+        gpu().cross_entropy_fwd(l2, glogits, gtg, s.V);
+        gpu().cross_entropy_bwd(d2, glogits, gtg, 1.0, s.V);
+        EXPECT_EQ(losses.to_vector(), l2.to_vector());
+        EXPECT_EQ(dl.to_vector(), d2.to_vector());
+        // In place: dlogits aliases logits.
+        Tensor inplace = gpu_copy(logits, d, mis);
+        Tensor li = poisoned({s.N}, DType::F32);
+        gpu().cross_entropy_fwd_grad(li, inplace, inplace, gtg, s.V);
+        EXPECT_EQ(li.to_vector(), losses.to_vector()) << "in place";
+        EXPECT_EQ(inplace.to_vector(), dl.to_vector()) << "in place";
+        // Ignored rows: loss 0 and a zero row; padding columns: zero everywhere.
+        const std::vector<double> g = inplace.to_vector(), lv = li.to_vector();
+        for (int64_t n = 0; n < s.N; ++n) {
+          if (t[size_t(n)] < 0) {
+            ASSERT_EQ(lv[size_t(n)], 0.0) << "ignored row " << n;
+            for (int64_t v = 0; v < s.V; ++v) ASSERT_EQ(g[size_t(n * s.ld + v)], 0.0) << "ignored row " << n;
+          }
+          for (int64_t v = s.V; v < s.ld; ++v) ASSERT_EQ(g[size_t(n * s.ld + v)], 0.0) << "padding, row " << n;
+        }
+      }
+}
+
 TEST(CudaDense, CrossEntropyOutOfRangeTargetGivesNan) {
   OFT_REQUIRE_CUDA();
   const int64_t N = 3, V = 10;
@@ -434,6 +516,21 @@ TEST(CudaDense, CrossEntropyOutOfRangeTargetGivesNan) {
     const std::vector<double> l = losses.to_vector();
     EXPECT_TRUE(std::isfinite(l[0]) && std::isfinite(l[2])) << dtype_label(d);
     EXPECT_TRUE(std::isnan(l[1])) << dtype_label(d);
+    // The fused op: NaN loss and NaN gradient row for the bad target (padding still 0), in place.
+    Tensor padded = to_gpu(randn({N, V + 6}), d), lf = poisoned({N}, DType::F32);
+    gpu().cross_entropy_fwd_grad(lf, padded, padded, tg.to(Device::CUDA), V);
+    const std::vector<double> fl = lf.to_vector(), g = padded.to_vector();
+    EXPECT_TRUE(std::isfinite(fl[0]) && std::isfinite(fl[2])) << dtype_label(d);
+    EXPECT_TRUE(std::isnan(fl[1])) << dtype_label(d);
+    for (int64_t v = 0; v < V + 6; ++v) {
+      const double x = g[size_t((V + 6) + v)];
+      if (v < V) {
+        EXPECT_TRUE(std::isnan(x)) << dtype_label(d) << " col " << v;
+      } else {
+        EXPECT_EQ(x, 0.0) << dtype_label(d) << " padding col " << v;
+      }
+      EXPECT_TRUE(std::isfinite(g[size_t(v)]) && std::isfinite(g[size_t(2 * (V + 6) + v)]));
+    }
   }
 }
 
@@ -570,6 +667,21 @@ TEST(CudaDenseBench, Timing) {
     gpu().cross_entropy_bwd(ce_logits, ce_logits, targets, 1e-30, ce_logits.dim(1));  // in place, stays finite
   });
   std::printf("[ timing ]   fwd + in-place bwd: %.3f ms\n", other);
+  // The model's layout: rows padded to 50304, fwd + in-place bwd vs the fused op (in place; its
+  // output is a gradient in [-1, 1], so repeating it on its own output stays finite).
+  ce_logits = Tensor();
+  dlogits = Tensor();
+  const int64_t Vp = 50304;
+  Tensor padded = gpu_random(N, Vp, bf, 3.0);
+  const double two_ops = time_ms([&] {
+    gpu().cross_entropy_fwd(losses, padded, targets, Vce);
+    gpu().cross_entropy_bwd(padded, padded, targets, 1e-30, Vce);
+  });
+  const double fused = time_ms([&] { gpu().cross_entropy_fwd_grad(losses, padded, padded, targets, Vce); });
+  std::printf("[ timing ] cross-entropy bf16 [%lld, %lld of %lld]: fwd + in-place bwd %.3f ms, "
+              "fwd_grad in place %.3f ms (%.0f GB/s incl. re-read)\n",
+              static_cast<long long>(N), static_cast<long long>(Vce), static_cast<long long>(Vp),
+              two_ops, fused, 3 * double(N) * double(Vp) * 2 / 1e9 / (fused * 1e-3));
   // Small ops at training sizes, for reference.
   Tensor db = Tensor::zeros({F}, DType::F32, Device::CUDA);
   const Tensor bias = to_gpu(randn({F}), bf);

@@ -1,7 +1,10 @@
 // Whole-model GPU-vs-CPU checks: for the tiny twin of every preset family (vanilla, clipped
 // softmax, gated attention, OP, parallel, skipless, BERT masked LM), the same initial weights
 // and batch give the same loss and parameter gradients on the CUDA backend as on the CPU
-// backend, in f32 (tight) and in bf16 (mixed precision: bf16 activations, f32 masters).
+// backend, in f32 (tight) and in bf16 (mixed precision: bf16 activations, f32 masters). The GPU
+// runs both the plain forward + backward and a training step's forward(..., will_backward)
+// (fused loss and logits gradient, scale applied in the output layer's matrix products); the
+// CPU reference is the plain one.
 //
 // Tolerances (relative L2 error over each gradient tensor, and over all of them together; a
 // tensor's error is taken relative to max(its norm, 1e-3 x the RMS tensor norm), because some
@@ -44,7 +47,7 @@ ModelConfig model_of(const std::string& spec) {
 }
 
 Pass run(const ModelConfig& mc, DType dt, Device dev, const Tensor& tok, const Tensor& tgt,
-         const Tensor& mask, int64_t T) {
+         const Tensor& mask, int64_t T, bool will_backward = false) {
   TransformerLM m(mc, dt, dev, T);
   m.init_weights(7);
   // Non-matrix parameters (gains, biases, gate biases) get the same deterministic perturbation
@@ -59,7 +62,8 @@ Pass run(const ModelConfig& mc, DType dt, Device dev, const Tensor& tok, const T
   m.params().sync_compute();
   m.params().zero_grad();
   Pass r;
-  r.loss = m.forward(tok.to(dev), tgt.to(dev), mask.defined() ? mask.to(dev) : Tensor());
+  r.loss = m.forward(tok.to(dev), tgt.to(dev), mask.defined() ? mask.to(dev) : Tensor(),
+                     will_backward);
   m.backward(1.0);
   for (Param& p : m.params().all()) r.grads.emplace_back(p.name, p.grad.to(Device::CPU).cast(DType::F32));
   return r;
@@ -86,38 +90,40 @@ TEST_P(CudaModel, LossAndGradientsMatchTheCpu) {
     }
   }
   const Pass ref = run(mc, DType::F32, Device::CPU, tok, tgt, mask, T);
-  for (DType dt : {DType::F32, DType::BF16}) {
-    const Pass got = run(mc, dt, Device::CUDA, tok, tgt, mask, T);
-    const bool bf = dt == DType::BF16;
-    EXPECT_NEAR(got.loss, ref.loss, (bf ? 1e-2 : 1e-5) * std::abs(ref.loss)) << dtype_label(dt);
-    double num = 0, den = 0, worst = 0, sumsq = 0;
-    std::string worst_name;
-    std::vector<double> norms;
-    for (const auto& [n, g] : ref.grads) {
-      const std::vector<double> r = g.to_vector();
-      double s = 0;
-      for (double x : r) s += x * x;
-      norms.push_back(std::sqrt(s));
-      sumsq += s;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (bool fused : {false, true}) {
+      SCOPED_TRACE(fused ? "forward(will_backward)" : "plain forward");
+      const Pass got = run(mc, dt, Device::CUDA, tok, tgt, mask, T, fused);
+      const bool bf = dt == DType::BF16;
+      EXPECT_NEAR(got.loss, ref.loss, (bf ? 1e-2 : 1e-5) * std::abs(ref.loss)) << dtype_label(dt);
+      double num = 0, den = 0, worst = 0, sumsq = 0;
+      std::string worst_name;
+      std::vector<double> norms;
+      for (const auto& [n, g] : ref.grads) {
+        const std::vector<double> r = g.to_vector();
+        double s = 0;
+        for (double x : r) s += x * x;
+        norms.push_back(std::sqrt(s));
+        sumsq += s;
+      }
+      const double floor = 1e-3 * std::sqrt(sumsq / double(norms.size()));
+      for (size_t i = 0; i < ref.grads.size(); ++i) {
+        const double rel = rel_err(got.grads[i].second, ref.grads[i].second);
+        const double diff = norms[i] > 0 ? rel * norms[i] : rel;  // ||got - ref||
+        const double e = diff / std::max(norms[i], floor);
+        const bool scalar_gain = ref.grads[i].second.numel() <= 16;  // scalar or per-head
+        EXPECT_LE(e, bf ? (scalar_gain ? 0.9 : 0.15) : 1e-3)
+            << dtype_label(dt) << " gradient of " << ref.grads[i].first;
+        if (e > worst) worst = e, worst_name = ref.grads[i].first;
+        const std::vector<double> g = got.grads[i].second.to_vector(), r = ref.grads[i].second.to_vector();
+        for (size_t k = 0; k < g.size(); ++k) num += (g[k] - r[k]) * (g[k] - r[k]), den += r[k] * r[k];
+      }
+      const double total = std::sqrt(num / den);
+      EXPECT_LE(total, bf ? 6e-2 : 1e-4) << dtype_label(dt);
+      std::printf("[model %s %s%s] loss gpu %.6f cpu %.6f | grads rel err all %.2e, worst %.2e (%s)\n",
+                  GetParam().c_str(), dtype_label(dt), fused ? " fused" : "", got.loss, ref.loss,
+                  total, worst, worst_name.c_str());
     }
-    const double floor = 1e-3 * std::sqrt(sumsq / double(norms.size()));
-    for (size_t i = 0; i < ref.grads.size(); ++i) {
-      const double rel = rel_err(got.grads[i].second, ref.grads[i].second);
-      const double diff = norms[i] > 0 ? rel * norms[i] : rel;  // ||got - ref||
-      const double e = diff / std::max(norms[i], floor);
-      const bool scalar_gain = ref.grads[i].second.numel() <= 16;  // scalar or per-head
-      EXPECT_LE(e, bf ? (scalar_gain ? 0.9 : 0.15) : 1e-3)
-          << dtype_label(dt) << " gradient of " << ref.grads[i].first;
-      if (e > worst) worst = e, worst_name = ref.grads[i].first;
-      const std::vector<double> g = got.grads[i].second.to_vector(), r = ref.grads[i].second.to_vector();
-      for (size_t k = 0; k < g.size(); ++k) num += (g[k] - r[k]) * (g[k] - r[k]), den += r[k] * r[k];
-    }
-    const double total = std::sqrt(num / den);
-    EXPECT_LE(total, bf ? 6e-2 : 1e-4) << dtype_label(dt);
-    std::printf("[model %s %s] loss gpu %.6f cpu %.6f | grads rel err all %.2e, worst %.2e (%s)\n",
-                GetParam().c_str(), dtype_label(dt), got.loss, ref.loss, total, worst,
-                worst_name.c_str());
-  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -13,6 +13,8 @@ class CpuBackend final : public Backend {
 
   void fill(Tensor& x, double value) override;
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;
+  void add_scaled(Tensor& out, const Tensor& a, double alpha, const Tensor& b,
+                  double beta) override;
   void axpy(Tensor& y, const Tensor& x, double alpha) override;
   void scale(Tensor& x, double s) override;
   double dot(const Tensor& a, const Tensor& b) override;
@@ -69,6 +71,8 @@ class CpuBackend final : public Backend {
                          int64_t vocab) override;
   void cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                          double scale, int64_t vocab) override;
+  void cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const Tensor& logits,
+                              const Tensor& targets, int64_t vocab) override;
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWStep& h) override;

@@ -379,4 +379,47 @@ void CpuBackend::cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const 
   });
 }
 
+// The two above in one pass, with the same arithmetic (losses and gradient equal those of
+// cross_entropy_fwd and cross_entropy_bwd at scale 1 bit for bit). The target's logit is read
+// before the row is overwritten, so dlogits may alias logits.
+void CpuBackend::cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const Tensor& logits,
+                                        const Tensor& targets, int64_t vocab) {
+  const int64_t N = logits.dim(0), ld = logits.dim(1), V = vocab;
+  OFT_ASSERT(V >= 1 && V <= ld, "cross_entropy_fwd_grad: vocab ", V, " outside [1, ", ld, "]");
+  expect_same(dlogits, logits, "cross_entropy_fwd_grad");
+  OFT_ASSERT(losses.numel() == N && targets.numel() == N, "cross_entropy_fwd_grad: ",
+             losses.numel(), " losses and ", targets.numel(), " targets for ", N, " rows");
+  const int32_t* tg = targets.data<int32_t>();
+  for (int64_t n = 0; n < N; ++n)  // checked before anything is written (no throw in the loop)
+    OFT_ASSERT(tg[n] < V, "target ", tg[n], " outside the vocabulary of ", V);
+  dispatch_float(logits, [&]<class T>() {
+    const T* pl = logits.data<T>();
+    T* pd = dlogits.data<T>();
+    T* po = losses.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      T* drow = pd + n * ld;
+      for (int64_t v = V; v < ld; ++v) drow[v] = 0;
+      if (tg[n] < 0) {
+        po[n] = 0;
+        for (int64_t v = 0; v < V; ++v) drow[v] = 0;
+        continue;
+      }
+      const T* row = pl + n * ld;
+      const T x_target = row[tg[n]];
+      T mx = row[0];
+      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
+      double s = 0;
+      for (int64_t v = 0; v < V; ++v) {
+        drow[v] = std::exp(row[v] - mx);
+        s += drow[v];
+      }
+      po[n] = T(double(mx) + std::log(s) - double(x_target));
+      const T k = T(1.0 / s);
+      for (int64_t v = 0; v < V; ++v) drow[v] *= k;
+      drow[tg[n]] -= T(1);
+    }
+  });
+}
+
 }  // namespace oft::ops

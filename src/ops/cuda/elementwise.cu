@@ -1,5 +1,5 @@
-// Elementwise and bias ops of the CUDA backend: fill, add, axpy, scale, dot, convert, add_bias,
-// bias_grad.
+// Elementwise and bias ops of the CUDA backend: fill, add, add_scaled, axpy, scale, dot,
+// convert, add_bias, bias_grad.
 //
 // Shape of the kernels: all of these are memory-bound, so each thread moves 16 bytes per load
 // (float4 / 8 x bf16) through grid-stride loops over "packs" of kVec elements, with a scalar
@@ -102,6 +102,27 @@ __global__ void add_kernel(T* out, const T* a, const T* b, int64_t n) {
   }
   for (int64_t i = npack * kN + tid; i < n; i += stride)
     out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+}
+
+// out = alpha * a + beta * b (out may alias a or b, as in add). Written as fma(beta, b, alpha * a)
+// so that alpha = 1 rounds exactly like copying a and then axpy(out, b, beta).
+template <class T, int kN>
+__global__ void add_scaled_kernel(T* out, const T* a, const T* b, float alpha, float beta,
+                                  int64_t n) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t npack = n / kN;
+  for (int64_t i = tid; i < npack; i += stride) {
+    const Pack<T, kN> pa = reinterpret_cast<const Pack<T, kN>*>(a)[i];
+    const Pack<T, kN> pb = reinterpret_cast<const Pack<T, kN>*>(b)[i];
+    Pack<T, kN> po;
+#pragma unroll
+    for (int j = 0; j < kN; ++j)
+      po.v[j] = from_f32<T>(fmaf(beta, to_f32(pb.v[j]), alpha * to_f32(pa.v[j])));
+    reinterpret_cast<Pack<T, kN>*>(out)[i] = po;
+  }
+  for (int64_t i = npack * kN + tid; i < n; i += stride)
+    out[i] = from_f32<T>(fmaf(beta, to_f32(b[i]), alpha * to_f32(a[i])));
 }
 
 // y += alpha * x (y and x may have different dtypes; no aliasing between distinct tensors
@@ -364,6 +385,27 @@ void CudaBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
       add_kernel<T, kN><<<grid_for(n / kN + 1), kThreads, 0, cuda::stream()>>>(po, pa, pb, n);
     else
       add_kernel<T, 1><<<grid_for(n), kThreads, 0, cuda::stream()>>>(po, pa, pb, n);
+    OFT_CUDA_LAUNCH_CHECK();
+  });
+}
+
+void CudaBackend::add_scaled(Tensor& out, const Tensor& a, double alpha, const Tensor& b,
+                             double beta) {
+  expect_same_cuda(out, a, "add_scaled");
+  expect_same_cuda(out, b, "add_scaled");
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  OFT_DISPATCH_FLOAT(out.dtype(), "add_scaled", {
+    constexpr int kN = vec_of<T>();
+    T* po = ptr<T>(out);
+    const T *pa = ptr<T>(a), *pb = ptr<T>(b);
+    const float al = float(alpha), be = float(beta);
+    const bool vec = aligned(po, 16) && aligned(pa, 16) && aligned(pb, 16);
+    if (vec)
+      add_scaled_kernel<T, kN>
+          <<<grid_for(n / kN + 1), kThreads, 0, cuda::stream()>>>(po, pa, pb, al, be, n);
+    else
+      add_scaled_kernel<T, 1><<<grid_for(n), kThreads, 0, cuda::stream()>>>(po, pa, pb, al, be, n);
     OFT_CUDA_LAUNCH_CHECK();
   });
 }
