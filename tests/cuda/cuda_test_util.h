@@ -10,8 +10,12 @@
 // fails the comparison. The tests skip themselves on machines without a usable GPU (CI).
 #pragma once
 
+#include <cuda_runtime.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -21,6 +25,10 @@
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "ops/ops.h"
+
+namespace oft::cuda {
+cudaStream_t stream();  // the backend's stream (ops/cuda/cuda_common.cuh)
+}
 
 namespace oft::testing {
 
@@ -88,5 +96,39 @@ inline double rel_err(const Tensor& got, const Tensor& ref) {
   EXPECT_LE(::oft::testing::rel_err((got), (ref)), (tol)) << "relative L2 error of " #got
 
 inline const char* dtype_label(DType d) { return d == DType::BF16 ? "bf16" : "f32"; }
+
+// ---- timing helpers of the *Bench tests (they print, they do not assert speed) ----
+
+// Mean milliseconds of fn over `iters` runs after 3 warm-up runs, timed with CUDA events on the
+// backend's stream.
+inline double time_ms(const std::function<void()>& fn, int iters = 20) {
+  for (int i = 0; i < 3; ++i) fn();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  cudaEventRecord(start, cuda::stream());
+  for (int i = 0; i < iters; ++i) fn();
+  cudaEventRecord(stop, cuda::stream());
+  cudaEventSynchronize(stop);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return double(ms) / iters;
+}
+
+// A GPU tensor [rows, cols] of N(0, scale^2)-ish values: a random [min(rows, 64), cols] block
+// tiled over the rows (fast to make at benchmark sizes, and never all zeros).
+inline Tensor gpu_random(int64_t rows, int64_t cols, DType d, double scale) {
+  Tensor t = Tensor::empty({rows, cols}, d, Device::CUDA);
+  const int64_t block = std::min<int64_t>(rows, 64);
+  const Tensor src = to_gpu(randn({block, cols}, scale), d);
+  for (int64_t r = 0; r < rows; r += block) {
+    const int64_t e = std::min(rows, r + block);
+    Tensor dst = t.slice(r, e);
+    dst.copy_from(src.slice(0, e - r));
+  }
+  return t;
+}
 
 }  // namespace oft::testing

@@ -24,10 +24,6 @@
 
 #include "cuda/cuda_test_util.h"
 
-namespace oft::cuda {
-cudaStream_t stream();  // the backend's stream (ops/cuda/cuda_common.cuh)
-}
-
 namespace oft::testing {
 namespace {
 

@@ -19,10 +19,6 @@
 
 #include "cuda/cuda_test_util.h"
 
-namespace oft::cuda {
-cudaStream_t stream();  // the backend's stream (cuda_common.cuh)
-}
-
 namespace oft::testing {
 namespace {
 
@@ -572,36 +568,6 @@ TEST(CudaDense, AdamWSeveralStepsMatchCpu) {
 // ---------------------------------------------------------------- timing (prints only)
 
 // Milliseconds per call of f over `iters` calls after warm-up, by CUDA events on the stream.
-template <class F>
-double time_ms(F&& f, int iters = 20) {
-  for (int i = 0; i < 3; ++i) f();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a, cuda::stream());
-  for (int i = 0; i < iters; ++i) f();
-  cudaEventRecord(b, cuda::stream());
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return double(ms) / iters;
-}
-
-// A GPU tensor of N(0, scale^2)-ish values: a random [rows_src, cols] block tiled over the rows.
-Tensor gpu_random(int64_t rows, int64_t cols, DType d, double scale) {
-  Tensor t = Tensor::empty({rows, cols}, d, Device::CUDA);
-  const int64_t block = std::min<int64_t>(rows, 64);
-  const Tensor src = to_gpu(randn({block, cols}, scale), d);
-  for (int64_t r = 0; r < rows; r += block) {
-    const int64_t e = std::min(rows, r + block);
-    Tensor dst = t.slice(r, e);
-    dst.copy_from(src.slice(0, e - r));
-  }
-  return t;
-}
-
 TEST(CudaDenseBench, Timing) {
   OFT_REQUIRE_CUDA();
   const DType bf = DType::BF16;

@@ -17,10 +17,6 @@
 #include "cuda/cuda_test_util.h"
 #include "ops/cuda/cuda_backend.h"
 
-namespace oft::cuda {
-cudaStream_t stream();  // the backend's stream (cuda_common.cuh)
-}
-
 namespace oft::testing {
 namespace {
 
@@ -283,37 +279,6 @@ TEST(CudaLinear, ActEpilogueTakenWhereExpected) {
 }
 
 // ------------------------------------------------------------------ timing (prints only)
-
-// Mean milliseconds of fn over 20 runs after 3 warm-up runs (CUDA events on the op stream).
-double time_ms(const std::function<void()>& fn) {
-  for (int i = 0; i < 3; ++i) fn();
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  cudaEventRecord(start, cuda::stream());
-  const int iters = 20;
-  for (int i = 0; i < iters; ++i) fn();
-  cudaEventRecord(stop, cuda::stream());
-  cudaEventSynchronize(stop);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, start, stop);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return double(ms) / iters;
-}
-
-// A GPU tensor of N(0, scale^2)-ish values: a random [64, cols] block tiled over the rows.
-Tensor gpu_random(int64_t rows, int64_t cols, DType d, double scale) {
-  Tensor t = Tensor::empty({rows, cols}, d, Device::CUDA);
-  const int64_t block = std::min<int64_t>(rows, 64);
-  const Tensor src = to_gpu(randn({block, cols}, scale), d);
-  for (int64_t r = 0; r < rows; r += block) {
-    const int64_t e = std::min(rows, r + block);
-    Tensor dst = t.slice(r, e);
-    dst.copy_from(src.slice(0, e - r));
-  }
-  return t;
-}
 
 // GPT-2 124M's MLP at 16384 tokens, bf16: the fc layer with its activation, and fc_out's input
 // gradient with the activation's derivative, as separate ops (before) and fused (now).

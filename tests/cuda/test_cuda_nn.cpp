@@ -427,25 +427,6 @@ TEST(CudaNn, CopyColumns) {
 
 // ------------------------------------------------------------------ timing (prints only)
 
-// Mean milliseconds of fn over 20 runs after 3 warm-up runs, timed with CUDA events on the
-// backend's stream.
-double time_ms(const std::function<void()>& fn) {
-  for (int i = 0; i < 3; ++i) fn();
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  cudaEventRecord(start, cuda::stream());
-  const int iters = 20;
-  for (int i = 0; i < iters; ++i) fn();
-  cudaEventRecord(stop, cuda::stream());
-  cudaEventSynchronize(stop);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, start, stop);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms / iters;
-}
-
 void report(const char* what, double ms, double bytes) {
   std::printf("[ timing   ] %-28s %8.1f us  %7.0f GB/s\n", what, ms * 1e3,
               bytes / (ms * 1e-3) / 1e9);

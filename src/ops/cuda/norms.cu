@@ -141,6 +141,50 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+// Per-element pieces of the norm backward, shared by the block and the warp kernels.
+// Row sums: LN: s0 = sum g, s1 = sum g xhat; RMS: s0 = sum g x, s1 = sum x^2 (g = dy * w).
+template <bool LN>
+__device__ __forceinline__ void norm_bwd_sums(float& s0, float& s1, float g, float x, float mu,
+                                              float r) {
+  if (LN) {
+    const float xh = (x - mu) * r;
+    s0 += g;
+    s1 += g * xh;
+  } else {
+    s0 += g * x;
+    s1 += x * x;
+  }
+}
+// From the row sums: dx = r * g - c0 - c1 * (LN ? xhat : x).
+template <bool LN>
+__device__ __forceinline__ void norm_bwd_coeffs(float s0, float s1, float r, float inv_c,
+                                                float& c0, float& c1) {
+  if (LN) {
+    c0 = r * s0 * inv_c;
+    c1 = r * s1 * inv_c;
+  } else {
+    // d inv / d x_j = -inv^2 x_j / (C rms), rms recomputed from x like the CPU backend.
+    const float rms = sqrtf(s1 * inv_c);
+    c0 = 0.f;
+    c1 = rms > 0.f ? r * r * s0 * inv_c / rms : 0.f;
+  }
+}
+// One element: returns d x (without the accumulated old value) and adds to the parameter
+// gradient sums aw (dw) and ab (db, LN only).
+template <bool LN>
+__device__ __forceinline__ float norm_bwd_elem(float dy, float w, float x, float mu, float r,
+                                               float c0, float c1, float& aw, float& ab) {
+  const float g = dy * w;
+  if (LN) {
+    const float xh = (x - mu) * r;
+    aw += dy * xh;
+    ab += dy;
+    return r * g - c0 - c1 * xh;
+  }
+  aw += dy * x * r;
+  return r * g - c1 * x;
+}
+
 // Backward. dy, x, dx [N, C]; w [C]; LN: stat0 = mean, stat1 = rstd; RMS: stat1 = inv.
 // dx = (accumulate ? dx : 0) + d. Row blockIdx of part [blocks, C or 2C] (scratch, f32) receives
 // this block's sums over its rows of dy * xhat (LN) or dy * x * inv (RMS) in columns [0, C), and
@@ -178,29 +222,11 @@ __global__ void __launch_bounds__(1024)
         for (int i = 0; i < V; ++i) xv[k][i] = gv[k][i] = 0.f;
       }
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const float g = gv[k][i] * wr[k][i];
-        if (LN) {
-          const float xh = (xv[k][i] - mu) * r;
-          s[0] += g;
-          s[1] += g * xh;
-        } else {
-          s[0] += g * xv[k][i];
-          s[1] += xv[k][i] * xv[k][i];
-        }
-      }
+      for (int i = 0; i < V; ++i) norm_bwd_sums<LN>(s[0], s[1], gv[k][i] * wr[k][i], xv[k][i], mu, r);
     }
     block_sum<2>(s, red, parity);
-    float c0, c1;  // dx = r * g - c0 - c1 * (LN ? xhat : x)
-    if (LN) {
-      c0 = r * s[0] * inv_c;
-      c1 = r * s[1] * inv_c;
-    } else {
-      // d inv / d x_j = -inv^2 x_j / (C rms), rms recomputed from x like the CPU backend.
-      const float rms = sqrtf(s[1] * inv_c);
-      c0 = 0.f;
-      c1 = rms > 0.f ? r * r * s[0] * inv_c / rms : 0.f;
-    }
+    float c0, c1;
+    norm_bwd_coeffs<LN>(s[0], s[1], r, inv_c, c0, c1);
     T* dxr = dx + n * C;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
@@ -215,18 +241,9 @@ __global__ void __launch_bounds__(1024)
         }
         float o[V];
 #pragma unroll
-        for (int i = 0; i < V; ++i) {
-          const float g = gv[k][i] * wr[k][i];
-          if (LN) {
-            const float xh = (xv[k][i] - mu) * r;
-            o[i] = old[i] + (r * g - c0 - c1 * xh);
-            aw[k][i] += gv[k][i] * xh;
-            ab[k][i] += gv[k][i];
-          } else {
-            o[i] = old[i] + (r * g - c1 * xv[k][i]);
-            aw[k][i] += gv[k][i] * xv[k][i] * r;
-          }
-        }
+        for (int i = 0; i < V; ++i)
+          o[i] = old[i] + norm_bwd_elem<LN>(gv[k][i], wr[k][i], xv[k][i], mu, r, c0, c1, aw[k][i],
+                                            ab[k][i]);
         store_pack<T, V>(dxr + j * V, o);
       }
     }
@@ -366,29 +383,12 @@ __global__ void __launch_bounds__(kWarpRowThreads, K <= 2 ? 2 : 1)
         for (int i = 0; i < V; ++i) xv[k][i] = gv[k][i] = 0.f;
       }
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const float g = gv[k][i] * wr[k][i];
-        if (LN) {
-          const float xh = (xv[k][i] - mu) * r;
-          s0 += g;
-          s1 += g * xh;
-        } else {
-          s0 += g * xv[k][i];
-          s1 += xv[k][i] * xv[k][i];
-        }
-      }
+      for (int i = 0; i < V; ++i) norm_bwd_sums<LN>(s0, s1, gv[k][i] * wr[k][i], xv[k][i], mu, r);
     }
     s0 = warp_allsum(s0);
     s1 = warp_allsum(s1);
-    float c0, c1;  // dx = r * g - c0 - c1 * (LN ? xhat : x)
-    if (LN) {
-      c0 = r * s0 * inv_c;
-      c1 = r * s1 * inv_c;
-    } else {
-      const float rms = sqrtf(s1 * inv_c);
-      c0 = 0.f;
-      c1 = rms > 0.f ? r * r * s0 * inv_c / rms : 0.f;
-    }
+    float c0, c1;
+    norm_bwd_coeffs<LN>(s0, s1, r, inv_c, c0, c1);
     T* dxr = dx + n * C;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
@@ -403,18 +403,9 @@ __global__ void __launch_bounds__(kWarpRowThreads, K <= 2 ? 2 : 1)
         }
         float o[V];
 #pragma unroll
-        for (int i = 0; i < V; ++i) {
-          const float g = gv[k][i] * wr[k][i];
-          if (LN) {
-            const float xh = (xv[k][i] - mu) * r;
-            o[i] = old[i] + (r * g - c0 - c1 * xh);
-            aw[k][i] += gv[k][i] * xh;
-            ab[k][i] += gv[k][i];
-          } else {
-            o[i] = old[i] + (r * g - c1 * xv[k][i]);
-            aw[k][i] += gv[k][i] * xv[k][i] * r;
-          }
-        }
+        for (int i = 0; i < V; ++i)
+          o[i] = old[i] + norm_bwd_elem<LN>(gv[k][i], wr[k][i], xv[k][i], mu, r, c0, c1, aw[k][i],
+                                            ab[k][i]);
         store_pack<T, V>(dxr + j * V, o);
       }
     }
