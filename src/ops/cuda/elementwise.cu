@@ -86,26 +86,9 @@ __global__ void scale_kernel(T* __restrict__ x, float s, int64_t n) {
   for (int64_t i = npack * kN + tid; i < n; i += stride) x[i] = from_f32<T>(to_f32(x[i]) * s);
 }
 
-// out = a + b (out may alias a or b: every element is read before it is written, by one thread)
-template <class T, int kN>
-__global__ void add_kernel(T* out, const T* a, const T* b, int64_t n) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t npack = n / kN;
-  for (int64_t i = tid; i < npack; i += stride) {
-    const Pack<T, kN> pa = reinterpret_cast<const Pack<T, kN>*>(a)[i];
-    const Pack<T, kN> pb = reinterpret_cast<const Pack<T, kN>*>(b)[i];
-    Pack<T, kN> po;
-#pragma unroll
-    for (int j = 0; j < kN; ++j) po.v[j] = from_f32<T>(to_f32(pa.v[j]) + to_f32(pb.v[j]));
-    reinterpret_cast<Pack<T, kN>*>(out)[i] = po;
-  }
-  for (int64_t i = npack * kN + tid; i < n; i += stride)
-    out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
-}
-
-// out = alpha * a + beta * b (out may alias a or b, as in add). Written as fma(beta, b, alpha * a)
-// so that alpha = 1 rounds exactly like copying a and then axpy(out, b, beta).
+// out = alpha * a + beta * b (out may alias a or b: every element is read before it is written,
+// by one thread). Written as fma(beta, b, alpha * a), so that alpha = 1 rounds exactly like
+// copying a and then axpy(out, b, beta), and alpha = beta = 1 is exactly a + b (add).
 template <class T, int kN>
 __global__ void add_scaled_kernel(T* out, const T* a, const T* b, float alpha, float beta,
                                   int64_t n) {
@@ -372,21 +355,7 @@ void CudaBackend::fill(Tensor& x, double value) {
 }
 
 void CudaBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
-  expect_same_cuda(out, a, "add");
-  expect_same_cuda(out, b, "add");
-  const int64_t n = out.numel();
-  if (n == 0) return;
-  OFT_DISPATCH_FLOAT(out.dtype(), "add", {
-    constexpr int kN = vec_of<T>();
-    T* po = ptr<T>(out);
-    const T *pa = ptr<T>(a), *pb = ptr<T>(b);
-    const bool vec = aligned(po, 16) && aligned(pa, 16) && aligned(pb, 16);
-    if (vec)
-      add_kernel<T, kN><<<grid_for(n / kN + 1), kThreads, 0, cuda::stream()>>>(po, pa, pb, n);
-    else
-      add_kernel<T, 1><<<grid_for(n), kThreads, 0, cuda::stream()>>>(po, pa, pb, n);
-    OFT_CUDA_LAUNCH_CHECK();
-  });
+  add_scaled(out, a, 1.0, b, 1.0);
 }
 
 void CudaBackend::add_scaled(Tensor& out, const Tensor& a, double alpha, const Tensor& b,
