@@ -348,6 +348,32 @@ void CpuBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const T
   });
 }
 
+namespace {
+// One row of the cross-entropy gradient: drow[:V] = scale * (softmax(row[:V]) - onehot(tgt)),
+// drow[V:ld] = 0 (zero row for tgt < 0); returns the row's loss logsumexp(row) - row[tgt] (0
+// for tgt < 0). The target's logit is read before the row is written, so drow may be row.
+template <class T>
+T ce_row_grad(T* drow, const T* row, int64_t V, int64_t ld, int32_t tgt, double scale) {
+  for (int64_t v = V; v < ld; ++v) drow[v] = 0;
+  if (tgt < 0) {
+    for (int64_t v = 0; v < V; ++v) drow[v] = 0;
+    return 0;
+  }
+  const T x_target = row[tgt];
+  T mx = row[0];
+  for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
+  double s = 0;
+  for (int64_t v = 0; v < V; ++v) {
+    drow[v] = std::exp(row[v] - mx);
+    s += drow[v];
+  }
+  const T k = T(scale / s);
+  for (int64_t v = 0; v < V; ++v) drow[v] *= k;
+  drow[tgt] -= T(scale);
+  return T(double(mx) + std::log(s) - double(x_target));
+}
+}  // namespace
+
 void CpuBackend::cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                                    double scale, int64_t vocab) {
   const int64_t N = logits.dim(0), ld = logits.dim(1), V = vocab;
@@ -357,25 +383,7 @@ void CpuBackend::cross_entropy_bwd(Tensor& dlogits, const Tensor& logits, const 
     const T* pl = logits.data<T>();
     T* pd = dlogits.data<T>();
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      T* drow = pd + n * ld;
-      for (int64_t v = V; v < ld; ++v) drow[v] = 0;
-      if (tg[n] < 0) {
-        for (int64_t v = 0; v < V; ++v) drow[v] = 0;
-        continue;
-      }
-      const T* row = pl + n * ld;
-      T mx = row[0];
-      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
-      double s = 0;
-      for (int64_t v = 0; v < V; ++v) {
-        drow[v] = std::exp(row[v] - mx);
-        s += drow[v];
-      }
-      const T k = T(scale / s);
-      for (int64_t v = 0; v < V; ++v) drow[v] *= k;
-      drow[tg[n]] -= T(scale);
-    }
+    for (int64_t n = 0; n < N; ++n) ce_row_grad(pd + n * ld, pl + n * ld, V, ld, tg[n], scale);
   });
 }
 
@@ -397,28 +405,7 @@ void CpuBackend::cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const T
     T* pd = dlogits.data<T>();
     T* po = losses.data<T>();
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      T* drow = pd + n * ld;
-      for (int64_t v = V; v < ld; ++v) drow[v] = 0;
-      if (tg[n] < 0) {
-        po[n] = 0;
-        for (int64_t v = 0; v < V; ++v) drow[v] = 0;
-        continue;
-      }
-      const T* row = pl + n * ld;
-      const T x_target = row[tg[n]];
-      T mx = row[0];
-      for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
-      double s = 0;
-      for (int64_t v = 0; v < V; ++v) {
-        drow[v] = std::exp(row[v] - mx);
-        s += drow[v];
-      }
-      po[n] = T(double(mx) + std::log(s) - double(x_target));
-      const T k = T(1.0 / s);
-      for (int64_t v = 0; v < V; ++v) drow[v] *= k;
-      drow[tg[n]] -= T(1);
-    }
+    for (int64_t n = 0; n < N; ++n) po[n] = ce_row_grad(pd + n * ld, pl + n * ld, V, ld, tg[n], 1.0);
   });
 }
 

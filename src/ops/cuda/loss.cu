@@ -240,18 +240,24 @@ void check_ce_grad(const Tensor& dlogits, const Tensor& logits, const char* what
              " vs logits ", shape_str(logits.shape()), " ", dtype_name(logits.dtype()));
 }
 
+// The per-row losses of a forward: f32 [N]; a vocabulary of 1..ld columns (N > 0).
+void check_ce_losses(const Tensor& losses, const Tensor& logits, int64_t V, const char* what) {
+  cuda::expect_dtype(losses, DType::F32, what);
+  const int64_t N = logits.dim(0), ld = logits.dim(1);
+  OFT_ASSERT(V <= ld, what, ": vocab ", V, " exceeds the logits width ", ld);
+  OFT_ASSERT(losses.numel() == N, what, ": losses has ", losses.numel(), " elements for ", N,
+             " rows (per-row losses are f32)");
+  OFT_ASSERT(N == 0 || V > 0, what, ": empty vocabulary");
+}
+
 }  // namespace
 
 void CudaBackend::cross_entropy_fwd(Tensor& losses, const Tensor& logits, const Tensor& targets,
                                     int64_t vocab) {
   check_ce_args(logits, targets, "cross_entropy_fwd");
-  cuda::expect_dtype(losses, DType::F32, "cross_entropy_fwd losses (per-row losses are f32)");
+  check_ce_losses(losses, logits, vocab, "cross_entropy_fwd");
   const int64_t N = logits.dim(0), ld = logits.dim(1), V = vocab;
-  OFT_ASSERT(V <= ld, "cross_entropy_fwd: vocab ", V, " exceeds the logits width ", ld);
-  OFT_ASSERT(losses.numel() == N, "cross_entropy_fwd: losses has ", losses.numel(),
-             " elements for ", N, " rows");
   if (N == 0) return;
-  OFT_ASSERT(V > 0, "cross_entropy_fwd: empty vocabulary");
   OFT_DISPATCH_FLOAT(logits.dtype(), "cross_entropy_fwd", {
     constexpr int kV = static_cast<int>(16 / sizeof(T));
     cross_entropy_fwd_kernel<T, kV><<<static_cast<unsigned>(N), kCeThreads, 0, cuda::stream()>>>(
@@ -274,14 +280,9 @@ void CudaBackend::cross_entropy_fwd_grad(Tensor& losses, Tensor& dlogits, const 
                                          const Tensor& targets, int64_t vocab) {
   check_ce_args(logits, targets, "cross_entropy_fwd_grad");
   check_ce_grad(dlogits, logits, "cross_entropy_fwd_grad");
-  cuda::expect_dtype(losses, DType::F32, "cross_entropy_fwd_grad losses (per-row losses are f32)");
-  const int64_t N = logits.dim(0), ld = logits.dim(1), V = vocab;
-  OFT_ASSERT(V <= ld, "cross_entropy_fwd_grad: vocab ", V, " exceeds the logits width ", ld);
-  OFT_ASSERT(losses.numel() == N, "cross_entropy_fwd_grad: losses has ", losses.numel(),
-             " elements for ", N, " rows");
-  if (N == 0) return;
-  OFT_ASSERT(V > 0, "cross_entropy_fwd_grad: empty vocabulary");
-  launch_ce_bwd<true>(static_cast<float*>(losses.raw()), dlogits, logits, targets, V, 1.f,
+  check_ce_losses(losses, logits, vocab, "cross_entropy_fwd_grad");
+  if (logits.dim(0) == 0) return;
+  launch_ce_bwd<true>(static_cast<float*>(losses.raw()), dlogits, logits, targets, vocab, 1.f,
                       "cross_entropy_fwd_grad");
 }
 
