@@ -18,8 +18,6 @@ for v in $variants; do
   OFT_ATTN_TUNE=$v "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*' > "$OUT/attn_$v.log" 2>&1
   echo "tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/attn_$v.log" | tr '\n' ' ')"
   grep -E "attention bench" "$OUT/attn_$v.log"
-  if [[ -n "${TUNE_BENCH:-1}" ]]; then
-    OFT_ATTN_TUNE=$v "$BIN/oft" bench gpt2_124m --steps 10 --no-peak > "$OUT/bench_$v.log" 2>&1
-    grep -E "tokens/s" "$OUT/bench_$v.log"
-  fi
+  OFT_ATTN_TUNE=$v "$BIN/oft" bench gpt2_124m --steps 10 --no-peak > "$OUT/bench_$v.log" 2>&1
+  grep -E "tokens/s" "$OUT/bench_$v.log"
 done
