@@ -73,78 +73,6 @@ __device__ __forceinline__ void block_sum(float (&v)[NV], float* buf, int& parit
 
 // ------------------------------------------------------------------ LayerNorm / RMSNorm rows
 
-// Forward. x, y [N, C]; w, b [C] (b may be null; unused for RMS); LN: stat0 = mean, stat1 = rstd;
-// RMS: stat1 = inv = 1 / (rms + eps) (stat0 unused). Thread t owns packs t + k * blockDim.
-template <class T, int V, int K, bool LN>
-__global__ void __launch_bounds__(1024)
-    norm_fwd_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w, const T* b, int64_t N,
-                    int C, float eps) {
-  __shared__ float red[2 * 32];
-  int parity = 0;
-  const int nvec = C / V;
-  float wr[K][V], br[K][V];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int j = threadIdx.x + k * blockDim.x;
-#pragma unroll
-    for (int i = 0; i < V; ++i) wr[k][i] = br[k][i] = 0.f;
-    if (j < nvec) {
-      load_pack<T, V>(w + j * V, wr[k]);
-      if (b) load_pack<T, V>(b + j * V, br[k]);
-    }
-  }
-  const float inv_c = 1.f / static_cast<float>(C);
-  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    const T* xr = x + n * C;
-    float xv[K][V];
-    float s[1] = {0.f};
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = threadIdx.x + k * blockDim.x;
-      if (j < nvec) {
-        load_pack<T, V>(xr + j * V, xv[k]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) xv[k][i] = 0.f;
-      }
-#pragma unroll
-      for (int i = 0; i < V; ++i) s[0] += LN ? xv[k][i] : xv[k][i] * xv[k][i];
-    }
-    block_sum<1>(s, red, parity);
-    float mu = 0.f, r;
-    if (LN) {
-      mu = s[0] * inv_c;
-      float q[1] = {0.f};
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const int j = threadIdx.x + k * blockDim.x;
-        if (j < nvec)
-#pragma unroll
-          for (int i = 0; i < V; ++i) q[0] += (xv[k][i] - mu) * (xv[k][i] - mu);
-      }
-      block_sum<1>(q, red, parity);
-      r = rsqrtf(q[0] * inv_c + eps);  // biased variance
-    } else {
-      r = 1.f / (sqrtf(s[0] * inv_c) + eps);
-    }
-    if (threadIdx.x == 0) {
-      if (LN) stat0[n] = mu;
-      stat1[n] = r;
-    }
-    T* yr = y + n * C;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = threadIdx.x + k * blockDim.x;
-      if (j < nvec) {
-        float o[V];
-#pragma unroll
-        for (int i = 0; i < V; ++i) o[i] = (xv[k][i] - mu) * r * wr[k][i] + br[k][i];
-        store_pack<T, V>(yr + j * V, o);
-      }
-    }
-  }
-}
-
 // Per-element pieces of the norm backward, shared by the block and the warp kernels.
 // Row sums: LN: s0 = sum g, s1 = sum g xhat; RMS: s0 = sum g x, s1 = sum x^2 (g = dy * w).
 template <bool LN>
@@ -210,35 +138,170 @@ __device__ __forceinline__ void norm_bwd_store_pack(T* dx, bool accumulate, cons
   store_pack<T, V>(dx, o);
 }
 
-// Backward. dy, x, dx [N, C]; w [C]; LN: stat0 = mean, stat1 = rstd; RMS: stat1 = inv.
-// dx = (accumulate ? dx : 0) + d. Row blockIdx of part [blocks, C or 2C] (scratch, f32) receives
-// this block's sums over its rows of dy * xhat (LN) or dy * x * inv (RMS) in columns [0, C), and
-// of dy in columns [C, 2C) when with_db (LN with a bias).
-// dx may alias dy (each thread reads its columns of the row before writing them).
-template <class T, int V, int K, bool LN>
-__global__ void __launch_bounds__(1024)
-    norm_bwd_kernel(T* dx, float* part, bool with_db, const T* dy, const T* x, const T* w,
-                    const float* stat0, const float* stat1, int64_t N, int C, bool accumulate) {
-  __shared__ float red[2 * 2 * 32];
+// Who owns a row, and how its sums are reduced. BlockRows: a block owns whole rows (thread t
+// holds packs t + k * blockDim; sums are block reductions, one barrier each). WarpRows: one warp
+// owns a row (lane l holds packs l + 32 k; sums are warp shuffles, no barrier; eight rows per
+// block of kWarpRowThreads in flight). Rows are strided over the persistent grid either way.
+constexpr int kWarpRowThreads = 256;
+
+struct BlockRows {
+  float* red;  // shared [2 * 2 * 32] (block_sum's double buffer for up to two values)
   int parity = 0;
+  __device__ int first() const { return threadIdx.x; }
+  __device__ int step() const { return blockDim.x; }
+  __device__ int64_t row0() const { return blockIdx.x; }
+  __device__ int64_t row_step() const { return gridDim.x; }
+  __device__ bool leader() const { return threadIdx.x == 0; }
+  __device__ void sum(float& a) {
+    float v[1] = {a};
+    block_sum<1>(v, red, parity);
+    a = v[0];
+  }
+  __device__ void sum(float& a, float& b) {
+    float v[2] = {a, b};
+    block_sum<2>(v, red, parity);
+    a = v[0];
+    b = v[1];
+  }
+};
+
+__device__ __forceinline__ float warp_allsum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+struct WarpRows {
+  __device__ int first() const { return threadIdx.x & 31; }
+  __device__ int step() const { return 32; }
+  __device__ int64_t row0() const {
+    return int64_t(blockIdx.x) * (kWarpRowThreads / 32) + (threadIdx.x >> 5);
+  }
+  __device__ int64_t row_step() const { return int64_t(gridDim.x) * (kWarpRowThreads / 32); }
+  __device__ bool leader() const { return (threadIdx.x & 31) == 0; }
+  __device__ void sum(float& a) { a = warp_allsum(a); }
+  __device__ void sum(float& a, float& b) {
+    a = warp_allsum(a);
+    b = warp_allsum(b);
+  }
+};
+
+// Forward. x, y [N, C]; w, b [C] (b may be null; unused for RMS); LN: stat0 = mean, stat1 = rstd;
+// RMS: stat1 = inv = 1 / (rms + eps) (stat0 unused). The rows of `rows` (K packs of V per
+// thread).
+template <class T, int V, int K, bool LN, class Rows>
+__device__ __forceinline__ void norm_fwd_rows(Rows& rows, T* y, float* stat0, float* stat1,
+                                              const T* x, const T* w, const T* b, int64_t N, int C,
+                                              float eps) {
   const int nvec = C / V;
-  const float inv_c = 1.f / static_cast<float>(C);
-  float wr[K][V], aw[K][V], ab[K][V];
+  float wr[K][V], br[K][V];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    const int j = threadIdx.x + k * blockDim.x;
+    const int j = rows.first() + k * rows.step();
+#pragma unroll
+    for (int i = 0; i < V; ++i) wr[k][i] = br[k][i] = 0.f;
+    if (j < nvec) {
+      load_pack<T, V>(w + j * V, wr[k]);
+      if (b) load_pack<T, V>(b + j * V, br[k]);
+    }
+  }
+  const float inv_c = 1.f / static_cast<float>(C);
+  for (int64_t n = rows.row0(); n < N; n += rows.row_step()) {
+    const T* xr = x + n * C;
+    float xv[K][V];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = rows.first() + k * rows.step();
+      if (j < nvec) {
+        load_pack<T, V>(xr + j * V, xv[k]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) xv[k][i] = 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < V; ++i) s += LN ? xv[k][i] : xv[k][i] * xv[k][i];
+    }
+    rows.sum(s);
+    float mu = 0.f, r;
+    if (LN) {
+      mu = s * inv_c;
+      float q = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        if (rows.first() + k * rows.step() < nvec)
+#pragma unroll
+          for (int i = 0; i < V; ++i) q += (xv[k][i] - mu) * (xv[k][i] - mu);
+      rows.sum(q);
+      r = rsqrtf(q * inv_c + eps);  // biased variance
+    } else {
+      r = 1.f / (sqrtf(s * inv_c) + eps);
+    }
+    if (rows.leader()) {
+      if (LN) stat0[n] = mu;
+      stat1[n] = r;
+    }
+    T* yr = y + n * C;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = rows.first() + k * rows.step();
+      if (j < nvec) {
+        float o[V];
+#pragma unroll
+        for (int i = 0; i < V; ++i) o[i] = (xv[k][i] - mu) * r * wr[k][i] + br[k][i];
+        store_pack<T, V>(yr + j * V, o);
+      }
+    }
+  }
+}
+
+template <class T, int V, int K, bool LN>
+__global__ void __launch_bounds__(1024)
+    norm_fwd_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w, const T* b, int64_t N,
+                    int C, float eps) {
+  __shared__ float red[2 * 2 * 32];
+  BlockRows rows{red};
+  norm_fwd_rows<T, V, K, LN>(rows, y, stat0, stat1, x, w, b, N, C, eps);
+}
+
+// Narrow packed rows (C <= 32 * 4 packs: 1024 bf16 or 512 f32 columns): one warp per row. The
+// 96-thread blocks the general kernel uses for C = 768 spent most of their time waiting at the
+// barrier of each row.
+template <class T, int K, bool LN>
+__global__ void __launch_bounds__(kWarpRowThreads, 2)
+    norm_fwd_warp_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w, const T* b,
+                         int64_t N, int C, float eps) {
+  WarpRows rows;
+  norm_fwd_rows<T, 16 / sizeof(T), K, LN>(rows, y, stat0, stat1, x, w, b, N, C, eps);
+}
+
+// Backward. dy, x, dx [N, C]; w [C]; LN: stat0 = mean, stat1 = rstd; RMS: stat1 = inv.
+// dx = (accumulate ? dx : 0) + d, for the rows of `rows`; aw / ab receive this thread's sums over
+// its rows of dy * xhat (LN) or dy * x * inv (RMS), and of dy (LN), for its packs.
+// dx may alias dy (each thread reads its columns of the row before writing them).
+template <class T, int V, int K, bool LN, class Rows>
+__device__ __forceinline__ void norm_bwd_rows(Rows& rows, float (&aw)[K][V], float (&ab)[K][V],
+                                              T* dx, const T* dy, const T* x, const T* w,
+                                              const float* stat0, const float* stat1, int64_t N,
+                                              int C, bool accumulate) {
+  const int nvec = C / V;
+  const float inv_c = 1.f / static_cast<float>(C);
+  float wr[K][V];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = rows.first() + k * rows.step();
 #pragma unroll
     for (int i = 0; i < V; ++i) wr[k][i] = aw[k][i] = ab[k][i] = 0.f;
     if (j < nvec) load_pack<T, V>(w + j * V, wr[k]);
   }
-  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+  for (int64_t n = rows.row0(); n < N; n += rows.row_step()) {
     const T *xr = x + n * C, *dyr = dy + n * C;
     const float mu = LN ? stat0[n] : 0.f, r = stat1[n];
     float xv[K][V], gv[K][V];
-    float s[2] = {0.f, 0.f};
+    float s0 = 0.f, s1 = 0.f;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      const int j = threadIdx.x + k * blockDim.x;
+      const int j = rows.first() + k * rows.step();
       if (j < nvec) {
         load_pack<T, V>(xr + j * V, xv[k]);
         load_pack<T, V>(dyr + j * V, gv[k]);
@@ -247,21 +310,33 @@ __global__ void __launch_bounds__(1024)
         for (int i = 0; i < V; ++i) xv[k][i] = gv[k][i] = 0.f;
       }
 #pragma unroll
-      for (int i = 0; i < V; ++i) norm_bwd_sums<LN>(s[0], s[1], gv[k][i] * wr[k][i], xv[k][i], mu, r);
+      for (int i = 0; i < V; ++i) norm_bwd_sums<LN>(s0, s1, gv[k][i] * wr[k][i], xv[k][i], mu, r);
     }
-    block_sum<2>(s, red, parity);
+    rows.sum(s0, s1);
     float c0, c1;
-    norm_bwd_coeffs<LN>(s[0], s[1], r, inv_c, c0, c1);
+    norm_bwd_coeffs<LN>(s0, s1, r, inv_c, c0, c1);
     T* dxr = dx + n * C;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      const int j = threadIdx.x + k * blockDim.x;
-      if (j < nvec) {
+      const int j = rows.first() + k * rows.step();
+      if (j < nvec)
         norm_bwd_store_pack<T, V, LN>(dxr + j * V, accumulate, gv[k], wr[k], xv[k], mu, r, c0, c1,
                                       aw[k], ab[k]);
-      }
     }
   }
+}
+
+// Row blockIdx of part [blocks, C or 2C] (scratch, f32) receives the block's parameter-gradient
+// sums: dw in columns [0, C), db in [C, 2C) when with_db (LN with a bias).
+template <class T, int V, int K, bool LN>
+__global__ void __launch_bounds__(1024)
+    norm_bwd_kernel(T* dx, float* part, bool with_db, const T* dy, const T* x, const T* w,
+                    const float* stat0, const float* stat1, int64_t N, int C, bool accumulate) {
+  __shared__ float red[2 * 2 * 32];
+  BlockRows rows{red};
+  float aw[K][V], ab[K][V];
+  norm_bwd_rows<T, V, K, LN>(rows, aw, ab, dx, dy, x, w, stat0, stat1, N, C, accumulate);
+  const int nvec = C / V;
   float* pwr = part + static_cast<int64_t>(blockIdx.x) * (with_db ? 2 * C : C);
   float* pbr = LN && with_db ? pwr + C : nullptr;
 #pragma unroll
@@ -276,93 +351,9 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// ---- narrow rows: one warp per row (C <= 32 * 4 packs in the forward, 1024 bf16 or 512 f32
-// columns, and 32 * 3 packs in the backward) ----
-// Same arithmetic as norm_fwd_kernel / norm_bwd_kernel, but a row is owned by one warp (lane l
-// holds packs l + 32 k, k < K), so the row sums are warp shuffles with no block barrier and
-// eight rows per block are in flight at once; the blocks of 96 threads the general kernels use
-// for C = 768 spent most of their time waiting at the barrier of each row. The backward's
-// parameter-gradient partials of the block's 8 warps are summed in shared memory in warp order
-// (deterministic) and written as one partial row per block, like the general kernel.
-constexpr int kWarpRowThreads = 256;
-
-__device__ __forceinline__ float warp_allsum(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-
-template <class T, int K, bool LN>
-__global__ void __launch_bounds__(kWarpRowThreads, 2)
-    norm_fwd_warp_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w, const T* b,
-                         int64_t N, int C, float eps) {
-  constexpr int V = 16 / sizeof(T);
-  const int lane = threadIdx.x & 31, nvec = C / V;
-  const int64_t warps = int64_t(gridDim.x) * (kWarpRowThreads / 32);
-  float wr[K][V], br[K][V];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int j = lane + 32 * k;
-#pragma unroll
-    for (int i = 0; i < V; ++i) wr[k][i] = br[k][i] = 0.f;
-    if (j < nvec) {
-      load_pack<T, V>(w + j * V, wr[k]);
-      if (b) load_pack<T, V>(b + j * V, br[k]);
-    }
-  }
-  const float inv_c = 1.f / static_cast<float>(C);
-  for (int64_t n = int64_t(blockIdx.x) * (kWarpRowThreads / 32) + (threadIdx.x >> 5); n < N;
-       n += warps) {
-    const T* xr = x + n * C;
-    float xv[K][V];
-    float s = 0.f;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = lane + 32 * k;
-      if (j < nvec) {
-        load_pack<T, V>(xr + j * V, xv[k]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) xv[k][i] = 0.f;
-      }
-#pragma unroll
-      for (int i = 0; i < V; ++i) s += LN ? xv[k][i] : xv[k][i] * xv[k][i];
-    }
-    s = warp_allsum(s);
-    float mu = 0.f, r;
-    if (LN) {
-      mu = s * inv_c;
-      float q = 0.f;
-#pragma unroll
-      for (int k = 0; k < K; ++k)
-        if (lane + 32 * k < nvec)
-#pragma unroll
-          for (int i = 0; i < V; ++i) q += (xv[k][i] - mu) * (xv[k][i] - mu);
-      q = warp_allsum(q);
-      r = rsqrtf(q * inv_c + eps);  // biased variance
-    } else {
-      r = 1.f / (sqrtf(s * inv_c) + eps);
-    }
-    if (lane == 0) {
-      if (LN) stat0[n] = mu;
-      stat1[n] = r;
-    }
-    T* yr = y + n * C;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = lane + 32 * k;
-      if (j < nvec) {
-        float o[V];
-#pragma unroll
-        for (int i = 0; i < V; ++i) o[i] = (xv[k][i] - mu) * r * wr[k][i] + br[k][i];
-        store_pack<T, V>(yr + j * V, o);
-      }
-    }
-  }
-}
-
-// part [gridDim.x, C or 2C] like norm_bwd_kernel; dynamic shared memory: (with_db ? 2C : C)
-// floats. dx may alias dy.
+// One warp per row (C <= 32 * 3 packs: the backward keeps three times the forward's registers).
+// part [gridDim.x, C or 2C] like norm_bwd_kernel: the block's 8 warps add their sums into shared
+// memory in warp order (deterministic); dynamic shared memory (with_db ? 2C : C) floats.
 template <class T, int K, bool LN>
 __global__ void __launch_bounds__(kWarpRowThreads, K <= 2 ? 2 : 1)
     norm_bwd_warp_kernel(T* dx, float* part, bool with_db, const T* dy, const T* x, const T* w,
@@ -370,50 +361,10 @@ __global__ void __launch_bounds__(kWarpRowThreads, K <= 2 ? 2 : 1)
                          bool accumulate) {
   constexpr int V = 16 / sizeof(T);
   extern __shared__ float sacc[];  // [C] dw partial, then [C] db partial
+  WarpRows rows;
+  float aw[K][V], ab[K][V];
+  norm_bwd_rows<T, V, K, LN>(rows, aw, ab, dx, dy, x, w, stat0, stat1, N, C, accumulate);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nvec = C / V;
-  const int64_t warps = int64_t(gridDim.x) * (kWarpRowThreads / 32);
-  const float inv_c = 1.f / static_cast<float>(C);
-  float wr[K][V], aw[K][V], ab[K][V];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int j = lane + 32 * k;
-#pragma unroll
-    for (int i = 0; i < V; ++i) wr[k][i] = aw[k][i] = ab[k][i] = 0.f;
-    if (j < nvec) load_pack<T, V>(w + j * V, wr[k]);
-  }
-  for (int64_t n = int64_t(blockIdx.x) * (kWarpRowThreads / 32) + warp; n < N; n += warps) {
-    const T *xr = x + n * C, *dyr = dy + n * C;
-    const float mu = LN ? stat0[n] : 0.f, r = stat1[n];
-    float xv[K][V], gv[K][V];
-    float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = lane + 32 * k;
-      if (j < nvec) {
-        load_pack<T, V>(xr + j * V, xv[k]);
-        load_pack<T, V>(dyr + j * V, gv[k]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) xv[k][i] = gv[k][i] = 0.f;
-      }
-#pragma unroll
-      for (int i = 0; i < V; ++i) norm_bwd_sums<LN>(s0, s1, gv[k][i] * wr[k][i], xv[k][i], mu, r);
-    }
-    s0 = warp_allsum(s0);
-    s1 = warp_allsum(s1);
-    float c0, c1;
-    norm_bwd_coeffs<LN>(s0, s1, r, inv_c, c0, c1);
-    T* dxr = dx + n * C;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = lane + 32 * k;
-      if (j < nvec) {
-        norm_bwd_store_pack<T, V, LN>(dxr + j * V, accumulate, gv[k], wr[k], xv[k], mu, r, c0, c1,
-                                      aw[k], ab[k]);
-      }
-    }
-  }
-  // The block's partial: warps add their sums into shared memory one after another.
   const bool db_too = LN && with_db;
   for (int wi = 0; wi < kWarpRowThreads / 32; ++wi) {
     if (warp == wi) {
