@@ -86,6 +86,15 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
+// The A fragment (16 x 16, bf16) made of the C fragments of two neighbouring 8-column blocks
+// (see the fragment conventions above).
+__device__ __forceinline__ void a_frag(uint32_t (&a)[4], const float (&c0)[4],
+                                       const float (&c1)[4]) {
+  a[0] = pack(c0[0], c0[1]);
+  a[1] = pack(c0[2], c0[3]);
+  a[2] = pack(c1[0], c1[1]);
+  a[3] = pack(c1[2], c1[3]);
+}
 
 // ---- ldmatrix addressing (lane l supplies the row address of 8x8 block l / 8) ----
 // A operand 16x16 at (row0, col0) of a row-major [rows][ld] tile: blocks (r, c), (r+8, c),
@@ -298,10 +307,7 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
           uint32_t pa[RB][4];
 #pragma unroll
           for (int r = 0; r < RB; ++r) {
-            pa[r][0] = pack(s[r][2 * kk][0], s[r][2 * kk][1]);
-            pa[r][1] = pack(s[r][2 * kk][2], s[r][2 * kk][3]);
-            pa[r][2] = pack(s[r][2 * kk + 1][0], s[r][2 * kk + 1][1]);
-            pa[r][3] = pack(s[r][2 * kk + 1][2], s[r][2 * kk + 1][3]);
+            a_frag(pa[r], s[r][2 * kk], s[r][2 * kk + 1]);
           }
 #pragma unroll
           for (int db2 = 0; db2 < DB / 2; ++db2) {
@@ -330,14 +336,9 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
             }
 #pragma unroll
           for (int kk = 0; kk < NB / 2; ++kk) {
-            const uint32_t pa[4] = {pack(s[r][2 * kk][0], s[r][2 * kk][1]),
-                                    pack(s[r][2 * kk][2], s[r][2 * kk][3]),
-                                    pack(s[r][2 * kk + 1][0], s[r][2 * kk + 1][1]),
-                                    pack(s[r][2 * kk + 1][2], s[r][2 * kk + 1][3])};
-            const uint32_t pb[4] = {pack(p2[2 * kk][0], p2[2 * kk][1]),
-                                    pack(p2[2 * kk][2], p2[2 * kk][3]),
-                                    pack(p2[2 * kk + 1][0], p2[2 * kk + 1][1]),
-                                    pack(p2[2 * kk + 1][2], p2[2 * kk + 1][3])};
+            uint32_t pa[4], pb[4];
+            a_frag(pa, s[r][2 * kk], s[r][2 * kk + 1]);
+            a_frag(pb, p2[2 * kk], p2[2 * kk + 1]);
 #pragma unroll
             for (int db2 = 0; db2 < DB / 2; ++db2) {
               uint32_t vb[4];
@@ -513,8 +514,8 @@ __global__ void __launch_bounds__(kThreads, MINB) bwd_mma_kernel(const Args a) {
           const float p = st[2 * kk + j][e];
           pc[j][e] = PROB == kClipped ? fminf(fmaxf(a.span * p + a.gamma, 0.f), 1.f) : p;
         }
-      const uint32_t pa[4] = {pack(pc[0][0], pc[0][1]), pack(pc[0][2], pc[0][3]),
-                              pack(pc[1][0], pc[1][1]), pack(pc[1][2], pc[1][3])};
+      uint32_t pa[4];
+      a_frag(pa, pc[0], pc[1]);
 #pragma unroll
       for (int db2 = 0; db2 < DB / 2; ++db2) {
         uint32_t ob[4];
@@ -559,9 +560,8 @@ __global__ void __launch_bounds__(kThreads, MINB) bwd_mma_kernel(const Args a) {
     // dK += dS^T Q, and dS^T -> shared memory for dQ.
 #pragma unroll
     for (int kk = 0; kk < NB / 2; ++kk) {
-      const uint32_t da[4] = {pack(st[2 * kk][0], st[2 * kk][1]), pack(st[2 * kk][2], st[2 * kk][3]),
-                              pack(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                              pack(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+      uint32_t da[4];
+      a_frag(da, st[2 * kk], st[2 * kk + 1]);
       *reinterpret_cast<uint32_t*>(sdS + kl[0] * LDS + kk * 16 + 2 * t4) = da[0];
       *reinterpret_cast<uint32_t*>(sdS + kl[1] * LDS + kk * 16 + 2 * t4) = da[1];
       *reinterpret_cast<uint32_t*>(sdS + kl[0] * LDS + kk * 16 + 8 + 2 * t4) = da[2];
