@@ -13,8 +13,10 @@
 #      plain run, then with 2+ GPUs the same runs on every GPU, resuming a run on another GPU
 #      count, and `oft bench --gpus N` scaling of OPT-125m / OPT-350m.
 #   8. (ncu) Nsight Compute counters of the attention kernels (NCU_KERNELS, NCU_FILTER).
+#   9. (tune) the D = 64 attention launch variants (OFT_ATTN_TUNE, TUNE_VARIANTS): each checked
+#      against the CPU backend, then timed alone and in a gpt2_124m training step.
 # Results land in $OUT (or ./gpu-out).
-# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu]
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -157,6 +159,17 @@ PY
       done
       n=$((n * 2))
     done
+  done
+fi
+
+if [[ " $what " == *" tune "* ]]; then
+  echo "== attention launch variants (OFT_ATTN_TUNE=rb,fwd_minb,bwd_minb, attention_mma.cu)"
+  for v in ${TUNE_VARIANTS:-0,1,1 1,1,1 1,1,3 2,1,3 2,2,3}; do
+    OFT_ATTN_TUNE=$v "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*' > "$OUT/attn_$v.log" 2>&1
+    echo "-- $v: tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/attn_$v.log" | tr '\n' ' ')"
+    grep -E "attention bench" "$OUT/attn_$v.log"
+    OFT_ATTN_TUNE=$v "$BIN/oft" bench gpt2_124m --steps 10 --no-peak > "$OUT/tune_bench_$v.log" 2>&1
+    grep -E "tokens/s" "$OUT/tune_bench_$v.log"
   done
 fi
 
