@@ -77,50 +77,48 @@ TEST(CudaDense, Scale) {
       }
 }
 
-TEST(CudaDense, AddIncludingInPlace) {
-  OFT_REQUIRE_CUDA();
+// out = op(a, b) on the GPU against the CPU, with out separate, aliasing a, then aliasing b, on
+// aligned and misaligned views; op(backend, out, a, b) runs either backend's op.
+template <class Op>
+void check_binary_including_in_place(Op op) {
   for (DType d : kDtypes)
     for (int64_t n : {1, 7, 4099, (1 << 20) + 3})
       for (bool mis : {false, true}) {
         SCOPED_TRACE(::testing::Message() << dtype_label(d) << " n=" << n << " mis=" << mis);
         const Tensor a = randn({n}), b = randn({n});
         Tensor ref = Tensor::empty({n}, DType::F32);
-        cpu().add(ref, rounded(a, d), rounded(b, d));
+        op(cpu(), ref, rounded(a, d), rounded(b, d));
         const Tensor ga = gpu_copy(a, d, mis), gb = gpu_copy(b, d, false);
         Tensor out = mis ? to_gpu_misaligned(randn({n}), d) : poisoned({n}, d);
-        gpu().add(out, ga, gb);
+        op(gpu(), out, ga, gb);
         EXPECT_GPU_CLOSE(out, ref, tol_for(d));
         // out aliasing a, then out aliasing b
         Tensor ia = gpu_copy(a, d, mis);
-        gpu().add(ia, ia, gb);
+        op(gpu(), ia, ia, gb);
         EXPECT_GPU_CLOSE(ia, ref, tol_for(d));
         Tensor ib = gpu_copy(b, d, mis);
-        gpu().add(ib, ga, ib);
+        op(gpu(), ib, ga, ib);
         EXPECT_GPU_CLOSE(ib, ref, tol_for(d));
       }
 }
 
+TEST(CudaDense, AddIncludingInPlace) {
+  OFT_REQUIRE_CUDA();
+  check_binary_including_in_place(
+      [](ops::Backend& be, Tensor& out, const Tensor& a, const Tensor& b) { be.add(out, a, b); });
+}
+
 TEST(CudaDense, AddScaledIncludingInPlace) {
   OFT_REQUIRE_CUDA();
+  check_binary_including_in_place([](ops::Backend& be, Tensor& out, const Tensor& a,
+                                     const Tensor& b) { be.add_scaled(out, a, 0.8, b, -1.3); });
+  // alpha = 1 (the residual sums) rounds exactly like a copy followed by axpy.
   for (DType d : kDtypes)
     for (int64_t n : {1, 7, 4099, (1 << 20) + 3})
       for (bool mis : {false, true}) {
         SCOPED_TRACE(::testing::Message() << dtype_label(d) << " n=" << n << " mis=" << mis);
         const Tensor a = randn({n}), b = randn({n});
-        Tensor ref = Tensor::empty({n}, DType::F32);
-        cpu().add_scaled(ref, rounded(a, d), 0.8, rounded(b, d), -1.3);
         const Tensor ga = gpu_copy(a, d, mis), gb = gpu_copy(b, d, false);
-        Tensor out = mis ? to_gpu_misaligned(randn({n}), d) : poisoned({n}, d);
-        gpu().add_scaled(out, ga, 0.8, gb, -1.3);
-        EXPECT_GPU_CLOSE(out, ref, tol_for(d));
-        // out aliasing a, then out aliasing b
-        Tensor ia = gpu_copy(a, d, mis);
-        gpu().add_scaled(ia, ia, 0.8, gb, -1.3);
-        EXPECT_GPU_CLOSE(ia, ref, tol_for(d));
-        Tensor ib = gpu_copy(b, d, mis);
-        gpu().add_scaled(ib, ga, 0.8, ib, -1.3);
-        EXPECT_GPU_CLOSE(ib, ref, tol_for(d));
-        // alpha = 1 (the residual sums) rounds exactly like a copy followed by axpy.
         Tensor want = gpu_copy(a, d, mis), got = poisoned({n}, d);
         gpu().axpy(want, gb, 0.7);
         gpu().add_scaled(got, ga, 1.0, gb, 0.7);
