@@ -163,8 +163,8 @@ PY
 fi
 
 if [[ " $what " == *" tune "* ]]; then
-  echo "== attention launch variants (OFT_ATTN_TUNE=rb,fwd_minb,bwd_minb, attention_mma.cu)"
-  for v in ${TUNE_VARIANTS:-0,1,1 1,1,1 1,1,3 2,1,3 2,2,3}; do
+  echo "== attention launch variants (OFT_ATTN_TUNE=rb,fwd_minb,bwd_minb[,bwd_warps], attention_mma.cu)"
+  for v in ${TUNE_VARIANTS:-0,1,1 1,1,1 0,1,3 0,1,1,8 1,1,1,8}; do
     OFT_ATTN_TUNE=$v "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*' > "$OUT/attn_$v.log" 2>&1
     echo "-- $v: tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/attn_$v.log" | tr '\n' ' ')"
     grep -E "attention bench" "$OUT/attn_$v.log"

@@ -140,10 +140,11 @@ TEST(CudaAttention, ForwardBackwardMatchCpuBF16) {
   check_all(DType::BF16);
 }
 
-// Sequence lengths around the 64-row tile and multi-tile rows with every mask, bf16 fast path.
+// Sequence lengths around the 64-row tile (and the 128-key tile of the 8-warp backward,
+// OFT_ATTN_TUNE=...,8) and multi-tile rows with every mask, bf16 fast path.
 TEST(CudaAttention, TileBoundariesBF16) {
   OFT_REQUIRE_CUDA();
-  for (int64_t T : {63, 64, 65, 129, 192})
+  for (int64_t T : {63, 64, 65, 127, 129, 192, 255, 320})
     for (Mode m : {Mode::Causal, Mode::BidirMasked, Mode::CausalMasked}) {
       Tensor saved;
       check_fwd_bwd(DType::BF16, {2, T, 2, 64}, kProbs[0], m, saved);

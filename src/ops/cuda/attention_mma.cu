@@ -23,8 +23,8 @@
 // exactly, clips it and accumulates P'V and the "unclipped part" O2 (see attention_common.cuh).
 // K and V of the next tile are prefetched while the current one is multiplied.
 //
-// Backward (FA2): grid (B*H, ceil(T/64) key tiles); each CTA keeps its 64 keys' dK, dV in
-// registers and loops over the query tiles (double-buffered Q, dO, L, D_i). Per query tile:
+// Backward (FA2): grid (B*H, ceil(T/NK) key tiles); each CTA of NW warps (NK = 16 NW keys: 64,
+// or 128 for the D = 64 launch variant bwd_warps 8) keeps its keys' dK, dV in registers and loops over the query tiles (double-buffered Q, dO, L, D_i). Per query tile:
 // S^T = K Q^T, P, dV += P'^T dO, dP^T = V dO^T, dS = P (dp - D_i), dK += dS^T Q, and
 // dQ += dS K, accumulated into an f32 buffer with atomics (dS goes through shared memory
 // once, read back transposed by ldmatrix.trans).
@@ -114,21 +114,23 @@ __device__ __forceinline__ const bf16* bk_addr(const bf16* s, int ld, int k0, in
   return s + (k0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * ld + n0 + (lane >> 4) * 8;
 }
 
-// 64 rows x D columns of a [rows, stride] bf16 matrix (rows r0.. of g) into s[64][D + 8].
-template <int D>
+// ROWS rows x D columns of a [rows, stride] bf16 matrix (rows r0.. of g) into s[ROWS][D + 8],
+// by THREADS threads.
+template <int D, int ROWS = kTile, int THREADS = kThreads>
 __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t stride, int r0, int T,
                                           int tid) {
   constexpr int CH = D / 8, LD = D + 8;
-  for (int idx = tid; idx < kTile * CH; idx += kThreads) {
+  for (int idx = tid; idx < ROWS * CH; idx += THREADS) {
     const int row = idx / CH, ch = idx % CH, gr = r0 + row;
     const bool ok = gr < T;
     cp_async16(s + row * LD + ch * 8, g + int64_t(ok ? gr : 0) * stride + ch * 8, ok);
   }
 }
-// Key validity flags of keys k0..k0+63 (0 past T or where the padding mask is 0).
+// Key validity flags of keys k0..k0+NK-1 (0 past T or where the padding mask is 0).
+template <int NK = kTile>
 __device__ __forceinline__ void load_key_ok(int* s_ok, const int32_t* mask, int k0, int T,
                                             int tid) {
-  if (tid < kTile) {
+  if (tid < NK) {
     const int k = k0 + tid;
     s_ok[tid] = (k < T && (mask == nullptr || mask[k] != 0)) ? 1 : 0;
   }
@@ -400,28 +402,37 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
 }
 
 // ---------------------------------------------------------------- backward
-template <int D>
+// NW warps per CTA, each owning 16 keys: a CTA holds NK = 16 NW keys. NW = 8 (128 keys) halves
+// the Q / dO tile loads and the dQ atomics per key against NW = 4, at one 256-thread CTA per SM.
+template <int D, int NW>
 constexpr int bwd_smem_bytes() {
-  // sK, sV, 2 x sQ, 2 x sdO, sdS [64][72], 2 x sL, 2 x sD, sOk
-  return 6 * kTile * (D + 8) * 2 + kTile * (kTile + 8) * 2 + 4 * kTile * 4 + kTile * 4;
+  // sK, sV [NK][D+8], 2 x sQ, 2 x sdO [64][D+8], sdS [NK][72], 2 x sL, 2 x sD, sOk [NK]
+  constexpr int NK = 16 * NW;
+  return 2 * NK * (D + 8) * 2 + 4 * kTile * (D + 8) * 2 + NK * (kTile + 8) * 2 + 4 * kTile * 4 +
+         NK * 4;
 }
 
-template <int D, int PROB, int MINB>
-__global__ void __launch_bounds__(kThreads, MINB) bwd_mma_kernel(const Args a) {
+template <int D, int PROB, int MINB, int NW>
+__global__ void __launch_bounds__(32 * NW, MINB) bwd_mma_kernel(const Args a) {
   constexpr int LD = D + 8, LDS = kTile + 8, DB = D / 8, KS = D / 16, NB = kTile / 8;
+  constexpr int NK = 16 * NW, NT = 32 * NW;
+  // dQ (64 queries x D) over the NW warps: 4 along the queries, NW / 4 along D.
+  constexpr int DW = NW / 4, DQB = DB / DW;  // 8-column blocks of dQ per warp
+  static_assert(NW % 4 == 0 && DQB % 2 == 0, "dQ split needs 16-column slices");
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16* sK = reinterpret_cast<bf16*>(smem);
-  bf16* sV = sK + kTile * LD;
-  bf16* sQ = sV + kTile * LD;     // [2][64][LD]
-  bf16* sdO = sQ + 2 * kTile * LD;  // [2][64][LD]
-  bf16* sdS = sdO + 2 * kTile * LD;  // [64 keys][LDS]
-  float* sL = reinterpret_cast<float*>(sdS + kTile * LDS);  // [2][64]
-  float* sD = sL + 2 * kTile;                              // [2][64]
-  int* sOk = reinterpret_cast<int*>(sD + 2 * kTile);        // [64]
+  bf16* sK = reinterpret_cast<bf16*>(smem);  // [NK][LD]
+  bf16* sV = sK + NK * LD;                   // [NK][LD]
+  bf16* sQ = sV + NK * LD;                   // [2][64][LD]
+  bf16* sdO = sQ + 2 * kTile * LD;           // [2][64][LD]
+  bf16* sdS = sdO + 2 * kTile * LD;          // [NK keys][LDS]
+  float* sL = reinterpret_cast<float*>(sdS + NK * LDS);  // [2][64]
+  float* sD = sL + 2 * kTile;                             // [2][64]
+  int* sOk = reinterpret_cast<int*>(sD + 2 * kTile);      // [NK]
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
-  const int k0 = blockIdx.y * kTile;
+  const int k0 = blockIdx.y * NK;
+  const int kw0 = k0 + warp * 16;  // this warp's first key
   const int64_t stride = 3 * int64_t(C);
   const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * D;
   const bf16* gK = gQ + C;
@@ -431,24 +442,24 @@ __global__ void __launch_bounds__(kThreads, MINB) bwd_mma_kernel(const Args a) {
   const float* gD = a.Dv + int64_t(bh) * T;
   const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
   const int n_qt = (T + kTile - 1) / kTile;
-  const int qt0 = a.causal ? blockIdx.y : 0;  // queries before the first key see none of them
+  const int qt0 = a.causal ? k0 / kTile : 0;  // queries before the first key see none of them
 
   auto load_q_tile = [&](int buf, int qt) {
     const int q0 = qt * kTile;
-    load_tile<D>(sQ + buf * kTile * LD, gQ, stride, q0, T, tid);
-    load_tile<D>(sdO + buf * kTile * LD, gdO, C, q0, T, tid);
+    load_tile<D, kTile, NT>(sQ + buf * kTile * LD, gQ, stride, q0, T, tid);
+    load_tile<D, kTile, NT>(sdO + buf * kTile * LD, gdO, C, q0, T, tid);
     if (tid < kTile) {
       const int q = q0 + tid;
       cp_async4(sL + buf * kTile + tid, gL + (q < T ? q : 0), q < T);
-    } else {
+    } else if (tid < 2 * kTile) {
       const int q = q0 + tid - kTile;
       cp_async4(sD + buf * kTile + tid - kTile, gD + (q < T ? q : 0), q < T);
     }
   };
 
-  load_tile<D>(sK, gK, stride, k0, T, tid);
-  load_tile<D>(sV, gV, stride, k0, T, tid);
-  load_key_ok(sOk, mask, k0, T, tid);
+  load_tile<D, NK, NT>(sK, gK, stride, k0, T, tid);
+  load_tile<D, NK, NT>(sV, gV, stride, k0, T, tid);
+  load_key_ok<NK>(sOk, mask, k0, T, tid);
   load_q_tile(0, qt0);
   cp_async_commit();
 
@@ -472,136 +483,151 @@ __global__ void __launch_bounds__(kThreads, MINB) bwd_mma_kernel(const Args a) {
     const float* cL = sL + buf * kTile;
     const float* cD = sD + buf * kTile;
 
-    // S^T = K Q^T: this warp's 16 keys x 64 queries.
-    float st[NB][4];
+    if (a.causal && kw0 > q0 + kTile - 1) {
+      // Causal: every query of the tile precedes this warp's keys (NW > 4 only), dS = 0.
 #pragma unroll
-    for (int i = 0; i < NB; ++i)
+      for (int kk = 0; kk < NB / 2; ++kk)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) st[i][e] = 0.f;
+        for (int j = 0; j < 2; ++j) {
+          *reinterpret_cast<uint32_t*>(sdS + kl[j] * LDS + kk * 16 + 2 * t4) = 0u;
+          *reinterpret_cast<uint32_t*>(sdS + kl[j] * LDS + kk * 16 + 8 + 2 * t4) = 0u;
+        }
+    } else {
+      // S^T = K Q^T: this warp's 16 keys x 64 queries.
+      float st[NB][4];
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
-      uint32_t ka[4];
-      ldsm_x4(ka, a_addr(sK, LD, warp * 16, ks * 16, lane));
+      for (int i = 0; i < NB; ++i)
 #pragma unroll
-      for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
-        uint32_t qb[4];
-        ldsm_x4(qb, bn_addr(cQ, LD, nb2 * 16, ks * 16, lane));
-        mma(st[2 * nb2], ka, qb[0], qb[1]);
-        mma(st[2 * nb2 + 1], ka, qb[2], qb[3]);
+        for (int e = 0; e < 4; ++e) st[i][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t ka[4];
+        ldsm_x4(ka, a_addr(sK, LD, warp * 16, ks * 16, lane));
+#pragma unroll
+        for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
+          uint32_t qb[4];
+          ldsm_x4(qb, bn_addr(cQ, LD, nb2 * 16, ks * 16, lane));
+          mma(st[2 * nb2], ka, qb[0], qb[1]);
+          mma(st[2 * nb2 + 1], ka, qb[2], qb[3]);
+        }
       }
-    }
-    // P = exp2(x - L) on visible entries, 0 elsewhere.
-    const bool need_mask = mask != nullptr || k0 + kTile > T || q0 + kTile > T ||
-                           (a.causal && k0 + kTile - 1 > q0);
+      // P = exp2(x - L) on visible entries, 0 elsewhere.
+      const bool need_mask = mask != nullptr || kw0 + 16 > T || q0 + kTile > T ||
+                             (a.causal && kw0 + 15 > q0);
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ql = nb * 8 + 2 * t4 + (e & 1), k = kl[e >> 1];
-        bool vis = true;
-        if (need_mask)
-          vis = sOk[k] != 0 && q0 + ql < T && (!a.causal || k0 + k <= q0 + ql);
-        st[nb][e] = vis ? exp2f(st[nb][e] * a.scale_log2 - cL[ql]) : 0.f;
-      }
-    // dV += P'^T dO  (P' = P, or clip(span P + gamma) which is 0 where P = 0 as gamma <= 0).
-#pragma unroll
-    for (int kk = 0; kk < NB / 2; ++kk) {
-      float pc[2][4];
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
+      for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float p = st[2 * kk + j][e];
-          pc[j][e] = PROB == kClipped ? fminf(fmaxf(a.span * p + a.gamma, 0.f), 1.f) : p;
+          const int ql = nb * 8 + 2 * t4 + (e & 1), k = kl[e >> 1];
+          bool vis = true;
+          if (need_mask)
+            vis = sOk[k] != 0 && q0 + ql < T && (!a.causal || k0 + k <= q0 + ql);
+          st[nb][e] = vis ? exp2f(st[nb][e] * a.scale_log2 - cL[ql]) : 0.f;
         }
-      uint32_t pa[4];
-      a_frag(pa, pc[0], pc[1]);
+      // dV += P'^T dO  (P' = P, or clip(span P + gamma) which is 0 where P = 0 as gamma <= 0).
 #pragma unroll
-      for (int db2 = 0; db2 < DB / 2; ++db2) {
-        uint32_t ob[4];
-        ldsm_x4_t(ob, bk_addr(cdO, LD, kk * 16, db2 * 16, lane));
-        mma(dv[2 * db2], pa, ob[0], ob[1]);
-        mma(dv[2 * db2 + 1], pa, ob[2], ob[3]);
-      }
-    }
-    // dP^T = V dO^T
-    float dpt[NB][4];
+      for (int kk = 0; kk < NB / 2; ++kk) {
+        float pc[2][4];
 #pragma unroll
-    for (int i = 0; i < NB; ++i)
+        for (int j = 0; j < 2; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) dpt[i][e] = 0.f;
+          for (int e = 0; e < 4; ++e) {
+            const float p = st[2 * kk + j][e];
+            pc[j][e] = PROB == kClipped ? fminf(fmaxf(a.span * p + a.gamma, 0.f), 1.f) : p;
+          }
+        uint32_t pa[4];
+        a_frag(pa, pc[0], pc[1]);
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
-      uint32_t va[4];
-      ldsm_x4(va, a_addr(sV, LD, warp * 16, ks * 16, lane));
-#pragma unroll
-      for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
-        uint32_t ob[4];
-        ldsm_x4(ob, bn_addr(cdO, LD, nb2 * 16, ks * 16, lane));
-        mma(dpt[2 * nb2], va, ob[0], ob[1]);
-        mma(dpt[2 * nb2 + 1], va, ob[2], ob[3]);
-      }
-    }
-    // dS = P (dp - D_i), dp = dP' (times span on the unclipped range for clipped softmax).
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ql = nb * 8 + 2 * t4 + (e & 1);
-        const float p = st[nb][e];
-        float dp = dpt[nb][e];
-        if (PROB == kClipped) {
-          const float raw = a.span * p + a.gamma;
-          // Same test as the forward's O2 (Args::clip_hi), or D_i and dp disagree at p = 1.
-          dp = (raw >= 0.f && raw <= a.clip_hi) ? dp * a.span : 0.f;
+        for (int db2 = 0; db2 < DB / 2; ++db2) {
+          uint32_t ob[4];
+          ldsm_x4_t(ob, bk_addr(cdO, LD, kk * 16, db2 * 16, lane));
+          mma(dv[2 * db2], pa, ob[0], ob[1]);
+          mma(dv[2 * db2 + 1], pa, ob[2], ob[3]);
         }
-        st[nb][e] = p * (dp - cD[ql]);
       }
-    // dK += dS^T Q, and dS^T -> shared memory for dQ.
+      // dP^T = V dO^T
+      float dpt[NB][4];
 #pragma unroll
-    for (int kk = 0; kk < NB / 2; ++kk) {
-      uint32_t da[4];
-      a_frag(da, st[2 * kk], st[2 * kk + 1]);
-      *reinterpret_cast<uint32_t*>(sdS + kl[0] * LDS + kk * 16 + 2 * t4) = da[0];
-      *reinterpret_cast<uint32_t*>(sdS + kl[1] * LDS + kk * 16 + 2 * t4) = da[1];
-      *reinterpret_cast<uint32_t*>(sdS + kl[0] * LDS + kk * 16 + 8 + 2 * t4) = da[2];
-      *reinterpret_cast<uint32_t*>(sdS + kl[1] * LDS + kk * 16 + 8 + 2 * t4) = da[3];
+      for (int i = 0; i < NB; ++i)
 #pragma unroll
-      for (int db2 = 0; db2 < DB / 2; ++db2) {
-        uint32_t qb[4];
-        ldsm_x4_t(qb, bk_addr(cQ, LD, kk * 16, db2 * 16, lane));
-        mma(dk[2 * db2], da, qb[0], qb[1]);
-        mma(dk[2 * db2 + 1], da, qb[2], qb[3]);
+        for (int e = 0; e < 4; ++e) dpt[i][e] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t va[4];
+        ldsm_x4(va, a_addr(sV, LD, warp * 16, ks * 16, lane));
+#pragma unroll
+        for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
+          uint32_t ob[4];
+          ldsm_x4(ob, bn_addr(cdO, LD, nb2 * 16, ks * 16, lane));
+          mma(dpt[2 * nb2], va, ob[0], ob[1]);
+          mma(dpt[2 * nb2 + 1], va, ob[2], ob[3]);
+        }
+      }
+      // dS = P (dp - D_i), dp = dP' (times span on the unclipped range for clipped softmax).
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ql = nb * 8 + 2 * t4 + (e & 1);
+          const float p = st[nb][e];
+          float dp = dpt[nb][e];
+          if (PROB == kClipped) {
+            const float raw = a.span * p + a.gamma;
+            // Same test as the forward's O2 (Args::clip_hi), or D_i and dp disagree at p = 1.
+            dp = (raw >= 0.f && raw <= a.clip_hi) ? dp * a.span : 0.f;
+          }
+          st[nb][e] = p * (dp - cD[ql]);
+        }
+      // dK += dS^T Q, and dS^T -> shared memory for dQ.
+#pragma unroll
+      for (int kk = 0; kk < NB / 2; ++kk) {
+        uint32_t da[4];
+        a_frag(da, st[2 * kk], st[2 * kk + 1]);
+        *reinterpret_cast<uint32_t*>(sdS + kl[0] * LDS + kk * 16 + 2 * t4) = da[0];
+        *reinterpret_cast<uint32_t*>(sdS + kl[1] * LDS + kk * 16 + 2 * t4) = da[1];
+        *reinterpret_cast<uint32_t*>(sdS + kl[0] * LDS + kk * 16 + 8 + 2 * t4) = da[2];
+        *reinterpret_cast<uint32_t*>(sdS + kl[1] * LDS + kk * 16 + 8 + 2 * t4) = da[3];
+#pragma unroll
+        for (int db2 = 0; db2 < DB / 2; ++db2) {
+          uint32_t qb[4];
+          ldsm_x4_t(qb, bk_addr(cQ, LD, kk * 16, db2 * 16, lane));
+          mma(dk[2 * db2], da, qb[0], qb[1]);
+          mma(dk[2 * db2 + 1], da, qb[2], qb[3]);
+        }
       }
     }
     __syncthreads();  // sdS complete
-    // dQ (this warp's 16 queries x D) = dS K = (sdS)^T K, added into the f32 accumulator.
-    float dq[DB][4];
+    // dQ = dS K = (sdS)^T K: this warp's 16 queries (qw) x DQB * 8 columns (from dc0), over the
+    // NK keys, added into the f32 accumulator. Causal: keys past the tile's last query add 0.
+    const int qw = warp & 3, dc0 = (warp >> 2) * DQB * 8;
+    const int kk_end = a.causal ? min(NK / 16, (q0 + kTile - k0 + 15) / 16) : NK / 16;
+    float dq[DQB][4];
 #pragma unroll
-    for (int i = 0; i < DB; ++i)
+    for (int i = 0; i < DQB; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dq[i][e] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < NB / 2; ++kk) {
+    for (int kk = 0; kk < NK / 16; ++kk) {
+      if (kk >= kk_end) break;
       // A[q][k] = sdS[k][q]: blocks (q, k), (q+8, k), (q, k+8), (q+8, k+8) read transposed.
       uint32_t sa[4];
-      ldsm_x4_t(sa, sdS + (kk * 16 + (lane >> 4) * 8 + (lane & 7)) * LDS + warp * 16 +
+      ldsm_x4_t(sa, sdS + (kk * 16 + (lane >> 4) * 8 + (lane & 7)) * LDS + qw * 16 +
                         ((lane >> 3) & 1) * 8);
 #pragma unroll
-      for (int db2 = 0; db2 < DB / 2; ++db2) {
+      for (int db2 = 0; db2 < DQB / 2; ++db2) {
         uint32_t kb[4];
-        ldsm_x4_t(kb, bk_addr(sK, LD, kk * 16, db2 * 16, lane));
+        ldsm_x4_t(kb, bk_addr(sK, LD, kk * 16, dc0 + db2 * 16, lane));
         mma(dq[2 * db2], sa, kb[0], kb[1]);
         mma(dq[2 * db2 + 1], sa, kb[2], kb[3]);
       }
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int q = q0 + warp * 16 + g + 8 * r;
+      const int q = q0 + qw * 16 + g + 8 * r;
       if (q >= T) continue;
-      float* dst = a.dq_acc + (int64_t(b) * T + q) * C + h * D + 2 * t4;
+      float* dst = a.dq_acc + (int64_t(b) * T + q) * C + h * D + dc0 + 2 * t4;
 #pragma unroll
-      for (int i = 0; i < DB; ++i) {
+      for (int i = 0; i < DQB; ++i) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
         atomicAdd(reinterpret_cast<float2*>(dst + i * 8), make_float2(dq[i][2 * r], dq[i][2 * r + 1]));
 #else
@@ -629,22 +655,25 @@ __global__ void __launch_bounds__(kThreads, MINB) bwd_mma_kernel(const Args a) {
 }
 
 // ---------------------------------------------------------------- launchers
-// Launch shape of the D = 64 kernels (GPT-2, OPT, BERT heads): forward row blocks per warp and
-// the minimum resident CTAs per SM each kernel is compiled for (a register cap: 65536 / (128 x
-// MINB) registers per thread). OFT_ATTN_TUNE="rb,fwd_minb,bwd_minb" overrides the defaults for
-// measurements (the clipped-softmax forward always has one row block); other head widths always
-// use fwd_row_blocks() and MINB 1.
+// Launch shape of the D = 64 kernels (GPT-2, OPT, BERT heads): forward row blocks per warp, the
+// minimum resident CTAs per SM each kernel is compiled for (a register cap: 65536 / (threads x
+// MINB) registers per thread), and the backward's warps per CTA (4: 64 keys, 8: 128 keys).
+// OFT_ATTN_TUNE="rb,fwd_minb,bwd_minb[,bwd_warps]" overrides the defaults for measurements (the
+// clipped-softmax forward always has one row block); other head widths always use
+// fwd_row_blocks(), MINB 1 and 4 backward warps.
 struct Tune {
-  int rb = 0, fwd_minb = 1, bwd_minb = 1;  // rb 0: fwd_row_blocks()
+  int rb = 0, fwd_minb = 1, bwd_minb = 1, bwd_warps = 4;  // rb 0: fwd_row_blocks()
 };
 const Tune& tune() {
   static const Tune t = [] {
     Tune x;
     if (const char* e = std::getenv("OFT_ATTN_TUNE")) {
-      if (std::sscanf(e, "%d,%d,%d", &x.rb, &x.fwd_minb, &x.bwd_minb) != 3 || x.rb < 0 ||
-          x.rb > 2 || x.fwd_minb < 1 || x.fwd_minb > 3 || x.bwd_minb < 1 || x.bwd_minb > 3)
-        fail("OFT_ATTN_TUNE='", e, "': expected rb,fwd_minb,bwd_minb with rb in 0..2 and "
-             "minb in 1..3");
+      const int n = std::sscanf(e, "%d,%d,%d,%d", &x.rb, &x.fwd_minb, &x.bwd_minb, &x.bwd_warps);
+      if (n < 3 || x.rb < 0 || x.rb > 2 || x.fwd_minb < 1 || x.fwd_minb > 3 || x.bwd_minb < 1 ||
+          x.bwd_minb > 3 || (x.bwd_warps != 4 && x.bwd_warps != 8) ||
+          (x.bwd_warps == 8 && x.bwd_minb > 1))
+        fail("OFT_ATTN_TUNE='", e, "': expected rb,fwd_minb,bwd_minb[,bwd_warps] with rb in "
+             "0..2, minb in 1..3 and bwd_warps 4 or 8 (8 only with bwd_minb 1)");
     }
     return x;
   }();
@@ -665,17 +694,17 @@ void fwd_launch(const Args& a) {
   OFT_CUDA_LAUNCH_CHECK();
 }
 
-template <int D, int PROB, int MINB>
+template <int D, int PROB, int MINB, int NW = 4>
 void bwd_launch(const Args& a) {
-  constexpr int smem = bwd_smem_bytes<D>();
+  constexpr int smem = bwd_smem_bytes<D, NW>(), NK = 16 * NW;
   static bool configured = false;
   if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_mma_kernel<D, PROB, MINB>,
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_mma_kernel<D, PROB, MINB, NW>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  const dim3 grid(a.B * a.H, (a.T + kTile - 1) / kTile);
-  bwd_mma_kernel<D, PROB, MINB><<<grid, kThreads, smem, stream()>>>(a);
+  const dim3 grid(a.B * a.H, (a.T + NK - 1) / NK);
+  bwd_mma_kernel<D, PROB, MINB, NW><<<grid, 32 * NW, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
@@ -705,9 +734,10 @@ void bwd_tuned(const Args& a) {
   if constexpr (D != 64) {
     bwd_launch<D, PROB, 1>(a);
   } else {
-    const int m = tune().bwd_minb;
-    if (m == 1) return bwd_launch<D, PROB, 1>(a);
-    if (m == 2) return bwd_launch<D, PROB, 2>(a);
+    const Tune& t = tune();
+    if (t.bwd_warps == 8) return bwd_launch<D, PROB, 1, 8>(a);
+    if (t.bwd_minb == 1) return bwd_launch<D, PROB, 1>(a);
+    if (t.bwd_minb == 2) return bwd_launch<D, PROB, 2>(a);
     bwd_launch<D, PROB, 3>(a);
   }
 }
