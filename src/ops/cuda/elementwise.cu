@@ -12,8 +12,8 @@
 // partials in double in index order: the result is deterministic run to run.
 //
 // bias_grad: dbias[C] (f32) += column sums of dy[N, C]. Two stages, no atomics: stage 1 gives
-// each block a tile of 32 x kVec columns and a chunk of rows (8 warps stride over the rows, each
-// lane accumulates kVec columns in registers, the 8 warps are combined through shared memory in a
+// each block a tile of 32 x kVec columns and a chunk of rows (8 warps stride over the rows, four
+// rows in flight per warp, each lane accumulates kVec columns in registers, the 8 warps are combined through shared memory in a
 // fixed order) and writes one f32 partial row per chunk into scratch; stage 2 sums the chunk
 // partials of each column in order and adds them to dbias. With a single chunk (small N), stage
 // 1 adds straight into dbias.
@@ -224,7 +224,21 @@ __global__ void bias_grad_partial_kernel(float* __restrict__ out, const T* __res
 #pragma unroll
   for (int j = 0; j < kN; ++j) acc[j] = 0.f;
   if (c0 < C) {  // C % kN == 0, so a pack is all in or all out
-    for (int64_t r = r_begin + warp; r < r_end; r += kBgWarps) {
+    // Four rows per step: their loads are issued before any is summed (a warp would otherwise
+    // keep one 512-byte load in flight, too few to cover the memory latency).
+    constexpr int kU = 4;
+    int64_t r = r_begin + warp;
+    for (; r + (kU - 1) * kBgWarps < r_end; r += kU * kBgWarps) {
+      Pack<T, kN> p[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+        p[u] = *reinterpret_cast<const Pack<T, kN>*>(dy + (r + u * kBgWarps) * C + c0);
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int j = 0; j < kN; ++j) acc[j] += to_f32(p[u].v[j]);
+    }
+    for (; r < r_end; r += kBgWarps) {
       const Pack<T, kN> p = *reinterpret_cast<const Pack<T, kN>*>(dy + r * C + c0);
 #pragma unroll
       for (int j = 0; j < kN; ++j) acc[j] += to_f32(p.v[j]);
