@@ -234,8 +234,12 @@ void Attention::shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout
 }
 
 void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask,
-                        int64_t B, int64_t T) {
-  if (shaped_) return shaped_forward(a, out, x, key_mask, B, T);
+                        int64_t B, int64_t T, const Tensor* residual) {
+  if (shaped_) {
+    shaped_forward(a, out, x, key_mask, B, T);
+    if (residual) ops::add_scaled(out, out, 1.0, *residual, 1.0);
+    return;
+  }
   const int64_t N = B * T;
   const DType dt = x.dtype();
   const Device dev = x.device();
@@ -285,7 +289,10 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
     be.head_gate_fwd(a.gated, a.ctx, a.gate, rows_per_gate(B, T));
     if (hook_) hook_->on_activation(Point::GatedContext, layer_, a.gated, B, T);
   }
-  proj_.forward(out, a.gated);
+  if (residual)
+    proj_.forward_residual(out, a.gated, *residual);
+  else
+    proj_.forward(out, a.gated);
 }
 
 void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const Tensor& x,

@@ -43,9 +43,11 @@ class Attention {
   Attention(ParamStore& ps, const std::string& name, const ModelConfig& cfg, int64_t seq_len,
             bool causal, DType dt, Device dev, bool shaped = false, int64_t layer = 0);
 
-  // out[N, C] = attention(x[N, C]); key_mask: optional [B*T] i32 (0 = padding key).
+  // out[N, C] = attention(x[N, C]); key_mask: optional [B*T] i32 (0 = padding key). With a
+  // residual, out = *residual + attention(x), the sum taken in the output projection's product
+  // (out must not alias *residual).
   void forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask, int64_t B,
-               int64_t T);
+               int64_t T, const Tensor* residual = nullptr);
   // dx (+)= d out / d x applied to dout.
   void backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const Tensor& x,
                 const Tensor& key_mask, int64_t B, int64_t T, bool accumulate_dx);

@@ -22,6 +22,9 @@ Linear::Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out,
 }
 
 void Linear::forward(Tensor& y, const Tensor& x) const { ops::on(y).linear_fwd(y, x, w, b); }
+void Linear::forward_residual(Tensor& y, const Tensor& x, const Tensor& res) const {
+  ops::on(y).linear_residual_fwd(y, x, w, b, res);
+}
 
 void Linear::backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx) {
   if (dx.defined()) ops::matmul(dx, dy, false, w, false, 1.0, accumulate_dx ? 1.0 : 0.0);

@@ -17,6 +17,8 @@ struct Linear {
   Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out, bool bias, DType dt,
          Device dev);
   void forward(Tensor& y, const Tensor& x) const;
+  // y = res + x W^T + b in one pass (y must not alias res).
+  void forward_residual(Tensor& y, const Tensor& x, const Tensor& res) const;
   // dx = dy @ W (overwritten, or added when accumulate_dx); dW += dy^T x; db += colsum(dy).
   void backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx);
 };

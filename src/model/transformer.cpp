@@ -164,8 +164,8 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
   for (int64_t l = 0; l <= L; ++l) resid_[l] = mk({N, C});
   for (int64_t l = 0; l < L; ++l) {
     BlockActs& a = acts_[l];
-    a.attn_out = mk({N, C});
-    a.mlp_out = mk({N, C});
+    // attn_out / mlp_out: allocated by block_forward when a branch output is kept apart from
+    // the residual sum (see fused_residual).
     if (act_ != ops::Activation::ReLU) a.fc = mk({N, F});  // see mlp_forward
     a.act = mk({N, F});
     a.s1 = mk({N, C});
@@ -232,12 +232,18 @@ void TransformerLM::set_hook(ActivationHook* hook) {
 // ReLU: there it is not allocated and the backward reads relu' from a.act (ops.h,
 // linear_act_bwd_dx). Hooks see, and may change, a.act at FfnAct; they observe evaluation
 // forwards only (no backward follows), so a changed a.act never reaches the ReLU derivative.
-void TransformerLM::mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in) {
+void TransformerLM::mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in,
+                                const Tensor* residual) {
   const int64_t l = &a - acts_.data();
   ops::on(in).linear_act_fwd(a.act, a.fc, in, b.fc.w, b.fc.b, act_);
   tap(Point::FfnAct, l, a.act);
+  if (residual) return b.fc_out.forward_residual(out, a.act, *residual);
   b.fc_out.forward(out, a.act);
   tap(Point::FfnOut, l, out);
+}
+
+bool TransformerLM::fused_residual(const Tensor& g, double constant) const {
+  return !g.defined() && constant == 1.0 && hook_ == nullptr;
 }
 
 void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tensor& dout,
@@ -275,18 +281,35 @@ void TransformerLM::block_forward(size_t l) {
   auto residual = [&](Tensor& dst, const Tensor& base, const Tensor& branch, double g) {
     ops::add_scaled(dst, base, 1.0, branch, g);
   };
+  // pre_norm / op with constant unit gains and no activation hook: each residual sum is taken
+  // in the product of the branch's output layer (the branch output itself is never stored).
+  const bool fusable = block_ == BlockType::PreNorm || block_ == BlockType::OP;
+  const bool fuse_a = fusable && fused_residual(b.g_attn, attn_gain0());
+  const bool fuse_m = fusable && fused_residual(b.g_mlp, mlp_gain0());
+  // Branch output buffers, only where a branch output is kept apart from its residual sum.
+  const Shape nc{B_ * T_, cfg_.d_model};
+  if (!fuse_a && !a.attn_out.defined()) a.attn_out = Tensor::empty(nc, dtype_, device_);
+  if (!fuse_m && !a.mlp_out.defined()) a.mlp_out = Tensor::empty(nc, dtype_, device_);
   switch (block_) {
     case BlockType::PreNorm:
       b.n1.forward(a.n1, x);
       tap_norm(b.n1, Point::Norm1, L, a.n1);
-      b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
-      tap(Point::AttnOut, L, a.attn_out);
-      residual(a.s1, x, a.attn_out, ga);  // h
+      if (fuse_a) {
+        b.attn.forward(a.attn, a.s1, a.n1.out, key_mask_, B_, T_, &x);  // h
+      } else {
+        b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+        tap(Point::AttnOut, L, a.attn_out);
+        residual(a.s1, x, a.attn_out, ga);  // h
+      }
       tap(Point::Residual, L, a.s1);
       b.n2.forward(a.n2, a.s1);
       tap_norm(b.n2, Point::Norm2, L, a.n2);
-      mlp_forward(b, a, a.mlp_out, a.n2.out);
-      residual(out, a.s1, a.mlp_out, gm);
+      if (fuse_m) {
+        mlp_forward(b, a, out, a.n2.out, &a.s1);
+      } else {
+        mlp_forward(b, a, a.mlp_out, a.n2.out);
+        residual(out, a.s1, a.mlp_out, gm);
+      }
       break;
     case BlockType::PostNorm:
       b.attn.forward(a.attn, a.attn_out, x, key_mask_, B_, T_);
@@ -313,12 +336,20 @@ void TransformerLM::block_forward(size_t l) {
     case BlockType::OP:
       b.n1.forward(a.n1, x);  // identity except in layer 0
       tap_norm(b.n1, Point::Norm1, L, a.n1);
-      b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
-      tap(Point::AttnOut, L, a.attn_out);
-      residual(a.s1, x, a.attn_out, ga);  // h
+      if (fuse_a) {
+        b.attn.forward(a.attn, a.s1, a.n1.out, key_mask_, B_, T_, &x);  // h
+      } else {
+        b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
+        tap(Point::AttnOut, L, a.attn_out);
+        residual(a.s1, x, a.attn_out, ga);  // h
+      }
       tap(Point::Residual, L, a.s1);
-      mlp_forward(b, a, a.mlp_out, a.s1);
-      residual(out, a.s1, a.mlp_out, gm);
+      if (fuse_m) {
+        mlp_forward(b, a, out, a.s1, &a.s1);
+      } else {
+        mlp_forward(b, a, a.mlp_out, a.s1);
+        residual(out, a.s1, a.mlp_out, gm);
+      }
       break;
     case BlockType::Skipless:
       b.n1.forward(a.n1, x);

@@ -117,7 +117,12 @@ class TransformerLM {
   double gain(const Tensor& g, double constant) const;
   double attn_gain0() const, mlp_gain0() const;
   bool skipless() const { return block_ == BlockType::Skipless || block_ == BlockType::SkiplessParallel; }
-  void mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in);
+  // out = MLP(in), or *residual + MLP(in) summed in fc_out's product.
+  void mlp_forward(Block& b, BlockActs& a, Tensor& out, const Tensor& in,
+                   const Tensor* residual = nullptr);
+  // Whether a branch's residual sum is taken in its output layer's product: a constant gain of
+  // 1 (no trainable gain) and no activation hook (that would read the branch output).
+  bool fused_residual(const Tensor& g, double constant) const;
   void mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tensor& dout, const Tensor& in);
   // Where the branch's backward writes its input gradient, relative to d: Elsewhere (d is only
   // read until the branch's backward is done), or IntoD (it accumulates into d itself while it

@@ -196,6 +196,16 @@ class Backend {
     matmul(y, x, false, w, true, 1.0, 0.0);
     if (b.defined()) add_bias(y, b);
   }
+  // A linear layer added onto a residual stream: y[N, out] = res[N, out] + x @ w^T + b (b may
+  // be undefined). y must not alias res, x or w. The CUDA backend reads res as the product's C
+  // operand (beta = 1) and adds the bias in the epilogue: one pass instead of a product and a
+  // sum.
+  virtual void linear_residual_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b,
+                                   const Tensor& res) {
+    OFT_CHECK(y.raw() != res.raw(), "linear_residual_fwd: y must not alias res");
+    linear_fwd(y, x, w, b);
+    add_scaled(y, y, 1.0, res, 1.0);
+  }
   // A linear layer and the activation after it (the first half of an MLP):
   //   pre[N, out] = x[N, in] @ w[out, in]^T + b[out] (b may be undefined),  act = a(pre).
   // pre is kept for linear_act_bwd_dx. With ReLU it may be undefined: the derivative is read

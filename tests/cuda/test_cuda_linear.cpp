@@ -1,6 +1,7 @@
 // linear_fwd (matrix product with the bias in cuBLASLt's epilogue) against the CPU backend's
 // matmul + add_bias, in f32 and bf16, with and without a bias, for layer shapes of the presets
-// and odd ones; and a misaligned bias view (the non-epilogue fallback).
+// and odd ones; and a misaligned bias view (the non-epilogue fallback). linear_residual_fwd
+// (the residual read as the product's C operand) the same way.
 //
 // linear_act_fwd / linear_act_bwd_dx (the MLP activation, or its derivative, in the epilogue)
 // against the CPU backend's composition in f64 on the same (bf16-rounded) inputs, for GELU-tanh
@@ -53,6 +54,31 @@ TEST(CudaLinear, MisalignedBiasView) {
     ops::backend(Device::CUDA).linear_fwd(y, to_gpu(x, dt), to_gpu(w, dt), gb.slice(1, 41));
     EXPECT_GPU_CLOSE(y, ref, tol_for(dt)) << dtype_label(dt);
   }
+}
+
+// y = res + x w^T + b with the residual as cuBLASLt's C operand, against the CPU composition;
+// including a misaligned bias view and a residual view (the alignment enters the plan key).
+TEST(CudaLinear, ResidualForwardMatchesCpu) {
+  OFT_REQUIRE_CUDA();
+  struct S { int64_t n, in, out; };
+  for (DType dt : {DType::F32, DType::BF16})
+    for (S s : {S{1, 8, 8}, S{37, 24, 72}, S{256, 768, 768}, S{129, 3072, 768}})
+      for (int bias : {0, 1, 2}) {  // none, aligned, misaligned view
+        SCOPED_TRACE(std::string(dtype_label(dt)) + " n=" + std::to_string(s.n) + " in=" +
+                     std::to_string(s.in) + " out=" + std::to_string(s.out) +
+                     " bias=" + std::to_string(bias));
+        const Tensor x = rounded(randn({s.n, s.in}), dt), w = rounded(randn({s.out, s.in}, 0.05), dt);
+        const Tensor b2 = rounded(randn({s.out + 1}), dt), res = rounded(randn({s.n, s.out}), dt);
+        const Tensor b = bias == 2 ? b2.slice(1, s.out + 1) : b2.slice(0, s.out);
+        Tensor ref = Tensor::empty({s.n, s.out}, DType::F32);
+        ops::cpu_backend().linear_residual_fwd(ref, x, w, bias ? b : Tensor(), res);
+        Tensor y = poisoned({s.n, s.out}, dt);
+        const Tensor gb = to_gpu(b2, dt);
+        const Tensor gbias = bias == 2 ? gb.slice(1, s.out + 1) : gb.slice(0, s.out);
+        ops::backend(Device::CUDA).linear_residual_fwd(y, to_gpu(x, dt), to_gpu(w, dt),
+                                                       bias ? gbias : Tensor(), to_gpu(res, dt));
+        EXPECT_GPU_CLOSE(y, ref, tol_for(dt));
+      }
 }
 
 // ------------------------------------------------------------------ activation epilogues

@@ -94,6 +94,8 @@ class CudaBackend final : public Backend {
   // matmul.cu: the bias, and the MLP activation (GELU-tanh bf16, ReLU) or its derivative
   // (GELU-tanh bf16), in cuBLASLt's epilogue; other cases compose as Backend does.
   void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override;
+  void linear_residual_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b,
+                           const Tensor& res) override;
   void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
                       const Tensor& b, Activation a) override;
   void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w, const Tensor& saved,

@@ -18,6 +18,8 @@
 // output feature (a bias [N]) and an auxiliary matrix with D's layout (ld N) is exactly the
 // row-major [M, N] tensor of D's shape.
 //   linear_fwd         BIAS            D = r + bias
+//   linear_residual_fwd BIAS           D = r + bias with beta = 1 and C = the residual (a tensor
+//                                      other than D, same layout: cuBLASLt reads C, writes D)
 //   linear_act_fwd     RELU_BIAS/RELU  D = max(r + bias, 0); no auxiliary output: the model
 //                                      keeps only D and the backward reads relu' from it
 //                      GELU_AUX_BIAS/GELU_AUX  aux = r + bias (the pre-activation), D = gelu(aux)
@@ -115,6 +117,7 @@ struct EpiArgs {
   Epi kind = Epi::None;
   const Tensor* bias = nullptr;
   const Tensor* aux = nullptr;
+  const Tensor* c_in = nullptr;  // the C operand when it is not the output (residual sums)
 };
 
 struct PlanKey {
@@ -277,6 +280,7 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   OFT_ASSERT(C.raw() != A.raw() && C.raw() != B.raw(), "matmul: C must not alias A or B");
   if (K == 0) {  // empty product: C = beta * C
     if (epi_optional(e.kind)) return false;
+    if (e.c_in) C.copy_from(*e.c_in);
     if (beta == 0.0)
       backend.fill(C, 0.0);
     else if (beta != 1.0)
@@ -294,7 +298,7 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
                     beta != 0.0,
                     alignment_of(A.raw()),
                     alignment_of(B.raw()),
-                    alignment_of(C.raw()),
+                    std::min(alignment_of(C.raw()), e.c_in ? alignment_of(e.c_in->raw()) : 256u),
                     e.kind,
                     epi_has_bias(e.kind) ? alignment_of(e.bias->raw()) : 0u,
                     epi_has_aux(e.kind) ? alignment_of(e.aux->raw()) : 0u};
@@ -308,9 +312,10 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   set_epilogue_pointers(plan.desc, e);
   const float al = float(alpha), be = float(beta);
   void* ws = cuda::scratch(kWorkspaceBytes);
+  const void* c_in = e.c_in ? e.c_in->raw() : C.raw();
   const cublasStatus_t st =
       cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(), plan.second, &be,
-                     C.raw(), plan.out, C.raw(), plan.out, &plan.algo, ws, kWorkspaceBytes,
+                     c_in, plan.out, C.raw(), plan.out, &plan.algo, ws, kWorkspaceBytes,
                      cuda::stream());
   if (st != CUBLAS_STATUS_SUCCESS && epi_optional(e.kind)) {
     // Refused before launching anything (e.g. an epilogue this cuBLASLt build cannot run with
@@ -346,6 +351,26 @@ void CudaBackend::linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const 
     return add_bias(y, b);
   }
   matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{Epi::Bias, &b, nullptr});
+}
+
+void CudaBackend::linear_residual_fwd(Tensor& y, const Tensor& x, const Tensor& w,
+                                      const Tensor& b, const Tensor& res) {
+  OFT_ASSERT(y.raw() != res.raw(), "linear_residual_fwd: y must not alias res");
+  cuda::expect_float(res, "linear_residual_fwd res");
+  OFT_ASSERT(res.shape() == y.shape() && res.dtype() == y.dtype(), "linear_residual_fwd: res ",
+             shape_str(res.shape()), " ", dtype_name(res.dtype()), " for y ",
+             shape_str(y.shape()), " ", dtype_name(y.dtype()));
+  const bool bias_ok = !b.defined() || cuda::aligned16(b.raw());
+  if (b.defined()) {
+    cuda::expect_float(b, "linear_residual_fwd bias");
+    OFT_ASSERT(b.dtype() == y.dtype() && b.numel() == w.dim(0), "linear_residual_fwd: bias ",
+               shape_str(b.shape()), " ", dtype_name(b.dtype()), " for y ",
+               shape_str(y.shape()), " ", dtype_name(y.dtype()));
+  }
+  EpiArgs e{b.defined() && bias_ok ? Epi::Bias : Epi::None, b.defined() ? &b : nullptr, nullptr,
+            &res};
+  matmul_impl(*this, y, x, false, w, true, 1.0, 1.0, e);
+  if (b.defined() && !bias_ok) add_bias(y, b);
 }
 
 namespace {
