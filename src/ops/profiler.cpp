@@ -193,6 +193,10 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "linear_fwd");
     inner_.linear_fwd(y, x, w, b);
   }
+  void linear_residual_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& res) override {
+    Scope scope_(this, "linear_residual_fwd");
+    inner_.linear_residual_fwd(y, x, w, b, res);
+  }
   void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w, const Tensor& b, Activation a) override {
     Scope scope_(this, "linear_act_fwd");
     inner_.linear_act_fwd(act, pre, x, w, b, a);

@@ -449,7 +449,7 @@ TEST(CudaDense, CrossEntropyBackwardIncludingInPlace) {
 // with ignored rows and (the model's layout) rows padded to an aligned width ld >= V whose
 // padding columns hold random values that must be ignored and get a zero gradient. Its losses
 // and gradient must also equal the GPU's cross_entropy_fwd and cross_entropy_bwd at scale 1
-// bit for bit (same statistics, same arithmetic).
+// bit for bit on aligned rows (same statistics, same arithmetic), to rounding on misaligned ones.
 TEST(CudaDense, CrossEntropyFwdGradIncludingInPlaceAndPadding) {
   OFT_REQUIRE_CUDA();
   struct Padded {
@@ -475,18 +475,26 @@ TEST(CudaDense, CrossEntropyFwdGradIncludingInPlaceAndPadding) {
         gpu().cross_entropy_fwd_grad(losses, dl, glogits, gtg, s.V);
         EXPECT_GPU_CLOSE(losses, ref_l, tol_for(d));
         EXPECT_GPU_CLOSE(dl, ref_d, tol_for(d));
-        // The two-op path on the GPU gives the same bits.
+        // The two-op path on the GPU gives the same bits on aligned rows. Misaligned rows are
+        // summed in an order set by where the vector loads start, which differs between the
+        // kernels: equal to rounding there.
+        auto expect_same = [&](const Tensor& a, const Tensor& b, const char* what) {
+          if (mis)
+            EXPECT_GPU_CLOSE(a, b, tol_for(d)) << what;
+          else
+            EXPECT_EQ(a.to_vector(), b.to_vector()) << what;
+        };
         Tensor l2 = poisoned({s.N}, DType::F32), d2 = poisoned({s.N, s.ld}, d);
         gpu().cross_entropy_fwd(l2, glogits, gtg, s.V);
         gpu().cross_entropy_bwd(d2, glogits, gtg, 1.0, s.V);
-        EXPECT_EQ(losses.to_vector(), l2.to_vector());
-        EXPECT_EQ(dl.to_vector(), d2.to_vector());
+        expect_same(losses, l2, "two-op losses");
+        expect_same(dl, d2, "two-op gradient");
         // In place: dlogits aliases logits.
         Tensor inplace = gpu_copy(logits, d, mis);
         Tensor li = poisoned({s.N}, DType::F32);
         gpu().cross_entropy_fwd_grad(li, inplace, inplace, gtg, s.V);
-        EXPECT_EQ(li.to_vector(), losses.to_vector()) << "in place";
-        EXPECT_EQ(inplace.to_vector(), dl.to_vector()) << "in place";
+        expect_same(li, losses, "in place losses");
+        expect_same(inplace, dl, "in place gradient");
         // Ignored rows: loss 0 and a zero row; padding columns: zero everywhere.
         const std::vector<double> g = inplace.to_vector(), lv = li.to_vector();
         for (int64_t n = 0; n < s.N; ++n) {
