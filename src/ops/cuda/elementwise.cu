@@ -13,10 +13,10 @@
 //
 // bias_grad: dbias[C] (f32) += column sums of dy[N, C]. Two stages, no atomics: stage 1 gives
 // each block a tile of 32 x kVec columns and a chunk of rows (8 warps stride over the rows, four
-// rows in flight per warp, each lane accumulates kVec columns in registers, the 8 warps are combined through shared memory in a
-// fixed order) and writes one f32 partial row per chunk into scratch; stage 2 sums the chunk
-// partials of each column in order and adds them to dbias. With a single chunk (small N), stage
-// 1 adds straight into dbias.
+// rows in flight per warp, each lane accumulates kVec columns in registers, the 8 warps are
+// combined through shared memory in a fixed order) and writes one f32 partial row per chunk
+// into scratch; reduce_partials (partials.cuh) sums the chunk partials of each column in a
+// fixed order into dbias. With a single chunk (small N), stage 1 adds straight into dbias.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -24,6 +24,7 @@
 
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/partials.cuh"
 
 namespace oft::ops {
 namespace {
@@ -262,16 +263,6 @@ __global__ void bias_grad_partial_kernel(float* __restrict__ out, const T* __res
   }
 }
 
-// Stage 2: dbias[c] += sum over chunks k (in order) of partial[k * C + c].
-__global__ void bias_grad_final_kernel(float* __restrict__ dbias, const float* __restrict__ partial,
-                                       int64_t chunks, int64_t C) {
-  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  float s = 0.f;
-  for (int64_t k = 0; k < chunks; ++k) s += partial[k * C + c];
-  dbias[c] += s;
-}
-
 template <class T, int kN>
 void bias_grad_launch(float* dbias, const T* dy, int64_t N, int64_t C) {
   const int64_t tiles = cuda::ceil_div(C, 32 * kN);
@@ -290,13 +281,12 @@ void bias_grad_launch(float* dbias, const T* dy, int64_t N, int64_t C) {
     OFT_CUDA_LAUNCH_CHECK();
     return;
   }
-  float* partial = static_cast<float*>(cuda::scratch(size_t(chunks) * size_t(C) * sizeof(float)));
+  float* partial =
+      static_cast<float*>(cuda::scratch(partial_floats(chunks, int(C)) * sizeof(float)));
   bias_grad_partial_kernel<T, kN>
       <<<grid, block, 0, cuda::stream()>>>(partial, dy, N, C, rows_per_chunk, false);
   OFT_CUDA_LAUNCH_CHECK();
-  bias_grad_final_kernel<<<static_cast<unsigned>(cuda::ceil_div(C, kThreads)), kThreads, 0,
-                           cuda::stream()>>>(dbias, partial, chunks, C);
-  OFT_CUDA_LAUNCH_CHECK();
+  reduce_partials(dbias, nullptr, int(C), partial, int(chunks), int(C));
 }
 
 template <class T>

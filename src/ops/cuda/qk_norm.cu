@@ -10,6 +10,7 @@
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/norm_common.cuh"
+#include "ops/cuda/partials.cuh"
 
 namespace oft::ops {
 namespace {
@@ -22,8 +23,6 @@ using cuda::load_pack;
 using cuda::store_pack;
 using norm::expect_act;
 using norm::expect_numel;
-using norm::partial_floats;
-using norm::reduce_partials;
 
 // Lanes per head segment: the packs of a segment rounded up to a power of two, at most 32.
 int group_size(int packs) {
