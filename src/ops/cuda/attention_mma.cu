@@ -324,9 +324,13 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
         }
       } else {
         // Clipped pass 2: exact p, P' = clip(span p + gamma, 0, 1), P2 = p where unclipped.
+        // Where every probability of the warp's rows in this key tile is clipped to 0 (raw < 0,
+        // p < -gamma / span: most keys of long rows), P' and P2 are zero and the tile's
+        // products are skipped (a warp-uniform branch).
 #pragma unroll
         for (int r = 0; r < RB2; ++r) {
           float p2[NB][4];
+          bool live = false;
 #pragma unroll
           for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
@@ -335,7 +339,9 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
               const float raw = a.span * p + a.gamma;
               s[r][nb][e] = fminf(fmaxf(raw, 0.f), 1.f);
               p2[nb][e] = (raw >= 0.f && raw <= a.clip_hi) ? p : 0.f;  // see Args::clip_hi
+              live |= raw >= 0.f;
             }
+          if (!__any_sync(0xffffffffu, live)) continue;
 #pragma unroll
           for (int kk = 0; kk < NB / 2; ++kk) {
             uint32_t pa[4], pb[4];
@@ -524,9 +530,20 @@ __global__ void __launch_bounds__(32 * NW, MINB) bwd_mma_kernel(const Args a) {
             vis = sOk[k] != 0 && q0 + ql < T && (!a.causal || k0 + k <= q0 + ql);
           st[nb][e] = vis ? exp2f(st[nb][e] * a.scale_log2 - cL[ql]) : 0.f;
         }
+      // Clipped softmax: where raw = span P + gamma < 0 on the whole warp tile, P' = 0 and dp = 0
+      // (clipped): the dV and dP products are skipped, dS = -P D_i (warp-uniform branch).
+      bool live = PROB != kClipped;
+      if (PROB == kClipped) {
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) live |= a.span * st[nb][e] + a.gamma >= 0.f;
+        live = __any_sync(0xffffffffu, live);
+      }
       // dV += P'^T dO  (P' = P, or clip(span P + gamma) which is 0 where P = 0 as gamma <= 0).
 #pragma unroll
       for (int kk = 0; kk < NB / 2; ++kk) {
+        if (!live) break;
         float pc[2][4];
 #pragma unroll
         for (int j = 0; j < 2; ++j)
@@ -553,6 +570,7 @@ __global__ void __launch_bounds__(32 * NW, MINB) bwd_mma_kernel(const Args a) {
         for (int e = 0; e < 4; ++e) dpt[i][e] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
+        if (!live) break;
         uint32_t va[4];
         ldsm_x4(va, a_addr(sV, LD, warp * 16, ks * 16, lane));
 #pragma unroll
