@@ -9,10 +9,12 @@
 // target < 0 ignores the row (loss 0, zero gradient row). No probability tensor is ever stored:
 // the backward recomputes the row statistics (one extra read of the row, mostly from L2) and
 // writes the gradient in the same kernel, so dlogits may alias logits (in-place backward, which
-// halves the memory of the head). fwd_grad reads the row twice and writes it once (GPT-2 124M,
-// B*T = 16384 rows of 50304 bf16: 3 x 1.65 GB instead of the 4 x 1.65 GB of fwd then bwd).
+// halves the memory of the head). fwd_grad reads the row once (staged in shared memory) or twice
+// and writes it once (GPT-2 124M, B*T = 16384 rows of 50304 bf16: 2 x 1.65 GB instead of the
+// 4 x 1.65 GB of fwd then bwd).
 //
-// One 512-thread block per row. Each thread keeps an online (max, sum of exp(x - max)) over its
+// One 512-thread block per row; rows of up to 110 KiB that are 16-byte aligned (the model's
+// padded logits) are first staged in shared memory, so the logits are read once (kStage). Each thread keeps an online (max, sum of exp(x - max)) over its
 // share of the row, updated once per 16-byte pack (8 x bf16 / 4 x f32): the rescale costs one
 // exp per pack. Rows of odd length V (50257, 30522) start at arbitrary 2- or 4-byte offsets, so
 // each row is split into a scalar head up to the first 16-byte boundary, the packed body and a
@@ -154,7 +156,11 @@ __global__ void __launch_bounds__(kCeThreads)
 // element, same thread, read before written). Zero row for target < 0, NaN row for target >= V.
 // kLoss (fwd_grad): also losses[n] exactly as cross_entropy_fwd_kernel (the target's logit is
 // read by thread 0 before row_stats' barriers, so before any thread overwrites it in place).
-template <class T, int kN, bool kLoss>
+// kStage: the row [0, V) is first copied into shared memory (16-byte cp.async; the row must be
+// 16-byte aligned), and both passes read it there: one read of the logits from device memory
+// instead of two (the second pass otherwise re-reads the row, partly from L2). The dynamic
+// shared memory holds V elements rounded up to 16 bytes.
+template <class T, int kN, bool kLoss, bool kStage = false>
 __global__ void __launch_bounds__(kCeThreads)
     cross_entropy_bwd_kernel(float* losses, T* dlogits, const T* logits,
                              const int32_t* __restrict__ targets, int64_t V, int64_t ld,
@@ -163,6 +169,20 @@ __global__ void __launch_bounds__(kCeThreads)
   const int64_t tgt = targets[n];
   const T* row = logits + n * ld;
   T* drow = dlogits + n * ld;
+  if constexpr (kStage) {
+    extern __shared__ __align__(16) unsigned char ce_smem[];
+    if (tgt >= 0 && tgt < V) {  // block-uniform: other rows never read their logits
+      const int64_t chunks = (V * int64_t(sizeof(T)) + 15) / 16;
+      for (int64_t c = threadIdx.x; c < chunks; c += kCeThreads) {
+        const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(ce_smem + c * 16));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst),
+                     "l"(reinterpret_cast<const unsigned char*>(row) + c * 16));
+      }
+      asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+      __syncthreads();
+      row = reinterpret_cast<const T*>(ce_smem);
+    }
+  }
   for (int64_t i = V + threadIdx.x; i < ld; i += kCeThreads) drow[i] = from_f32<T>(0.f);  // padding
   const RowSplit sp = split_row<T, kN>(row, V);  // same split for drow (checked by the host)
   const int tid = threadIdx.x;
@@ -203,8 +223,13 @@ __global__ void __launch_bounds__(kCeThreads)
     drow[i] = from_f32<T>(grad(to_f32(row[i]), i));
 }
 
-// One launch of the kernel above: packed access when dlogits and logits have the same address
-// modulo 16 (always true in place), else one element at a time.
+// Rows up to this many bytes are staged in shared memory (two blocks per SM still fit:
+// GPT-2's 50304 bf16 logits are 98 KiB).
+constexpr int64_t kCeStageBytes = 110 * 1024;
+
+// One launch of the kernel above: staged in shared memory when every row is 16-byte aligned
+// (the model's padded logits) and short enough; else packed access when dlogits and logits have
+// the same address modulo 16 (always true in place); else one element at a time.
 template <bool kLoss>
 void launch_ce_bwd(float* losses, Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                    int64_t V, float scale, const char* what) {
@@ -214,7 +239,20 @@ void launch_ce_bwd(float* losses, Tensor& dlogits, const Tensor& logits, const T
   const unsigned grid = static_cast<unsigned>(N);
   OFT_DISPATCH_FLOAT(logits.dtype(), what, {
     constexpr int kV = static_cast<int>(16 / sizeof(T));
-    if (same_phase)
+    const int64_t row_bytes = (V * int64_t(sizeof(T)) + 15) / 16 * 16;
+    const bool stage = same_phase && cuda::aligned16(logits.raw()) &&
+                       (ld * int64_t(sizeof(T))) % 16 == 0 && row_bytes <= kCeStageBytes;
+    if (stage) {
+      auto kernel = cross_entropy_bwd_kernel<T, kV, kLoss, true>;
+      static bool configured = false;
+      if (!configured) {
+        OFT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            int(kCeStageBytes)));
+        configured = true;
+      }
+      kernel<<<grid, kCeThreads, size_t(row_bytes), cuda::stream()>>>(
+          losses, ptr<T>(dlogits), ptr<T>(logits), ptr<int32_t>(targets), V, ld, scale);
+    } else if (same_phase)
       cross_entropy_bwd_kernel<T, kV, kLoss><<<grid, kCeThreads, 0, cuda::stream()>>>(
           losses, ptr<T>(dlogits), ptr<T>(logits), ptr<int32_t>(targets), V, ld, scale);
     else
