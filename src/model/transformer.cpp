@@ -295,26 +295,27 @@ void TransformerLM::block_forward(size_t l) {
   const Shape nc{B_ * T_, cfg_.d_model};
   if (!fuse_a && !a.attn_out.defined()) a.attn_out = Tensor::empty(nc, dtype_, device_);
   if (!fuse_m && !a.mlp_out.defined()) a.mlp_out = Tensor::empty(nc, dtype_, device_);
+  // h = x + g_a A(in) and out = h + g_m M(in) of pre_norm / op, fused or separate.
+  auto attn_residual = [&](const Tensor& in) {
+    if (fuse_a) return b.attn.forward(a.attn, a.s1, in, key_mask_, B_, T_, &x);
+    b.attn.forward(a.attn, a.attn_out, in, key_mask_, B_, T_);
+    tap(Point::AttnOut, L, a.attn_out);
+    residual(a.s1, x, a.attn_out, ga);
+  };
+  auto mlp_residual = [&](const Tensor& in) {
+    if (fuse_m) return mlp_forward(b, a, out, in, &a.s1);
+    mlp_forward(b, a, a.mlp_out, in);
+    residual(out, a.s1, a.mlp_out, gm);
+  };
   switch (block_) {
     case BlockType::PreNorm:
       b.n1.forward(a.n1, x);
       tap_norm(b.n1, Point::Norm1, L, a.n1);
-      if (fuse_a) {
-        b.attn.forward(a.attn, a.s1, a.n1.out, key_mask_, B_, T_, &x);  // h
-      } else {
-        b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
-        tap(Point::AttnOut, L, a.attn_out);
-        residual(a.s1, x, a.attn_out, ga);  // h
-      }
+      attn_residual(a.n1.out);  // h
       tap(Point::Residual, L, a.s1);
       b.n2.forward(a.n2, a.s1);
       tap_norm(b.n2, Point::Norm2, L, a.n2);
-      if (fuse_m) {
-        mlp_forward(b, a, out, a.n2.out, &a.s1);
-      } else {
-        mlp_forward(b, a, a.mlp_out, a.n2.out);
-        residual(out, a.s1, a.mlp_out, gm);
-      }
+      mlp_residual(a.n2.out);
       break;
     case BlockType::PostNorm:
       b.attn.forward(a.attn, a.attn_out, x, key_mask_, B_, T_);
@@ -341,20 +342,9 @@ void TransformerLM::block_forward(size_t l) {
     case BlockType::OP:
       b.n1.forward(a.n1, x);  // identity except in layer 0
       tap_norm(b.n1, Point::Norm1, L, a.n1);
-      if (fuse_a) {
-        b.attn.forward(a.attn, a.s1, a.n1.out, key_mask_, B_, T_, &x);  // h
-      } else {
-        b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
-        tap(Point::AttnOut, L, a.attn_out);
-        residual(a.s1, x, a.attn_out, ga);  // h
-      }
+      attn_residual(a.n1.out);  // h
       tap(Point::Residual, L, a.s1);
-      if (fuse_m) {
-        mlp_forward(b, a, out, a.s1, &a.s1);
-      } else {
-        mlp_forward(b, a, a.mlp_out, a.s1);
-        residual(out, a.s1, a.mlp_out, gm);
-      }
+      mlp_residual(a.s1);
       break;
     case BlockType::Skipless:
       b.n1.forward(a.n1, x);

@@ -275,6 +275,20 @@ __global__ void __launch_bounds__(kWarpRowThreads, 2)
   norm_fwd_rows<T, 16 / sizeof(T), K, LN>(rows, y, stat0, stat1, x, w, b, N, C, eps);
 }
 
+// The backward's per-thread start: its packs of the weight, and zeroed parameter-gradient sums.
+template <class T, int V, int K, class Rows>
+__device__ __forceinline__ void norm_bwd_prologue(const Rows& rows, float (&wr)[K][V],
+                                                  float (&aw)[K][V], float (&ab)[K][V],
+                                                  const T* w, int nvec) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = rows.first() + k * rows.step();
+#pragma unroll
+    for (int i = 0; i < V; ++i) wr[k][i] = aw[k][i] = ab[k][i] = 0.f;
+    if (j < nvec) load_pack<T, V>(w + j * V, wr[k]);
+  }
+}
+
 // Backward. dy, x, dx [N, C]; w [C]; LN: stat0 = mean, stat1 = rstd; RMS: stat1 = inv.
 // dx = (accumulate ? dx : 0) + d, for the rows of `rows`; aw / ab receive this thread's sums over
 // its rows of dy * xhat (LN) or dy * x * inv (RMS), and of dy (LN), for its packs.
@@ -287,13 +301,7 @@ __device__ __forceinline__ void norm_bwd_rows(Rows& rows, float (&aw)[K][V], flo
   const int nvec = C / V;
   const float inv_c = 1.f / static_cast<float>(C);
   float wr[K][V];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int j = rows.first() + k * rows.step();
-#pragma unroll
-    for (int i = 0; i < V; ++i) wr[k][i] = aw[k][i] = ab[k][i] = 0.f;
-    if (j < nvec) load_pack<T, V>(w + j * V, wr[k]);
-  }
+  norm_bwd_prologue<T, V, K>(rows, wr, aw, ab, w, nvec);
   for (int64_t n = rows.row0(); n < N; n += rows.row_step()) {
     const T *xr = x + n * C, *dyr = dy + n * C;
     const float mu = LN ? stat0[n] : 0.f, r = stat1[n];
@@ -342,13 +350,7 @@ __device__ __forceinline__ void norm_bwd_rows_prefetch(Rows& rows, float (&aw)[K
   const int nvec = C / V;
   const float inv_c = 1.f / static_cast<float>(C);
   float wr[K][V];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int j = rows.first() + k * rows.step();
-#pragma unroll
-    for (int i = 0; i < V; ++i) wr[k][i] = aw[k][i] = ab[k][i] = 0.f;
-    if (j < nvec) load_pack<T, V>(w + j * V, wr[k]);
-  }
+  norm_bwd_prologue<T, V, K>(rows, wr, aw, ab, w, nvec);
   P px[K], pg[K], po[K];
   float mu = 0.f, r = 0.f;
   auto issue = [&](int64_t n) {
