@@ -18,8 +18,7 @@
 //   a thread reads its columns of dy before it writes the same columns of dx.
 //   Narrow packed rows (up to 4 packs per lane of one warp in the forward, 3 in the backward:
 //   C <= 1024 / 768 in bf16) run one warp per row instead, with no block barrier per row (see
-//   norm_fwd_warp_kernel). The backward's C = 768 bf16 case also prefetches the next row
-//   (norm_bwd_rows_prefetch).
+//   norm_fwd_warp_kernel).
 //
 // QK-norm lives in qk_norm.cu; the partial-row reduction and the argument checks both files use
 // are declared in norm_common.cuh.
@@ -275,20 +274,6 @@ __global__ void __launch_bounds__(kWarpRowThreads, 2)
   norm_fwd_rows<T, 16 / sizeof(T), K, LN>(rows, y, stat0, stat1, x, w, b, N, C, eps);
 }
 
-// The backward's per-thread start: its packs of the weight, and zeroed parameter-gradient sums.
-template <class T, int V, int K, class Rows>
-__device__ __forceinline__ void norm_bwd_prologue(const Rows& rows, float (&wr)[K][V],
-                                                  float (&aw)[K][V], float (&ab)[K][V],
-                                                  const T* w, int nvec) {
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int j = rows.first() + k * rows.step();
-#pragma unroll
-    for (int i = 0; i < V; ++i) wr[k][i] = aw[k][i] = ab[k][i] = 0.f;
-    if (j < nvec) load_pack<T, V>(w + j * V, wr[k]);
-  }
-}
-
 // Backward. dy, x, dx [N, C]; w [C]; LN: stat0 = mean, stat1 = rstd; RMS: stat1 = inv.
 // dx = (accumulate ? dx : 0) + d, for the rows of `rows`; aw / ab receive this thread's sums over
 // its rows of dy * xhat (LN) or dy * x * inv (RMS), and of dy (LN), for its packs.
@@ -301,7 +286,13 @@ __device__ __forceinline__ void norm_bwd_rows(Rows& rows, float (&aw)[K][V], flo
   const int nvec = C / V;
   const float inv_c = 1.f / static_cast<float>(C);
   float wr[K][V];
-  norm_bwd_prologue<T, V, K>(rows, wr, aw, ab, w, nvec);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int j = rows.first() + k * rows.step();
+#pragma unroll
+    for (int i = 0; i < V; ++i) wr[k][i] = aw[k][i] = ab[k][i] = 0.f;
+    if (j < nvec) load_pack<T, V>(w + j * V, wr[k]);
+  }
   for (int64_t n = rows.row0(); n < N; n += rows.row_step()) {
     const T *xr = x + n * C, *dyr = dy + n * C;
     const float mu = LN ? stat0[n] : 0.f, r = stat1[n];
@@ -330,77 +321,6 @@ __device__ __forceinline__ void norm_bwd_rows(Rows& rows, float (&aw)[K][V], flo
       if (j < nvec)
         norm_bwd_store_pack<T, V, LN>(dxr + j * V, accumulate, gv[k], wr[k], xv[k], mu, r, c0, c1,
                                       aw[k], ab[k]);
-    }
-  }
-}
-
-// norm_bwd_rows with the loads of row n + row_step (x, dy, the old dx, the statistics) issued
-// before row n is reduced and stored: a warp keeps two rows in flight instead of one dependent
-// chain (load, reduce, load the old dx, store) per row. Raw packs hold the prefetched row. Only
-// the one-warp-per-row kernel with three bf16 packs per lane (C = 768) uses it: the other
-// kernels are held to fewer registers by their occupancy bounds and would spill. dx may alias
-// dy: every load of a row precedes its stores.
-template <class T, int V, int K, bool LN, class Rows>
-__device__ __forceinline__ void norm_bwd_rows_prefetch(Rows& rows, float (&aw)[K][V],
-                                                       float (&ab)[K][V], T* dx, const T* dy,
-                                                       const T* x, const T* w,
-                                                       const float* stat0, const float* stat1,
-                                                       int64_t N, int C, bool accumulate) {
-  using P = Pack<T, V>;
-  const int nvec = C / V;
-  const float inv_c = 1.f / static_cast<float>(C);
-  float wr[K][V];
-  norm_bwd_prologue<T, V, K>(rows, wr, aw, ab, w, nvec);
-  P px[K], pg[K], po[K];
-  float mu = 0.f, r = 0.f;
-  auto issue = [&](int64_t n) {
-    mu = LN ? stat0[n] : 0.f;
-    r = stat1[n];
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = rows.first() + k * rows.step();
-      if (j < nvec) {
-        px[k] = *reinterpret_cast<const P*>(x + n * C + j * V);
-        pg[k] = *reinterpret_cast<const P*>(dy + n * C + j * V);
-        if (accumulate) po[k] = *reinterpret_cast<const P*>(dx + n * C + j * V);
-      }
-    }
-  };
-  if (rows.row0() < N) issue(rows.row0());
-  for (int64_t n = rows.row0(); n < N; n += rows.row_step()) {
-    float xv[K][V], gv[K][V], ov[K][V];
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const bool in = rows.first() + k * rows.step() < nvec;
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        xv[k][i] = in ? to_f32(px[k].v[i]) : 0.f;
-        gv[k][i] = in ? to_f32(pg[k].v[i]) : 0.f;
-        ov[k][i] = in && accumulate ? to_f32(po[k].v[i]) : 0.f;
-      }
-    }
-    const float mu_n = mu, r_n = r;
-    if (n + rows.row_step() < N) issue(n + rows.row_step());
-    float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-    for (int k = 0; k < K; ++k)
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-        norm_bwd_sums<LN>(s0, s1, gv[k][i] * wr[k][i], xv[k][i], mu_n, r_n);
-    rows.sum(s0, s1);
-    float c0, c1;
-    norm_bwd_coeffs<LN>(s0, s1, r_n, inv_c, c0, c1);
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = rows.first() + k * rows.step();
-      if (j < nvec) {
-        float o[V];
-#pragma unroll
-        for (int i = 0; i < V; ++i)
-          o[i] = ov[k][i] + norm_bwd_elem<LN>(gv[k][i], wr[k][i], xv[k][i], mu_n, r_n, c0, c1,
-                                              aw[k][i], ab[k][i]);
-        store_pack<T, V>(dx + n * C + j * V, o);
-      }
     }
   }
 }
@@ -442,11 +362,7 @@ __global__ void __launch_bounds__(kWarpRowThreads, K <= 2 ? 2 : 1)
   extern __shared__ float sacc[];  // [C] dw partial, then [C] db partial
   WarpRows rows;
   float aw[K][V], ab[K][V];
-  if constexpr (K == 3 && sizeof(T) == 2)
-    norm_bwd_rows_prefetch<T, V, K, LN>(rows, aw, ab, dx, dy, x, w, stat0, stat1, N, C,
-                                        accumulate);
-  else
-    norm_bwd_rows<T, V, K, LN>(rows, aw, ab, dx, dy, x, w, stat0, stat1, N, C, accumulate);
+  norm_bwd_rows<T, V, K, LN>(rows, aw, ab, dx, dy, x, w, stat0, stat1, N, C, accumulate);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nvec = C / V;
   const bool db_too = LN && with_db;
   for (int wi = 0; wi < kWarpRowThreads / 32; ++wi) {
