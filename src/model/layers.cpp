@@ -26,11 +26,10 @@ void Linear::forward_residual(Tensor& y, const Tensor& x, const Tensor& res) con
   ops::on(y).linear_residual_fwd(y, x, w, b, res);
 }
 
-void Linear::backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx,
-                      bool with_db) {
+void Linear::backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx) {
   if (dx.defined()) ops::matmul(dx, dy, false, w, false, 1.0, accumulate_dx ? 1.0 : 0.0);
   ops::matmul(dw, dy, true, x, false, 1.0, 1.0);
-  if (b.defined() && with_db) ops::bias_grad(db, dy);
+  if (b.defined()) ops::bias_grad(db, dy);
 }
 
 NormKind parse_norm(const std::string& s) {

@@ -19,10 +19,8 @@ struct Linear {
   void forward(Tensor& y, const Tensor& x) const;
   // y = res + x W^T + b in one pass (y must not alias res).
   void forward_residual(Tensor& y, const Tensor& x, const Tensor& res) const;
-  // dx = dy @ W (overwritten, or added when accumulate_dx); dW += dy^T x; db += colsum(dy)
-  // unless with_db is false (the caller has added it already).
-  void backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx,
-                bool with_db = true);
+  // dx = dy @ W (overwritten, or added when accumulate_dx); dW += dy^T x; db += colsum(dy).
+  void backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx);
 };
 
 enum class NormKind { LayerNorm, RMSNorm, None };

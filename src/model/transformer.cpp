@@ -251,13 +251,8 @@ void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tens
   Tensor no_dx;  // fc_out's input gradient comes with the activation's derivative below
   b.fc_out.backward(no_dx, dout, a.act, false);
   const Tensor& saved = act_ == ops::Activation::ReLU ? a.act : a.fc;  // see mlp_forward
-  if (b.fc.b.defined()) {  // fc's bias gradient comes with its output gradient
-    ops::on(in).linear_act_bwd_dx_db(dfc_, b.fc.db, dout, b.fc_out.w, saved, act_);
-    b.fc.backward(din, dfc_, in, false, false);
-  } else {
-    ops::on(in).linear_act_bwd_dx(dfc_, dout, b.fc_out.w, saved, act_);
-    b.fc.backward(din, dfc_, in, false);
-  }
+  ops::on(in).linear_act_bwd_dx(dfc_, dout, b.fc_out.w, saved, act_);
+  b.fc.backward(din, dfc_, in, false);
 }
 
 const Tensor& TransformerLM::branch_grad(const Tensor& g, Tensor& dg, double constant,

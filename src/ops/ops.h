@@ -236,14 +236,6 @@ class Backend {
     matmul(dpre, dout, false, w, false, 1.0, 0.0);
     activation_bwd(dpre, dpre, saved, a);
   }
-  // linear_act_bwd_dx, and the gradient of the bias that fed the activation with it:
-  // dbias[F] (f32) += column sums of dpre. The CUDA backend takes both from one product
-  // (cuBLASLt's DGELU_BGRAD epilogue, GELU-tanh in bf16).
-  virtual void linear_act_bwd_dx_db(Tensor& dpre, Tensor& dbias, const Tensor& dout,
-                                    const Tensor& w, const Tensor& saved, Activation a) {
-    linear_act_bwd_dx(dpre, dout, w, saved, a);
-    bias_grad(dbias, dpre);
-  }
 
   // ---- multi-tensor forms (one launch for every parameter on the GPU; loops by default) ----
   // AdamW on every item with h's hyper-parameters (h.weight_decay is ignored: each item has

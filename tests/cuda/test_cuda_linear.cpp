@@ -213,16 +213,6 @@ TEST(CudaLinear, ActBackwardMatchesCpu) {
         Tensor got3 = poisoned({s.n, s.F}, dt);
         gpu().linear_act_bwd_dx(got3, gdout, gw, saved_mis, a);
         EXPECT_GPU_CLOSE(got3, ref, tol_for(dt));
-        // With the bias gradient (DGELU_BGRAD for GELU-tanh in bf16): dbias (f32) += colsum.
-        if (a != Activation::ReLU) {
-          const Tensor db0 = randn({s.F});
-          Tensor ref_db = f64(db0);
-          cpu().bias_grad(ref_db, ref);
-          Tensor gdb = to_gpu(db0, DType::F32), got4 = poisoned({s.n, s.F}, dt);
-          gpu().linear_act_bwd_dx_db(got4, gdb, gdout, gw, gpre, a);
-          EXPECT_GPU_CLOSE(got4, ref, tol_for(dt)) << "with the bias gradient";
-          EXPECT_GPU_CLOSE(gdb, ref_db, tol_for(dt)) << "bias gradient";
-        }
       }
 }
 
@@ -355,18 +345,10 @@ TEST(CudaLinearBench, Timing) {
     gpu().activation_bwd(dpre, dpre, pre, G);
   });
   const double gb_fused = time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G); });
-  Tensor db = Tensor::zeros({3072}, DType::F32, Device::CUDA);
-  const double gbb_sep = time_ms([&] {
-    gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G);
-    gpu().bias_grad(db, dpre);
-  });
-  const double gbb_fused = time_ms([&] { gpu().linear_act_bwd_dx_db(dpre, db, dout, w2, pre, G); });
   line("matmul dout @ w2", mm);
   std::printf("[ timing ]   %-52s %8.3f ms\n", "activation_bwd gelu (in place)", ab);
   line("gelu bwd: matmul + activation_bwd", gb_sep);
   line("gelu bwd: linear_act_bwd_dx (DGELU)", gb_fused);
-  line("gelu bwd + bias grad: linear_act_bwd_dx + bias_grad", gbb_sep);
-  line("gelu bwd + bias grad: linear_act_bwd_dx_db (DGELU_BGRAD)", gbb_fused);
   // Forward, ReLU (OPT): no pre-activation kept.
   const double rf_sep = time_ms([&] {
     gpu().linear_fwd(act, x, w1, b1);

@@ -98,8 +98,6 @@ class CudaBackend final : public Backend {
                            const Tensor& res) override;
   void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
                       const Tensor& b, Activation a) override;
-  void linear_act_bwd_dx_db(Tensor& dpre, Tensor& dbias, const Tensor& dout, const Tensor& w,
-                            const Tensor& saved, Activation a) override;
   void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w, const Tensor& saved,
                          Activation a) override;
   // multi_tensor.cu: one launch over every parameter.

@@ -13,14 +13,15 @@
 // and writes it once (GPT-2 124M, B*T = 16384 rows of 50304 bf16: 2 x 1.65 GB instead of the
 // 4 x 1.65 GB of fwd then bwd).
 //
-// One 512-thread block per row; rows of up to 110 KiB that are 16-byte aligned (the model's
-// padded logits) are first staged in shared memory, so the logits are read once (kStage). Each thread keeps an online (max, sum of exp(x - max)) over its
-// share of the row, updated once per 16-byte pack (8 x bf16 / 4 x f32): the rescale costs one
-// exp per pack. Rows of odd length V (50257, 30522) start at arbitrary 2- or 4-byte offsets, so
-// each row is split into a scalar head up to the first 16-byte boundary, the packed body and a
-// scalar tail; every element is visited by the same thread in both passes of the backward, which
-// is what makes the in-place update safe. The per-thread pairs are merged with warp shuffles and
-// then across warps through shared memory. All math is fp32.
+// One 512-thread block per row; rows of up to 110 KiB that are 16-byte aligned (the model's padded
+// logits) are first staged in shared memory, so the logits are read once (kStage). Each thread
+// keeps an online (max, sum of exp(x - max)) over its share of the row, updated once per 16-byte
+// pack (8 x bf16 / 4 x f32): the rescale costs one exp per pack. Rows of odd length V (50257,
+// 30522) start at arbitrary 2- or 4-byte offsets, so each row is split into a scalar head up to the
+// first 16-byte boundary, the packed body and a scalar tail; every element is visited by the same
+// thread in both passes of the backward, which is what makes the in-place update safe. The
+// per-thread pairs are merged with warp shuffles and then across warps through shared memory.
+// All math is fp32.
 //
 // A target >= V cannot be checked on the host without a copy: such a row gets a NaN loss (and a
 // NaN gradient row) so the trainer's non-finite guard stops the run instead of reading out of

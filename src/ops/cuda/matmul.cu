@@ -24,8 +24,6 @@
 //                                      keeps only D and the backward reads relu' from it
 //                      GELU_AUX_BIAS/GELU_AUX  aux = r + bias (the pre-activation), D = gelu(aux)
 //   linear_act_bwd_dx  DGELU           D = r * gelu'(aux), aux = the saved pre-activation
-//   linear_act_bwd_dx_db DGELU_BGRAD   the same, and the column sums of D (the gradient of the
-//                                      bias before the GELU) into an f32 vector
 // Attributes: EPILOGUE, BIAS_POINTER + BIAS_DATA_TYPE (= D's dtype), EPILOGUE_AUX_POINTER +
 // EPILOGUE_AUX_LD (= N). EPILOGUE_AUX_DATA_TYPE is left unset: it defaults to D's dtype, which is
 // what the model stores. cuBLASLt's GELU is the tanh approximation (= Activation::GELU_Tanh).
@@ -95,15 +93,10 @@ uint32_t alignment_of(const void* p) {
 }
 
 // The epilogue of one product (see the header comment for what each computes).
-enum class Epi : uint8_t { None, Bias, Relu, ReluBias, GeluAux, GeluAuxBias, DGelu, DGeluBgrad };
+enum class Epi : uint8_t { None, Bias, Relu, ReluBias, GeluAux, GeluAuxBias, DGelu };
 
-// "Bias" pointer: read (the bias) or, for DGeluBgrad, written (an f32 bias gradient).
-bool epi_has_bias(Epi e) {
-  return e == Epi::Bias || e == Epi::ReluBias || e == Epi::GeluAuxBias || e == Epi::DGeluBgrad;
-}
-bool epi_has_aux(Epi e) {
-  return e == Epi::GeluAux || e == Epi::GeluAuxBias || e == Epi::DGelu || e == Epi::DGeluBgrad;
-}
+bool epi_has_bias(Epi e) { return e == Epi::Bias || e == Epi::ReluBias || e == Epi::GeluAuxBias; }
+bool epi_has_aux(Epi e) { return e == Epi::GeluAux || e == Epi::GeluAuxBias || e == Epi::DGelu; }
 
 cublasLtEpilogue_t lt_epilogue(Epi e) {
   switch (e) {
@@ -114,7 +107,6 @@ cublasLtEpilogue_t lt_epilogue(Epi e) {
     case Epi::GeluAux: return CUBLASLT_EPILOGUE_GELU_AUX;
     case Epi::GeluAuxBias: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
     case Epi::DGelu: return CUBLASLT_EPILOGUE_DGELU;
-    case Epi::DGeluBgrad: return CUBLASLT_EPILOGUE_DGELU_BGRAD;
   }
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
@@ -186,8 +178,8 @@ Plan make_plan(const PlanKey& k, const EpiArgs& e) {
   }
   if (epi_has_bias(k.epi)) {
     // In the column-major view D is [N rows, M cols]: the epilogue's per-row bias is per output
-    // feature. The bias has C's dtype; the bias gradient of DGELU_BGRAD is f32.
-    const cudaDataType_t bt = k.epi == Epi::DGeluBgrad ? CUDA_R_32F : cuda_type(k.c);
+    // feature. The bias has C's dtype.
+    const cudaDataType_t bt = cuda_type(k.c);
     OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
   }
@@ -427,34 +419,6 @@ void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, cons
   e.aux = relu ? nullptr : &pre;
   if (!matmul_impl(*this, act, x, false, w, true, 1.0, 0.0, e)) return compose();
   ++g_fused;
-}
-
-void CudaBackend::linear_act_bwd_dx_db(Tensor& dpre, Tensor& dbias, const Tensor& dout,
-                                       const Tensor& w, const Tensor& saved, Activation a) {
-  auto compose = [&] { Backend::linear_act_bwd_dx_db(dpre, dbias, dout, w, saved, a); };
-  if (a != Activation::GELU_Tanh || dpre.dtype() != DType::BF16 || dpre.ndim() != 2 ||
-      dbias.dtype() != DType::F32 || dbias.numel() != dpre.dim(1))
-    return compose();
-  cuda::expect_float(saved, "linear_act_bwd_dx_db saved");
-  OFT_ASSERT(saved.shape() == dpre.shape() && saved.dtype() == dpre.dtype() &&
-                 dpre.raw() != saved.raw() && dout.dtype() == dpre.dtype(),
-             "linear_act_bwd_dx_db: saved ", shape_str(saved.shape()), " ",
-             dtype_name(saved.dtype()), " for dpre ", shape_str(dpre.shape()), " ",
-             dtype_name(dpre.dtype()));
-  const int64_t F = dpre.dim(1);
-  if (!cuda::aligned16(saved.raw()) || F % 8 != 0) return compose();
-  // cuBLASLt writes the bias gradient; dbias accumulates (gradient accumulation), so the
-  // product writes a scratch vector that is then added.
-  // (Never destroyed, like the plans: device memory outlives static destruction order.)
-  static thread_local Tensor* db_tmp = new Tensor();
-  if (!db_tmp->defined() || db_tmp->numel() < F)
-    *db_tmp = Tensor::empty({F}, DType::F32, Device::CUDA);
-  Tensor tmp = db_tmp->slice(0, F);
-  if (!matmul_impl(*this, dpre, dout, false, w, false, 1.0, 0.0,
-                   EpiArgs{Epi::DGeluBgrad, &tmp, &saved}))
-    return compose();
-  ++g_fused;
-  axpy(dbias, tmp, 1.0);
 }
 
 void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w,
