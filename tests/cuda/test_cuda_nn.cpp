@@ -447,6 +447,9 @@ TEST(CudaNnBench, Timing) {
   report("layernorm_bwd 16384x768",
          time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, false); }),
          3.0 * N * C * es + 8.0 * N);
+  report("layernorm_bwd accumulate",  // the training path: dx += (residual stream)
+         time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, true); }),
+         4.0 * N * C * es + 8.0 * N);
   Tensor h = to_gpu(randn({N, F}), dt), hy = poisoned({N, F}, dt), hd = to_gpu(randn({N, F}), dt);
   Tensor hdx = poisoned({N, F}, dt);
   report("gelu_fwd 16384x3072",

@@ -24,6 +24,10 @@
 //                                      keeps only D and the backward reads relu' from it
 //                      GELU_AUX_BIAS/GELU_AUX  aux = r + bias (the pre-activation), D = gelu(aux)
 //   linear_act_bwd_dx  DGELU           D = r * gelu'(aux), aux = the saved pre-activation
+//   linear_bwd_params  BGRADB          D = r (dw += dy^T x with beta = 1); the bias output gets
+//                                      the sums of cuBLASLt's second operand (dy) over the
+//                                      product's k (the tokens): db's increment, in f32, written
+//                                      to scratch (cuBLASLt overwrites it) and then added to db
 // Attributes: EPILOGUE, BIAS_POINTER + BIAS_DATA_TYPE (= D's dtype), EPILOGUE_AUX_POINTER +
 // EPILOGUE_AUX_LD (= N). EPILOGUE_AUX_DATA_TYPE is left unset: it defaults to D's dtype, which is
 // what the model stores. cuBLASLt's GELU is the tanh approximation (= Activation::GELU_Tanh).
@@ -93,9 +97,11 @@ uint32_t alignment_of(const void* p) {
 }
 
 // The epilogue of one product (see the header comment for what each computes).
-enum class Epi : uint8_t { None, Bias, Relu, ReluBias, GeluAux, GeluAuxBias, DGelu };
+enum class Epi : uint8_t { None, Bias, Relu, ReluBias, GeluAux, GeluAuxBias, DGelu, BGradB };
 
-bool epi_has_bias(Epi e) { return e == Epi::Bias || e == Epi::ReluBias || e == Epi::GeluAuxBias; }
+bool epi_has_bias(Epi e) {
+  return e == Epi::Bias || e == Epi::ReluBias || e == Epi::GeluAuxBias || e == Epi::BGradB;
+}
 bool epi_has_aux(Epi e) { return e == Epi::GeluAux || e == Epi::GeluAuxBias || e == Epi::DGelu; }
 
 cublasLtEpilogue_t lt_epilogue(Epi e) {
@@ -107,17 +113,23 @@ cublasLtEpilogue_t lt_epilogue(Epi e) {
     case Epi::GeluAux: return CUBLASLT_EPILOGUE_GELU_AUX;
     case Epi::GeluAuxBias: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
     case Epi::DGelu: return CUBLASLT_EPILOGUE_DGELU;
+    case Epi::BGradB: return CUBLASLT_EPILOGUE_BGRADB;
   }
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
 
 // An epilogue and its device pointers: the bias [N] (C's dtype) and the auxiliary matrix with
-// C's shape, dtype and row length (written by GELU_AUX*, read by DGELU).
+// C's shape, dtype and row length (written by GELU_AUX*, read by DGELU); for BGRADB the bias
+// gradient's output [M] (f32 scratch) instead of a bias.
 struct EpiArgs {
   Epi kind = Epi::None;
   const Tensor* bias = nullptr;
   const Tensor* aux = nullptr;
   const Tensor* c_in = nullptr;  // the C operand when it is not the output (residual sums)
+  float* bias_grad_out = nullptr;
+  const void* bias_ptr() const {
+    return kind == Epi::BGradB ? static_cast<const void*>(bias_grad_out) : bias->raw();
+  }
 };
 
 struct PlanKey {
@@ -151,7 +163,7 @@ struct Plan {
 // choice depends on their alignment, and before every call.
 void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const EpiArgs& e) {
   if (epi_has_bias(e.kind)) {
-    const void* p = e.bias->raw();
+    const void* p = e.bias_ptr();
     OFT_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p, sizeof(p)));
   }
@@ -178,7 +190,8 @@ Plan make_plan(const PlanKey& k, const EpiArgs& e) {
   }
   if (epi_has_bias(k.epi)) {
     // In the column-major view D is [N rows, M cols]: the epilogue's per-row bias is per output
-    // feature. The bias has C's dtype.
+    // feature (BGRADB's per-column gradient is per row of our A^T: dw's rows). The bias has C's
+    // dtype (f32 for BGRADB, whose C is dw).
     const cudaDataType_t bt = cuda_type(k.c);
     OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
@@ -300,7 +313,7 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
                     alignment_of(B.raw()),
                     std::min(alignment_of(C.raw()), e.c_in ? alignment_of(e.c_in->raw()) : 256u),
                     e.kind,
-                    epi_has_bias(e.kind) ? alignment_of(e.bias->raw()) : 0u,
+                    epi_has_bias(e.kind) ? alignment_of(e.bias_ptr()) : 0u,
                     epi_has_aux(e.kind) ? alignment_of(e.aux->raw()) : 0u};
   const Plan& plan = plan_for(key, e);
   if (!plan.found) {
@@ -311,7 +324,7 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   }
   set_epilogue_pointers(plan.desc, e);
   const float al = float(alpha), be = float(beta);
-  void* ws = cuda::scratch(kWorkspaceBytes);
+  void* ws = cuda::scratch(kWorkspaceBytes);  // same base as linear_bwd_params' larger request
   const void* c_in = e.c_in ? e.c_in->raw() : C.raw();
   const cublasStatus_t st =
       cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(), plan.second, &be,
@@ -444,6 +457,46 @@ void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tens
                    EpiArgs{Epi::DGelu, nullptr, &saved}))
     return compose();
   ++g_fused;
+}
+
+namespace {
+std::atomic<int64_t> g_bgrad_fused{0}, g_bgrad_composed{0};
+
+__global__ void add_f32_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] += x[i];
+}
+}  // namespace
+
+ActEpilogueCounts bgrad_epilogue_counts() { return {g_bgrad_fused.load(), g_bgrad_composed.load()}; }
+
+void CudaBackend::linear_bwd_params(Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x) {
+  // bf16 products only: the f32 path keeps the separate bias_grad, which matches the CPU backend
+  // to f32 rounding. Empty products compose (BGRADB would leave its output unwritten).
+  if (!db.defined() || dy.dtype() != DType::BF16 || dw.dtype() != DType::F32 || x.numel() == 0 ||
+      dw.numel() == 0) {
+    if (db.defined()) ++g_bgrad_composed;
+    return Backend::linear_bwd_params(dw, db, dy, x);
+  }
+  cuda::expect_dtype(db, DType::F32, "linear_bwd_params db (parameter gradients are f32)");
+  OFT_ASSERT(dw.ndim() == 2 && db.numel() == dw.dim(0), "linear_bwd_params: db ",
+             shape_str(db.shape()), " for dw ", shape_str(dw.shape()));
+  const int64_t out = dw.dim(0);
+  // The bias gradient's output lies after the product's workspace in the one scratch buffer
+  // (matmul_impl asks for kWorkspaceBytes and gets the same, already large enough, base).
+  char* base = static_cast<char*>(cuda::scratch(kWorkspaceBytes + size_t(out) * sizeof(float)));
+  float* tmp = reinterpret_cast<float*>(base + kWorkspaceBytes);
+  EpiArgs e;
+  e.kind = Epi::BGradB;
+  e.bias_grad_out = tmp;
+  if (!matmul_impl(*this, dw, dy, true, x, false, 1.0, 1.0, e)) {
+    ++g_bgrad_composed;
+    return Backend::linear_bwd_params(dw, db, dy, x);
+  }
+  add_f32_kernel<<<static_cast<unsigned>(cuda::ceil_div(out, 256)), 256, 0, cuda::stream()>>>(
+      cuda::ptr<float>(db), tmp, out);
+  OFT_CUDA_LAUNCH_CHECK();
+  ++g_bgrad_fused;
 }
 
 }  // namespace oft::ops

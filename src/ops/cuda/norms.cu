@@ -350,41 +350,107 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// One warp per row (C <= 32 * 3 packs: the backward keeps three times the forward's registers).
-// part [gridDim.x, C or 2C] like norm_bwd_kernel: the block's 8 warps add their sums into shared
-// memory in warp order (deterministic); dynamic shared memory (with_db ? 2C : C) floats.
+// One warp per row (C <= 32 * 3 packs), for the narrow rows of the small models (C = 768 bf16).
+// Register arrays for x, dy, w and the dw / db sums (194 registers, 8 warps per SM) left it
+// latency-bound, so here a row is held as raw 16-byte packs (4 registers per pack and operand,
+// converted on use), the old dx is loaded in the same batch as x and dy, and the weights and
+// this warp's dw / db sums live in shared memory, laid out [K * V][32] (slot (k * V + i) * 32 +
+// lane for column (lane + 32 k) * V + i: conflict-free, private to the warp). At <= 128
+// registers (117 for C = 768 bf16) two blocks, 16 warps, fit an SM. The block then adds its
+// warps' sums in warp order into part [gridDim.x, C or 2C] like norm_bwd_kernel
+// (deterministic). Dynamic shared memory: warp_bwd_smem_bytes.
+template <class T, int K>
+constexpr int warp_bwd_slots() {
+  return K * 32 * (16 / static_cast<int>(sizeof(T)));
+}
+template <class T, int K>
+size_t warp_bwd_smem_bytes(bool db_too) {
+  return sizeof(float) * warp_bwd_slots<T, K>() * (1 + (kWarpRowThreads / 32) * (db_too ? 2 : 1));
+}
+
 template <class T, int K, bool LN>
-__global__ void __launch_bounds__(kWarpRowThreads, K <= 2 ? 2 : 1)
+__global__ void __launch_bounds__(kWarpRowThreads, 2)
     norm_bwd_warp_kernel(T* dx, float* part, bool with_db, const T* dy, const T* x, const T* w,
                          const float* stat0, const float* stat1, int64_t N, int C,
                          bool accumulate) {
   constexpr int V = 16 / sizeof(T);
-  extern __shared__ float sacc[];  // [C] dw partial, then [C] db partial
-  WarpRows rows;
-  float aw[K][V], ab[K][V];
-  norm_bwd_rows<T, V, K, LN>(rows, aw, ab, dx, dy, x, w, stat0, stat1, N, C, accumulate);
+  constexpr int S = warp_bwd_slots<T, K>();  // slots per array (>= C)
+  constexpr int W = kWarpRowThreads / 32;
+  using P = Pack<T, V>;
+  extern __shared__ float sm[];  // ws [S], then per warp: dw sums [S] (and db sums [S])
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nvec = C / V;
   const bool db_too = LN && with_db;
-  for (int wi = 0; wi < kWarpRowThreads / 32; ++wi) {
-    if (warp == wi) {
+  const int per_warp = db_too ? 2 * S : S;
+  float* ws = sm;
+  float* aw = sm + S + warp * per_warp;
+  float* ab = db_too ? aw + S : nullptr;
+  for (int s = lane; s < per_warp; s += 32) aw[s] = 0.f;
+  for (int s = threadIdx.x; s < S; s += kWarpRowThreads) {
+    const int k = s / (32 * V), i = (s / 32) % V, j = (s % 32) + 32 * k;
+    ws[s] = j < nvec ? to_f32(w[j * V + i]) : 0.f;
+  }
+  __syncthreads();
+  const float inv_c = 1.f / static_cast<float>(C);
+  WarpRows rows;
+  for (int64_t n = rows.row0(); n < N; n += rows.row_step()) {
+    const P* xr = reinterpret_cast<const P*>(x + n * C);
+    const P* dyr = reinterpret_cast<const P*>(dy + n * C);
+    P* dxr = reinterpret_cast<P*>(dx + n * C);
+    P xp[K], gp[K], op[K];
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const int j = lane + 32 * k;
-        if (j < nvec)
-#pragma unroll
-          for (int i = 0; i < V; ++i) {
-            const int c = j * V + i;
-            sacc[c] = wi == 0 ? aw[k][i] : sacc[c] + aw[k][i];
-            if (db_too) sacc[C + c] = wi == 0 ? ab[k][i] : sacc[C + c] + ab[k][i];
-          }
+    for (int k = 0; k < K; ++k) {
+      const int j = lane + 32 * k;
+      if (j < nvec) {
+        xp[k] = xr[j];
+        gp[k] = dyr[j];
+        if (accumulate) op[k] = dxr[j];
       }
     }
-    __syncthreads();
+    const float mu = LN ? stat0[n] : 0.f, r = stat1[n];
+    float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (lane + 32 * k < nvec)
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+          norm_bwd_sums<LN>(s0, s1, to_f32(gp[k].v[i]) * ws[(k * V + i) * 32 + lane],
+                            to_f32(xp[k].v[i]), mu, r);
+    rows.sum(s0, s1);
+    float c0, c1;
+    norm_bwd_coeffs<LN>(s0, s1, r, inv_c, c0, c1);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = lane + 32 * k;
+      if (j < nvec) {
+        P o;
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const int s = (k * V + i) * 32 + lane;
+          float gw = 0.f, gb = 0.f;
+          float d = norm_bwd_elem<LN>(to_f32(gp[k].v[i]), ws[s], to_f32(xp[k].v[i]), mu, r,
+                                      c0, c1, gw, gb);
+          if (accumulate) d += to_f32(op[k].v[i]);
+          o.v[i] = from_f32<T>(d);
+          aw[s] += gw;
+          if (db_too) ab[s] += gb;
+        }
+        dxr[j] = o;
+      }
+    }
   }
+  __syncthreads();
   float* pr = part + static_cast<int64_t>(blockIdx.x) * (db_too ? 2 * C : C);
-  for (int c = threadIdx.x; c < (db_too ? 2 * C : C); c += kWarpRowThreads) pr[c] = sacc[c];
+  for (int c = threadIdx.x; c < C; c += kWarpRowThreads) {
+    const int j = c / V, i = c % V, s = ((j / 32) * V + i) * 32 + (j % 32);
+    float sw = 0.f, sb = 0.f;
+    for (int wi = 0; wi < W; ++wi) {
+      sw += sm[S + wi * per_warp + s];
+      if (db_too) sb += sm[S + wi * per_warp + S + s];
+    }
+    pr[c] = sw;
+    if (db_too) pr[C + c] = sb;
+  }
 }
-
 
 // Blocks for a persistent row kernel: as many as fit on the device at once, at most one per row.
 template <class Kernel>
@@ -464,7 +530,13 @@ void launch_norm_bwd_warp(T* dx, float* dw, float* db, const T* dy, const T* x, 
   auto kernel = norm_bwd_warp_kernel<T, K, LN>;
   const bool with_db = LN && db;
   const int Ct = with_db ? 2 * C : C;
-  const size_t smem = static_cast<size_t>(Ct) * sizeof(float);
+  const size_t smem = warp_bwd_smem_bytes<T, K>(with_db);
+  static const bool opted_in = [&] {
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(warp_bwd_smem_bytes<T, K>(true))));
+    return true;
+  }();
+  (void)opted_in;
   int per_sm = 0;
   OFT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpRowThreads,
                                                                smem));
