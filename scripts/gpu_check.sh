@@ -15,8 +15,10 @@
 #   8. (ncu) Nsight Compute counters of the attention kernels (NCU_KERNELS, NCU_FILTER).
 #   9. (tune) the D = 64 attention launch variants (OFT_ATTN_TUNE, TUNE_VARIANTS): each checked
 #      against the CPU backend, then timed alone and in a gpt2_124m training step.
+#  10. (wgmma) the Hopper attention forward (OFT_ATTN_WGMMA=1): the attention tests against the
+#      CPU backend, its timing, training steps of gpt2_124m / opt_125m, and its ncu counters.
 # Results land in $OUT (or ./gpu-out).
-# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune]
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -171,6 +173,21 @@ if [[ " $what " == *" tune "* ]]; then
     OFT_ATTN_TUNE=$v "$BIN/oft" bench gpt2_124m --steps 10 --no-peak > "$OUT/tune_bench_$v.log" 2>&1
     grep -E "tokens/s" "$OUT/tune_bench_$v.log"
   done
+fi
+
+if [[ " $what " == *" wgmma "* ]]; then
+  echo "== Hopper attention forward (OFT_ATTN_WGMMA=1)"
+  OFT_ATTN_WGMMA=1 timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*:Presets/CudaModel.*' > "$OUT/wgmma_tests.log" 2>&1
+  echo "tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/wgmma_tests.log" | tr '\n' ' ')"
+  grep -E "^\[  FAILED|Failure|attention bench" "$OUT/wgmma_tests.log" | head -40
+  for p in gpt2_124m opt_125m_vanilla; do
+    OFT_ATTN_WGMMA=1 timeout 120 "$BIN/oft" bench $p train.grad_accum=1 --steps ${BENCH_STEPS:-10} --no-peak > "$OUT/wgmma_bench_$p.log" 2>&1
+    echo "-- $p: $(grep -E "tokens/s|rror" "$OUT/wgmma_bench_$p.log" | tr '\n' ' ')"
+  done
+  OFT_ATTN_WGMMA=1 timeout 180 ncu --clock-control none --kernel-name regex:fwd_wgmma --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' > "$OUT/wgmma_ncu.log" 2>&1
+  grep -E "Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Warp Cycles Per Issued|Stall" "$OUT/wgmma_ncu.log" | head -30
 fi
 
 if [[ " $what " == *" ncu "* ]]; then

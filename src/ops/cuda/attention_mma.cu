@@ -784,6 +784,7 @@ void bwd_by_prob(const Args& a) {
 bool mma_supported(int D) { return D == 16 || D == 32 || D == 64 || D == 128; }
 
 void launch_fwd_mma(const Args& a) {
+  if (wgmma_fwd_enabled(a)) return launch_fwd_wgmma(a);
   switch (a.D) {
     case 16: return fwd_by_prob<16>(a);
     case 32: return fwd_by_prob<32>(a);

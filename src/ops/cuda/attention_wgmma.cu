@@ -1,0 +1,347 @@
+// Hopper (sm_90a) forward attention for head width 64 in bf16, softmax and softmax1: the
+// FlashAttention-2 algorithm of attention_mma.cu with its products on warpgroup MMAs
+// (wgmma.mma_async) that read K and V straight from shared memory.
+//
+// Shapes: a CTA of two warpgroups (256 threads) owns 128 queries, 64 per warpgroup (16 per
+// warp, like the mma.sync kernel's row blocks); keys come in tiles of 128. Per key tile:
+//   S [64 x 128] = Q K^T : 4 x wgmma m64n128k16, Q and K from shared memory (K-major);
+//   online softmax on the f32 accumulators in registers (the m64nN accumulator of a warp has
+//   the m16n8 C-fragment layout, so the softmax code is the mma.sync kernel's);
+//   O [64 x 64] += P V   : 8 x wgmma m64n64k16, P from registers (two neighbouring 8-column
+//   accumulator blocks are the A fragment), V from shared memory (MN-major: stored [key][d]).
+// Q, K and V tiles are [128][64] bf16 with the 128-byte swizzle (16-byte chunk c of row r at
+// r * 128 + ((c ^ (r % 8)) * 16) bytes, tiles 1024-byte aligned), written by 16-byte cp.async
+// (zero fill past T) and described to wgmma by matrix descriptors: start address, 128-byte
+// swizzle, 1024 bytes between 8-row groups. K and V are double-buffered: the next tile's copies
+// run during this tile's products. Two CTAs fit an SM (82 KiB of shared memory each).
+//
+// Outputs are the mma.sync kernel's: out, the saved copy of O, and the log2-domain LSE L. Used
+// for D = 64, bf16, non-clipped probabilities on sm_90 when OFT_ATTN_WGMMA=1 (see
+// wgmma_fwd_enabled); everything else runs attention_mma.cu.
+#include <cuda_bf16.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "ops/cuda/attention_common.cuh"
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define OFT_HAVE_WGMMA 1
+#endif
+
+namespace oft::cuda::attn {
+namespace {
+
+using bf16 = __nv_bfloat16;
+constexpr int kD = 64;
+constexpr int kBM = 128;  // queries per CTA (2 warpgroups x 64)
+constexpr int kBN = 128;  // keys per tile
+constexpr int kWThreads = 256;
+constexpr int kTileBytes = 128 * kD * 2;  // one [128][64] bf16 tile: 16 KiB
+// Q, K[2], V[2], then the key flags [2][kBN]; 1 KiB of slack to align the base to 1024 bytes.
+constexpr int kWSmemBytes = 5 * kTileBytes + 2 * kBN * 4 + 1024;
+constexpr float kInf = __builtin_huge_valf();
+
+#ifdef OFT_HAVE_WGMMA
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
+  const int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+// Makes this thread's completed shared-memory writes visible to the async proxy (wgmma reads).
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Keeps registers that an in-flight wgmma reads or writes from being moved or reused across
+// this point (the compiler does not know the asynchronous accesses).
+template <int N>
+__device__ __forceinline__ void keep(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void keep(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
+
+// Matrix descriptor of a 128-byte-swizzled bf16 tile at p (1024-byte aligned rows groups):
+// start address >> 4 (bits 0-13), leading and stride byte offsets >> 4 (bits 16-29, 32-45), the
+// 128-byte swizzle mode (bits 62-63 = 1). The stride offset is the distance between groups of 8
+// rows of 128 bytes (1024); the leading offset is not used by these layouts (the K extent of
+// one instruction, or the 64 columns of V, lie within one 128-byte row) and is set to the same.
+__device__ __forceinline__ uint64_t sw128_desc(const void* p) {
+  const uint64_t a = (smem_addr(p) & 0x3FFFF) >> 4;
+  return a | (uint64_t(1024 >> 4) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+// d[64] (+)= A (64 x 16, shared, K-major) * B (16 x 128, shared, K-major: stored [n][k]);
+// scale_d 0 overwrites d.
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db,
+                                              int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(scale_d));
+}
+
+// d[32] += A (64 x 16 from registers: each warp's m16n8k16 A fragment of its 16 rows) *
+// B (16 x 64, shared, MN-major: stored [k][n], n contiguous).
+__device__ __forceinline__ void wgmma_rs_n64_t(float (&d)[32], const uint32_t (&a)[4],
+                                                uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Rows r0.. (128 of them) of a [rows, stride] bf16 matrix, 64 columns from g, into a swizzled
+// [128][64] tile; by all 256 threads.
+__device__ __forceinline__ void load_tile_sw(bf16* s, const bf16* g, int64_t stride, int r0, int T,
+                                             int tid) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int idx = tid + i * kWThreads, row = idx >> 3, ch = idx & 7, gr = r0 + row;
+    const bool ok = gr < T;
+    cp_async16(s + row * kD + ((ch ^ (row & 7)) << 3), g + int64_t(ok ? gr : 0) * stride + ch * 8,
+               ok);
+  }
+}
+#endif  // OFT_HAVE_WGMMA
+
+template <int PROB>
+__global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
+#ifdef OFT_HAVE_WGMMA
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* base = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  bf16* sQ = reinterpret_cast<bf16*>(base);
+  auto sK = [&](int buf) { return sQ + (1 + buf) * 128 * kD; };
+  auto sV = [&](int buf) { return sQ + (3 + buf) * 128 * kD; };
+  int* sOk = reinterpret_cast<int*>(sQ + 5 * 128 * kD);  // [2][kBN]
+
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBM;
+  const int64_t stride = 3 * int64_t(C);
+  const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * kD;
+  const bf16* gK = gQ + C;
+  const bf16* gV = gQ + 2 * C;
+  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const int n_kt = a.causal ? (min(q0 + kBM, T) - 1) / kBN + 1 : (T + kBN - 1) / kBN;
+  const int row[2] = {q0 + wg * 64 + warp * 16 + g, q0 + wg * 64 + warp * 16 + g + 8};
+
+  auto load_kv = [&](int kt, int buf) {
+    const int k0 = kt * kBN;
+    load_tile_sw(sK(buf), gK, stride, k0, T, tid);
+    load_tile_sw(sV(buf), gV, stride, k0, T, tid);
+    if (tid < kBN) {
+      const int k = k0 + tid;
+      sOk[buf * kBN + tid] = (k < T && (mask == nullptr || mask[k] != 0)) ? 1 : 0;
+    }
+  };
+  load_tile_sw(sQ, gQ, stride, q0, T, tid);
+  load_kv(0, 0);
+  cp_async_commit();
+
+  float o[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[i] = 0.f;
+  float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f};
+  const uint64_t dq = sw128_desc(sQ + wg * 64 * kD);
+
+  for (int kt = 0; kt < n_kt; ++kt) {
+    const int buf = kt & 1, k0 = kt * kBN;
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // tile kt landed; every warpgroup is done with tile kt - 1's buffers
+    if (kt + 1 < n_kt) {
+      load_kv(kt + 1, buf ^ 1);
+      cp_async_commit();
+    }
+    // S = Q K^T (64 x 128 per warpgroup).
+    float s[64];
+    const uint64_t dk = sw128_desc(sK(buf));
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) wgmma_ss_n128(s, dq + 2 * ks, dk + 2 * ks, ks);
+    wgmma_commit();
+    wgmma_wait_all();
+    keep(s);
+
+    // Scale into the log2 domain and mask (padding, causal, keys past T). s[4 nb + e] is key
+    // k0 + 8 nb + 2 t4 + (e & 1) of row row[e >> 1].
+    const int* ok = sOk + buf * kBN;
+    const bool need_mask = mask != nullptr || k0 + kBN > T || (a.causal && k0 + kBN - 1 > q0);
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      float x = s[i] * a.scale_log2;
+      if (need_mask) {
+        const int kl = (i >> 2) * 8 + 2 * t4 + (i & 1);
+        const bool vis = ok[kl] != 0 && (!a.causal || k0 + kl <= row[(i >> 1) & 1]);
+        if (!vis) x = -kInf;
+      }
+      s[i] = x;
+    }
+    // Online softmax (rows g and g + 8 of the warp; the 4 lanes of a quad share a row).
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int nb = 0; nb < 16; ++nb) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[4 * nb], s[4 * nb + 1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[4 * nb + 2], s[4 * nb + 3]));
+    }
+    float mu[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 1));
+      mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], 2));
+      mu[j] = mx[j] == -kInf ? 0.f : mx[j];
+      const float corr = exp2f(m[j] - mu[j]);
+      l[j] *= corr;
+      m[j] = mx[j];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        o[4 * i + 2 * j] *= corr;
+        o[4 * i + 2 * j + 1] *= corr;
+      }
+    }
+    uint32_t p[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      float e[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        e[i] = exp2f(s[8 * kk + i] - mu[(i >> 1) & 1]);
+        l[(i >> 1) & 1] += e[i];
+      }
+      p[kk][0] = pack_bf16(e[0], e[1]);
+      p[kk][1] = pack_bf16(e[2], e[3]);
+      p[kk][2] = pack_bf16(e[4], e[5]);
+      p[kk][3] = pack_bf16(e[6], e[7]);
+    }
+    // O += P V (64 x 64 per warpgroup); V rows kk * 16.. start 2048 bytes apart.
+    const uint64_t dv = sw128_desc(sV(buf));
+    keep(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) wgmma_rs_n64_t(o, p[kk], dv + kk * (2048 >> 4));
+    wgmma_commit();
+    wgmma_wait_all();
+    keep(o);
+    keep(p);
+  }
+
+  // Normalise, store out and the saved copy (bf16x2 per lane), and L.
+  bf16* gO = static_cast<bf16*>(a.out);
+  bf16* gS = static_cast<bf16*>(a.osave);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    l[j] += __shfl_xor_sync(0xffffffffu, l[j], 1);
+    l[j] += __shfl_xor_sync(0xffffffffu, l[j], 2);
+    float lse, f;
+    if (PROB == kSoftmax) {
+      lse = l[j] > 0.f ? m[j] + log2f(l[j]) : kInf;
+      f = l[j] > 0.f ? 1.f / l[j] : 0.f;
+    } else {  // softmax1: Z = 1 + sum exp, computed against M = max(m, 0) to avoid overflow
+      const float M = fmaxf(m[j], 0.f);
+      lse = M + log2f(l[j] * exp2f(m[j] - M) + exp2f(-M));
+      f = exp2f((m[j] == -kInf ? 0.f : m[j]) - lse);
+    }
+    if (row[j] >= T) continue;
+    const int64_t off = (int64_t(b) * T + row[j]) * C + h * kD + 2 * t4;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t ov = pack_bf16(o[4 * i + 2 * j] * f, o[4 * i + 2 * j + 1] * f);
+      *reinterpret_cast<uint32_t*>(gO + off + i * 8) = ov;
+      *reinterpret_cast<uint32_t*>(gS + off + i * 8) = ov;
+    }
+    if (t4 == 0) a.L[int64_t(bh) * T + row[j]] = lse;
+  }
+#else
+  __trap();  // not built for sm_90a: wgmma_fwd_enabled() keeps this kernel from launching
+#endif
+}
+
+template <int PROB>
+void launch(const Args& a) {
+  static bool configured = false;
+  if (!configured) {
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<PROB>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kWSmemBytes));
+    configured = true;
+  }
+  const dim3 grid(a.B * a.H, (a.T + kBM - 1) / kBM);
+  fwd_wgmma_kernel<PROB><<<grid, kWThreads, kWSmemBytes, stream()>>>(a);
+  OFT_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+bool wgmma_fwd_enabled(const Args& a) {
+  static const bool on = [] {
+    const char* e = std::getenv("OFT_ATTN_WGMMA");
+    if (e == nullptr || std::strcmp(e, "0") == 0) return false;
+    OFT_CHECK(std::strcmp(e, "1") == 0, "OFT_ATTN_WGMMA='", e, "': expected 0 or 1");
+    int dev = 0, major = 0;
+    OFT_CUDA_CHECK(cudaGetDevice(&dev));
+    OFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major == 9;  // the kernel is built for sm_90a only
+  }();
+  return on && a.D == kD && a.prob != kClipped;
+}
+
+void launch_fwd_wgmma(const Args& a) {
+  if (a.prob == kSoftmax) return launch<kSoftmax>(a);
+  launch<kSoftmax1>(a);
+}
+
+}  // namespace oft::cuda::attn
