@@ -28,7 +28,8 @@ void Linear::forward_residual(Tensor& y, const Tensor& x, const Tensor& res) con
 
 void Linear::backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx) {
   if (dx.defined()) ops::matmul(dx, dy, false, w, false, 1.0, accumulate_dx ? 1.0 : 0.0);
-  ops::on(dw).linear_bwd_params(dw, db, dy, x);
+  ops::matmul(dw, dy, true, x, false, 1.0, 1.0);
+  if (b.defined()) ops::bias_grad(db, dy);
 }
 
 NormKind parse_norm(const std::string& s) {

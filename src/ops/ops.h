@@ -237,16 +237,6 @@ class Backend {
     activation_bwd(dpre, dpre, saved, a);
   }
 
-  // The parameter gradients of a linear layer y = x @ w^T + b, given dy [N, out]:
-  //   dw[out, in] += dy^T @ x[N, in],   db[out] += sum_n dy[n, :]   (db may be undefined).
-  // dw and db are f32 (parameter gradients). The CUDA backend takes db from the weight-gradient
-  // product's epilogue (cuBLASLt BGRADB: the column sums of dy as the product reads it), so dy
-  // is read once.
-  virtual void linear_bwd_params(Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x) {
-    matmul(dw, dy, true, x, false, 1.0, 1.0);
-    if (db.defined()) bias_grad(db, dy);
-  }
-
   // ---- multi-tensor forms (one launch for every parameter on the GPU; loops by default) ----
   // AdamW on every item with h's hyper-parameters (h.weight_decay is ignored: each item has
   // its own), then compute = bf16/f32 copy of the updated master where an item has one.

@@ -201,10 +201,6 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "linear_act_fwd");
     inner_.linear_act_fwd(act, pre, x, w, b, a);
   }
-  void linear_bwd_params(Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x) override {
-    Scope scope_(this, "linear_bwd_params");
-    inner_.linear_bwd_params(dw, db, dy, x);
-  }
   void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w, const Tensor& saved, Activation a) override {
     Scope scope_(this, "linear_act_bwd_dx");
     inner_.linear_act_bwd_dx(dpre, dout, w, saved, a);

@@ -304,37 +304,6 @@ TEST(CudaLinear, ActEpilogueTakenWhereExpected) {
   std::printf("[ info ] f32 ReLU forward: %s\n", r32.first ? "epilogue" : "composed");
 }
 
-// linear_bwd_params: dw += dy^T x and db += column sums of dy (bf16: db from cuBLASLt's BGRADB
-// epilogue; f32: the separate bias_grad) against the CPU backend, accumulating onto random
-// gradients, for the presets' layer shapes and odd ones (out not a multiple of 8, one token).
-TEST(CudaLinear, ParamGradientsMatchCpu) {
-  OFT_REQUIRE_CUDA();
-  struct S { int64_t n, in, out; };
-  const ops::ActEpilogueCounts c0 = ops::bgrad_epilogue_counts();
-  for (DType dt : {DType::F32, DType::BF16})
-    for (S s : {S{1, 8, 8}, S{37, 24, 72}, S{512, 768, 2304}, S{300, 768, 3072}, S{64, 3072, 768},
-                S{33, 128, 4}, S{129, 40, 13}})
-      for (bool with_bias : {true, false}) {
-        SCOPED_TRACE(std::string(dtype_label(dt)) + " n=" + std::to_string(s.n) + " in=" +
-                     std::to_string(s.in) + " out=" + std::to_string(s.out) +
-                     (with_bias ? " bias" : " no bias"));
-        const Tensor x = rounded(randn({s.n, s.in}), dt), dy = rounded(randn({s.n, s.out}), dt);
-        const Tensor dw0 = randn({s.out, s.in}), db0 = randn({s.out});
-        Tensor dw = dw0.clone(), db = with_bias ? db0.clone() : Tensor();
-        ops::cpu_backend().linear_bwd_params(dw, db, dy, x);
-        Tensor gdw = dw0.to(Device::CUDA), gdb = with_bias ? db0.to(Device::CUDA) : Tensor();
-        ops::backend(Device::CUDA).linear_bwd_params(gdw, gdb, to_gpu(dy, dt), to_gpu(x, dt));
-        // f32 sums of bf16 products: the GPU's summation order differs from the CPU's.
-        const double tol = dt == DType::BF16 ? 1e-5 : kTolF32;
-        EXPECT_GPU_CLOSE(gdw, dw, tol);
-        if (with_bias) EXPECT_GPU_CLOSE(gdb, db, tol);
-      }
-  const ops::ActEpilogueCounts c1 = ops::bgrad_epilogue_counts();
-  std::printf("[ info ] linear_bwd_params with a bias: %lld from the BGRADB epilogue, %lld composed\n",
-              static_cast<long long>(c1.fused - c0.fused),
-              static_cast<long long>(c1.composed - c0.composed));
-}
-
 // ------------------------------------------------------------------ timing (prints only)
 
 // GPT-2 124M's MLP at 16384 tokens, bf16: the fc layer with its activation, and fc_out's input
@@ -398,28 +367,6 @@ TEST(CudaLinearBench, Timing) {
               static_cast<long long>(c1.fused - c0.fused),
               static_cast<long long>(c1.composed - c0.composed));
   EXPECT_EQ(c1.composed, c0.composed) << "an epilogue fell back to the composition";
-}
-
-// The weight and bias gradients of GPT-2 124M's qkv, proj and fc layers at 16384 tokens, bf16:
-// matmul + bias_grad against linear_bwd_params (BGRADB).
-TEST(CudaLinearBench, ParamGradientTiming) {
-  OFT_REQUIRE_CUDA();
-  const DType bf = DType::BF16;
-  const int64_t M = 16384;
-  struct L { const char* name; int64_t in, out; };
-  for (L l : {L{"qkv 768->2304", 768, 2304}, L{"proj 768->768", 768, 768},
-              L{"fc 768->3072", 768, 3072}, L{"fc_out 3072->768", 3072, 768}}) {
-    const Tensor x = gpu_random(M, l.in, bf, 1.0), dy = gpu_random(M, l.out, bf, 1.0);
-    Tensor dw = Tensor::zeros({l.out, l.in}, DType::F32).to(Device::CUDA);
-    Tensor db = Tensor::zeros({l.out}, DType::F32).to(Device::CUDA);
-    const double mm = time_ms([&] { gpu().matmul(dw, dy, true, x, false, 1.0, 1.0); });
-    const double bg = time_ms([&] { gpu().bias_grad(db, dy); });
-    const double fused = time_ms([&] { gpu().linear_bwd_params(dw, db, dy, x); });
-    const double flop = 2.0 * double(M) * double(l.in) * double(l.out);
-    std::printf("[ timing ] dW + db %-18s matmul %.3f + bias_grad %.3f = %.3f ms; "
-                "linear_bwd_params %.3f ms (%.0f TFLOP/s)\n",
-                l.name, mm, bg, mm + bg, fused, flop / (fused * 1e-3) / 1e12);
-  }
 }
 
 }  // namespace

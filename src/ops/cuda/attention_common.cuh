@@ -3,7 +3,7 @@
 // small device helpers they share.
 //
 //   attention_mma.cu      bf16 tensor-core FlashAttention-2 forward / backward (D = 16..128)
-//   attention_wgmma.cu    its Hopper forward on warpgroup MMAs (D = 64, opt-in)
+//   attention_wgmma.cu    its Hopper forward on warpgroup MMAs (D = 64, softmax / softmax1)
 //   attention_generic.cu  CUDA-core tiled forward / backward for f32 and any D <= 256
 //   attention_quant.cu    evaluation-only forward with fake quantization and range capture
 //
@@ -71,8 +71,8 @@ struct QuantArgs {
 bool mma_supported(int D);
 void launch_fwd_mma(const Args& a);
 void launch_bwd_mma(const Args& a);  // needs a.Dv and a zeroed a.dq_acc; writes k, v of dqkv
-// Hopper forward (attention_wgmma.cu): D = 64, softmax / softmax1, on sm_90 when
-// OFT_ATTN_WGMMA=1; launch_fwd_mma takes it where wgmma_fwd_enabled(a).
+// Hopper forward (attention_wgmma.cu): D = 64, softmax / softmax1, on sm_90 unless
+// OFT_ATTN_WGMMA=0; launch_fwd_mma takes it where wgmma_fwd_enabled(a).
 bool wgmma_fwd_enabled(const Args& a);
 void launch_fwd_wgmma(const Args& a);
 

@@ -16,8 +16,9 @@
 // run during this tile's products. Two CTAs fit an SM (82 KiB of shared memory each).
 //
 // Outputs are the mma.sync kernel's: out, the saved copy of O, and the log2-domain LSE L. Used
-// for D = 64, bf16, non-clipped probabilities on sm_90 when OFT_ATTN_WGMMA=1 (see
-// wgmma_fwd_enabled); everything else runs attention_mma.cu.
+// for D = 64, bf16, non-clipped probabilities on sm_90 unless OFT_ATTN_WGMMA=0 (see
+// wgmma_fwd_enabled); everything else runs attention_mma.cu. At the GPT-2 shape (B 16, T 1024,
+// H 12, causal) on an H100: 0.121 ms (213 TFLOP/s) against 0.154 ms for the mma.sync kernel.
 #include <cuda_bf16.h>
 
 #include <cstdlib>
@@ -329,12 +330,18 @@ void launch(const Args& a) {
 bool wgmma_fwd_enabled(const Args& a) {
   static const bool on = [] {
     const char* e = std::getenv("OFT_ATTN_WGMMA");
-    if (e == nullptr || std::strcmp(e, "0") == 0) return false;
-    OFT_CHECK(std::strcmp(e, "1") == 0, "OFT_ATTN_WGMMA='", e, "': expected 0 or 1");
+    if (e != nullptr && std::strcmp(e, "0") == 0) return false;
+    OFT_CHECK(e == nullptr || std::strcmp(e, "1") == 0, "OFT_ATTN_WGMMA='", e,
+              "': expected 0 (the mma.sync forward) or 1 (the Hopper forward, the default)");
     int dev = 0, major = 0;
     OFT_CUDA_CHECK(cudaGetDevice(&dev));
     OFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    return major == 9;  // the kernel is built for sm_90a only
+    if (major != 9) return false;
+    // The machine code this GPU runs must be the sm_90a build (a build for other architectures
+    // only has the trapping stub, e.g. PTX of compute_80 compiled for the H100 at load time).
+    cudaFuncAttributes fa{};
+    OFT_CUDA_CHECK(cudaFuncGetAttributes(&fa, fwd_wgmma_kernel<kSoftmax>));
+    return fa.binaryVersion == 90;
   }();
   return on && a.D == kD && a.prob != kClipped;
 }

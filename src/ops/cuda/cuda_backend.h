@@ -100,7 +100,6 @@ class CudaBackend final : public Backend {
                       const Tensor& b, Activation a) override;
   void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w, const Tensor& saved,
                          Activation a) override;
-  void linear_bwd_params(Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x) override;
   // multi_tensor.cu: one launch over every parameter.
   void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override;
   void sum_squares_multi(Tensor& acc, const std::vector<const Tensor*>& xs) override;
@@ -117,8 +116,5 @@ struct ActEpilogueCounts {
   int64_t fused = 0, composed = 0;
 };
 ActEpilogueCounts act_epilogue_counts();
-// The same for linear_bwd_params calls with a bias: its gradient from the BGRADB epilogue, or
-// from a separate bias_grad (f32 products, no algorithm).
-ActEpilogueCounts bgrad_epilogue_counts();
 
 }  // namespace oft::ops

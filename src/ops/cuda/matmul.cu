@@ -24,10 +24,6 @@
 //                                      keeps only D and the backward reads relu' from it
 //                      GELU_AUX_BIAS/GELU_AUX  aux = r + bias (the pre-activation), D = gelu(aux)
 //   linear_act_bwd_dx  DGELU           D = r * gelu'(aux), aux = the saved pre-activation
-//   linear_bwd_params  BGRADB          D = r (dw += dy^T x with beta = 1); the bias output gets
-//                                      the sums of cuBLASLt's second operand (dy) over the
-//                                      product's k (the tokens): db's increment, in f32, written
-//                                      to scratch (cuBLASLt overwrites it) and then added to db
 // Attributes: EPILOGUE, BIAS_POINTER + BIAS_DATA_TYPE (= D's dtype), EPILOGUE_AUX_POINTER +
 // EPILOGUE_AUX_LD (= N). EPILOGUE_AUX_DATA_TYPE is left unset: it defaults to D's dtype, which is
 // what the model stores. cuBLASLt's GELU is the tanh approximation (= Activation::GELU_Tanh).
@@ -52,10 +48,20 @@
 // transposes, dtypes, beta != 0, pointer alignments, epilogue kind) so a repeated shape costs no
 // heuristic query. An epilogue problem that the heuristic refuses is cached as such and then
 // always takes its fallback.
+//
+// OFT_MATMUL_TUNE=1 (off by default): the first call of each problem times up to kTuneAlgos of
+// the heuristic's candidates on the call's own operands (3 timed runs each after one warm-up,
+// written to a temporary D so that C, when accumulated into, is untouched) and keeps the
+// fastest. Different algorithms may sum in a different order, so tuned runs are not bitwise
+// reproducible across processes; products whose output exceeds kTuneMaxBytes (the vocabulary
+// head) keep the heuristic's first choice.
 #include <cublasLt.h>
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -75,6 +81,19 @@ namespace oft::ops {
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+constexpr int kTuneAlgos = 8;
+constexpr size_t kTuneMaxBytes = size_t(256) << 20;
+
+bool tuning_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("OFT_MATMUL_TUNE");
+    if (e == nullptr || std::strcmp(e, "0") == 0) return false;
+    OFT_CHECK(std::strcmp(e, "1") == 0, "OFT_MATMUL_TUNE='", e,
+              "': expected 0 (the heuristic's algorithm, the default) or 1 (time the candidates)");
+    return true;
+  }();
+  return on;
+}
 
 cublasLtHandle_t lt_handle() {
   static cublasLtHandle_t h = [] {
@@ -97,11 +116,9 @@ uint32_t alignment_of(const void* p) {
 }
 
 // The epilogue of one product (see the header comment for what each computes).
-enum class Epi : uint8_t { None, Bias, Relu, ReluBias, GeluAux, GeluAuxBias, DGelu, BGradB };
+enum class Epi : uint8_t { None, Bias, Relu, ReluBias, GeluAux, GeluAuxBias, DGelu };
 
-bool epi_has_bias(Epi e) {
-  return e == Epi::Bias || e == Epi::ReluBias || e == Epi::GeluAuxBias || e == Epi::BGradB;
-}
+bool epi_has_bias(Epi e) { return e == Epi::Bias || e == Epi::ReluBias || e == Epi::GeluAuxBias; }
 bool epi_has_aux(Epi e) { return e == Epi::GeluAux || e == Epi::GeluAuxBias || e == Epi::DGelu; }
 
 cublasLtEpilogue_t lt_epilogue(Epi e) {
@@ -113,23 +130,17 @@ cublasLtEpilogue_t lt_epilogue(Epi e) {
     case Epi::GeluAux: return CUBLASLT_EPILOGUE_GELU_AUX;
     case Epi::GeluAuxBias: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
     case Epi::DGelu: return CUBLASLT_EPILOGUE_DGELU;
-    case Epi::BGradB: return CUBLASLT_EPILOGUE_BGRADB;
   }
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
 
 // An epilogue and its device pointers: the bias [N] (C's dtype) and the auxiliary matrix with
-// C's shape, dtype and row length (written by GELU_AUX*, read by DGELU); for BGRADB the bias
-// gradient's output [M] (f32 scratch) instead of a bias.
+// C's shape, dtype and row length (written by GELU_AUX*, read by DGELU).
 struct EpiArgs {
   Epi kind = Epi::None;
   const Tensor* bias = nullptr;
   const Tensor* aux = nullptr;
   const Tensor* c_in = nullptr;  // the C operand when it is not the output (residual sums)
-  float* bias_grad_out = nullptr;
-  const void* bias_ptr() const {
-    return kind == Epi::BGradB ? static_cast<const void*>(bias_grad_out) : bias->raw();
-  }
 };
 
 struct PlanKey {
@@ -157,13 +168,15 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
   bool found = false;                       // the heuristic offered an algorithm
   cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+  std::vector<cublasLtMatmulAlgo_t> candidates;  // OFT_MATMUL_TUNE: the heuristic's others
+  bool tuned = false;
 };
 
 // Sets the epilogue's pointers on a (cached) descriptor: before the heuristic query, whose
 // choice depends on their alignment, and before every call.
 void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const EpiArgs& e) {
   if (epi_has_bias(e.kind)) {
-    const void* p = e.bias_ptr();
+    const void* p = e.bias->raw();
     OFT_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p, sizeof(p)));
   }
@@ -190,8 +203,7 @@ Plan make_plan(const PlanKey& k, const EpiArgs& e) {
   }
   if (epi_has_bias(k.epi)) {
     // In the column-major view D is [N rows, M cols]: the epilogue's per-row bias is per output
-    // feature (BGRADB's per-column gradient is per row of our A^T: dw's rows). The bias has C's
-    // dtype (f32 for BGRADB, whose C is dw).
+    // feature. The bias has C's dtype.
     const cudaDataType_t bt = cuda_type(k.c);
     OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
@@ -236,13 +248,16 @@ Plan make_plan(const PlanKey& k, const EpiArgs& e) {
   OFT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k.align_c, sizeof(k.align_c)));
 
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kTuneAlgos]{};
   int found = 0;
   p.status = cublasLtMatmulAlgoGetHeuristic(lt_handle(), p.desc, p.first, p.second, p.out, p.out,
-                                            pref, 1, &result, &found);
+                                            pref, tuning_enabled() ? kTuneAlgos : 1, results,
+                                            &found);
   cublasLtMatmulPreferenceDestroy(pref);
   p.found = p.status == CUBLAS_STATUS_SUCCESS && found > 0;
-  if (p.found) p.algo = result.algo;
+  if (p.found) p.algo = results[0].algo;
+  for (int i = 0; p.found && i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates.push_back(results[i].algo);
   return p;
 }
 
@@ -252,7 +267,7 @@ std::map<PlanKey, Plan>& plans() {
   return *p;
 }
 
-const Plan& plan_for(const PlanKey& k, const EpiArgs& e) {
+Plan& plan_for(const PlanKey& k, const EpiArgs& e) {
   std::lock_guard<std::mutex> g(g_plans_mu);
   auto it = plans().find(k);
   if (it == plans().end()) it = plans().emplace(k, make_plan(k, e)).first;
@@ -265,6 +280,41 @@ void refuse_plan(const PlanKey& k, cublasStatus_t st) {
   Plan& p = plans().at(k);
   p.found = false;
   p.status = st;
+}
+
+// OFT_MATMUL_TUNE: times the plan's candidates on this call's operands, D going to a temporary
+// (C is read as the product's input only), and keeps the fastest in plan.algo.
+void tune_plan(Plan& plan, const PlanKey& k, const void* b, const void* a, const void* c_in,
+               const float* al, const float* be) {
+  plan.tuned = true;
+  const size_t out_bytes = size_t(k.M) * size_t(k.N) * dtype_size(k.c);
+  if (plan.candidates.size() < 2 || out_bytes > kTuneMaxBytes) return;
+  Tensor tmp = Tensor::empty({k.M, k.N}, k.c, Device::CUDA);
+  void* ws = cuda::scratch(kWorkspaceBytes);
+  cudaEvent_t t0, t1;
+  OFT_CUDA_CHECK(cudaEventCreate(&t0));
+  OFT_CUDA_CHECK(cudaEventCreate(&t1));
+  float best = 0.f;
+  for (const cublasLtMatmulAlgo_t& algo : plan.candidates) {
+    auto run = [&] {
+      return cublasLtMatmul(lt_handle(), plan.desc, al, b, plan.first, a, plan.second, be, c_in,
+                            plan.out, tmp.raw(), plan.out, &algo, ws, kWorkspaceBytes,
+                            cuda::stream());
+    };
+    if (run() != CUBLAS_STATUS_SUCCESS) continue;
+    OFT_CUDA_CHECK(cudaEventRecord(t0, cuda::stream()));
+    for (int i = 0; i < 3; ++i) run();
+    OFT_CUDA_CHECK(cudaEventRecord(t1, cuda::stream()));
+    OFT_CUDA_CHECK(cudaEventSynchronize(t1));
+    float ms = 0.f;
+    OFT_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+    if (best == 0.f || ms < best) {
+      best = ms;
+      plan.algo = algo;
+    }
+  }
+  OFT_CUDA_CHECK(cudaEventDestroy(t0));
+  OFT_CUDA_CHECK(cudaEventDestroy(t1));
 }
 
 // Whether the fallback of an activation epilogue covers its failure (the plain product and the
@@ -313,9 +363,9 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
                     alignment_of(B.raw()),
                     std::min(alignment_of(C.raw()), e.c_in ? alignment_of(e.c_in->raw()) : 256u),
                     e.kind,
-                    epi_has_bias(e.kind) ? alignment_of(e.bias_ptr()) : 0u,
+                    epi_has_bias(e.kind) ? alignment_of(e.bias->raw()) : 0u,
                     epi_has_aux(e.kind) ? alignment_of(e.aux->raw()) : 0u};
-  const Plan& plan = plan_for(key, e);
+  Plan& plan = plan_for(key, e);
   if (!plan.found) {
     if (epi_optional(e.kind)) return false;
     fail("matmul: cuBLASLt has no algorithm for M=", M, " N=", N, " K=", K, transA ? " A^T" : " A",
@@ -324,8 +374,9 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   }
   set_epilogue_pointers(plan.desc, e);
   const float al = float(alpha), be = float(beta);
-  void* ws = cuda::scratch(kWorkspaceBytes);  // same base as linear_bwd_params' larger request
+  void* ws = cuda::scratch(kWorkspaceBytes);
   const void* c_in = e.c_in ? e.c_in->raw() : C.raw();
+  if (tuning_enabled() && !plan.tuned) tune_plan(plan, key, B.raw(), A.raw(), c_in, &al, &be);
   const cublasStatus_t st =
       cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(), plan.second, &be,
                      c_in, plan.out, C.raw(), plan.out, &plan.algo, ws, kWorkspaceBytes,
@@ -457,46 +508,6 @@ void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tens
                    EpiArgs{Epi::DGelu, nullptr, &saved}))
     return compose();
   ++g_fused;
-}
-
-namespace {
-std::atomic<int64_t> g_bgrad_fused{0}, g_bgrad_composed{0};
-
-__global__ void add_f32_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) y[i] += x[i];
-}
-}  // namespace
-
-ActEpilogueCounts bgrad_epilogue_counts() { return {g_bgrad_fused.load(), g_bgrad_composed.load()}; }
-
-void CudaBackend::linear_bwd_params(Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x) {
-  // bf16 products only: the f32 path keeps the separate bias_grad, which matches the CPU backend
-  // to f32 rounding. Empty products compose (BGRADB would leave its output unwritten).
-  if (!db.defined() || dy.dtype() != DType::BF16 || dw.dtype() != DType::F32 || x.numel() == 0 ||
-      dw.numel() == 0) {
-    if (db.defined()) ++g_bgrad_composed;
-    return Backend::linear_bwd_params(dw, db, dy, x);
-  }
-  cuda::expect_dtype(db, DType::F32, "linear_bwd_params db (parameter gradients are f32)");
-  OFT_ASSERT(dw.ndim() == 2 && db.numel() == dw.dim(0), "linear_bwd_params: db ",
-             shape_str(db.shape()), " for dw ", shape_str(dw.shape()));
-  const int64_t out = dw.dim(0);
-  // The bias gradient's output lies after the product's workspace in the one scratch buffer
-  // (matmul_impl asks for kWorkspaceBytes and gets the same, already large enough, base).
-  char* base = static_cast<char*>(cuda::scratch(kWorkspaceBytes + size_t(out) * sizeof(float)));
-  float* tmp = reinterpret_cast<float*>(base + kWorkspaceBytes);
-  EpiArgs e;
-  e.kind = Epi::BGradB;
-  e.bias_grad_out = tmp;
-  if (!matmul_impl(*this, dw, dy, true, x, false, 1.0, 1.0, e)) {
-    ++g_bgrad_composed;
-    return Backend::linear_bwd_params(dw, db, dy, x);
-  }
-  add_f32_kernel<<<static_cast<unsigned>(cuda::ceil_div(out, 256)), 256, 0, cuda::stream()>>>(
-      cuda::ptr<float>(db), tmp, out);
-  OFT_CUDA_LAUNCH_CHECK();
-  ++g_bgrad_fused;
 }
 
 }  // namespace oft::ops
