@@ -18,10 +18,8 @@
 #  10. (wgmma) the mma.sync attention forward in place of the Hopper one (OFT_ATTN_WGMMA=0): the
 #      attention tests against the CPU backend, its timing, training steps of gpt2_124m /
 #      opt_125m; and the Hopper kernel's ncu counters.
-#  11. (mmtune) timed cuBLASLt algorithm choice (OFT_MATMUL_TUNE=1): the matrix-product and
-#      whole-model tests against the CPU backend, and training steps of the performance presets.
 # Results land in $OUT (or ./gpu-out).
-# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma] [mmtune]
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -191,17 +189,6 @@ if [[ " $what " == *" wgmma "* ]]; then
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' > "$OUT/wgmma_ncu.log" 2>&1
   grep -E "Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Warp Cycles Per Issued|Stall" "$OUT/wgmma_ncu.log" | head -30
-fi
-
-if [[ " $what " == *" mmtune "* ]]; then
-  echo "== cuBLASLt algorithms chosen by timing (OFT_MATMUL_TUNE=1)"
-  OFT_MATMUL_TUNE=1 timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaLinear*:CudaDense*:Presets/CudaModel.*' > "$OUT/mmtune_tests.log" 2>&1
-  echo "tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/mmtune_tests.log" | tr '\n' ' ')"
-  grep -E "^\[  FAILED|Failure|timing \]   (qkv|fc|proj|head|dx|dhead|dW|dwte)" "$OUT/mmtune_tests.log" | head -40
-  for p in gpt2_124m opt_125m_vanilla bert_base_vanilla; do
-    OFT_MATMUL_TUNE=1 timeout 120 "$BIN/oft" bench $p train.grad_accum=1 --steps ${BENCH_STEPS:-10} --no-peak > "$OUT/mmtune_bench_$p.log" 2>&1
-    echo "-- $p: $(grep -E "tokens/s|rror" "$OUT/mmtune_bench_$p.log" | tr '\n' ' ')"
-  done
 fi
 
 if [[ " $what " == *" ncu "* ]]; then

@@ -48,20 +48,10 @@
 // transposes, dtypes, beta != 0, pointer alignments, epilogue kind) so a repeated shape costs no
 // heuristic query. An epilogue problem that the heuristic refuses is cached as such and then
 // always takes its fallback.
-//
-// OFT_MATMUL_TUNE=1 (off by default): the first call of each problem times up to kTuneAlgos of
-// the heuristic's candidates on the call's own operands (3 timed runs each after one warm-up,
-// written to a temporary D so that C, when accumulated into, is untouched) and keeps the
-// fastest. Different algorithms may sum in a different order, so tuned runs are not bitwise
-// reproducible across processes; products whose output exceeds kTuneMaxBytes (the vocabulary
-// head) keep the heuristic's first choice.
 #include <cublasLt.h>
 
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -81,19 +71,6 @@ namespace oft::ops {
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
-constexpr int kTuneAlgos = 8;
-constexpr size_t kTuneMaxBytes = size_t(256) << 20;
-
-bool tuning_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("OFT_MATMUL_TUNE");
-    if (e == nullptr || std::strcmp(e, "0") == 0) return false;
-    OFT_CHECK(std::strcmp(e, "1") == 0, "OFT_MATMUL_TUNE='", e,
-              "': expected 0 (the heuristic's algorithm, the default) or 1 (time the candidates)");
-    return true;
-  }();
-  return on;
-}
 
 cublasLtHandle_t lt_handle() {
   static cublasLtHandle_t h = [] {
@@ -168,8 +145,6 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
   bool found = false;                       // the heuristic offered an algorithm
   cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
-  std::vector<cublasLtMatmulAlgo_t> candidates;  // OFT_MATMUL_TUNE: the heuristic's others
-  bool tuned = false;
 };
 
 // Sets the epilogue's pointers on a (cached) descriptor: before the heuristic query, whose
@@ -248,16 +223,13 @@ Plan make_plan(const PlanKey& k, const EpiArgs& e) {
   OFT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k.align_c, sizeof(k.align_c)));
 
-  cublasLtMatmulHeuristicResult_t results[kTuneAlgos]{};
+  cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   p.status = cublasLtMatmulAlgoGetHeuristic(lt_handle(), p.desc, p.first, p.second, p.out, p.out,
-                                            pref, tuning_enabled() ? kTuneAlgos : 1, results,
-                                            &found);
+                                            pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   p.found = p.status == CUBLAS_STATUS_SUCCESS && found > 0;
-  if (p.found) p.algo = results[0].algo;
-  for (int i = 0; p.found && i < found; ++i)
-    if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates.push_back(results[i].algo);
+  if (p.found) p.algo = result.algo;
   return p;
 }
 
@@ -267,7 +239,7 @@ std::map<PlanKey, Plan>& plans() {
   return *p;
 }
 
-Plan& plan_for(const PlanKey& k, const EpiArgs& e) {
+const Plan& plan_for(const PlanKey& k, const EpiArgs& e) {
   std::lock_guard<std::mutex> g(g_plans_mu);
   auto it = plans().find(k);
   if (it == plans().end()) it = plans().emplace(k, make_plan(k, e)).first;
@@ -280,41 +252,6 @@ void refuse_plan(const PlanKey& k, cublasStatus_t st) {
   Plan& p = plans().at(k);
   p.found = false;
   p.status = st;
-}
-
-// OFT_MATMUL_TUNE: times the plan's candidates on this call's operands, D going to a temporary
-// (C is read as the product's input only), and keeps the fastest in plan.algo.
-void tune_plan(Plan& plan, const PlanKey& k, const void* b, const void* a, const void* c_in,
-               const float* al, const float* be) {
-  plan.tuned = true;
-  const size_t out_bytes = size_t(k.M) * size_t(k.N) * dtype_size(k.c);
-  if (plan.candidates.size() < 2 || out_bytes > kTuneMaxBytes) return;
-  Tensor tmp = Tensor::empty({k.M, k.N}, k.c, Device::CUDA);
-  void* ws = cuda::scratch(kWorkspaceBytes);
-  cudaEvent_t t0, t1;
-  OFT_CUDA_CHECK(cudaEventCreate(&t0));
-  OFT_CUDA_CHECK(cudaEventCreate(&t1));
-  float best = 0.f;
-  for (const cublasLtMatmulAlgo_t& algo : plan.candidates) {
-    auto run = [&] {
-      return cublasLtMatmul(lt_handle(), plan.desc, al, b, plan.first, a, plan.second, be, c_in,
-                            plan.out, tmp.raw(), plan.out, &algo, ws, kWorkspaceBytes,
-                            cuda::stream());
-    };
-    if (run() != CUBLAS_STATUS_SUCCESS) continue;
-    OFT_CUDA_CHECK(cudaEventRecord(t0, cuda::stream()));
-    for (int i = 0; i < 3; ++i) run();
-    OFT_CUDA_CHECK(cudaEventRecord(t1, cuda::stream()));
-    OFT_CUDA_CHECK(cudaEventSynchronize(t1));
-    float ms = 0.f;
-    OFT_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
-    if (best == 0.f || ms < best) {
-      best = ms;
-      plan.algo = algo;
-    }
-  }
-  OFT_CUDA_CHECK(cudaEventDestroy(t0));
-  OFT_CUDA_CHECK(cudaEventDestroy(t1));
 }
 
 // Whether the fallback of an activation epilogue covers its failure (the plain product and the
@@ -365,7 +302,7 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
                     e.kind,
                     epi_has_bias(e.kind) ? alignment_of(e.bias->raw()) : 0u,
                     epi_has_aux(e.kind) ? alignment_of(e.aux->raw()) : 0u};
-  Plan& plan = plan_for(key, e);
+  const Plan& plan = plan_for(key, e);
   if (!plan.found) {
     if (epi_optional(e.kind)) return false;
     fail("matmul: cuBLASLt has no algorithm for M=", M, " N=", N, " K=", K, transA ? " A^T" : " A",
@@ -376,7 +313,6 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   const float al = float(alpha), be = float(beta);
   void* ws = cuda::scratch(kWorkspaceBytes);
   const void* c_in = e.c_in ? e.c_in->raw() : C.raw();
-  if (tuning_enabled() && !plan.tuned) tune_plan(plan, key, B.raw(), A.raw(), c_in, &al, &be);
   const cublasStatus_t st =
       cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(), plan.second, &be,
                      c_in, plan.out, C.raw(), plan.out, &plan.algo, ws, kWorkspaceBytes,
