@@ -15,9 +15,9 @@
 #   8. (ncu) Nsight Compute counters of the attention kernels (NCU_KERNELS, NCU_FILTER).
 #   9. (tune) the D = 64 attention launch variants (OFT_ATTN_TUNE, TUNE_VARIANTS): each checked
 #      against the CPU backend, then timed alone and in a gpt2_124m training step.
-#  10. (wgmma) the mma.sync attention forward in place of the Hopper one (OFT_ATTN_WGMMA=0): the
-#      attention tests against the CPU backend, its timing, training steps of gpt2_124m /
-#      opt_125m; and the Hopper kernel's ncu counters.
+#  10. (wgmma) the mma.sync attention kernels in place of the Hopper ones (OFT_ATTN_WGMMA=0): the
+#      attention tests against the CPU backend; the attention timing and training steps of
+#      gpt2_124m / opt_125m with OFT_ATTN_WGMMA=0 and =fwd; the Hopper kernels' ncu counters.
 # Results land in $OUT (or ./gpu-out).
 # Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma]
 set -uo pipefail
@@ -33,7 +33,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,n
 
 if [[ " $what " == *" tests "* ]]; then
   echo "== GPU-vs-CPU op and model checks"
-  "$BIN/oft_cuda_tests" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} > "$OUT/cuda_tests.log" 2>&1
+  timeout 400 "$BIN/oft_cuda_tests" ${GTEST_FILTER:+--gtest_filter=$GTEST_FILTER} > "$OUT/cuda_tests.log" 2>&1
   echo "oft_cuda_tests exit $?"
   grep -E "^\[  FAILED|Failure|error|rel|Expected|Which is|\[model|TFLOP|GB/s| ms" "$OUT/cuda_tests.log" | head -150
   grep -E "^\[  PASSED|tests ran" "$OUT/cuda_tests.log"
@@ -177,15 +177,18 @@ if [[ " $what " == *" tune "* ]]; then
 fi
 
 if [[ " $what " == *" wgmma "* ]]; then
-  echo "== mma.sync attention forward instead of the Hopper one (OFT_ATTN_WGMMA=0)"
+  echo "== mma.sync attention kernels instead of the Hopper ones (OFT_ATTN_WGMMA=0, fwd)"
   OFT_ATTN_WGMMA=0 timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*:Presets/CudaModel.*' > "$OUT/wgmma_tests.log" 2>&1
   echo "tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/wgmma_tests.log" | tr '\n' ' ')"
   grep -E "^\[  FAILED|Failure|attention bench" "$OUT/wgmma_tests.log" | head -40
-  for p in gpt2_124m opt_125m_vanilla; do
-    OFT_ATTN_WGMMA=0 timeout 120 "$BIN/oft" bench $p train.grad_accum=1 --steps ${BENCH_STEPS:-10} --no-peak > "$OUT/wgmma_bench_$p.log" 2>&1
-    echo "-- $p: $(grep -E "tokens/s|rror" "$OUT/wgmma_bench_$p.log" | tr '\n' ' ')"
+  for mode in 0 fwd; do
+    OFT_ATTN_WGMMA=$mode timeout 100 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' 2>&1 | grep -E "attention bench" | sed "s/^/$mode: /"
+    for p in gpt2_124m opt_125m_vanilla; do
+      OFT_ATTN_WGMMA=$mode timeout 120 "$BIN/oft" bench $p train.grad_accum=1 --steps ${BENCH_STEPS:-10} --no-peak > "$OUT/wgmma_bench_${mode}_$p.log" 2>&1
+      echo "-- OFT_ATTN_WGMMA=$mode $p: $(grep -E "tokens/s|rror" "$OUT/wgmma_bench_${mode}_$p.log" | tr '\n' ' ')"
+    done
   done
-  timeout 180 ncu --clock-control none --kernel-name regex:fwd_wgmma --launch-skip 1 --launch-count 1 \
+  timeout 180 ncu --clock-control none --kernel-name regex:wgmma_kernel --launch-skip 2 --launch-count 2 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' > "$OUT/wgmma_ncu.log" 2>&1
   grep -E "Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Warp Cycles Per Issued|Stall" "$OUT/wgmma_ncu.log" | head -30

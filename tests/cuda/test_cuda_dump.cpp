@@ -172,10 +172,23 @@ TEST(TorchDump, WriteModelsForTheReference) {
   const Tensor tok = Tensor::from_vector({kB, kT}, tv, DType::I32);
   const Tensor tgt = Tensor::from_vector({kB, kT}, gv, DType::I32);
   const bool gpu = ops::cuda_available();
-  for (const std::string preset : {"tiny_opt_125m_vanilla", "tiny_opt_125m_clipped_softmax",
-                                   "tiny_opt_125m_gated_attention", "tiny_gpt2_op"}) {
+  // name (the dump's directory), preset, extra override; the "_d64" cases have the head width
+  // of the full-size models (64), which runs the D = 64 attention kernels (attention_wgmma.cu's
+  // Hopper forward for softmax on sm_90).
+  struct Case { std::string name, preset, extra; };
+  for (const Case& c : {Case{"tiny_opt_125m_vanilla", "tiny_opt_125m_vanilla", ""},
+                        Case{"tiny_opt_125m_clipped_softmax", "tiny_opt_125m_clipped_softmax", ""},
+                        Case{"tiny_opt_125m_gated_attention", "tiny_opt_125m_gated_attention", ""},
+                        Case{"tiny_gpt2_op", "tiny_gpt2_op", ""},
+                        Case{"tiny_opt_125m_vanilla_d64", "tiny_opt_125m_vanilla", "model.n_head=2"},
+                        Case{"tiny_opt_125m_clipped_softmax_d64", "tiny_opt_125m_clipped_softmax",
+                             "model.n_head=2"}}) {
+    const std::string& preset = c.name;
     RunConfig cfg;
-    cfg.load(preset, {"model.n_layer=2", "model.vocab_size=301", "data.seq_len=64"});
+    std::vector<std::string> overrides{"model.n_layer=2", "model.vocab_size=301",
+                                       "data.seq_len=64"};
+    if (!c.extra.empty()) overrides.push_back(c.extra);
+    cfg.load(c.preset, overrides);
     const ModelConfig mc = cfg.model;
     const std::string dir = root + "/" + preset;
     std::filesystem::create_directories(dir);

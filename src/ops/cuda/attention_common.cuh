@@ -3,7 +3,8 @@
 // small device helpers they share.
 //
 //   attention_mma.cu      bf16 tensor-core FlashAttention-2 forward / backward (D = 16..128)
-//   attention_wgmma.cu    its Hopper forward on warpgroup MMAs (D = 64, softmax / softmax1)
+//   attention_wgmma.cu    its Hopper forward / backward on warpgroup MMAs (D = 64, softmax /
+//                         softmax1)
 //   attention_generic.cu  CUDA-core tiled forward / backward for f32 and any D <= 256
 //   attention_quant.cu    evaluation-only forward with fake quantization and range capture
 //
@@ -71,10 +72,12 @@ struct QuantArgs {
 bool mma_supported(int D);
 void launch_fwd_mma(const Args& a);
 void launch_bwd_mma(const Args& a);  // needs a.Dv and a zeroed a.dq_acc; writes k, v of dqkv
-// Hopper forward (attention_wgmma.cu): D = 64, softmax / softmax1, on sm_90 unless
-// OFT_ATTN_WGMMA=0; launch_fwd_mma takes it where wgmma_fwd_enabled(a).
+// Hopper kernels (attention_wgmma.cu): D = 64, softmax / softmax1, on sm_90 unless
+// OFT_ATTN_WGMMA says otherwise; launch_fwd_mma / launch_bwd_mma take them where enabled.
 bool wgmma_fwd_enabled(const Args& a);
 void launch_fwd_wgmma(const Args& a);
+bool wgmma_bwd_enabled(const Args& a);
+void launch_bwd_wgmma(const Args& a);  // same contract as launch_bwd_mma
 
 // CUDA-core path (f32 or bf16, any D <= kGenericMaxD).
 constexpr int kGenericMaxD = 256;

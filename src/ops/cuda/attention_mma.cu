@@ -796,6 +796,7 @@ void launch_fwd_mma(const Args& a) {
 }
 
 void launch_bwd_mma(const Args& a) {
+  if (wgmma_bwd_enabled(a)) return launch_bwd_wgmma(a);
   switch (a.D) {
     case 16: return bwd_by_prob<16>(a);
     case 32: return bwd_by_prob<32>(a);

@@ -1,24 +1,29 @@
-// Hopper (sm_90a) forward attention for head width 64 in bf16, softmax and softmax1: the
+// Hopper (sm_90a) attention for head width 64 in bf16, softmax and softmax1: the
 // FlashAttention-2 algorithm of attention_mma.cu with its products on warpgroup MMAs
-// (wgmma.mma_async) that read K and V straight from shared memory.
+// (wgmma.mma_async) that read their shared-memory operands through matrix descriptors.
 //
-// Shapes: a CTA of two warpgroups (256 threads) owns 128 queries, 64 per warpgroup (16 per
+// Forward: a CTA of two warpgroups (256 threads) owns 128 queries, 64 per warpgroup (16 per
 // warp, like the mma.sync kernel's row blocks); keys come in tiles of 128. Per key tile:
 //   S [64 x 128] = Q K^T : 4 x wgmma m64n128k16, Q and K from shared memory (K-major);
 //   online softmax on the f32 accumulators in registers (the m64nN accumulator of a warp has
 //   the m16n8 C-fragment layout, so the softmax code is the mma.sync kernel's);
 //   O [64 x 64] += P V   : 8 x wgmma m64n64k16, P from registers (two neighbouring 8-column
 //   accumulator blocks are the A fragment), V from shared memory (MN-major: stored [key][d]).
-// Q, K and V tiles are [128][64] bf16 with the 128-byte swizzle (16-byte chunk c of row r at
-// r * 128 + ((c ^ (r % 8)) * 16) bytes, tiles 1024-byte aligned), written by 16-byte cp.async
-// (zero fill past T) and described to wgmma by matrix descriptors: start address, 128-byte
-// swizzle, 1024 bytes between 8-row groups. K and V are double-buffered: the next tile's copies
-// run during this tile's products. Two CTAs fit an SM (82 KiB of shared memory each).
+// K and V are double-buffered: the next tile's copies run during this tile's products. Two CTAs
+// fit an SM (82 KiB of shared memory each). Backward: see bwd_wgmma_kernel.
 //
-// Outputs are the mma.sync kernel's: out, the saved copy of O, and the log2-domain LSE L. Used
-// for D = 64, bf16, non-clipped probabilities on sm_90 unless OFT_ATTN_WGMMA=0 (see
-// wgmma_fwd_enabled); everything else runs attention_mma.cu. At the GPT-2 shape (B 16, T 1024,
-// H 12, causal) on an H100: 0.121 ms (213 TFLOP/s) against 0.154 ms for the mma.sync kernel.
+// Tiles are [rows][64] bf16 with the 128-byte swizzle (16-byte chunk c of row r at r * 128 +
+// ((c ^ (r % 8)) * 16) bytes, tiles 1024-byte aligned), written by 16-byte cp.async (zero fill
+// past T) and described to wgmma by: start address, 128-byte swizzle, 1024 bytes between 8-row
+// groups. A K-major operand advances 32 bytes per 16-wide k step, an MN-major one (stored
+// [k][m or n]) 2048 bytes.
+//
+// Inputs and outputs are the mma.sync kernels' (Args): out, the saved copy of O and the
+// log2-domain LSE L forward; dK, dV into dqkv and dQ into the f32 accumulator backward. Used for
+// D = 64, bf16, non-clipped probabilities on sm_90 (OFT_ATTN_WGMMA: 1 both directions, the
+// default; 0 neither; fwd or bwd one of them); everything else runs attention_mma.cu. At the
+// GPT-2 shape (B 16, T 1024, H 12, causal) on an H100 the forward takes 0.121 ms (213 TFLOP/s)
+// against 0.154 ms for the mma.sync kernel.
 #include <cuda_bf16.h>
 
 #include <cstdlib>
@@ -139,22 +144,47 @@ __device__ __forceinline__ void wgmma_rs_n64_t(float (&d)[32], const uint32_t (&
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
+// d[32] (+)= A (64 x 16, shared) * B (16 x 64, shared); TA / TB: 0 = K-major (stored [m][k] /
+// [n][k]), 1 = MN-major (stored [k][m] / [k][n]); scale_d 0 overwrites d.
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t da, uint64_t db,
+                                             int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(scale_d), "n"(TA), "n"(TB));
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// Rows r0.. (128 of them) of a [rows, stride] bf16 matrix, 64 columns from g, into a swizzled
-// [128][64] tile; by all 256 threads.
+// Rows r0.. (ROWS of them) of a [rows, stride] bf16 matrix, 64 columns from g, into a swizzled
+// [ROWS][64] tile; by all 256 threads.
+template <int ROWS = 128>
 __device__ __forceinline__ void load_tile_sw(bf16* s, const bf16* g, int64_t stride, int r0, int T,
                                              int tid) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < ROWS * 8 / kWThreads; ++i) {
     const int idx = tid + i * kWThreads, row = idx >> 3, ch = idx & 7, gr = r0 + row;
     const bool ok = gr < T;
     cp_async16(s + row * kD + ((ch ^ (row & 7)) << 3), g + int64_t(ok ? gr : 0) * stride + ch * 8,
                ok);
   }
+}
+// Barrier of one warpgroup (ids 1 and 2; 0 is __syncthreads).
+__device__ __forceinline__ void warpgroup_sync(int wg) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory");
 }
 #endif  // OFT_HAVE_WGMMA
 
@@ -312,6 +342,230 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 #endif
 }
 
+// ---------------------------------------------------------------- backward
+// A CTA of two warpgroups owns 128 keys (64 per warpgroup) and loops over the query tiles of 64
+// (double-buffered Q, dO, L, D_i), like the mma.sync backward. Per tile and warpgroup:
+//   S^T, dP^T [64 keys x 64 queries] = K Q^T, V dO^T   (wgmma SS, both K-major)
+//   P = exp2(x - L) where visible; dS = P (dP - D_i)  (in registers, f32)
+//   dV += P^T dO, dK += dS^T Q                          (wgmma RS: P, dS from registers;
+//                                                        dO, Q MN-major from shared memory)
+//   dS^T -> shared memory (swizzled [keys][queries]), then dQ [64 x 64] = dS K over the
+//   warpgroup's 64 keys (wgmma SS: A = dS MN-major, B = K MN-major), added into the f32 dQ
+//   accumulator with atomics (as many as the mma.sync kernel's 64-key CTAs make).
+// dK, dV (and S^T, dP^T, dQ while in flight) stay in registers: one CTA per SM.
+constexpr int kBwdKeys = 128, kBwdQ = 64;
+constexpr int kQTileBytes = kBwdQ * kD * 2;  // 8 KiB
+// sK, sV [128][64]; sQ, sdO [2][64][64]; sdS [128][64]; sL, sD [2][64]; sOk [128]; + alignment.
+constexpr int kBwdSmemBytes = 3 * kTileBytes + 4 * kQTileBytes + 4 * kBwdQ * 4 + kBwdKeys * 4 +
+                              1024;
+
+template <int PROB>
+__global__ void __launch_bounds__(kWThreads, 1) bwd_wgmma_kernel(const Args a) {
+#ifdef OFT_HAVE_WGMMA
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* base = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  bf16* sK = reinterpret_cast<bf16*>(base);
+  bf16* sV = sK + kBwdKeys * kD;
+  bf16* sdS = sV + kBwdKeys * kD;                 // [128 keys][64 queries]
+  bf16* sQ = sdS + kBwdKeys * kBwdQ;              // [2][64][64]
+  bf16* sdO = sQ + 2 * kBwdQ * kD;                // [2][64][64]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * kBwdQ * kD);  // [2][64]
+  float* sD = sL + 2 * kBwdQ;                                   // [2][64]
+  int* sOk = reinterpret_cast<int*>(sD + 2 * kBwdQ);            // [128]
+
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
+  const int k0 = blockIdx.y * kBwdKeys, kw0 = k0 + wg * 64;  // the CTA's / warpgroup's keys
+  const int64_t stride = 3 * int64_t(C);
+  const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * kD;
+  const bf16* gK = gQ + C;
+  const bf16* gV = gQ + 2 * C;
+  const bf16* gdO = static_cast<const bf16*>(a.dout) + int64_t(b) * T * C + h * kD;
+  const float* gL = a.L + int64_t(bh) * T;
+  const float* gD = a.Dv + int64_t(bh) * T;
+  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const int n_qt = (T + kBwdQ - 1) / kBwdQ;
+  const int qt0 = a.causal ? k0 / kBwdQ : 0;  // queries before the first key see none of them
+
+  auto load_q_tile = [&](int buf, int qt) {
+    const int q0 = qt * kBwdQ;
+    load_tile_sw<kBwdQ>(sQ + buf * kBwdQ * kD, gQ, stride, q0, T, tid);
+    load_tile_sw<kBwdQ>(sdO + buf * kBwdQ * kD, gdO, C, q0, T, tid);
+    if (tid < kBwdQ) {
+      const int q = q0 + tid;
+      sL[buf * kBwdQ + tid] = q < T ? gL[q] : 0.f;
+    } else if (tid < 2 * kBwdQ) {
+      const int q = q0 + tid - kBwdQ;
+      sD[buf * kBwdQ + tid - kBwdQ] = q < T ? gD[q] : 0.f;
+    }
+  };
+  load_tile_sw(sK, gK, stride, k0, T, tid);
+  load_tile_sw(sV, gV, stride, k0, T, tid);
+  if (tid < kBwdKeys) {
+    const int k = k0 + tid;
+    sOk[tid] = (k < T && (mask == nullptr || mask[k] != 0)) ? 1 : 0;
+  }
+  if (qt0 < n_qt) load_q_tile(0, qt0);
+  cp_async_commit();
+
+  float dk[32], dv[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dk[i] = dv[i] = 0.f;
+  // This thread's keys (warpgroup-local rows of S^T): r and r + 8.
+  const int kr[2] = {warp * 16 + g, warp * 16 + g + 8};
+  const uint64_t d_k = sw128_desc(sK + wg * 64 * kD), d_v = sw128_desc(sV + wg * 64 * kD);
+  bf16* sdS_w = sdS + wg * 64 * kBwdQ;
+  const uint64_t d_ds = sw128_desc(sdS_w);
+
+  for (int qt = qt0, it = 0; qt < n_qt; ++qt, ++it) {
+    const int buf = it & 1, q0 = qt * kBwdQ;
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // tile qt landed; both warpgroups are done with tile qt - 1
+    if (qt + 1 < n_qt) {
+      load_q_tile(buf ^ 1, qt + 1);
+      cp_async_commit();
+    }
+    if (a.causal && kw0 > q0 + kBwdQ - 1) continue;  // every query precedes these keys: dS = 0
+    const bf16* cQ = sQ + buf * kBwdQ * kD;
+    const bf16* cdO = sdO + buf * kBwdQ * kD;
+    const float* cL = sL + buf * kBwdQ;
+    const float* cD = sD + buf * kBwdQ;
+    const uint64_t d_q = sw128_desc(cQ), d_do = sw128_desc(cdO);
+
+    // S^T = K Q^T and dP^T = V dO^T (this warpgroup's 64 keys x 64 queries).
+    float st[32], dpt[32];
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) wgmma_ss_n64<0, 0>(st, d_k + 2 * ks, d_q + 2 * ks, ks);
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) wgmma_ss_n64<0, 0>(dpt, d_v + 2 * ks, d_do + 2 * ks, ks);
+    wgmma_commit();
+    wgmma_wait_all();
+    keep(st);
+    keep(dpt);
+
+    // P = exp2(x - L) on visible entries, 0 elsewhere. st[4 nb + e]: key kr[e >> 1], query
+    // q0 + 8 nb + 2 t4 + (e & 1).
+    const bool need_mask = mask != nullptr || kw0 + 64 > T || q0 + kBwdQ > T ||
+                           (a.causal && kw0 + 63 > q0);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const int ql = (i >> 2) * 8 + 2 * t4 + (i & 1), kl = kr[(i >> 1) & 1];
+      bool vis = true;
+      if (need_mask)
+        vis = sOk[wg * 64 + kl] != 0 && q0 + ql < T && (!a.causal || kw0 + kl <= q0 + ql);
+      st[i] = vis ? exp2f(st[i] * a.scale_log2 - cL[ql]) : 0.f;
+    }
+    // dV += P^T dO.
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      pa[kk][0] = pack_bf16(st[8 * kk + 0], st[8 * kk + 1]);
+      pa[kk][1] = pack_bf16(st[8 * kk + 2], st[8 * kk + 3]);
+      pa[kk][2] = pack_bf16(st[8 * kk + 4], st[8 * kk + 5]);
+      pa[kk][3] = pack_bf16(st[8 * kk + 6], st[8 * kk + 7]);
+    }
+    keep(dv);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64_t(dv, pa[kk], d_do + kk * (2048 >> 4));
+    wgmma_commit();
+    // dS = P (dp - D_i), as the A fragments of dK += dS^T Q and into shared memory for dQ.
+    uint32_t da[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      float e[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int idx = 8 * kk + i, ql = (idx >> 2) * 8 + 2 * t4 + (idx & 1);
+        e[i] = st[idx] * (dpt[idx] - cD[ql]);
+      }
+      da[kk][0] = pack_bf16(e[0], e[1]);
+      da[kk][1] = pack_bf16(e[2], e[3]);
+      da[kk][2] = pack_bf16(e[4], e[5]);
+      da[kk][3] = pack_bf16(e[6], e[7]);
+      // dS^T row kr[r], queries 16 kk + 8 half + 2 t4 (+1): chunk (2 kk + half) of the row,
+      // swizzled with the row's index mod 8.
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = kr[j & 1], ch = 2 * kk + (j >> 1);
+        *reinterpret_cast<uint32_t*>(sdS_w + r * kBwdQ + ((ch ^ (r & 7)) << 3) + 2 * t4) =
+            da[kk][j];
+      }
+    }
+    keep(dk);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64_t(dk, da[kk], d_q + kk * (2048 >> 4));
+    wgmma_commit();
+    fence_proxy_async();
+    warpgroup_sync(wg);  // this warpgroup's dS^T is in shared memory
+    // dQ [64 queries x 64] = dS K over this warpgroup's 64 keys: A = dS (stored [key][query]),
+    // B = K (stored [key][d]), both MN-major; keys 16 kk.. start 2048 bytes apart.
+    float dq[32];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_ss_n64<1, 1>(dq, d_ds + kk * (2048 >> 4), d_k + kk * (2048 >> 4), kk);
+    wgmma_commit();
+    wgmma_wait_all();
+    keep(dq);
+    keep(dv);
+    keep(dk);
+    keep(pa);
+    keep(da);
+    // dq[4 nb + e]: query q0 + 16 warp + g + 8 (e >> 1), column 8 nb + 2 t4 + (e & 1).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = q0 + warp * 16 + g + 8 * r;
+      if (q >= T) continue;
+      float* dst = a.dq_acc + (int64_t(b) * T + q) * C + h * kD + 2 * t4;
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb)
+        atomicAdd(reinterpret_cast<float2*>(dst + nb * 8),
+                  make_float2(dq[4 * nb + 2 * r], dq[4 * nb + 2 * r + 1]));
+    }
+    warpgroup_sync(wg);  // every warp of the group is done reading sdS (the next tile rewrites it)
+  }
+
+  // dK (scaled by 1/sqrt(D)) and dV into dqkv's k and v columns. dk[4 nb + e]: key kr[e >> 1],
+  // column 8 nb + 2 t4 + (e & 1).
+  bf16* gdqkv = static_cast<bf16*>(a.dqkv);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int k = kw0 + kr[r];
+    if (k >= T) continue;
+    bf16* dst = gdqkv + (int64_t(b) * T + k) * stride + C + h * kD + 2 * t4;
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+      *reinterpret_cast<uint32_t*>(dst + nb * 8) =
+          pack_bf16(dk[4 * nb + 2 * r] * a.scale, dk[4 * nb + 2 * r + 1] * a.scale);
+      *reinterpret_cast<uint32_t*>(dst + C + nb * 8) =
+          pack_bf16(dv[4 * nb + 2 * r], dv[4 * nb + 2 * r + 1]);
+    }
+  }
+#else
+  __trap();  // not built for sm_90a: wgmma_bwd_enabled() keeps this kernel from launching
+#endif
+}
+
+template <int PROB>
+void launch_bwd(const Args& a) {
+  static bool configured = false;
+  if (!configured) {
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_wgmma_kernel<PROB>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        kBwdSmemBytes));
+    configured = true;
+  }
+  const dim3 grid(a.B * a.H, (a.T + kBwdKeys - 1) / kBwdKeys);
+  bwd_wgmma_kernel<PROB><<<grid, kWThreads, kBwdSmemBytes, stream()>>>(a);
+  OFT_CUDA_LAUNCH_CHECK();
+}
+
 template <int PROB>
 void launch(const Args& a) {
   static bool configured = false;
@@ -327,23 +581,47 @@ void launch(const Args& a) {
 
 }  // namespace
 
-bool wgmma_fwd_enabled(const Args& a) {
-  static const bool on = [] {
-    const char* e = std::getenv("OFT_ATTN_WGMMA");
-    if (e != nullptr && std::strcmp(e, "0") == 0) return false;
-    OFT_CHECK(e == nullptr || std::strcmp(e, "1") == 0, "OFT_ATTN_WGMMA='", e,
-              "': expected 0 (the mma.sync forward) or 1 (the Hopper forward, the default)");
+namespace {
+// OFT_ATTN_WGMMA: which directions run the Hopper kernels (bit 0 forward, bit 1 backward), on
+// sm_90 with the sm_90a build only.
+int wgmma_mode() {
+  static const int mode = [] {
+    int m = 3;
+    if (const char* e = std::getenv("OFT_ATTN_WGMMA")) {
+      if (std::strcmp(e, "0") == 0) m = 0;
+      else if (std::strcmp(e, "1") == 0) m = 3;
+      else if (std::strcmp(e, "fwd") == 0) m = 1;
+      else if (std::strcmp(e, "bwd") == 0) m = 2;
+      else
+        fail("OFT_ATTN_WGMMA='", e, "': expected 1 (the Hopper forward and backward, the "
+             "default), 0 (the mma.sync kernels), fwd or bwd (one direction on the Hopper kernel)");
+    }
+    if (m == 0) return 0;
     int dev = 0, major = 0;
     OFT_CUDA_CHECK(cudaGetDevice(&dev));
     OFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    if (major != 9) return false;
+    if (major != 9) return 0;
     // The machine code this GPU runs must be the sm_90a build (a build for other architectures
-    // only has the trapping stub, e.g. PTX of compute_80 compiled for the H100 at load time).
+    // only has the trapping stubs, e.g. PTX of compute_80 compiled for the H100 at load time).
     cudaFuncAttributes fa{};
     OFT_CUDA_CHECK(cudaFuncGetAttributes(&fa, fwd_wgmma_kernel<kSoftmax>));
-    return fa.binaryVersion == 90;
+    return fa.binaryVersion == 90 ? m : 0;
   }();
-  return on && a.D == kD && a.prob != kClipped;
+  return mode;
+}
+}  // namespace
+
+bool wgmma_fwd_enabled(const Args& a) {
+  return (wgmma_mode() & 1) && a.D == kD && a.prob != kClipped;
+}
+
+bool wgmma_bwd_enabled(const Args& a) {
+  return (wgmma_mode() & 2) && a.D == kD && a.prob != kClipped;
+}
+
+void launch_bwd_wgmma(const Args& a) {
+  if (a.prob == kSoftmax) return launch_bwd<kSoftmax>(a);
+  launch_bwd<kSoftmax1>(a);
 }
 
 void launch_fwd_wgmma(const Args& a) {
