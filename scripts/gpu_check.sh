@@ -16,8 +16,9 @@
 #   9. (tune) the D = 64 attention launch variants (OFT_ATTN_TUNE, TUNE_VARIANTS): each checked
 #      against the CPU backend, then timed alone and in a gpt2_124m training step.
 #  10. (wgmma) the mma.sync attention kernels in place of the Hopper ones (OFT_ATTN_WGMMA=0): the
-#      attention tests against the CPU backend; the attention timing and training steps of
-#      gpt2_124m / opt_125m with OFT_ATTN_WGMMA=0 and =fwd; the Hopper kernels' ncu counters.
+#      attention tests against the CPU backend, and with OFT_ATTN_WGMMA=all (the Hopper
+#      backward too); the attention timing and training steps of gpt2_124m / opt_125m for each
+#      of WGMMA_MODES (default "0 all"); the Hopper kernels' ncu counters.
 # Results land in $OUT (or ./gpu-out).
 # Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma]
 set -uo pipefail
@@ -181,14 +182,17 @@ if [[ " $what " == *" wgmma "* ]]; then
   OFT_ATTN_WGMMA=0 timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*:Presets/CudaModel.*' > "$OUT/wgmma_tests.log" 2>&1
   echo "tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/wgmma_tests.log" | tr '\n' ' ')"
   grep -E "^\[  FAILED|Failure|attention bench" "$OUT/wgmma_tests.log" | head -40
-  for mode in 0 fwd; do
+  OFT_ATTN_WGMMA=all timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*:Presets/CudaModel.*' > "$OUT/wgmma_all_tests.log" 2>&1
+  echo "OFT_ATTN_WGMMA=all tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/wgmma_all_tests.log" | tr '\n' ' ')"
+  grep -E "^\[  FAILED|Failure" "$OUT/wgmma_all_tests.log" | head -20
+  for mode in ${WGMMA_MODES:-0 all}; do
     OFT_ATTN_WGMMA=$mode timeout 100 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' 2>&1 | grep -E "attention bench" | sed "s/^/$mode: /"
     for p in gpt2_124m opt_125m_vanilla; do
       OFT_ATTN_WGMMA=$mode timeout 120 "$BIN/oft" bench $p train.grad_accum=1 --steps ${BENCH_STEPS:-10} --no-peak > "$OUT/wgmma_bench_${mode}_$p.log" 2>&1
       echo "-- OFT_ATTN_WGMMA=$mode $p: $(grep -E "tokens/s|rror" "$OUT/wgmma_bench_${mode}_$p.log" | tr '\n' ' ')"
     done
   done
-  timeout 180 ncu --clock-control none --kernel-name regex:wgmma_kernel --launch-skip 2 --launch-count 2 \
+  OFT_ATTN_WGMMA=all timeout 180 ncu --clock-control none --kernel-name regex:wgmma_kernel --launch-skip 2 --launch-count 2 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' > "$OUT/wgmma_ncu.log" 2>&1
   grep -E "Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Warp Cycles Per Issued|Stall" "$OUT/wgmma_ncu.log" | head -30

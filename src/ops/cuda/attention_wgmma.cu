@@ -20,10 +20,11 @@
 //
 // Inputs and outputs are the mma.sync kernels' (Args): out, the saved copy of O and the
 // log2-domain LSE L forward; dK, dV into dqkv and dQ into the f32 accumulator backward. Used for
-// D = 64, bf16, non-clipped probabilities on sm_90 (OFT_ATTN_WGMMA: 1 both directions, the
-// default; 0 neither; fwd or bwd one of them); everything else runs attention_mma.cu. At the
-// GPT-2 shape (B 16, T 1024, H 12, causal) on an H100 the forward takes 0.121 ms (213 TFLOP/s)
-// against 0.154 ms for the mma.sync kernel.
+// D = 64, bf16, non-clipped probabilities on sm_90 (OFT_ATTN_WGMMA: fwd, the default; all; bwd;
+// 0 for neither); everything else runs attention_mma.cu. At the GPT-2 shape (B 16, T 1024,
+// H 12, causal) on an H100 the forward takes 0.121 ms (213 TFLOP/s) against 0.154 ms for the
+// mma.sync kernel; the backward (correct, but not yet faster) 0.576 ms against 0.480 ms, so it
+// is not the default.
 #include <cuda_bf16.h>
 
 #include <cstdlib>
@@ -170,13 +171,13 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 
 // Rows r0.. (ROWS of them) of a [rows, stride] bf16 matrix, 64 columns from g, into a swizzled
-// [ROWS][64] tile; by all 256 threads.
-template <int ROWS = 128>
+// [ROWS][64] tile; by THREADS threads.
+template <int ROWS = 128, int THREADS = kWThreads>
 __device__ __forceinline__ void load_tile_sw(bf16* s, const bf16* g, int64_t stride, int r0, int T,
                                              int tid) {
 #pragma unroll
-  for (int i = 0; i < ROWS * 8 / kWThreads; ++i) {
-    const int idx = tid + i * kWThreads, row = idx >> 3, ch = idx & 7, gr = r0 + row;
+  for (int i = 0; i < ROWS * 8 / THREADS; ++i) {
+    const int idx = tid + i * THREADS, row = idx >> 3, ch = idx & 7, gr = r0 + row;
     const bool ok = gr < T;
     cp_async16(s + row * kD + ((ch ^ (row & 7)) << 3), g + int64_t(ok ? gr : 0) * stride + ch * 8,
                ok);
@@ -343,7 +344,7 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 }
 
 // ---------------------------------------------------------------- backward
-// A CTA of two warpgroups owns 128 keys (64 per warpgroup) and loops over the query tiles of 64
+// A CTA of NWG warpgroups owns 64 NWG keys (64 per warpgroup) and loops over the query tiles of 64
 // (double-buffered Q, dO, L, D_i), like the mma.sync backward. Per tile and warpgroup:
 //   S^T, dP^T [64 keys x 64 queries] = K Q^T, V dO^T   (wgmma SS, both K-major)
 //   P = exp2(x - L) where visible; dS = P (dP - D_i)  (in registers, f32)
@@ -352,27 +353,32 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 //   dS^T -> shared memory (swizzled [keys][queries]), then dQ [64 x 64] = dS K over the
 //   warpgroup's 64 keys (wgmma SS: A = dS MN-major, B = K MN-major), added into the f32 dQ
 //   accumulator with atomics (as many as the mma.sync kernel's 64-key CTAs make).
-// dK, dV (and S^T, dP^T, dQ while in flight) stay in registers: one CTA per SM.
-constexpr int kBwdKeys = 128, kBwdQ = 64;
+// dK, dV (and S^T, dP^T, dQ while in flight) stay in registers (204 for NWG 2): NWG 2 runs one
+// CTA per SM (8 warps), NWG 1 is compiled for three (12 warps, <= 168 registers).
+// OFT_ATTN_WGMMA_BWD_WARPGROUPS=1|2 chooses (bwd_warpgroups()).
+constexpr int kBwdQ = 64;
 constexpr int kQTileBytes = kBwdQ * kD * 2;  // 8 KiB
-// sK, sV [128][64]; sQ, sdO [2][64][64]; sdS [128][64]; sL, sD [2][64]; sOk [128]; + alignment.
-constexpr int kBwdSmemBytes = 3 * kTileBytes + 4 * kQTileBytes + 4 * kBwdQ * 4 + kBwdKeys * 4 +
-                              1024;
+// sK, sV, sdS [64 NWG][64]; sQ, sdO [2][64][64]; sL, sD [2][64]; sOk [64 NWG]; + alignment.
+template <int NWG>
+constexpr int bwd_smem_bytes() {
+  return 3 * NWG * kQTileBytes + 4 * kQTileBytes + 4 * kBwdQ * 4 + 64 * NWG * 4 + 1024;
+}
 
-template <int PROB>
-__global__ void __launch_bounds__(kWThreads, 1) bwd_wgmma_kernel(const Args a) {
+template <int PROB, int NWG>
+__global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(const Args a) {
+  constexpr int kBwdKeys = 64 * NWG, kThr = 128 * NWG;
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
   unsigned char* base = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   bf16* sK = reinterpret_cast<bf16*>(base);
   bf16* sV = sK + kBwdKeys * kD;
-  bf16* sdS = sV + kBwdKeys * kD;                 // [128 keys][64 queries]
+  bf16* sdS = sV + kBwdKeys * kD;                 // [keys][64 queries]
   bf16* sQ = sdS + kBwdKeys * kBwdQ;              // [2][64][64]
   bf16* sdO = sQ + 2 * kBwdQ * kD;                // [2][64][64]
   float* sL = reinterpret_cast<float*>(sdO + 2 * kBwdQ * kD);  // [2][64]
   float* sD = sL + 2 * kBwdQ;                                   // [2][64]
-  int* sOk = reinterpret_cast<int*>(sD + 2 * kBwdQ);            // [128]
+  int* sOk = reinterpret_cast<int*>(sD + 2 * kBwdQ);            // [keys]
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
@@ -391,8 +397,8 @@ __global__ void __launch_bounds__(kWThreads, 1) bwd_wgmma_kernel(const Args a) {
 
   auto load_q_tile = [&](int buf, int qt) {
     const int q0 = qt * kBwdQ;
-    load_tile_sw<kBwdQ>(sQ + buf * kBwdQ * kD, gQ, stride, q0, T, tid);
-    load_tile_sw<kBwdQ>(sdO + buf * kBwdQ * kD, gdO, C, q0, T, tid);
+    load_tile_sw<kBwdQ, kThr>(sQ + buf * kBwdQ * kD, gQ, stride, q0, T, tid);
+    load_tile_sw<kBwdQ, kThr>(sdO + buf * kBwdQ * kD, gdO, C, q0, T, tid);
     if (tid < kBwdQ) {
       const int q = q0 + tid;
       sL[buf * kBwdQ + tid] = q < T ? gL[q] : 0.f;
@@ -401,8 +407,8 @@ __global__ void __launch_bounds__(kWThreads, 1) bwd_wgmma_kernel(const Args a) {
       sD[buf * kBwdQ + tid - kBwdQ] = q < T ? gD[q] : 0.f;
     }
   };
-  load_tile_sw(sK, gK, stride, k0, T, tid);
-  load_tile_sw(sV, gV, stride, k0, T, tid);
+  load_tile_sw<kBwdKeys, kThr>(sK, gK, stride, k0, T, tid);
+  load_tile_sw<kBwdKeys, kThr>(sV, gV, stride, k0, T, tid);
   if (tid < kBwdKeys) {
     const int k = k0 + tid;
     sOk[tid] = (k < T && (mask == nullptr || mask[k] != 0)) ? 1 : 0;
@@ -552,18 +558,29 @@ __global__ void __launch_bounds__(kWThreads, 1) bwd_wgmma_kernel(const Args a) {
 #endif
 }
 
-template <int PROB>
+template <int PROB, int NWG>
 void launch_bwd(const Args& a) {
+  constexpr int smem = bwd_smem_bytes<NWG>();
   static bool configured = false;
   if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_wgmma_kernel<PROB>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        kBwdSmemBytes));
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_wgmma_kernel<PROB, NWG>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  const dim3 grid(a.B * a.H, (a.T + kBwdKeys - 1) / kBwdKeys);
-  bwd_wgmma_kernel<PROB><<<grid, kWThreads, kBwdSmemBytes, stream()>>>(a);
+  const dim3 grid(a.B * a.H, (a.T + 64 * NWG - 1) / (64 * NWG));
+  bwd_wgmma_kernel<PROB, NWG><<<grid, 128 * NWG, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
+}
+
+// Warpgroups per backward CTA (OFT_ATTN_WGMMA_BWD_WARPGROUPS, default 1).
+int bwd_warpgroups() {
+  static const int n = [] {
+    const char* e = std::getenv("OFT_ATTN_WGMMA_BWD_WARPGROUPS");
+    if (e == nullptr || std::strcmp(e, "1") == 0) return 1;
+    if (std::strcmp(e, "2") == 0) return 2;
+    fail("OFT_ATTN_WGMMA_BWD_WARPGROUPS='", e, "': expected 1 or 2");
+  }();
+  return n;
 }
 
 template <int PROB>
@@ -586,15 +603,15 @@ namespace {
 // sm_90 with the sm_90a build only.
 int wgmma_mode() {
   static const int mode = [] {
-    int m = 3;
+    int m = 1;
     if (const char* e = std::getenv("OFT_ATTN_WGMMA")) {
       if (std::strcmp(e, "0") == 0) m = 0;
-      else if (std::strcmp(e, "1") == 0) m = 3;
       else if (std::strcmp(e, "fwd") == 0) m = 1;
       else if (std::strcmp(e, "bwd") == 0) m = 2;
+      else if (std::strcmp(e, "all") == 0) m = 3;
       else
-        fail("OFT_ATTN_WGMMA='", e, "': expected 1 (the Hopper forward and backward, the "
-             "default), 0 (the mma.sync kernels), fwd or bwd (one direction on the Hopper kernel)");
+        fail("OFT_ATTN_WGMMA='", e, "': expected fwd (the Hopper forward, the default), all "
+             "(forward and backward), bwd (the backward only) or 0 (the mma.sync kernels)");
     }
     if (m == 0) return 0;
     int dev = 0, major = 0;
@@ -620,8 +637,9 @@ bool wgmma_bwd_enabled(const Args& a) {
 }
 
 void launch_bwd_wgmma(const Args& a) {
-  if (a.prob == kSoftmax) return launch_bwd<kSoftmax>(a);
-  launch_bwd<kSoftmax1>(a);
+  const bool two = bwd_warpgroups() == 2;
+  if (a.prob == kSoftmax) return two ? launch_bwd<kSoftmax, 2>(a) : launch_bwd<kSoftmax, 1>(a);
+  two ? launch_bwd<kSoftmax1, 2>(a) : launch_bwd<kSoftmax1, 1>(a);
 }
 
 void launch_fwd_wgmma(const Args& a) {
