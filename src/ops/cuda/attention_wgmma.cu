@@ -2,15 +2,16 @@
 // FlashAttention-2 algorithm of attention_mma.cu with its products on warpgroup MMAs
 // (wgmma.mma_async) that read their shared-memory operands through matrix descriptors.
 //
-// Forward: a CTA of two warpgroups (256 threads) owns 128 queries, 64 per warpgroup (16 per
-// warp, like the mma.sync kernel's row blocks); keys come in tiles of 128. Per key tile:
+// Forward: a CTA of two (or four: OFT_ATTN_WGMMA_FWD_WARPGROUPS) warpgroups owns 128 (256)
+// queries, 64 per warpgroup (16 per warp, like the mma.sync kernel's row blocks); keys come in
+// tiles of 128. Per key tile:
 //   S [64 x 128] = Q K^T : 4 x wgmma m64n128k16, Q and K from shared memory (K-major);
 //   online softmax on the f32 accumulators in registers (the m64nN accumulator of a warp has
 //   the m16n8 C-fragment layout, so the softmax code is the mma.sync kernel's);
 //   O [64 x 64] += P V   : 8 x wgmma m64n64k16, P from registers (two neighbouring 8-column
 //   accumulator blocks are the A fragment), V from shared memory (MN-major: stored [key][d]).
-// K and V are double-buffered: the next tile's copies run during this tile's products. Two CTAs
-// fit an SM (82 KiB of shared memory each). Backward: see bwd_wgmma_kernel.
+// K and V are double-buffered: the next tile's copies run during this tile's products. Two
+// two-warpgroup CTAs fit an SM (82 KiB of shared memory each). Backward: see bwd_wgmma_kernel.
 //
 // Tiles are [rows][64] bf16 with the 128-byte swizzle (16-byte chunk c of row r at r * 128 +
 // ((c ^ (r % 8)) * 16) bytes, tiles 1024-byte aligned), written by 16-byte cp.async (zero fill
@@ -41,12 +42,15 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 constexpr int kD = 64;
-constexpr int kBM = 128;  // queries per CTA (2 warpgroups x 64)
 constexpr int kBN = 128;  // keys per tile
 constexpr int kWThreads = 256;
 constexpr int kTileBytes = 128 * kD * 2;  // one [128][64] bf16 tile: 16 KiB
-// Q, K[2], V[2], then the key flags [2][kBN]; 1 KiB of slack to align the base to 1024 bytes.
-constexpr int kWSmemBytes = 5 * kTileBytes + 2 * kBN * 4 + 1024;
+// Forward shared memory: Q [64 NWG][64], K[2], V[2], then the key flags [2][kBN]; 1 KiB of
+// slack to align the base to 1024 bytes.
+template <int NWG>
+constexpr int fwd_smem_bytes() {
+  return NWG * kTileBytes / 2 + 4 * kTileBytes + 2 * kBN * 4 + 1024;
+}
 constexpr float kInf = __builtin_huge_valf();
 
 #ifdef OFT_HAVE_WGMMA
@@ -189,16 +193,19 @@ __device__ __forceinline__ void warpgroup_sync(int wg) {
 }
 #endif  // OFT_HAVE_WGMMA
 
-template <int PROB>
-__global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
+// NWG warpgroups of 64 queries per CTA: 2 (two CTAs per SM) or 4 (one CTA per SM, each K / V
+// tile read from L2 once per 256 queries instead of 128).
+template <int PROB, int NWG>
+__global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 2 : 1) fwd_wgmma_kernel(const Args a) {
+  constexpr int kBM = 64 * NWG, kThr = 128 * NWG;
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
   unsigned char* base = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   bf16* sQ = reinterpret_cast<bf16*>(base);
-  auto sK = [&](int buf) { return sQ + (1 + buf) * 128 * kD; };
-  auto sV = [&](int buf) { return sQ + (3 + buf) * 128 * kD; };
-  int* sOk = reinterpret_cast<int*>(sQ + 5 * 128 * kD);  // [2][kBN]
+  auto sK = [&](int buf) { return sQ + kBM * kD + buf * 128 * kD; };
+  auto sV = [&](int buf) { return sQ + kBM * kD + (2 + buf) * 128 * kD; };
+  int* sOk = reinterpret_cast<int*>(sQ + kBM * kD + 4 * 128 * kD);  // [2][kBN]
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
@@ -214,14 +221,14 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 
   auto load_kv = [&](int kt, int buf) {
     const int k0 = kt * kBN;
-    load_tile_sw(sK(buf), gK, stride, k0, T, tid);
-    load_tile_sw(sV(buf), gV, stride, k0, T, tid);
+    load_tile_sw<kBN, kThr>(sK(buf), gK, stride, k0, T, tid);
+    load_tile_sw<kBN, kThr>(sV(buf), gV, stride, k0, T, tid);
     if (tid < kBN) {
       const int k = k0 + tid;
       sOk[buf * kBN + tid] = (k < T && (mask == nullptr || mask[k] != 0)) ? 1 : 0;
     }
   };
-  load_tile_sw(sQ, gQ, stride, q0, T, tid);
+  load_tile_sw<kBM, kThr>(sQ, gQ, stride, q0, T, tid);
   load_kv(0, 0);
   cp_async_commit();
 
@@ -583,17 +590,29 @@ int bwd_warpgroups() {
   return n;
 }
 
-template <int PROB>
+template <int PROB, int NWG>
 void launch(const Args& a) {
+  constexpr int smem = fwd_smem_bytes<NWG>();
   static bool configured = false;
   if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<PROB>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kWSmemBytes));
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<PROB, NWG>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  const dim3 grid(a.B * a.H, (a.T + kBM - 1) / kBM);
-  fwd_wgmma_kernel<PROB><<<grid, kWThreads, kWSmemBytes, stream()>>>(a);
+  const dim3 grid(a.B * a.H, (a.T + 64 * NWG - 1) / (64 * NWG));
+  fwd_wgmma_kernel<PROB, NWG><<<grid, 128 * NWG, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
+}
+
+// Warpgroups per forward CTA (OFT_ATTN_WGMMA_FWD_WARPGROUPS, default 2).
+int fwd_warpgroups() {
+  static const int n = [] {
+    const char* e = std::getenv("OFT_ATTN_WGMMA_FWD_WARPGROUPS");
+    if (e == nullptr || std::strcmp(e, "2") == 0) return 2;
+    if (std::strcmp(e, "4") == 0) return 4;
+    fail("OFT_ATTN_WGMMA_FWD_WARPGROUPS='", e, "': expected 2 or 4");
+  }();
+  return n;
 }
 
 }  // namespace
@@ -621,7 +640,7 @@ int wgmma_mode() {
     // The machine code this GPU runs must be the sm_90a build (a build for other architectures
     // only has the trapping stubs, e.g. PTX of compute_80 compiled for the H100 at load time).
     cudaFuncAttributes fa{};
-    OFT_CUDA_CHECK(cudaFuncGetAttributes(&fa, fwd_wgmma_kernel<kSoftmax>));
+    OFT_CUDA_CHECK(cudaFuncGetAttributes(&fa, fwd_wgmma_kernel<kSoftmax, 2>));
     return fa.binaryVersion == 90 ? m : 0;
   }();
   return mode;
@@ -643,8 +662,9 @@ void launch_bwd_wgmma(const Args& a) {
 }
 
 void launch_fwd_wgmma(const Args& a) {
-  if (a.prob == kSoftmax) return launch<kSoftmax>(a);
-  launch<kSoftmax1>(a);
+  const bool four = fwd_warpgroups() == 4;
+  if (a.prob == kSoftmax) return four ? launch<kSoftmax, 4>(a) : launch<kSoftmax, 2>(a);
+  four ? launch<kSoftmax1, 4>(a) : launch<kSoftmax1, 2>(a);
 }
 
 }  // namespace oft::cuda::attn
