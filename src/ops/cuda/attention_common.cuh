@@ -90,6 +90,26 @@ void launch_bwd_generic(const Args& a, DType dt);  // needs a.Dv; writes all of 
 void launch_fwd_quant(const Args& a, const QuantArgs& q, unsigned long long* ranges, DType dt);
 
 // ---- device helpers ----
+// The global rows of one (batch, head) pair of the bf16 tensor-core kernels: q / k / v columns
+// of qkv (row stride 3C), dO (stride C; backward), the head's L and D_i rows and the batch
+// row's padding mask (null when unmasked).
+struct HeadRows {
+  const __nv_bfloat16 *q, *k, *v, *dout;
+  const float *L, *Dv;
+  const int32_t* mask;
+  int64_t stride;  // 3C
+  __device__ HeadRows(const Args& a, int b, int h, int D)
+      : q(static_cast<const __nv_bfloat16*>(a.qkv) + int64_t(b) * a.T * 3 * a.C + h * D),
+        k(q + a.C),
+        v(q + 2 * a.C),
+        dout(a.dout ? static_cast<const __nv_bfloat16*>(a.dout) + int64_t(b) * a.T * a.C + h * D
+                    : nullptr),
+        L(a.L + (int64_t(b) * a.H + h) * a.T),
+        Dv(a.Dv ? a.Dv + (int64_t(b) * a.H + h) * a.T : nullptr),
+        mask(a.mask ? a.mask + int64_t(b) * a.T : nullptr),
+        stride(3 * int64_t(a.C)) {}
+};
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

@@ -439,14 +439,11 @@ __global__ void __launch_bounds__(32 * NW, MINB) bwd_mma_kernel(const Args a) {
   const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
   const int k0 = blockIdx.y * NK;
   const int kw0 = k0 + warp * 16;  // this warp's first key
-  const int64_t stride = 3 * int64_t(C);
-  const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * D;
-  const bf16* gK = gQ + C;
-  const bf16* gV = gQ + 2 * C;
-  const bf16* gdO = static_cast<const bf16*>(a.dout) + int64_t(b) * T * C + h * D;
-  const float* gL = a.L + int64_t(bh) * T;
-  const float* gD = a.Dv + int64_t(bh) * T;
-  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const HeadRows hr(a, b, h, D);
+  const int64_t stride = hr.stride;
+  const bf16 *gQ = hr.q, *gK = hr.k, *gV = hr.v, *gdO = hr.dout;
+  const float *gL = hr.L, *gD = hr.Dv;
+  const int32_t* mask = hr.mask;
   const int n_qt = (T + kTile - 1) / kTile;
   const int qt0 = a.causal ? k0 / kTile : 0;  // queries before the first key see none of them
 

@@ -30,6 +30,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "ops/cuda/attention_common.cuh"
 
@@ -391,14 +392,11 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
   const int g = lane >> 2, t4 = lane & 3;
   const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
   const int k0 = blockIdx.y * kBwdKeys, kw0 = k0 + wg * 64;  // the CTA's / warpgroup's keys
-  const int64_t stride = 3 * int64_t(C);
-  const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * kD;
-  const bf16* gK = gQ + C;
-  const bf16* gV = gQ + 2 * C;
-  const bf16* gdO = static_cast<const bf16*>(a.dout) + int64_t(b) * T * C + h * kD;
-  const float* gL = a.L + int64_t(bh) * T;
-  const float* gD = a.Dv + int64_t(bh) * T;
-  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const HeadRows hr(a, b, h, kD);
+  const int64_t stride = hr.stride;
+  const bf16 *gQ = hr.q, *gK = hr.k, *gV = hr.v, *gdO = hr.dout;
+  const float *gL = hr.L, *gD = hr.Dv;
+  const int32_t* mask = hr.mask;
   const int n_qt = (T + kBwdQ - 1) / kBwdQ;
   const int qt0 = a.causal ? k0 / kBwdQ : 0;  // queries before the first key see none of them
 
@@ -565,53 +563,47 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
 #endif
 }
 
-template <int PROB, int NWG>
-void launch_bwd(const Args& a) {
-  constexpr int smem = bwd_smem_bytes<NWG>();
-  static bool configured = false;
+// Launches one of this file's kernels on the grid (B * H, ceil(T / rows)); the first call of a
+// kernel raises its dynamic shared-memory limit to smem.
+void launch_kernel(void (*kernel)(Args), bool& configured, int smem, int rows, int threads,
+                   const Args& a) {
   if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_wgmma_kernel<PROB, NWG>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    OFT_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  const dim3 grid(a.B * a.H, (a.T + 64 * NWG - 1) / (64 * NWG));
-  bwd_wgmma_kernel<PROB, NWG><<<grid, 128 * NWG, smem, stream()>>>(a);
+  const dim3 grid(a.B * a.H, (a.T + rows - 1) / rows);
+  kernel<<<grid, threads, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
-// Warpgroups per backward CTA (OFT_ATTN_WGMMA_BWD_WARPGROUPS, default 1).
-int bwd_warpgroups() {
-  static const int n = [] {
-    const char* e = std::getenv("OFT_ATTN_WGMMA_BWD_WARPGROUPS");
-    if (e == nullptr || std::strcmp(e, "1") == 0) return 1;
-    if (std::strcmp(e, "2") == 0) return 2;
-    fail("OFT_ATTN_WGMMA_BWD_WARPGROUPS='", e, "': expected 1 or 2");
-  }();
+template <int PROB, int NWG>
+void launch_fwd(const Args& a) {
+  static bool configured = false;
+  launch_kernel(fwd_wgmma_kernel<PROB, NWG>, configured, fwd_smem_bytes<NWG>(), 64 * NWG,
+                128 * NWG, a);
+}
+
+template <int PROB, int NWG>
+void launch_bwd(const Args& a) {
+  static bool configured = false;
+  launch_kernel(bwd_wgmma_kernel<PROB, NWG>, configured, bwd_smem_bytes<NWG>(), 64 * NWG,
+                128 * NWG, a);
+}
+
+// Warpgroups per CTA from the environment variable `name`: `first` (the default) or `second`.
+int warpgroups_from_env(const char* name, int first, int second) {
+  const char* e = std::getenv(name);
+  if (e == nullptr || std::strcmp(e, std::to_string(first).c_str()) == 0) return first;
+  if (std::strcmp(e, std::to_string(second).c_str()) == 0) return second;
+  fail(name, "='", e, "': expected ", first, " (the default) or ", second);
+}
+int fwd_warpgroups() {
+  static const int n = warpgroups_from_env("OFT_ATTN_WGMMA_FWD_WARPGROUPS", 2, 4);
   return n;
 }
-
-template <int PROB, int NWG>
-void launch(const Args& a) {
-  constexpr int smem = fwd_smem_bytes<NWG>();
-  static bool configured = false;
-  if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(fwd_wgmma_kernel<PROB, NWG>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
-  const dim3 grid(a.B * a.H, (a.T + 64 * NWG - 1) / (64 * NWG));
-  fwd_wgmma_kernel<PROB, NWG><<<grid, 128 * NWG, smem, stream()>>>(a);
-  OFT_CUDA_LAUNCH_CHECK();
-}
-
-// Warpgroups per forward CTA (OFT_ATTN_WGMMA_FWD_WARPGROUPS, default 2).
-int fwd_warpgroups() {
-  static const int n = [] {
-    const char* e = std::getenv("OFT_ATTN_WGMMA_FWD_WARPGROUPS");
-    if (e == nullptr || std::strcmp(e, "2") == 0) return 2;
-    if (std::strcmp(e, "4") == 0) return 4;
-    fail("OFT_ATTN_WGMMA_FWD_WARPGROUPS='", e, "': expected 2 or 4");
-  }();
+int bwd_warpgroups() {
+  static const int n = warpgroups_from_env("OFT_ATTN_WGMMA_BWD_WARPGROUPS", 1, 2);
   return n;
 }
 
@@ -663,8 +655,8 @@ void launch_bwd_wgmma(const Args& a) {
 
 void launch_fwd_wgmma(const Args& a) {
   const bool four = fwd_warpgroups() == 4;
-  if (a.prob == kSoftmax) return four ? launch<kSoftmax, 4>(a) : launch<kSoftmax, 2>(a);
-  four ? launch<kSoftmax1, 4>(a) : launch<kSoftmax1, 2>(a);
+  if (a.prob == kSoftmax) return four ? launch_fwd<kSoftmax, 4>(a) : launch_fwd<kSoftmax, 2>(a);
+  four ? launch_fwd<kSoftmax1, 4>(a) : launch_fwd<kSoftmax1, 2>(a);
 }
 
 }  // namespace oft::cuda::attn
