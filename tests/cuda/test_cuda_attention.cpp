@@ -140,8 +140,9 @@ TEST(CudaAttention, ForwardBackwardMatchCpuBF16) {
   check_all(DType::BF16);
 }
 
-// Sequence lengths around the 64-row tile (and the 128-key tile of the 8-warp backward,
-// OFT_ATTN_TUNE=...,8) and multi-tile rows with every mask, bf16 fast path.
+// Sequence lengths around the 64-row tile (and the 128-key / 128-query tiles of the 8-warp
+// backward, OFT_ATTN_TUNE=...,8, and of the Hopper kernels) and multi-tile rows with every
+// mask, bf16 fast path.
 TEST(CudaAttention, TileBoundariesBF16) {
   OFT_REQUIRE_CUDA();
   for (int64_t T : {63, 64, 65, 127, 129, 192, 255, 320})
@@ -149,6 +150,8 @@ TEST(CudaAttention, TileBoundariesBF16) {
       Tensor saved;
       check_fwd_bwd(DType::BF16, {2, T, 2, 64}, kProbs[0], m, saved);
       check_fwd_bwd(DType::BF16, {1, T, 1, 32}, kProbs[3], m, saved);
+      // softmax1 over several 128-key tiles of the Hopper forward (D = 64)
+      if (T > 128) check_fwd_bwd(DType::BF16, {1, T, 2, 64}, kProbs[1], m, saved);
     }
 }
 
