@@ -178,7 +178,7 @@ if [[ " $what " == *" tune "* ]]; then
 fi
 
 if [[ " $what " == *" wgmma "* ]]; then
-  echo "== mma.sync attention kernels instead of the Hopper ones (OFT_ATTN_WGMMA=0, fwd)"
+  echo "== attention kernel choices (OFT_ATTN_WGMMA=0: mma.sync only; all: Hopper forward and backward)"
   OFT_ATTN_WGMMA=0 timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*:Presets/CudaModel.*' > "$OUT/wgmma_tests.log" 2>&1
   echo "tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/wgmma_tests.log" | tr '\n' ' ')"
   grep -E "^\[  FAILED|Failure|attention bench" "$OUT/wgmma_tests.log" | head -40

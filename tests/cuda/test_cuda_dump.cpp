@@ -183,14 +183,13 @@ TEST(TorchDump, WriteModelsForTheReference) {
                         Case{"tiny_opt_125m_vanilla_d64", "tiny_opt_125m_vanilla", "model.n_head=2"},
                         Case{"tiny_opt_125m_clipped_softmax_d64", "tiny_opt_125m_clipped_softmax",
                              "model.n_head=2"}}) {
-    const std::string& preset = c.name;
     RunConfig cfg;
     std::vector<std::string> overrides{"model.n_layer=2", "model.vocab_size=301",
                                        "data.seq_len=64"};
     if (!c.extra.empty()) overrides.push_back(c.extra);
     cfg.load(c.preset, overrides);
     const ModelConfig mc = cfg.model;
-    const std::string dir = root + "/" + preset;
+    const std::string dir = root + "/" + c.name;
     std::filesystem::create_directories(dir);
     const Named w = initial_weights(mc);
     std::map<std::string, DumpRun> runs;
@@ -202,11 +201,11 @@ TEST(TorchDump, WriteModelsForTheReference) {
     save_safetensors(dir + "/weights.safetensors", w);
     save_safetensors(dir + "/batch.safetensors", {{"tokens", tok}, {"targets", tgt}});
     for (const auto& [src, r] : runs) {
-      EXPECT_TRUE(std::isfinite(r.loss)) << preset << " " << src;
+      EXPECT_TRUE(std::isfinite(r.loss)) << c.name << " " << src;
       save_safetensors(dir + "/grads_" + src + ".safetensors", r.grads);
     }
-    write_meta(dir + "/meta.json", preset, mc, w, runs);
-    std::printf("[dump %s] %zu tensors, loss", preset.c_str(), w.size());
+    write_meta(dir + "/meta.json", c.name, mc, w, runs);
+    std::printf("[dump %s] %zu tensors, loss", c.name.c_str(), w.size());
     for (const auto& [src, r] : runs) std::printf(" %s %.6f", src.c_str(), r.loss);
     std::printf(" -> %s\n", dir.c_str());
   }

@@ -32,6 +32,7 @@
 #include <string>
 
 #include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/attention_ptx.cuh"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define OFT_HAVE_WGMMA 1
@@ -45,27 +46,12 @@ constexpr int kD = 64;
 constexpr int kBN = 128;  // keys per tile
 constexpr int kWThreads = 256;
 constexpr int kTileBytes = 128 * kD * 2;  // one [128][64] bf16 tile: 16 KiB
-// Forward shared memory: Q [64 NWG][64], K[2], V[2], then the key flags [2][kBN]; 1 KiB of
-// slack to align the base to 1024 bytes.
-template <int NWG>
-constexpr int fwd_smem_bytes() {
-  return NWG * kTileBytes / 2 + 4 * kTileBytes + 2 * kBN * 4 + 1024;
-}
-constexpr float kInf = __builtin_huge_valf();
+constexpr int kBM = 128;  // queries per forward CTA: two warpgroups of 64
+// Forward shared memory: Q [128][64], K[2], V[2], then the key flags [2][kBN]; 1 KiB of slack to
+// align the base to 1024 bytes.
+constexpr int kFwdSmemBytes = 5 * kTileBytes + 2 * kBN * 4 + 1024;
 
 #ifdef OFT_HAVE_WGMMA
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
-  const int n = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
 // Makes this thread's completed shared-memory writes visible to the async proxy (wgmma reads).
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -100,7 +86,7 @@ __device__ __forceinline__ void keep(uint32_t (&r)[N][4]) {
 // rows of 128 bytes (1024); the leading offset is not used by these layouts (the K extent of
 // one instruction, or the 64 columns of V, lie within one 128-byte row) and is set to the same.
 __device__ __forceinline__ uint64_t sw128_desc(const void* p) {
-  const uint64_t a = (smem_addr(p) & 0x3FFFF) >> 4;
+  const uint64_t a = (smem_u32(p) & 0x3FFFF) >> 4;
   return a | (uint64_t(1024 >> 4) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
@@ -169,11 +155,6 @@ __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t da, uint64
       : "l"(da), "l"(db), "r"(scale_d), "n"(TA), "n"(TB));
 }
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
 // Rows r0.. (ROWS of them) of a [rows, stride] bf16 matrix, 64 columns from g, into a swizzled
 // [ROWS][64] tile; by THREADS threads.
 template <int ROWS = 128, int THREADS = kWThreads>
@@ -193,11 +174,10 @@ __device__ __forceinline__ void warpgroup_sync(int wg) {
 }
 #endif  // OFT_HAVE_WGMMA
 
-// NWG warpgroups of 64 queries per CTA: 2, two CTAs per SM. (4, one CTA per SM reading each
-// K / V tile half as often from L2, measured 0.153 against 0.120 ms on an H100.)
-template <int PROB, int NWG>
-__global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 2 : 1) fwd_wgmma_kernel(const Args a) {
-  constexpr int kBM = 64 * NWG, kThr = 128 * NWG;
+// Two CTAs per SM. (Four warpgroups per CTA, one CTA per SM reading each K / V tile half as
+// often from L2, measured 0.153 against 0.120 ms on an H100.)
+template <int PROB>
+__global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
   unsigned char* base = reinterpret_cast<unsigned char*>(
@@ -221,14 +201,14 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 2 : 1) fwd_wgmma_kernel(
 
   auto load_kv = [&](int kt, int buf) {
     const int k0 = kt * kBN;
-    load_tile_sw<kBN, kThr>(sK(buf), gK, stride, k0, T, tid);
-    load_tile_sw<kBN, kThr>(sV(buf), gV, stride, k0, T, tid);
+    load_tile_sw<kBN>(sK(buf), gK, stride, k0, T, tid);
+    load_tile_sw<kBN>(sV(buf), gV, stride, k0, T, tid);
     if (tid < kBN) {
       const int k = k0 + tid;
       sOk[buf * kBN + tid] = (k < T && (mask == nullptr || mask[k] != 0)) ? 1 : 0;
     }
   };
-  load_tile_sw<kBM, kThr>(sQ, gQ, stride, q0, T, tid);
+  load_tile_sw<kBM>(sQ, gQ, stride, q0, T, tid);
   load_kv(0, 0);
   cp_async_commit();
 
@@ -302,10 +282,7 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 2 : 1) fwd_wgmma_kernel(
         e[i] = exp2f(s[8 * kk + i] - mu[(i >> 1) & 1]);
         l[(i >> 1) & 1] += e[i];
       }
-      p[kk][0] = pack_bf16(e[0], e[1]);
-      p[kk][1] = pack_bf16(e[2], e[3]);
-      p[kk][2] = pack_bf16(e[4], e[5]);
-      p[kk][3] = pack_bf16(e[6], e[7]);
+      a_frag(p[kk], e, e + 4);
     }
     // O += P V (64 x 64 per warpgroup); V rows kk * 16.. start 2048 bytes apart.
     const uint64_t dv = sw128_desc(sV(buf));
@@ -339,7 +316,7 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 2 : 1) fwd_wgmma_kernel(
     const int64_t off = (int64_t(b) * T + row[j]) * C + h * kD + 2 * t4;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const uint32_t ov = pack_bf16(o[4 * i + 2 * j] * f, o[4 * i + 2 * j + 1] * f);
+      const uint32_t ov = pack(o[4 * i + 2 * j] * f, o[4 * i + 2 * j + 1] * f);
       *reinterpret_cast<uint32_t*>(gO + off + i * 8) = ov;
       *reinterpret_cast<uint32_t*>(gS + off + i * 8) = ov;
     }
@@ -360,7 +337,7 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 2 : 1) fwd_wgmma_kernel(
 //   dS^T -> shared memory (swizzled [keys][queries]), then dQ [64 x 64] = dS K over the
 //   warpgroup's 64 keys (wgmma SS: A = dS MN-major, B = K MN-major), added into the f32 dQ
 //   accumulator with atomics (as many as the mma.sync kernel's 64-key CTAs make).
-// dK, dV (and S^T, dP^T, dQ while in flight) stay in registers (204 for NWG 2): NWG 2 runs one
+// dK, dV (and S^T, dP^T, dQ while in flight) stay in registers (217 for NWG 2): NWG 2 runs one
 // CTA per SM (8 warps), NWG 1 is compiled for three (12 warps, <= 168 registers).
 // OFT_ATTN_WGMMA_BWD_WARPGROUPS=1|2 chooses (bwd_warpgroups()).
 constexpr int kBwdQ = 64;
@@ -472,12 +449,7 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
     // dV += P^T dO.
     uint32_t pa[4][4];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      pa[kk][0] = pack_bf16(st[8 * kk + 0], st[8 * kk + 1]);
-      pa[kk][1] = pack_bf16(st[8 * kk + 2], st[8 * kk + 3]);
-      pa[kk][2] = pack_bf16(st[8 * kk + 4], st[8 * kk + 5]);
-      pa[kk][3] = pack_bf16(st[8 * kk + 6], st[8 * kk + 7]);
-    }
+    for (int kk = 0; kk < 4; ++kk) a_frag(pa[kk], st + 8 * kk, st + 8 * kk + 4);
     keep(dv);
     wgmma_fence();
 #pragma unroll
@@ -493,10 +465,7 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
         const int idx = 8 * kk + i, ql = (idx >> 2) * 8 + 2 * t4 + (idx & 1);
         e[i] = st[idx] * (dpt[idx] - cD[ql]);
       }
-      da[kk][0] = pack_bf16(e[0], e[1]);
-      da[kk][1] = pack_bf16(e[2], e[3]);
-      da[kk][2] = pack_bf16(e[4], e[5]);
-      da[kk][3] = pack_bf16(e[6], e[7]);
+      a_frag(da[kk], e, e + 4);
       // dS^T row kr[r], queries 16 kk + 8 half + 2 t4 (+1): chunk (2 kk + half) of the row,
       // swizzled with the row's index mod 8.
 #pragma unroll
@@ -552,9 +521,9 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
 #pragma unroll
     for (int nb = 0; nb < 8; ++nb) {
       *reinterpret_cast<uint32_t*>(dst + nb * 8) =
-          pack_bf16(dk[4 * nb + 2 * r] * a.scale, dk[4 * nb + 2 * r + 1] * a.scale);
+          pack(dk[4 * nb + 2 * r] * a.scale, dk[4 * nb + 2 * r + 1] * a.scale);
       *reinterpret_cast<uint32_t*>(dst + C + nb * 8) =
-          pack_bf16(dv[4 * nb + 2 * r], dv[4 * nb + 2 * r + 1]);
+          pack(dv[4 * nb + 2 * r], dv[4 * nb + 2 * r + 1]);
     }
   }
 #else
@@ -576,11 +545,10 @@ void launch_kernel(void (*kernel)(Args), bool& configured, int smem, int rows, i
   OFT_CUDA_LAUNCH_CHECK();
 }
 
-template <int PROB, int NWG>
+template <int PROB>
 void launch_fwd(const Args& a) {
   static bool configured = false;
-  launch_kernel(fwd_wgmma_kernel<PROB, NWG>, configured, fwd_smem_bytes<NWG>(), 64 * NWG,
-                128 * NWG, a);
+  launch_kernel(fwd_wgmma_kernel<PROB>, configured, kFwdSmemBytes, kBM, kWThreads, a);
 }
 
 template <int PROB, int NWG>
@@ -627,7 +595,7 @@ int wgmma_mode() {
     // The machine code this GPU runs must be the sm_90a build (a build for other architectures
     // only has the trapping stubs, e.g. PTX of compute_80 compiled for the H100 at load time).
     cudaFuncAttributes fa{};
-    OFT_CUDA_CHECK(cudaFuncGetAttributes(&fa, fwd_wgmma_kernel<kSoftmax, 2>));
+    OFT_CUDA_CHECK(cudaFuncGetAttributes(&fa, fwd_wgmma_kernel<kSoftmax>));
     return fa.binaryVersion == 90 ? m : 0;
   }();
   return mode;
@@ -649,8 +617,8 @@ void launch_bwd_wgmma(const Args& a) {
 }
 
 void launch_fwd_wgmma(const Args& a) {
-  if (a.prob == kSoftmax) return launch_fwd<kSoftmax, 2>(a);
-  launch_fwd<kSoftmax1, 2>(a);
+  if (a.prob == kSoftmax) return launch_fwd<kSoftmax>(a);
+  launch_fwd<kSoftmax1>(a);
 }
 
 }  // namespace oft::cuda::attn
