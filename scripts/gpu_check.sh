@@ -19,8 +19,10 @@
 #      attention tests against the CPU backend, and with OFT_ATTN_WGMMA=all (the Hopper
 #      backward too); the attention timing and training steps of gpt2_124m / opt_125m for each
 #      of WGMMA_MODES (default "0 all"); the Hopper kernels' ncu counters.
+#  11. (order) the attention grid orders (OFT_ATTN_ORDER=head|tile): attention tests, kernel
+#      timings for each of WGMMA_MODES, and gpt2_124m / opt_125m training steps.
 # Results land in $OUT (or ./gpu-out).
-# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma]
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma] [order]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -196,6 +198,23 @@ if [[ " $what " == *" wgmma "* ]]; then
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' > "$OUT/wgmma_ncu.log" 2>&1
   grep -E "Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Warp Cycles Per Issued|Stall" "$OUT/wgmma_ncu.log" | head -30
+fi
+
+if [[ " $what " == *" order "* ]]; then
+  echo "== attention grid order (OFT_ATTN_ORDER=head: one head's tiles together; tile: tile 0 of every head first)"
+  for order in head tile; do
+    export OFT_ATTN_ORDER=$order
+    timeout 200 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*' > "$OUT/order_$order.log" 2>&1
+    echo "-- $order: tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/order_$order.log" | tr '\n' ' ')"
+    for mode in ${WGMMA_MODES:-0 fwd all}; do
+      OFT_ATTN_WGMMA=$mode timeout 100 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' 2>&1 | grep -E "attention bench" | sed "s/^/$order $mode: /"
+    done
+    for p in gpt2_124m opt_125m_vanilla; do
+      timeout 120 "$BIN/oft" bench $p train.grad_accum=1 --steps ${BENCH_STEPS:-10} --no-peak > "$OUT/order_bench_${order}_$p.log" 2>&1
+      echo "-- $order $p: $(grep -E "tokens/s|rror" "$OUT/order_bench_${order}_$p.log" | tr '\n' ' ')"
+    done
+    unset OFT_ATTN_ORDER
+  done
 fi
 
 if [[ " $what " == *" ncu "* ]]; then

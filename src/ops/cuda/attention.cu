@@ -18,6 +18,7 @@
 //   dq_store_vec_kernel   dqkv[:, q columns] = dq_acc / sqrt(D) in bf16 (tensor-core path)
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "ops/cuda/attention_common.cuh"
@@ -153,6 +154,19 @@ void expect_like(const Tensor& t, const Tensor& qkv, const Shape& shape, const c
   OFT_CHECK(t.shape() == shape, what, ": wrong shape");
 }
 
+// OFT_ATTN_ORDER=head|tile: the tensor-core kernels' grid order (attention_common.cuh,
+// grid_tile).
+bool head_major_order() {
+  static const bool head = [] {
+    const char* e = std::getenv("OFT_ATTN_ORDER");
+    if (e == nullptr || std::strcmp(e, "head") == 0) return true;
+    if (std::strcmp(e, "tile") == 0) return false;
+    fail("OFT_ATTN_ORDER='", e, "': expected head (one head's tiles together, the default) or "
+         "tile (tile 0 of every head first)");
+  }();
+  return head;
+}
+
 Args make_args(const Tensor& qkv, const Tensor& key_mask, int64_t B, int64_t T, const Geometry& g,
                const AttentionSpec& spec) {
   Args a;
@@ -173,6 +187,7 @@ Args make_args(const Tensor& qkv, const Tensor& key_mask, int64_t B, int64_t T, 
   a.clip_hi = spec.zeta <= 1.0 ? cuda::attn::kNoClipHi : 1.f;
   a.scale = float(1.0 / std::sqrt(double(g.D)));
   a.scale_log2 = float(1.4426950408889634 / std::sqrt(double(g.D)));
+  a.head_major = head_major_order();
   return a;
 }
 

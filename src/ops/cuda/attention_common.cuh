@@ -58,6 +58,7 @@ struct Args {
   float clip_hi = 1.f;  // clipped: gradient passes on 0 <= raw <= clip_hi (see above)
   float scale = 1.f;              // 1 / sqrt(D)
   float scale_log2 = 1.f;         // log2(e) / sqrt(D)
+  bool head_major = true;         // tensor-core grid order (grid_tile below; OFT_ATTN_ORDER)
 };
 
 // Fake quantization and range capture of the evaluation-only forward (doubles as on the CPU).
@@ -109,6 +110,24 @@ struct HeadRows {
         mask(a.mask ? a.mask + int64_t(b) * a.T : nullptr),
         stride(3 * int64_t(a.C)) {}
 };
+
+// The tensor-core kernels run a one-dimensional grid of B*H*tiles CTAs (tiles of queries in the
+// forward, of keys in the backward). Head-major order (the default) gives one (batch, head)
+// pair's tiles consecutive block indices, so the CTAs in flight at once cover few heads and the
+// rows they all re-read (K / V in the forward; Q, dO and the f32 dQ accumulator in the
+// backward) stay in L2. Tile-major order (OFT_ATTN_ORDER=tile) runs tile 0 of every head first:
+// the heaviest causal tiles lead, but every head's rows are in flight at once.
+struct GridTile {
+  int bh, tile;
+};
+__device__ __forceinline__ GridTile grid_tile(const Args& a, int tiles) {
+  const int i = int(blockIdx.x);
+  if (a.head_major) return {i / tiles, i % tiles};
+  const int heads = a.B * a.H;
+  return {i % heads, i / heads};
+}
+// The matching launch grid; fails where B*H*tiles exceeds the grid's limit.
+dim3 tile_grid(const Args& a, int rows_per_tile);
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll

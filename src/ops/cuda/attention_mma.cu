@@ -131,8 +131,10 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
   int* sOk = reinterpret_cast<int*>(sV + kTile * LD);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * TQ;
+  const int T = a.T, C = a.C, tiles = (T + TQ - 1) / TQ;
+  const GridTile gt = grid_tile(a, tiles);
+  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
+  const int q0 = (tiles - 1 - gt.tile) * TQ;  // the causally heaviest query tiles first
   const int64_t stride = 3 * int64_t(C);
   const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * D;
   const bf16* gK = gQ + C;
@@ -404,8 +406,10 @@ __global__ void __launch_bounds__(32 * NW, MINB) bwd_mma_kernel(const Args a) {
   int* sOk = reinterpret_cast<int*>(sD + 2 * kTile);      // [NK]
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
-  const int k0 = blockIdx.y * NK;
+  const int T = a.T, C = a.C;
+  const GridTile gt = grid_tile(a, (T + NK - 1) / NK);
+  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
+  const int k0 = gt.tile * NK;  // the causally heaviest key tiles first
   const int kw0 = k0 + warp * 16;  // this warp's first key
   const HeadRows hr(a, b, h, D);
   const int64_t stride = hr.stride;
@@ -675,7 +679,7 @@ void fwd_launch(const Args& a) {
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  const dim3 grid(a.B * a.H, (a.T + RB * kTile - 1) / (RB * kTile));
+  const dim3 grid = tile_grid(a, RB * kTile);
   fwd_mma_kernel<D, PROB, RB, MINB><<<grid, kThreads, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
 }
@@ -689,7 +693,7 @@ void bwd_launch(const Args& a) {
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  const dim3 grid(a.B * a.H, (a.T + NK - 1) / NK);
+  const dim3 grid = tile_grid(a, NK);
   bwd_mma_kernel<D, PROB, MINB, NW><<<grid, 32 * NW, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
 }
@@ -746,6 +750,14 @@ void bwd_by_prob(const Args& a) {
 }
 
 }  // namespace
+
+dim3 tile_grid(const Args& a, int rows_per_tile) {
+  const int64_t ctas = int64_t(a.B) * a.H * ((a.T + rows_per_tile - 1) / rows_per_tile);
+  OFT_CHECK(ctas <= 0x7fffffff, "attention: batch ", a.B, " x heads ", a.H, " x ", a.T,
+            " tokens needs ", ctas, " thread blocks, more than a CUDA grid holds; use a smaller "
+            "batch");
+  return dim3(unsigned(ctas));
+}
 
 bool mma_supported(int D) { return D == 16 || D == 32 || D == 64 || D == 128; }
 

@@ -189,8 +189,10 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * kBM;
+  const int T = a.T, C = a.C, tiles = (T + kBM - 1) / kBM;
+  const GridTile gt = grid_tile(a, tiles);
+  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
+  const int q0 = (tiles - 1 - gt.tile) * kBM;  // the causally heaviest query tiles first
   const int64_t stride = 3 * int64_t(C);
   const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * kD;
   const bf16* gK = gQ + C;
@@ -366,8 +368,10 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
-  const int k0 = blockIdx.y * kBwdKeys, kw0 = k0 + wg * 64;  // the CTA's / warpgroup's keys
+  const int T = a.T, C = a.C;
+  const GridTile gt = grid_tile(a, (T + kBwdKeys - 1) / kBwdKeys);
+  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
+  const int k0 = gt.tile * kBwdKeys, kw0 = k0 + wg * 64;  // the CTA's / warpgroup's keys
   const HeadRows hr(a, b, h, kD);
   const int64_t stride = hr.stride;
   const bf16 *gQ = hr.q, *gK = hr.k, *gV = hr.v, *gdO = hr.dout;
@@ -531,8 +535,8 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
 #endif
 }
 
-// Launches one of this file's kernels on the grid (B * H, ceil(T / rows)); the first call of a
-// kernel raises its dynamic shared-memory limit to smem.
+// Launches one of this file's kernels on B * H * ceil(T / rows) CTAs (tile_grid); the first call
+// of a kernel raises its dynamic shared-memory limit to smem.
 void launch_kernel(void (*kernel)(Args), bool& configured, int smem, int rows, int threads,
                    const Args& a) {
   if (!configured) {
@@ -540,8 +544,7 @@ void launch_kernel(void (*kernel)(Args), bool& configured, int smem, int rows, i
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  const dim3 grid(a.B * a.H, (a.T + rows - 1) / rows);
-  kernel<<<grid, threads, smem, stream()>>>(a);
+  kernel<<<tile_grid(a, rows), threads, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
