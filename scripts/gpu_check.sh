@@ -19,7 +19,7 @@
 #      attention tests against the CPU backend, and with OFT_ATTN_WGMMA=all (the Hopper
 #      backward too); the attention timing and training steps of gpt2_124m / opt_125m for each
 #      of WGMMA_MODES (default "0 all"); the Hopper kernels' ncu counters.
-#  11. (order) the attention grid orders (OFT_ATTN_ORDER=head|tile): attention tests, kernel
+#  11. (order) the attention grid orders (OFT_ATTN_ORDER, ORDERS="auto head tile"): attention tests, kernel
 #      timings for each of WGMMA_MODES, and gpt2_124m / opt_125m training steps.
 # Results land in $OUT (or ./gpu-out).
 # Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma] [order]
@@ -201,8 +201,8 @@ if [[ " $what " == *" wgmma "* ]]; then
 fi
 
 if [[ " $what " == *" order "* ]]; then
-  echo "== attention grid order (OFT_ATTN_ORDER=head: one head's tiles together; tile: tile 0 of every head first)"
-  for order in head tile; do
+  echo "== attention grid order (OFT_ATTN_ORDER=auto|head|tile, ORDERS)"
+  for order in ${ORDERS:-auto head tile}; do
     export OFT_ATTN_ORDER=$order
     timeout 200 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*' > "$OUT/order_$order.log" 2>&1
     echo "-- $order: tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/order_$order.log" | tr '\n' ' ')"

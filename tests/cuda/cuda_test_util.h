@@ -79,8 +79,10 @@ inline Tensor poisoned(const Shape& shape, DType d) {
   return Tensor::from_vector(shape, v, d).to(Device::CUDA);
 }
 
-// ||got - ref|| / ||ref|| (infinity if got has a NaN/Inf); got on any device/dtype.
-inline double rel_err(const Tensor& got, const Tensor& ref) {
+// ||got - ref|| / max(||ref||, floor) (infinity if got has a NaN/Inf); got on any device/dtype.
+// A floor at the inputs' scale serves results that can cancel to almost nothing (a derivative
+// at its zero crossing), where ||ref|| alone would magnify rounding without bound.
+inline double rel_err(const Tensor& got, const Tensor& ref, double floor = 0) {
   const std::vector<double> g = got.to_vector(), r = ref.to_vector();
   EXPECT_EQ(g.size(), r.size());
   double num = 0, den = 0;
@@ -89,7 +91,15 @@ inline double rel_err(const Tensor& got, const Tensor& ref) {
     num += (g[i] - r[i]) * (g[i] - r[i]);
     den += r[i] * r[i];
   }
+  den = std::max(den, floor * floor);
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// ||t|| (L2 norm over all elements).
+inline double l2_norm(const Tensor& t) {
+  double s = 0;
+  for (double v : t.to_vector()) s += v * v;
+  return std::sqrt(s);
 }
 
 #define EXPECT_GPU_CLOSE(got, ref, tol) \

@@ -232,15 +232,17 @@ TEST(CudaNn, ActivationBackward) {
           Tensor dx = cpu_empty({n});
           cpu().activation_bwd(dx, dy, x, a);
           Tensor gx = to_gpu(x, dt);
+          // dx = dy f'(x) with |f'| <= about 1: errors are measured against ||dy|| too, since
+          // f' crosses zero (GELU near x = -0.75) and a few elements there leave ||dx|| tiny.
+          const double floor = l2_norm(dy);
+          Tensor gdx = poisoned({n}, dt);
           if (in_place) {
-            Tensor g = to_gpu(dy, dt);
-            gpu().activation_bwd(g, g, gx, a);  // the model's activation_bwd(d, d, x)
-            EXPECT_GPU_CLOSE(g, dx, tol_for(dt));
+            gdx = to_gpu(dy, dt);
+            gpu().activation_bwd(gdx, gdx, gx, a);  // the model's activation_bwd(d, d, x)
           } else {
-            Tensor gdx = poisoned({n}, dt);
             gpu().activation_bwd(gdx, to_gpu(dy, dt), gx, a);
-            EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
           }
+          EXPECT_LE(rel_err(gdx, dx, floor), tol_for(dt)) << "relative L2 error of dx";
         }
 }
 

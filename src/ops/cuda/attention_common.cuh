@@ -58,7 +58,7 @@ struct Args {
   float clip_hi = 1.f;  // clipped: gradient passes on 0 <= raw <= clip_hi (see above)
   float scale = 1.f;              // 1 / sqrt(D)
   float scale_log2 = 1.f;         // log2(e) / sqrt(D)
-  bool head_major = true;         // tensor-core grid order (grid_tile below; OFT_ATTN_ORDER)
+  bool head_major = true;         // tensor-core grid order (grid_tile below)
 };
 
 // Fake quantization and range capture of the evaluation-only forward (doubles as on the CPU).
@@ -114,9 +114,10 @@ struct HeadRows {
 // The tensor-core kernels run a one-dimensional grid of B*H*tiles CTAs (tiles of queries in the
 // forward, of keys in the backward). Head-major order (the default) gives one (batch, head)
 // pair's tiles consecutive block indices, so the CTAs in flight at once cover few heads and the
-// rows they all re-read (K / V in the forward; Q, dO and the f32 dQ accumulator in the
-// backward) stay in L2. Tile-major order (OFT_ATTN_ORDER=tile) runs tile 0 of every head first:
-// the heaviest causal tiles lead, but every head's rows are in flight at once.
+// rows they all re-read (K / V in the forward) stay in L2. Tile-major order runs tile 0 of every
+// head first: the heaviest causal tiles lead and the last wave is short, but every head's rows
+// are in flight at once. OFT_ATTN_ORDER chooses (attention.cu: by default the forward head-major
+// and the backward tile-major, the faster of each on an H100).
 struct GridTile {
   int bh, tile;
 };
