@@ -1,4 +1,7 @@
-# ncu deep dive of the attention backward kernels: stall reasons and per-SASS stall samples.
+#!/usr/bin/env bash
+# Nsight Compute deep dive of the attention backward kernels on a GPU machine (after
+# scripts/gpu_bundle.sh): full-set reports, stall reasons and per-SASS stall samples, packed
+# into $OUT/ncu_deep.tar.gz.
 export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:$LD_LIBRARY_PATH
 BIN=$PWD/gpu-bundle/bin
 for k in "0 bwd_mma_kernel" "all bwd_wgmma_kernel"; do
@@ -12,3 +15,5 @@ for k in "0 bwd_mma_kernel" "all bwd_wgmma_kernel"; do
   echo "exports: $(wc -c $OUT/details_$2.txt $OUT/raw_$2.csv $OUT/sass_$2.csv | tr '\n' ' ')"
   grep -iE "stall|Warp Cycles|Duration|Occupancy|Registers" $OUT/details_$2.txt | head -60
 done
+mkdir -p /tmp/ncu_deep && mv $OUT/rep_* $OUT/details_* $OUT/raw_* $OUT/sass_* $OUT/ncu_run_* /tmp/ncu_deep/ 2>/dev/null
+tar -czf $OUT/ncu_deep.tar.gz -C /tmp/ncu_deep .
