@@ -15,6 +15,13 @@ constexpr float kInf = __builtin_huge_valf();
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+// The first 1024-byte aligned byte of a dynamic shared-memory array (128-byte swizzled tiles
+// need it). Offsetting the array itself keeps the compiler's knowledge that the result is
+// shared, so accesses through it stay LDS / STS; rounding the address as an integer would make
+// every one of them a generic load or store (slower, and waited on like a global access).
+__device__ __forceinline__ unsigned char* align_smem_1024(unsigned char* raw) {
+  return raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
+}
 // 16-byte async copy; copies zeros when !pred (src must still be a valid address).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
   const int n = pred ? 16 : 0;

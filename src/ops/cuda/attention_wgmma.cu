@@ -180,8 +180,7 @@ template <int PROB>
 __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* base = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* base = align_smem_1024(smem_raw);
   bf16* sQ = reinterpret_cast<bf16*>(base);
   auto sK = [&](int buf) { return sQ + kBM * kD + buf * 128 * kD; };
   auto sV = [&](int buf) { return sQ + kBM * kD + (2 + buf) * 128 * kD; };
@@ -355,8 +354,7 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
   constexpr int kBwdKeys = 64 * NWG, kThr = 128 * NWG;
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* base = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* base = align_smem_1024(smem_raw);
   bf16* sK = reinterpret_cast<bf16*>(base);
   bf16* sV = sK + kBwdKeys * kD;
   bf16* sdS = sV + kBwdKeys * kD;                 // [keys][64 queries]
@@ -386,10 +384,10 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
     load_tile_sw<kBwdQ, kThr>(sdO + buf * kBwdQ * kD, gdO, C, q0, T, tid);
     if (tid < kBwdQ) {
       const int q = q0 + tid;
-      sL[buf * kBwdQ + tid] = q < T ? gL[q] : 0.f;
+      cp_async4(sL + buf * kBwdQ + tid, gL + (q < T ? q : 0), q < T);
     } else if (tid < 2 * kBwdQ) {
       const int q = q0 + tid - kBwdQ;
-      sD[buf * kBwdQ + tid - kBwdQ] = q < T ? gD[q] : 0.f;
+      cp_async4(sD + buf * kBwdQ + tid - kBwdQ, gD + (q < T ? q : 0), q < T);
     }
   };
   load_tile_sw<kBwdKeys, kThr>(sK, gK, stride, k0, T, tid);
