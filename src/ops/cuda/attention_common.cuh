@@ -74,7 +74,7 @@ bool mma_supported(int D);
 void launch_fwd_mma(const Args& a);
 void launch_bwd_mma(const Args& a);  // needs a.Dv and a zeroed a.dq_acc; writes k, v of dqkv
 // Hopper kernels (attention_wgmma.cu): D = 64, softmax / softmax1, on sm_90 where
-// OFT_ATTN_WGMMA enables them (the forward by default); launch_fwd_mma / launch_bwd_mma take
+// OFT_ATTN_WGMMA enables them (both directions by default); launch_fwd_mma / launch_bwd_mma take
 // them where enabled.
 bool wgmma_fwd_enabled(const Args& a);
 void launch_fwd_wgmma(const Args& a);
