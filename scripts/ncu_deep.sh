@@ -4,7 +4,8 @@
 # into $OUT/ncu_deep.tar.gz.
 export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:$LD_LIBRARY_PATH
 BIN=$PWD/gpu-bundle/bin
-for k in "0 bwd_mma_kernel" "all bwd_wgmma_kernel"; do
+IFS=, read -ra kernels <<< "${NCU_DEEP:-0 bwd_mma_kernel,all bwd_wgmma_kernel}"  # "OFT_ATTN_WGMMA kernel-regex",...
+for k in "${kernels[@]}"; do
   set -- $k
   OFT_ATTN_WGMMA=$1 timeout 200 ncu --clock-control none --kernel-name regex:$2 --launch-skip 1 --launch-count 1 \
     --set full --import-source yes -o $OUT/rep_$2 -f "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' > $OUT/ncu_run_$2.log 2>&1

@@ -65,6 +65,11 @@ __device__ __forceinline__ void wgmma_commit() {
 __device__ __forceinline__ void wgmma_wait_all() {
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
+// Waits until at most N committed groups are still in flight (the older ones are complete).
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
 // Keeps registers that an in-flight wgmma reads or writes from being moved or reused across
 // this point (the compiler does not know the asynchronous accesses).
 template <int N>
@@ -349,8 +354,8 @@ constexpr int bwd_smem_bytes() {
   return 3 * NWG * kQTileBytes + 4 * kQTileBytes + 4 * kBwdQ * 4 + 64 * NWG * 4 + 1024;
 }
 
-template <int PROB, int NWG>
-__global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(const Args a) {
+template <int PROB, int NWG, int MINB, bool PIPE>
+__global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a) {
   constexpr int kBwdKeys = 64 * NWG, kThr = 128 * NWG;
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
@@ -408,6 +413,25 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
   bf16* sdS_w = sdS + wg * 64 * kBwdQ;
   const uint64_t d_ds = sw128_desc(sdS_w);
 
+  // dq[4 nb + e]: query q0 + 16 warp + g + 8 (e >> 1), column 8 nb + 2 t4 + (e & 1), added into
+  // the f32 accumulator. PIPE: the atomics of tile qt run during tile qt + 1's S^T / dP^T products
+  // (dq_q0 >= 0: a tile's dQ is in flight or waiting for its atomics).
+  float dq[32];
+  int dq_q0 = -1;
+  auto flush_dq = [&]() {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = dq_q0 + warp * 16 + g + 8 * r;
+      if (q >= T) continue;
+      float* dst = a.dq_acc + (int64_t(b) * T + q) * C + h * kD + 2 * t4;
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb)
+        atomicAdd(reinterpret_cast<float2*>(dst + nb * 8),
+                  make_float2(dq[4 * nb + 2 * r], dq[4 * nb + 2 * r + 1]));
+    }
+    dq_q0 = -1;
+  };
+
   for (int qt = qt0, it = 0; qt < n_qt; ++qt, ++it) {
     const int buf = it & 1, q0 = qt * kBwdQ;
     cp_async_wait_all();
@@ -425,16 +449,22 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
     const uint64_t d_q = sw128_desc(cQ), d_do = sw128_desc(cdO);
 
     // S^T = K Q^T and dP^T = V dO^T (this warpgroup's 64 keys x 64 queries).
+    // Two groups: P's exponentials run while dP^T is still in the tensor cores.
     float st[32], dpt[32];
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) wgmma_ss_n64<0, 0>(st, d_k + 2 * ks, d_q + 2 * ks, ks);
+    wgmma_commit();
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) wgmma_ss_n64<0, 0>(dpt, d_v + 2 * ks, d_do + 2 * ks, ks);
     wgmma_commit();
-    wgmma_wait_all();
+    if (PIPE && dq_q0 >= 0) {  // the previous tile's dQ (the oldest group) is complete
+      wgmma_wait<2>();
+      keep(dq);
+      flush_dq();
+    }
+    wgmma_wait<1>();
     keep(st);
-    keep(dpt);
 
     // P = exp2(x - L) on visible entries, 0 elsewhere. st[4 nb + e]: key kr[e >> 1], query
     // q0 + 8 nb + 2 t4 + (e & 1).
@@ -448,7 +478,7 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
         vis = sOk[wg * 64 + kl] != 0 && q0 + ql < T && (!a.causal || kw0 + kl <= q0 + ql);
       st[i] = vis ? exp2f(st[i] * a.scale_log2 - cL[ql]) : 0.f;
     }
-    // dV += P^T dO.
+    // dV += P^T dO, issued before waiting for dP^T.
     uint32_t pa[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) a_frag(pa[kk], st + 8 * kk, st + 8 * kk + 4);
@@ -457,6 +487,8 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64_t(dv, pa[kk], d_do + kk * (2048 >> 4));
     wgmma_commit();
+    wgmma_wait<1>();  // dP^T is complete (dV may still run)
+    keep(dpt);
     // dS = P (dp - D_i), as the A fragments of dK += dS^T Q and into shared memory for dQ.
     uint32_t da[4][4];
 #pragma unroll
@@ -486,30 +518,35 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(
     warpgroup_sync(wg);  // this warpgroup's dS^T is in shared memory
     // dQ [64 queries x 64] = dS K over this warpgroup's 64 keys: A = dS (stored [key][query]),
     // B = K (stored [key][d]), both MN-major; keys 16 kk.. start 2048 bytes apart.
-    float dq[32];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
       wgmma_ss_n64<1, 1>(dq, d_ds + kk * (2048 >> 4), d_k + kk * (2048 >> 4), kk);
     wgmma_commit();
+    dq_q0 = q0;
+    if (PIPE) {
+      // dV and dK are complete (P and dS may die); dQ stays in flight into the next tile, whose
+      // dS^T store follows the wait for it.
+      wgmma_wait<1>();
+      keep(dv);
+      keep(dk);
+      keep(pa);
+      keep(da);
+    } else {
+      wgmma_wait_all();
+      keep(dq);
+      keep(dv);
+      keep(dk);
+      keep(pa);
+      keep(da);
+      flush_dq();
+      warpgroup_sync(wg);  // every warp of the group is done reading sdS (the next tile rewrites it)
+    }
+  }
+  if (PIPE && dq_q0 >= 0) {
     wgmma_wait_all();
     keep(dq);
-    keep(dv);
-    keep(dk);
-    keep(pa);
-    keep(da);
-    // dq[4 nb + e]: query q0 + 16 warp + g + 8 (e >> 1), column 8 nb + 2 t4 + (e & 1).
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int q = q0 + warp * 16 + g + 8 * r;
-      if (q >= T) continue;
-      float* dst = a.dq_acc + (int64_t(b) * T + q) * C + h * kD + 2 * t4;
-#pragma unroll
-      for (int nb = 0; nb < 8; ++nb)
-        atomicAdd(reinterpret_cast<float2*>(dst + nb * 8),
-                  make_float2(dq[4 * nb + 2 * r], dq[4 * nb + 2 * r + 1]));
-    }
-    warpgroup_sync(wg);  // every warp of the group is done reading sdS (the next tile rewrites it)
+    flush_dq();
   }
 
   // dK (scaled by 1/sqrt(D)) and dV into dqkv's k and v columns. dk[4 nb + e]: key kr[e >> 1],
@@ -552,11 +589,11 @@ void launch_fwd(const Args& a) {
   launch_kernel(fwd_wgmma_kernel<PROB>, configured, kFwdSmemBytes, kBM, kWThreads, a);
 }
 
-template <int PROB, int NWG>
+template <int PROB, int NWG, int MINB = NWG == 1 ? 3 : 1, bool PIPE = false>
 void launch_bwd(const Args& a) {
   static bool configured = false;
-  launch_kernel(bwd_wgmma_kernel<PROB, NWG>, configured, bwd_smem_bytes<NWG>(), 64 * NWG,
-                128 * NWG, a);
+  launch_kernel(bwd_wgmma_kernel<PROB, NWG, MINB, PIPE>, configured, bwd_smem_bytes<NWG>(),
+                64 * NWG, 128 * NWG, a);
 }
 
 // Warpgroups per CTA from the environment variable `name`: `first` (the default) or `second`.
@@ -569,6 +606,15 @@ int warpgroups_from_env(const char* name, int first, int second) {
 int bwd_warpgroups() {
   static const int n = warpgroups_from_env("OFT_ATTN_WGMMA_BWD_WARPGROUPS", 1, 2);
   return n;
+}
+// Experiment: OFT_ATTN_WGMMA_BWD_VARIANT=0 (3 CTAs per SM), 1 (2 per SM), 2 (2 per SM, dQ
+// atomics overlapped with the next tile), 3 (3 per SM, overlapped).
+int bwd_variant() {
+  static const int v = [] {
+    const char* e = std::getenv("OFT_ATTN_WGMMA_BWD_VARIANT");
+    return e ? std::atoi(e) : 0;
+  }();
+  return v;
 }
 
 }  // namespace
@@ -612,10 +658,20 @@ bool wgmma_bwd_enabled(const Args& a) {
   return (wgmma_mode() & 2) && a.D == kD && a.prob != kClipped;
 }
 
+template <int PROB>
+void launch_bwd_prob(const Args& a) {
+  if (bwd_warpgroups() == 2) return launch_bwd<PROB, 2>(a);
+  switch (bwd_variant()) {
+    case 1: return launch_bwd<PROB, 1, 2, false>(a);
+    case 2: return launch_bwd<PROB, 1, 2, true>(a);
+    case 3: return launch_bwd<PROB, 1, 3, true>(a);
+    default: return launch_bwd<PROB, 1>(a);
+  }
+}
+
 void launch_bwd_wgmma(const Args& a) {
-  const bool two = bwd_warpgroups() == 2;
-  if (a.prob == kSoftmax) return two ? launch_bwd<kSoftmax, 2>(a) : launch_bwd<kSoftmax, 1>(a);
-  two ? launch_bwd<kSoftmax1, 2>(a) : launch_bwd<kSoftmax1, 1>(a);
+  if (a.prob == kSoftmax) return launch_bwd_prob<kSoftmax>(a);
+  launch_bwd_prob<kSoftmax1>(a);
 }
 
 void launch_fwd_wgmma(const Args& a) {
