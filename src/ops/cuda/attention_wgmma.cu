@@ -348,10 +348,13 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 // OFT_ATTN_WGMMA_BWD_WARPGROUPS=1|2 chooses (bwd_warpgroups()).
 constexpr int kBwdQ = 64;
 constexpr int kQTileBytes = kBwdQ * kD * 2;  // 8 KiB
-// sK, sV, sdS [64 NWG][64]; sQ, sdO [2][64][64]; sL, sD [2][64]; sOk [64 NWG]; + alignment.
+constexpr int kBwdStages = 3;  // query tiles in shared memory: this one and the next two in flight
+// sK, sV, sdS [64 NWG][64]; sQ, sdO [3][64][64]; sL, sD [3][64]; sOk [64 NWG]; + alignment:
+// 75 KiB for NWG 1, three CTAs per SM (with the 1 KiB each reserves: 227.3 of 228 KiB).
 template <int NWG>
 constexpr int bwd_smem_bytes() {
-  return 3 * NWG * kQTileBytes + 4 * kQTileBytes + 4 * kBwdQ * 4 + 64 * NWG * 4 + 1024;
+  return 3 * NWG * kQTileBytes + 2 * kBwdStages * kQTileBytes + 2 * kBwdStages * kBwdQ * 4 +
+         64 * NWG * 4 + 1024;
 }
 
 template <int PROB, int NWG, int MINB, bool PIPE>
@@ -363,11 +366,11 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
   bf16* sK = reinterpret_cast<bf16*>(base);
   bf16* sV = sK + kBwdKeys * kD;
   bf16* sdS = sV + kBwdKeys * kD;                 // [keys][64 queries]
-  bf16* sQ = sdS + kBwdKeys * kBwdQ;              // [2][64][64]
-  bf16* sdO = sQ + 2 * kBwdQ * kD;                // [2][64][64]
-  float* sL = reinterpret_cast<float*>(sdO + 2 * kBwdQ * kD);  // [2][64]
-  float* sD = sL + 2 * kBwdQ;                                   // [2][64]
-  int* sOk = reinterpret_cast<int*>(sD + 2 * kBwdQ);            // [keys]
+  bf16* sQ = sdS + kBwdKeys * kBwdQ;              // [3][64][64]
+  bf16* sdO = sQ + kBwdStages * kBwdQ * kD;       // [3][64][64]
+  float* sL = reinterpret_cast<float*>(sdO + kBwdStages * kBwdQ * kD);  // [3][64]
+  float* sD = sL + kBwdStages * kBwdQ;                                   // [3][64]
+  int* sOk = reinterpret_cast<int*>(sD + kBwdStages * kBwdQ);            // [keys]
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
@@ -403,6 +406,8 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
   }
   if (qt0 < n_qt) load_q_tile(0, qt0);
   cp_async_commit();
+  if (qt0 + 1 < n_qt) load_q_tile(1, qt0 + 1);
+  cp_async_commit();  // (possibly empty: one group per tile keeps the wait count fixed)
 
   float dk[32], dv[32];
 #pragma unroll
@@ -418,12 +423,13 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
   // (dq_q0 >= 0: a tile's dQ is in flight or waiting for its atomics).
   float dq[32];
   int dq_q0 = -1;
+  float* const gdq = a.dq_acc + int64_t(b) * T * C + h * kD + 2 * t4;  // this thread's columns
   auto flush_dq = [&]() {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int q = dq_q0 + warp * 16 + g + 8 * r;
       if (q >= T) continue;
-      float* dst = a.dq_acc + (int64_t(b) * T + q) * C + h * kD + 2 * t4;
+      float* dst = gdq + int64_t(q) * C;
 #pragma unroll
       for (int nb = 0; nb < 8; ++nb)
         atomicAdd(reinterpret_cast<float2*>(dst + nb * 8),
@@ -432,15 +438,13 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
     dq_q0 = -1;
   };
 
-  for (int qt = qt0, it = 0; qt < n_qt; ++qt, ++it) {
-    const int buf = it & 1, q0 = qt * kBwdQ;
-    cp_async_wait_all();
+  for (int qt = qt0, buf = 0; qt < n_qt; ++qt, buf = buf == 2 ? 0 : buf + 1) {
+    const int q0 = qt * kBwdQ;
+    cp_async_wait<1>();  // tile qt landed (tile qt + 1 may still be in flight)
     fence_proxy_async();
-    __syncthreads();  // tile qt landed; both warpgroups are done with tile qt - 1
-    if (qt + 1 < n_qt) {
-      load_q_tile(buf ^ 1, qt + 1);
-      cp_async_commit();
-    }
+    __syncthreads();  // every warpgroup is done with tile qt - 1, whose buffer takes tile qt + 2
+    if (qt + 2 < n_qt) load_q_tile(buf == 0 ? 2 : buf - 1, qt + 2);
+    cp_async_commit();
     if (a.causal && kw0 > q0 + kBwdQ - 1) continue;  // every query precedes these keys: dS = 0
     const bf16* cQ = sQ + buf * kBwdQ * kD;
     const bf16* cdO = sdO + buf * kBwdQ * kD;
@@ -516,6 +520,9 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
     wgmma_commit();
     fence_proxy_async();
     warpgroup_sync(wg);  // this warpgroup's dS^T is in shared memory
+    wgmma_wait<1>();     // dV is complete: P's registers are free for dQ's accumulators
+    keep(dv);
+    keep(pa);
     // dQ [64 queries x 64] = dS K over this warpgroup's 64 keys: A = dS (stored [key][query]),
     // B = K (stored [key][d]), both MN-major; keys 16 kk.. start 2048 bytes apart.
     wgmma_fence();
@@ -528,16 +535,12 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
       // dV and dK are complete (P and dS may die); dQ stays in flight into the next tile, whose
       // dS^T store follows the wait for it.
       wgmma_wait<1>();
-      keep(dv);
       keep(dk);
-      keep(pa);
       keep(da);
     } else {
       wgmma_wait_all();
       keep(dq);
-      keep(dv);
       keep(dk);
-      keep(pa);
       keep(da);
       flush_dq();
       warpgroup_sync(wg);  // every warp of the group is done reading sdS (the next tile rewrites it)
