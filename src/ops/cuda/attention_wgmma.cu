@@ -419,8 +419,9 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
   const uint64_t d_ds = sw128_desc(sdS_w);
 
   // dq[4 nb + e]: query q0 + 16 warp + g + 8 (e >> 1), column 8 nb + 2 t4 + (e & 1), added into
-  // the f32 accumulator. PIPE: the atomics of tile qt run during tile qt + 1's S^T / dP^T products
-  // (dq_q0 >= 0: a tile's dQ is in flight or waiting for its atomics).
+  // the f32 accumulator. PIPE: the atomics of tile qt are issued at the top of tile qt + 1, after
+  // its proxy fence (whose MEMBAR would otherwise wait for them to reach L2); dq_q0 >= 0: a
+  // tile's dQ is in flight or waiting for its atomics.
   float dq[32];
   int dq_q0 = -1;
   float* const gdq = a.dq_acc + int64_t(b) * T * C + h * kD + 2 * t4;  // this thread's columns
@@ -445,6 +446,11 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
     __syncthreads();  // every warpgroup is done with tile qt - 1, whose buffer takes tile qt + 2
     if (qt + 2 < n_qt) load_q_tile(buf == 0 ? 2 : buf - 1, qt + 2);
     cp_async_commit();
+    if (PIPE && dq_q0 >= 0) {  // the previous tile's dQ atomics, issued after this tile's fence
+      wgmma_wait<0>();
+      keep(dq);
+      flush_dq();
+    }
     if (a.causal && kw0 > q0 + kBwdQ - 1) continue;  // every query precedes these keys: dS = 0
     const bf16* cQ = sQ + buf * kBwdQ * kD;
     const bf16* cdO = sdO + buf * kBwdQ * kD;
@@ -462,11 +468,6 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks) wgmma_ss_n64<0, 0>(dpt, d_v + 2 * ks, d_do + 2 * ks, ks);
     wgmma_commit();
-    if (PIPE && dq_q0 >= 0) {  // the previous tile's dQ (the oldest group) is complete
-      wgmma_wait<2>();
-      keep(dq);
-      flush_dq();
-    }
     wgmma_wait<1>();
     keep(st);
 
