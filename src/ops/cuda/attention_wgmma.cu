@@ -22,9 +22,9 @@
 // log2-domain LSE L forward; dK, dV into dqkv and dQ into the f32 accumulator backward. Used for
 // D = 64, bf16, non-clipped probabilities on sm_90 (OFT_ATTN_WGMMA: all, the default; fwd;
 // bwd; 0 for neither); everything else runs attention_mma.cu. At the GPT-2 shape (B 16, T 1024,
-// H 12, causal) the forward takes 0.121 ms on an H100 (213 TFLOP/s) against 0.154 ms for the
-// mma.sync kernel; the backward with one warpgroup per CTA 0.399 ms on an H200 against 0.454 ms
-// (two warpgroups: 0.457 ms).
+// H 12, causal) on an H100 the forward takes 0.115-0.121 ms (213-224 TFLOP/s) against 0.154 ms
+// for the mma.sync kernel; the backward op 0.468-0.471 ms against 0.477 ms (the kernel alone
+// 384 us under ncu against 418 us), and `gpt2_124m` trains 2.3% faster with it.
 #include <cuda_bf16.h>
 
 #include <cstdlib>
@@ -335,17 +335,22 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 
 // ---------------------------------------------------------------- backward
 // A CTA of NWG warpgroups owns 64 NWG keys (64 per warpgroup) and loops over the query tiles of 64
-// (double-buffered Q, dO, L, D_i), like the mma.sync backward. Per tile and warpgroup:
-//   S^T, dP^T [64 keys x 64 queries] = K Q^T, V dO^T   (wgmma SS, both K-major)
+// (Q, dO, L, D_i in three stages: tile qt + 2 is copied during tile qt), like the mma.sync
+// backward. Per tile and warpgroup:
+//   S^T, dP^T [64 keys x 64 queries] = K Q^T, V dO^T   (wgmma SS, both K-major; two groups, so
+//                                                        P's exponentials overlap dP^T)
 //   P = exp2(x - L) where visible; dS = P (dP - D_i)  (in registers, f32)
 //   dV += P^T dO, dK += dS^T Q                          (wgmma RS: P, dS from registers;
 //                                                        dO, Q MN-major from shared memory)
 //   dS^T -> shared memory (swizzled [keys][queries]), then dQ [64 x 64] = dS K over the
 //   warpgroup's 64 keys (wgmma SS: A = dS MN-major, B = K MN-major), added into the f32 dQ
 //   accumulator with atomics (as many as the mma.sync kernel's 64-key CTAs make).
-// dK, dV (and S^T, dP^T, dQ while in flight) stay in registers (217 for NWG 2): NWG 2 runs one
-// CTA per SM (8 warps), NWG 1 is compiled for three (12 warps, <= 168 registers).
-// OFT_ATTN_WGMMA_BWD_WARPGROUPS=1|2 chooses (bwd_warpgroups()).
+// dK, dV (and S^T, dP^T, dQ while in flight) stay in registers: NWG 1 is compiled for three CTAs
+// per SM (12 warps, 168 registers, 24 bytes spilled), NWG 2 for one (188 registers).
+// OFT_ATTN_WGMMA_BWD_WARPGROUPS=1|2 chooses (bwd_warpgroups()). Measured and dropped (H100,
+// GPT-2 shape, whole op 0.468 ms for this kernel): two CTAs per SM without spills 0.550 ms;
+// dQ's atomics deferred into the next tile (overlapping its products, or after its proxy fence)
+// 0.496-0.558 ms, the longer-lived dQ registers spilling or halving the CTAs per SM.
 constexpr int kBwdQ = 64;
 constexpr int kQTileBytes = kBwdQ * kD * 2;  // 8 KiB
 constexpr int kBwdStages = 3;  // query tiles in shared memory: this one and the next two in flight
@@ -357,8 +362,8 @@ constexpr int bwd_smem_bytes() {
          64 * NWG * 4 + 1024;
 }
 
-template <int PROB, int NWG, int MINB, bool PIPE>
-__global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a) {
+template <int PROB, int NWG>
+__global__ void __launch_bounds__(128 * NWG, NWG == 1 ? 3 : 1) bwd_wgmma_kernel(const Args a) {
   constexpr int kBwdKeys = 64 * NWG, kThr = 128 * NWG;
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
@@ -418,26 +423,7 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
   bf16* sdS_w = sdS + wg * 64 * kBwdQ;
   const uint64_t d_ds = sw128_desc(sdS_w);
 
-  // dq[4 nb + e]: query q0 + 16 warp + g + 8 (e >> 1), column 8 nb + 2 t4 + (e & 1), added into
-  // the f32 accumulator. PIPE: the atomics of tile qt are issued at the top of tile qt + 1, after
-  // its proxy fence (whose MEMBAR would otherwise wait for them to reach L2); dq_q0 >= 0: a
-  // tile's dQ is in flight or waiting for its atomics.
-  float dq[32];
-  int dq_q0 = -1;
   float* const gdq = a.dq_acc + int64_t(b) * T * C + h * kD + 2 * t4;  // this thread's columns
-  auto flush_dq = [&]() {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int q = dq_q0 + warp * 16 + g + 8 * r;
-      if (q >= T) continue;
-      float* dst = gdq + int64_t(q) * C;
-#pragma unroll
-      for (int nb = 0; nb < 8; ++nb)
-        atomicAdd(reinterpret_cast<float2*>(dst + nb * 8),
-                  make_float2(dq[4 * nb + 2 * r], dq[4 * nb + 2 * r + 1]));
-    }
-    dq_q0 = -1;
-  };
 
   for (int qt = qt0, buf = 0; qt < n_qt; ++qt, buf = buf == 2 ? 0 : buf + 1) {
     const int q0 = qt * kBwdQ;
@@ -446,11 +432,6 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
     __syncthreads();  // every warpgroup is done with tile qt - 1, whose buffer takes tile qt + 2
     if (qt + 2 < n_qt) load_q_tile(buf == 0 ? 2 : buf - 1, qt + 2);
     cp_async_commit();
-    if (PIPE && dq_q0 >= 0) {  // the previous tile's dQ atomics, issued after this tile's fence
-      wgmma_wait<0>();
-      keep(dq);
-      flush_dq();
-    }
     if (a.causal && kw0 > q0 + kBwdQ - 1) continue;  // every query precedes these keys: dS = 0
     const bf16* cQ = sQ + buf * kBwdQ * kD;
     const bf16* cdO = sdO + buf * kBwdQ * kD;
@@ -526,31 +507,28 @@ __global__ void __launch_bounds__(128 * NWG, MINB) bwd_wgmma_kernel(const Args a
     keep(pa);
     // dQ [64 queries x 64] = dS K over this warpgroup's 64 keys: A = dS (stored [key][query]),
     // B = K (stored [key][d]), both MN-major; keys 16 kk.. start 2048 bytes apart.
+    float dq[32];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
       wgmma_ss_n64<1, 1>(dq, d_ds + kk * (2048 >> 4), d_k + kk * (2048 >> 4), kk);
     wgmma_commit();
-    dq_q0 = q0;
-    if (PIPE) {
-      // dV and dK are complete (P and dS may die); dQ stays in flight into the next tile, whose
-      // dS^T store follows the wait for it.
-      wgmma_wait<1>();
-      keep(dk);
-      keep(da);
-    } else {
-      wgmma_wait_all();
-      keep(dq);
-      keep(dk);
-      keep(da);
-      flush_dq();
-      warpgroup_sync(wg);  // every warp of the group is done reading sdS (the next tile rewrites it)
-    }
-  }
-  if (PIPE && dq_q0 >= 0) {
     wgmma_wait_all();
     keep(dq);
-    flush_dq();
+    keep(dk);
+    keep(da);
+    // dq[4 nb + e]: query q0 + 16 warp + g + 8 (e >> 1), column 8 nb + 2 t4 + (e & 1).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = q0 + warp * 16 + g + 8 * r;
+      if (q >= T) continue;
+      float* dst = gdq + int64_t(q) * C;
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb)
+        atomicAdd(reinterpret_cast<float2*>(dst + nb * 8),
+                  make_float2(dq[4 * nb + 2 * r], dq[4 * nb + 2 * r + 1]));
+    }
+    warpgroup_sync(wg);  // every warp of the group is done reading sdS (the next tile rewrites it)
   }
 
   // dK (scaled by 1/sqrt(D)) and dV into dqkv's k and v columns. dk[4 nb + e]: key kr[e >> 1],
@@ -593,11 +571,11 @@ void launch_fwd(const Args& a) {
   launch_kernel(fwd_wgmma_kernel<PROB>, configured, kFwdSmemBytes, kBM, kWThreads, a);
 }
 
-template <int PROB, int NWG, int MINB = NWG == 1 ? 3 : 1, bool PIPE = false>
+template <int PROB, int NWG>
 void launch_bwd(const Args& a) {
   static bool configured = false;
-  launch_kernel(bwd_wgmma_kernel<PROB, NWG, MINB, PIPE>, configured, bwd_smem_bytes<NWG>(),
-                64 * NWG, 128 * NWG, a);
+  launch_kernel(bwd_wgmma_kernel<PROB, NWG>, configured, bwd_smem_bytes<NWG>(), 64 * NWG,
+                128 * NWG, a);
 }
 
 // Warpgroups per CTA from the environment variable `name`: `first` (the default) or `second`.
@@ -611,15 +589,7 @@ int bwd_warpgroups() {
   static const int n = warpgroups_from_env("OFT_ATTN_WGMMA_BWD_WARPGROUPS", 1, 2);
   return n;
 }
-// Experiment: OFT_ATTN_WGMMA_BWD_VARIANT=0 (3 CTAs per SM), 1 (2 per SM), 2 (2 per SM, dQ
-// atomics overlapped with the next tile), 3 (3 per SM, overlapped).
-int bwd_variant() {
-  static const int v = [] {
-    const char* e = std::getenv("OFT_ATTN_WGMMA_BWD_VARIANT");
-    return e ? std::atoi(e) : 0;
-  }();
-  return v;
-}
+
 
 }  // namespace
 
@@ -662,20 +632,10 @@ bool wgmma_bwd_enabled(const Args& a) {
   return (wgmma_mode() & 2) && a.D == kD && a.prob != kClipped;
 }
 
-template <int PROB>
-void launch_bwd_prob(const Args& a) {
-  if (bwd_warpgroups() == 2) return launch_bwd<PROB, 2>(a);
-  switch (bwd_variant()) {
-    case 1: return launch_bwd<PROB, 1, 2, false>(a);
-    case 2: return launch_bwd<PROB, 1, 2, true>(a);
-    case 3: return launch_bwd<PROB, 1, 3, true>(a);
-    default: return launch_bwd<PROB, 1>(a);
-  }
-}
-
 void launch_bwd_wgmma(const Args& a) {
-  if (a.prob == kSoftmax) return launch_bwd_prob<kSoftmax>(a);
-  launch_bwd_prob<kSoftmax1>(a);
+  const bool two = bwd_warpgroups() == 2;
+  if (a.prob == kSoftmax) return two ? launch_bwd<kSoftmax, 2>(a) : launch_bwd<kSoftmax, 1>(a);
+  two ? launch_bwd<kSoftmax1, 2>(a) : launch_bwd<kSoftmax1, 1>(a);
 }
 
 void launch_fwd_wgmma(const Args& a) {
