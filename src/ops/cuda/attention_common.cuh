@@ -3,8 +3,8 @@
 // small device helpers they share.
 //
 //   attention_mma.cu      bf16 tensor-core FlashAttention-2 forward / backward (D = 16..128)
-//   attention_wgmma.cu    its Hopper forward / backward on warpgroup MMAs (D = 64, softmax /
-//                         softmax1)
+//   attention_wgmma.cu    its Hopper forward on warpgroup MMAs (D = 64, softmax / softmax1),
+//   attention_wgmma_bwd.cu  and the Hopper backward (helpers in attention_wgmma.cuh)
 //   attention_generic.cu  CUDA-core tiled forward / backward for f32 and any D <= 256
 //   attention_quant.cu    evaluation-only forward with fake quantization and range capture
 //
