@@ -252,9 +252,301 @@ int bwd_warpgroups() {
 }
 
 
+
+// ---- the TMA variant: one warpgroup per CTA, 64 keys ----
+// The same products as bwd_wgmma_kernel<PROB, 1>, with the memory traffic on the tensor memory
+// accelerator instead of per-thread copies and atomics:
+//   K, V, and per query tile Q, dO (3-D tensor maps, 128-byte swizzle, zeros past T) and L, D_i
+//   (bulk copies) arrive on mbarriers: no cp.async, so no proxy fence before the products (whose
+//   MEMBAR waited for the thread's outstanding atomics);
+//   dQ goes to shared memory (f32, 128-byte swizzled [2 halves][64 rows][32]), and each warp
+//   adds its 16 rows into the f32 accumulator with two TMA reduce-adds, which run while the
+//   warpgroup goes on (a warp only waits for its previous reduce to have read its rows).
+// Two query-tile stages. Shared memory: sK, sV, sdS 8 KiB each, sQ, sdO [2] 16 KiB each, sdQ
+// 16 KiB, sL, sD [2][64], sOk [64], 3 mbarriers: 74.3 KiB + alignment, three CTAs per SM.
+// Needs T % 4 == 0 (16-byte aligned L / D_i rows); bwd_tma_ok().
+struct TmaMaps {
+  CUtensorMap qkv;   // bf16 [B][T][3C], box [1][64][64]
+  CUtensorMap dout;  // bf16 [B][T][C], box [1][64][64]
+  CUtensorMap dq;    // f32 [B][T][C], box [1][16][32]
+};
+constexpr int kTmaSmemBytes =
+    5 * kQTileBytes + 2 * kQTileBytes + 2 * 2 * kBwdQ * 4 + 64 * 4 + 4 * 8 + 1024;
+
+template <int PROB>
+__global__ void __launch_bounds__(128, 3)
+    bwd_tma_kernel(const Args a, const __grid_constant__ TmaMaps maps) {
+#ifdef OFT_HAVE_WGMMA
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* base = align_smem_1024(smem_raw);
+  bf16* sK = reinterpret_cast<bf16*>(base);
+  bf16* sV = sK + 64 * kD;
+  bf16* sdS = sV + 64 * kD;                      // [64 keys][64 queries]
+  bf16* sQ = sdS + 64 * kBwdQ;                   // [2][64][64]
+  bf16* sdO = sQ + 2 * kBwdQ * kD;               // [2][64][64]
+  float* sdQ = reinterpret_cast<float*>(sdO + 2 * kBwdQ * kD);  // [2][64][32]
+  float* sL = sdQ + 2 * kBwdQ * 32;                              // [2][64]
+  float* sD = sL + 2 * kBwdQ;                                    // [2][64]
+  int* sOk = reinterpret_cast<int*>(sD + 2 * kBwdQ);             // [64]
+  uint64_t* bar = reinterpret_cast<uint64_t*>(sOk + 64);         // full[2], kv
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int T = a.T, C = a.C;
+  const GridTile gt = grid_tile(a, (T + 63) / 64);
+  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
+  const int k0 = gt.tile * 64;
+  const float* gL = a.L + int64_t(bh) * T;
+  const float* gD = a.Dv + int64_t(bh) * T;
+  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const int n_qt = (T + kBwdQ - 1) / kBwdQ;
+  const int qt0 = a.causal ? k0 / kBwdQ : 0;  // queries before the first key see none of them
+
+  // Stage `st` takes query tile qt: Q, dO, L, D_i, all on full[st].
+  auto issue_tile = [&](int st, int qt) {
+    const int q0 = qt * kBwdQ, nrow = min(kBwdQ, T - q0);
+    mbar_expect_tx(&bar[st], 2 * kQTileBytes + 2 * nrow * 4);
+    tma_load_3d(sQ + st * kBwdQ * kD, &maps.qkv, &bar[st], h * kD, q0, b);
+    tma_load_3d(sdO + st * kBwdQ * kD, &maps.dout, &bar[st], h * kD, q0, b);
+    bulk_load(sL + st * kBwdQ, gL + q0, nrow * 4, &bar[st]);
+    bulk_load(sD + st * kBwdQ, gD + q0, nrow * 4, &bar[st]);
+  };
+  if (tid == 0) {
+    mbar_init(&bar[0], 1);
+    mbar_init(&bar[1], 1);
+    mbar_init(&bar[2], 1);
+    mbar_init_fence();
+  }
+  // L / D_i past T are never copied: zeros there keep dS finite (it is multiplied by P = 0).
+  sL[tid] = 0.f;
+  sD[tid] = 0.f;
+  if (tid < 64) {
+    const int k = k0 + tid;
+    sOk[tid] = (k < T && (mask == nullptr || mask[k] != 0)) ? 1 : 0;
+  }
+  fence_proxy_async();  // the zeros before the TMA writes that may follow them
+  __syncthreads();
+  if (tid == 0) {
+    mbar_expect_tx(&bar[2], 2 * kQTileBytes);
+    tma_load_3d(sK, &maps.qkv, &bar[2], C + h * kD, k0, b);
+    tma_load_3d(sV, &maps.qkv, &bar[2], 2 * C + h * kD, k0, b);
+    if (qt0 < n_qt) issue_tile(0, qt0);
+  }
+
+  float dk[32], dv[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) dk[i] = dv[i] = 0.f;
+  const int kr[2] = {warp * 16 + g, warp * 16 + g + 8};  // this thread's keys (rows of S^T)
+  const uint64_t d_k = sw128_desc(sK), d_v = sw128_desc(sV), d_ds = sw128_desc(sdS);
+  // This warp's 16 dQ rows in each half of sdQ (2 KiB apart: 1024-byte aligned boxes).
+  float* sdQ_w = sdQ + warp * 16 * 32;
+  mbar_wait(&bar[2], 0);
+
+  for (int qt = qt0, j = 0; qt < n_qt; ++qt, ++j) {
+    const int st = j & 1, q0 = qt * kBwdQ;
+    __syncthreads();  // every warp is done with tile qt - 1, whose stage takes tile qt + 1
+    if (tid == 0 && qt + 1 < n_qt) issue_tile(st ^ 1, qt + 1);
+    mbar_wait(&bar[st], (j >> 1) & 1);
+    const bf16* cQ = sQ + st * kBwdQ * kD;
+    const bf16* cdO = sdO + st * kBwdQ * kD;
+    const float* cL = sL + st * kBwdQ;
+    const float* cD = sD + st * kBwdQ;
+    const uint64_t d_q = sw128_desc(cQ), d_do = sw128_desc(cdO);
+
+    // S^T = K Q^T and dP^T = V dO^T in two groups (P's exponentials overlap dP^T).
+    float sT[32], dpt[32];
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) wgmma_ss_n64<0, 0>(sT, d_k + 2 * ks, d_q + 2 * ks, ks);
+    wgmma_commit();
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) wgmma_ss_n64<0, 0>(dpt, d_v + 2 * ks, d_do + 2 * ks, ks);
+    wgmma_commit();
+    wgmma_wait<1>();
+    keep(sT);
+
+    // P = exp2(x - L) on visible entries, 0 elsewhere. sT[4 nb + e]: key kr[e >> 1], query
+    // q0 + 8 nb + 2 t4 + (e & 1).
+    const bool need_mask =
+        mask != nullptr || k0 + 64 > T || q0 + kBwdQ > T || (a.causal && k0 + 63 > q0);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      const int ql = (i >> 2) * 8 + 2 * t4 + (i & 1), kl = kr[(i >> 1) & 1];
+      bool vis = true;
+      if (need_mask)
+        vis = sOk[kl] != 0 && q0 + ql < T && (!a.causal || k0 + kl <= q0 + ql);
+      sT[i] = vis ? exp2f(sT[i] * a.scale_log2 - cL[ql]) : 0.f;
+    }
+    // dV += P^T dO, issued before waiting for dP^T.
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) a_frag(pa[kk], sT + 8 * kk, sT + 8 * kk + 4);
+    keep(dv);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64_t(dv, pa[kk], d_do + kk * (2048 >> 4));
+    wgmma_commit();
+    wgmma_wait<1>();  // dP^T is complete (dV may still run)
+    keep(dpt);
+    // dS = P (dp - D_i), as the A fragments of dK += dS^T Q and into shared memory for dQ.
+    uint32_t da[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      float e[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int idx = 8 * kk + i, ql = (idx >> 2) * 8 + 2 * t4 + (idx & 1);
+        e[i] = sT[idx] * (dpt[idx] - cD[ql]);
+      }
+      a_frag(da[kk], e, e + 4);
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int r = kr[jj & 1], ch = 2 * kk + (jj >> 1);
+        *reinterpret_cast<uint32_t*>(sdS + r * kBwdQ + ((ch ^ (r & 7)) << 3) + 2 * t4) =
+            da[kk][jj];
+      }
+    }
+    keep(dk);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64_t(dk, da[kk], d_q + kk * (2048 >> 4));
+    wgmma_commit();
+    fence_proxy_async();
+    warpgroup_sync(0);  // dS^T is in shared memory
+    wgmma_wait<1>();    // dV is complete: P's registers are free for dQ's accumulators
+    keep(dv);
+    keep(pa);
+    // dQ [64 queries x 64] = dS K: A = dS (stored [key][query]), B = K (stored [key][d]).
+    float dq[32];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_ss_n64<1, 1>(dq, d_ds + kk * (2048 >> 4), d_k + kk * (2048 >> 4), kk);
+    wgmma_commit();
+    wgmma_wait_all();
+    keep(dq);
+    keep(dk);
+    keep(da);
+    // This warp's rows of dQ into sdQ once its previous reduce has read them. dq[4 nb + e]:
+    // row 16 warp + g + 8 (e >> 1), column 8 nb + 2 t4 + (e & 1): half nb / 4, 16-byte chunk
+    // 2 (nb % 4) + t4 / 2 of the 128-byte row, swizzled with the row mod 8.
+    if (lane == 0) bulk_wait_read();
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = g + 8 * r;  // within the warp's 16 (the box's swizzle rows: row mod 8)
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb) {
+        const int ch = 2 * (nb & 3) + (t4 >> 1);
+        *reinterpret_cast<float2*>(sdQ_w + (nb >> 2) * kBwdQ * 32 + row * 32 +
+                                   ((ch ^ (row & 7)) << 2) + 2 * (t4 & 1)) =
+            make_float2(dq[4 * nb + 2 * r], dq[4 * nb + 2 * r + 1]);
+      }
+    }
+    fence_proxy_async();
+    __syncwarp();
+    if (lane == 0) {
+      tma_reduce_add_3d(&maps.dq, sdQ_w, h * kD, q0 + warp * 16, b);
+      tma_reduce_add_3d(&maps.dq, sdQ_w + kBwdQ * 32, h * kD + 32, q0 + warp * 16, b);
+      bulk_commit();
+    }
+    warpgroup_sync(0);  // every warp is done reading sdS (the next tile rewrites it)
+  }
+  if (lane == 0) bulk_wait();  // the reduces have read sdQ (and landed) before the CTA ends
+
+  // dK (scaled by 1/sqrt(D)) and dV into dqkv's k and v columns.
+  bf16* gdqkv = static_cast<bf16*>(a.dqkv);
+  const int64_t stride = 3 * int64_t(C);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int k = k0 + kr[r];
+    if (k >= T) continue;
+    bf16* dst = gdqkv + (int64_t(b) * T + k) * stride + C + h * kD + 2 * t4;
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+      *reinterpret_cast<uint32_t*>(dst + nb * 8) =
+          pack(dk[4 * nb + 2 * r] * a.scale, dk[4 * nb + 2 * r + 1] * a.scale);
+      *reinterpret_cast<uint32_t*>(dst + C + nb * 8) =
+          pack(dv[4 * nb + 2 * r], dv[4 * nb + 2 * r + 1]);
+    }
+  }
+#else
+  __trap();  // not built for sm_90a: wgmma_bwd_enabled() keeps this kernel from launching
+#endif
+}
+
+// ---- host side of the TMA variant ----
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's cuTensorMapEncodeTiled, found through the runtime (no libcuda link).
+EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    OFT_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                    cudaEnableDefault, &q));
+    if (f == nullptr || q != cudaDriverEntryPointSuccess)
+      fail("attention: the CUDA driver has no cuTensorMapEncodeTiled (needed by the Hopper "
+           "backward); update the driver or set OFT_ATTN_WGMMA=fwd");
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// A 3-D map over a [B][T][cols] tensor of row stride `ld` elements, 128-byte swizzled boxes of
+// [1][box_rows][box_cols].
+CUtensorMap tensor_map(const void* base, CUtensorMapDataType dt, int elem_bytes, int cols,
+                       int64_t ld, int T, int B, int box_cols, int box_rows) {
+  CUtensorMap m;
+  const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(T), cuuint64_t(B)};
+  const cuuint64_t strides[2] = {cuuint64_t(ld) * elem_bytes, cuuint64_t(ld) * elem_bytes * T};
+  const cuuint32_t box[3] = {cuuint32_t(box_cols), cuuint32_t(box_rows), 1};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  const CUresult r = encode_tiled()(&m, dt, 3, const_cast<void*>(base), dims, strides, box,
+                                    elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    fail("attention: cuTensorMapEncodeTiled failed (error ", int(r), ") for a [", B, "][", T,
+         "][", cols, "] tensor");
+  return m;
+}
+
+template <int PROB>
+void launch_bwd_tma(const Args& a) {
+  static bool configured = false;
+  if (!configured) {
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_tma_kernel<PROB>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        kTmaSmemBytes));
+    configured = true;
+  }
+  TmaMaps maps;
+  maps.qkv = tensor_map(a.qkv, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, 3 * a.C, 3 * int64_t(a.C),
+                        a.T, a.B, kD, kBwdQ);
+  maps.dout = tensor_map(a.dout, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.C, a.C, a.T, a.B, kD,
+                         kBwdQ);
+  maps.dq = tensor_map(a.dq_acc, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, a.C, a.C, a.T, a.B, 32, 16);
+  bwd_tma_kernel<PROB><<<tile_grid(a, 64), 128, kTmaSmemBytes, stream()>>>(a, maps);
+  OFT_CUDA_LAUNCH_CHECK();
+}
+
+// OFT_ATTN_WGMMA_BWD_TMA=0 selects the cp.async kernel (experiment).
+bool bwd_tma(const Args& a) {
+  static const bool on = [] {
+    const char* e = std::getenv("OFT_ATTN_WGMMA_BWD_TMA");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on && a.T % 4 == 0 && bwd_warpgroups() == 1;
+}
 }  // namespace
 
 void launch_bwd_wgmma(const Args& a) {
+  if (bwd_tma(a)) return a.prob == kSoftmax ? launch_bwd_tma<kSoftmax>(a)
+                                            : launch_bwd_tma<kSoftmax1>(a);
   const bool two = bwd_warpgroups() == 2;
   if (a.prob == kSoftmax) return two ? launch_bwd<kSoftmax, 2>(a) : launch_bwd<kSoftmax, 1>(a);
   two ? launch_bwd<kSoftmax1, 2>(a) : launch_bwd<kSoftmax1, 1>(a);
