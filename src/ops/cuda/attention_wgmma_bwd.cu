@@ -270,8 +270,9 @@ struct TmaMaps {
   CUtensorMap dout;  // bf16 [B][T][C], box [1][64][64]
   CUtensorMap dq;    // f32 [B][T][C], box [1][16][32]
 };
-constexpr int kTmaSmemBytes =
-    5 * kQTileBytes + 2 * kQTileBytes + 2 * 2 * kBwdQ * 4 + 64 * 4 + 4 * 8 + 1024;
+// sK, sV, sdS, sQ [2], sdO [2], sdQ (two tiles' bytes): nine 8 KiB tiles; then sL, sD, sOk, the
+// mbarriers, and the alignment slack.
+constexpr int kTmaSmemBytes = 9 * kQTileBytes + 2 * 2 * kBwdQ * 4 + 64 * 4 + 3 * 8 + 1024;
 
 template <int PROB>
 __global__ void __launch_bounds__(128, 3)
