@@ -73,9 +73,9 @@ struct QuantArgs {
 bool mma_supported(int D);
 void launch_fwd_mma(const Args& a);
 void launch_bwd_mma(const Args& a);  // needs a.Dv and a zeroed a.dq_acc; writes k, v of dqkv
-// Hopper kernels (attention_wgmma.cu): D = 64, softmax / softmax1, on sm_90 where
-// OFT_ATTN_WGMMA enables them (both directions by default); launch_fwd_mma / launch_bwd_mma take
-// them where enabled.
+// Hopper kernels (attention_wgmma.cu, attention_wgmma_bwd.cu): D = 64, softmax / softmax1 (the
+// backward also T % 4 == 0), on sm_90 where OFT_ATTN_WGMMA enables them (both directions by
+// default); launch_fwd_mma / launch_bwd_mma take them where enabled.
 bool wgmma_fwd_enabled(const Args& a);
 void launch_fwd_wgmma(const Args& a);
 bool wgmma_bwd_enabled(const Args& a);

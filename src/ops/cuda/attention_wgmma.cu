@@ -241,7 +241,8 @@ bool wgmma_fwd_enabled(const Args& a) {
 }
 
 bool wgmma_bwd_enabled(const Args& a) {
-  return (wgmma_mode() & 2) && a.D == kD && a.prob != kClipped;
+  // T % 4 == 0: the TMA copies of L / D_i rows need 16-byte aligned starts.
+  return (wgmma_mode() & 2) && a.D == kD && a.prob != kClipped && a.T % 4 == 0;
 }
 
 void launch_fwd_wgmma(const Args& a) {
