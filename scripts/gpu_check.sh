@@ -19,10 +19,8 @@
 #      attention tests against the CPU backend, and with OFT_ATTN_WGMMA=all (the Hopper
 #      backward too); the attention timing and training steps of gpt2_124m / opt_125m for each
 #      of WGMMA_MODES (default "0 all"); the Hopper kernels' ncu counters.
-#  11. (order) the attention grid orders (OFT_ATTN_ORDER, ORDERS="auto head tile"): attention tests, kernel
-#      timings for each of WGMMA_MODES, and gpt2_124m / opt_125m training steps.
 # Results land in $OUT (or ./gpu-out).
-# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma] [order]
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -40,6 +38,11 @@ if [[ " $what " == *" tests "* ]]; then
   echo "oft_cuda_tests exit $?"
   grep -E "^\[  FAILED|Failure|error|rel|Expected|Which is|\[model|TFLOP|GB/s| ms" "$OUT/cuda_tests.log" | head -150
   grep -E "^\[  PASSED|tests ran" "$OUT/cuda_tests.log"
+  # The small test shapes run the mma.sync attention under the default size rules: the Hopper
+  # kernels on every shape they apply to.
+  OFT_ATTN_WGMMA=all timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*:Presets/CudaModel.*' > "$OUT/cuda_tests_wgmma.log" 2>&1
+  echo "OFT_ATTN_WGMMA=all attention and model tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda_tests_wgmma.log" | tr '\n' ' ')"
+  grep -E "^\[  FAILED|Failure" "$OUT/cuda_tests_wgmma.log" | head -20
 fi
 
 if [[ " $what " == *" train "* ]]; then
@@ -72,10 +75,13 @@ fi
 
 if [[ " $what " == *" torch "* ]]; then
   echo "== independent PyTorch reference: loss and gradients of oft's CPU and GPU backends"
-  rm -rf /tmp/oft_dump
-  OFT_DUMP_DIR=/tmp/oft_dump "$BIN/oft_cuda_tests" --gtest_filter='TorchDump.*' > "$OUT/dump.log" 2>&1 \
-    || tail -5 "$OUT/dump.log"
-  python3 scripts/torch/reference.py /tmp/oft_dump 2>&1 | tee "$OUT/reference.log"
+  for mode in auto all; do  # all: the Hopper attention kernels on these small models too
+    rm -rf /tmp/oft_dump
+    OFT_ATTN_WGMMA=$mode OFT_DUMP_DIR=/tmp/oft_dump "$BIN/oft_cuda_tests" --gtest_filter='TorchDump.*' > "$OUT/dump_$mode.log" 2>&1 \
+      || tail -5 "$OUT/dump_$mode.log"
+    echo "-- OFT_ATTN_WGMMA=$mode"
+    python3 scripts/torch/reference.py /tmp/oft_dump 2>&1 | tee "$OUT/reference_$mode.log"
+  done
 fi
 
 if [[ " $what " == *" peers "* ]]; then
@@ -198,23 +204,6 @@ if [[ " $what " == *" wgmma "* ]]; then
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' > "$OUT/wgmma_ncu.log" 2>&1
   grep -E "Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Warp Cycles Per Issued|Stall" "$OUT/wgmma_ncu.log" | head -30
-fi
-
-if [[ " $what " == *" order "* ]]; then
-  echo "== attention grid order (OFT_ATTN_ORDER=auto|head|tile, ORDERS)"
-  for order in ${ORDERS:-auto head tile}; do
-    export OFT_ATTN_ORDER=$order
-    timeout 200 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*' > "$OUT/order_$order.log" 2>&1
-    echo "-- $order: tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/order_$order.log" | tr '\n' ' ')"
-    for mode in ${WGMMA_MODES:-0 fwd all}; do
-      OFT_ATTN_WGMMA=$mode timeout 100 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' 2>&1 | grep -E "attention bench" | sed "s/^/$order $mode: /"
-    done
-    for p in gpt2_124m opt_125m_vanilla; do
-      timeout 120 "$BIN/oft" bench $p train.grad_accum=1 --steps ${BENCH_STEPS:-10} --no-peak > "$OUT/order_bench_${order}_$p.log" 2>&1
-      echo "-- $order $p: $(grep -E "tokens/s|rror" "$OUT/order_bench_${order}_$p.log" | tr '\n' ' ')"
-    done
-    unset OFT_ATTN_ORDER
-  done
 fi
 
 if [[ " $what " == *" ncu "* ]]; then

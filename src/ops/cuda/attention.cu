@@ -154,26 +154,8 @@ void expect_like(const Tensor& t, const Tensor& qkv, const Shape& shape, const c
   OFT_CHECK(t.shape() == shape, what, ": wrong shape");
 }
 
-// OFT_ATTN_ORDER=auto|head|tile: the tensor-core kernels' grid order (attention_common.cuh,
-// grid_tile). auto (the default) runs the forward head-major, where one head's query tiles share
-// its K / V in L2 (Hopper forward at the GPT-2 shape: 0.129 -> 0.121 ms on an H100), and the
-// backward tile-major, where the heaviest causal key tiles of every head lead and the last wave
-// is short (0.483 against 0.495 ms head-major).
-bool head_major_order(bool forward) {
-  static const int order = [] {  // 0 auto, 1 head, 2 tile
-    const char* e = std::getenv("OFT_ATTN_ORDER");
-    if (e == nullptr || std::strcmp(e, "auto") == 0) return 0;
-    if (std::strcmp(e, "head") == 0) return 1;
-    if (std::strcmp(e, "tile") == 0) return 2;
-    fail("OFT_ATTN_ORDER='", e, "': expected auto (the forward head-major, the backward "
-         "tile-major; the default), head (one head's tiles together) or tile (tile 0 of every "
-         "head first)");
-  }();
-  return order == 0 ? forward : order == 1;
-}
-
 Args make_args(const Tensor& qkv, const Tensor& key_mask, int64_t B, int64_t T, const Geometry& g,
-               const AttentionSpec& spec, bool forward) {
+               const AttentionSpec& spec) {
   Args a;
   a.qkv = qkv.raw();
   a.mask = key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr;
@@ -192,7 +174,6 @@ Args make_args(const Tensor& qkv, const Tensor& key_mask, int64_t B, int64_t T, 
   a.clip_hi = spec.zeta <= 1.0 ? cuda::attn::kNoClipHi : 1.f;
   a.scale = float(1.0 / std::sqrt(double(g.D)));
   a.scale_log2 = float(1.4426950408889634 / std::sqrt(double(g.D)));
-  a.head_major = head_major_order(forward);
   return a;
 }
 
@@ -211,7 +192,7 @@ void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
   const char* op = "attention_fwd";
   const Geometry g = check_common(op, qkv, key_mask, B, T, spec);
   expect_like(out, qkv, {B * T, g.C}, "attention_fwd out");
-  Args a = make_args(qkv, key_mask, B, T, g, spec, true);
+  Args a = make_args(qkv, key_mask, B, T, g, spec);
   a.out = out.raw();
 
   const bool quant = spec.score_quant.enabled || spec.prob_quant.enabled ||
@@ -286,7 +267,7 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   OFT_CHECK(!dqkv.same_storage(qkv) && !dqkv.same_storage(dout), op,
             ": dqkv must not alias qkv or dout");
 
-  Args a = make_args(qkv, key_mask, B, T, g, spec, false);
+  Args a = make_args(qkv, key_mask, B, T, g, spec);
   a.dout = dout.raw();
   a.dqkv = dqkv.raw();
   float* sbase = static_cast<float*>(saved.raw());

@@ -131,10 +131,8 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
   int* sOk = reinterpret_cast<int*>(sV + kTile * LD);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int T = a.T, C = a.C, tiles = (T + TQ - 1) / TQ;
-  const GridTile gt = grid_tile(a, tiles);
-  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
-  const int q0 = (tiles - 1 - gt.tile) * TQ;  // the causally heaviest query tiles first
+  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * TQ;  // the causally heaviest query tiles first
   const int64_t stride = 3 * int64_t(C);
   const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * D;
   const bf16* gK = gQ + C;
@@ -406,10 +404,8 @@ __global__ void __launch_bounds__(32 * NW, MINB) bwd_mma_kernel(const Args a) {
   int* sOk = reinterpret_cast<int*>(sD + 2 * kTile);      // [NK]
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-  const int T = a.T, C = a.C;
-  const GridTile gt = grid_tile(a, (T + NK - 1) / NK);
-  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
-  const int k0 = gt.tile * NK;  // the causally heaviest key tiles first
+  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
+  const int k0 = blockIdx.y * NK;  // the causally heaviest key tiles first
   const int kw0 = k0 + warp * 16;  // this warp's first key
   const HeadRows hr(a, b, h, D);
   const int64_t stride = hr.stride;
@@ -752,6 +748,13 @@ void bwd_by_prob(const Args& a) {
 }  // namespace
 
 dim3 tile_grid(const Args& a, int rows_per_tile) {
+  const int tiles = (a.T + rows_per_tile - 1) / rows_per_tile;
+  OFT_CHECK(tiles <= 65535, "attention: ", a.T, " tokens make ", tiles,
+            " tiles, more than a CUDA grid holds; use a shorter sequence");
+  return dim3(unsigned(a.B * a.H), unsigned(tiles));
+}
+
+dim3 head_major_grid(const Args& a, int rows_per_tile) {
   const int64_t ctas = int64_t(a.B) * a.H * ((a.T + rows_per_tile - 1) / rows_per_tile);
   OFT_CHECK(ctas <= 0x7fffffff, "attention: batch ", a.B, " x heads ", a.H, " x ", a.T,
             " tokens needs ", ctas, " thread blocks, more than a CUDA grid holds; use a smaller "

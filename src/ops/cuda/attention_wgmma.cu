@@ -20,8 +20,9 @@
 //
 // Inputs and outputs are the mma.sync kernels' (Args): out, the saved copy of O and the
 // log2-domain LSE L forward; dK, dV into dqkv and dQ into the f32 accumulator backward. Used for
-// D = 64, bf16, non-clipped probabilities on sm_90 (OFT_ATTN_WGMMA: all, the default; fwd;
-// bwd; 0 for neither); everything else runs attention_mma.cu. At the GPT-2 shape (B 16, T 1024,
+// D = 64, bf16, non-clipped probabilities on sm_90 (OFT_ATTN_WGMMA: auto, the default, by the
+// size rules of wgmma_fwd_enabled / wgmma_bwd_enabled; all; fwd; bwd; 0 for neither);
+// everything else runs attention_mma.cu. At the GPT-2 shape (B 16, T 1024,
 // H 12, causal) on an H100 the forward takes 0.115-0.121 ms (213-224 TFLOP/s) against 0.154 ms
 // for the mma.sync kernel; the backward op 0.468-0.471 ms against 0.477 ms (the kernel alone
 // 384 us under ncu against 418 us), and `gpt2_124m` trains 2.3% faster with it.
@@ -58,7 +59,7 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
   const int T = a.T, C = a.C, tiles = (T + kBM - 1) / kBM;
-  const GridTile gt = grid_tile(a, tiles);
+  const GridTile gt = head_major_tile(tiles);  // head-major: K / V shared in L2
   const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
   const int q0 = (tiles - 1 - gt.tile) * kBM;  // the causally heaviest query tiles first
   const int64_t stride = 3 * int64_t(C);
@@ -200,26 +201,28 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 template <int PROB>
 void launch_fwd(const Args& a) {
   static bool configured = false;
-  launch_kernel(fwd_wgmma_kernel<PROB>, configured, kFwdSmemBytes, kBM, kWThreads, a);
+  launch_kernel(fwd_wgmma_kernel<PROB>, configured, kFwdSmemBytes, head_major_grid(a, kBM),
+                kWThreads, a);
 }
 
 }  // namespace
 
 namespace {
-// OFT_ATTN_WGMMA: which directions run the Hopper kernels (bit 0 forward, bit 1 backward), on
-// sm_90 with the sm_90a build only.
+// OFT_ATTN_WGMMA: which directions run the Hopper kernels (bit 0 forward, bit 1 backward, bit 2
+// "by the size rules below"), on sm_90 with the sm_90a build only.
 int wgmma_mode() {
   static const int mode = [] {
-    int m = 3;
+    int m = 7;
     if (const char* e = std::getenv("OFT_ATTN_WGMMA")) {
-      if (std::strcmp(e, "0") == 0) m = 0;
+      if (std::strcmp(e, "auto") == 0) m = 7;
+      else if (std::strcmp(e, "0") == 0) m = 0;
       else if (std::strcmp(e, "fwd") == 0) m = 1;
       else if (std::strcmp(e, "bwd") == 0) m = 2;
       else if (std::strcmp(e, "all") == 0) m = 3;
       else
-        fail("OFT_ATTN_WGMMA='", e, "': expected all (the Hopper forward and backward, the "
-             "default), fwd (the forward only), bwd (the backward only) or 0 (the mma.sync "
-             "kernels)");
+        fail("OFT_ATTN_WGMMA='", e, "': expected auto (the Hopper kernels where they are the "
+             "faster, the default), all (wherever they apply), fwd (the forward only), bwd (the "
+             "backward only) or 0 (the mma.sync kernels)");
     }
     if (m == 0) return 0;
     int dev = 0, major = 0;
@@ -234,15 +237,36 @@ int wgmma_mode() {
   }();
   return mode;
 }
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, count = 0;
+    OFT_CUDA_CHECK(cudaGetDevice(&dev));
+    OFT_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
+    return count;
+  }();
+  return n;
+}
 }  // namespace
 
+// Size rules (OFT_ATTN_WGMMA=auto), measured on an H100:
+// - forward: at least two full waves of its 128-query CTAs (two per SM). BERT-base's 128 tokens
+//   (B 32, H 12) make 384 CTAs, under two waves, where the mma.sync kernel (three 128-query
+//   CTAs per SM: one wave) trained 1% faster;
+// - backward: T >= 256. With 128 keys the TMA kernel's per-CTA setup is spread over two query
+//   tiles only (BERT-base: 0.6% slower than the mma.sync backward).
 bool wgmma_fwd_enabled(const Args& a) {
-  return (wgmma_mode() & 1) && a.D == kD && a.prob != kClipped;
+  const int mode = wgmma_mode();
+  if (!(mode & 1) || a.D != kD || a.prob == kClipped) return false;
+  const int64_t ctas = int64_t(a.B) * a.H * ((a.T + kBM - 1) / kBM);
+  return !(mode & 4) || ctas >= 4 * int64_t(sm_count());
 }
 
 bool wgmma_bwd_enabled(const Args& a) {
   // T % 4 == 0: the TMA copies of L / D_i rows need 16-byte aligned starts.
-  return (wgmma_mode() & 2) && a.D == kD && a.prob != kClipped && a.T % 4 == 0;
+  const int mode = wgmma_mode();
+  if (!(mode & 2) || a.D != kD || a.prob == kClipped || a.T % 4 != 0) return false;
+  return !(mode & 4) || a.T >= 256;
 }
 
 void launch_fwd_wgmma(const Args& a) {

@@ -217,16 +217,16 @@ __device__ __forceinline__ void bulk_wait() {
 }
 #endif  // OFT_HAVE_WGMMA
 
-// Launches a Hopper attention kernel on B * H * ceil(T / rows) CTAs (tile_grid); the first call
-// of a kernel raises its dynamic shared-memory limit to smem.
-inline void launch_kernel(void (*kernel)(Args), bool& configured, int smem, int rows,
-                          int threads, const Args& a) {
+// Launches a Hopper attention kernel on `grid`; the first call of a kernel raises its dynamic
+// shared-memory limit to smem.
+inline void launch_kernel(void (*kernel)(Args), bool& configured, int smem, dim3 grid, int threads,
+                          const Args& a) {
   if (!configured) {
     OFT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  kernel<<<tile_grid(a, rows), threads, smem, stream()>>>(a);
+  kernel<<<grid, threads, smem, stream()>>>(a);
   OFT_CUDA_LAUNCH_CHECK();
 }
 

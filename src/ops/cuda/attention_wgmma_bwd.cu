@@ -69,10 +69,8 @@ __global__ void __launch_bounds__(128, 3)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  const int T = a.T, C = a.C;
-  const GridTile gt = grid_tile(a, (T + 63) / 64);
-  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
-  const int k0 = gt.tile * 64;
+  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
+  const int k0 = blockIdx.y * 64;  // tile-major: the causally heaviest key tiles first
   const float* gL = a.L + int64_t(bh) * T;
   const float* gD = a.Dv + int64_t(bh) * T;
   const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
