@@ -4,6 +4,8 @@
 // attention_wgmma.cuh for the helpers).
 #include <cuda_bf16.h>
 
+#include <cstdlib>
+
 #include "ops/cuda/attention_wgmma.cuh"
 
 namespace oft::cuda::attn {
@@ -50,7 +52,7 @@ struct TmaMaps {
 // mbarriers, and the alignment slack.
 constexpr int kTmaSmemBytes = 9 * kQTileBytes + 2 * 2 * kBwdQ * 4 + 64 * 4 + 3 * 8 + 1024;
 
-template <int PROB>
+template <int PROB, bool HEAD_MAJOR>
 __global__ void __launch_bounds__(128, 3)
     bwd_tma_kernel(const Args a, const __grid_constant__ TmaMaps maps) {
 #ifdef OFT_HAVE_WGMMA
@@ -69,8 +71,11 @@ __global__ void __launch_bounds__(128, 3)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
-  const int k0 = blockIdx.y * 64;  // tile-major: the causally heaviest key tiles first
+  const int T = a.T, C = a.C;
+  const GridTile gt = HEAD_MAJOR ? head_major_tile((T + 63) / 64)
+                                 : GridTile{int(blockIdx.x), int(blockIdx.y)};
+  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
+  const int k0 = gt.tile * 64;  // the causally heaviest key tiles first
   const float* gL = a.L + int64_t(bh) * T;
   const float* gD = a.Dv + int64_t(bh) * T;
   const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
@@ -290,11 +295,11 @@ CUtensorMap tensor_map(const void* base, CUtensorMapDataType dt, int elem_bytes,
   return m;
 }
 
-template <int PROB>
+template <int PROB, bool HEAD_MAJOR>
 void launch_bwd_tma(const Args& a) {
   static bool configured = false;
   if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_tma_kernel<PROB>,
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_tma_kernel<PROB, HEAD_MAJOR>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         kTmaSmemBytes));
     configured = true;
@@ -305,15 +310,21 @@ void launch_bwd_tma(const Args& a) {
   maps.dout = tensor_map(a.dout, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.C, a.C, a.T, a.B, kD,
                          kBwdQ);
   maps.dq = tensor_map(a.dq_acc, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, a.C, a.C, a.T, a.B, 32, 16);
-  bwd_tma_kernel<PROB><<<tile_grid(a, 64), 128, kTmaSmemBytes, stream()>>>(a, maps);
+  const dim3 grid = HEAD_MAJOR ? head_major_grid(a, 64) : tile_grid(a, 64);
+  bwd_tma_kernel<PROB, HEAD_MAJOR><<<grid, 128, kTmaSmemBytes, stream()>>>(a, maps);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void launch_bwd_wgmma(const Args& a) {
-  if (a.prob == kSoftmax) return launch_bwd_tma<kSoftmax>(a);
-  launch_bwd_tma<kSoftmax1>(a);
+  static const bool head = std::getenv("OFT_ATTN_BWD_HEAD_MAJOR") != nullptr;  // experiment
+  if (head) {
+    if (a.prob == kSoftmax) return launch_bwd_tma<kSoftmax, true>(a);
+    return launch_bwd_tma<kSoftmax1, true>(a);
+  }
+  if (a.prob == kSoftmax) return launch_bwd_tma<kSoftmax, false>(a);
+  launch_bwd_tma<kSoftmax1, false>(a);
 }
 
 }  // namespace oft::cuda::attn
