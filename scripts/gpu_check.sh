@@ -200,7 +200,7 @@ if [[ " $what " == *" wgmma "* ]]; then
       echo "-- OFT_ATTN_WGMMA=$mode $p: $(grep -E "tokens/s|rror" "$OUT/wgmma_bench_${mode}_$p.log" | tr '\n' ' ')"
     done
   done
-  OFT_ATTN_WGMMA=all timeout 180 ncu --clock-control none --kernel-name regex:wgmma_kernel --launch-skip 2 --launch-count 2 \
+  OFT_ATTN_WGMMA=all timeout 180 ncu --clock-control none --kernel-name "regex:wgmma_kernel|tma_kernel" --launch-skip 2 --launch-count 2 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' > "$OUT/wgmma_ncu.log" 2>&1
   grep -E "Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Warp Cycles Per Issued|Stall" "$OUT/wgmma_ncu.log" | head -30

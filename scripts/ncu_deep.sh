@@ -4,7 +4,7 @@
 # into $OUT/ncu_deep.tar.gz.
 export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:$LD_LIBRARY_PATH
 BIN=$PWD/gpu-bundle/bin
-IFS=, read -ra kernels <<< "${NCU_DEEP:-0 bwd_mma_kernel,all bwd_wgmma_kernel}"  # "OFT_ATTN_WGMMA kernel-regex",...
+IFS=, read -ra kernels <<< "${NCU_DEEP:-0 bwd_mma_kernel,all bwd_tma_kernel}"  # "OFT_ATTN_WGMMA kernel-regex",...
 for k in "${kernels[@]}"; do
   set -- $k
   OFT_ATTN_WGMMA=$1 timeout 200 ncu --clock-control none --kernel-name regex:$2 --launch-skip 1 --launch-count 1 \
