@@ -263,9 +263,11 @@ bool wgmma_fwd_enabled(const Args& a) {
 }
 
 bool wgmma_bwd_enabled(const Args& a) {
-  // T % 4 == 0: the TMA copies of L / D_i rows need 16-byte aligned starts.
+  // T % 4 == 0 and aligned bases: the TMA copies of L / D_i rows and the dQ reduce-adds need
+  // 16-byte aligned addresses.
   const int mode = wgmma_mode();
   if (!(mode & 2) || a.D != kD || a.prob == kClipped || a.T % 4 != 0) return false;
+  if (!aligned16(a.L) || !aligned16(a.Dv) || !aligned16(a.dq_acc)) return false;
   return !(mode & 4) || a.T >= 256;
 }
 
