@@ -208,6 +208,27 @@ void launch_fwd(const Args& a) {
 }  // namespace
 
 namespace {
+// Writes 1 where the code running is the sm_90a build with the warpgroup-MMA kernels.
+__global__ void wgmma_probe_kernel(int* built) {
+#ifdef OFT_HAVE_WGMMA
+  *built = 1;
+#else
+  *built = 0;
+#endif
+}
+
+bool wgmma_built() {
+  int* d = nullptr;
+  int built = 0;
+  OFT_CUDA_CHECK(cudaMalloc(&d, sizeof(int)));
+  wgmma_probe_kernel<<<1, 1, 0, stream()>>>(d);
+  OFT_CUDA_LAUNCH_CHECK();
+  OFT_CUDA_CHECK(cudaMemcpyAsync(&built, d, sizeof(int), cudaMemcpyDeviceToHost, stream()));
+  OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  OFT_CUDA_CHECK(cudaFree(d));
+  return built == 1;
+}
+
 // OFT_ATTN_WGMMA: which directions run the Hopper kernels (bit 0 forward, bit 1 backward, bit 2
 // "by the size rules below"), on sm_90 with the sm_90a build only.
 int wgmma_mode() {
@@ -229,11 +250,10 @@ int wgmma_mode() {
     OFT_CUDA_CHECK(cudaGetDevice(&dev));
     OFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     if (major != 9) return 0;
-    // The machine code this GPU runs must be the sm_90a build (a build for other architectures
-    // only has the trapping stubs, e.g. PTX of compute_80 compiled for the H100 at load time).
-    cudaFuncAttributes fa{};
-    OFT_CUDA_CHECK(cudaFuncGetAttributes(&fa, fwd_wgmma_kernel<kSoftmax>));
-    return fa.binaryVersion == 90 ? m : 0;
+    // The code this GPU runs must be an sm_90a build: a plain sm_90 build (e.g.
+    // CMAKE_CUDA_ARCHITECTURES=90 or native), or PTX of another architecture compiled at load
+    // time, reports the same binary version but has only the trapping stubs.
+    return wgmma_built() ? m : 0;
   }();
   return mode;
 }

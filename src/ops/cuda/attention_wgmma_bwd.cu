@@ -97,7 +97,8 @@ __global__ void __launch_bounds__(128, 3)
     mbar_init(&bar[2], 1);
     mbar_init_fence();
   }
-  // L / D_i past T are never copied: zeros there keep dS finite (it is multiplied by P = 0).
+  // L / D_i past T are never copied: those entries hold zeros or an earlier tile's finite
+  // values, which only meet P = 0 (masked by the select) and dP = 0 (dO past T is zero-filled).
   sL[tid] = 0.f;
   sD[tid] = 0.f;
   if (tid < 64) {
@@ -266,8 +267,12 @@ EncodeTiledFn encode_tiled() {
   static const EncodeTiledFn fn = [] {
     void* f = nullptr;
     cudaDriverEntryPointQueryResult q{};
+#if CUDART_VERSION >= 12050
     OFT_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
                                                     cudaEnableDefault, &q));
+#else
+    OFT_CUDA_CHECK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q));
+#endif
     if (f == nullptr || q != cudaDriverEntryPointSuccess)
       fail("attention: the CUDA driver has no cuTensorMapEncodeTiled (needed by the Hopper "
            "backward); update the driver or set OFT_ATTN_WGMMA=fwd");
