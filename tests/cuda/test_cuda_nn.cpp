@@ -235,13 +235,11 @@ TEST(CudaNn, ActivationBackward) {
           // dx = dy f'(x) with |f'| <= about 1: errors are measured against ||dy|| too, since
           // f' crosses zero (GELU near x = -0.75) and a few elements there leave ||dx|| tiny.
           const double floor = l2_norm(dy);
-          Tensor gdx = poisoned({n}, dt);
-          if (in_place) {
-            gdx = to_gpu(dy, dt);
+          Tensor gdx = in_place ? to_gpu(dy, dt) : poisoned({n}, dt);
+          if (in_place)
             gpu().activation_bwd(gdx, gdx, gx, a);  // the model's activation_bwd(d, d, x)
-          } else {
+          else
             gpu().activation_bwd(gdx, to_gpu(dy, dt), gx, a);
-          }
           EXPECT_LE(rel_err(gdx, dx, floor), tol_for(dt)) << "relative L2 error of dx";
         }
 }

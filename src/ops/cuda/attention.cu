@@ -18,7 +18,6 @@
 //   dq_store_vec_kernel   dqkv[:, q columns] = dq_acc / sqrt(D) in bf16 (tensor-core path)
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 
 #include "ops/cuda/attention_common.cuh"

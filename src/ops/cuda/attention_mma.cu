@@ -133,11 +133,10 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int T = a.T, C = a.C, bh = blockIdx.x, b = bh / a.H, h = bh % a.H;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * TQ;  // the causally heaviest query tiles first
-  const int64_t stride = 3 * int64_t(C);
-  const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * D;
-  const bf16* gK = gQ + C;
-  const bf16* gV = gQ + 2 * C;
-  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const HeadRows hr(a, b, h, D);
+  const int64_t stride = hr.stride;
+  const bf16 *gQ = hr.q, *gK = hr.k, *gV = hr.v;
+  const int32_t* mask = hr.mask;
   const int n_kt = a.causal ? (min(q0 + TQ, T) - 1) / kTile + 1 : (T + kTile - 1) / kTile;
   int row[RB][2];
 #pragma unroll

@@ -62,11 +62,10 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
   const GridTile gt = head_major_tile(tiles);  // head-major: K / V shared in L2
   const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
   const int q0 = (tiles - 1 - gt.tile) * kBM;  // the causally heaviest query tiles first
-  const int64_t stride = 3 * int64_t(C);
-  const bf16* gQ = static_cast<const bf16*>(a.qkv) + int64_t(b) * T * stride + h * kD;
-  const bf16* gK = gQ + C;
-  const bf16* gV = gQ + 2 * C;
-  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const HeadRows hr(a, b, h, kD);
+  const int64_t stride = hr.stride;
+  const bf16 *gQ = hr.q, *gK = hr.k, *gV = hr.v;
+  const int32_t* mask = hr.mask;
   const int n_kt = a.causal ? (min(q0 + kBM, T) - 1) / kBN + 1 : (T + kBN - 1) / kBN;
   const int row[2] = {q0 + wg * 64 + warp * 16 + g, q0 + wg * 64 + warp * 16 + g + 8};
 
@@ -218,14 +217,12 @@ __global__ void wgmma_probe_kernel(int* built) {
 }
 
 bool wgmma_built() {
-  int* d = nullptr;
+  int* d = static_cast<int*>(scratch(sizeof(int)));
   int built = 0;
-  OFT_CUDA_CHECK(cudaMalloc(&d, sizeof(int)));
   wgmma_probe_kernel<<<1, 1, 0, stream()>>>(d);
   OFT_CUDA_LAUNCH_CHECK();
   OFT_CUDA_CHECK(cudaMemcpyAsync(&built, d, sizeof(int), cudaMemcpyDeviceToHost, stream()));
   OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
-  OFT_CUDA_CHECK(cudaFree(d));
   return built == 1;
 }
 
@@ -256,16 +253,6 @@ int wgmma_mode() {
     return wgmma_built() ? m : 0;
   }();
   return mode;
-}
-
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, count = 0;
-    OFT_CUDA_CHECK(cudaGetDevice(&dev));
-    OFT_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
-    return count;
-  }();
-  return n;
 }
 }  // namespace
 

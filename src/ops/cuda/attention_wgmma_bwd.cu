@@ -76,9 +76,9 @@ __global__ void __launch_bounds__(128, 3)
   const GridTile gt = head_major_tile((T + 63) / 64);
   const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
   const int k0 = gt.tile * 64;  // the causally heaviest key tiles of the head first
-  const float* gL = a.L + int64_t(bh) * T;
-  const float* gD = a.Dv + int64_t(bh) * T;
-  const int32_t* mask = a.mask ? a.mask + int64_t(b) * T : nullptr;
+  const HeadRows hr(a, b, h, kD);
+  const float *gL = hr.L, *gD = hr.Dv;
+  const int32_t* mask = hr.mask;
   const int n_qt = (T + kBwdQ - 1) / kBwdQ;
   const int qt0 = a.causal ? k0 / kBwdQ : 0;  // queries before the first key see none of them
 
@@ -237,12 +237,11 @@ __global__ void __launch_bounds__(128, 3)
 
   // dK (scaled by 1/sqrt(D)) and dV into dqkv's k and v columns.
   bf16* gdqkv = static_cast<bf16*>(a.dqkv);
-  const int64_t stride = 3 * int64_t(C);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int k = k0 + kr[r];
     if (k >= T) continue;
-    bf16* dst = gdqkv + (int64_t(b) * T + k) * stride + C + h * kD + 2 * t4;
+    bf16* dst = gdqkv + (int64_t(b) * T + k) * hr.stride + C + h * kD + 2 * t4;
 #pragma unroll
     for (int nb = 0; nb < 8; ++nb) {
       *reinterpret_cast<uint32_t*>(dst + nb * 8) =
