@@ -154,6 +154,8 @@ TEST(CudaAttention, TileBoundariesBF16) {
       check_fwd_bwd(DType::BF16, {1, T, 1, 32}, kProbs[3], m, saved);
       // softmax1 over several 128-key tiles of the Hopper forward (D = 64)
       if (T > 128) check_fwd_bwd(DType::BF16, {1, T, 2, 64}, kProbs[1], m, saved);
+      // clipped softmax on the Hopper kernels (D = 64): two passes, key halves of 64
+      check_fwd_bwd(DType::BF16, {1, T, 2, 64}, kProbs[2], m, saved);
     }
 }
 
@@ -206,14 +208,18 @@ TEST(CudaAttention, ClippedGradientAtProbabilityOne) {
   OFT_REQUIRE_CUDA();
   const ProbCase pc = kProbs[2];  // clipped(-0.025:1): zeta = 1
   for (DType dt : {DType::F32, DType::BF16})
-    for (int64_t D : {32, 24})  // bf16: tensor-core (32) and CUDA-core (24) kernels
+    // bf16: tensor-core (32, and 64: the Hopper kernels with T = 4 under OFT_ATTN_WGMMA=all)
+    // and CUDA-core (24) kernels
+    for (int64_t D : {32, 24, 64})
       for (Mode m : {Mode::Causal, Mode::BidirMasked, Mode::CausalMasked}) {
-        const Dims d{2, 3, 2, D};
+        const Dims d{2, D == 64 ? 4 : 3, 2, D};
         SCOPED_TRACE(label(dt, d, pc, m));
         // Sequence 1 loses key 0: causal+mask row 0 sees nothing, row 1 only its own key.
+        std::vector<double> keep(static_cast<size_t>(d.B * d.T), 1.0);
+        keep[static_cast<size_t>(d.T)] = 0.0;
         const Tensor mask = m == Mode::Causal
                                 ? Tensor()
-                                : Tensor::from_vector({6}, {1, 1, 1, 0, 1, 1}, DType::I32);
+                                : Tensor::from_vector({d.B * d.T}, keep, DType::I32);
         Tensor saved;
         compare_fwd_bwd(dt, d, make_spec(d, pc, m), clip_boundary_qkv(d),
                         randn({d.B * d.T, d.H * d.D}), mask, saved);

@@ -272,8 +272,11 @@ struct GlCase {
   int64_t N, G, I, O;
 };
 // Gate networks: 12 heads of 64 into 1 or a small hidden layer, and odd sizes (scalar path).
+// O <= 4 runs the one-pass row kernel (20000 rows: hundreds of row chunks), O = 16 the split-K
+// kernels.
 const GlCase kGlCases[] = {{1, 12, 64, 1},    {37, 12, 64, 4}, {1000, 3, 5, 2},
-                           {500, 12, 64, 16}, {64, 2, 16, 1},  {2000, 12, 8, 1}};
+                           {500, 12, 64, 16}, {64, 2, 16, 1},  {2000, 12, 8, 1},
+                           {20000, 12, 64, 1}, {3000, 4, 64, 3}};
 
 TEST(CudaNn, GroupedLinearForward) {
   OFT_REQUIRE_CUDA();

@@ -44,6 +44,45 @@ constexpr int kBM = 128;  // queries per forward CTA: two warpgroups of 64
 // align the base to 1024 bytes.
 constexpr int kFwdSmemBytes = 5 * kTileBytes + 2 * kBN * 4 + 1024;
 
+// Row `row` (this thread's rows g / g + 8 of its warp: accumulator half j) of the output: out =
+// f * o, the saved copy (f * o, or O2 = os for clipped softmax: kO2), both bf16x2 per lane, and
+// L = lse (by the quad's first lane). Rows past T are not stored.
+template <bool kO2>
+__device__ __forceinline__ void store_row(const Args& a, int b, int h, int row, int t4, int j,
+                                          const float (&o)[32], float f, const float (&os)[32],
+                                          float lse) {
+  if (row >= a.T) return;
+  bf16* gO = static_cast<bf16*>(a.out);
+  bf16* gS = static_cast<bf16*>(a.osave);
+  const int64_t off = (int64_t(b) * a.T + row) * a.C + h * kD + 2 * t4;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t ov = pack(o[4 * i + 2 * j] * f, o[4 * i + 2 * j + 1] * f);
+    *reinterpret_cast<uint32_t*>(gO + off + i * 8) = ov;
+    *reinterpret_cast<uint32_t*>(gS + off + i * 8) =
+        kO2 ? pack(os[4 * i + 2 * j], os[4 * i + 2 * j + 1]) : ov;
+  }
+  if (t4 == 0) a.L[(int64_t(b) * a.H + h) * a.T + row] = lse;
+}
+
+// Scales S [64 x N] (this thread's N accumulators of one warpgroup's product) into the log2
+// domain and masks invisible entries to -inf. s[4 nb + e] is key k0 + 8 nb + 2 t4 + (e & 1)
+// (kl of the tile's flags `ok`, from kl0) of row row[e >> 1].
+template <int N>
+__device__ __forceinline__ void scale_mask(float (&s)[N], const Args& a, const int* ok, int k0,
+                                           int kl0, const int (&row)[2], int t4, bool need_mask) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    float x = s[i] * a.scale_log2;
+    if (need_mask) {
+      const int kl = kl0 + (i >> 2) * 8 + 2 * t4 + (i & 1);
+      const bool vis = ok[kl] != 0 && (!a.causal || k0 + kl <= row[(i >> 1) & 1]);
+      if (!vis) x = -kInf;
+    }
+    s[i] = x;
+  }
+}
+
 // Two CTAs per SM. (Four warpgroups per CTA, one CTA per SM reading each K / V tile half as
 // often from L2, measured 0.153 against 0.120 ms on an H100.)
 template <int PROB>
@@ -58,7 +97,7 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
-  const int T = a.T, C = a.C, tiles = (T + kBM - 1) / kBM;
+  const int T = a.T, tiles = (T + kBM - 1) / kBM;
   const GridTile gt = head_major_tile(tiles);  // head-major: K / V shared in L2
   const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
   const int q0 = (tiles - 1 - gt.tile) * kBM;  // the causally heaviest query tiles first
@@ -107,20 +146,9 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
     wgmma_wait_all();
     keep(s);
 
-    // Scale into the log2 domain and mask (padding, causal, keys past T). s[4 nb + e] is key
-    // k0 + 8 nb + 2 t4 + (e & 1) of row row[e >> 1].
-    const int* ok = sOk + buf * kBN;
+    // Scale into the log2 domain and mask (padding, causal, keys past T).
     const bool need_mask = mask != nullptr || k0 + kBN > T || (a.causal && k0 + kBN - 1 > q0);
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      float x = s[i] * a.scale_log2;
-      if (need_mask) {
-        const int kl = (i >> 2) * 8 + 2 * t4 + (i & 1);
-        const bool vis = ok[kl] != 0 && (!a.causal || k0 + kl <= row[(i >> 1) & 1]);
-        if (!vis) x = -kInf;
-      }
-      s[i] = x;
-    }
+    scale_mask(s, a, sOk + buf * kBN, k0, 0, row, t4, need_mask);
     // Online softmax (rows g and g + 8 of the warp; the 4 lanes of a quad share a row).
     float mx[2] = {m[0], m[1]};
 #pragma unroll
@@ -167,8 +195,6 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
   }
 
   // Normalise, store out and the saved copy (bf16x2 per lane), and L.
-  bf16* gO = static_cast<bf16*>(a.out);
-  bf16* gS = static_cast<bf16*>(a.osave);
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     l[j] += __shfl_xor_sync(0xffffffffu, l[j], 1);
@@ -182,16 +208,165 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
       lse = M + log2f(l[j] * exp2f(m[j] - M) + exp2f(-M));
       f = exp2f((m[j] == -kInf ? 0.f : m[j]) - lse);
     }
-    if (row[j] >= T) continue;
-    const int64_t off = (int64_t(b) * T + row[j]) * C + h * kD + 2 * t4;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t ov = pack(o[4 * i + 2 * j] * f, o[4 * i + 2 * j + 1] * f);
-      *reinterpret_cast<uint32_t*>(gO + off + i * 8) = ov;
-      *reinterpret_cast<uint32_t*>(gS + off + i * 8) = ov;
-    }
-    if (t4 == 0) a.L[int64_t(bh) * T + row[j]] = lse;
+    store_row<false>(a, b, h, row[j], t4, j, o, f, o, lse);
   }
+#else
+  __trap();  // not built for sm_90a: wgmma_fwd_enabled() keeps this kernel from launching
+#endif
+}
+
+// Clipped softmax in two passes over the keys, like the mma.sync kernel: pass 0 takes each row's
+// max and normaliser from S = Q K^T alone (K tiles only); pass 1 recomputes S, the exact
+// p = exp2(x - L), P' = clip(span p + gamma, 0, 1) and P2 = p where unclipped (the test of
+// Args::clip_hi), and accumulates O = P' V and O2 = P2 V (attention_common.cuh). Pass 1 takes
+// each 128-key tile in halves of 64 (S [64 x 64] per warpgroup), so that S, O and O2 fit the
+// 128 registers of two CTAs per SM; a half whose P' is zero on all of the warpgroup's entries
+// (raw < 0: most keys of long rows) skips its PV products (a warpgroup vote). The two passes
+// are one stream of tile steps (step j: tile j % n_kt of pass j / n_kt), double-buffered across
+// the pass boundary.
+__global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_clipped_kernel(const Args a) {
+#ifdef OFT_HAVE_WGMMA
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* base = align_smem_1024(smem_raw);
+  bf16* sQ = reinterpret_cast<bf16*>(base);
+  auto sK = [&](int buf) { return sQ + kBM * kD + buf * 128 * kD; };
+  auto sV = [&](int buf) { return sQ + kBM * kD + (2 + buf) * 128 * kD; };
+  int* sOk = reinterpret_cast<int*>(sQ + kBM * kD + 4 * 128 * kD);  // [2][kBN]
+
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int T = a.T, tiles = (T + kBM - 1) / kBM;
+  const GridTile gt = head_major_tile(tiles);
+  const int bh = gt.bh, b = bh / a.H, h = bh % a.H;
+  const int q0 = (tiles - 1 - gt.tile) * kBM;
+  const HeadRows hr(a, b, h, kD);
+  const int64_t stride = hr.stride;
+  const int32_t* mask = hr.mask;
+  const int n_kt = a.causal ? (min(q0 + kBM, T) - 1) / kBN + 1 : (T + kBN - 1) / kBN;
+  const int n_steps = 2 * n_kt;
+  const int row[2] = {q0 + wg * 64 + warp * 16 + g, q0 + wg * 64 + warp * 16 + g + 8};
+  const int wg_last_row = q0 + wg * 64 + 63;
+
+  auto load_step = [&](int j, int buf) {
+    const int k0 = (j % n_kt) * kBN;
+    load_tile_sw<kBN, kWThreads>(sK(buf), hr.k, stride, k0, T, tid);
+    if (j >= n_kt) load_tile_sw<kBN, kWThreads>(sV(buf), hr.v, stride, k0, T, tid);
+    if (tid < kBN) {
+      const int k = k0 + tid;
+      sOk[buf * kBN + tid] = (k < T && (mask == nullptr || mask[k] != 0)) ? 1 : 0;
+    }
+  };
+  // Waits for step j's tile (and the CTA to be done with step j - 1), then prefetches step j + 1.
+  auto begin_step = [&](int j) {
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();
+    if (j + 1 < n_steps) {
+      load_step(j + 1, (j + 1) & 1);
+      cp_async_commit();
+    }
+  };
+  load_tile_sw<kBM, kWThreads>(sQ, hr.q, stride, q0, T, tid);
+  load_step(0, 0);
+  cp_async_commit();
+  const uint64_t dq = sw128_desc(sQ + wg * 64 * kD);
+
+  // Pass 0: the row statistics.
+  float m[2] = {-kInf, -kInf}, l[2] = {0.f, 0.f};
+  int j = 0;
+  for (; j < n_kt; ++j) {
+    const int buf = j & 1, k0 = j * kBN;
+    begin_step(j);
+    float s[64];
+    const uint64_t dk = sw128_desc(sK(buf));
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) wgmma_ss_n128(s, dq + 2 * ks, dk + 2 * ks, ks);
+    wgmma_commit();
+    wgmma_wait_all();
+    keep(s);
+    const bool need_mask = mask != nullptr || k0 + kBN > T || (a.causal && k0 + kBN - 1 > q0);
+    scale_mask(s, a, sOk + buf * kBN, k0, 0, row, t4, need_mask);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = m[r];
+#pragma unroll
+      for (int nb = 0; nb < 16; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mu = mx == -kInf ? 0.f : mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < 16; ++nb)
+        sum += exp2f(s[4 * nb + 2 * r] - mu) + exp2f(s[4 * nb + 2 * r + 1] - mu);
+      l[r] = l[r] * exp2f(m[r] - mu) + sum;
+      m[r] = mx;
+    }
+  }
+  float lse[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    lse[r] = l[r] > 0.f ? m[r] + log2f(l[r]) : kInf;
+  }
+
+  // Pass 1: O = P' V and O2 = P2 V.
+  float o[32], o2[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) o[i] = o2[i] = 0.f;
+  for (; j < n_steps; ++j) {
+    const int buf = j & 1, k0 = (j - n_kt) * kBN;
+    begin_step(j);
+    const uint64_t dk = sw128_desc(sK(buf)), dv = sw128_desc(sV(buf));
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int kh = k0 + hf * 64;
+      if (a.causal && kh > wg_last_row) continue;  // no key of this half is visible to the warpgroup
+      float s[32];
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks)
+        wgmma_ss_n64<0, 0>(s, dq + 2 * ks, dk + hf * (8192 >> 4) + 2 * ks, ks);
+      wgmma_commit();
+      wgmma_wait_all();
+      keep(s);
+      const bool need_mask = mask != nullptr || kh + 64 > T || (a.causal && kh + 63 > q0);
+      scale_mask(s, a, sOk + buf * kBN, k0, hf * 64, row, t4, need_mask);
+      uint32_t pa[4][4], pb[4][4];
+      bool live = false;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        float e[8], e2[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float p = exp2f(s[8 * kk + i] - lse[(i >> 1) & 1]);
+          const float raw = a.span * p + a.gamma;
+          e[i] = fminf(fmaxf(raw, 0.f), 1.f);
+          e2[i] = (raw >= 0.f && raw <= a.clip_hi) ? p : 0.f;  // see Args::clip_hi
+          live |= raw >= 0.f;
+        }
+        a_frag(pa[kk], e, e + 4);
+        a_frag(pb[kk], e2, e2 + 4);
+      }
+      if (!warpgroup_any(wg, live)) continue;
+      keep(o);
+      keep(o2);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64_t(o, pa[kk], dv + (hf * 4 + kk) * (2048 >> 4));
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64_t(o2, pb[kk], dv + (hf * 4 + kk) * (2048 >> 4));
+      wgmma_commit();
+      wgmma_wait_all();
+      keep(o);
+      keep(o2);
+      keep(pa);
+      keep(pb);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) store_row<true>(a, b, h, row[r], t4, r, o, 1.f, o2, lse[r]);
 #else
   __trap();  // not built for sm_90a: wgmma_fwd_enabled() keeps this kernel from launching
 #endif
@@ -264,7 +439,7 @@ int wgmma_mode() {
 //   tiles only (BERT-base: 0.6% slower than the mma.sync backward).
 bool wgmma_fwd_enabled(const Args& a) {
   const int mode = wgmma_mode();
-  if (!(mode & 1) || a.D != kD || a.prob == kClipped) return false;
+  if (!(mode & 1) || a.D != kD) return false;
   const int64_t ctas = int64_t(a.B) * a.H * ((a.T + kBM - 1) / kBM);
   return !(mode & 4) || ctas >= 4 * int64_t(sm_count());
 }
@@ -273,12 +448,17 @@ bool wgmma_bwd_enabled(const Args& a) {
   // T % 4 == 0 and aligned bases: the TMA copies of L / D_i rows and the dQ reduce-adds need
   // 16-byte aligned addresses.
   const int mode = wgmma_mode();
-  if (!(mode & 2) || a.D != kD || a.prob == kClipped || a.T % 4 != 0) return false;
+  if (!(mode & 2) || a.D != kD || a.T % 4 != 0) return false;
   if (!aligned16(a.L) || !aligned16(a.Dv) || !aligned16(a.dq_acc)) return false;
   return !(mode & 4) || a.T >= 256;
 }
 
 void launch_fwd_wgmma(const Args& a) {
+  if (a.prob == kClipped) {
+    static bool configured = false;
+    return launch_kernel(fwd_wgmma_clipped_kernel, configured, kFwdSmemBytes,
+                         head_major_grid(a, kBM), kWThreads, a);
+  }
   if (a.prob == kSoftmax) return launch_fwd<kSoftmax>(a);
   launch_fwd<kSoftmax1>(a);
 }

@@ -150,6 +150,20 @@ __device__ __forceinline__ void warpgroup_sync(int wg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory");
 }
 
+// True on every thread of warpgroup wg when `p` holds on any of its threads: a barrier with an
+// OR reduction, on warpgroup_sync's barrier ids. (The id is a register, so ptxas reports all 16
+// barriers as used; choosing between two immediate ids instead made the clipped forward spill.)
+__device__ __forceinline__ bool warpgroup_any(int wg, bool p) {
+  uint32_t r;
+  asm volatile(
+      "{\n.reg .pred pi, po;\nsetp.ne.b32 pi, %1, 0;\n"
+      "bar.red.or.pred po, %2, 128, pi;\nselp.u32 %0, 1, 0, po;\n}\n"
+      : "=r"(r)
+      : "r"(int(p)), "r"(wg + 1)
+      : "memory");
+  return r != 0;
+}
+
 // ---- mbarriers and the tensor memory accelerator (TMA) ----
 // An mbarrier in shared memory expecting `count` arrivals per phase.
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {

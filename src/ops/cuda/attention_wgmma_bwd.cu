@@ -1,4 +1,4 @@
-// Hopper (sm_90a) attention backward for head width 64 in bf16, softmax and softmax1: the
+// Hopper (sm_90a) attention backward for head width 64 in bf16, every ProbFn: the
 // FlashAttention-2 backward of attention_mma.cu with its five products on warpgroup MMAs and its
 // copies on the TMA (see attention_wgmma.cu for the tile layouts and descriptors,
 // attention_wgmma.cuh for the helpers).
@@ -158,10 +158,20 @@ __global__ void __launch_bounds__(128, 3)
         vis = sOk[kl] != 0 && q0 + ql < T && (!a.causal || k0 + kl <= q0 + ql);
       sT[i] = vis ? exp2f(sT[i] * a.scale_log2 - cL[ql]) : 0.f;
     }
-    // dV += P^T dO, issued before waiting for dP^T.
+    // dV += P'^T dO, issued before waiting for dP^T (P' = P, or for clipped softmax
+    // clip(span P + gamma, 0, 1), which is 0 where P = 0 as gamma <= 0).
     uint32_t pa[4][4];
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) a_frag(pa[kk], sT + 8 * kk, sT + 8 * kk + 4);
+    for (int kk = 0; kk < 4; ++kk) {
+      if constexpr (PROB == kClipped) {
+        float pc[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) pc[i] = fminf(fmaxf(a.span * sT[8 * kk + i] + a.gamma, 0.f), 1.f);
+        a_frag(pa[kk], pc, pc + 4);
+      } else {
+        a_frag(pa[kk], sT + 8 * kk, sT + 8 * kk + 4);
+      }
+    }
     keep(dv);
     wgmma_fence();
 #pragma unroll
@@ -169,7 +179,8 @@ __global__ void __launch_bounds__(128, 3)
     wgmma_commit();
     wgmma_wait<1>();  // dP^T is complete (dV may still run)
     keep(dpt);
-    // dS = P (dp - D_i), as the A fragments of dK += dS^T Q and into shared memory for dQ.
+    // dS = P (dp - D_i), as the A fragments of dK += dS^T Q and into shared memory for dQ;
+    // dp = dP' (times span on the unclipped range for clipped softmax).
     uint32_t da[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -177,7 +188,13 @@ __global__ void __launch_bounds__(128, 3)
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const int idx = 8 * kk + i, ql = (idx >> 2) * 8 + 2 * t4 + (idx & 1);
-        e[i] = sT[idx] * (dpt[idx] - cD[ql]);
+        float dp = dpt[idx];
+        if constexpr (PROB == kClipped) {
+          const float raw = a.span * sT[idx] + a.gamma;
+          // Same test as the forward's O2 (Args::clip_hi), or D_i and dp disagree at p = 1.
+          dp = (raw >= 0.f && raw <= a.clip_hi) ? dp * a.span : 0.f;
+        }
+        e[i] = sT[idx] * (dp - cD[ql]);
       }
       a_frag(da[kk], e, e + 4);
 #pragma unroll
@@ -321,6 +338,7 @@ void launch_bwd_tma(const Args& a) {
 }  // namespace
 
 void launch_bwd_wgmma(const Args& a) {
+  if (a.prob == kClipped) return launch_bwd_tma<kClipped>(a);
   if (a.prob == kSoftmax) return launch_bwd_tma<kSoftmax>(a);
   launch_bwd_tma<kSoftmax1>(a);
 }

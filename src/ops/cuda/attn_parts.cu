@@ -8,7 +8,9 @@
 //   16-byte packs (x rows and w stay in L1/L2). Backward dx: one thread per dx[n, g*I + i],
 //   O terms. dw / db: split-K over rows: block (split, g) stages tiles of RT rows of x[:, g] and
 //   dy[:, g] in shared memory, each thread owns fixed outputs (o, i) of w[g] and accumulates
-//   them in shared memory; per-split partials are summed over splits by a second kernel.
+//   them in shared memory; per-split partials are summed over splits by a second kernel. For
+//   O <= 4 (gates) one kernel does dx, dw and db in a single pass over the rows instead:
+//   threads own 16-byte column packs, blocks own row chunks (grouped_linear_bwd_rows_kernel).
 // - head_gate: elementwise, one 16-byte pack per thread (packs never straddle heads). dgate:
 //   blocks own chunks of at most RC rows inside one gate's rows; threads own columns and sum
 //   dout * x down the chunk, a warp per head sums its D columns; a second kernel sums the chunks
@@ -20,6 +22,7 @@
 //   its chunk. In place (y == x, dx == dy) works: a thread reads each element before writing it.
 // - copy_columns: cudaMemcpy2DAsync, or a packed += kernel when accumulating.
 #include <algorithm>
+#include <type_traits>
 
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.cuh"
@@ -131,14 +134,92 @@ __global__ void grouped_linear_dw_kernel(float* part, const T* dy, const T* x, i
   for (int t = threadIdx.x; t < nout; t += blockDim.x) dst[t] = acc[t];
 }
 
+// Fast path for small O (gate networks: O = 1 per head): dx, dw and db in one pass over the rows.
+// Block `chunk` owns rows [chunk * rpc, ...); thread p owns the V columns p*V.. of every row
+// (group g = p*V / I, i0 = p*V % I; packs never straddle groups, I % V == 0) and
+//   dx[n, cols] (+)= sum_o dy[n, g*O + o] w[g, o, i0..]            (when dx is given)
+// while accumulating dy[n, g*O + o] * x[n, cols] (dw) and dy[n, g*O + o] (db, written by the
+// group's first pack) over its rows: the chunk's partial in grouped_linear_dw_kernel's layout.
+// One read of x and dy and one read-write of dx (the split-K kernel above re-reads them per
+// tile through shared memory with a quarter of its threads busy).
+template <class T, int V, int O>
+__global__ void grouped_linear_bwd_rows_kernel(T* __restrict__ dx, float* __restrict__ part,
+                                               const T* __restrict__ dy, const T* __restrict__ x,
+                                               const T* __restrict__ w, int64_t N, int G, int I,
+                                               int64_t rpc, bool accumulate) {
+  const int p = threadIdx.x;
+  if (p >= G * I / V) return;
+  const int c0 = p * V, g = c0 / I, i0 = c0 % I, C = G * I, GO = G * O;
+  float wv[O][V];
+  if (dx != nullptr) {
+#pragma unroll
+    for (int o = 0; o < O; ++o) load_pack<T, V>(w + (static_cast<int64_t>(g) * O + o) * I + i0, wv[o]);
+  }
+  float dw[O][V], db[O];
+#pragma unroll
+  for (int o = 0; o < O; ++o) {
+    db[o] = 0.f;
+#pragma unroll
+    for (int k = 0; k < V; ++k) dw[o][k] = 0.f;
+  }
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * rpc, n1 = std::min(N, n0 + rpc);
+#pragma unroll 4
+  for (int64_t n = n0; n < n1; ++n) {
+    float d[O], xv[V];
+#pragma unroll
+    for (int o = 0; o < O; ++o) d[o] = to_f32(dy[n * GO + g * O + o]);
+    load_pack<T, V>(x + n * C + c0, xv);
+#pragma unroll
+    for (int o = 0; o < O; ++o) {
+      db[o] += d[o];
+#pragma unroll
+      for (int k = 0; k < V; ++k) dw[o][k] += d[o] * xv[k];
+    }
+    if (dx != nullptr) {
+      float r[V];
+      if (accumulate) {
+        load_pack<T, V>(dx + n * C + c0, r);
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) r[k] = 0.f;
+      }
+#pragma unroll
+      for (int o = 0; o < O; ++o)
+#pragma unroll
+        for (int k = 0; k < V; ++k) r[k] += d[o] * wv[o][k];
+      store_pack<T, V>(dx + n * C + c0, r);
+    }
+  }
+  const int nout = O * I + O;
+  float* dst = part + (static_cast<int64_t>(blockIdx.x) * G + g) * nout;
+#pragma unroll
+  for (int o = 0; o < O; ++o)
+#pragma unroll
+    for (int k = 0; k < V; ++k) dst[o * I + i0 + k] = dw[o][k];
+  if (i0 == 0) {
+#pragma unroll
+    for (int o = 0; o < O; ++o) dst[O * I + o] = db[o];
+  }
+}
+
 // dw[g*O*I + t] += sum_s part[s][g][t] (t < O*I); db[g*O + o] += sum_s part[s][g][O*I + o].
+// A block sums 32 consecutive outputs: lane = output, its 8 warps take every 8th split, and the
+// 8 warp sums are added in a fixed order (deterministic, coalesced over the outputs).
 __global__ void grouped_linear_dw_finish_kernel(float* dw, float* db, const float* part, int S,
                                                 int G, int O, int I) {
-  const int nout = O * I + O;
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= G * nout) return;
+  __shared__ float red[8][32];
+  const int nout = O * I + O, total = G * nout;
+  const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+  const int c = blockIdx.x * 32 + lane;
   float s = 0.f;
-  for (int p = 0; p < S; ++p) s += part[static_cast<int64_t>(p) * G * nout + c];
+  if (c < total)
+    for (int p = wp; p < S; p += 8) s += part[static_cast<int64_t>(p) * total + c];
+  red[wp][lane] = s;
+  __syncthreads();
+  if (wp != 0 || c >= total) return;
+  s = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) s += red[j][lane];
   const int g = c / nout, t = c % nout;
   if (t < O * I)
     dw[static_cast<int64_t>(g) * O * I + t] += s;
@@ -450,30 +531,70 @@ void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const T
     expect_shape2(dx, N, static_cast<int64_t>(G) * I, op);
   }
   if (N == 0 || G * O * I == 0) return;
-  // Shared memory of the dw kernel: accumulators [O*I + O] and tiles of RT rows.
-  const int nout = O * I + O;
-  const int RT = std::max(1, std::min(32, 4096 / (I + O)));
-  const size_t smem = (static_cast<size_t>(nout) + static_cast<size_t>(RT) * (I + O)) * 4;
-  OFT_CHECK(smem <= 48 * 1024, op, ": groups of ", O, " x ", I,
-            " weights are too large for the CUDA kernel (shared memory)");
-  const int64_t want = std::max<int64_t>(1, cuda::ceil_div(2 * cuda::sm_count(), G));
-  int64_t splits = std::min<int64_t>(want, cuda::ceil_div(N, RT));
-  const int64_t rows_per_split = cuda::ceil_div(N, splits);
-  splits = cuda::ceil_div(N, rows_per_split);
-  float* part =
-      static_cast<float*>(cuda::scratch(static_cast<size_t>(splits) * G * nout * sizeof(float)));
+  int64_t splits = 0;
+  float* part = nullptr;
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
-    if (dx.defined()) {
-      grouped_linear_dx_kernel<T><<<blocks_for(N * G * I), kThreads, 0, cuda::stream()>>>(
-          ptr<T>(dx), ptr<T>(dy), ptr<T>(w), N, G, O, I, accumulate_dx);
+    constexpr int VEC = 16 / sizeof(T);
+    const bool vec = I % VEC == 0 && aligned16(x.raw()) && aligned16(w.raw()) &&
+                     (!dx.defined() || aligned16(dx.raw()));
+    const int V = vec ? VEC : 1;
+    const int64_t packs = static_cast<int64_t>(G) * I / V;
+    if (O <= 4 && packs <= 1024) {
+      // One pass over the rows (grouped_linear_bwd_rows_kernel): about four blocks per SM, each
+      // thread moving 16 bytes per row.
+      const int64_t rpc = std::max<int64_t>(8, cuda::ceil_div(N, 4 * int64_t(cuda::sm_count())));
+      splits = cuda::ceil_div(N, rpc);
+      part = static_cast<float*>(
+          cuda::scratch(static_cast<size_t>(splits) * G * (O * I + O) * sizeof(float)));
+      const unsigned threads = static_cast<unsigned>(cuda::ceil_div(packs, 32) * 32);
+      T* pdx = dx.defined() ? ptr<T>(dx) : nullptr;
+      auto launch = [&](auto v, auto o) {
+        grouped_linear_bwd_rows_kernel<T, decltype(v)::value, decltype(o)::value>
+            <<<static_cast<unsigned>(splits), threads, 0, cuda::stream()>>>(
+                pdx, part, ptr<T>(dy), ptr<T>(x), ptr<T>(w), N, G, I, rpc, accumulate_dx);
+      };
+      using V1 = std::integral_constant<int, 1>;
+      using VV = std::integral_constant<int, VEC>;
+      auto by_o = [&](auto v) {
+        switch (O) {
+          case 1: return launch(v, std::integral_constant<int, 1>{});
+          case 2: return launch(v, std::integral_constant<int, 2>{});
+          case 3: return launch(v, std::integral_constant<int, 3>{});
+          default: return launch(v, std::integral_constant<int, 4>{});
+        }
+      };
+      if (vec)
+        by_o(VV{});
+      else
+        by_o(V1{});
+      OFT_CUDA_LAUNCH_CHECK();
+    } else {
+      // General O: dx one thread per element, dw / db split-K through shared memory
+      // (accumulators [O*I + O] and tiles of RT rows).
+      const int nout = O * I + O;
+      const int RT = std::max(1, std::min(32, 4096 / (I + O)));
+      const size_t smem = (static_cast<size_t>(nout) + static_cast<size_t>(RT) * (I + O)) * 4;
+      OFT_CHECK(smem <= 48 * 1024, op, ": groups of ", O, " x ", I,
+                " weights are too large for the CUDA kernel (shared memory)");
+      const int64_t want = std::max<int64_t>(1, cuda::ceil_div(2 * cuda::sm_count(), G));
+      splits = std::min<int64_t>(want, cuda::ceil_div(N, RT));
+      const int64_t rows_per_split = cuda::ceil_div(N, splits);
+      splits = cuda::ceil_div(N, rows_per_split);
+      part = static_cast<float*>(
+          cuda::scratch(static_cast<size_t>(splits) * G * nout * sizeof(float)));
+      if (dx.defined()) {
+        grouped_linear_dx_kernel<T><<<blocks_for(N * G * I), kThreads, 0, cuda::stream()>>>(
+            ptr<T>(dx), ptr<T>(dy), ptr<T>(w), N, G, O, I, accumulate_dx);
+        OFT_CUDA_LAUNCH_CHECK();
+      }
+      grouped_linear_dw_kernel<T>
+          <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(G)), kThreads, smem,
+             cuda::stream()>>>(part, ptr<T>(dy), ptr<T>(x), N, G, O, I, rows_per_split, RT);
       OFT_CUDA_LAUNCH_CHECK();
     }
-    grouped_linear_dw_kernel<T>
-        <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(G)), kThreads, smem,
-           cuda::stream()>>>(part, ptr<T>(dy), ptr<T>(x), N, G, O, I, rows_per_split, RT);
-    OFT_CUDA_LAUNCH_CHECK();
   });
-  grouped_linear_dw_finish_kernel<<<blocks_for(static_cast<int64_t>(G) * nout), kThreads, 0,
+  const int64_t outputs = static_cast<int64_t>(G) * (O * I + O);
+  grouped_linear_dw_finish_kernel<<<static_cast<unsigned>(cuda::ceil_div(outputs, 32)), 256, 0,
                                     cuda::stream()>>>(ptr<float>(dw),
                                                       db.defined() ? ptr<float>(db) : nullptr, part,
                                                       static_cast<int>(splits), G, O, I);
