@@ -1,4 +1,4 @@
-// Hopper (sm_90a) attention for head width 64 in bf16, softmax and softmax1: the
+// Hopper (sm_90a) attention for head width 64 in bf16, every probability function: the
 // FlashAttention-2 algorithm of attention_mma.cu with its products on warpgroup MMAs
 // (wgmma.mma_async) that read their shared-memory operands through matrix descriptors.
 //
@@ -10,7 +10,8 @@
 //   O [64 x 64] += P V   : 8 x wgmma m64n64k16, P from registers (two neighbouring 8-column
 //   accumulator blocks are the A fragment), V from shared memory (MN-major: stored [key][d]).
 // K and V are double-buffered: the next tile's copies run during this tile's products. Two
-// two-warpgroup CTAs fit an SM (82 KiB of shared memory each). Backward: attention_wgmma_bwd.cu.
+// two-warpgroup CTAs fit an SM (82 KiB of shared memory each). Clipped softmax takes two passes
+// over the keys (fwd_wgmma_clipped_kernel). Backward: attention_wgmma_bwd.cu.
 //
 // Tiles are [rows][64] bf16 with the 128-byte swizzle (16-byte chunk c of row r at r * 128 +
 // ((c ^ (r % 8)) * 16) bytes, tiles 1024-byte aligned), written by 16-byte cp.async (zero fill
@@ -20,7 +21,7 @@
 //
 // Inputs and outputs are the mma.sync kernels' (Args): out, the saved copy of O and the
 // log2-domain LSE L forward; dK, dV into dqkv and dQ into the f32 accumulator backward. Used for
-// D = 64, bf16, non-clipped probabilities on sm_90 (OFT_ATTN_WGMMA: auto, the default, by the
+// D = 64, bf16, on sm_90 (OFT_ATTN_WGMMA: auto, the default, by the
 // size rules of wgmma_fwd_enabled / wgmma_bwd_enabled; all; fwd; bwd; 0 for neither);
 // everything else runs attention_mma.cu. At the GPT-2 shape (B 16, T 1024,
 // H 12, causal) on an H100 the forward takes 0.115-0.121 ms (213-224 TFLOP/s) against 0.154 ms

@@ -15,7 +15,9 @@
 //   blocks own chunks of at most RC rows inside one gate's rows; threads own columns and sum
 //   dout * x down the chunk, a warp per head sums its D columns; a second kernel sums the chunks
 //   of each gate (skipped when a gate has one chunk). dx = dout * gate runs after dgate, so dx
-//   may alias dout.
+//   may alias dout. With one gate per token row (and D a power-of-two number of packs), one
+//   kernel does both: the D / V threads of a (row, head) reduce with shuffles
+//   (head_gate_bwd_token_kernel).
 // - group_mean: one thread per output (fwd) / per input element (bwd).
 // - causal_mean: a scan over T in chunks of 32 rows: kernel 1 sums each (sequence, chunk,
 //   column pack); kernel 2 adds the sums of the earlier (fwd) or later (bwd) chunks and scans
@@ -295,6 +297,37 @@ __global__ void head_gate_dgate_finish_kernel(T* dgate, const float* part, int64
   float s = 0.f;
   for (int64_t k = 0; k < cpg; ++k) s += part[(r * cpg + k) * H + h];
   dgate[t] = from_f32<T>(s);
+}
+
+// One gate per token row (rows_per_gate 1, conditional_per_token): dgate and dx in one pass.
+// One thread per pack of V columns; the G = D / V threads of a (row, head) are consecutive lanes
+// of one warp (G a power of two <= 32): they sum dout * x over the head with shuffles, the first
+// writes dgate[n, h], and each writes its pack of dx = dout * gate[n, h] after reading dout
+// (dx may alias dout).
+template <class T, int V, int G>
+__global__ void head_gate_bwd_token_kernel(T* dx, T* __restrict__ dgate, const T* dout,
+                                           const T* __restrict__ x, const T* __restrict__ gate,
+                                           int64_t packs, int H) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  // Lanes past the end stay for the shuffles (packs is a multiple of G: whole groups are out).
+  const bool ok = t < packs;
+  const int64_t nh = t / G;  // n * H + h
+  float a[V] = {}, b[V] = {};
+  if (ok) {
+    load_pack<T, V>(dout + t * V, a);
+    load_pack<T, V>(x + t * V, b);
+  }
+  float dot = 0.f;
+#pragma unroll
+  for (int i = 0; i < V; ++i) dot += a[i] * b[i];
+#pragma unroll
+  for (int off = G / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off, G);
+  if (!ok) return;
+  if (t % G == 0) dgate[nh] = from_f32<T>(dot);
+  const float gv = to_f32(gate[nh]);
+#pragma unroll
+  for (int i = 0; i < V; ++i) a[i] *= gv;
+  store_pack<T, V>(dx + t * V, a);
 }
 
 // ------------------------------------------------------------------ group mean
@@ -624,6 +657,33 @@ void CudaBackend::head_gate_bwd(Tensor& dx, Tensor& dgate, const Tensor& dout, c
   expect_shape2(dout, s.N, s.C, op);
   expect_shape2(dgate, s.R, s.H, op);
   if (s.N == 0 || s.C == 0) return;
+  if (rows_per_gate == 1) {
+    bool done = false;
+    OFT_DISPATCH_FLOAT(x.dtype(), op, {
+      constexpr int VEC = 16 / sizeof(T);
+      const int G = s.D / VEC;
+      if (s.D % VEC == 0 && G <= 32 && (G & (G - 1)) == 0 && aligned16(dout.raw()) &&
+          aligned16(x.raw()) && aligned16(dx.raw())) {
+        const int64_t packs = s.N * s.C / VEC;
+        auto launch = [&](auto g) {
+          head_gate_bwd_token_kernel<T, VEC, decltype(g)::value>
+              <<<blocks_for(packs), kThreads, 0, cuda::stream()>>>(
+                  ptr<T>(dx), ptr<T>(dgate), ptr<T>(dout), ptr<T>(x), ptr<T>(gate), packs, s.H);
+        };
+        switch (G) {
+          case 1: launch(std::integral_constant<int, 1>{}); break;
+          case 2: launch(std::integral_constant<int, 2>{}); break;
+          case 4: launch(std::integral_constant<int, 4>{}); break;
+          case 8: launch(std::integral_constant<int, 8>{}); break;
+          case 16: launch(std::integral_constant<int, 16>{}); break;
+          default: launch(std::integral_constant<int, 32>{}); break;
+        }
+        OFT_CUDA_LAUNCH_CHECK();
+        done = true;
+      }
+    });
+    if (done) return;
+  }
   OFT_CHECK(static_cast<size_t>(s.C) * sizeof(float) <= 48 * 1024, op, ": rows of ", s.C,
             " columns are too wide for the CUDA kernel (at most 12288)");
   // Chunks of at most RC rows, inside one gate's rows, so that about 4 blocks per SM run.
