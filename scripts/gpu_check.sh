@@ -196,7 +196,7 @@ if [[ " $what " == *" wgmma "* ]]; then
   grep -E "^\[  FAILED|Failure" "$OUT/wgmma_all_tests.log" | head -20
   for mode in ${WGMMA_MODES:-0 all}; do
     OFT_ATTN_WGMMA=$mode timeout 100 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttentionBench.*' 2>&1 | grep -E "attention bench" | sed "s/^/$mode: /"
-    for p in gpt2_124m opt_125m_vanilla; do
+    for p in gpt2_124m opt_125m_vanilla opt_125m_clipped_softmax; do
       OFT_ATTN_WGMMA=$mode timeout 120 "$BIN/oft" bench $p train.grad_accum=1 --steps ${BENCH_STEPS:-10} --no-peak > "$OUT/wgmma_bench_${mode}_$p.log" 2>&1
       echo "-- OFT_ATTN_WGMMA=$mode $p: $(grep -E "tokens/s|rror" "$OUT/wgmma_bench_${mode}_$p.log" | tr '\n' ' ')"
     done

@@ -4,8 +4,6 @@
 // attention_wgmma.cuh for the helpers).
 #include <cuda_bf16.h>
 
-#include <cstdlib>
-
 #include "ops/cuda/attention_wgmma.cuh"
 
 namespace oft::cuda::attn {
@@ -54,7 +52,7 @@ struct TmaMaps {
 // mbarriers, and the alignment slack.
 constexpr int kTmaSmemBytes = 9 * kQTileBytes + 2 * 2 * kBwdQ * 4 + 64 * 4 + 3 * 8 + 1024;
 
-template <int PROB, bool kSkip = true>
+template <int PROB>
 __global__ void __launch_bounds__(128, 3)
     bwd_tma_kernel(const Args a, const __grid_constant__ TmaMaps maps) {
 #ifdef OFT_HAVE_WGMMA
@@ -162,33 +160,24 @@ __global__ void __launch_bounds__(128, 3)
     }
     // dV += P'^T dO, issued before waiting for dP^T (P' = P, or for clipped softmax
     // clip(span P + gamma, 0, 1), which is 0 where P = 0 as gamma <= 0).
-    // Clipped softmax: where P' is 0 on the whole tile (raw < 0: most keys of long rows) the
-    // product is skipped (a CTA vote; the group is committed empty, so the waits below count
-    // the same).
+    // (Skipping the product where P' is 0 on the whole tile, as the mma.sync kernel does, made
+    // this kernel spill: 0.375 against 0.308 ms at the GPT-2 shape.)
     uint32_t pa[4][4];
-    bool live = PROB != kClipped;
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       if constexpr (PROB == kClipped) {
         float pc[8];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float raw = a.span * sT[8 * kk + i] + a.gamma;
-          pc[i] = fminf(fmaxf(raw, 0.f), 1.f);
-          live |= raw > 0.f;
-        }
+        for (int i = 0; i < 8; ++i) pc[i] = fminf(fmaxf(a.span * sT[8 * kk + i] + a.gamma, 0.f), 1.f);
         a_frag(pa[kk], pc, pc + 4);
       } else {
         a_frag(pa[kk], sT + 8 * kk, sT + 8 * kk + 4);
       }
     }
-    if constexpr (PROB == kClipped) live = !kSkip || __syncthreads_or(live);
     keep(dv);
     wgmma_fence();
-    if (live) {
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64_t(dv, pa[kk], d_do + kk * (2048 >> 4));
-    }
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_n64_t(dv, pa[kk], d_do + kk * (2048 >> 4));
     wgmma_commit();
     wgmma_wait<1>();  // dP^T is complete (dV may still run)
     keep(dpt);
@@ -329,11 +318,11 @@ CUtensorMap tensor_map(const void* base, CUtensorMapDataType dt, int elem_bytes,
   return m;
 }
 
-template <int PROB, bool kSkip = true>
+template <int PROB>
 void launch_bwd_tma(const Args& a) {
   static bool configured = false;
   if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_tma_kernel<PROB, kSkip>,
+    OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_tma_kernel<PROB>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         kTmaSmemBytes));
     configured = true;
@@ -344,18 +333,14 @@ void launch_bwd_tma(const Args& a) {
   maps.dout = tensor_map(a.dout, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.C, a.C, a.T, a.B, kD,
                          kBwdQ);
   maps.dq = tensor_map(a.dq_acc, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, a.C, a.C, a.T, a.B, 32, 16);
-  bwd_tma_kernel<PROB, kSkip><<<head_major_grid(a, 64), 128, kTmaSmemBytes, stream()>>>(a, maps);
+  bwd_tma_kernel<PROB><<<head_major_grid(a, 64), 128, kTmaSmemBytes, stream()>>>(a, maps);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void launch_bwd_wgmma(const Args& a) {
-  if (a.prob == kClipped) {
-    static const bool skip = std::getenv("OFT_ATTN_CLIP_SKIP") == nullptr || std::getenv("OFT_ATTN_CLIP_SKIP")[0] != '0';
-    if (skip) return launch_bwd_tma<kClipped, true>(a);
-    return launch_bwd_tma<kClipped, false>(a);
-  }
+  if (a.prob == kClipped) return launch_bwd_tma<kClipped>(a);
   if (a.prob == kSoftmax) return launch_bwd_tma<kSoftmax>(a);
   launch_bwd_tma<kSoftmax1>(a);
 }
