@@ -1,6 +1,9 @@
 // Deterministic column sums of per-block partial rows, for the reductions whose blocks each
 // write one f32 partial row (parameter gradients of the norms and QK-norm, bias gradients):
-// a fixed summation order and no atomics, so a run repeats bit for bit.
+// a fixed summation order and no atomics on the values, so a run repeats bit for bit. The
+// partial rows are finished inside the launch that sums them (or that writes them): the blocks
+// count their arrivals per column tile, and the last one to arrive sums all rows of its tile in
+// a fixed order, whichever block that is.
 #pragma once
 
 #include <cstddef>
@@ -8,12 +11,34 @@
 
 namespace oft::ops {
 
-// Scratch floats for P partial rows of Ct columns plus the first-level sums of reduce_partials.
+// Scratch floats for P partial rows of Ct columns plus the split sums of reduce_partials.
 size_t partial_floats(int64_t P, int Ct);
 
 // dst0[c] += sum_p part[p, c] (c < C0), dst1[c - C0] += ... (C0 <= c < Ct; dst1 may be null
 // when C0 = Ct), summed in a fixed order; part [P, Ct] is the start of a scratch block of
-// partial_floats(P, Ct) floats. Enqueued on the backend's stream.
+// partial_floats(P, Ct) floats. One kernel, enqueued on the backend's stream.
 void reduce_partials(float* dst0, float* dst1, int C0, float* part, int P, int Ct);
+
+// At least n zeroed arrival counters on the device, one per column tile of a kernel that
+// finishes its own partial rows (last_arrival); they are zero again when that kernel ends, so
+// kernels on the backend's stream share them.
+unsigned* tile_counters(int64_t n);
+
+#ifdef __CUDACC__
+// After the calling block wrote its partial sums (every thread, before this call): true, on
+// every thread of the block, in the last of `arrivals` blocks to arrive at *counter, which it
+// resets to 0. That block may then read every block's partial sums (through L2: __ldcg).
+__device__ __forceinline__ bool last_arrival(unsigned* counter, unsigned arrivals, bool& last) {
+  __threadfence();  // this block's partial sums are visible device-wide before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    last = atomicAdd(counter, 1u) == arrivals - 1;
+    if (last) *counter = 0;
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+#endif
 
 }  // namespace oft::ops
