@@ -225,6 +225,8 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 // (raw < 0: most keys of long rows) skips its PV products (a warpgroup vote). The two passes
 // are one stream of tile steps (step j: tile j % n_kt of pass j / n_kt), double-buffered across
 // the pass boundary.
+// (Its set-up repeats fwd_wgmma_kernel's on purpose: moving both into a shared struct made the
+// softmax kernel spill 36 instead of 16 bytes.)
 __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_clipped_kernel(const Args a) {
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
