@@ -89,6 +89,9 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 void expect_cuda(const Tensor& t, const char* what);
 void expect_float(const Tensor& t, const char* what);  // f32 or bf16 on the GPU
 void expect_dtype(const Tensor& t, DType d, const char* what);
+// A float CUDA tensor of dtype dt (the activations'), and a 2-D tensor of shape [rows, cols].
+void expect_act(const Tensor& t, DType dt, const char* what);
+void expect_shape2(const Tensor& t, int64_t rows, int64_t cols, const char* what);
 
 }  // namespace oft::cuda
 

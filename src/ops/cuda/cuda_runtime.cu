@@ -218,6 +218,15 @@ void expect_dtype(const Tensor& t, DType d, const char* what) {
   expect_cuda(t, what);
   OFT_ASSERT(t.dtype() == d, what, ": expected ", dtype_name(d), ", got ", dtype_name(t.dtype()));
 }
+void expect_act(const Tensor& t, DType dt, const char* what) {
+  expect_float(t, what);
+  OFT_CHECK(t.dtype() == dt, what, ": expected ", dtype_name(dt), " like the activations, got ",
+            dtype_name(t.dtype()));
+}
+void expect_shape2(const Tensor& t, int64_t rows, int64_t cols, const char* what) {
+  OFT_CHECK(t.ndim() == 2 && t.dim(0) == rows && t.dim(1) == cols, what, ": expected [", rows, ", ",
+            cols, "], got ", shape_str(t.shape()));
+}
 
 }  // namespace oft::cuda
 

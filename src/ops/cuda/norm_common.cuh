@@ -10,8 +10,7 @@
 
 namespace oft::ops::norm {
 
-// t is a float CUDA tensor of dtype dt (the activations'); t has n elements.
-void expect_act(const Tensor& t, DType dt, const char* what);
+// t has n elements. (The dtype check, cuda::expect_act, is in cuda_common.cuh.)
 void expect_numel(const Tensor& t, int64_t n, const char* what);
 
 }  // namespace oft::ops::norm

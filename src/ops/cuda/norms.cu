@@ -40,7 +40,7 @@ using cuda::ptr;
 using cuda::aligned16;
 using cuda::load_pack;
 using cuda::store_pack;
-using norm::expect_act;
+using cuda::expect_act;
 using norm::expect_numel;
 
 constexpr int kMaxC = 16384;
@@ -697,12 +697,6 @@ void norm_bwd(Tensor& dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor
 // ---- shared with qk_norm.cu (norm_common.cuh) ----
 
 namespace norm {
-
-void expect_act(const Tensor& t, DType dt, const char* what) {
-  cuda::expect_float(t, what);
-  OFT_CHECK(t.dtype() == dt, what, ": expected ", dtype_name(dt), " like the activations, got ",
-            dtype_name(t.dtype()));
-}
 
 void expect_numel(const Tensor& t, int64_t n, const char* what) {
   OFT_CHECK(t.numel() == n, what, ": expected ", n, " elements, got ", shape_str(t.shape()));

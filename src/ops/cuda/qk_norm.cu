@@ -21,7 +21,7 @@ using cuda::ptr;
 using cuda::aligned16;
 using cuda::load_pack;
 using cuda::store_pack;
-using norm::expect_act;
+using cuda::expect_act;
 using norm::expect_numel;
 
 // Lanes per head segment: the packs of a segment rounded up to a power of two, at most 32.
