@@ -206,20 +206,32 @@ __global__ void grouped_linear_dw_finish_kernel(float* dw, float* db, const floa
     db[g * O + (t - O * I)] += s;
 }
 
-}  // namespace
-
-void CudaBackend::grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
-  const char* op = "grouped_linear_fwd";
+// The grouped map's sizes from w [G, O, I] and x [N, G*I], with y (or dy) [N, G*O]; all of the
+// activations' dtype.
+struct GroupedShape {
+  int G, O, I;
+  int64_t N;
+};
+GroupedShape check_grouped(const Tensor& x, const Tensor& w, const Tensor& y, const char* op) {
   cuda::expect_float(x, op);
   expect_act(w, x.dtype(), op);
   expect_act(y, x.dtype(), op);
   OFT_CHECK(w.ndim() == 3, op, ": w ", shape_str(w.shape()), " is not [G, O, I]");
-  const int G = static_cast<int>(w.dim(0)), O = static_cast<int>(w.dim(1)),
-            I = static_cast<int>(w.dim(2));
   OFT_CHECK(x.ndim() == 2, op, ": x ", shape_str(x.shape()), " is not 2-D");
-  const int64_t N = x.dim(0);
-  expect_shape2(x, N, static_cast<int64_t>(G) * I, op);
-  expect_shape2(y, N, static_cast<int64_t>(G) * O, op);
+  const GroupedShape gs{static_cast<int>(w.dim(0)), static_cast<int>(w.dim(1)),
+                        static_cast<int>(w.dim(2)), x.dim(0)};
+  expect_shape2(x, gs.N, static_cast<int64_t>(gs.G) * gs.I, op);
+  expect_shape2(y, gs.N, static_cast<int64_t>(gs.G) * gs.O, op);
+  return gs;
+}
+
+}  // namespace
+
+void CudaBackend::grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
+  const char* op = "grouped_linear_fwd";
+  const GroupedShape gs = check_grouped(x, w, y, op);
+  const int G = gs.G, O = gs.O, I = gs.I;
+  const int64_t N = gs.N;
   if (b.defined()) {
     expect_act(b, x.dtype(), op);
     OFT_CHECK(b.numel() == static_cast<int64_t>(G) * O, op, ": b ", shape_str(b.shape()),
@@ -243,16 +255,9 @@ void CudaBackend::grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w
 void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                                      const Tensor& x, const Tensor& w, bool accumulate_dx) {
   const char* op = "grouped_linear_bwd";
-  cuda::expect_float(x, op);
-  expect_act(w, x.dtype(), op);
-  expect_act(dy, x.dtype(), op);
-  OFT_CHECK(w.ndim() == 3, op, ": w ", shape_str(w.shape()), " is not [G, O, I]");
-  const int G = static_cast<int>(w.dim(0)), O = static_cast<int>(w.dim(1)),
-            I = static_cast<int>(w.dim(2));
-  OFT_CHECK(x.ndim() == 2, op, ": x ", shape_str(x.shape()), " is not 2-D");
-  const int64_t N = x.dim(0);
-  expect_shape2(x, N, static_cast<int64_t>(G) * I, op);
-  expect_shape2(dy, N, static_cast<int64_t>(G) * O, op);
+  const GroupedShape gs = check_grouped(x, w, dy, op);
+  const int G = gs.G, O = gs.O, I = gs.I;
+  const int64_t N = gs.N;
   cuda::expect_dtype(dw, DType::F32, op);
   OFT_CHECK(dw.numel() == w.numel(), op, ": dw ", shape_str(dw.shape()), " vs w ",
             shape_str(w.shape()));
