@@ -120,7 +120,7 @@ __global__ void head_gate_dgate_finish_kernel(T* dgate, const float* part, int64
 template <class T, int V, int G>
 __global__ void head_gate_bwd_token_kernel(T* dx, T* __restrict__ dgate, const T* dout,
                                            const T* __restrict__ x, const T* __restrict__ gate,
-                                           int64_t packs, int H) {
+                                           int64_t packs) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   // Lanes past the end stay for the shuffles (packs is a multiple of G: whole groups are out).
   const bool ok = t < packs;
@@ -353,7 +353,7 @@ void CudaBackend::head_gate_bwd(Tensor& dx, Tensor& dgate, const Tensor& dout, c
         auto launch = [&](auto g) {
           head_gate_bwd_token_kernel<T, VEC, decltype(g)::value>
               <<<blocks_for(packs), kThreads, 0, cuda::stream()>>>(
-                  ptr<T>(dx), ptr<T>(dgate), ptr<T>(dout), ptr<T>(x), ptr<T>(gate), packs, s.H);
+                  ptr<T>(dx), ptr<T>(dgate), ptr<T>(dout), ptr<T>(x), ptr<T>(gate), packs);
         };
         switch (G) {
           case 1: launch(std::integral_constant<int, 1>{}); break;
