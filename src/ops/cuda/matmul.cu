@@ -58,6 +58,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -85,7 +86,10 @@ constexpr int kTuneCandidates = 8;
 bool tune_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("OFT_MATMUL_TUNE");
-    return e != nullptr && e[0] == '1';
+    if (e == nullptr || std::strcmp(e, "0") == 0 || *e == '\0') return false;
+    if (std::strcmp(e, "1") == 0) return true;
+    fail("OFT_MATMUL_TUNE='", e, "': expected 1 (time cuBLASLt's candidate algorithms per "
+         "matrix-product shape and keep the fastest) or 0 (the heuristic's choice, the default)");
   }();
   return on;
 }
@@ -282,6 +286,55 @@ void refuse_plan(const PlanKey& k, cublasStatus_t st) {
 // bias epilogue must always run).
 bool epi_optional(Epi e) { return e != Epi::None && e != Epi::Bias; }
 
+// OFT_MATMUL_TUNE: times every candidate algorithm of `plan` on these operands and caches the
+// fastest (the heuristic's first unless another beats it by more than 2%). The timed products
+// write D; where D is also the product's C input with beta != 0 (an accumulation) they write a
+// scratch copy instead, so that C is unchanged when the real call runs.
+void tune_plan(const PlanKey& key, const Plan& plan, Tensor& C, const Tensor& A, const Tensor& B,
+               float al, float be, const void* c_in) {
+  void* ws = cuda::scratch(kWorkspaceBytes);
+  Tensor tmp;
+  void* d_out = C.raw();
+  if (be != 0.f && c_in == C.raw()) {
+    tmp = Tensor::empty(C.shape(), C.dtype(), Device::CUDA);
+    d_out = tmp.raw();
+  }
+  cudaEvent_t t0, t1;
+  OFT_CUDA_CHECK(cudaEventCreate(&t0));
+  OFT_CUDA_CHECK(cudaEventCreate(&t1));
+  std::vector<float> ms(plan.candidates.size(), 0.f);  // 0: the candidate cannot run
+  for (size_t i = 0; i < plan.candidates.size(); ++i) {
+    auto run = [&] {
+      return cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(),
+                            plan.second, &be, c_in, plan.out, d_out, plan.out,
+                            &plan.candidates[i], ws, kWorkspaceBytes, cuda::stream());
+    };
+    if (run() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
+    constexpr int kReps = 3;
+    OFT_CUDA_CHECK(cudaEventRecord(t0, cuda::stream()));
+    for (int r = 0; r < kReps; ++r) run();
+    OFT_CUDA_CHECK(cudaEventRecord(t1, cuda::stream()));
+    OFT_CUDA_CHECK(cudaEventSynchronize(t1));
+    OFT_CUDA_CHECK(cudaEventElapsedTime(&ms[i], t0, t1));
+  }
+  // The fastest, but the heuristic's first choice unless another beats it by more than 2%.
+  size_t best_i = 0;
+  for (size_t i = 1; i < ms.size(); ++i)
+    if (ms[i] > 0.f && (ms[best_i] == 0.f || ms[i] < ms[best_i])) best_i = i;
+  if (best_i != 0 && ms[0] > 0.f && ms[best_i] > 0.98f * ms[0]) best_i = 0;
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  if (std::getenv("OFT_MATMUL_TUNE_LOG"))
+    std::fprintf(stderr, "matmul tune M=%lld N=%lld K=%lld %s%s epi %d: candidate %zu of %zu (%.3f -> %.3f ms)\n",
+                 (long long)key.M, (long long)key.N, (long long)key.K, key.transA ? "A^T " : "",
+                 key.transB ? "B^T" : "", int(key.epi), best_i, plan.candidates.size(),
+                 double(ms[0]), double(ms[best_i]));
+  std::lock_guard<std::mutex> g(g_plans_mu);
+  Plan& mp = plans().at(key);
+  mp.algo = mp.candidates[best_i];
+  mp.tuned = true;
+}
+
 // C = alpha op(A) op(B) + beta C with epilogue e. Returns false, having done nothing, when an
 // activation epilogue cannot run (K = 0, or no algorithm for it): the caller then composes.
 bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, const Tensor& B,
@@ -337,51 +390,7 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   const float al = float(alpha), be = float(beta);
   void* ws = cuda::scratch(kWorkspaceBytes);
   const void* c_in = e.c_in ? e.c_in->raw() : C.raw();
-  if (!plan.tuned) {
-    // Time every candidate on these operands. The timed products write D; where D is also the
-    // product's C input with beta != 0 (an accumulation) they write a scratch copy instead, so
-    // that C is unchanged when the real call below runs.
-    Tensor tmp;
-    void* d_out = C.raw();
-    if (beta != 0.0 && e.c_in == nullptr) {
-      tmp = Tensor::empty(C.shape(), C.dtype(), Device::CUDA);
-      d_out = tmp.raw();
-    }
-    cudaEvent_t t0, t1;
-    OFT_CUDA_CHECK(cudaEventCreate(&t0));
-    OFT_CUDA_CHECK(cudaEventCreate(&t1));
-    std::vector<float> ms(plan.candidates.size(), 0.f);  // 0: the candidate cannot run
-    for (size_t i = 0; i < plan.candidates.size(); ++i) {
-      auto run = [&] {
-        return cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(),
-                              plan.second, &be, c_in, plan.out, d_out, plan.out,
-                              &plan.candidates[i], ws, kWorkspaceBytes, cuda::stream());
-      };
-      if (run() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
-      constexpr int kReps = 3;
-      OFT_CUDA_CHECK(cudaEventRecord(t0, cuda::stream()));
-      for (int r = 0; r < kReps; ++r) run();
-      OFT_CUDA_CHECK(cudaEventRecord(t1, cuda::stream()));
-      OFT_CUDA_CHECK(cudaEventSynchronize(t1));
-      OFT_CUDA_CHECK(cudaEventElapsedTime(&ms[i], t0, t1));
-    }
-    // The fastest, but the heuristic's first choice unless another beats it by more than 2%.
-    size_t best_i = 0;
-    for (size_t i = 1; i < ms.size(); ++i)
-      if (ms[i] > 0.f && (ms[best_i] == 0.f || ms[i] < ms[best_i])) best_i = i;
-    if (best_i != 0 && ms[0] > 0.f && ms[best_i] > 0.98f * ms[0]) best_i = 0;
-    cudaEventDestroy(t0);
-    cudaEventDestroy(t1);
-    if (std::getenv("OFT_MATMUL_TUNE_LOG"))
-      std::fprintf(stderr, "matmul tune M=%lld N=%lld K=%lld %s%s epi %d: candidate %zu of %zu (%.3f -> %.3f ms)\n",
-                   (long long)M, (long long)N, (long long)K, transA ? "A^T " : "",
-                   transB ? "B^T" : "", int(e.kind), best_i, plan.candidates.size(),
-                   double(ms[0]), double(ms[best_i]));
-    std::lock_guard<std::mutex> g(g_plans_mu);
-    Plan& mp = plans().at(key);
-    mp.algo = mp.candidates[best_i];
-    mp.tuned = true;
-  }
+  if (!plan.tuned) tune_plan(key, plan, C, A, B, al, be, c_in);
   const cublasStatus_t st =
       cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(), plan.second, &be,
                      c_in, plan.out, C.raw(), plan.out, &plan.algo, ws, kWorkspaceBytes,
