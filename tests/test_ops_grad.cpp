@@ -70,7 +70,11 @@ TEST_P(NormGrad, InputAndParams) {
   // Accumulate into a non-zero dx to check the accumulate path too.
   Tensor base = randn({N, C}, rng);
   Tensor dx = base.clone();
-  norm.backward(dx, R, x, s, true);
+  // dsum (a folded bias gradient) accumulates the column sums of the dx written.
+  Tensor dsum = randn({C}, rng), want = dsum.clone();
+  norm.backward(dx, R, x, s, true, &dsum);
+  ops::cpu_backend().bias_grad(want, dx);
+  for (int64_t c = 0; c < C; ++c) EXPECT_DOUBLE_EQ(dsum.data<double>()[c], want.data<double>()[c]);
   ops::cpu_backend().axpy(dx, base, -1.0);
   expect_grad("dx", x, dx, loss);
   if (norm.w.defined()) expect_grad("dw", norm.w, norm.dw, loss);

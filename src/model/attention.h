@@ -59,6 +59,8 @@ class Attention {
     layer_ = layer;
   }
   GateType gate_type() const { return gate_; }
+  // The output projection (c_proj), or nullptr for shaped attention (which has none).
+  Linear* out_proj() { return shaped_ ? nullptr : &proj_; }
 
  private:
   int64_t rows_per_gate(int64_t B, int64_t T) const;

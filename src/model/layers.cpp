@@ -29,7 +29,7 @@ void Linear::forward_residual(Tensor& y, const Tensor& x, const Tensor& res) con
 void Linear::backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx) {
   if (dx.defined()) ops::matmul(dx, dy, false, w, false, 1.0, accumulate_dx ? 1.0 : 0.0);
   ops::matmul(dw, dy, true, x, false, 1.0, 1.0);
-  if (b.defined()) ops::bias_grad(db, dy);
+  if (b.defined() && !bias_grad_elsewhere) ops::bias_grad(db, dy);
 }
 
 NormKind parse_norm(const std::string& s) {
@@ -72,7 +72,7 @@ void Norm::forward(NormSaved& s, const Tensor& x) const {
 }
 
 void Norm::backward(Tensor& dx, const Tensor& dy, const Tensor& x, const NormSaved& s,
-                    bool accumulate_dx) {
+                    bool accumulate_dx, Tensor* dsum) {
   auto& be = ops::on(x);
   switch (kind) {
     case NormKind::None:
@@ -81,12 +81,13 @@ void Norm::backward(Tensor& dx, const Tensor& dy, const Tensor& x, const NormSav
       } else if (!dx.same_storage(dy)) {
         dx.copy_from(dy);
       }
+      if (dsum) ops::bias_grad(*dsum, dx);
       break;
     case NormKind::LayerNorm:
-      be.layernorm_bwd(dx, dw, db, dy, x, w, s.mean, s.inv, accumulate_dx);
+      be.layernorm_bwd(dx, dw, db, dy, x, w, s.mean, s.inv, accumulate_dx, dsum);
       break;
     case NormKind::RMSNorm:
-      be.rmsnorm_bwd(dx, dw, dy, x, w, s.inv, accumulate_dx);
+      be.rmsnorm_bwd(dx, dw, dy, x, w, s.inv, accumulate_dx, dsum);
       break;
   }
 }

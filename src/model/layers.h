@@ -13,13 +13,17 @@ namespace oft {
 // y[N, out] = x[N, in] @ W[out, in]^T + b[out]   (PyTorch weight layout)
 struct Linear {
   Tensor w, b, dw, db;  // b / db undefined when the layer has no bias
+  // Set by a model that takes db from elsewhere (a norm backward's dsum over the same rows):
+  // backward() then leaves db alone.
+  bool bias_grad_elsewhere = false;
   Linear() = default;
   Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out, bool bias, DType dt,
          Device dev);
   void forward(Tensor& y, const Tensor& x) const;
   // y = res + x W^T + b in one pass (y must not alias res).
   void forward_residual(Tensor& y, const Tensor& x, const Tensor& res) const;
-  // dx = dy @ W (overwritten, or added when accumulate_dx); dW += dy^T x; db += colsum(dy).
+  // dx = dy @ W (overwritten, or added when accumulate_dx); dW += dy^T x; db += colsum(dy)
+  // (unless bias_grad_elsewhere).
   void backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx);
 };
 
@@ -41,9 +45,9 @@ struct Norm {
        DType dt, Device dev);
   // Allocates s.out / stats for N rows if needed, then normalises x.
   void forward(NormSaved& s, const Tensor& x) const;
-  // dx (+)= d norm / dx applied to dy.
+  // dx (+)= d norm / dx applied to dy; dsum (may be null) += colsum(dx) of the dx written.
   void backward(Tensor& dx, const Tensor& dy, const Tensor& x, const NormSaved& s,
-                bool accumulate_dx);
+                bool accumulate_dx, Tensor* dsum = nullptr);
 };
 
 // The dtype of statistics (norm mean / inverse std, per-row losses) for activations of dtype

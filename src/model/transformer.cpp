@@ -117,6 +117,16 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
   if (cfg.final_norm)
     ln_f_ = Norm(params_, "ln_f", C, nk == NormKind::None ? NormKind::LayerNorm : nk,
                  cfg.norm_eps, cfg.bias, dtype, device);
+  // pre_norm: mlp.c_proj's output gradient is the residual gradient that ln_f (last block) or
+  // the next block's ln_1 writes, c_proj's the one ln_2 writes; post_norm: ln_2's and ln_1's
+  // outputs. With gains of 1 (no trainable gain) the branches' gradients are those tensors.
+  fold_bias_ = (block_ == BlockType::PreNorm || block_ == BlockType::PostNorm) && cfg.bias &&
+               !cfg.gains_trainable && attn_gain0() == 1.0 && mlp_gain0() == 1.0;
+  for (Block& b : blocks_) {
+    if (!fold_bias_) break;
+    b.fc_out.bias_grad_elsewhere = true;
+    if (Linear* proj = b.attn.out_proj()) proj->bias_grad_elsewhere = true;
+  }
   OFT_CHECK(cfg.objective == "clm" || cfg.objective == "mlm", "model.objective: unknown value '",
             cfg.objective, "': use clm or mlm");
   mlm_ = cfg.objective == "mlm";
@@ -375,6 +385,15 @@ void TransformerLM::block_forward(size_t l) {
 // scratch and dnorm_, and d is next written (n2 / n1 backward, axpy) only after that backward
 // is enqueued whole: safe, except post_norm's attention, whose input gradient accumulates into
 // dresid_ = d (the residual path x + A(x)); that one keeps the copy (BranchDx::IntoD).
+Tensor* TransformerLM::proj_bias_sum(size_t l) {
+  Linear* proj = fold_bias_ ? blocks_[l].attn.out_proj() : nullptr;
+  return proj ? &proj->db : nullptr;
+}
+
+Tensor* TransformerLM::fc_out_bias_sum(size_t l) {
+  return fold_bias_ ? &blocks_[l].fc_out.db : nullptr;
+}
+
 void TransformerLM::block_backward(size_t l) {
   Block& b = blocks_[l];
   BlockActs& a = acts_[l];
@@ -389,16 +408,16 @@ void TransformerLM::block_backward(size_t l) {
   switch (block_) {
     case BlockType::PreNorm:
       mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n2.out);
-      b.n2.backward(dresid_, dnorm_, a.s1, a.n2, true);
+      b.n2.backward(dresid_, dnorm_, a.s1, a.n2, true, proj_bias_sum(l));
       b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
                       false);
-      b.n1.backward(dresid_, dnorm_, x, a.n1, true);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, true, l > 0 ? fc_out_bias_sum(l - 1) : nullptr);
       break;
     case BlockType::PostNorm:
-      b.n2.backward(dtmp_, dresid_, a.s2, a.n2, false);  // d s2
+      b.n2.backward(dtmp_, dresid_, a.s2, a.n2, false, fc_out_bias_sum(l));  // d s2
       mlp_backward(b, a, dnorm_, dmlp(dtmp_), a.n1.out);
-      ops::axpy(dnorm_, dtmp_, 1.0);                         // d h
-      b.n1.backward(dresid_, dnorm_, a.s1, a.n1, false);    // d s1
+      ops::axpy(dnorm_, dtmp_, 1.0);                                        // d h
+      b.n1.backward(dresid_, dnorm_, a.s1, a.n1, false, proj_bias_sum(l));  // d s1
       b.attn.backward(a.attn, dresid_, dattn(dresid_, BranchDx::IntoD), x, key_mask_, B_, T_,
                       true);
       break;
@@ -595,7 +614,10 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
       ops::matmul(dnorm_, dl, false, head_full_, false, alpha, 0.0);
     }
   }
-  ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false);
+  ln_f_.backward(dresid_, dnorm_, resid_.back(), lnf_, false,
+                 block_ == BlockType::PreNorm && !blocks_.empty()
+                     ? fc_out_bias_sum(blocks_.size() - 1)
+                     : nullptr);
   if (head_ready_) head_ready_();
   for (size_t l = blocks_.size(); l-- > 0;) {
     block_backward(l);

@@ -141,6 +141,12 @@ class TransformerLM {
     if (n.kind != NormKind::None) tap(p, layer, s.out);
   }
   void block_backward(size_t l);
+  // With fold_bias_ (pre_norm / post_norm, unit constant gains, biases): the bias gradients of
+  // c_proj and mlp.c_proj are the column sums of a residual-stream gradient that a norm
+  // backward writes anyway, so they come from that norm's dsum (the Linear layers skip their
+  // own bias_grad). These are the targets: nullptr when not folded.
+  Tensor* proj_bias_sum(size_t l);
+  Tensor* fc_out_bias_sum(size_t l);
 
   ModelConfig cfg_;
   ActivationHook* hook_ = nullptr;
@@ -166,6 +172,7 @@ class TransformerLM {
   Tensor wtt0_, dwtt0_;  // token-type embedding row 0 [C] (BERT)
   Norm emb_norm_;
   std::vector<Block> blocks_;
+  bool fold_bias_ = false;
   Norm ln_f_;
   // Masked-LM head (BERT): dense -> GELU -> LayerNorm -> tied decoder + bias.
   bool mlm_ = false;

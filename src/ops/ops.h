@@ -95,14 +95,18 @@ class Backend {
   // LayerNorm: y = (x - mean) * rstd * w + b ; saves mean[N], rstd[N].
   virtual void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x,
                              const Tensor& w, const Tensor& b, double eps) = 0;
+  // dx = (accumulate ? dx : 0) + d x; dw, db += the parameter gradients; dsum (may be null)
+  // += sum_n dx[N,C] of the dx written: the bias gradient of a layer whose output gradient dx is
+  // (the residual stream's), taken while the rows pass by instead of in a bias_grad of its own.
   virtual void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                              const Tensor& x, const Tensor& w, const Tensor& mean,
-                             const Tensor& rstd, bool accumulate) = 0;
+                             const Tensor& rstd, bool accumulate, Tensor* dsum) = 0;
   // RMSNorm, seed B form: y = x / (sqrt(mean(x^2)) + eps) * w ; saves inv[N] = 1/(rms+eps).
   virtual void rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w,
                            double eps) = 0;
   virtual void rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x,
-                           const Tensor& w, const Tensor& inv, bool accumulate) = 0;
+                           const Tensor& w, const Tensor& inv, bool accumulate,
+                           Tensor* dsum) = 0;  // dx, dw, dsum as layernorm_bwd
 
   // ---- activations ----
   // Elementwise: y may be x (in place), dx may be dy.

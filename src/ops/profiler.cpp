@@ -78,17 +78,17 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "layernorm_fwd");
     inner_.layernorm_fwd(y, mean, rstd, x, w, b, eps);
   }
-  void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, bool accumulate) override {
+  void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, bool accumulate, Tensor* dsum) override {
     Scope scope_(this, "layernorm_bwd");
-    inner_.layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, accumulate);
+    inner_.layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, accumulate, dsum);
   }
   void rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w, double eps) override {
     Scope scope_(this, "rmsnorm_fwd");
     inner_.rmsnorm_fwd(y, inv, x, w, eps);
   }
-  void rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& inv, bool accumulate) override {
+  void rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& inv, bool accumulate, Tensor* dsum) override {
     Scope scope_(this, "rmsnorm_bwd");
-    inner_.rmsnorm_bwd(dx, dw, dy, x, w, inv, accumulate);
+    inner_.rmsnorm_bwd(dx, dw, dy, x, w, inv, accumulate, dsum);
   }
   void activation_fwd(Tensor& y, const Tensor& x, Activation a) override {
     Scope scope_(this, "activation_fwd");

@@ -65,6 +65,29 @@ TEST(CudaNn, LayerNormForward) {
       }
 }
 
+// One LayerNorm backward against the CPU backend; with `sum`, also the column sums of dx
+// (dsum, the folded bias gradient of the layer whose output gradient dx is).
+void check_layernorm_bwd(DType dt, const RowShape& s, bool bias, bool acc, bool sum) {
+  const Tensor x = rounded(randn({s.N, s.C}, 2.0), dt), w = rounded(randn({s.C}), dt);
+  const Tensor dy = rounded(randn({s.N, s.C}), dt), dx0 = rounded(randn({s.N, s.C}), dt);
+  const Tensor dw0 = randn({s.C}), db0 = randn({s.C}), ds0 = randn({s.C});
+  Tensor y = cpu_empty({s.N, s.C}), mean = cpu_empty({s.N}), rstd = cpu_empty({s.N});
+  cpu().layernorm_fwd(y, mean, rstd, x, w, Tensor(), 1e-5);
+  Tensor dx = acc ? dx0.clone() : cpu_empty({s.N, s.C}), dw = dw0.clone(),
+         db = bias ? db0.clone() : Tensor(), ds = ds0.clone();
+  cpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, acc, sum ? &ds : nullptr);
+  Tensor gdx = acc ? to_gpu(dx0, dt) : poisoned({s.N, s.C}, dt), gdw = gpu_f32(dw0),
+         gdb = bias ? gpu_f32(db0) : Tensor(), gds = gpu_f32(ds0);
+  gpu().layernorm_bwd(gdx, gdw, gdb, to_gpu(dy, dt), to_gpu(x, dt), to_gpu(w, dt),
+                      gpu_f32(mean), gpu_f32(rstd), acc, sum ? &gds : nullptr);
+  EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+  EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
+  if (bias) {
+    EXPECT_GPU_CLOSE(gdb, db, tol_for(dt));
+  }
+  EXPECT_GPU_CLOSE(gds, ds, tol_for(dt));  // untouched without `sum`
+}
+
 TEST(CudaNn, LayerNormBackward) {
   OFT_REQUIRE_CUDA();
   for (DType dt : kDtypes)
@@ -72,41 +95,42 @@ TEST(CudaNn, LayerNormBackward) {
       for (bool bias : {true, false})
         for (bool acc : {false, true}) {
           SCOPED_TRACE(label(dt, s.N, s.C, bias, acc));
-          const Tensor x = rounded(randn({s.N, s.C}, 2.0), dt), w = rounded(randn({s.C}), dt);
-          const Tensor dy = rounded(randn({s.N, s.C}), dt), dx0 = rounded(randn({s.N, s.C}), dt);
-          const Tensor dw0 = randn({s.C}), db0 = randn({s.C});
-          Tensor y = cpu_empty({s.N, s.C}), mean = cpu_empty({s.N}), rstd = cpu_empty({s.N});
-          cpu().layernorm_fwd(y, mean, rstd, x, w, Tensor(), 1e-5);
-          Tensor dx = acc ? dx0.clone() : cpu_empty({s.N, s.C}), dw = dw0.clone(),
-                 db = bias ? db0.clone() : Tensor();
-          cpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, acc);
-          Tensor gdx = acc ? to_gpu(dx0, dt) : poisoned({s.N, s.C}, dt), gdw = gpu_f32(dw0),
-                 gdb = bias ? gpu_f32(db0) : Tensor();
-          gpu().layernorm_bwd(gdx, gdw, gdb, to_gpu(dy, dt), to_gpu(x, dt), to_gpu(w, dt),
-                              gpu_f32(mean), gpu_f32(rstd), acc);
-          EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
-          EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
-          if (bias) {
-            EXPECT_GPU_CLOSE(gdb, db, tol_for(dt));
-          }
+          check_layernorm_bwd(dt, s, bias, acc, /*sum=*/bias != acc);
         }
+}
+
+// Enough rows that every block of the staged bf16 kernel (norm_bwd_tiles.cu) runs several
+// double-buffered tiles, with a partial last tile: GPT-2 / OPT-125m rows (8 per tile), OPT-350m
+// (6), OPT-1.3B (3, two column pairs per thread) and 4096 (four pairs).
+TEST(CudaNn, LayerNormBackwardManyTiles) {
+  OFT_REQUIRE_CUDA();
+  for (const RowShape& s :
+       {RowShape{9001, 768}, RowShape{5003, 1024}, RowShape{2501, 2048}, RowShape{1201, 4096}})
+    for (bool acc : {false, true}) {
+      SCOPED_TRACE(label(DType::BF16, s.N, s.C, true, acc));
+      check_layernorm_bwd(DType::BF16, s, true, acc, true);
+    }
 }
 
 TEST(CudaNn, LayerNormBackwardInPlace) {
   OFT_REQUIRE_CUDA();
   for (DType dt : kDtypes)
-    for (const RowShape& s : {RowShape{37, 768}, RowShape{5, 1001}}) {
+    for (const RowShape& s : {RowShape{37, 768}, RowShape{5, 1001}, RowShape{4000, 768}}) {
       SCOPED_TRACE(label(dt, s.N, s.C));
       const Tensor x = rounded(randn({s.N, s.C}), dt), w = rounded(randn({s.C}), dt);
       const Tensor dy = rounded(randn({s.N, s.C}), dt), dw0 = randn({s.C}), db0 = randn({s.C});
       Tensor y = cpu_empty({s.N, s.C}), mean = cpu_empty({s.N}), rstd = cpu_empty({s.N});
       cpu().layernorm_fwd(y, mean, rstd, x, w, Tensor(), 1e-5);
       Tensor dx = cpu_empty({s.N, s.C}), dw = dw0.clone(), db = db0.clone();
-      cpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, false);
-      Tensor g = to_gpu(dy, dt), gdw = gpu_f32(dw0), gdb = gpu_f32(db0);
+      Tensor ds = cpu_empty({s.C});
+      ops::fill(ds, 0.0);
+      cpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, false, &ds);
+      Tensor g = to_gpu(dy, dt), gdw = gpu_f32(dw0), gdb = gpu_f32(db0), gds = gpu_f32(ds);
+      ops::fill(gds, 0.0);
       gpu().layernorm_bwd(g, gdw, gdb, g, to_gpu(x, dt), to_gpu(w, dt), gpu_f32(mean),
-                          gpu_f32(rstd), false);  // dx aliases dy
+                          gpu_f32(rstd), false, &gds);  // dx aliases dy
       EXPECT_GPU_CLOSE(g, dx, tol_for(dt));
+      EXPECT_GPU_CLOSE(gds, ds, tol_for(dt));
       EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
       EXPECT_GPU_CLOSE(gdb, db, tol_for(dt));
     }
@@ -135,16 +159,19 @@ TEST(CudaNn, RmsNormBackward) {
         SCOPED_TRACE(label(dt, s.N, s.C, acc));
         const Tensor x = rounded(randn({s.N, s.C}, 2.0), dt), w = rounded(randn({s.C}), dt);
         const Tensor dy = rounded(randn({s.N, s.C}), dt), dx0 = rounded(randn({s.N, s.C}), dt);
-        const Tensor dw0 = randn({s.C});
+        const Tensor dw0 = randn({s.C}), ds0 = randn({s.C});
         Tensor y = cpu_empty({s.N, s.C}), inv = cpu_empty({s.N});
         cpu().rmsnorm_fwd(y, inv, x, w, 1e-6);
-        Tensor dx = acc ? dx0.clone() : cpu_empty({s.N, s.C}), dw = dw0.clone();
-        cpu().rmsnorm_bwd(dx, dw, dy, x, w, inv, acc);
-        Tensor gdx = acc ? to_gpu(dx0, dt) : poisoned({s.N, s.C}, dt), gdw = gpu_f32(dw0);
+        Tensor dx = acc ? dx0.clone() : cpu_empty({s.N, s.C}), dw = dw0.clone(),
+               ds = ds0.clone();
+        cpu().rmsnorm_bwd(dx, dw, dy, x, w, inv, acc, acc ? &ds : nullptr);
+        Tensor gdx = acc ? to_gpu(dx0, dt) : poisoned({s.N, s.C}, dt), gdw = gpu_f32(dw0),
+               gds = gpu_f32(ds0);
         gpu().rmsnorm_bwd(gdx, gdw, to_gpu(dy, dt), to_gpu(x, dt), to_gpu(w, dt), gpu_f32(inv),
-                          acc);
+                          acc, acc ? &gds : nullptr);
         EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
         EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
+        EXPECT_GPU_CLOSE(gds, ds, tol_for(dt));
       }
 }
 
@@ -450,10 +477,14 @@ TEST(CudaNnBench, Timing) {
          time_ms([&] { gpu().layernorm_fwd(y, mean, rstd, x, w, b, 1e-5); }),
          2.0 * N * C * es + 8.0 * N);
   report("layernorm_bwd 16384x768",
-         time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, false); }),
+         time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, false, nullptr); }),
          3.0 * N * C * es + 8.0 * N);
   report("layernorm_bwd accumulate",  // the training path: dx += (residual stream)
-         time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, true); }),
+         time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, true, nullptr); }),
+         4.0 * N * C * es + 8.0 * N);
+  Tensor ds = dw.clone();
+  report("layernorm_bwd accumulate + dsum",  // with the folded bias gradient
+         time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, true, &ds); }),
          4.0 * N * C * es + 8.0 * N);
   Tensor h = to_gpu(randn({N, F}), dt), hy = poisoned({N, F}, dt), hd = to_gpu(randn({N, F}), dt);
   Tensor hdx = poisoned({N, F}, dt);

@@ -38,7 +38,7 @@ void CpuBackend::layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tens
 
 void CpuBackend::layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                                const Tensor& x, const Tensor& w, const Tensor& mean,
-                               const Tensor& rstd, bool accumulate) {
+                               const Tensor& rstd, bool accumulate, Tensor* dsum) {
   const int64_t C = w.numel(), N = x.numel() / C;
   dispatch_float(x, [&]<class T>() {
     const T *px = x.data<T>(), *pw = w.data<T>(), *pdy = dy.data<T>();
@@ -84,6 +84,7 @@ void CpuBackend::layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor&
       }
     }
   });
+  if (dsum) bias_grad(*dsum, dx);
 }
 
 // ---------------------------------------------------------------- RMSNorm (seed B form)
@@ -106,7 +107,7 @@ void CpuBackend::rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tens
 }
 
 void CpuBackend::rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x,
-                             const Tensor& w, const Tensor& inv, bool accumulate) {
+                             const Tensor& w, const Tensor& inv, bool accumulate, Tensor* dsum) {
   const int64_t C = w.numel(), N = x.numel() / C;
   dispatch_float(x, [&]<class T>() {
     const T *px = x.data<T>(), *pw = w.data<T>(), *pdy = dy.data<T>(), *pi = inv.data<T>();
@@ -140,6 +141,7 @@ void CpuBackend::rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Ten
       for (int64_t c = c0; c < c1; ++c) pdw[c] += T(aw[c - c0]);
     }
   });
+  if (dsum) bias_grad(*dsum, dx);
 }
 
 // ---------------------------------------------------------------- attention

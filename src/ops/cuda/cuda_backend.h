@@ -40,11 +40,11 @@ class CudaBackend final : public Backend {
   void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
                      const Tensor& b, double eps) override;
   void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
-                     const Tensor& w, const Tensor& mean, const Tensor& rstd,
-                     bool accumulate) override;
+                     const Tensor& w, const Tensor& mean, const Tensor& rstd, bool accumulate,
+                     Tensor* dsum) override;
   void rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w, double eps) override;
   void rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
-                   const Tensor& inv, bool accumulate) override;
+                   const Tensor& inv, bool accumulate, Tensor* dsum) override;
 
   void activation_fwd(Tensor& y, const Tensor& x, Activation a) override;
   void activation_bwd(Tensor& dx, const Tensor& dy, const Tensor& x, Activation a) override;

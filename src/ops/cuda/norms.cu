@@ -19,6 +19,10 @@
 //   Narrow packed rows (up to 4 packs per lane of one warp in the forward, 3 in the backward:
 //   C <= 1024 / 768 in bf16) run one warp per row instead, with no block barrier per row (see
 //   norm_fwd_warp_kernel).
+//   The bf16 backward of rows with C % 8 == 0, C <= 4096 (every preset's training path) runs the
+//   staged kernel of norm_bwd_tiles.cu instead, which can also sum the dx it writes (dsum, a
+//   folded bias gradient); the kernels here then serve f32, unaligned and wider rows, and a
+//   requested dsum is a bias_grad of dx after them.
 //
 // QK-norm lives in qk_norm.cu; the partial-row reduction and the argument checks both files use
 // are declared in norm_common.cuh.
@@ -42,6 +46,10 @@ using cuda::load_pack;
 using cuda::store_pack;
 using cuda::expect_act;
 using norm::expect_numel;
+using norm::norm_bwd_coeffs;
+using norm::norm_bwd_elem;
+using norm::norm_bwd_sums;
+using bf16 = __nv_bfloat16;
 
 constexpr int kMaxC = 16384;
 
@@ -71,50 +79,6 @@ __device__ __forceinline__ void block_sum(float (&v)[NV], float* buf, int& parit
 }
 
 // ------------------------------------------------------------------ LayerNorm / RMSNorm rows
-
-// Per-element pieces of the norm backward, shared by the block and the warp kernels.
-// Row sums: LN: s0 = sum g, s1 = sum g xhat; RMS: s0 = sum g x, s1 = sum x^2 (g = dy * w).
-template <bool LN>
-__device__ __forceinline__ void norm_bwd_sums(float& s0, float& s1, float g, float x, float mu,
-                                              float r) {
-  if (LN) {
-    const float xh = (x - mu) * r;
-    s0 += g;
-    s1 += g * xh;
-  } else {
-    s0 += g * x;
-    s1 += x * x;
-  }
-}
-// From the row sums: dx = r * g - c0 - c1 * (LN ? xhat : x).
-template <bool LN>
-__device__ __forceinline__ void norm_bwd_coeffs(float s0, float s1, float r, float inv_c,
-                                                float& c0, float& c1) {
-  if (LN) {
-    c0 = r * s0 * inv_c;
-    c1 = r * s1 * inv_c;
-  } else {
-    // d inv / d x_j = -inv^2 x_j / (C rms), rms recomputed from x like the CPU backend.
-    const float rms = sqrtf(s1 * inv_c);
-    c0 = 0.f;
-    c1 = rms > 0.f ? r * r * s0 * inv_c / rms : 0.f;
-  }
-}
-// One element: returns d x (without the accumulated old value) and adds to the parameter
-// gradient sums aw (dw) and ab (db, LN only).
-template <bool LN>
-__device__ __forceinline__ float norm_bwd_elem(float dy, float w, float x, float mu, float r,
-                                               float c0, float c1, float& aw, float& ab) {
-  const float g = dy * w;
-  if (LN) {
-    const float xh = (x - mu) * r;
-    aw += dy * xh;
-    ab += dy;
-    return r * g - c0 - c1 * xh;
-  }
-  aw += dy * x * r;
-  return r * g - c1 * x;
-}
 
 // One pack of V columns of a row: dx (= old dx + d when accumulating) stored, dw / db sums
 // updated.
@@ -645,10 +609,12 @@ void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tens
   });
 }
 
+// Returns whether dsum (the column sums of dx, requested when defined) was computed too; the
+// caller sums dx itself otherwise.
 template <bool LN>
-void norm_bwd(Tensor& dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor& x,
+bool norm_bwd(Tensor& dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor& x,
               const Tensor& w, const Tensor* mean, const Tensor& stat, bool accumulate,
-              const char* op) {
+              Tensor* dsum, const char* op) {
   const int64_t N = check_rows(x, w, op);
   const int C = static_cast<int>(w.numel());
   expect_act(dx, x.dtype(), op);
@@ -667,14 +633,24 @@ void norm_bwd(Tensor& dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor
   }
   cuda::expect_dtype(stat, DType::F32, op);
   expect_numel(stat, N, op);
-  if (N == 0) return;
+  if (dsum) {
+    cuda::expect_dtype(*dsum, DType::F32, op);
+    expect_numel(*dsum, C, op);
+  }
+  if (N == 0) return true;
+  const float* s0 = mean ? ptr<float>(*mean) : nullptr;
+  const float* s1 = ptr<float>(stat);
+  float* pdb = db ? ptr<float>(*db) : nullptr;
+  if (x.dtype() == DType::BF16 &&
+      norm::norm_bwd_tiles(LN, ptr<bf16>(dx), ptr<float>(dw), pdb,
+                           dsum ? ptr<float>(*dsum) : nullptr, ptr<bf16>(dy),
+                           ptr<bf16>(x), ptr<bf16>(w), s0, s1, N, C, accumulate))
+    return true;
   const int vec = 16 / static_cast<int>(dtype_size(x.dtype()));
   const bool vec_ok = C % vec == 0 && aligned16(x.raw()) && aligned16(dx.raw()) &&
                       aligned16(dy.raw()) && aligned16(w.raw());
   const RowPlan p = plan_rows_for(x.dtype(), C, vec_ok, op);
-  const float* s0 = mean ? ptr<float>(*mean) : nullptr;
-  const float* s1 = ptr<float>(stat);
-  float* pdb = db ? ptr<float>(*db) : nullptr;
+  [&] {  // (the dispatch's cases return from this lambda)
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
     if (const int K = warp_row_packs<T>(C, vec_ok, 3)) {
       dispatch_k<3>(K, [&](auto k) {
@@ -690,6 +666,8 @@ void norm_bwd(Tensor& dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor
           accumulate);
     });
   });
+  }();
+  return dsum == nullptr;
 }
 
 }  // namespace
@@ -713,9 +691,10 @@ void CudaBackend::layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Ten
 
 void CudaBackend::layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                                 const Tensor& x, const Tensor& w, const Tensor& mean,
-                                const Tensor& rstd, bool accumulate) {
-  norm_bwd<true>(dx, dw, db.defined() ? &db : nullptr, dy, x, w, &mean, rstd, accumulate,
-                 "layernorm_bwd");
+                                const Tensor& rstd, bool accumulate, Tensor* dsum) {
+  if (!norm_bwd<true>(dx, dw, db.defined() ? &db : nullptr, dy, x, w, &mean, rstd, accumulate,
+                      dsum, "layernorm_bwd"))
+    bias_grad(*dsum, dx);
 }
 
 void CudaBackend::rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w,
@@ -724,8 +703,10 @@ void CudaBackend::rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Ten
 }
 
 void CudaBackend::rmsnorm_bwd(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x,
-                              const Tensor& w, const Tensor& inv, bool accumulate) {
-  norm_bwd<false>(dx, dw, nullptr, dy, x, w, nullptr, inv, accumulate, "rmsnorm_bwd");
+                              const Tensor& w, const Tensor& inv, bool accumulate, Tensor* dsum) {
+  if (!norm_bwd<false>(dx, dw, nullptr, dy, x, w, nullptr, inv, accumulate, dsum,
+                       "rmsnorm_bwd"))
+    bias_grad(*dsum, dx);
 }
 
 }  // namespace oft::ops

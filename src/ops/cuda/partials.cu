@@ -15,11 +15,13 @@ constexpr int kMaxSplits = 32;
 
 // Column sums of partial rows, part [P, Ct] (f32, row-major), in a fixed order. Block (32, 32):
 // threadIdx.x picks the column (coalesced), threadIdx.y strides over the rows
-// [blockIdx.y * rows, ...). With one split the block adds its sums to dst0[c] (c < C0) or
-// dst1[c - C0]; otherwise it writes them to level[blockIdx.y, Ct], and the last block of its
-// column tile to arrive (counters[blockIdx.x]) sums the splits in order and adds them.
-__global__ void sum_partials_kernel(float* dst0, float* dst1, int C0, const float* part,
-                                    float* level, int P, int Ct, int rows, unsigned* counters) {
+// [blockIdx.y * rows, ...). With one split the block adds its sums to dst0[c] (c < C0),
+// dst1[c - C0] or dst2[c - 2 C0] (see partials.cuh); otherwise it writes them to
+// level[blockIdx.y, Ct], and the last block of its column tile to arrive (counters[blockIdx.x])
+// sums the splits in order and adds them.
+__global__ void sum_partials_kernel(float* dst0, float* dst1, float* dst2, int C0,
+                                    const float* part, float* level, int P, int Ct, int rows,
+                                    unsigned* counters) {
   __shared__ float acc[32][33];
   __shared__ bool last;
   const int c = blockIdx.x * 32 + threadIdx.x, splits = gridDim.y;
@@ -27,8 +29,10 @@ __global__ void sum_partials_kernel(float* dst0, float* dst1, int C0, const floa
   auto add = [&](float t) {
     if (c < C0)
       dst0[c] += t;
-    else
+    else if (!dst2 || c < 2 * C0)
       dst1[c - C0] += t;
+    else
+      dst2[c - 2 * C0] += t;
   };
   float s = 0.f;
   if (c < Ct)
@@ -74,14 +78,15 @@ size_t partial_floats(int64_t P, int Ct) {
 }
 
 // Up to 32 row splits (enough blocks to keep the GPU busy even when Ct is a few hundred).
-void reduce_partials(float* dst0, float* dst1, int C0, float* part, int P, int Ct) {
+void reduce_partials(float* dst0, float* dst1, int C0, float* part, int P, int Ct, float* dst2) {
   const unsigned cblocks = static_cast<unsigned>(cuda::ceil_div(Ct, 32));
   const int splits = P > 64 ? static_cast<int>(std::min<int64_t>(kMaxSplits, cuda::ceil_div(P, 32))) : 1;
   const int per = static_cast<int>(cuda::ceil_div(P, splits));
   const unsigned grid_y = static_cast<unsigned>(cuda::ceil_div(P, per));
   float* level = part + static_cast<int64_t>(P) * Ct;
   sum_partials_kernel<<<dim3(cblocks, grid_y), dim3(32, 32), 0, cuda::stream()>>>(
-      dst0, dst1, C0, part, level, P, Ct, per, grid_y > 1 ? tile_counters(cblocks) : nullptr);
+      dst0, dst1, dst2, C0, part, level, P, Ct, per,
+      grid_y > 1 ? tile_counters(cblocks) : nullptr);
   OFT_CUDA_LAUNCH_CHECK();
 }
 

@@ -14,10 +14,12 @@ namespace oft::ops {
 // Scratch floats for P partial rows of Ct columns plus the split sums of reduce_partials.
 size_t partial_floats(int64_t P, int Ct);
 
-// dst0[c] += sum_p part[p, c] (c < C0), dst1[c - C0] += ... (C0 <= c < Ct; dst1 may be null
-// when C0 = Ct), summed in a fixed order; part [P, Ct] is the start of a scratch block of
+// dst0[c] += sum_p part[p, c] (c < C0), dst1[c - C0] += ... (C0 <= c < Ct, or C0 <= c < 2 C0
+// when dst2 is given), dst2[c - 2 C0] += ... (2 C0 <= c < Ct), summed in a fixed order; dst1
+// may be null when C0 = Ct. part [P, Ct] is the start of a scratch block of
 // partial_floats(P, Ct) floats. One kernel, enqueued on the backend's stream.
-void reduce_partials(float* dst0, float* dst1, int C0, float* part, int P, int Ct);
+void reduce_partials(float* dst0, float* dst1, int C0, float* part, int P, int Ct,
+                     float* dst2 = nullptr);
 
 // At least n zeroed arrival counters on the device, one per column tile of a kernel that
 // finishes its own partial rows (last_arrival); they are zero again when that kernel ends, so
