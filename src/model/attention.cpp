@@ -233,6 +233,73 @@ void Attention::shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout
   }
 }
 
+// The gate network: a.gate = sigmoid(logits) [R, H] (R = N per token, B per sequence, 1
+// unconditional).
+void Attention::gate_forward(AttentionActs& a, const Tensor& x, int64_t B, int64_t T) {
+  const int64_t N = B * T;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  auto& be = ops::on(x);
+  if (gate_ == GateType::UnconditionalPerHead) {
+    a.logits = gate_logit_;
+  } else {
+    ensure(a.logits_tok, {N, H_}, dt, dev);
+    if (gate_all_) {
+      gate_all_features_.forward(a.logits_tok, x);
+    } else if (gate_mlp_) {
+      ensure(a.hidden, {N, H_ * hid_}, dt, dev);
+      ensure(a.hidden_act, {N, H_ * hid_}, dt, dev);
+      be.grouped_linear_fwd(a.hidden, x, gw1_, gb1_);
+      be.activation_fwd(a.hidden_act, a.hidden, ops::Activation::ReLU);
+      be.grouped_linear_fwd(a.logits_tok, a.hidden_act, gw2_, gb2_);
+    } else {
+      be.grouped_linear_fwd(a.logits_tok, x, gw1_, gb1_);
+    }
+    if (gate_ == GateType::ConditionalPerHead) {
+      ensure(a.logits, {B, H_}, dt, dev);
+      be.group_mean_fwd(a.logits, a.logits_tok, T);
+    } else {
+      a.logits = a.logits_tok;
+    }
+  }
+  ensure(a.gate, a.logits.shape(), dt, dev);
+  be.activation_fwd(a.gate, a.logits, ops::Activation::Sigmoid);
+}
+
+// The gate network's backward from dgate_: its parameter gradients, and its input gradient
+// into dx (added when accumulate_dx). Returns whether it wrote dx (not for the unconditional
+// gate, which has no input).
+bool Attention::gate_backward(AttentionActs& a, Tensor& dx, const Tensor& x, int64_t B,
+                              int64_t T, bool accumulate_dx) {
+  const int64_t N = B * T;
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  auto& be = ops::on(x);
+  ensure(dlogits_, a.logits.shape(), dt, dev);
+  be.activation_bwd(dlogits_, dgate_, a.logits, ops::Activation::Sigmoid);
+  if (gate_ == GateType::UnconditionalPerHead) {
+    ops::axpy(dgate_logit_, dlogits_, 1.0);
+    return false;
+  }
+  Tensor* dtok = &dlogits_;
+  if (gate_ == GateType::ConditionalPerHead) {
+    ensure(dlogits_tok_, {N, H_}, dt, dev);
+    be.group_mean_bwd(dlogits_tok_, dlogits_, T);
+    dtok = &dlogits_tok_;
+  }
+  if (gate_all_) {
+    gate_all_features_.backward(dx, *dtok, x, accumulate_dx);
+  } else if (gate_mlp_) {
+    ensure(dhidden_, {N, H_ * hid_}, dt, dev);
+    be.grouped_linear_bwd(dhidden_, dgw2_, dgb2_, *dtok, a.hidden_act, gw2_, false);
+    be.activation_bwd(dhidden_, dhidden_, a.hidden, ops::Activation::ReLU);
+    be.grouped_linear_bwd(dx, dgw1_, dgb1_, dhidden_, x, gw1_, accumulate_dx);
+  } else {
+    be.grouped_linear_bwd(dx, dgw1_, dgb1_, *dtok, x, gw1_, accumulate_dx);
+  }
+  return true;
+}
+
 void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask,
                         int64_t B, int64_t T, const Tensor* residual) {
   if (shaped_) {
@@ -254,40 +321,27 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
   } else {
     a.qkv = a.qkv_raw;
   }
-  ensure(a.ctx, {N, C_}, dt, dev);
-  run_attention(a, key_mask, B, T);
-  if (hook_) hook_->on_activation(Point::Context, layer_, a.ctx, B, T);
-  if (gate_ == GateType::None) {
-    a.gated = a.ctx;
-  } else {
-    // Gate logits per token [N, H] (or the unconditional per-head logits [1, H]).
-    if (gate_ == GateType::UnconditionalPerHead) {
-      a.logits = gate_logit_;
-    } else {
-      ensure(a.logits_tok, {N, H_}, dt, dev);
-      if (gate_all_) {
-        gate_all_features_.forward(a.logits_tok, x);
-      } else if (gate_mlp_) {
-        ensure(a.hidden, {N, H_ * hid_}, dt, dev);
-        ensure(a.hidden_act, {N, H_ * hid_}, dt, dev);
-        be.grouped_linear_fwd(a.hidden, x, gw1_, gb1_);
-        be.activation_fwd(a.hidden_act, a.hidden, ops::Activation::ReLU);
-        be.grouped_linear_fwd(a.logits_tok, a.hidden_act, gw2_, gb2_);
-      } else {
-        be.grouped_linear_fwd(a.logits_tok, x, gw1_, gb1_);
-      }
-      if (gate_ == GateType::ConditionalPerHead) {
-        ensure(a.logits, {B, H_}, dt, dev);
-        be.group_mean_fwd(a.logits, a.logits_tok, T);
-      } else {
-        a.logits = a.logits_tok;
-      }
-    }
-    ensure(a.gate, a.logits.shape(), dt, dev);
-    be.activation_fwd(a.gate, a.logits, ops::Activation::Sigmoid);
+  // A per-token gate goes into the attention op's epilogue where the backend takes it and no
+  // hook needs the ungated context; otherwise a separate head_gate_fwd pass.
+  a.gate_fused = gate_ == GateType::ConditionalPerToken && hook_ == nullptr &&
+                 be.gate_in_epilogue(spec_, dt);
+  if (gate_ != GateType::None) gate_forward(a, x, B, T);
+  if (a.gate_fused) {
     ensure(a.gated, {N, C_}, dt, dev);
-    be.head_gate_fwd(a.gated, a.ctx, a.gate, rows_per_gate(B, T));
-    if (hook_) hook_->on_activation(Point::GatedContext, layer_, a.gated, B, T);
+    ops::AttentionSpec spec = spec_;
+    spec.gate = &a.gate;
+    be.attention_fwd(a.gated, a.att_saved, a.qkv, key_mask, B, T, spec);
+  } else {
+    ensure(a.ctx, {N, C_}, dt, dev);
+    run_attention(a, key_mask, B, T);
+    if (hook_) hook_->on_activation(Point::Context, layer_, a.ctx, B, T);
+    if (gate_ == GateType::None) {
+      a.gated = a.ctx;
+    } else {
+      ensure(a.gated, {N, C_}, dt, dev);
+      be.head_gate_fwd(a.gated, a.ctx, a.gate, rows_per_gate(B, T));
+      if (hook_) hook_->on_activation(Point::GatedContext, layer_, a.gated, B, T);
+    }
   }
   if (residual)
     proj_.forward_residual(out, a.gated, *residual);
@@ -303,37 +357,25 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
   const Device dev = x.device();
   auto& be = ops::on(x);
   ensure(dctx_, {N, C_}, dt, dev);
-  proj_.backward(dctx_, dout, a.gated, false);
-  bool gate_input_grad = false;
-  if (gate_ != GateType::None) {
-    ensure(dgate_, a.gate.shape(), dt, dev);
-    be.head_gate_bwd(dctx_, dgate_, dctx_, a.ctx, a.gate, rows_per_gate(B, T));
-    ensure(dlogits_, a.logits.shape(), dt, dev);
-    be.activation_bwd(dlogits_, dgate_, a.logits, ops::Activation::Sigmoid);
-    if (gate_ == GateType::UnconditionalPerHead) {
-      ops::axpy(dgate_logit_, dlogits_, 1.0);
-    } else {
-      Tensor* dtok = &dlogits_;
-      if (gate_ == GateType::ConditionalPerHead) {
-        ensure(dlogits_tok_, {N, H_}, dt, dev);
-        be.group_mean_bwd(dlogits_tok_, dlogits_, T);
-        dtok = &dlogits_tok_;
-      }
-      gate_input_grad = true;  // the gate network's input gradient lands in dx below
-      if (gate_all_) {
-        gate_all_features_.backward(dx, *dtok, x, accumulate_dx);
-      } else if (gate_mlp_) {
-        ensure(dhidden_, {N, H_ * hid_}, dt, dev);
-        be.grouped_linear_bwd(dhidden_, dgw2_, dgb2_, *dtok, a.hidden_act, gw2_, false);
-        be.activation_bwd(dhidden_, dhidden_, a.hidden, ops::Activation::ReLU);
-        be.grouped_linear_bwd(dx, dgw1_, dgb1_, dhidden_, x, gw1_, accumulate_dx);
-      } else {
-        be.grouped_linear_bwd(dx, dgw1_, dgb1_, *dtok, x, gw1_, accumulate_dx);
-      }
-    }
-  }
+  proj_.backward(dctx_, dout, a.gated, false);  // d gated
   ensure(dqkv_, {N, 3 * C_}, dt, dev);
-  be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec_);
+  bool gate_input_grad = false;
+  if (a.gate_fused) {
+    // dctx_ is the gated output's gradient; the op scales it by the gate and writes dgate_.
+    ensure(dgate_, a.gate.shape(), dt, dev);
+    ops::AttentionSpec spec = spec_;
+    spec.gate = &a.gate;
+    spec.dgate = &dgate_;
+    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec);
+    gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
+  } else {
+    if (gate_ != GateType::None) {
+      ensure(dgate_, a.gate.shape(), dt, dev);
+      be.head_gate_bwd(dctx_, dgate_, dctx_, a.ctx, a.gate, rows_per_gate(B, T));
+      gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
+    }
+    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec_);
+  }
   Tensor* dproj_in = &dqkv_;
   if (qk_norm_) {
     ensure(dqkv_raw_, {N, 3 * C_}, dt, dev);

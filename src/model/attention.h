@@ -28,7 +28,9 @@ GateType parse_gate_type(const std::string& s);
 struct AttentionActs {
   Tensor qkv_raw, qkv, qk_inv;  // projection output, after QK-norm (aliases raw without), stats
   Tensor att_saved;             // backend state of the attention op
-  Tensor ctx, gated;            // [N, C] before / after the gate (gated aliases ctx without)
+  Tensor ctx, gated;            // [N, C] before / after the gate (gated aliases ctx without;
+                                // ctx is not kept when the gate is in the op's epilogue)
+  bool gate_fused = false;      // the gate was applied in the attention op's epilogue
   Tensor hidden, hidden_act;    // MLP gate: [N, H * hidden]
   Tensor logits_tok, logits, gate;  // [N, H], [R, H] (R = N, B or 1), sigmoid(logits)
   Tensor q, k, u, v, cv, tmp;       // shaped attention: q/k projections, x W^T, V, C V, scratch
@@ -64,6 +66,9 @@ class Attention {
 
  private:
   int64_t rows_per_gate(int64_t B, int64_t T) const;
+  void gate_forward(AttentionActs& a, const Tensor& x, int64_t B, int64_t T);
+  bool gate_backward(AttentionActs& a, Tensor& dx, const Tensor& x, int64_t B, int64_t T,
+                     bool accumulate_dx);
   // The attention op, with the hook's quantization request applied when there is one.
   void run_attention(AttentionActs& a, const Tensor& key_mask, int64_t B, int64_t T);
   void shaped_forward(AttentionActs& a, Tensor& out, const Tensor& x, const Tensor& key_mask,

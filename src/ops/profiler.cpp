@@ -114,6 +114,9 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "attention_bwd");
     inner_.attention_bwd(dqkv, dout, qkv, saved, key_mask, B, T, spec);
   }
+  bool gate_in_epilogue(const AttentionSpec& spec, DType dt) const override {
+    return inner_.gate_in_epilogue(spec, dt);
+  }
   void grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override {
     Scope scope_(this, "grouped_linear_fwd");
     inner_.grouped_linear_fwd(y, x, w, b);

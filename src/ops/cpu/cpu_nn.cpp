@@ -184,6 +184,8 @@ T clip_prob(T p, const AttentionSpec& s) {
 void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
                                const Tensor& key_mask, int64_t B, int64_t T,
                                const AttentionSpec& spec) {
+  OFT_CHECK(spec.gate == nullptr, "attention_fwd: the CPU backend applies the head gate as a "
+            "separate op (gate_in_epilogue is false)");
   const int64_t C = qkv.dim(1) / 3, H = spec.n_head, D = C / H;
   expect_shape(qkv, {B * T, 3 * C}, "attention qkv");
   expect_shape(out, {B * T, C}, "attention out");
@@ -264,6 +266,8 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
 void CpuBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
                                const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T,
                                const AttentionSpec& spec) {
+  OFT_CHECK(spec.gate == nullptr, "attention_bwd: the CPU backend applies the head gate as a "
+            "separate op (gate_in_epilogue is false)");
   const int64_t C = qkv.dim(1) / 3, H = spec.n_head, D = C / H;
   expect_shape(dqkv, {B * T, 3 * C}, "attention dqkv");
   expect_shape(saved, {B, H, T, T}, "attention saved probabilities");

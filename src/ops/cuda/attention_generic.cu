@@ -117,11 +117,12 @@ __global__ void __launch_bounds__(kThreads) fwd_generic_kernel(const Args a) {
   const int64_t base = (int64_t(b) * T_ + i) * C + h * D;
   T* gO = static_cast<T*>(a.out);
   T* gS = static_cast<T*>(a.osave);
+  const float fg = f * out_gate<T>(a, b, i, h);  // the gate (non-clipped only)
 #pragma unroll
   for (int c = 0; c < NCH; ++c) {
     const int d = lane + 32 * c;
     if (d < D) {
-      gO[base + d] = from_f32<T>(o[c] * f);
+      gO[base + d] = from_f32<T>(o[c] * fg);
       gS[base + d] = from_f32<T>(PROB == kClipped ? o2[c] : o[c] * f);
     }
   }

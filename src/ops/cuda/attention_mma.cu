@@ -361,10 +361,12 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
       }
       if (row[r][j] >= T) continue;
       const int64_t base = (int64_t(b) * T + row[r][j]) * C + h * D + 2 * t4;
+      const float fg = f * out_gate<bf16>(a, b, row[r][j], h);  // the gate (non-clipped only)
 #pragma unroll
       for (int i = 0; i < DB; ++i) {
         const uint32_t ov = pack(o[r][i][2 * j] * f, o[r][i][2 * j + 1] * f);
-        *reinterpret_cast<uint32_t*>(gO + base + i * 8) = ov;
+        *reinterpret_cast<uint32_t*>(gO + base + i * 8) =
+            a.gate ? pack(o[r][i][2 * j] * fg, o[r][i][2 * j + 1] * fg) : ov;
         if constexpr (PROB == kClipped)
           *reinterpret_cast<uint32_t*>(gS + base + i * 8) = pack(o2[r][i][2 * j], o2[r][i][2 * j + 1]);
         else

@@ -46,8 +46,9 @@ constexpr int kBM = 128;  // queries per forward CTA: two warpgroups of 64
 constexpr int kFwdSmemBytes = 5 * kTileBytes + 2 * kBN * 4 + 1024;
 
 // Row `row` (this thread's rows g / g + 8 of its warp: accumulator half j) of the output: out =
-// f * o, the saved copy (f * o, or O2 = os for clipped softmax: kO2), both bf16x2 per lane, and
-// L = lse (by the quad's first lane). Rows past T are not stored.
+// f * o (times the gate, Args::gate), the saved copy (f * o, or O2 = os for clipped softmax:
+// kO2), both bf16x2 per lane, and L = lse (by the quad's first lane). Rows past T are not
+// stored.
 template <bool kO2>
 __device__ __forceinline__ void store_row(const Args& a, int b, int h, int row, int t4, int j,
                                           const float (&o)[32], float f, const float (&os)[32],
@@ -56,10 +57,12 @@ __device__ __forceinline__ void store_row(const Args& a, int b, int h, int row, 
   bf16* gO = static_cast<bf16*>(a.out);
   bf16* gS = static_cast<bf16*>(a.osave);
   const int64_t off = (int64_t(b) * a.T + row) * a.C + h * kD + 2 * t4;
+  const float fg = f * out_gate<bf16>(a, b, row, h);
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const uint32_t ov = pack(o[4 * i + 2 * j] * f, o[4 * i + 2 * j + 1] * f);
-    *reinterpret_cast<uint32_t*>(gO + off + i * 8) = ov;
+    *reinterpret_cast<uint32_t*>(gO + off + i * 8) =
+        a.gate ? pack(o[4 * i + 2 * j] * fg, o[4 * i + 2 * j + 1] * fg) : ov;
     *reinterpret_cast<uint32_t*>(gS + off + i * 8) =
         kO2 ? pack(os[4 * i + 2 * j], os[4 * i + 2 * j + 1]) : ov;
   }
