@@ -248,6 +248,24 @@ TEST(CudaNn, ActivationForward) {
       }
 }
 
+// The negative tails, where 1 + erf and 1 + tanh cancel in f32: each value on its own (a
+// relative error over one element). Down to x = -5, where the f64 reference itself is still
+// exact to about 1e-9.
+TEST(CudaNn, ActivationForwardNegativeTail) {
+  OFT_REQUIRE_CUDA();
+  for (DType dt : kDtypes)
+    for (Activation a : kActs)
+      for (double v : {-5.0, -4.0, -3.0, -1.5}) {
+        SCOPED_TRACE(label(dt, static_cast<int>(a), 0) + " x = " + std::to_string(v));
+        const Tensor x = Tensor::from_vector({1}, {v}, DType::F32);
+        Tensor y = Tensor::empty({1}, DType::F64);
+        cpu().activation_fwd(y, rounded(x, dt).cast(DType::F64), a);
+        Tensor gy = poisoned({1}, dt);
+        gpu().activation_fwd(gy, to_gpu(x, dt), a);
+        EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+      }
+}
+
 TEST(CudaNn, ActivationBackward) {
   OFT_REQUIRE_CUDA();
   for (DType dt : kDtypes)
