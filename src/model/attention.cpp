@@ -321,15 +321,15 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
   } else {
     a.qkv = a.qkv_raw;
   }
-  // A per-token gate goes into the attention op's epilogue where the backend takes it and no
-  // hook needs the ungated context; otherwise a separate head_gate_fwd pass.
-  a.gate_fused = gate_ == GateType::ConditionalPerToken && hook_ == nullptr &&
-                 be.gate_in_epilogue(spec_, dt);
+  // The gate goes into the attention op's epilogue where the backend takes it and no hook
+  // needs the ungated context; otherwise a separate head_gate_fwd pass.
+  a.gate_fused = gate_ != GateType::None && hook_ == nullptr && be.gate_in_epilogue(spec_, dt);
   if (gate_ != GateType::None) gate_forward(a, x, B, T);
   if (a.gate_fused) {
     ensure(a.gated, {N, C_}, dt, dev);
     ops::AttentionSpec spec = spec_;
     spec.gate = &a.gate;
+    spec.gate_rows = rows_per_gate(B, T);
     be.attention_fwd(a.gated, a.att_saved, a.qkv, key_mask, B, T, spec);
   } else {
     ensure(a.ctx, {N, C_}, dt, dev);
@@ -366,6 +366,7 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
     ops::AttentionSpec spec = spec_;
     spec.gate = &a.gate;
     spec.dgate = &dgate_;
+    spec.gate_rows = rows_per_gate(B, T);
     be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec);
     gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
   } else {

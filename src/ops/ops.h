@@ -45,13 +45,15 @@ struct AttentionSpec {
   // the probabilities of this call into these two-element arrays.
   double* score_range = nullptr;
   double* prob_range = nullptr;
-  // Per-token head gate in the epilogue (only where Backend::gate_in_epilogue says so): the
-  // forward writes out[n, h*D + d] = gate[n, h] * attention (the saved state keeps the ungated
-  // output); the backward takes dout as the gradient of that gated output and also writes
-  // dgate[n, h] (overwritten) = sum_d dout * ungated attention. Both [B*T, H], the
-  // activations' dtype; dgate is used by the backward only.
+  // Per-head gate in the epilogue (only where Backend::gate_in_epilogue says so), as
+  // head_gate_fwd: the forward writes out[n, h*D + d] = gate[n / gate_rows, h] * attention (the
+  // saved state keeps the ungated output); the backward takes dout as the gradient of that gated
+  // output and also writes dgate[r, h] (overwritten) = the sum over the gate's rows n and d of
+  // dout * ungated attention. Both [B*T / gate_rows, H], the activations' dtype; gate_rows = 1
+  // (per token), T (per sequence) or B*T (one gate per head); dgate is used by the backward only.
   const Tensor* gate = nullptr;
   Tensor* dgate = nullptr;
+  int64_t gate_rows = 1;
 };
 
 // Hyper-parameters of one AdamW update (decoupled weight decay, PyTorch semantics).
@@ -138,7 +140,7 @@ class Backend {
                              const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T,
                              const AttentionSpec& spec) = 0;
   // Whether attention_fwd / attention_bwd take AttentionSpec::gate for this spec and dtype
-  // (the per-token head gate applied in the epilogue instead of a head_gate_fwd pass).
+  // (the per-head gate applied in the epilogue instead of a head_gate_fwd pass).
   virtual bool gate_in_epilogue(const AttentionSpec& spec, DType dt) const {
     (void)spec;
     (void)dt;

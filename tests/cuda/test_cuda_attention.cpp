@@ -226,10 +226,11 @@ TEST(CudaAttention, ClippedGradientAtProbabilityOne) {
       }
 }
 
-// The per-token head gate in the epilogue (AttentionSpec::gate) against the CPU composition
-// attention -> head_gate_fwd, and its backward head_gate_bwd -> attention_bwd: the gated output,
-// dqkv and dgate. Tensor-core widths (64: the Hopper kernels under OFT_ATTN_WGMMA=all; 32) and
-// CUDA-core ones (24), f32 and bf16, softmax and softmax1, causal and masked.
+// The head gate in the epilogue (AttentionSpec::gate) against the CPU composition attention ->
+// head_gate_fwd, and its backward head_gate_bwd -> attention_bwd: the gated output, dqkv and
+// dgate, for a gate per token, per sequence and per head (one for all rows). Tensor-core widths
+// (64: the Hopper kernels under OFT_ATTN_WGMMA=all; 32) and CUDA-core ones (24), f32 and bf16,
+// softmax and softmax1, causal and masked.
 TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
   OFT_REQUIRE_CUDA();
   auto& cpu = ops::cpu_backend();
@@ -238,38 +239,45 @@ TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
   for (DType dt : {DType::F32, DType::BF16})
     for (const Dims& d : shapes)
       for (const ProbCase& pc : {kProbs[0], kProbs[1]})
-        for (Mode m : {Mode::Causal, Mode::BidirMasked}) {
-          SCOPED_TRACE(label(dt, d, pc, m));
-          const int64_t C = d.H * d.D, N = d.B * d.T;
-          AttentionSpec spec = make_spec(d, pc, m);
-          ASSERT_TRUE(gpu.gate_in_epilogue(spec, dt));
-          const Tensor qkv = rounded(randn({N, 3 * C}, 1.5), dt), dout = rounded(randn({N, C}), dt);
-          Tensor half = Tensor::empty({N, d.H}, DType::F32), gate = randn({N, d.H}, 0.3);
-          ops::fill(half, 0.5);
-          ops::axpy(gate, half, 1.0);  // gates around 0.5
-          gate = rounded(gate, dt);
-          const Tensor mask = m == Mode::Causal ? Tensor() : make_mask(d.B, d.T);
-          // CPU: the separate gate.
-          Tensor ctx = Tensor::empty({N, C}, DType::F32), saved, out = ctx.clone();
-          cpu.attention_fwd(ctx, saved, qkv, mask, d.B, d.T, spec);
-          cpu.head_gate_fwd(out, ctx, gate, 1);
-          Tensor dctx = Tensor::empty({N, C}, DType::F32), dgate = Tensor::empty({N, d.H}, DType::F32);
-          cpu.head_gate_bwd(dctx, dgate, dout, ctx, gate, 1);
-          Tensor dqkv = Tensor::empty({N, 3 * C}, DType::F32);
-          cpu.attention_bwd(dqkv, dctx, qkv, saved, mask, d.B, d.T, spec);
-          // GPU: the gate in the epilogue.
-          const Tensor ggate = to_gpu(gate, dt), gqkv = to_gpu(qkv, dt);
-          const Tensor gmask = mask.defined() ? mask.to(Device::CUDA) : Tensor();
-          Tensor gout = poisoned({N, C}, dt), gsaved, gdgate = poisoned({N, d.H}, dt);
-          spec.gate = &ggate;
-          spec.dgate = &gdgate;
-          gpu.attention_fwd(gout, gsaved, gqkv, gmask, d.B, d.T, spec);
-          EXPECT_GPU_CLOSE(gout, out, tol_for(dt));
-          Tensor gdqkv = poisoned({N, 3 * C}, dt);
-          gpu.attention_bwd(gdqkv, to_gpu(dout, dt), gqkv, gsaved, gmask, d.B, d.T, spec);
-          EXPECT_GPU_CLOSE(gdqkv, dqkv, tol_for(dt));
-          EXPECT_GPU_CLOSE(gdgate, dgate, tol_for(dt));
-        }
+        for (Mode m : {Mode::Causal, Mode::BidirMasked})
+          for (int64_t per : {int64_t(1), d.T, d.B * d.T}) {
+            SCOPED_TRACE(label(dt, d, pc, m) + " rows per gate " + std::to_string(per));
+            const int64_t C = d.H * d.D, N = d.B * d.T, R = N / per;
+            AttentionSpec spec = make_spec(d, pc, m);
+            ASSERT_TRUE(gpu.gate_in_epilogue(spec, dt));
+            const Tensor qkv = rounded(randn({N, 3 * C}, 1.5), dt);
+            const Tensor dout = rounded(randn({N, C}), dt);
+            Tensor half = Tensor::empty({R, d.H}, DType::F32), gate = randn({R, d.H}, 0.3);
+            ops::fill(half, 0.5);
+            ops::axpy(gate, half, 1.0);  // gates around 0.5
+            gate = rounded(gate, dt);
+            const Tensor mask = m == Mode::Causal ? Tensor() : make_mask(d.B, d.T);
+            // CPU: the separate gate.
+            Tensor ctx = Tensor::empty({N, C}, DType::F32), saved, out = ctx.clone();
+            cpu.attention_fwd(ctx, saved, qkv, mask, d.B, d.T, spec);
+            cpu.head_gate_fwd(out, ctx, gate, per);
+            Tensor dctx = Tensor::empty({N, C}, DType::F32);
+            Tensor dgate = Tensor::empty({R, d.H}, DType::F32);
+            // dgate from the context as the GPU keeps it (rounded to dt): with one gate for
+            // many rows it is a sum of N * D products of random sign, whose cancellation would
+            // magnify the rounding of O well past tol_for(dt).
+            cpu.head_gate_bwd(dctx, dgate, dout, rounded(ctx, dt), gate, per);
+            Tensor dqkv = Tensor::empty({N, 3 * C}, DType::F32);
+            cpu.attention_bwd(dqkv, dctx, qkv, saved, mask, d.B, d.T, spec);
+            // GPU: the gate in the epilogue.
+            const Tensor ggate = to_gpu(gate, dt), gqkv = to_gpu(qkv, dt);
+            const Tensor gmask = mask.defined() ? mask.to(Device::CUDA) : Tensor();
+            Tensor gout = poisoned({N, C}, dt), gsaved, gdgate = poisoned({R, d.H}, dt);
+            spec.gate = &ggate;
+            spec.dgate = &gdgate;
+            spec.gate_rows = per;
+            gpu.attention_fwd(gout, gsaved, gqkv, gmask, d.B, d.T, spec);
+            EXPECT_GPU_CLOSE(gout, out, tol_for(dt));
+            Tensor gdqkv = poisoned({N, 3 * C}, dt);
+            gpu.attention_bwd(gdqkv, to_gpu(dout, dt), gqkv, gsaved, gmask, d.B, d.T, spec);
+            EXPECT_GPU_CLOSE(gdqkv, dqkv, tol_for(dt));
+            EXPECT_GPU_CLOSE(gdgate, dgate, tol_for(dt));
+          }
   // Clipped softmax saves O2, not the output: no gate in its epilogue, and a clear refusal.
   AttentionSpec clipped = make_spec({1, 8, 1, 32}, kProbs[2], Mode::Causal);
   EXPECT_FALSE(gpu.gate_in_epilogue(clipped, DType::BF16));
@@ -278,6 +286,13 @@ TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
   Tensor gout = poisoned({8, 32}, DType::BF16), gsaved;
   EXPECT_THROW(gpu.attention_fwd(gout, gsaved, to_gpu(randn({8, 96}), DType::BF16), Tensor(), 1,
                                  8, clipped),
+               Error);
+  // Rows per gate that do not divide the rows.
+  AttentionSpec odd = make_spec({1, 8, 1, 32}, kProbs[0], Mode::Causal);
+  odd.gate = &ggate;
+  odd.gate_rows = 3;
+  EXPECT_THROW(gpu.attention_fwd(gout, gsaved, to_gpu(randn({8, 96}), DType::BF16), Tensor(), 1,
+                                 8, odd),
                Error);
 }
 

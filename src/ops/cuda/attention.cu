@@ -6,11 +6,12 @@
 // visible key give 0. Unlike the CPU the probabilities are never stored: the forward keeps one
 // log-sum-exp per row and a copy of the output (see attention_common.cuh for the layout of
 // `saved`), and the backward recomputes P tile by tile (FlashAttention-2).
-// With AttentionSpec::gate (per-token head gate, softmax / softmax1) every kernel family stores
-// out = gate * O while the saved copy stays O; the backward's row-term pass then takes the gate's
-// gradient rowsum(dout * O), scales dout by the gate for the kernels (dO) and D_i by it. This
-// replaces a head_gate_fwd and a head_gate_bwd pass (H100, gpt2_124m gated: 515.2k -> 519.9k
-// tokens/s, 0.25 GiB less memory: the ungated context is not kept).
+// With AttentionSpec::gate (per-head gate of any granularity, softmax / softmax1) every kernel
+// family stores out = gate * O while the saved copy stays O; the backward's row-term pass then
+// takes the gate's gradient rowsum(dout * O) (summed over the gate's rows when it has several),
+// scales dout by the gate for the kernels (dO) and D_i by it. This replaces a head_gate_fwd and
+// a head_gate_bwd pass (H100, gpt2_124m gated: 515.2k -> 519.9k tokens/s, 0.25 GiB less memory:
+// the ungated context is not kept).
 //
 // Paths:
 // - evaluation with fake quantization or range capture: attention_quant.cu (exact CPU mirror);
@@ -19,6 +20,7 @@
 // This file validates, manages `saved`, and runs the two cheap backward helpers:
 //   row_term_kernel       D_i = factor * sum_d dO[i, d] * O[i, d] per (row, head)   [B*H*T] f32
 //                         (with a gate: also dgate and the gate-scaled dO)
+//   gate_grad_sum_kernel  dgate of gates over several rows: the rows' shares summed in order
 //   row_term_zero_kernel  the same with 16-byte loads, also zeroing the f32 dQ accumulator
 //                         (tensor-core path)
 //   dq_store_vec_kernel   dqkv[:, q columns] = dq_acc / sqrt(D) in bf16 (tensor-core path)
@@ -38,21 +40,51 @@ using cuda::attn::Args;
 
 // The backward's row term D_i = factor * rowsum(dO * osave) per (token row, head). With a gate
 // (Gate::g non-null: the forward stored g * O), dout is the gradient of the gated output:
-// r = rowsum(dout * osave) is the gate's gradient (dgate), dO = g * dout is written for the
-// attention kernels, and D_i = factor * g * r.
+// r = rowsum(dout * osave) is the row's share of the gate's gradient, dO = g * dout is written for
+// the attention kernels, and D_i = factor * g * r. One gate per row: r is dgate itself;
+// otherwise r goes to r_rows and gate_grad_sum_kernel adds the rows of each gate.
 template <class T>
 struct Gate {
-  const T* g = nullptr;  // [rows, H]
-  T* dg = nullptr;       // [rows, H]
-  T* dout_scaled = nullptr;  // [rows, C]
+  const T* g = nullptr;        // [rows / per, H]
+  int64_t per = 1;             // rows per gate
+  T* dg = nullptr;             // [rows / per, H]
+  float* r_rows = nullptr;     // [rows, H] when per > 1
+  T* dout_scaled = nullptr;    // [rows, C]
+  __device__ float gate(int64_t n, int h, int H) const {
+    return cuda::to_f32(g[n / per * H + h]);
+  }
+  __device__ void put(int64_t n, int h, int H, float r) const {
+    if (per == 1)
+      dg[n * H + h] = cuda::from_f32<T>(r);
+    else
+      r_rows[n * H + h] = r;
+  }
 };
 
+// dgate[q, h] = sum of r_rows[n, h] over the gate's rows n in [q per, (q + 1) per), in row order:
+// one warp per (gate, head), lanes strided over the rows, then a fixed shuffle tree.
 template <class T>
-Gate<T> gate_args(const Tensor* gate, const AttentionSpec& spec, Tensor& dos) {
+__global__ void gate_grad_sum_kernel(T* __restrict__ dg, const float* __restrict__ r_rows,
+                                     int64_t gates, int64_t per, int H) {
+  const int lane = threadIdx.x & 31;
+  const int64_t w = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (w >= gates * H) return;
+  const int64_t q = w / H;
+  const int h = int(w % H);
+  float s = 0.f;
+  for (int64_t n = q * per + lane; n < (q + 1) * per; n += 32) s += r_rows[n * H + h];
+  s = cuda::attn::warp_sum(s);
+  if (lane == 0) dg[q * H + h] = cuda::from_f32<T>(s);
+}
+
+template <class T>
+Gate<T> gate_args(const Tensor* gate, const AttentionSpec& spec, Tensor& dos, Tensor& r_rows) {
   Gate<T> gt;
   if (gate) {
     gt.g = static_cast<const T*>(gate->raw());
+    gt.per = spec.gate_rows;
     gt.dg = static_cast<T*>(spec.dgate->raw());
+    gt.r_rows = r_rows.defined() ? static_cast<float*>(r_rows.raw()) : nullptr;
     gt.dout_scaled = static_cast<T*>(dos.raw());
   }
   return gt;
@@ -70,7 +102,7 @@ __global__ void row_term_kernel(const T* __restrict__ dout, const T* __restrict_
     const int64_t n = w / H;  // token row b*T + t
     const int h = int(w % H);
     const int64_t off = n * int64_t(H) * D + int64_t(h) * D;
-    const float g = gate.g ? cuda::to_f32(gate.g[n * H + h]) : 1.f;
+    const float g = gate.g ? gate.gate(n, h, H) : 1.f;
     float s = 0.f;
     for (int d = lane; d < D; d += 32) {
       const float dv = cuda::to_f32(dout[off + d]);
@@ -81,7 +113,7 @@ __global__ void row_term_kernel(const T* __restrict__ dout, const T* __restrict_
     if (lane == 0) {
       const int64_t b = n / T_, t = n % T_;
       Dv[(b * H + h) * T_ + t] = factor * g * s;
-      if (gate.g) gate.dg[n * H + h] = cuda::from_f32<T>(s);
+      if (gate.g) gate.put(n, h, H, s);
     }
   }
 }
@@ -110,7 +142,7 @@ __global__ void row_term_zero_kernel(const __nv_bfloat16* __restrict__ dout,
 #pragma unroll
       for (int j = 0; j < 8; ++j) s += a[j] * o[j];
       if (gate.g) {
-        g = __bfloat162float(gate.g[(idx / C8) * H + int(idx % C8) / group]);
+        g = gate.gate(idx / C8, int(idx % C8) / group, H);
 #pragma unroll
         for (int j = 0; j < 8; ++j) a[j] *= g;
         cuda::store_pack<__nv_bfloat16, 8>(gate.dout_scaled + idx * 8, a);
@@ -125,7 +157,7 @@ __global__ void row_term_zero_kernel(const __nv_bfloat16* __restrict__ dout,
       const int h = int(idx % C8) / group;
       const int64_t b = n / T_, t = n % T_;
       Dv[(b * H + h) * T_ + t] = factor * g * s;
-      if (gate.g) gate.dg[n * H + h] = __float2bfloat16_rn(s);
+      if (gate.g) gate.put(n, h, H, s);
     }
   }
 }
@@ -223,14 +255,16 @@ bool quantized(const AttentionSpec& spec) {
          spec.prob_range != nullptr;
 }
 
-// The per-token gate of spec (null when none), checked against the problem.
+// The gate of spec (null when none), checked against the problem.
 const Tensor* checked_gate(const char* op, const AttentionSpec& spec, const Tensor& qkv,
                            int64_t rows, int64_t H) {
   if (!spec.gate) return nullptr;
   OFT_CHECK(spec.prob != ProbFn::Clipped && !quantized(spec), op,
             ": the head gate in the epilogue needs softmax or softmax1 and no quantization "
             "(see gate_in_epilogue)");
-  expect_like(*spec.gate, qkv, {rows, H}, "attention gate");
+  OFT_CHECK(spec.gate_rows >= 1 && rows % spec.gate_rows == 0, op, ": gate_rows = ",
+            spec.gate_rows, " does not divide the ", rows, " rows");
+  expect_like(*spec.gate, qkv, {rows / spec.gate_rows, H}, "attention gate");
   return spec.gate;
 }
 
@@ -251,7 +285,10 @@ void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
   expect_like(out, qkv, {B * T, g.C}, "attention_fwd out");
   Args a = make_args(qkv, key_mask, B, T, g, spec);
   a.out = out.raw();
-  if (const Tensor* gate = checked_gate(op, spec, qkv, B * T, g.H)) a.gate = gate->raw();
+  if (const Tensor* gate = checked_gate(op, spec, qkv, B * T, g.H)) {
+    a.gate = gate->raw();
+    a.gate_rows = spec.gate_rows;
+  }
 
   if (quantized(spec)) {
     // Evaluation-only: no backward follows, so `saved` is left alone.
@@ -336,12 +373,24 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   // With the gate, dout is the gated output's gradient: the row-term pass writes dgate and the
   // gate-scaled dO (dos), which the kernels read instead.
   const Tensor* gate = checked_gate(op, spec, qkv, rows, g.H);
-  Tensor dos;
+  Tensor dos, r_rows;
   if (gate) {
     OFT_CHECK(spec.dgate != nullptr, op, ": a gate needs spec.dgate");
-    expect_like(*spec.dgate, qkv, {rows, g.H}, "attention dgate");
+    expect_like(*spec.dgate, qkv, {rows / spec.gate_rows, g.H}, "attention dgate");
     dos = Tensor::empty({rows, g.C}, qkv.dtype(), Device::CUDA);
+    if (spec.gate_rows > 1) r_rows = Tensor::empty({rows, g.H}, DType::F32, Device::CUDA);
   }
+  // Several rows per gate: their shares of dgate, summed after the row-term pass.
+  auto sum_gate_rows = [&] {
+    if (!r_rows.defined()) return;
+    const int64_t gates = rows / spec.gate_rows;
+    OFT_DISPATCH_FLOAT(qkv.dtype(), op, {
+      gate_grad_sum_kernel<T><<<grid_for(gates * g.H, 8), 256, 0, cuda::stream()>>>(
+          static_cast<T*>(spec.dgate->raw()), static_cast<const float*>(r_rows.raw()), gates,
+          spec.gate_rows, int(g.H));
+      OFT_CUDA_LAUNCH_CHECK();
+    });
+  };
 
   const bool mma = qkv.dtype() == DType::BF16 && cuda::attn::mma_supported(a.D) &&
                    aligned16(qkv.raw()) && aligned16(dout.raw()) && aligned16(dqkv.raw()) &&
@@ -350,9 +399,10 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
     OFT_DISPATCH_FLOAT(qkv.dtype(), op, {
       row_term_kernel<T><<<grid_for(rows * g.H, 8), 256, 0, cuda::stream()>>>(
           static_cast<const T*>(a.dout), static_cast<const T*>(a.osave), a.Dv, rows, a.T, a.H,
-          a.D, factor, gate_args<T>(gate, spec, dos));
+          a.D, factor, gate_args<T>(gate, spec, dos, r_rows));
       OFT_CUDA_LAUNCH_CHECK();
     });
+    sum_gate_rows();
     if (gate) a.dout = dos.raw();
     cuda::attn::launch_bwd_generic(a, qkv.dtype());
     return;
@@ -363,8 +413,9 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   using Bf = __nv_bfloat16;
   row_term_zero_kernel<<<grid_for(rows * g.C / 8, 256), 256, 0, cuda::stream()>>>(
       static_cast<const Bf*>(a.dout), static_cast<const Bf*>(a.osave), a.Dv, a.dq_acc, rows, a.T,
-      a.H, a.D, factor, gate_args<Bf>(gate, spec, dos));
+      a.H, a.D, factor, gate_args<Bf>(gate, spec, dos, r_rows));
   OFT_CUDA_LAUNCH_CHECK();
+  sum_gate_rows();
   if (gate) a.dout = dos.raw();
   cuda::attn::launch_bwd_mma(a);
   dq_store_vec_kernel<<<grid_for(rows * g.C / 8, 256), 256, 0, cuda::stream()>>>(

@@ -51,9 +51,11 @@ struct Args {
   void* osave = nullptr;       // [B*T, C] act dtype (O or O2)
   float* Dv = nullptr;         // [B*H*T] backward row term D_i
   float* dq_acc = nullptr;     // [B*T, C] f32 dQ accumulator (tensor-core backward)
-  // [B*T, H] act dtype or null: the forward stores out = gate[n, h] * O (osave stays ungated;
-  // softmax / softmax1 only). The backward's dout is then already scaled by the gate.
+  // [B*T / gate_rows, H] act dtype or null: the forward stores out = gate[n / gate_rows, h] * O
+  // (osave stays ungated; softmax / softmax1 only). The backward's dout is then already scaled
+  // by the gate.
   const void* gate = nullptr;
+  int64_t gate_rows = 1;
   int B = 0, T = 0, H = 0, D = 0, C = 0;
   bool causal = true;
   int prob = kSoftmax;
@@ -135,7 +137,7 @@ __device__ __forceinline__ GridTile head_major_tile(int tiles) {
 template <class T>
 __device__ __forceinline__ float out_gate(const Args& a, int b, int row, int h) {
   if (a.gate == nullptr) return 1.f;
-  return to_f32(static_cast<const T*>(a.gate)[(int64_t(b) * a.T + row) * a.H + h]);
+  return to_f32(static_cast<const T*>(a.gate)[(int64_t(b) * a.T + row) / a.gate_rows * a.H + h]);
 }
 
 __device__ __forceinline__ float warp_max(float v) {

@@ -59,8 +59,8 @@ class CudaBackend final : public Backend {
   void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved,
                      const Tensor& key_mask, int64_t B, int64_t T,
                      const AttentionSpec& spec) override;
-  // Every kernel family takes the per-token gate, except for clipped softmax (its saved copy is
-  // O2, not the output) and the evaluation-only quantized forward.
+  // Every kernel family takes the gate, except for clipped softmax (its saved copy is O2, not
+  // the output) and the evaluation-only quantized forward.
   bool gate_in_epilogue(const AttentionSpec& spec, DType dt) const override;
 
   void grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override;
