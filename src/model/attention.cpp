@@ -233,6 +233,15 @@ void Attention::shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout
   }
 }
 
+// spec_ with a.gate in the op's epilogue (and dgate_ for its gradient).
+ops::AttentionSpec Attention::gated_spec(AttentionActs& a, int64_t B, int64_t T) {
+  ops::AttentionSpec spec = spec_;
+  spec.gate = &a.gate;
+  spec.dgate = &dgate_;
+  spec.gate_rows = rows_per_gate(B, T);
+  return spec;
+}
+
 // The gate network: a.gate = sigmoid(logits) [R, H] (R = N per token, B per sequence, 1
 // unconditional).
 void Attention::gate_forward(AttentionActs& a, const Tensor& x, int64_t B, int64_t T) {
@@ -327,10 +336,7 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
   if (gate_ != GateType::None) gate_forward(a, x, B, T);
   if (a.gate_fused) {
     ensure(a.gated, {N, C_}, dt, dev);
-    ops::AttentionSpec spec = spec_;
-    spec.gate = &a.gate;
-    spec.gate_rows = rows_per_gate(B, T);
-    be.attention_fwd(a.gated, a.att_saved, a.qkv, key_mask, B, T, spec);
+    be.attention_fwd(a.gated, a.att_saved, a.qkv, key_mask, B, T, gated_spec(a, B, T));
   } else {
     ensure(a.ctx, {N, C_}, dt, dev);
     run_attention(a, key_mask, B, T);
@@ -363,11 +369,7 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
   if (a.gate_fused) {
     // dctx_ is the gated output's gradient; the op scales it by the gate and writes dgate_.
     ensure(dgate_, a.gate.shape(), dt, dev);
-    ops::AttentionSpec spec = spec_;
-    spec.gate = &a.gate;
-    spec.dgate = &dgate_;
-    spec.gate_rows = rows_per_gate(B, T);
-    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec);
+    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, gated_spec(a, B, T));
     gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
   } else {
     if (gate_ != GateType::None) {

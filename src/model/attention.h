@@ -66,6 +66,7 @@ class Attention {
 
  private:
   int64_t rows_per_gate(int64_t B, int64_t T) const;
+  ops::AttentionSpec gated_spec(AttentionActs& a, int64_t B, int64_t T);
   void gate_forward(AttentionActs& a, const Tensor& x, int64_t B, int64_t T);
   bool gate_backward(AttentionActs& a, Tensor& dx, const Tensor& x, int64_t B, int64_t T,
                      bool accumulate_dx);

@@ -1,6 +1,6 @@
 // Pieces shared by the CUDA norm files (norms.cu: LayerNorm / RMSNorm rows; norm_bwd_tiles.cu:
 // their staged backward for bf16 rows; qk_norm.cu: QK-norm): the argument checks and the
-// per-element arithmetic of the backward. (The partial-row reduction of their parameter
+// backward's row coefficients. (The partial-row reduction of their parameter
 // gradients is in partials.cuh.)
 #pragma once
 
@@ -27,21 +27,9 @@ bool norm_bwd_tiles(bool ln, __nv_bfloat16* dx, float* dw, float* db, float* dsu
                     const float* s0, const float* s1, int64_t N, int C, bool accumulate);
 
 #ifdef __CUDACC__
-// Per-element pieces of the norm backward, shared by the block and the warp kernels.
-// Row sums: LN: s0 = sum g, s1 = sum g xhat; RMS: s0 = sum g x, s1 = sum x^2 (g = dy * w).
-template <bool LN>
-__device__ __forceinline__ void norm_bwd_sums(float& s0, float& s1, float g, float x, float mu,
-                                              float r) {
-  if (LN) {
-    const float xh = (x - mu) * r;
-    s0 += g;
-    s1 += g * xh;
-  } else {
-    s0 += g * x;
-    s1 += x * x;
-  }
-}
-// From the row sums: dx = r * g - c0 - c1 * (LN ? xhat : x).
+// The backward's row coefficients, shared by norms.cu and norm_bwd_tiles.cu: from the row sums
+// (LN: s0 = sum g, s1 = sum g xhat; RMS: s0 = sum g x, s1 = sum x^2, with g = dy * w),
+// dx = r * g - c0 - c1 * (LN ? xhat : x).
 template <bool LN>
 __device__ __forceinline__ void norm_bwd_coeffs(float s0, float s1, float r, float inv_c,
                                                 float& c0, float& c1) {
@@ -54,21 +42,6 @@ __device__ __forceinline__ void norm_bwd_coeffs(float s0, float s1, float r, flo
     c0 = 0.f;
     c1 = rms > 0.f ? r * r * s0 * inv_c / rms : 0.f;
   }
-}
-// One element: returns d x (without the accumulated old value) and adds to the parameter
-// gradient sums aw (dw) and ab (db, LN only).
-template <bool LN>
-__device__ __forceinline__ float norm_bwd_elem(float dy, float w, float x, float mu, float r,
-                                               float c0, float c1, float& aw, float& ab) {
-  const float g = dy * w;
-  if (LN) {
-    const float xh = (x - mu) * r;
-    aw += dy * xh;
-    ab += dy;
-    return r * g - c0 - c1 * xh;
-  }
-  aw += dy * x * r;
-  return r * g - c1 * x;
 }
 #endif  // __CUDACC__
 

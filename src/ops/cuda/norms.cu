@@ -17,7 +17,7 @@
 //   into dw / db (deterministic, no atomics; the llm.c layernorm_backward scheme). dx may alias dy:
 //   a thread reads its columns of dy before it writes the same columns of dx.
 //   Narrow packed rows (up to 4 packs per lane of one warp in the forward, 3 in the backward:
-//   C <= 1024 / 768 in bf16) run one warp per row instead, with no block barrier per row (see
+//   C <= 1024 bf16 / 512 f32 forward, 384 f32 backward) run one warp per row instead, with no block barrier per row (see
 //   norm_fwd_warp_kernel).
 //   The bf16 backward of rows with C % 8 == 0, C <= 4096 (every preset's training path) runs the
 //   staged kernel of norm_bwd_tiles.cu instead, which can also sum the dx it writes (dsum, a
@@ -47,8 +47,6 @@ using cuda::store_pack;
 using cuda::expect_act;
 using norm::expect_numel;
 using norm::norm_bwd_coeffs;
-using norm::norm_bwd_elem;
-using norm::norm_bwd_sums;
 using bf16 = __nv_bfloat16;
 
 constexpr int kMaxC = 16384;
@@ -79,6 +77,36 @@ __device__ __forceinline__ void block_sum(float (&v)[NV], float* buf, int& parit
 }
 
 // ------------------------------------------------------------------ LayerNorm / RMSNorm rows
+
+// Per-element pieces of the norm backward, shared by the block and the warp kernels.
+// Row sums: LN: s0 = sum g, s1 = sum g xhat; RMS: s0 = sum g x, s1 = sum x^2 (g = dy * w).
+template <bool LN>
+__device__ __forceinline__ void norm_bwd_sums(float& s0, float& s1, float g, float x, float mu,
+                                              float r) {
+  if (LN) {
+    const float xh = (x - mu) * r;
+    s0 += g;
+    s1 += g * xh;
+  } else {
+    s0 += g * x;
+    s1 += x * x;
+  }
+}
+// One element: returns d x (without the accumulated old value) and adds to the parameter
+// gradient sums aw (dw) and ab (db, LN only).
+template <bool LN>
+__device__ __forceinline__ float norm_bwd_elem(float dy, float w, float x, float mu, float r,
+                                               float c0, float c1, float& aw, float& ab) {
+  const float g = dy * w;
+  if (LN) {
+    const float xh = (x - mu) * r;
+    aw += dy * xh;
+    ab += dy;
+    return r * g - c0 - c1 * xh;
+  }
+  aw += dy * x * r;
+  return r * g - c1 * x;
+}
 
 // One pack of V columns of a row: dx (= old dx + d when accumulating) stored, dw / db sums
 // updated.
@@ -314,7 +342,8 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
-// One warp per row (C <= 32 * 3 packs), for the narrow rows of the small models (C = 768 bf16).
+// One warp per row (C <= 32 * 3 packs): narrow f32 rows (C <= 384; the bf16 ones of the small
+// models, C = 768, now run norm_bwd_tiles.cu). The measurements below are from its bf16 days.
 // Register arrays for x, dy, w and the dw / db sums (194 registers, 8 warps per SM) left it
 // latency-bound, so here a row is held as raw 16-byte packs (4 registers per pack and operand,
 // converted on use), the old dx is loaded in the same batch as x and dy, and the weights and
@@ -652,13 +681,16 @@ bool norm_bwd(Tensor& dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor
   const RowPlan p = plan_rows_for(x.dtype(), C, vec_ok, op);
   [&] {  // (the dispatch's cases return from this lambda)
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
-    if (const int K = warp_row_packs<T>(C, vec_ok, 3)) {
-      dispatch_k<3>(K, [&](auto k) {
-        launch_norm_bwd_warp<T, decltype(k)::value, LN>(ptr<T>(dx), ptr<float>(dw), pdb,
-                                                        ptr<T>(dy), ptr<T>(x), ptr<T>(w), s0, s1,
-                                                        N, C, accumulate);
-      });
-      return;
+    // (bf16 rows that fit it are all taken by norm_bwd_tiles above.)
+    if constexpr (std::is_same_v<T, float>) {
+      if (const int K = warp_row_packs<T>(C, vec_ok, 3)) {
+        dispatch_k<3>(K, [&](auto k) {
+          launch_norm_bwd_warp<T, decltype(k)::value, LN>(ptr<T>(dx), ptr<float>(dw), pdb,
+                                                          ptr<T>(dy), ptr<T>(x), ptr<T>(w), s0,
+                                                          s1, N, C, accumulate);
+        });
+        return;
+      }
     }
     dispatch_vk<T>(p, [&](auto v, auto k) {
       launch_norm_bwd<T, decltype(v)::value, decltype(k)::value, LN>(
