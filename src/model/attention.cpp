@@ -66,6 +66,9 @@ Attention::Attention(ParamStore& ps, const std::string& name, const ModelConfig&
     proj_ = Linear(ps, name + ".c_proj", C_, C_, cfg.bias, dt, dev);
   }
   qk_norm_ = cfg.qk_norm;
+  // The attention backward sums the dqkv it writes (the GPU from its tiles): c_attn's bias
+  // gradient, unless QK-norm's backward changes dqkv afterwards.
+  if (!shaped_ && !qk_norm_ && qkv_.b.defined()) qkv_.bias_grad_elsewhere = true;
   if (qk_norm_) {
     Param& q = ps.create(name + ".q_norm.weight", {D_}, dt, dev, false);
     Param& k = ps.create(name + ".k_norm.weight", {D_}, dt, dev, false);
@@ -365,11 +368,13 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
   ensure(dctx_, {N, C_}, dt, dev);
   proj_.backward(dctx_, dout, a.gated, false);  // d gated
   ensure(dqkv_, {N, 3 * C_}, dt, dev);
+  Tensor* dqkv_bias = qkv_.bias_grad_elsewhere ? &qkv_.db : nullptr;
   bool gate_input_grad = false;
   if (a.gate_fused) {
     // dctx_ is the gated output's gradient; the op scales it by the gate and writes dgate_.
     ensure(dgate_, a.gate.shape(), dt, dev);
-    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, gated_spec(a, B, T));
+    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, gated_spec(a, B, T),
+                     dqkv_bias);
     gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
   } else {
     if (gate_ != GateType::None) {
@@ -377,7 +382,7 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
       be.head_gate_bwd(dctx_, dgate_, dctx_, a.ctx, a.gate, rows_per_gate(B, T));
       gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
     }
-    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec_);
+    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec_, dqkv_bias);
   }
   Tensor* dproj_in = &dqkv_;
   if (qk_norm_) {

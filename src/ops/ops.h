@@ -136,9 +136,11 @@ class Backend {
   virtual void attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
                              const Tensor& key_mask, int64_t B, int64_t T,
                              const AttentionSpec& spec) = 0;
+  // dsum (may be null, f32 [3C]) += column sums of the dqkv written: the qkv bias gradient,
+  // which the GPU takes from the kernels' tiles instead of reading dqkv again.
   virtual void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
                              const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T,
-                             const AttentionSpec& spec) = 0;
+                             const AttentionSpec& spec, Tensor* dsum = nullptr) = 0;
   // Whether attention_fwd / attention_bwd take AttentionSpec::gate for this spec and dtype
   // (the per-head gate applied in the epilogue instead of a head_gate_fwd pass).
   virtual bool gate_in_epilogue(const AttentionSpec& spec, DType dt) const {

@@ -110,9 +110,9 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "attention_fwd");
     inner_.attention_fwd(out, saved, qkv, key_mask, B, T, spec);
   }
-  void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T, const AttentionSpec& spec) override {
+  void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T, const AttentionSpec& spec, Tensor* dsum) override {
     Scope scope_(this, "attention_bwd");
-    inner_.attention_bwd(dqkv, dout, qkv, saved, key_mask, B, T, spec);
+    inner_.attention_bwd(dqkv, dout, qkv, saved, key_mask, B, T, spec, dsum);
   }
   bool gate_in_epilogue(const AttentionSpec& spec, DType dt) const override {
     return inner_.gate_in_epilogue(spec, dt);

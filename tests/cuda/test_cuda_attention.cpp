@@ -3,7 +3,7 @@
 // bidirectional attention with padding masks (including rows that see no key at all), head
 // widths on the tensor-core path (16, 32, 64, 128) and off it (8, 24, 256), sequence lengths that
 // are not multiples of the 64-row tiles; the evaluation path with fake quantization and range
-// capture; `saved` reuse across shapes; hand-built inputs that put clipped-softmax
+// capture; the backward's column sums of dqkv (dsum); `saved` reuse across shapes; hand-built inputs that put clipped-softmax
 // probabilities exactly on the clamp bound (p = 1, zeta = 1); and a timing report at the GPT-2
 // shape.
 //
@@ -105,6 +105,16 @@ void compare_fwd_bwd(DType dt, const Dims& d, const AttentionSpec& spec, const T
   Tensor gdqkv = poisoned({N, 3 * C}, dt);
   gpu.attention_bwd(gdqkv, gdout, gqkv, gsaved, gmask, d.B, d.T, spec);
   EXPECT_GPU_CLOSE(gdqkv, dqkv_ref, tol_for(dt));
+
+  // dsum: the column sums of dqkv (the qkv bias gradient) added to what dsum holds; the
+  // tensor-core path takes them from its tiles, so they are checked against the oracle's dqkv.
+  const Tensor dsum0 = randn({3 * C});
+  Tensor dsum_ref = dsum0.clone();
+  cpu.bias_grad(dsum_ref, dqkv_ref);
+  Tensor gdsum = dsum0.to(Device::CUDA), gdqkv2 = poisoned({N, 3 * C}, dt);
+  gpu.attention_bwd(gdqkv2, gdout, gqkv, gsaved, gmask, d.B, d.T, spec, &gdsum);
+  EXPECT_GPU_CLOSE(gdsum, dsum_ref, tol_for(dt)) << "attention_bwd dsum";
+  EXPECT_GPU_CLOSE(gdqkv2, dqkv_ref, tol_for(dt)) << "dqkv with dsum";
 }
 
 // One configuration on fresh random inputs.
@@ -374,29 +384,35 @@ TEST(CudaAttentionBench, Timing) {
   ASSERT_EQ(cudaEventCreate(&start), cudaSuccess);
   ASSERT_EQ(cudaEventCreate(&stop), cudaSuccess);
   const int iters = 20;
+  // Mean time of `iters` runs of f on the op stream, in ms.
+  auto time_ms = [&](auto&& f) {
+    float ms = 0;
+    EXPECT_EQ(cudaEventRecord(start, cuda::stream()), cudaSuccess);
+    for (int i = 0; i < iters; ++i) f();
+    EXPECT_EQ(cudaEventRecord(stop, cuda::stream()), cudaSuccess);
+    EXPECT_EQ(cudaEventSynchronize(stop), cudaSuccess);
+    EXPECT_EQ(cudaEventElapsedTime(&ms, start, stop), cudaSuccess);
+    return ms / iters;
+  };
+  Tensor dsum = Tensor::zeros({3 * C}, DType::F32, Device::CUDA);
   for (const ProbCase& pc : {kProbs[0], kProbs[2]}) {
     AttentionSpec spec = make_spec({B, T, H, D}, pc, Mode::Causal);
     gpu.attention_fwd(out, saved, qkv, Tensor(), B, T, spec);  // warm-up
     gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec);
+    gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec, &dsum);
     ops::device_synchronize();
-    float ms_fwd = 0, ms_bwd = 0;
-    ASSERT_EQ(cudaEventRecord(start, cuda::stream()), cudaSuccess);
-    for (int i = 0; i < iters; ++i) gpu.attention_fwd(out, saved, qkv, Tensor(), B, T, spec);
-    ASSERT_EQ(cudaEventRecord(stop, cuda::stream()), cudaSuccess);
-    ASSERT_EQ(cudaEventSynchronize(stop), cudaSuccess);
-    ASSERT_EQ(cudaEventElapsedTime(&ms_fwd, start, stop), cudaSuccess);
-    ASSERT_EQ(cudaEventRecord(start, cuda::stream()), cudaSuccess);
-    for (int i = 0; i < iters; ++i) gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec);
-    ASSERT_EQ(cudaEventRecord(stop, cuda::stream()), cudaSuccess);
-    ASSERT_EQ(cudaEventSynchronize(stop), cudaSuccess);
-    ASSERT_EQ(cudaEventElapsedTime(&ms_bwd, start, stop), cudaSuccess);
-    ms_fwd /= iters;
-    ms_bwd /= iters;
+    const float ms_fwd = time_ms([&] { gpu.attention_fwd(out, saved, qkv, Tensor(), B, T, spec); });
+    const float ms_bwd = time_ms([&] { gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec); });
+    const float ms_sum =
+        time_ms([&] { gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec, &dsum); });
+    const float ms_bias = time_ms([&] { gpu.bias_grad(dsum, dqkv); });
     std::printf("[attention bench] B=%lld T=%lld H=%lld D=%lld causal bf16 %-18s fwd %.3f ms "
                 "(%.1f TFLOP/s)  bwd %.3f ms (%.1f TFLOP/s)\n",
                 static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(H),
                 static_cast<long long>(D), pc.name, ms_fwd, fwd_flops / (ms_fwd * 1e-3) / 1e12,
                 ms_bwd, bwd_flops / (ms_bwd * 1e-3) / 1e12);
+    std::printf("[attention bench]   bwd with the column sums of dqkv (dsum) %.3f ms; bwd + a "
+                "separate bias_grad over dqkv %.3f ms\n", ms_sum, ms_bwd + ms_bias);
     const std::vector<double> o = out.to_vector();
     bool finite = true;
     for (double x : o) finite = finite && std::isfinite(x);

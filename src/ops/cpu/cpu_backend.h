@@ -46,7 +46,7 @@ class CpuBackend final : public Backend {
                      int64_t B, int64_t T, const AttentionSpec& spec) override;
   void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved,
                      const Tensor& key_mask, int64_t B, int64_t T,
-                     const AttentionSpec& spec) override;
+                     const AttentionSpec& spec, Tensor* dsum = nullptr) override;
 
   void grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override;
   void grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,

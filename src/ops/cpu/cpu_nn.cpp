@@ -265,7 +265,7 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
 
 void CpuBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
                                const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T,
-                               const AttentionSpec& spec) {
+                               const AttentionSpec& spec, Tensor* dsum) {
   OFT_CHECK(spec.gate == nullptr, "attention_bwd: the CPU backend applies the head gate as a "
             "separate op (gate_in_epilogue is false)");
   const int64_t C = qkv.dim(1) / 3, H = spec.n_head, D = C / H;
@@ -326,6 +326,7 @@ void CpuBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& q
       }
     }
   });
+  if (dsum) bias_grad(*dsum, dqkv);
 }
 
 // ---------------------------------------------------------------- cross-entropy

@@ -24,12 +24,15 @@
 //   row_term_zero_kernel  the same with 16-byte loads, also zeroing the f32 dQ accumulator
 //                         (tensor-core path)
 //   dq_store_vec_kernel   dqkv[:, q columns] = dq_acc / sqrt(D) in bf16 (tensor-core path)
+//   dq_store_sum_kernel   the same, also the q columns' partial sums for dsum (the qkv bias
+//                         gradient; the kernels write the k / v columns' in their epilogues)
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_backend.h"
+#include "ops/cuda/partials.cuh"
 
 namespace oft::ops {
 namespace {
@@ -177,6 +180,41 @@ __global__ void dq_store_vec_kernel(__nv_bfloat16* __restrict__ dqkv, const floa
                         a1.x * scale, a1.y * scale, a1.z * scale, a1.w * scale};
     cuda::store_pack<__nv_bfloat16, 8>(dqkv + n * 3 * C + c, f);
   }
+}
+
+// The same, also writing the q columns' partial column sums (Args::bias_part). Block (32, 8) per
+// (partial row p: 64 token rows of one sequence, 256 columns): thread (x, y) takes columns
+// 8x..8x+7 of rows y, y + 8, ...; the eight row lanes' sums meet in shared memory.
+__global__ void __launch_bounds__(256)
+    dq_store_sum_kernel(__nv_bfloat16* __restrict__ dqkv, const float* __restrict__ acc,
+                        float* __restrict__ part, int T, int C, float scale) {
+  __shared__ float red[8][256];
+  const int p = blockIdx.x, per_seq = int(cuda::attn::bias_part_rows_per_seq(T));
+  const int b = p / per_seq, t0 = (p % per_seq) * 64, t1 = min(T, t0 + 64);
+  const int c0 = blockIdx.y * 256, c = c0 + threadIdx.x * 8;
+  float sum[8] = {};
+  if (c < C) {
+#pragma unroll 2
+    for (int t = t0 + int(threadIdx.y); t < t1; t += 8) {
+      const int64_t n = int64_t(b) * T + t;
+      const float4 a0 = reinterpret_cast<const float4*>(acc + n * C + c)[0];
+      const float4 a1 = reinterpret_cast<const float4*>(acc + n * C + c)[1];
+      const float f[8] = {a0.x * scale, a0.y * scale, a0.z * scale, a0.w * scale,
+                          a1.x * scale, a1.y * scale, a1.z * scale, a1.w * scale};
+      cuda::store_pack<__nv_bfloat16, 8>(dqkv + n * 3 * C + c, f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sum[i] += f[i];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) red[threadIdx.y][threadIdx.x * 8 + i] = sum[i];
+  __syncthreads();
+  const int j = threadIdx.y * 32 + threadIdx.x;  // the block's column this thread finishes
+  if (c0 + j >= C) return;
+  float v = 0.f;
+#pragma unroll
+  for (int y = 0; y < 8; ++y) v += red[y][j];
+  part[int64_t(p) * 3 * C + c0 + j] = v;
 }
 
 int grid_for(int64_t work, int per_block) {
@@ -347,7 +385,7 @@ void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
 
 void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv,
                                 const Tensor& saved, const Tensor& key_mask, int64_t B, int64_t T,
-                                const AttentionSpec& spec) {
+                                const AttentionSpec& spec, Tensor* dsum) {
   const char* op = "attention_bwd";
   const Geometry g = check_common(op, qkv, key_mask, B, T, spec);
   expect_like(dqkv, qkv, {B * T, 3 * g.C}, "attention_bwd dqkv");
@@ -359,6 +397,10 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
             "forward used quantization / range capture)");
   OFT_CHECK(!dqkv.same_storage(qkv) && !dqkv.same_storage(dout), op,
             ": dqkv must not alias qkv or dout");
+  if (dsum) {
+    cuda::expect_dtype(*dsum, DType::F32, "attention_bwd dsum");
+    OFT_CHECK(dsum->shape() == Shape{3 * g.C}, op, ": dsum must be [3C] = [", 3 * g.C, "]");
+  }
 
   Args a = make_args(qkv, key_mask, B, T, g, spec);
   a.dout = dout.raw();
@@ -405,6 +447,7 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
     sum_gate_rows();
     if (gate) a.dout = dos.raw();
     cuda::attn::launch_bwd_generic(a, qkv.dtype());
+    if (dsum) bias_grad(*dsum, dqkv);
     return;
   }
   // D_i and the zeroed dQ accumulator in one pass, the kernel, then dQ into dqkv.
@@ -417,7 +460,24 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   OFT_CUDA_LAUNCH_CHECK();
   sum_gate_rows();
   if (gate) a.dout = dos.raw();
+  // dsum: the kernels and the dQ store write partial column sums per 64 token rows (dqkv is not
+  // read back), one reduction adds them.
+  Tensor part;
+  const int64_t P = B * cuda::attn::bias_part_rows_per_seq(a.T);
+  if (dsum) {
+    part = Tensor::empty({int64_t(partial_floats(P, int(3 * g.C)))}, DType::F32, Device::CUDA);
+    a.bias_part = static_cast<float*>(part.raw());
+  }
   cuda::attn::launch_bwd_mma(a);
+  if (dsum) {
+    dq_store_sum_kernel<<<dim3(unsigned(P), unsigned(cuda::ceil_div(g.C, 256))), dim3(32, 8), 0,
+                          cuda::stream()>>>(static_cast<Bf*>(a.dqkv), a.dq_acc, a.bias_part, a.T,
+                                            a.C, a.scale);
+    OFT_CUDA_LAUNCH_CHECK();
+    reduce_partials(static_cast<float*>(dsum->raw()), nullptr, int(3 * g.C), a.bias_part, int(P),
+                    int(3 * g.C));
+    return;
+  }
   dq_store_vec_kernel<<<grid_for(rows * g.C / 8, 256), 256, 0, cuda::stream()>>>(
       static_cast<Bf*>(a.dqkv), a.dq_acc, rows, a.C, a.scale);
   OFT_CUDA_LAUNCH_CHECK();

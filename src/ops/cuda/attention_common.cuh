@@ -51,6 +51,10 @@ struct Args {
   void* osave = nullptr;       // [B*T, C] act dtype (O or O2)
   float* Dv = nullptr;         // [B*H*T] backward row term D_i
   float* dq_acc = nullptr;     // [B*T, C] f32 dQ accumulator (tensor-core backward)
+  // [B * ceil(T / 64), 3C] f32 or null (tensor-core backward): partial column sums of dqkv, one
+  // row per 64 token rows of a sequence (bias_part_rows_per_seq); the kernels write the k and v
+  // columns, the dQ store the q columns, and reduce_partials sums them into the qkv bias grad.
+  float* bias_part = nullptr;
   // [B*T / gate_rows, H] act dtype or null: the forward stores out = gate[n / gate_rows, h] * O
   // (osave stays ungated; softmax / softmax1 only). The backward's dout is then already scaled
   // by the gate.
@@ -76,7 +80,9 @@ struct QuantArgs {
 // Tensor-core path (bf16, D in {16, 32, 64, 128}, 16-byte aligned rows).
 bool mma_supported(int D);
 void launch_fwd_mma(const Args& a);
-void launch_bwd_mma(const Args& a);  // needs a.Dv and a zeroed a.dq_acc; writes k, v of dqkv
+// launch_bwd_mma needs a.Dv and a zeroed a.dq_acc; writes k, v of dqkv (and, with a.bias_part,
+// their partial column sums).
+void launch_bwd_mma(const Args& a);
 // Hopper kernels (attention_wgmma.cu, attention_wgmma_bwd.cu): D = 64, softmax / softmax1 (the
 // backward also T % 4 == 0), on sm_90 where OFT_ATTN_WGMMA enables them (by default where the
 // shape makes them the faster); launch_fwd_mma / launch_bwd_mma take them where enabled.
@@ -138,6 +144,43 @@ template <class T>
 __device__ __forceinline__ float out_gate(const Args& a, int b, int row, int h) {
   if (a.gate == nullptr) return 1.f;
   return to_f32(static_cast<const T*>(a.gate)[(int64_t(b) * a.T + row) / a.gate_rows * a.H + h]);
+}
+
+// Partial column sums of dqkv (Args::bias_part): the row of sequence b's token rows
+// [64 j, 64 j + 64) is b * ceil(T / 64) + j.
+__host__ __device__ __forceinline__ int64_t bias_part_rows_per_seq(int T) { return (T + 63) / 64; }
+
+// The backward epilogue's k / v column sums, step 1: a warp holding 16 key rows of an mma /
+// wgmma accumulator fragment (lane (g, t4) has rows g and g + 8, valid: ok[0], ok[1], and
+// columns 8 nb + 2 t4 + c as get(nb, r, c)) sums them over its rows (shuffles over g); lanes
+// 0-3 write the NB * 8 column sums to red (shared memory).
+template <int NB, class Get>
+__device__ __forceinline__ void warp_col_sums(float* red, const bool (&ok)[2], int lane, Get get) {
+  const int t4 = lane & 3;
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      float v = (ok[0] ? get(nb, 0, c) : 0.f) + (ok[1] ? get(nb, 1, c) : 0.f);
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane < 4) red[nb * 8 + 2 * t4 + c] = v;
+    }
+}
+
+// Step 2, after a barrier: red holds [warps][2 * W] sums (W = the head width: dK's columns,
+// then dV's) of the CTA's warps, 16 keys each from k0 (a multiple of 64). Each group of four
+// warps (64 keys) is one partial row: dst = that row's first k column of this head (dV's are C
+// further on), rows `stride` floats apart; groups wholly past T have no row.
+__device__ __forceinline__ void store_bias_parts(float* dst, int64_t stride, int C, int W,
+                                                 const float* red, int warps, int k0, int T,
+                                                 int tid, int threads) {
+  for (int grp = 0; grp < warps / 4 && k0 + 64 * grp < T; ++grp)
+    for (int col = tid; col < 2 * W; col += threads) {
+      const float* r = red + grp * 4 * 2 * W + col;
+      const float v = (r[0] + r[2 * W]) + (r[4 * W] + r[6 * W]);
+      dst[grp * stride + (col < W ? col : C + col - W)] = v;
+    }
 }
 
 __device__ __forceinline__ float warp_max(float v) {

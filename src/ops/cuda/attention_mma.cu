@@ -636,6 +636,19 @@ __global__ void __launch_bounds__(32 * NW, MINB) bwd_mma_kernel(const Args a) {
       *reinterpret_cast<uint32_t*>(dst + C + i * 8) = pack(dv[i][2 * r], dv[i][2 * r + 1]);
     }
   }
+  if (a.bias_part) {  // the CTA's partial column sums of dK and dV (the qkv bias gradient)
+    __syncthreads();  // every warp is done reading sK (the last dQ products)
+    float* red = reinterpret_cast<float*>(sK);  // [NW][dK D | dV D]
+    const bool ok[2] = {k0 + kl[0] < T, k0 + kl[1] < T};
+    warp_col_sums<DB>(red + warp * 2 * D, ok, lane,
+                      [&](int i, int r, int c) { return dk[i][2 * r + c] * a.scale; });
+    warp_col_sums<DB>(red + warp * 2 * D + D, ok, lane,
+                      [&](int i, int r, int c) { return dv[i][2 * r + c]; });
+    __syncthreads();
+    store_bias_parts(a.bias_part + (int64_t(b) * bias_part_rows_per_seq(T) + k0 / 64) * stride +
+                         C + h * D,
+                     stride, C, D, red, NW, k0, T, tid, NW * 32);
+  }
 }
 
 // ---------------------------------------------------------------- launchers

@@ -269,6 +269,18 @@ __global__ void __launch_bounds__(128, 3)
           pack(dv[4 * nb + 2 * r], dv[4 * nb + 2 * r + 1]);
     }
   }
+  if (a.bias_part) {  // the CTA's partial column sums of dK and dV (the qkv bias gradient)
+    float* red = reinterpret_cast<float*>(sK);  // [4 warps][dK 64 | dV 64]: sK is read no more
+    const bool ok[2] = {k0 + kr[0] < T, k0 + kr[1] < T};
+    warp_col_sums<8>(red + warp * 128, ok, lane,
+                     [&](int nb, int r, int c) { return dk[4 * nb + 2 * r + c] * a.scale; });
+    warp_col_sums<8>(red + warp * 128 + 64, ok, lane,
+                     [&](int nb, int r, int c) { return dv[4 * nb + 2 * r + c]; });
+    __syncthreads();
+    store_bias_parts(a.bias_part + (int64_t(b) * bias_part_rows_per_seq(T) + k0 / 64) * hr.stride +
+                         C + h * kD,
+                     hr.stride, C, kD, red, 4, k0, T, tid, 128);
+  }
 #else
   __trap();  // not built for sm_90a: wgmma_bwd_enabled() keeps this kernel from launching
 #endif

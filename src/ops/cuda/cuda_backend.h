@@ -58,7 +58,7 @@ class CudaBackend final : public Backend {
                      int64_t B, int64_t T, const AttentionSpec& spec) override;
   void attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& saved,
                      const Tensor& key_mask, int64_t B, int64_t T,
-                     const AttentionSpec& spec) override;
+                     const AttentionSpec& spec, Tensor* dsum = nullptr) override;
   // Every kernel family takes the gate, except for clipped softmax (its saved copy is O2, not
   // the output) and the evaluation-only quantized forward.
   bool gate_in_epilogue(const AttentionSpec& spec, DType dt) const override;
