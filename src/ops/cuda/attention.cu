@@ -295,13 +295,14 @@ bool quantized(const AttentionSpec& spec) {
 
 // The gate of spec (null when none), checked against the problem.
 const Tensor* checked_gate(const char* op, const AttentionSpec& spec, const Tensor& qkv,
-                           int64_t rows, int64_t H) {
+                           int64_t rows, int64_t T, int64_t H) {
   if (!spec.gate) return nullptr;
   OFT_CHECK(spec.prob != ProbFn::Clipped && !quantized(spec), op,
             ": the head gate in the epilogue needs softmax or softmax1 and no quantization "
             "(see gate_in_epilogue)");
-  OFT_CHECK(spec.gate_rows >= 1 && rows % spec.gate_rows == 0, op, ": gate_rows = ",
-            spec.gate_rows, " does not divide the ", rows, " rows");
+  OFT_CHECK(spec.gate_rows == 1 || spec.gate_rows == T || spec.gate_rows == rows, op,
+            ": gate_rows = ", spec.gate_rows, " must be 1 (per token), T = ", T,
+            " (per sequence) or B*T = ", rows, " (one gate per head)");
   expect_like(*spec.gate, qkv, {rows / spec.gate_rows, H}, "attention gate");
   return spec.gate;
 }
@@ -323,9 +324,11 @@ void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
   expect_like(out, qkv, {B * T, g.C}, "attention_fwd out");
   Args a = make_args(qkv, key_mask, B, T, g, spec);
   a.out = out.raw();
-  if (const Tensor* gate = checked_gate(op, spec, qkv, B * T, g.H)) {
+  if (const Tensor* gate = checked_gate(op, spec, qkv, B * T, T, g.H)) {
     a.gate = gate->raw();
-    a.gate_rows = spec.gate_rows;
+    a.gate_kind = spec.gate_rows == 1
+                      ? cuda::attn::kGatePerToken
+                      : (spec.gate_rows == T ? cuda::attn::kGatePerSequence : cuda::attn::kGatePerHead);
   }
 
   if (quantized(spec)) {
@@ -414,7 +417,7 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   const int64_t rows = B * T;
   // With the gate, dout is the gated output's gradient: the row-term pass writes dgate and the
   // gate-scaled dO (dos), which the kernels read instead.
-  const Tensor* gate = checked_gate(op, spec, qkv, rows, g.H);
+  const Tensor* gate = checked_gate(op, spec, qkv, rows, T, g.H);
   Tensor dos, r_rows;
   if (gate) {
     OFT_CHECK(spec.dgate != nullptr, op, ": a gate needs spec.dgate");

@@ -41,9 +41,20 @@ enum Prob : int { kSoftmax = 0, kClipped = 1, kSoftmax1 = 2 };
 // Args::clip_hi when the upper clamp cannot bind (FLT_MAX: above every finite raw).
 constexpr float kNoClipHi = 3.402823466e+38f;
 
+// Kept at 128 bytes (static_assert below): one field more (a 64-bit one, or two ints) made ptxas
+// spill 68 bytes instead of 16 in the Hopper forward (fwd_wgmma_kernel), which then took
+// 0.142 ms instead of 0.114 ms at the GPT-2 shape. Fields used by one direction only share
+// storage (out / bias_part), and the gate's granularity sits in the padding after `causal`.
 struct Args {
   const void* qkv = nullptr;   // [B*T, 3C] act dtype
-  void* out = nullptr;         // [B*T, C] act dtype (forward)
+  union {
+    void* out = nullptr;       // forward: [B*T, C] act dtype
+    // backward (tensor-core paths), f32 [B * ceil(T / 64), 3C] or null: partial column sums of
+    // dqkv, one row per 64 token rows of a sequence (bias_part_rows_per_seq); the kernels write
+    // the k and v columns, the dQ store the q columns, and reduce_partials sums them into the
+    // qkv bias gradient.
+    float* bias_part;
+  };
   const void* dout = nullptr;  // [B*T, C] act dtype (backward)
   void* dqkv = nullptr;        // [B*T, 3C] act dtype (backward)
   const int32_t* mask = nullptr;  // [B*T] or null; 0 = padding key
@@ -51,23 +62,22 @@ struct Args {
   void* osave = nullptr;       // [B*T, C] act dtype (O or O2)
   float* Dv = nullptr;         // [B*H*T] backward row term D_i
   float* dq_acc = nullptr;     // [B*T, C] f32 dQ accumulator (tensor-core backward)
-  // [B * ceil(T / 64), 3C] f32 or null (tensor-core backward): partial column sums of dqkv, one
-  // row per 64 token rows of a sequence (bias_part_rows_per_seq); the kernels write the k and v
-  // columns, the dQ store the q columns, and reduce_partials sums them into the qkv bias grad.
-  float* bias_part = nullptr;
-  // [B*T / gate_rows, H] act dtype or null: the forward stores out = gate[n / gate_rows, h] * O
-  // (osave stays ungated; softmax / softmax1 only). The backward's dout is then already scaled
-  // by the gate.
+  // [gates, H] act dtype or null: the forward stores out = gate[n, h] * O for token t of sequence
+  // b, n = b T + t (gate_kind kGatePerToken), b (kGatePerSequence) or 0 (kGatePerHead); osave
+  // stays ungated (softmax / softmax1 only). The backward's dout is then already scaled by the
+  // gate.
   const void* gate = nullptr;
-  int64_t gate_rows = 1;
   int B = 0, T = 0, H = 0, D = 0, C = 0;
   bool causal = true;
+  int8_t gate_kind = 0;
   int prob = kSoftmax;
   float gamma = 0.f, span = 1.f;  // clipped: p' = clip(span * p + gamma, 0, 1), span = zeta-gamma
   float clip_hi = 1.f;  // clipped: gradient passes on 0 <= raw <= clip_hi (see above)
   float scale = 1.f;              // 1 / sqrt(D)
   float scale_log2 = 1.f;         // log2(e) / sqrt(D)
 };
+static_assert(sizeof(Args) == 128, "attention Args grew past 128 bytes: see the note above it");
+enum GateKind : int8_t { kGatePerToken = 0, kGatePerSequence = 1, kGatePerHead = 2 };
 
 // Fake quantization and range capture of the evaluation-only forward (doubles as on the CPU).
 struct QuantArgs {
@@ -143,7 +153,9 @@ __device__ __forceinline__ GridTile head_major_tile(int tiles) {
 template <class T>
 __device__ __forceinline__ float out_gate(const Args& a, int b, int row, int h) {
   if (a.gate == nullptr) return 1.f;
-  return to_f32(static_cast<const T*>(a.gate)[(int64_t(b) * a.T + row) / a.gate_rows * a.H + h]);
+  const int64_t n = a.gate_kind == kGatePerToken ? int64_t(b) * a.T + row
+                                                 : (a.gate_kind == kGatePerSequence ? b : 0);
+  return to_f32(static_cast<const T*>(a.gate)[n * a.H + h]);
 }
 
 // Partial column sums of dqkv (Args::bias_part): the row of sequence b's token rows
