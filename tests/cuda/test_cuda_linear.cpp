@@ -8,7 +8,10 @@
 // and ReLU (fused where matmul.cu allows it) and GELU-erf (always composed), f32 and bf16, with
 // and without a bias, GPT-2's fc shape and odd ones that force the fallback (width not a multiple
 // of 8, misaligned views); which calls fused is checked through act_epilogue_counts().
-// CudaLinearBench.Timing prints the fused ops against their compositions at GPT-2 124M's size.
+// The Hopper GELU products (gemm_wgmma.cu) are forced on for HopperGeluProductMatchesCpu and
+// HopperDGeluProductMatchesCpu: against the f64 composition on shapes with M, N and K tails of
+// their 128 x 128 x 64 tiles, with and without bias. CudaLinearBench.Timing prints the fused ops against their compositions at GPT-2
+// 124M's size, and the Hopper GELU product against cuBLASLt's.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -17,6 +20,7 @@
 
 #include "cuda/cuda_test_util.h"
 #include "ops/cuda/cuda_backend.h"
+#include "ops/cuda/gemm_wgmma.h"
 
 namespace oft::testing {
 namespace {
@@ -148,6 +152,69 @@ TEST(CudaLinear, ActForwardMatchesCpu) {
               EXPECT_GPU_CLOSE(act, again, tol_for(dt));
             }
           }
+}
+
+// Restores the OFT_GEMM_WGMMA choice when a test that forced it ends.
+struct GemmModeGuard {
+  explicit GemmModeGuard(int mode) { cuda::gemm::set_mode_for_tests(mode); }
+  ~GemmModeGuard() { cuda::gemm::set_mode_for_tests(-1); }
+};
+
+TEST(CudaLinear, HopperGeluProductMatchesCpu) {
+  OFT_REQUIRE_CUDA();
+  const GemmModeGuard on(3);
+  const DType bf = DType::BF16;
+  struct S { int64_t n, in, out; };
+  for (S s : {S{300, 200, 392}, S{128, 64, 128}, S{1, 8, 8}, S{129, 768, 3072}, S{2048, 768, 3072},
+              S{77, 1000, 136}})
+    for (bool with_bias : {true, false}) {
+      SCOPED_TRACE("n=" + std::to_string(s.n) + " in=" + std::to_string(s.in) + " out=" +
+                   std::to_string(s.out) + (with_bias ? " bias" : " no bias"));
+      const Tensor x = rounded(randn({s.n, s.in}), bf);
+      const Tensor w = rounded(randn({s.out, s.in}, 0.05), bf);
+      const Tensor b = rounded(randn({s.out}, 0.5), bf);
+      Tensor pre_ref = Tensor::empty({s.n, s.out}, DType::F64), act_ref = pre_ref.clone();
+      cpu().linear_act_fwd(act_ref, pre_ref, f64(x), f64(w), with_bias ? f64(b) : Tensor(),
+                           Activation::GELU_Tanh);
+      const Tensor gx = to_gpu(x, bf), gw = to_gpu(w, bf), gb = with_bias ? to_gpu(b, bf) : Tensor();
+      EXPECT_EQ(cuda::gemm::gelu_fwd_supported(s.n, s.out, s.in, gx.raw(), gw.raw(),
+                                               with_bias ? gb.raw() : nullptr, gx.raw(), gx.raw()),
+                cuda::gemm::hopper_ready())
+          << "the Hopper product should take every such shape on an sm_90a build and GPU";
+      Tensor act = poisoned({s.n, s.out}, bf), pre = poisoned({s.n, s.out}, bf);
+      gpu().linear_act_fwd(act, pre, gx, gw, gb, Activation::GELU_Tanh);
+      EXPECT_GPU_CLOSE(act, act_ref, tol_for(bf));
+      EXPECT_GPU_CLOSE(pre, pre_ref, tol_for(bf));
+      // pre is the rounding of the sum act came from: gelu(pre) matches act to bf16 rounding.
+      Tensor again = poisoned({s.n, s.out}, bf);
+      gpu().activation_fwd(again, pre, Activation::GELU_Tanh);
+      EXPECT_GPU_CLOSE(act, again, tol_for(bf));
+    }
+}
+
+TEST(CudaLinear, HopperDGeluProductMatchesCpu) {
+  OFT_REQUIRE_CUDA();
+  const GemmModeGuard on(3);
+  const DType bf = DType::BF16;
+  // dpre [n, F] = (dout [n, O] @ w [O, F]) * gelu'(pre): tails of the 128 x 128 x 64 tiles.
+  struct S { int64_t n, O, F; };
+  for (S s : {S{300, 200, 392}, S{128, 64, 128}, S{1, 8, 8}, S{129, 768, 3072}, S{2048, 768, 3072},
+              S{77, 1000, 136}}) {
+    SCOPED_TRACE("n=" + std::to_string(s.n) + " O=" + std::to_string(s.O) + " F=" +
+                 std::to_string(s.F));
+    const Tensor dout = rounded(randn({s.n, s.O}), bf), w = rounded(randn({s.O, s.F}, 0.05), bf);
+    const Tensor pre = rounded(randn({s.n, s.F}, 2.0), bf);
+    Tensor ref = Tensor::empty({s.n, s.F}, DType::F64);
+    cpu().matmul(ref, f64(dout), false, f64(w), false, 1.0, 0.0);
+    cpu().activation_bwd(ref, ref, f64(pre), Activation::GELU_Tanh);
+    const Tensor gdout = to_gpu(dout, bf), gw = to_gpu(w, bf), gpre = to_gpu(pre, bf);
+    Tensor got = poisoned({s.n, s.F}, bf);
+    EXPECT_EQ(cuda::gemm::dgelu_supported(s.n, s.F, s.O, gdout.raw(), gw.raw(), gpre.raw(),
+                                          got.raw()),
+              cuda::gemm::hopper_ready());
+    gpu().linear_act_bwd_dx(got, gdout, gw, gpre, Activation::GELU_Tanh);
+    EXPECT_GPU_CLOSE(got, ref, tol_for(bf));
+  }
 }
 
 TEST(CudaLinear, ActForwardMisalignedViews) {
@@ -336,7 +403,15 @@ TEST(CudaLinearBench, Timing) {
   line("linear_fwd (bias epilogue)", lf);
   std::printf("[ timing ]   %-52s %8.3f ms\n", "activation_fwd gelu", af);
   line("gelu fwd: linear_fwd + activation_fwd", gf_sep);
-  line("gelu fwd: linear_act_fwd (GELU_AUX_BIAS)", gf_fused);
+  line("gelu fwd: linear_act_fwd (default product)", gf_fused);
+  {
+    const GemmModeGuard off(0);
+    line("gelu fwd: cuBLASLt GELU_AUX_BIAS", time_ms([&] { gpu().linear_act_fwd(act, pre, x, w1, b1, G); }));
+  }
+  if (cuda::gemm::hopper_ready()) {
+    const GemmModeGuard on(3);
+    line("gelu fwd: Hopper product (gemm_wgmma.cu)", time_ms([&] { gpu().linear_act_fwd(act, pre, x, w1, b1, G); }));
+  }
   // Backward, GELU-tanh: dpre = (dout @ w2) * gelu'(pre).
   const double mm = time_ms([&] { gpu().matmul(dpre, dout, false, w2, false, 1.0, 0.0); });
   const double ab = time_ms([&] { gpu().activation_bwd(dpre, dpre, pre, G); });
@@ -348,7 +423,15 @@ TEST(CudaLinearBench, Timing) {
   line("matmul dout @ w2", mm);
   std::printf("[ timing ]   %-52s %8.3f ms\n", "activation_bwd gelu (in place)", ab);
   line("gelu bwd: matmul + activation_bwd", gb_sep);
-  line("gelu bwd: linear_act_bwd_dx (DGELU)", gb_fused);
+  line("gelu bwd: linear_act_bwd_dx (default product)", gb_fused);
+  {
+    const GemmModeGuard off(0);
+    line("gelu bwd: cuBLASLt DGELU", time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G); }));
+  }
+  if (cuda::gemm::hopper_ready()) {
+    const GemmModeGuard on(3);
+    line("gelu bwd: Hopper product (gemm_wgmma.cu)", time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G); }));
+  }
   // Forward, ReLU (OPT): no pre-activation kept.
   const double rf_sep = time_ms([&] {
     gpu().linear_fwd(act, x, w1, b1);

@@ -397,16 +397,6 @@ __global__ void wgmma_probe_kernel(int* built) {
 #endif
 }
 
-bool wgmma_built() {
-  int* d = static_cast<int*>(scratch(sizeof(int)));
-  int built = 0;
-  wgmma_probe_kernel<<<1, 1, 0, stream()>>>(d);
-  OFT_CUDA_LAUNCH_CHECK();
-  OFT_CUDA_CHECK(cudaMemcpyAsync(&built, d, sizeof(int), cudaMemcpyDeviceToHost, stream()));
-  OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
-  return built == 1;
-}
-
 // OFT_ATTN_WGMMA: which directions run the Hopper kernels (bit 0 forward, bit 1 backward, bit 2
 // "by the size rules below"), on sm_90 with the sm_90a build only.
 int wgmma_mode() {
@@ -424,18 +414,31 @@ int wgmma_mode() {
              "backward only) or 0 (the mma.sync kernels)");
     }
     if (m == 0) return 0;
-    int dev = 0, major = 0;
-    OFT_CUDA_CHECK(cudaGetDevice(&dev));
-    OFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    if (major != 9) return 0;
     // The code this GPU runs must be an sm_90a build: a plain sm_90 build (e.g.
     // CMAKE_CUDA_ARCHITECTURES=90 or native), or PTX of another architecture compiled at load
     // time, reports the same binary version but has only the trapping stubs.
-    return wgmma_built() ? m : 0;
+    return hopper::sm90a_ready() ? m : 0;
   }();
   return mode;
 }
 }  // namespace
+
+bool hopper::sm90a_ready() {
+  static const bool ready = [] {
+    int dev = 0, major = 0;
+    OFT_CUDA_CHECK(cudaGetDevice(&dev));
+    OFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    if (major != 9) return false;
+    int* d = static_cast<int*>(scratch(sizeof(int)));
+    int built = 0;
+    wgmma_probe_kernel<<<1, 1, 0, stream()>>>(d);
+    OFT_CUDA_LAUNCH_CHECK();
+    OFT_CUDA_CHECK(cudaMemcpyAsync(&built, d, sizeof(int), cudaMemcpyDeviceToHost, stream()));
+    OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    return built == 1;
+  }();
+  return ready;
+}
 
 // Size rules (OFT_ATTN_WGMMA=auto), measured on an H100:
 // - forward: at least two full waves of its 128-query CTAs (two per SM). BERT-base's 128 tokens

@@ -67,8 +67,10 @@ __device__ __forceinline__ uint64_t sw128_desc(const void* p) {
   return a | (uint64_t(1024 >> 4) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
-// d[64] (+)= A (64 x 16, shared, K-major) * B (16 x 128, shared, K-major: stored [n][k]);
-// scale_d 0 overwrites d.
+// d[64] (+)= A (64 x 16, shared, K-major) * B (16 x 128, shared; TB 0: K-major, stored [n][k];
+// TB 1: MN-major, stored [k][n], with the descriptor's leading offset between its two 64-wide
+// n chunks); scale_d 0 overwrites d.
+template <int TB = 0>
 __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db,
                                               int scale_d) {
   asm volatile(
@@ -78,7 +80,7 @@ __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint6
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      "}, %64, %65, p, 1, 1, 0, %67;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
         "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
         "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
@@ -90,7 +92,7 @@ __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint6
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
         "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
         "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "r"(scale_d));
+      : "l"(da), "l"(db), "r"(scale_d), "n"(TB));
 }
 
 // d[32] += A (64 x 16 from registers: each warp's m16n8k16 A fragment of its 16 rows) *
@@ -218,6 +220,16 @@ __device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, const 
       "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
 }
+// Stores a shared-memory box into box {c0, c1, c2} of a 3-D tensor map (elements outside the
+// tensor are skipped); completes in this thread's bulk group.
+__device__ __forceinline__ void tma_store_3d(const CUtensorMap* map, const void* src, int c0,
+                                             int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
 __device__ __forceinline__ void bulk_commit() {
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
@@ -230,6 +242,17 @@ __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 #endif  // OFT_HAVE_WGMMA
+
+// True on an sm_90 GPU running this library's sm_90a build (a plain sm_90 build, or PTX of
+// another architecture compiled at load time, has only trapping stubs of the Hopper kernels).
+// Probed once. Defined in attention_wgmma.cu.
+bool sm90a_ready();
+
+// A 3-D TMA map over a [B][T][cols] tensor of row stride `ld` elements, 128-byte swizzled boxes
+// of [1][box_rows][box_cols] (zeros past the tensor's edges); fails with a message when the
+// driver refuses it. Defined in attention_wgmma_bwd.cu.
+CUtensorMap tensor_map(const void* base, CUtensorMapDataType dt, int elem_bytes, int cols,
+                       int64_t ld, int T, int B, int box_cols, int box_rows);
 
 // Launches a Hopper attention kernel on `grid`; the first call of a kernel raises its dynamic
 // shared-memory limit to smem.

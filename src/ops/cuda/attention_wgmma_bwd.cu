@@ -287,49 +287,6 @@ __global__ void __launch_bounds__(128, 3)
 }
 
 // ---- host side ----
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-// The driver's cuTensorMapEncodeTiled, found through the runtime (no libcuda link).
-EncodeTiledFn encode_tiled() {
-  static const EncodeTiledFn fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-#if CUDART_VERSION >= 12050
-    OFT_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
-                                                    cudaEnableDefault, &q));
-#else
-    OFT_CUDA_CHECK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q));
-#endif
-    if (f == nullptr || q != cudaDriverEntryPointSuccess)
-      fail("attention: the CUDA driver has no cuTensorMapEncodeTiled (needed by the Hopper "
-           "backward); update the driver or set OFT_ATTN_WGMMA=fwd");
-    return reinterpret_cast<EncodeTiledFn>(f);
-  }();
-  return fn;
-}
-
-// A 3-D map over a [B][T][cols] tensor of row stride `ld` elements, 128-byte swizzled boxes of
-// [1][box_rows][box_cols].
-CUtensorMap tensor_map(const void* base, CUtensorMapDataType dt, int elem_bytes, int cols,
-                       int64_t ld, int T, int B, int box_cols, int box_rows) {
-  CUtensorMap m;
-  const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(T), cuuint64_t(B)};
-  const cuuint64_t strides[2] = {cuuint64_t(ld) * elem_bytes, cuuint64_t(ld) * elem_bytes * T};
-  const cuuint32_t box[3] = {cuuint32_t(box_cols), cuuint32_t(box_rows), 1};
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUresult r = encode_tiled()(&m, dt, 3, const_cast<void*>(base), dims, strides, box,
-                                    elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    fail("attention: cuTensorMapEncodeTiled failed (error ", int(r), ") for a [", B, "][", T,
-         "][", cols, "] tensor");
-  return m;
-}
-
 template <int PROB>
 void launch_bwd_tma(const Args& a) {
   static bool configured = false;
@@ -350,6 +307,48 @@ void launch_bwd_tma(const Args& a) {
 }
 
 }  // namespace
+
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's cuTensorMapEncodeTiled, found through the runtime (no libcuda link).
+static EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+#if CUDART_VERSION >= 12050
+    OFT_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                    cudaEnableDefault, &q));
+#else
+    OFT_CUDA_CHECK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q));
+#endif
+    if (f == nullptr || q != cudaDriverEntryPointSuccess)
+      fail("the CUDA driver has no cuTensorMapEncodeTiled (needed by the Hopper attention "
+           "backward and matrix products); update the driver, or set OFT_ATTN_WGMMA=fwd and "
+           "OFT_GEMM_WGMMA=0");
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+CUtensorMap hopper::tensor_map(const void* base, CUtensorMapDataType dt, int elem_bytes, int cols,
+                       int64_t ld, int T, int B, int box_cols, int box_rows) {
+  CUtensorMap m;
+  const cuuint64_t dims[3] = {cuuint64_t(cols), cuuint64_t(T), cuuint64_t(B)};
+  const cuuint64_t strides[2] = {cuuint64_t(ld) * elem_bytes, cuuint64_t(ld) * elem_bytes * T};
+  const cuuint32_t box[3] = {cuuint32_t(box_cols), cuuint32_t(box_rows), 1};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  const CUresult r = encode_tiled()(&m, dt, 3, const_cast<void*>(base), dims, strides, box,
+                                    elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    fail("cuTensorMapEncodeTiled failed (error ", int(r), ") for a [", B, "][", T,
+         "][", cols, "] tensor");
+  return m;
+}
 
 void launch_bwd_wgmma(const Args& a) {
   if (a.prob == kClipped) return launch_bwd_tma<kClipped>(a);

@@ -23,7 +23,11 @@
 //   linear_act_fwd     RELU_BIAS/RELU  D = max(r + bias, 0); no auxiliary output: the model
 //                                      keeps only D and the backward reads relu' from it
 //                      GELU_AUX_BIAS/GELU_AUX  aux = r + bias (the pre-activation), D = gelu(aux)
+//                      (bf16 on Hopper: gemm_wgmma.cu's own product, where OFT_GEMM_WGMMA
+//                      enables it)
 //   linear_act_bwd_dx  DGELU           D = r * gelu'(aux), aux = the saved pre-activation
+//                      (bf16 on Hopper: gemm_wgmma.cu's own product, where OFT_GEMM_WGMMA
+//                      enables it)
 // Attributes: EPILOGUE, BIAS_POINTER + BIAS_DATA_TYPE (= D's dtype), EPILOGUE_AUX_POINTER +
 // EPILOGUE_AUX_LD (= N). EPILOGUE_AUX_DATA_TYPE is left unset: it defaults to D's dtype, which is
 // what the model stores. cuBLASLt's GELU is the tanh approximation (= Activation::GELU_Tanh).
@@ -66,6 +70,7 @@
 
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/gemm_wgmma.h"
 
 #define OFT_CUBLAS_CHECK(expr)                                                                \
   do {                                                                                        \
@@ -490,6 +495,15 @@ void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, cons
   const bool ok = (!b.defined() || cuda::aligned16(b.raw())) &&
                   (relu || (cuda::aligned16(pre.raw()) && N % 8 == 0));
   if (!ok) return compose();
+  // GELU in bf16 on Hopper: the own product, whose epilogue overlaps the next tile's products.
+  if (gelu && cuda::gemm::gelu_fwd_supported(x.dim(0), N, x.dim(1), x.raw(), w.raw(),
+                                             b.defined() ? b.raw() : nullptr, pre.raw(),
+                                             act.raw())) {
+    cuda::gemm::gelu_fwd(act.raw(), pre.raw(), x.raw(), w.raw(), b.defined() ? b.raw() : nullptr,
+                         x.dim(0), N, x.dim(1));
+    ++g_fused;
+    return;
+  }
   EpiArgs e;
   e.kind = relu ? (b.defined() ? Epi::ReluBias : Epi::Relu)
                 : (b.defined() ? Epi::GeluAuxBias : Epi::GeluAux);
@@ -518,6 +532,13 @@ void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tens
              dtype_name(dout.dtype()), " but dpre is ", dtype_name(dpre.dtype()));
   const int64_t F = dpre.dim(1);
   if (!cuda::aligned16(saved.raw()) || F % 8 != 0) return compose();
+  // On Hopper: the own product, whose epilogue overlaps the next tile's products.
+  if (cuda::gemm::dgelu_supported(dout.dim(0), F, dout.dim(1), dout.raw(), w.raw(), saved.raw(),
+                                  dpre.raw())) {
+    cuda::gemm::dgelu(dpre.raw(), dout.raw(), w.raw(), saved.raw(), dout.dim(0), F, dout.dim(1));
+    ++g_fused;
+    return;
+  }
   if (!matmul_impl(*this, dpre, dout, false, w, false, 1.0, 0.0,
                    EpiArgs{Epi::DGelu, nullptr, &saved}))
     return compose();
