@@ -322,3 +322,69 @@ TEST_P(ResidualFusion, HookedAndFusedPathsAgree) {
 
 INSTANTIATE_TEST_SUITE_P(All, ResidualFusion, ::testing::ValuesIn(kModelCases),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// zero_grad() leaves the weight gradients whose first write is one product (Linear layers, the
+// tied output layer) as they are and marks them pending; their first write overwrites. With
+// garbage in every gradient beforehand, a step gives the gradients of a step from true zeros;
+// two accumulated micro-steps give twice them; and a masked-LM batch with no masked position
+// (no layer writes a gradient) leaves every gradient zero.
+class GradientZeroing : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(GradientZeroing, StaleGradientsNeverLeak) {
+  TransformerLM model(small_config(GetParam().overrides), DType::F64, Device::CPU, 5);
+  model.init_weights(5);
+  const int64_t B = 2, T = 5;
+  Tensor tok = Tensor::from_vector({B, T}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, DType::I32);
+  Tensor tgt = Tensor::from_vector({B, T}, {2, 3, 4, 5, 6, 7, 8, 9, 10, 0}, DType::I32);
+  const bool mlm = model.config().objective == "mlm";
+  Tensor mask = mlm ? Tensor::from_vector({B, T}, {1, 1, 1, 1, 1, 1, 1, 1, 0, 0}, DType::I32)
+                    : Tensor();
+  auto grads = [&] {
+    std::vector<std::vector<double>> g;
+    for (Param& p : model.params().all()) g.push_back(p.grad.to_vector());
+    return g;
+  };
+  auto poison = [&] {
+    for (Param& p : model.params().all()) ops::fill(p.grad, 1e3);
+  };
+  // Reference: gradients zeroed for real (no parameter pending).
+  for (Param& p : model.params().all()) ops::fill(p.grad, 0.0);
+  model.forward(tok, tgt, mask, true);
+  model.backward(1.0);
+  const auto ref = grads();
+  bool any_pending = false;
+  for (const Param& p : model.params().all()) any_pending = any_pending || p.first_write_overwrites;
+  EXPECT_TRUE(any_pending) << "no parameter skips the zeroing";
+
+  poison();
+  model.params().zero_grad();
+  model.forward(tok, tgt, mask, true);
+  model.backward(1.0);
+  const auto once = grads();
+  poison();
+  model.params().zero_grad();
+  for (int micro = 0; micro < 2; ++micro) {
+    model.forward(tok, tgt, mask, true);
+    model.backward(1.0);
+  }
+  const auto twice = grads();
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const std::string& name = model.params().all()[i].name;
+    for (size_t j = 0; j < ref[i].size(); ++j) {
+      ASSERT_NEAR(once[i][j], ref[i][j], 1e-12 * (1 + std::abs(ref[i][j]))) << name << "[" << j << "]";
+      ASSERT_NEAR(twice[i][j], 2 * ref[i][j], 1e-12 * (1 + std::abs(ref[i][j]))) << name << "[" << j << "]";
+    }
+  }
+  if (mlm) {  // no masked position: the output layer and everything below it write nothing
+    Tensor none_tgt = Tensor::from_vector({B, T}, std::vector<double>(B * T, -1.0), DType::I32);
+    poison();
+    model.params().zero_grad();
+    model.forward(tok, none_tgt, mask, true);
+    model.backward(1.0);
+    for (const auto& g : grads())
+      for (double v : g) ASSERT_EQ(v, 0.0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, GradientZeroing, ::testing::ValuesIn(kModelCases),
+                         [](const auto& info) { return std::string(info.param.name); });

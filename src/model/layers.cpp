@@ -14,6 +14,8 @@ Linear::Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out,
   Param& pw = ps.create(name + ".weight", {out, in}, dt, dev, true);
   w = pw.compute;
   dw = pw.grad;
+  pw.first_write_overwrites = true;  // backward() writes dW with one product
+  wparam = &pw;
   if (bias) {
     Param& pb = ps.create(name + ".bias", {out}, dt, dev, false);
     b = pb.compute;
@@ -28,7 +30,7 @@ void Linear::forward_residual(Tensor& y, const Tensor& x, const Tensor& res) con
 
 void Linear::backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx) {
   if (dx.defined()) ops::matmul(dx, dy, false, w, false, 1.0, accumulate_dx ? 1.0 : 0.0);
-  ops::matmul(dw, dy, true, x, false, 1.0, 1.0);
+  ops::matmul(dw, dy, true, x, false, 1.0, take_pending_zero(wparam));
   if (b.defined() && !bias_grad_elsewhere) ops::bias_grad(db, dy);
 }
 

@@ -16,14 +16,15 @@ struct Linear {
   // Set by a model that takes db from elsewhere (a norm backward's dsum over the same rows):
   // backward() then leaves db alone.
   bool bias_grad_elsewhere = false;
+  Param* wparam = nullptr;  // the weight's parameter: its first backward overwrites dW
   Linear() = default;
   Linear(ParamStore& ps, const std::string& name, int64_t in, int64_t out, bool bias, DType dt,
          Device dev);
   void forward(Tensor& y, const Tensor& x) const;
   // y = res + x W^T + b in one pass (y must not alias res).
   void forward_residual(Tensor& y, const Tensor& x, const Tensor& res) const;
-  // dx = dy @ W (overwritten, or added when accumulate_dx); dW += dy^T x; db += colsum(dy)
-  // (unless bias_grad_elsewhere).
+  // dx = dy @ W (overwritten, or added when accumulate_dx); dW += dy^T x (dW = dy^T x when it
+  // is pending zero); db += colsum(dy) (unless bias_grad_elsewhere).
   void backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx);
 };
 

@@ -29,10 +29,24 @@ int64_t ParamStore::numel() const {
 }
 
 void ParamStore::zero_grad() {
-  if (params_.empty()) return;
   std::vector<Tensor*> grads;
-  for (auto& p : params_) grads.push_back(&p.grad);
-  ops::on(params_.front().grad).zero_multi(grads);
+  for (auto& p : params_) {
+    if (p.first_write_overwrites)
+      p.pending_zero = true;
+    else
+      grads.push_back(&p.grad);
+  }
+  if (!grads.empty()) ops::on(*grads.front()).zero_multi(grads);
+}
+
+void ParamStore::settle_grads() {
+  std::vector<Tensor*> grads;
+  for (auto& p : params_)
+    if (p.pending_zero) {
+      grads.push_back(&p.grad);
+      p.pending_zero = false;
+    }
+  if (!grads.empty()) ops::on(*grads.front()).zero_multi(grads);
 }
 
 void ParamStore::pad_rows(Param& p, int64_t rows, Tensor& compute_full, Tensor& grad_full) {

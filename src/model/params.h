@@ -21,7 +21,22 @@ struct Param {
   bool matrix = false;  // weight matrix or embedding (decayed by default); else bias / norm gain
   bool fixed_init = false;  // initialised at construction (gate biases, gains, zero-init maps);
                             // TransformerLM::init_weights leaves it as it is
+  // Set by the layer that writes the gradient first in every backward, with a product that can
+  // overwrite (beta = 0): zero_grad() then leaves the gradient as it is and marks it
+  // pending_zero instead of clearing it (a pass over the weight gradients saved per step).
+  bool first_write_overwrites = false;
+  // The gradient's contents are stale and stand for zero: its first writer overwrites them and
+  // clears the flag (see take_pending_zero); settle_grads() zeroes what nobody wrote.
+  bool pending_zero = false;
 };
+
+// For a layer's first gradient write: the beta of its product (0 when the gradient is pending
+// zero, else 1: accumulate), and the gradient is real from then on.
+inline double take_pending_zero(Param* p) {
+  if (p == nullptr || !p->pending_zero) return 1.0;
+  p->pending_zero = false;
+  return 0.0;
+}
 
 class ParamStore {
  public:
@@ -34,7 +49,13 @@ class ParamStore {
   const std::deque<Param>& all() const { return params_; }
   Param* find(const std::string& name);
   int64_t numel() const;
+  // Starts a step's gradients: zeroes them, except those of first_write_overwrites parameters,
+  // which become pending_zero.
   void zero_grad();
+  // Zeroes the gradients still pending_zero (their layer did not run, e.g. a masked-LM batch
+  // with no masked position). Models call it at the end of backward(), so every gradient is
+  // real when backward() returns.
+  void settle_grads();
   // Refreshes the compute copies from the master values (after init, load, optimizer steps
   // and weight quantization); free when there are no separate copies.
   void sync_compute();

@@ -66,6 +66,8 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
     }
     wte_ = p.compute;
     dwte_ = p.grad;
+    p.first_write_overwrites = true;  // backward(): the output layer's dW product, then the
+    wte_param_ = &p;                  // embedding's scatter-add
   }
   {
     Param& p = params_.create("wpe.weight", {cfg.max_seq_len, C}, dtype, device, true);
@@ -567,6 +569,7 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
   auto& be = ops::on(logits_);
   const int64_t M = head_rows_;
   if (M == 0) {  // masked LM with no masked position: no loss, no gradient
+    params_.settle_grads();
     ops::fill(dresid_, 0.0);
     if (head_ready_) head_ready_();
     if (grads_ready_)
@@ -591,7 +594,7 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
     const bool gathered = head_index_.defined();
     Tensor dt = dtmp_.slice(0, M), db = dbranch_.slice(0, M);
     ops::bias_grad(dmlm_bias_full_, dl);
-    ops::matmul(dhead_full_, dl, true, mlm_saved_.out, false, 1.0, 1.0);
+    ops::matmul(dhead_full_, dl, true, mlm_saved_.out, false, 1.0, take_pending_zero(wte_param_));
     ops::matmul(dt, dl, false, head_full_, false);
     mlm_norm_.backward(db, dt, mlm_act_.slice(0, M), mlm_saved_, false);
     be.activation_bwd(db, db, mlm_pre_.slice(0, M), act_);
@@ -606,11 +609,11 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
   } else {
     // logits = h @ wte^T (h = lnf, or project_out(lnf)): dwte += alpha dl^T h, dh = alpha dl wte
     if (proj_) {
-      ops::matmul(dhead_full_, dl, true, head_src_, false, alpha, 1.0);
+      ops::matmul(dhead_full_, dl, true, head_src_, false, alpha, take_pending_zero(wte_param_));
       ops::matmul(dproj_, dl, false, head_full_, false, alpha, 0.0);
       project_out_.backward(dnorm_, dproj_, lnf_.out, false);
     } else {
-      ops::matmul(dhead_full_, dl, true, lnf_.out, false, alpha, 1.0);
+      ops::matmul(dhead_full_, dl, true, lnf_.out, false, alpha, take_pending_zero(wte_param_));
       ops::matmul(dnorm_, dl, false, head_full_, false, alpha, 0.0);
     }
   }
@@ -638,6 +641,7 @@ void TransformerLM::backward(double loss_scale, int64_t total_targets) {
   } else {
     be.embedding_bwd(token_sink_.defined() ? token_sink_ : dwte_, dwpe_, *demb, tokens_, T_, 0);
   }
+  params_.settle_grads();  // anything pending that no layer wrote is zero
 }
 
 }  // namespace oft

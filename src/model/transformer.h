@@ -160,6 +160,7 @@ class TransformerLM {
   ops::Activation act_;
   ParamStore params_;
   Tensor wte_, wpe_, dwte_, dwpe_;
+  Param* wte_param_ = nullptr;  // its gradient's first write is the output layer's product
   // project_in [C, P] / project_out [P, C] (no bias) when the embedding width P differs.
   bool proj_ = false;
   Linear project_in_, project_out_;
