@@ -99,6 +99,7 @@ TransformerLM::TransformerLM(const ModelConfig& cfg, DType dtype, Device device,
     b.attn = Attention(params_, pre + "attn", cfg, seq_len, cfg.causal(), dtype, device,
                        skipless(), l);
     b.fc = Linear(params_, pre + "mlp.c_fc", C, F, cfg.bias, dtype, device);
+    b.fc.bias_grad_elsewhere = cfg.bias;  // from linear_act_bwd_dx's dsum (mlp_backward)
     b.fc_out = Linear(params_, pre + "mlp.c_proj", F, C, cfg.bias, dtype, device);
     if (cfg.gains_trainable) {
       Param& ga = params_.create(pre + "attn_gain", {1}, dtype, device, false);
@@ -263,7 +264,9 @@ void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tens
   Tensor no_dx;  // fc_out's input gradient comes with the activation's derivative below
   b.fc_out.backward(no_dx, dout, a.act, false);
   const Tensor& saved = act_ == ops::Activation::ReLU ? a.act : a.fc;  // see mlp_forward
-  ops::on(in).linear_act_bwd_dx(dfc_, dout, b.fc_out.w, saved, act_);
+  // fc's bias gradient is colsum(dfc_), which the op sums (the Hopper product from its tiles).
+  ops::on(in).linear_act_bwd_dx(dfc_, dout, b.fc_out.w, saved, act_,
+                                b.fc.bias_grad_elsewhere ? &b.fc.db : nullptr);
   b.fc.backward(din, dfc_, in, false);
 }
 

@@ -252,11 +252,13 @@ class Backend {
   // [relu(x) > 0] for every x (activation_bwd's ReLU only tests its input's sign). The layer's
   // own parameter gradients are not computed here (Linear::backward with no dx does them).
   // dpre must not alias dout or saved. The CUDA backend applies GELU-tanh' (bf16) in the
-  // product's epilogue.
+  // product's epilogue. dsum (may be null, f32 [F]) += colsum(dpre): the bias gradient of the
+  // layer that wrote pre, which the Hopper product takes from its tiles.
   virtual void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w,
-                                 const Tensor& saved, Activation a) {
+                                 const Tensor& saved, Activation a, Tensor* dsum = nullptr) {
     matmul(dpre, dout, false, w, false, 1.0, 0.0);
     activation_bwd(dpre, dpre, saved, a);
+    if (dsum) bias_grad(*dsum, dpre);
   }
 
   // ---- multi-tensor forms (one launch for every parameter on the GPU; loops by default) ----

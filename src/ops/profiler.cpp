@@ -204,9 +204,9 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "linear_act_fwd");
     inner_.linear_act_fwd(act, pre, x, w, b, a);
   }
-  void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w, const Tensor& saved, Activation a) override {
+  void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w, const Tensor& saved, Activation a, Tensor* dsum) override {
     Scope scope_(this, "linear_act_bwd_dx");
-    inner_.linear_act_bwd_dx(dpre, dout, w, saved, a);
+    inner_.linear_act_bwd_dx(dpre, dout, w, saved, a, dsum);
   }
   void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override {
     Scope scope_(this, "adamw_multi");

@@ -214,6 +214,14 @@ TEST(CudaLinear, HopperDGeluProductMatchesCpu) {
               cuda::gemm::hopper_ready());
     gpu().linear_act_bwd_dx(got, gdout, gw, gpre, Activation::GELU_Tanh);
     EXPECT_GPU_CLOSE(got, ref, tol_for(bf));
+    // With dsum: the column sums of dpre (the fc bias gradient) added to what dsum holds.
+    const Tensor dsum0 = randn({s.F});
+    Tensor dsum_ref = dsum0.clone();
+    cpu().bias_grad(dsum_ref, ref.cast(DType::F32));
+    Tensor gdsum = dsum0.to(Device::CUDA), got2 = poisoned({s.n, s.F}, bf);
+    gpu().linear_act_bwd_dx(got2, gdout, gw, gpre, Activation::GELU_Tanh, &gdsum);
+    EXPECT_GPU_CLOSE(got2, ref, tol_for(bf));
+    EXPECT_GPU_CLOSE(gdsum, dsum_ref, tol_for(bf)) << "dsum";
   }
 }
 
@@ -267,6 +275,14 @@ TEST(CudaLinear, ActBackwardMatchesCpu) {
         Tensor got = poisoned({s.n, s.F}, dt);
         gpu().linear_act_bwd_dx(got, gdout, gw, gpre, a);
         EXPECT_GPU_CLOSE(got, ref, tol_for(dt));
+        {  // dsum += colsum(dpre)
+          const Tensor dsum0 = randn({s.F});
+          Tensor dsum_ref = dsum0.clone();
+          cpu().bias_grad(dsum_ref, ref.cast(DType::F32));
+          Tensor gdsum = dsum0.to(Device::CUDA), got_s = poisoned({s.n, s.F}, dt);
+          gpu().linear_act_bwd_dx(got_s, gdout, gw, gpre, a, &gdsum);
+          EXPECT_GPU_CLOSE(gdsum, dsum_ref, tol_for(dt)) << "dsum";
+        }
         if (a == Activation::ReLU) {
           // The model hands ReLU its output instead of pre.
           Tensor gact = poisoned({s.n, s.F}, dt), got2 = poisoned({s.n, s.F}, dt);
@@ -424,13 +440,18 @@ TEST(CudaLinearBench, Timing) {
   std::printf("[ timing ]   %-52s %8.3f ms\n", "activation_bwd gelu (in place)", ab);
   line("gelu bwd: matmul + activation_bwd", gb_sep);
   line("gelu bwd: linear_act_bwd_dx (default product)", gb_fused);
+  Tensor db1 = Tensor::zeros({N}, DType::F32, Device::CUDA);
   {
     const GemmModeGuard off(0);
     line("gelu bwd: cuBLASLt DGELU", time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G); }));
+    line("gelu bwd + fc bias grad: cuBLASLt DGELU + bias_grad",
+         time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G, &db1); }));
   }
   if (cuda::gemm::hopper_ready()) {
     const GemmModeGuard on(3);
     line("gelu bwd: Hopper product (gemm_wgmma.cu)", time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G); }));
+    line("gelu bwd + fc bias grad: Hopper product, sums in its epilogue",
+         time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G, &db1); }));
   }
   // Forward, ReLU (OPT): no pre-activation kept.
   const double rf_sep = time_ms([&] {

@@ -102,7 +102,7 @@ class CudaBackend final : public Backend {
   void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
                       const Tensor& b, Activation a) override;
   void linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w, const Tensor& saved,
-                         Activation a) override;
+                         Activation a, Tensor* dsum = nullptr) override;
   // multi_tensor.cu: one launch over every parameter.
   void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override;
   void sum_squares_multi(Tensor& acc, const std::vector<const Tensor*>& xs) override;

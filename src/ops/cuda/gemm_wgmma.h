@@ -26,9 +26,10 @@ bool hopper_ready();
 bool dgelu_supported(int64_t M, int64_t N, int64_t K, const void* dout, const void* w,
                      const void* pre, const void* dpre);
 // dpre[M, N] = (dout[M, K] w[K, N]) * gelu_tanh'(pre[M, N]); bf16, f32 accumulation, the
-// unrounded product times the derivative, rounded once. On the backend's stream.
+// unrounded product times the derivative, rounded once; dsum (f32 [N], may be null) +=
+// colsum(dpre) (of the unrounded values). On the backend's stream.
 void dgelu(void* dpre, const void* dout, const void* w, const void* pre, int64_t M, int64_t N,
-           int64_t K);
+           int64_t K, float* dsum = nullptr);
 
 // Tests and benchmarks: force the Hopper products on (3: both, 1: the forward only) or off (0),
 // or back to OFT_GEMM_WGMMA (-1).

@@ -514,11 +514,16 @@ void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, cons
 }
 
 void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tensor& w,
-                                    const Tensor& saved, Activation a) {
+                                    const Tensor& saved, Activation a, Tensor* dsum) {
   auto compose = [&] {
     ++g_composed;
-    Backend::linear_act_bwd_dx(dpre, dout, w, saved, a);
+    Backend::linear_act_bwd_dx(dpre, dout, w, saved, a, dsum);
   };
+  if (dsum) {
+    cuda::expect_dtype(*dsum, DType::F32, "linear_act_bwd_dx dsum");
+    OFT_CHECK(dsum->shape() == Shape{dpre.dim(1)}, "linear_act_bwd_dx: dsum must be [",
+              dpre.dim(1), "]");
+  }
   // Only GELU-tanh has a derivative epilogue without a bit mask (ReLU's DRELU would need the
   // mask of RELU_AUX); bf16 only, as in the forward.
   if (a != Activation::GELU_Tanh || dpre.dtype() != DType::BF16) return compose();
@@ -535,13 +540,15 @@ void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tens
   // On Hopper: the own product, whose epilogue overlaps the next tile's products.
   if (cuda::gemm::dgelu_supported(dout.dim(0), F, dout.dim(1), dout.raw(), w.raw(), saved.raw(),
                                   dpre.raw())) {
-    cuda::gemm::dgelu(dpre.raw(), dout.raw(), w.raw(), saved.raw(), dout.dim(0), F, dout.dim(1));
+    cuda::gemm::dgelu(dpre.raw(), dout.raw(), w.raw(), saved.raw(), dout.dim(0), F, dout.dim(1),
+                      dsum ? static_cast<float*>(dsum->raw()) : nullptr);
     ++g_fused;
     return;
   }
   if (!matmul_impl(*this, dpre, dout, false, w, false, 1.0, 0.0,
                    EpiArgs{Epi::DGelu, nullptr, &saved}))
     return compose();
+  if (dsum) bias_grad(*dsum, dpre);
   ++g_fused;
 }
 
