@@ -43,6 +43,10 @@ if [[ " $what " == *" tests "* ]]; then
   OFT_ATTN_WGMMA=all timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*:Presets/CudaModel.*' > "$OUT/cuda_tests_wgmma.log" 2>&1
   echo "OFT_ATTN_WGMMA=all attention and model tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda_tests_wgmma.log" | tr '\n' ' ')"
   grep -E "^\[  FAILED|Failure" "$OUT/cuda_tests_wgmma.log" | head -20
+  # The whole models with the Hopper GELU products (opt-in) in place of cuBLASLt's epilogues.
+  OFT_GEMM_WGMMA=all timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='Presets/CudaModel.*' > "$OUT/cuda_tests_gemm.log" 2>&1
+  echo "OFT_GEMM_WGMMA=all model tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda_tests_gemm.log" | tr '\n' ' ')"
+  grep -E "^\[  FAILED|Failure" "$OUT/cuda_tests_gemm.log" | head -20
 fi
 
 if [[ " $what " == *" train "* ]]; then
