@@ -297,13 +297,30 @@ TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
   EXPECT_THROW(gpu.attention_fwd(gout, gsaved, to_gpu(randn({8, 96}), DType::BF16), Tensor(), 1,
                                  8, clipped),
                Error);
-  // Rows per gate that do not divide the rows.
+  // Rows per gate other than 1 (per token), T (per sequence) or B*T (one per head).
   AttentionSpec odd = make_spec({1, 8, 1, 32}, kProbs[0], Mode::Causal);
   odd.gate = &ggate;
   odd.gate_rows = 3;
   EXPECT_THROW(gpu.attention_fwd(gout, gsaved, to_gpu(randn({8, 96}), DType::BF16), Tensor(), 1,
                                  8, odd),
                Error);
+}
+
+// attention_bwd's dsum must be f32 [3C]: other shapes and dtypes are refused before any kernel.
+TEST(CudaAttention, BackwardDsumChecked) {
+  OFT_REQUIRE_CUDA();
+  auto& gpu = ops::backend(Device::CUDA);
+  const int64_t B = 1, T = 8, H = 1, D = 32, C = H * D;
+  const AttentionSpec spec = make_spec({B, T, H, D}, kProbs[0], Mode::Causal);
+  const Tensor qkv = to_gpu(randn({B * T, 3 * C}), DType::BF16);
+  Tensor out = poisoned({B * T, C}, DType::BF16), saved;
+  gpu.attention_fwd(out, saved, qkv, Tensor(), B, T, spec);
+  Tensor dqkv = poisoned({B * T, 3 * C}, DType::BF16);
+  const Tensor dout = to_gpu(randn({B * T, C}), DType::BF16);
+  Tensor short_sum = Tensor::zeros({C}, DType::F32, Device::CUDA);
+  EXPECT_THROW(gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec, &short_sum), Error);
+  Tensor bf_sum = Tensor::zeros({3 * C}, DType::BF16, Device::CUDA);
+  EXPECT_THROW(gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec, &bf_sum), Error);
 }
 
 // `saved` handed back in with another shape / dtype / probability function is reallocated.

@@ -225,6 +225,20 @@ TEST(CudaLinear, HopperDGeluProductMatchesCpu) {
   }
 }
 
+// linear_act_bwd_dx's dsum must be f32 [F]: other shapes and dtypes are refused.
+TEST(CudaLinear, ActBackwardDsumChecked) {
+  OFT_REQUIRE_CUDA();
+  const DType bf = DType::BF16;
+  const Tensor dout = to_gpu(randn({16, 8}), bf), w = to_gpu(randn({8, 24}, 0.1), bf);
+  const Tensor pre = to_gpu(randn({16, 24}), bf);
+  Tensor dpre = poisoned({16, 24}, bf);
+  Tensor short_sum = Tensor::zeros({8}, DType::F32, Device::CUDA);
+  EXPECT_THROW(gpu().linear_act_bwd_dx(dpre, dout, w, pre, Activation::GELU_Tanh, &short_sum),
+               Error);
+  Tensor bf_sum = Tensor::zeros({24}, bf, Device::CUDA);
+  EXPECT_THROW(gpu().linear_act_bwd_dx(dpre, dout, w, pre, Activation::GELU_Tanh, &bf_sum), Error);
+}
+
 TEST(CudaLinear, ActForwardMisalignedViews) {
   OFT_REQUIRE_CUDA();
   const int64_t n = 64, in = 96, out = 256;

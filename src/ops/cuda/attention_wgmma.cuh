@@ -1,9 +1,10 @@
-// Device helpers shared by the Hopper (sm_90a) attention kernels, attention_wgmma.cu (forward)
-// and attention_wgmma_bwd.cu (backward): warpgroup MMA wrappers (wgmma.mma_async with operands
-// from shared memory through matrix descriptors or from registers), their fences and waits, the
-// 128-byte-swizzle descriptor, swizzled tile copies, the per-warpgroup barrier, and mbarrier /
-// TMA (bulk tensor copy and reduce) wrappers. The layout conventions are described at the top
-// of attention_wgmma.cu.
+// Device helpers shared by the Hopper (sm_90a) kernels, attention_wgmma.cu (attention
+// forward), attention_wgmma_bwd.cu (backward) and gemm_wgmma.cu (matrix products): warpgroup
+// MMA wrappers (wgmma.mma_async with operands from shared memory through matrix descriptors or
+// from registers), their fences and waits, the 128-byte-swizzle descriptor, swizzled tile
+// copies, the per-warpgroup barrier, mbarrier and TMA (bulk tensor copy, store and reduce)
+// wrappers, the TMA map builder and the sm_90a probe. The layout conventions are described at
+// the top of attention_wgmma.cu.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (the driver's functions are reached through the runtime)
