@@ -165,6 +165,15 @@ __global__ void row_term_zero_kernel(const __nv_bfloat16* __restrict__ dout,
   }
 }
 
+// Columns c..c+7 of dQ row n: f = acc[n, c..c+7] * scale, stored to dqkv's q columns in bf16.
+__device__ __forceinline__ void store_dq8(__nv_bfloat16* dqkv, const float* acc, int64_t n, int c,
+                                          int C, float scale, float (&f)[8]) {
+  cuda::load_pack<float, 8>(acc + n * C + c, f);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] *= scale;
+  cuda::store_pack<__nv_bfloat16, 8>(dqkv + n * 3 * C + c, f);
+}
+
 // dqkv[:, q columns] = acc / sqrt(D) in bf16, 8 columns per thread.
 __global__ void dq_store_vec_kernel(__nv_bfloat16* __restrict__ dqkv, const float* __restrict__ acc,
                                     int64_t rows, int C, float scale) {
@@ -172,13 +181,8 @@ __global__ void dq_store_vec_kernel(__nv_bfloat16* __restrict__ dqkv, const floa
   const int64_t total = rows * C8;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t n = idx / C8;
-    const int c = int(idx % C8) * 8;
-    const float4 a0 = reinterpret_cast<const float4*>(acc + idx * 8)[0];
-    const float4 a1 = reinterpret_cast<const float4*>(acc + idx * 8)[1];
-    const float f[8] = {a0.x * scale, a0.y * scale, a0.z * scale, a0.w * scale,
-                        a1.x * scale, a1.y * scale, a1.z * scale, a1.w * scale};
-    cuda::store_pack<__nv_bfloat16, 8>(dqkv + n * 3 * C + c, f);
+    float f[8];
+    store_dq8(dqkv, acc, idx / C8, int(idx % C8) * 8, C, scale, f);
   }
 }
 
@@ -196,12 +200,8 @@ __global__ void __launch_bounds__(256)
   if (c < C) {
 #pragma unroll 2
     for (int t = t0 + int(threadIdx.y); t < t1; t += 8) {
-      const int64_t n = int64_t(b) * T + t;
-      const float4 a0 = reinterpret_cast<const float4*>(acc + n * C + c)[0];
-      const float4 a1 = reinterpret_cast<const float4*>(acc + n * C + c)[1];
-      const float f[8] = {a0.x * scale, a0.y * scale, a0.z * scale, a0.w * scale,
-                          a1.x * scale, a1.y * scale, a1.z * scale, a1.w * scale};
-      cuda::store_pack<__nv_bfloat16, 8>(dqkv + n * 3 * C + c, f);
+      float f[8];
+      store_dq8(dqkv, acc, int64_t(b) * T + t, c, C, scale, f);
 #pragma unroll
       for (int i = 0; i < 8; ++i) sum[i] += f[i];
     }

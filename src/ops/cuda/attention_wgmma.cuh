@@ -61,11 +61,12 @@ __device__ __forceinline__ void keep(uint32_t (&r)[N][4]) {
 // Matrix descriptor of a 128-byte-swizzled bf16 tile at p (1024-byte aligned rows groups):
 // start address >> 4 (bits 0-13), leading and stride byte offsets >> 4 (bits 16-29, 32-45), the
 // 128-byte swizzle mode (bits 62-63 = 1). The stride offset is the distance between groups of 8
-// rows of 128 bytes (1024); the leading offset is not used by these layouts (the K extent of
-// one instruction, or the 64 columns of V, lie within one 128-byte row) and is set to the same.
-__device__ __forceinline__ uint64_t sw128_desc(const void* p) {
+// rows of 128 bytes (1024). The leading offset matters only for an MN-major operand wider than
+// 64 elements, where it is the distance between its 64-wide chunks (lbo); the K extent of one
+// instruction, or the 64 columns of V, lie within one 128-byte row and do not use it.
+__device__ __forceinline__ uint64_t sw128_desc(const void* p, uint32_t lbo = 1024) {
   const uint64_t a = (smem_u32(p) & 0x3FFFF) >> 4;
-  return a | (uint64_t(1024 >> 4) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+  return a | (uint64_t(lbo >> 4) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
 // d[64] (+)= A (64 x 16, shared, K-major) * B (16 x 128, shared; TB 0: K-major, stored [n][k];
@@ -176,6 +177,10 @@ __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
 // Makes the initialised mbarriers visible to the TMA unit (before a CTA barrier).
 __device__ __forceinline__ void mbar_init_fence() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// This thread's arrival (one of the `count` the phase expects).
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
 }
 // This thread's arrival, announcing `bytes` of TMA transfers that complete the phase.
 __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {

@@ -84,19 +84,6 @@ struct Maps {
   CUtensorMap aux;  // kGeluFwd: act (stored); kDGelu: pre (loaded). bf16 [M][N], box [128][64]
 };
 
-#ifdef OFT_HAVE_WGMMA
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-// Descriptor of an MN-major B operand of 128 columns: two [64 k][64 n] 128-byte-swizzled boxes,
-// kTileBytes / 2 apart (the leading offset), 8-row k groups 1024 bytes apart (the stride offset).
-__device__ __forceinline__ uint64_t sw128_desc_mn(const void* p) {
-  const uint64_t a = (smem_u32(p) & 0x3FFFF) >> 4;
-  return a | (uint64_t((kTileBytes / 2) >> 4) << 16) | (uint64_t(1024 >> 4) << 32) |
-         (uint64_t(1) << 62);
-}
-#endif
-
 template <int MODE>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_gelu_kernel(const __grid_constant__ Maps maps, const bf16* __restrict__ bias,
@@ -181,8 +168,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_wait(&full[s], (it / kStages) & 1);
       const unsigned char* st = base + s * kStageBytes;
       const uint64_t da = sw128_desc(st);
-      const uint64_t db =
-          MODE == kGeluFwd ? sw128_desc(st + kTileBytes) : sw128_desc_mn(st + kTileBytes);
+      // kDGelu's B is MN-major: its two 64-wide n boxes lie kTileBytes / 2 apart.
+      const uint64_t db = sw128_desc(st + kTileBytes, MODE == kGeluFwd ? 1024 : kTileBytes / 2);
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kBK / 16; ++ks) {
