@@ -65,7 +65,43 @@ using attn::align_smem_1024;
 using attn::pack;
 using attn::smem_u32;
 
-enum Mode : int { kGeluFwd = 0, kDGelu = 1 };
+enum Mode : int { kGeluFwd = 0, kDGelu = 1, kBias = 2, kResidual = 3 };
+// Modes whose w is [K, N] (MN-major B); the others read w [N, K]. Modes that load a tile of
+// `aux` into the output tile before their epilogue (pre for kDGelu, the residual for kResidual).
+constexpr bool mn_major_b(int mode) { return mode == kDGelu; }
+constexpr bool loads_aux(int mode) { return mode == kDGelu || mode == kResidual; }
+
+#ifdef OFT_HAVE_WGMMA
+// Cluster helpers: this CTA's rank in its cluster; a TMA box into the same shared-memory offset
+// of every CTA in `mask` (each one's mbarrier at bar's offset counts the bytes); an arrival on
+// the mbarrier at bar's offset in CTA `rank` of the cluster; all threads of the cluster meet
+// (divergent threads allowed).
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void tma_load_3d_multicast(void* dst, const CUtensorMap* map,
+                                                      uint64_t* bar, int c0, int c1, int c2,
+                                                      uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      ".multicast::cluster [%0], [%1, {%3, %4, %5}], [%2], %6;\n" ::"r"(smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2),
+      "h"(mask)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_u32(bar)),
+               "r"(rank));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote)
+               : "memory");
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+#endif
 
 constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 5;
 constexpr int kTileBytes = kBM * kBK * 2;  // one [128][64] bf16 tile: 16 KiB (A and B alike)
@@ -79,14 +115,14 @@ constexpr int kThreads = 384;
 
 struct Maps {
   CUtensorMap a;    // bf16 [M][K], box [128][64]
-  CUtensorMap b;    // kGeluFwd: bf16 [N][K], box [128][64]; kDGelu: bf16 [K][N], box [64][64]
+  CUtensorMap b;    // kGeluFwd: bf16 [N][K], box [64][64]; kDGelu: bf16 [K][N], box [64][64]
   CUtensorMap out;  // kGeluFwd: pre; kDGelu: dpre. bf16 [M][N], box [128][64]
   CUtensorMap aux;  // kGeluFwd: act (stored); kDGelu: pre (loaded). bf16 [M][N], box [128][64]
 };
 
-template <int MODE>
+template <int MODE, int CL>
 __global__ void __launch_bounds__(kThreads, 1)
-    gemm_gelu_kernel(const __grid_constant__ Maps maps, const bf16* __restrict__ bias,
+    gemm_kernel(const __grid_constant__ Maps maps, const bf16* __restrict__ bias,
                      float* __restrict__ bias_part, int M, int N, int K) {
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
@@ -98,12 +134,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* order = empty + kStages;  // order[c]: the other consumer issued a tile's products
   uint64_t* pre_full = order + 2;     // kDGelu: consumer c's pre tile has arrived
   const int wg = int(threadIdx.x) / 128, tid = int(threadIdx.x) % 128;
-  const int tiles_n = (N + kBN - 1) / kBN, tiles = (M + kBM - 1) / kBM * tiles_n;
+  // Tiles in groups of CL row tiles (the CTAs of a cluster: rank r takes row tile CL * g + r of
+  // group g, all with the same columns, whose w tile they share).
+  const int tiles_n = (N + kBN - 1) / kBN, tiles_m = (M + kBM - 1) / kBM;
+  const int groups = (tiles_m + CL - 1) / CL * tiles_n;
+  const int rank = CL > 1 ? int(cluster_rank()) : 0;
+  const int cl_id = int(blockIdx.x) / CL, cl_count = int(gridDim.x) / CL;
   const int KT = (K + kBK - 1) / kBK;
+  auto tile_of = [&](int g, int& m0, int& n0) {
+    m0 = (g / tiles_n * CL + rank) * kBM;
+    n0 = g % tiles_n * kBN;
+  };
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 128);
+      mbar_init(&empty[s], 4 * CL);  // one arrival per consumer warp of each CTA reading it
     }
     for (int c = 0; c < 2; ++c) {
       mbar_init(&order[c], 1);
@@ -111,46 +156,60 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     mbar_init_fence();
   }
-  __syncthreads();
+  if (CL > 1)
+    cluster_sync();  // the peers' barriers are initialised before any copy or arrival reaches them
+  else
+    __syncthreads();
 
   if (wg == 0) {  // producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-    if (tid != 0) return;
-    int it = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const int m0 = t / tiles_n * kBM, n0 = t % tiles_n * kBN;
-      for (int kk = 0; kk < KT; ++kk, ++it) {
-        const int s = it % kStages, u = it / kStages;
-        if (u > 0) mbar_wait(&empty[s], (u - 1) & 1);
-        unsigned char* st = base + s * kStageBytes;
-        mbar_expect_tx(&full[s], kStageBytes);
-        tma_load_3d(st, &maps.a, &full[s], kk * kBK, m0, 0);
-        if (MODE == kGeluFwd) {
-          tma_load_3d(st + kTileBytes, &maps.b, &full[s], kk * kBK, n0, 0);
-        } else {
-          tma_load_3d(st + kTileBytes, &maps.b, &full[s], n0, kk * kBK, 0);
-          tma_load_3d(st + kTileBytes + kTileBytes / 2, &maps.b, &full[s], n0 + 64, kk * kBK, 0);
+    if (tid == 0) {
+      int it = 0;
+      for (int g = cl_id; g < groups; g += cl_count) {
+        int m0, n0;
+        tile_of(g, m0, n0);
+        for (int kk = 0; kk < KT; ++kk, ++it) {
+          const int s = it % kStages, u = it / kStages;
+          if (u > 0) mbar_wait(&empty[s], (u - 1) & 1);
+          unsigned char* st = base + s * kStageBytes;
+          mbar_expect_tx(&full[s], kStageBytes);
+          tma_load_3d(st, &maps.a, &full[s], kk * kBK, m0, 0);
+          // w's tile in two halves of 64 n: with a cluster, rank r copies half r into every
+          // CTA of the cluster.
+          for (int h = CL > 1 ? rank : 0; h < (CL > 1 ? rank + 1 : 2); ++h) {
+            unsigned char* dst = st + kTileBytes + h * (kTileBytes / 2);
+            const int c0 = mn_major_b(MODE) ? n0 + 64 * h : kk * kBK;
+            const int c1 = mn_major_b(MODE) ? kk * kBK : n0 + 64 * h;
+            if (CL > 1)
+              tma_load_3d_multicast(dst, &maps.b, &full[s], c0, c1, 0, uint16_t((1u << CL) - 1));
+            else
+              tma_load_3d(dst, &maps.b, &full[s], c0, c1, 0);
+          }
         }
       }
     }
-    return;
-  }
-
+  } else {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int c = wg - 1;
   unsigned char* so = sOut + c * kOutBytes;
   float2* sb = sBias + c * 64;
   float acc[2][64];
+  // A stage's release: one arrival per warp on every CTA's barrier that reads it.
+  auto release = [&](int s) {
+    if (lane == 0) mbar_arrive(&empty[s]);
+    if (CL > 1 && lane == 1) mbar_arrive_cluster(&empty[s], uint32_t(rank ^ 1));
+  };
   for (int i = c, j = 0;; i += 2, ++j) {
-    const int t = int(blockIdx.x) + i * int(gridDim.x);
-    if (t >= tiles) break;
-    const int m0 = t / tiles_n * kBM, n0 = t % tiles_n * kBN;
+    const int gi = cl_id + i * cl_count;
+    if (gi >= groups) break;
+    int m0, n0;
+    tile_of(gi, m0, n0);
     if (c == 1)
       mbar_wait(&order[1], j & 1);
     else if (j > 0)
       mbar_wait(&order[0], (j - 1) & 1);
-    if (MODE == kGeluFwd) {
+    if (MODE != kDGelu) {
       // This tile's bias pairs into shared memory (read in the epilogue, after its barriers).
       if (tid < 64) {
         const int col = n0 + 2 * tid;
@@ -169,27 +228,27 @@ __global__ void __launch_bounds__(kThreads, 1)
       const unsigned char* st = base + s * kStageBytes;
       const uint64_t da = sw128_desc(st);
       // kDGelu's B is MN-major: its two 64-wide n boxes lie kTileBytes / 2 apart.
-      const uint64_t db = sw128_desc(st + kTileBytes, MODE == kGeluFwd ? 1024 : kTileBytes / 2);
+      constexpr bool kMN = mn_major_b(MODE);
+      const uint64_t db = sw128_desc(st + kTileBytes, kMN ? kTileBytes / 2 : 1024);
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < kBK / 16; ++ks) {
         const int scale_d = (kk > 0 || ks > 0) ? 1 : 0;
         // k16 slice ks: 32 bytes along a K-major row, 16 rows (2048 bytes) of an MN-major box.
-        const uint64_t dbk = db + (MODE == kGeluFwd ? 2 * ks : 128 * ks);
-        wgmma_ss_n128<MODE == kGeluFwd ? 0 : 1>(acc[0], da + 2 * ks, dbk, scale_d);
-        wgmma_ss_n128<MODE == kGeluFwd ? 0 : 1>(acc[1], da + (64 * 128 >> 4) + 2 * ks, dbk,
-                                                 scale_d);
+        const uint64_t dbk = db + (kMN ? 128 * ks : 2 * ks);
+        wgmma_ss_n128<kMN ? 1 : 0>(acc[0], da + 2 * ks, dbk, scale_d);
+        wgmma_ss_n128<kMN ? 1 : 0>(acc[1], da + (64 * 128 >> 4) + 2 * ks, dbk, scale_d);
       }
       wgmma_commit();
       if (kk > 0) {
         wgmma_wait<1>();
-        mbar_arrive(&empty[(it - 1) % kStages]);
+        release((it - 1) % kStages);
       }
     }
     if (tid == 0) {
       mbar_arrive(&order[c ^ 1]);  // the other consumer's next tile may start
-      if (MODE == kDGelu) {
-        // This tile's pre into the output tile (the previous tile's store, issued a tile ago,
+      if (loads_aux(MODE)) {
+        // This tile's pre (or residual) into the output tile (the previous tile's store, issued a tile ago,
         // has read it by now), while the last products finish. At the tile's start the wait
         // for that store held up the whole warpgroup's first products.
         bulk_wait_read();
@@ -201,7 +260,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_wait<0>();
     keep(acc[0]);
     keep(acc[1]);
-    mbar_arrive(&empty[(it - 1) % kStages]);
+    release((it - 1) % kStages);
 
     // Epilogue. Element (row, 8 nb + 2 t4 + e) of the tile: acc[h][4 nb + 2 r + e] with
     // row = 64 h + 16 warp + g + 8 r; its bytes in the output tile at out_at(nb, row).
@@ -218,8 +277,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         bulk_commit();
       }
     };
-    if (MODE == kGeluFwd) {
-      if (tid == 0) bulk_wait_read();  // the previous tile's act store has read the tile
+    if (MODE == kGeluFwd || MODE == kBias) {
+      if (tid == 0) bulk_wait_read();  // the previous tile's last store has read the tile
       warpgroup_sync(wg);              // ... and sb is written
       auto stage = [&](auto gelu) {  // the tile of pre (gelu false) or act (true)
 #pragma unroll
@@ -238,15 +297,34 @@ __global__ void __launch_bounds__(kThreads, 1)
       };
       stage(std::false_type{});
       store(&maps.out);
-      if (tid == 0) bulk_wait_read();  // the TMA has read pre before act overwrites it
-      warpgroup_sync(wg);
-      stage(std::true_type{});
-      store(&maps.aux);
+      if (MODE == kGeluFwd) {
+        if (tid == 0) bulk_wait_read();  // the TMA has read pre before act overwrites it
+        warpgroup_sync(wg);
+        stage(std::true_type{});
+        store(&maps.aux);
+      }
+    } else if (MODE == kResidual) {
+      warpgroup_sync(wg);  // sb is written
+      mbar_wait(&pre_full[c], j & 1);
+#pragma unroll
+      for (int nb = 0; nb < kBN / 8; ++nb) {
+        const float2 bb = sb[nb * 4 + t4];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            uint32_t* p = out_at(nb, h * 64 + warp * 16 + g + 8 * r);
+            const __nv_bfloat162 rv = *reinterpret_cast<const __nv_bfloat162*>(p);
+            *p = pack(acc[h][4 * nb + 2 * r] + bb.x + __low2float(rv),
+                      acc[h][4 * nb + 2 * r + 1] + bb.y + __high2float(rv));
+          }
+      }
+      store(&maps.out);
     } else {
       mbar_wait(&pre_full[c], j & 1);
       // With bias_part: this warp's column sums of dpre over its 32 rows of the tile, one
       // partial row per (row tile, warp) that reduce_partials adds up.
-      float* part = bias_part ? bias_part + (int64_t(m0 / kBM) * 4 + warp) * N : nullptr;
+      float* part = bias_part && m0 < M ? bias_part + (int64_t(m0 / kBM) * 4 + warp) * N : nullptr;
 #pragma unroll
       for (int nb = 0; nb < kBN / 8; ++nb) {
         float s0 = 0.f, s1 = 0.f;
@@ -276,6 +354,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   if (tid == 0) bulk_wait();  // the last stores are done before the CTA ends
+  }
+  // No CTA of a cluster leaves while a peer may still copy into its stages or arrive on its
+  // barriers.
+  if (CL > 1) cluster_sync();
 #else
   __trap();  // not built for sm_90a: the *_supported() checks keep this kernel from launching
 #endif
@@ -283,21 +365,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 int g_test_mode = -1;
 
-// Which products run here (bit 0: the GELU forward, bit 1: the DGELU backward), from
-// OFT_GEMM_WGMMA: 0 (none, the default), fwd, or all; on an sm_90a build and GPU only.
+// Which products run here (bit 0: the GELU forward, bit 1: the DGELU backward, bit 2: the bias
+// and residual forwards), from OFT_GEMM_WGMMA: 0 (none, the default), fwd (bits 0 and 2) or all;
+// on an sm_90a build and GPU only.
 int modes() {
   if (g_test_mode >= 0) return sm90a_ready() ? g_test_mode : 0;
   static const int on = [] {
     int m = 0;
     if (const char* e = std::getenv("OFT_GEMM_WGMMA")) {
       if (std::strcmp(e, "all") == 0)
-        m = 3;
+        m = kAllProducts;
       else if (std::strcmp(e, "fwd") == 0)
-        m = 1;
+        m = kGeluForward | kLinearForward;
       else if (std::strcmp(e, "0") != 0)
         fail("OFT_GEMM_WGMMA='", e, "': expected 0 (every product through cuBLASLt, the "
-             "default), fwd (the Hopper GELU forward product) or all (also the DGELU backward "
-             "product)");
+             "default), fwd (the Hopper forward products: GELU, bias, residual) or all (also "
+             "the DGELU backward product)");
     }
     return m != 0 && sm90a_ready() ? m : 0;
   }();
@@ -314,20 +397,69 @@ bool shapes_ok(int mode_bit, int64_t M, int64_t N, int64_t K,
   return (modes() & mode_bit) != 0;
 }
 
+// Clusters of this many CTAs share each w tile (OFT_GEMM_CLUSTER 1 or 2, default 2; tests
+// choose through set_cluster_for_tests).
+int g_test_cluster = 0;
+int cluster_size() {
+  if (g_test_cluster > 0) return g_test_cluster;
+  static const int cl = [] {
+    const char* e = std::getenv("OFT_GEMM_CLUSTER");
+    if (!e || std::strcmp(e, "2") == 0) return 2;
+    if (std::strcmp(e, "1") == 0) return 1;
+    fail("OFT_GEMM_CLUSTER='", e, "': expected 1 (each CTA copies its own w tiles) or 2 (the "
+         "default: two CTAs share each w tile through TMA multicast)");
+  }();
+  return cl;
+}
+
+template <int MODE, int CL>
+void launch_cl(const Maps& maps, const void* bias, float* bias_part, int64_t M, int64_t N,
+               int64_t K) {
+  auto kernel = gemm_kernel<MODE, CL>;
+  static int max_clusters = 0;
+  if (max_clusters == 0) {
+    OFT_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    cudaLaunchConfig_t probe = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = CL;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    probe.gridDim = dim3(unsigned(sm_count() / CL * CL));
+    probe.blockDim = dim3(kThreads);
+    probe.dynamicSmemBytes = kSmemBytes;
+    probe.attrs = attr;
+    probe.numAttrs = 1;
+    int n = 0;
+    OFT_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &probe));
+    max_clusters = std::max(1, n);
+  }
+  const int64_t groups = ceil_div(ceil_div(M, kBM), CL) * ceil_div(N, kBN);
+  const int clusters = int(std::min<int64_t>(groups, max_clusters));
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = CL;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = dim3(unsigned(clusters * CL));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = stream();
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  OFT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, maps, static_cast<const bf16*>(bias), bias_part,
+                                    int(M), int(N), int(K)));
+}
+
 template <int MODE>
 void launch(const Maps& maps, const void* bias, float* bias_part, int64_t M, int64_t N,
             int64_t K) {
-  static bool configured = false;
-  if (!configured) {
-    OFT_CUDA_CHECK(cudaFuncSetAttribute(gemm_gelu_kernel<MODE>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    configured = true;
-  }
-  const int64_t tiles = ceil_div(M, kBM) * ceil_div(N, kBN);
-  const int grid = int(std::min<int64_t>(tiles, sm_count()));
-  gemm_gelu_kernel<MODE><<<grid, kThreads, kSmemBytes, stream()>>>(
-      maps, static_cast<const bf16*>(bias), bias_part, int(M), int(N), int(K));
-  OFT_CUDA_LAUNCH_CHECK();
+  if (cluster_size() == 2)
+    launch_cl<MODE, 2>(maps, bias, bias_part, M, N, K);
+  else
+    launch_cl<MODE, 1>(maps, bias, bias_part, M, N, K);
 }
 
 // A bf16 [rows][cols] row-major matrix as a tensor map with [box_rows][box_cols] boxes.
@@ -340,26 +472,48 @@ CUtensorMap matrix_map(const void* p, int64_t rows, int64_t cols, int box_rows, 
 
 void set_mode_for_tests(int mode) { g_test_mode = mode; }
 
+void set_cluster_for_tests(int cluster) { g_test_cluster = cluster; }
+
 bool hopper_ready() { return sm90a_ready(); }
 
 bool gelu_fwd_supported(int64_t M, int64_t N, int64_t K, const void* x, const void* w,
                         const void* bias, const void* pre, const void* act) {
-  return shapes_ok(1, M, N, K, {x, w, bias, pre, act});
+  return shapes_ok(kGeluForward, M, N, K, {x, w, bias, pre, act});
 }
 
 void gelu_fwd(void* act, void* pre, const void* x, const void* w, const void* bias, int64_t M,
               int64_t N, int64_t K) {
   Maps maps;
   maps.a = matrix_map(x, M, K, kBM, kBK);
-  maps.b = matrix_map(w, N, K, kBN, kBK);
+  maps.b = matrix_map(w, N, K, 64, kBK);  // two boxes of 64 n per tile
   maps.out = matrix_map(pre, M, N, kBM, 64);
   maps.aux = matrix_map(act, M, N, kBM, 64);
   launch<kGeluFwd>(maps, bias, nullptr, M, N, K);
 }
 
+bool linear_supported(int64_t M, int64_t N, int64_t K, const void* x, const void* w,
+                      const void* bias, const void* res, const void* y) {
+  return shapes_ok(kLinearForward, M, N, K, {x, w, bias, res, y});
+}
+
+void linear(void* y, const void* x, const void* w, const void* bias, const void* res, int64_t M,
+            int64_t N, int64_t K) {
+  Maps maps;
+  maps.a = matrix_map(x, M, K, kBM, kBK);
+  maps.b = matrix_map(w, N, K, 64, kBK);
+  maps.out = matrix_map(y, M, N, kBM, 64);
+  if (res) {
+    maps.aux = matrix_map(res, M, N, kBM, 64);
+    launch<kResidual>(maps, bias, nullptr, M, N, K);
+  } else {
+    maps.aux = maps.out;
+    launch<kBias>(maps, bias, nullptr, M, N, K);
+  }
+}
+
 bool dgelu_supported(int64_t M, int64_t N, int64_t K, const void* dout, const void* w,
                      const void* pre, const void* dpre) {
-  return shapes_ok(2, M, N, K, {dout, w, pre, dpre});
+  return shapes_ok(kGeluBackward, M, N, K, {dout, w, pre, dpre});
 }
 
 void dgelu(void* dpre, const void* dout, const void* w, const void* pre, int64_t M, int64_t N,

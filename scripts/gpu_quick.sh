@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Quick GPU loop for the matrix-product kernels: the linear op tests against the CPU backend,
+# their timing prints, and gpt2_124m training steps with the Hopper products off and on.
+# Usage (on the GPU machine, after scripts/gpu_bundle.sh here): bash scripts/gpu_quick.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+[[ -x gpu-bundle/bin/oft ]] || tar -xJf gpu-bundle.tar.xz
+B=$PWD/gpu-bundle/bin
+nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
+timeout 120 "$B/oft_cuda_tests" --gtest_filter="${QUICK_FILTER:-CudaLinear*}" > "$OUT/linear.log" 2>&1
+echo "linear tests exit $?"
+grep -E "^\[  FAILED|Failure|Expected|Which is|timing|PASSED" "$OUT/linear.log" | head -60
+for i in 1 2; do
+  for v in ${QUICK_MODES:-0 fwd all}; do
+    echo "gemm=$v $(OFT_GEMM_WGMMA=$v timeout 60 "$B/oft" bench gpt2_124m --steps 10 --no-peak 2>&1 | grep -E "tokens/s|rror")"
+  done
+done
