@@ -160,23 +160,29 @@ struct GemmModeGuard {
   explicit GemmModeGuard(int mode) { cuda::gemm::set_mode_for_tests(mode); }
   ~GemmModeGuard() { cuda::gemm::set_mode_for_tests(-1); }
 };
-// Forces the Hopper products' cluster size (1: each CTA copies its own w tiles, 2: shared).
+// Forces the Hopper products' configuration: cfg = 10 * tile / 128 + cluster, i.e. 11, 12 (128 x
+// 128 tiles, clusters of 1 or 2 CTAs), 21, 22 (128 x 256 tiles).
 struct GemmClusterGuard {
-  explicit GemmClusterGuard(int cluster) { cuda::gemm::set_cluster_for_tests(cluster); }
+  explicit GemmClusterGuard(int cfg) { cuda::gemm::set_cluster_for_tests(cfg % 10, 0, cfg / 10 * 128); }
+  GemmClusterGuard(const GemmClusterGuard&) = delete;
   ~GemmClusterGuard() { cuda::gemm::set_cluster_for_tests(0); }
 };
+constexpr int kGemmConfigs[] = {11, 12, 21, 22};
+std::string gemm_config_label(int cfg) {
+  return "tile 128x" + std::to_string(cfg / 10 * 128) + " cluster " + std::to_string(cfg % 10);
+}
 
 TEST(CudaLinear, HopperGeluProductMatchesCpu) {
   OFT_REQUIRE_CUDA();
   const GemmModeGuard on(3);
   const DType bf = DType::BF16;
   struct S { int64_t n, in, out; };
-  for (int cl : {1, 2})
+  for (int cl : kGemmConfigs)
   for (S s : {S{300, 200, 392}, S{128, 64, 128}, S{1, 8, 8}, S{129, 768, 3072}, S{2048, 768, 3072},
               S{77, 1000, 136}})
     for (bool with_bias : {true, false}) {
       const GemmClusterGuard cluster(cl);
-      SCOPED_TRACE("cluster=" + std::to_string(cl) + " n=" + std::to_string(s.n) + " in=" +
+      SCOPED_TRACE(gemm_config_label(cl) + " n=" + std::to_string(s.n) + " in=" +
                    std::to_string(s.in) + " out=" + std::to_string(s.out) +
                    (with_bias ? " bias" : " no bias"));
       const Tensor x = rounded(randn({s.n, s.in}), bf);
@@ -207,11 +213,11 @@ TEST(CudaLinear, HopperDGeluProductMatchesCpu) {
   const DType bf = DType::BF16;
   // dpre [n, F] = (dout [n, O] @ w [O, F]) * gelu'(pre): tails of the 128 x 128 x 64 tiles.
   struct S { int64_t n, O, F; };
-  for (int cl : {1, 2})
+  for (int cl : kGemmConfigs)
   for (S s : {S{300, 200, 392}, S{128, 64, 128}, S{1, 8, 8}, S{129, 768, 3072}, S{2048, 768, 3072},
               S{77, 1000, 136}}) {
     const GemmClusterGuard cluster(cl);
-    SCOPED_TRACE("cluster=" + std::to_string(cl) + " n=" + std::to_string(s.n) + " O=" +
+    SCOPED_TRACE(gemm_config_label(cl) + " n=" + std::to_string(s.n) + " O=" +
                  std::to_string(s.O) + " F=" + std::to_string(s.F));
     const Tensor dout = rounded(randn({s.n, s.O}), bf), w = rounded(randn({s.O, s.F}, 0.05), bf);
     const Tensor pre = rounded(randn({s.n, s.F}, 2.0), bf);
@@ -245,13 +251,13 @@ TEST(CudaLinear, HopperLinearMatchesCpu) {
   const GemmModeGuard on(cuda::gemm::kLinearForward);
   const DType bf = DType::BF16;
   struct S { int64_t n, in, out; };
-  for (int cl : {1, 2})
+  for (int cl : kGemmConfigs)
     for (S s : {S{300, 200, 392}, S{1, 8, 8}, S{129, 768, 2304}, S{640, 3072, 768},
                 S{77, 1000, 136}})
       for (int variant = 0; variant < 4; ++variant) {  // bit 0: bias, bit 1: residual
         const bool with_bias = variant & 1, with_res = variant & 2;
         const GemmClusterGuard cluster(cl);
-        SCOPED_TRACE("cluster=" + std::to_string(cl) + " n=" + std::to_string(s.n) + " in=" +
+        SCOPED_TRACE(gemm_config_label(cl) + " n=" + std::to_string(s.n) + " in=" +
                      std::to_string(s.in) + " out=" + std::to_string(s.out) +
                      (with_bias ? " bias" : "") + (with_res ? " residual" : ""));
         const Tensor x = rounded(randn({s.n, s.in}), bf);
@@ -494,10 +500,17 @@ TEST(CudaLinearBench, Timing) {
   }
   if (cuda::gemm::hopper_ready()) {
     const GemmModeGuard on(3);
-    for (int cl : {1, 2}) {
+    for (int cl : kGemmConfigs) {
       const GemmClusterGuard cluster(cl);
-      line(cl == 1 ? "gelu fwd: Hopper product, cluster 1" : "gelu fwd: Hopper product, cluster 2",
+      line(("gelu fwd: Hopper, " + gemm_config_label(cl)).c_str(),
            time_ms([&] { gpu().linear_act_fwd(act, pre, x, w1, b1, G); }));
+      const int fit = cuda::gemm::max_clusters_seen();
+      for (int cap : {fit / 2, fit - 4, fit - 1}) {
+        if (cap < 1) continue;
+        cuda::gemm::set_cluster_for_tests(cl % 10, cap, cl / 10 * 128);
+        std::printf("[ timing ]     %d of %d clusters: %8.3f ms\n", cap, fit,
+                    time_ms([&] { gpu().linear_act_fwd(act, pre, x, w1, b1, G); }));
+      }
     }
   }
   // Backward, GELU-tanh: dpre = (dout @ w2) * gelu'(pre).
@@ -521,9 +534,9 @@ TEST(CudaLinearBench, Timing) {
   }
   if (cuda::gemm::hopper_ready()) {
     const GemmModeGuard on(3);
-    for (int cl : {1, 2}) {
+    for (int cl : kGemmConfigs) {
       const GemmClusterGuard cluster(cl);
-      std::printf("[ timing ]   Hopper products, cluster %d:\n", cl);
+      std::printf("[ timing ]   Hopper products, %s:\n", gemm_config_label(cl).c_str());
       line("gelu bwd: Hopper product", time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G); }));
       line("gelu bwd + fc bias grad: Hopper product, sums in its epilogue",
            time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G, &db1); }));
@@ -556,9 +569,9 @@ TEST(CudaLinearBench, Timing) {
     }
     if (cuda::gemm::hopper_ready()) {
       const GemmModeGuard on(cuda::gemm::kLinearForward);
-      for (int cl : {1, 2}) {
+      for (int cl : kGemmConfigs) {
         const GemmClusterGuard cluster(cl);
-        show(cl == 1 ? "Hopper, cluster 1" : "Hopper, cluster 2", time_ms(run));
+        show(("Hopper, " + gemm_config_label(cl)).c_str(), time_ms(run));
       }
     }
   }

@@ -52,7 +52,11 @@ void dgelu(void* dpre, const void* dout, const void* w, const void* pre, int64_t
 // Tests and benchmarks: force the Hopper products of these Products bits on (0: every product
 // through cuBLASLt), or back to OFT_GEMM_WGMMA (-1).
 void set_mode_for_tests(int mode);
-// Tests and benchmarks: clusters of 1 or 2 CTAs (0: back to OFT_GEMM_CLUSTER).
-void set_cluster_for_tests(int cluster);
+// Tests and benchmarks: clusters of 1 or 2 CTAs (0: back to OFT_GEMM_CLUSTER), at most
+// max_clusters of them (0: as many as fit on the GPU at once), output tiles 128 or 256 wide (0:
+// back to OFT_GEMM_TILE).
+void set_cluster_for_tests(int cluster, int max_clusters = 0, int tile = 0);
+// The clusters that fit on the GPU at once for the last launch (its occupancy query).
+int max_clusters_seen();
 
 }  // namespace oft::cuda::gemm
