@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <functional>
-#include <tuple>
 
 #include "cuda/cuda_test_util.h"
 #include "ops/cuda/cuda_backend.h"
@@ -160,31 +159,17 @@ struct GemmModeGuard {
   explicit GemmModeGuard(int mode) { cuda::gemm::set_mode_for_tests(mode); }
   ~GemmModeGuard() { cuda::gemm::set_mode_for_tests(-1); }
 };
-// Forces the Hopper products' configuration: cfg = 10 * tile / 128 + cluster, i.e. 11, 12 (128 x
-// 128 tiles, clusters of 1 or 2 CTAs), 21, 22 (128 x 256 tiles).
-struct GemmClusterGuard {
-  explicit GemmClusterGuard(int cfg) { cuda::gemm::set_cluster_for_tests(cfg % 10, 0, cfg / 10 * 128); }
-  GemmClusterGuard(const GemmClusterGuard&) = delete;
-  ~GemmClusterGuard() { cuda::gemm::set_cluster_for_tests(0); }
-};
-constexpr int kGemmConfigs[] = {11, 12, 21, 22};
-std::string gemm_config_label(int cfg) {
-  return "tile 128x" + std::to_string(cfg / 10 * 128) + " cluster " + std::to_string(cfg % 10);
-}
 
 TEST(CudaLinear, HopperGeluProductMatchesCpu) {
   OFT_REQUIRE_CUDA();
   const GemmModeGuard on(3);
   const DType bf = DType::BF16;
   struct S { int64_t n, in, out; };
-  for (int cl : kGemmConfigs)
   for (S s : {S{300, 200, 392}, S{128, 64, 128}, S{1, 8, 8}, S{129, 768, 3072}, S{2048, 768, 3072},
               S{77, 1000, 136}})
     for (bool with_bias : {true, false}) {
-      const GemmClusterGuard cluster(cl);
-      SCOPED_TRACE(gemm_config_label(cl) + " n=" + std::to_string(s.n) + " in=" +
-                   std::to_string(s.in) + " out=" + std::to_string(s.out) +
-                   (with_bias ? " bias" : " no bias"));
+      SCOPED_TRACE("n=" + std::to_string(s.n) + " in=" + std::to_string(s.in) + " out=" +
+                   std::to_string(s.out) + (with_bias ? " bias" : " no bias"));
       const Tensor x = rounded(randn({s.n, s.in}), bf);
       const Tensor w = rounded(randn({s.out, s.in}, 0.05), bf);
       const Tensor b = rounded(randn({s.out}, 0.5), bf);
@@ -213,12 +198,10 @@ TEST(CudaLinear, HopperDGeluProductMatchesCpu) {
   const DType bf = DType::BF16;
   // dpre [n, F] = (dout [n, O] @ w [O, F]) * gelu'(pre): tails of the 128 x 128 x 64 tiles.
   struct S { int64_t n, O, F; };
-  for (int cl : kGemmConfigs)
   for (S s : {S{300, 200, 392}, S{128, 64, 128}, S{1, 8, 8}, S{129, 768, 3072}, S{2048, 768, 3072},
               S{77, 1000, 136}}) {
-    const GemmClusterGuard cluster(cl);
-    SCOPED_TRACE(gemm_config_label(cl) + " n=" + std::to_string(s.n) + " O=" +
-                 std::to_string(s.O) + " F=" + std::to_string(s.F));
+    SCOPED_TRACE("n=" + std::to_string(s.n) + " O=" + std::to_string(s.O) + " F=" +
+                 std::to_string(s.F));
     const Tensor dout = rounded(randn({s.n, s.O}), bf), w = rounded(randn({s.O, s.F}, 0.05), bf);
     const Tensor pre = rounded(randn({s.n, s.F}, 2.0), bf);
     Tensor ref = Tensor::empty({s.n, s.F}, DType::F64);
@@ -240,49 +223,6 @@ TEST(CudaLinear, HopperDGeluProductMatchesCpu) {
     EXPECT_GPU_CLOSE(got2, ref, tol_for(bf));
     EXPECT_GPU_CLOSE(gdsum, dsum_ref, tol_for(bf)) << "dsum";
   }
-}
-
-// The Hopper plain product (linear_fwd, linear_residual_fwd): against the CPU composition in
-// f64 on shapes with M, N and K tails of its tiles, with and without bias and residual, for
-// clusters of 1 and 2 CTAs (an odd count of row tiles leaves the second CTA of the last cluster
-// without rows).
-TEST(CudaLinear, HopperLinearMatchesCpu) {
-  OFT_REQUIRE_CUDA();
-  const GemmModeGuard on(cuda::gemm::kLinearForward);
-  const DType bf = DType::BF16;
-  struct S { int64_t n, in, out; };
-  for (int cl : kGemmConfigs)
-    for (S s : {S{300, 200, 392}, S{1, 8, 8}, S{129, 768, 2304}, S{640, 3072, 768},
-                S{77, 1000, 136}})
-      for (int variant = 0; variant < 4; ++variant) {  // bit 0: bias, bit 1: residual
-        const bool with_bias = variant & 1, with_res = variant & 2;
-        const GemmClusterGuard cluster(cl);
-        SCOPED_TRACE(gemm_config_label(cl) + " n=" + std::to_string(s.n) + " in=" +
-                     std::to_string(s.in) + " out=" + std::to_string(s.out) +
-                     (with_bias ? " bias" : "") + (with_res ? " residual" : ""));
-        const Tensor x = rounded(randn({s.n, s.in}), bf);
-        const Tensor w = rounded(randn({s.out, s.in}, 0.05), bf);
-        const Tensor b = rounded(randn({s.out}, 0.5), bf);
-        const Tensor res = rounded(randn({s.n, s.out}), bf);
-        Tensor ref = Tensor::empty({s.n, s.out}, DType::F64);
-        const Tensor bias = with_bias ? f64(b) : Tensor();
-        if (with_res)
-          cpu().linear_residual_fwd(ref, f64(x), f64(w), bias, f64(res));
-        else
-          cpu().linear_fwd(ref, f64(x), f64(w), bias);
-        const Tensor gx = to_gpu(x, bf), gw = to_gpu(w, bf), gres = to_gpu(res, bf);
-        const Tensor gb = with_bias ? to_gpu(b, bf) : Tensor();
-        Tensor y = poisoned({s.n, s.out}, bf);
-        EXPECT_EQ(cuda::gemm::linear_supported(s.n, s.out, s.in, gx.raw(), gw.raw(),
-                                               with_bias ? gb.raw() : nullptr,
-                                               with_res ? gres.raw() : nullptr, y.raw()),
-                  cuda::gemm::hopper_ready());
-        if (with_res)
-          gpu().linear_residual_fwd(y, gx, gw, gb, gres);
-        else
-          gpu().linear_fwd(y, gx, gw, gb);
-        EXPECT_GPU_CLOSE(y, ref, tol_for(bf));
-      }
 }
 
 // linear_act_bwd_dx's dsum must be f32 [F]: other shapes and dtypes are refused.
@@ -500,18 +440,7 @@ TEST(CudaLinearBench, Timing) {
   }
   if (cuda::gemm::hopper_ready()) {
     const GemmModeGuard on(3);
-    for (int cl : kGemmConfigs) {
-      const GemmClusterGuard cluster(cl);
-      line(("gelu fwd: Hopper, " + gemm_config_label(cl)).c_str(),
-           time_ms([&] { gpu().linear_act_fwd(act, pre, x, w1, b1, G); }));
-      const int fit = cuda::gemm::max_clusters_seen();
-      for (int cap : {fit / 2, fit - 4, fit - 1}) {
-        if (cap < 1) continue;
-        cuda::gemm::set_cluster_for_tests(cl % 10, cap, cl / 10 * 128);
-        std::printf("[ timing ]     %d of %d clusters: %8.3f ms\n", cap, fit,
-                    time_ms([&] { gpu().linear_act_fwd(act, pre, x, w1, b1, G); }));
-      }
-    }
+    line("gelu fwd: Hopper product (gemm_wgmma.cu)", time_ms([&] { gpu().linear_act_fwd(act, pre, x, w1, b1, G); }));
   }
   // Backward, GELU-tanh: dpre = (dout @ w2) * gelu'(pre).
   const double mm = time_ms([&] { gpu().matmul(dpre, dout, false, w2, false, 1.0, 0.0); });
@@ -534,46 +463,9 @@ TEST(CudaLinearBench, Timing) {
   }
   if (cuda::gemm::hopper_ready()) {
     const GemmModeGuard on(3);
-    for (int cl : kGemmConfigs) {
-      const GemmClusterGuard cluster(cl);
-      std::printf("[ timing ]   Hopper products, %s:\n", gemm_config_label(cl).c_str());
-      line("gelu bwd: Hopper product", time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G); }));
-      line("gelu bwd + fc bias grad: Hopper product, sums in its epilogue",
-           time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G, &db1); }));
-    }
-  }
-  // The other GPT-2 products with epilogues: c_attn (bias), c_proj and fc_out (bias and the
-  // residual), cuBLASLt against the Hopper product.
-  for (const auto& [n_out, k_in, with_res] :
-       {std::tuple<int64_t, int64_t, bool>{2304, 768, false}, {768, 768, true}, {768, 3072, true}}) {
-    const Tensor xi = gpu_random(M, k_in, bf, 1.0), wi = gpu_random(n_out, k_in, bf, 0.02);
-    const Tensor bi = gpu_random(1, n_out, bf, 0.1).view({n_out});
-    const Tensor ri = gpu_random(M, n_out, bf, 1.0);
-    Tensor yi = Tensor::empty({M, n_out}, bf, Device::CUDA);
-    auto run = [&] {
-      if (with_res)
-        gpu().linear_residual_fwd(yi, xi, wi, bi, ri);
-      else
-        gpu().linear_fwd(yi, xi, wi, bi);
-    };
-    const double f = 2.0 * double(M) * double(n_out) * double(k_in);
-    auto show = [&](const char* who, double ms) {
-      std::printf("[ timing ]   %s %lld -> %lld%s: %-22s %8.3f ms  %6.1f TFLOP/s\n",
-                  with_res ? "linear_residual_fwd" : "linear_fwd", static_cast<long long>(k_in),
-                  static_cast<long long>(n_out), with_res ? " + res" : "", who, ms,
-                  f / (ms * 1e-3) / 1e12);
-    };
-    {
-      const GemmModeGuard off(0);
-      show("cuBLASLt", time_ms(run));
-    }
-    if (cuda::gemm::hopper_ready()) {
-      const GemmModeGuard on(cuda::gemm::kLinearForward);
-      for (int cl : kGemmConfigs) {
-        const GemmClusterGuard cluster(cl);
-        show(("Hopper, " + gemm_config_label(cl)).c_str(), time_ms(run));
-      }
-    }
+    line("gelu bwd: Hopper product (gemm_wgmma.cu)", time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G); }));
+    line("gelu bwd + fc bias grad: Hopper product, sums in its epilogue",
+         time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G, &db1); }));
   }
   // Forward, ReLU (OPT): no pre-activation kept.
   const double rf_sep = time_ms([&] {

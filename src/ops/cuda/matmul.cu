@@ -419,29 +419,7 @@ void CudaBackend::matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& 
   matmul_impl(*this, C, A, transA, B, transB, alpha, beta, EpiArgs{});
 }
 
-namespace {
-// y = x w^T (+ b) (+ res) through the Hopper product of gemm_wgmma.cu when it takes the problem
-// (bf16 2-D operands of matching shapes; otherwise matmul_impl runs, and reports bad shapes).
-bool hopper_linear(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b,
-                   const Tensor* res) {
-  const DType bf = DType::BF16;
-  if (y.dtype() != bf || x.dtype() != bf || w.dtype() != bf || (b.defined() && b.dtype() != bf))
-    return false;
-  if (y.ndim() != 2 || x.ndim() != 2 || w.ndim() != 2) return false;
-  const int64_t M = x.dim(0), K = x.dim(1), N = w.dim(0);
-  if (w.dim(1) != K || y.dim(0) != M || y.dim(1) != N || (b.defined() && b.numel() != N))
-    return false;
-  if (M == 0 || N == 0 || K == 0 || y.raw() == x.raw() || y.raw() == w.raw()) return false;
-  const void* bias = b.defined() ? b.raw() : nullptr;
-  const void* r = res ? res->raw() : nullptr;
-  if (!cuda::gemm::linear_supported(M, N, K, x.raw(), w.raw(), bias, r, y.raw())) return false;
-  cuda::gemm::linear(y.raw(), x.raw(), w.raw(), bias, r, M, N, K);
-  return true;
-}
-}  // namespace
-
 void CudaBackend::linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
-  if (hopper_linear(y, x, w, b, nullptr)) return;
   if (!b.defined()) {
     matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{});
     return;
@@ -472,7 +450,6 @@ void CudaBackend::linear_residual_fwd(Tensor& y, const Tensor& x, const Tensor& 
                shape_str(b.shape()), " ", dtype_name(b.dtype()), " for y ",
                shape_str(y.shape()), " ", dtype_name(y.dtype()));
   }
-  if (hopper_linear(y, x, w, b, &res)) return;
   EpiArgs e{b.defined() && bias_ok ? Epi::Bias : Epi::None, b.defined() ? &b : nullptr, nullptr,
             &res};
   matmul_impl(*this, y, x, false, w, true, 1.0, 1.0, e);
