@@ -2,7 +2,8 @@
 // the argument block every kernel takes, the launchers of the three kernel families, and the
 // small device helpers they share.
 //
-//   attention_mma.cu      bf16 tensor-core FlashAttention-2 forward / backward (D = 16..128)
+//   attention_mma.cu      bf16 tensor-core FlashAttention-2 forward (D = 16..128),
+//   attention_mma_bwd.cu  and its backward (shared pieces in attention_mma.cuh)
 //   attention_wgmma.cu    its Hopper forward on warpgroup MMAs (D = 64, softmax / softmax1),
 //   attention_wgmma_bwd.cu  and the Hopper backward (helpers in attention_wgmma.cuh)
 //   attention_generic.cu  CUDA-core tiled forward / backward for f32 and any D <= 256

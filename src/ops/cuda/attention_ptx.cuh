@@ -1,5 +1,5 @@
 // PTX wrappers and fragment helpers shared by the bf16 tensor-core attention kernels
-// (attention_mma.cu, attention_wgmma.cu): shared-memory addresses, 16- and 4-byte cp.async with
+// (attention_mma*.cu, attention_wgmma*.cu): shared-memory addresses, 16- and 4-byte cp.async with
 // zero fill, bf16x2 packing, and the m16n8k16 A fragment built from two C fragments (which is
 // also the register A operand of wgmma for each warp's 16 rows).
 #pragma once

@@ -1,5 +1,5 @@
 // Hopper (sm_90a) attention backward for head width 64 in bf16, every ProbFn: the
-// FlashAttention-2 backward of attention_mma.cu with its five products on warpgroup MMAs and its
+// FlashAttention-2 backward of attention_mma_bwd.cu with its five products on warpgroup MMAs and its
 // copies on the TMA (see attention_wgmma.cu for the tile layouts and descriptors,
 // attention_wgmma.cuh for the helpers).
 #include <cuda_bf16.h>
