@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:${LD_LIBRARY_PATH:-}
 [[ -x gpu-bundle/bin/oft ]] || tar -xJf gpu-bundle.tar.xz
 B=$PWD/gpu-bundle/bin
-IFS=, read -ra cfgs <<< "${NCU_GEMM:-cublas 0 xmma|cutlass|gemm_kernel}"
+IFS=, read -ra cfgs <<< "${NCU_GEMM:-cublas 0 xmma|cutlass}"
 for c in "${cfgs[@]}"; do
   set -- $c
   name=$1 mode=$2 re=$3; shift 3
