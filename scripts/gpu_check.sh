@@ -23,12 +23,7 @@
 # Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-export OFT_HOME=$PWD
-export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-[[ -x gpu-bundle/bin/oft ]] || tar -xJf gpu-bundle.tar.xz
-BIN=$PWD/gpu-bundle/bin
+source scripts/gpu_env.sh
 what=${*:-tests train bench}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 

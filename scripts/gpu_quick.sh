@@ -7,11 +7,8 @@
 # Usage (on the GPU machine, after scripts/gpu_bundle.sh here): bash scripts/gpu_quick.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-[[ -x gpu-bundle/bin/oft ]] || tar -xJf gpu-bundle.tar.xz
-B=$PWD/gpu-bundle/bin
+source scripts/gpu_env.sh
+B=$BIN
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
 timeout 120 "$B/oft_cuda_tests" --gtest_filter="${QUICK_FILTER:-CudaLinear*}" > "$OUT/linear.log" 2>&1
 echo "linear tests exit $?"

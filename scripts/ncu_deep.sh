@@ -2,8 +2,8 @@
 # Nsight Compute deep dive of the attention backward kernels on a GPU machine (after
 # scripts/gpu_bundle.sh): full-set reports, stall reasons and per-SASS stall samples, packed
 # into $OUT/ncu_deep.tar.gz.
-export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:$LD_LIBRARY_PATH
-BIN=$PWD/gpu-bundle/bin
+cd "$(dirname "$0")/.."
+source scripts/gpu_env.sh
 IFS=, read -ra kernels <<< "${NCU_DEEP:-0 bwd_mma_kernel,all bwd_tma_kernel}"  # "OFT_ATTN_WGMMA kernel-regex",...
 for k in "${kernels[@]}"; do
   set -- $k

@@ -6,14 +6,15 @@
 # Speed-of-light, memory, warp-state and launch sections; the logs land in $OUT/ncu_NAME.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/gpu-bundle/lib:${LD_LIBRARY_PATH:-}
-[[ -x gpu-bundle/bin/oft ]] || tar -xJf gpu-bundle.tar.xz
-B=$PWD/gpu-bundle/bin
+source scripts/gpu_env.sh
+B=$BIN
 IFS=, read -ra cfgs <<< "${NCU_GEMM:-cublas 0 xmma|cutlass}"
 for c in "${cfgs[@]}"; do
   set -- $c
+  if (($# < 3)); then
+    echo "ncu_gemm.sh: NCU_GEMM entry '$c' needs NAME OFT_GEMM_WGMMA kernel-regex [ENV=value ...]" >&2
+    exit 2
+  fi
   name=$1 mode=$2 re=$3; shift 3
   env "$@" OFT_GEMM_WGMMA=$mode timeout 200 ncu --clock-control none --kernel-name "regex:$re" \
     --launch-skip ${NCU_SKIP:-3} --launch-count 1 --section SpeedOfLight \
