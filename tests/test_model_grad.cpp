@@ -388,3 +388,33 @@ TEST_P(GradientZeroing, StaleGradientsNeverLeak) {
 
 INSTANTIATE_TEST_SUITE_P(All, GradientZeroing, ::testing::ValuesIn(kModelCases),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// forward(read_loss = false) leaves the loss for last_loss(), which a training step reads after
+// queueing the backward: the same value, and the same gradients, as reading it at once.
+TEST(DeferredLoss, SameLossAndGradientsAsReadingAtOnce) {
+  for (const char* obj : {"clm", "mlm"}) {
+    SCOPED_TRACE(obj);
+    TransformerLM model(small_config({std::string("objective=") + obj}), DType::F64,
+                        Device::CPU, 5);
+    model.init_weights(7);
+    const int64_t B = 2, T = 5;
+    Tensor tok = Tensor::from_vector({B, T}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, DType::I32);
+    Tensor tgt = Tensor::from_vector({B, T}, {2, 3, -1, 5, 6, 7, 8, 9, 10, 0}, DType::I32);
+    auto grads = [&] {
+      std::vector<double> g;
+      for (Param& p : model.params().all())
+        for (double v : p.grad.to_vector()) g.push_back(v);
+      return g;
+    };
+    model.params().zero_grad();
+    const double now = model.forward(tok, tgt, Tensor(), true);
+    model.backward(1.0);
+    const auto g_now = grads();
+    model.params().zero_grad();
+    EXPECT_EQ(model.forward(tok, tgt, Tensor(), true, /*read_loss=*/false), 0.0);
+    model.backward(1.0);
+    EXPECT_DOUBLE_EQ(model.last_loss(), now);
+    EXPECT_EQ(grads(), g_now);
+    EXPECT_GT(now, 0.0);
+  }
+}

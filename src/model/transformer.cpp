@@ -463,7 +463,7 @@ void TransformerLM::block_backward(size_t l) {
 }
 
 double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask,
-                              bool will_backward) {
+                              bool will_backward, bool read_loss) {
   OFT_ASSERT(tokens.ndim() == 2 && tokens.dtype() == DType::I32, "tokens must be [B,T] i32");
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   OFT_CHECK(T <= cfg_.max_seq_len, "sequence length ", T, " exceeds model.max_seq_len=",
@@ -499,17 +499,22 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   if (proj_) project_out_.forward(head_src_, lnf_.out);  // [N, C] -> [N, P]
   const Tensor& head_src = proj_ ? head_src_ : lnf_.out;
   const Tensor& head_w = head_w_.defined() ? head_w_ : head_full_;
+  // Targets given on the host are counted there and uploaded without waiting for the GPU;
+  // targets on the GPU are read back (which waits for the forward so far).
   Tensor t_host;
   n_targets_ = 0;
+  loss_pending_ = false;
   if (targets.defined()) {
-    t_host = targets.to(Device::CPU);
+    t_host = targets.device() == Device::CPU ? targets : targets.to(Device::CPU);
     for (int64_t i = 0; i < t_host.numel(); ++i) n_targets_ += t_host.data<int32_t>()[i] >= 0;
   }
+  const Tensor targets_dev =
+      targets.defined() && targets.device() != device_ ? targets.to(device_) : targets;
   // Masked LM in training: the head (dense, activation, norm, the V-wide output layer and the
   // loss) runs on the masked positions only, gathered into n_targets_ dense rows. Observed
   // forward passes (hooks: metrics, quantization) keep every position.
   head_rows_ = B * T;
-  head_targets_ = targets;
+  head_targets_ = targets_dev;
   if (mlm_ && targets.defined() && !hook_) {
     std::vector<double> ix, tg;
     const int32_t* pt = t_host.data<int32_t>();
@@ -547,7 +552,13 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   } else {
     ops::on(logits).cross_entropy_fwd(losses, logits, head_targets_, cfg_.vocab_size);
   }
-  const std::vector<double> lv = losses.to_vector();
+  loss_pending_ = true;
+  return read_loss ? last_loss() : 0.0;
+}
+
+double TransformerLM::last_loss() {
+  if (!loss_pending_) return 0.0;
+  const std::vector<double> lv = losses_.slice(0, head_rows_).to_vector();
   double s = 0;
   for (double x : lv) s += x;
   return n_targets_ ? s / double(n_targets_) : 0.0;

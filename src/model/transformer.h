@@ -55,8 +55,14 @@ class TransformerLM {
   // logits less per step, and no separate logits-gradient buffer. logits() then holds that
   // gradient, not the logits. A masked LM ignores will_backward (its head runs on the masked
   // rows and keeps cross_entropy_fwd / cross_entropy_bwd).
+  // targets may be on the host (counted there and uploaded without waiting for the GPU) or on
+  // the model's device. read_loss = false: the loss is left on the device and forward()
+  // returns 0; last_loss() reads it later (after backward(), say), so that the step's work is
+  // queued without the host waiting for the forward to finish.
   double forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask = Tensor(),
-                 bool will_backward = false);
+                 bool will_backward = false, bool read_loss = true);
+  // The mean cross-entropy of the last forward() with targets (0 without); waits for it.
+  double last_loss();
   // Accumulates d(loss_scale * mean loss)/d(params) into the gradients. Follows forward().
   // The mean is over counted_targets(), or over `total_targets` when positive (data-parallel
   // ranks divide their share of the loss by the targets of the whole global batch).
@@ -184,6 +190,7 @@ class TransformerLM {
   // Activations of the last forward.
   int64_t B_ = 0, T_ = 0, n_targets_ = 0;
   Tensor tokens_, targets_, key_mask_;
+  bool loss_pending_ = false;  // losses_ holds the last forward's per-row losses
   std::vector<Tensor> resid_;  // resid_[l]: input of block l; resid_[L]: output of the last
   std::vector<BlockActs> acts_;
   Tensor emb_;  // embedding sum before emb_norm_ [N, C]

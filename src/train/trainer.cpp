@@ -315,17 +315,20 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       int64_t global_targets = 0;
       const int32_t* pt = tg.data<int32_t>();
       for (int64_t i = 0; i < B * T; ++i) global_targets += pt[i] >= 0;
-      const double l = model.forward(in.slice(row0, row1).to(device), tg.slice(row0, row1).to(device),
-                                     use_mask ? mask.slice(row0, row1).to(device) : Tensor(),
-                                     /*will_backward=*/true);
-      if (W == 1)  // one process: the same sum as always, bit for bit
-        loss += l / double(tc.grad_accum);
-      else if (global_targets > 0)
-        loss += l * double(model.counted_targets()) / double(global_targets) / double(tc.grad_accum);
+      // The targets stay on the host (the model counts them there and uploads them itself) and
+      // the loss is read after the backward is queued: the host never waits for the forward.
+      model.forward(in.slice(row0, row1).to(device), tg.slice(row0, row1),
+                    use_mask ? mask.slice(row0, row1).to(device) : Tensor(),
+                    /*will_backward=*/true, /*read_loss=*/false);
       if (dp) dp->add_batch_tokens(in.data<int32_t>(), B * T);  // the global batch's ids
       if (dp) dp->before_backward(micro + 1 == tc.grad_accum);
       model.backward(1.0 / double(tc.grad_accum), global_targets);
       if (dp) dp->after_backward();
+      const double l = model.last_loss();
+      if (W == 1)  // one process: the same sum as always, bit for bit
+        loss += l / double(tc.grad_accum);
+      else if (global_targets > 0)
+        loss += l * double(model.counted_targets()) / double(global_targets) / double(tc.grad_accum);
     }
     const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, opt) : opt.grad_norm();
     const double lr = learning_rate(tc, warmup, step);

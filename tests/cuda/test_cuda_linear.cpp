@@ -295,7 +295,13 @@ TEST(CudaLinear, ActBackwardMatchesCpu) {
           cpu().bias_grad(dsum_ref, ref.cast(DType::F32));
           Tensor gdsum = dsum0.to(Device::CUDA), got_s = poisoned({s.n, s.F}, dt);
           gpu().linear_act_bwd_dx(got_s, gdout, gw, gpre, a, &gdsum);
-          EXPECT_GPU_CLOSE(gdsum, dsum_ref, tol_for(dt)) << "dsum";
+          // The composed path sums dpre after its bf16 rounding, whose errors scale with
+          // colsum(|dpre|), not with the (possibly cancelling) sums: measure against that.
+          std::vector<double> mag = dsum0.to_vector(), r = ref.to_vector();
+          for (double& m : mag) m = std::abs(m);
+          for (size_t i = 0; i < r.size(); ++i) mag[i % size_t(s.F)] += std::abs(r[i]);
+          const double floor = l2_norm(Tensor::from_vector({s.F}, mag, DType::F64));
+          EXPECT_LE(rel_err(gdsum, dsum_ref, floor), tol_for(dt)) << "dsum";
         }
         if (a == Activation::ReLU) {
           // The model hands ReLU its output instead of pre.

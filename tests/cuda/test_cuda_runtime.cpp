@@ -1,5 +1,5 @@
 // CUDA runtime plumbing: allocation through the caching allocator, host <-> device copies in
-// every dtype, memory statistics, and the clear error when no GPU is usable.
+// every dtype (small uploads through the staging slots), memory statistics, and the clear error when no GPU is usable.
 #include "cuda/cuda_test_util.h"
 
 namespace oft::testing {
@@ -15,6 +15,25 @@ TEST(CudaRuntime, CopiesRoundTripEveryDtype) {
     dev2.copy_from(dev);  // device -> device
     EXPECT_EQ(dev2.to_vector(), host.to_vector()) << dtype_name(d);
   }
+}
+
+// Small uploads go through pinned staging slots without waiting for the GPU: more uploads in a
+// row than there are slots, each host buffer overwritten as soon as its copy call returns, and
+// one upload past the slot size (the waiting path), all arrive intact.
+TEST(CudaRuntime, UploadsDoNotDependOnTheHostBufferAfterTheCall) {
+  OFT_REQUIRE_CUDA();
+  std::vector<Tensor> dev;
+  std::vector<std::vector<double>> want;
+  for (int i = 0; i < 21; ++i) {
+    const int64_t n = i == 20 ? (int64_t(1) << 19) : 1000 + 37 * i;  // the last: 2 MiB of f32
+    Tensor host = randn({n});
+    want.push_back(host.to_vector());
+    Tensor d = Tensor::empty({n}, DType::F32, Device::CUDA);
+    d.copy_from(host);
+    std::fill(host.data<float>(), host.data<float>() + n, -7.0f);  // reuse the host buffer at once
+    dev.push_back(d);
+  }
+  for (size_t i = 0; i < dev.size(); ++i) EXPECT_EQ(dev[i].to_vector(), want[i]) << "upload " << i;
 }
 
 TEST(CudaRuntime, AllocatorReusesFreedBlocksAndTracksPeak) {

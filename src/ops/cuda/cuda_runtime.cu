@@ -1,10 +1,12 @@
 // CUDA runtime plumbing for the backend: device detection, the stream all ops run on, a caching
 // device allocator (so per-step tensors never reach cudaMalloc / cudaFree, which synchronise),
-// host <-> device copies registered with core/tensor, the scratch workspace, and memory
+// host <-> device copies registered with core/tensor (small uploads through pinned staging,
+// without waiting), the scratch workspace, and memory
 // statistics for `oft bench`.
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -135,11 +137,53 @@ Allocator& allocator() {
 void* device_alloc(size_t bytes) { return allocator().alloc(bytes); }
 void device_free(void* p) { allocator().free(p); }
 
+// Small host-to-device copies (a batch's token ids, targets and mask; scalars) go through
+// pinned staging slots: the host data is copied into a slot and the transfer is queued on the
+// stream without waiting for it, so uploading a batch does not drain the GPU's queue. A slot is
+// reused once the event recorded after its last transfer has passed.
+class StagingRing {
+ public:
+  static constexpr size_t kSlotBytes = size_t(1) << 20;
+  static constexpr int kSlots = 8;
+  // Queues the copy of bytes (<= kSlotBytes) from host src to device dst on the stream.
+  void upload(void* dst, const void* src, size_t bytes) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (!base_) {
+      OFT_CUDA_CHECK(cudaHostAlloc(&base_, kSlotBytes * kSlots, cudaHostAllocPortable));
+      for (cudaEvent_t& e : done_) OFT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+    const int i = next_;
+    next_ = (next_ + 1) % kSlots;
+    char* slot = static_cast<char*>(base_) + size_t(i) * kSlotBytes;
+    if (used_[i]) OFT_CUDA_CHECK(cudaEventSynchronize(done_[i]));  // its last transfer is done
+    std::memcpy(slot, src, bytes);
+    OFT_CUDA_CHECK(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, stream()));
+    OFT_CUDA_CHECK(cudaEventRecord(done_[i], stream()));
+    used_[i] = true;
+  }
+
+ private:
+  std::mutex mu_;
+  void* base_ = nullptr;
+  cudaEvent_t done_[kSlots]{};
+  bool used_[kSlots]{};
+  int next_ = 0;
+};
+
+StagingRing& staging() {
+  static StagingRing* r = new StagingRing();  // never destroyed: pinned memory lives with the process
+  return *r;
+}
+
 void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
   if (bytes == 0) return;
   cudaMemcpyKind kind = dd == Device::CUDA ? (sd == Device::CUDA ? cudaMemcpyDeviceToDevice
                                                                  : cudaMemcpyHostToDevice)
                                            : cudaMemcpyDeviceToHost;
+  if (kind == cudaMemcpyHostToDevice && bytes <= StagingRing::kSlotBytes) {
+    staging().upload(dst, src, bytes);
+    return;
+  }
   OFT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, stream()));
   // The host side of a copy may be reused at once: wait for it.
   if (kind != cudaMemcpyDeviceToDevice) OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
