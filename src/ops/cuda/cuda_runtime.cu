@@ -145,12 +145,20 @@ class StagingRing {
  public:
   static constexpr size_t kSlotBytes = size_t(1) << 20;
   static constexpr int kSlots = 8;
-  // Queues the copy of bytes (<= kSlotBytes) from host src to device dst on the stream.
-  void upload(void* dst, const void* src, size_t bytes) {
+  // Queues the copy of bytes (<= kSlotBytes) from host src to device dst on the stream; false,
+  // having done nothing, when no pinned memory could be had (the caller then copies and waits).
+  bool upload(void* dst, const void* src, size_t bytes) {
     std::lock_guard<std::mutex> g(mu_);
+    if (unavailable_) return false;
     if (!base_) {
-      OFT_CUDA_CHECK(cudaHostAlloc(&base_, kSlotBytes * kSlots, cudaHostAllocPortable));
-      for (cudaEvent_t& e : done_) OFT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      if (cudaHostAlloc(&base_, kSlotBytes * kSlots, cudaHostAllocPortable) != cudaSuccess) {
+        cudaGetLastError();
+        base_ = nullptr;
+        unavailable_ = true;
+        return false;
+      }
+      for (cudaEvent_t& e : done_)
+        OFT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     const int i = next_;
     next_ = (next_ + 1) % kSlots;
@@ -160,11 +168,13 @@ class StagingRing {
     OFT_CUDA_CHECK(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, stream()));
     OFT_CUDA_CHECK(cudaEventRecord(done_[i], stream()));
     used_[i] = true;
+    return true;
   }
 
  private:
   std::mutex mu_;
   void* base_ = nullptr;
+  bool unavailable_ = false;
   cudaEvent_t done_[kSlots]{};
   bool used_[kSlots]{};
   int next_ = 0;
@@ -180,10 +190,9 @@ void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes)
   cudaMemcpyKind kind = dd == Device::CUDA ? (sd == Device::CUDA ? cudaMemcpyDeviceToDevice
                                                                  : cudaMemcpyHostToDevice)
                                            : cudaMemcpyDeviceToHost;
-  if (kind == cudaMemcpyHostToDevice && bytes <= StagingRing::kSlotBytes) {
-    staging().upload(dst, src, bytes);
+  if (kind == cudaMemcpyHostToDevice && bytes <= StagingRing::kSlotBytes &&
+      staging().upload(dst, src, bytes))
     return;
-  }
   OFT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, stream()));
   // The host side of a copy may be reused at once: wait for it.
   if (kind != cudaMemcpyDeviceToDevice) OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
