@@ -508,13 +508,10 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
     t_host = targets.device() == Device::CPU ? targets : targets.to(Device::CPU);
     for (int64_t i = 0; i < t_host.numel(); ++i) n_targets_ += t_host.data<int32_t>()[i] >= 0;
   }
-  const Tensor targets_dev =
-      targets.defined() && targets.device() != device_ ? targets.to(device_) : targets;
   // Masked LM in training: the head (dense, activation, norm, the V-wide output layer and the
   // loss) runs on the masked positions only, gathered into n_targets_ dense rows. Observed
   // forward passes (hooks: metrics, quantization) keep every position.
   head_rows_ = B * T;
-  head_targets_ = targets_dev;
   if (mlm_ && targets.defined() && !hook_) {
     std::vector<double> ix, tg;
     const int32_t* pt = t_host.data<int32_t>();
@@ -528,6 +525,8 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
     be.gather_rows(head_in_, lnf_.out, head_index_);
   } else {
     head_index_ = Tensor();
+    head_targets_ =
+        targets.defined() && targets.device() != device_ ? targets.to(device_) : targets;
   }
   const int64_t M = head_rows_;
   Tensor logits = logits_.slice(0, M);

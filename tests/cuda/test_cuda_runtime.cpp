@@ -1,5 +1,6 @@
 // CUDA runtime plumbing: allocation through the caching allocator, host <-> device copies in
-// every dtype (small uploads through the staging slots), memory statistics, and the clear error when no GPU is usable.
+// every dtype (small uploads through the staging slots), memory statistics, and the clear error
+// when no GPU is usable.
 #include "cuda/cuda_test_util.h"
 
 namespace oft::testing {

@@ -1,8 +1,7 @@
 // CUDA runtime plumbing for the backend: device detection, the stream all ops run on, a caching
 // device allocator (so per-step tensors never reach cudaMalloc / cudaFree, which synchronise),
 // host <-> device copies registered with core/tensor (small uploads through pinned staging,
-// without waiting), the scratch workspace, and memory
-// statistics for `oft bench`.
+// without waiting), the scratch workspace, and memory statistics for `oft bench`.
 #include <cuda_runtime.h>
 
 #include <cstdlib>
