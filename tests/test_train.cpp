@@ -11,6 +11,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "train/checkpoint.h"
+#include "train/step_graph.h"
 #include "train/trainer.h"
 #include "test_util.h"
 
@@ -160,6 +161,67 @@ TEST_F(TrainTest, ExistingRunNeedsResumeAndMissingShardsAreExplained) {
   EXPECT_NE(e.find("data.train=/nonexistent/train.bin"), std::string::npos) << e;
   EXPECT_NE(e.find("oft data prepare"), std::string::npos) << e;
   EXPECT_FALSE(fs::exists(root_ + "/missing/checkpoints"));
+}
+
+// CUDA graphs of the step are GPU-only: on the CPU the graph says why it is off and leaves every
+// step to the caller (the GPU behaviour is tested in tests/cuda/test_cuda_graph.cpp).
+TEST(StepGraph, OffOnTheCpuAndWhenDisabled) {
+  RunConfig cfg;
+  cfg.load("tiny", {"model.n_layer=1", "model.vocab_size=32"});
+  EXPECT_TRUE(cfg.train.cuda_graph);  // on by default where it applies
+  TransformerLM model(cfg.model, DType::F32, Device::CPU, cfg.data.seq_len);
+  StepGraph graph(model, true, false);
+  EXPECT_FALSE(graph.active());
+  EXPECT_NE(graph.why_off().find("not on the GPU"), std::string::npos) << graph.why_off();
+  Tensor tok = Tensor::zeros({1, 4}, DType::I32), tgt = Tensor::zeros({1, 4}, DType::I32);
+  EXPECT_FALSE(graph.run(tok, tgt, Tensor(), 1.0, 4));
+  EXPECT_EQ(graph.replays(), 0);
+  EXPECT_NE(StepGraph(model, false, false).why_off().find("train.cuda_graph=false"),
+            std::string::npos);
+  RunConfig off;
+  off.load("tiny", {"train.cuda_graph=false"});
+  EXPECT_FALSE(off.train.cuda_graph);
+  RunConfig bad;
+  try {
+    bad.load("tiny", {"train.cuda_graph=sometimes"});
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.cuda_graph"), std::string::npos) << e.what();
+  }
+}
+
+// forward(..., known_targets) takes the caller's count of the targets instead of counting them
+// (a recorded step cannot read them back): the same loss and gradients as counting.
+TEST(StepGraph, KnownTargetCountGivesTheCountedResult) {
+  RunConfig cfg;
+  cfg.load("tiny", {"model.n_layer=1", "model.vocab_size=32"});
+  TransformerLM model(cfg.model, DType::F64, Device::CPU, 8);
+  model.init_weights(3);
+  Tensor tok = Tensor::from_vector({1, 8}, {1, 2, 3, 4, 5, 6, 7, 8}, DType::I32);
+  Tensor tgt = Tensor::from_vector({1, 8}, {2, 3, 4, 5, 6, 7, 8, 9}, DType::I32);
+  auto grads = [&] {
+    std::vector<double> g;
+    for (Param& p : model.params().all())
+      for (double v : p.grad.to_vector()) g.push_back(v);
+    return g;
+  };
+  model.params().zero_grad();
+  const double counted = model.forward(tok, tgt, Tensor(), true);
+  model.backward(1.0);
+  const auto g_counted = grads();
+  const auto flags = model.params().pending_flags();
+  model.params().zero_grad();
+  EXPECT_NE(model.params().pending_flags(), flags);  // zero_grad marks the products' gradients
+  EXPECT_DOUBLE_EQ(model.forward(tok, tgt, Tensor(), true, true, 8), counted);
+  model.backward(1.0);
+  EXPECT_EQ(grads(), g_counted);
+  EXPECT_EQ(model.params().pending_flags(), flags);
+  const uint64_t gen = model.buffer_generation();
+  model.reserve_batch(1, 8);
+  EXPECT_EQ(model.buffer_generation(), gen);
+  model.reserve_batch(2, 8);
+  EXPECT_EQ(model.buffer_generation(), gen + 1);
+  EXPECT_THROW(model.forward(tok, tgt, Tensor(), true, true, 9), Error);  // more than there are
 }
 
 TEST(NonFiniteGuard, StopsOrSkipsByPolicy) {

@@ -39,6 +39,20 @@ void ParamStore::zero_grad() {
   if (!grads.empty()) ops::on(*grads.front()).zero_multi(grads);
 }
 
+std::vector<bool> ParamStore::pending_flags() const {
+  std::vector<bool> f;
+  f.reserve(params_.size());
+  for (const Param& p : params_) f.push_back(p.pending_zero);
+  return f;
+}
+
+void ParamStore::set_pending_flags(const std::vector<bool>& flags) {
+  OFT_ASSERT(flags.size() == params_.size(), "set_pending_flags: ", flags.size(), " flags for ",
+             params_.size(), " parameters");
+  size_t i = 0;
+  for (Param& p : params_) p.pending_zero = flags[i++];
+}
+
 void ParamStore::settle_grads() {
   std::vector<Tensor*> grads;
   for (auto& p : params_)

@@ -56,6 +56,11 @@ class ParamStore {
   // with no masked position). Models call it at the end of backward(), so every gradient is
   // real when backward() returns.
   void settle_grads();
+  // The pending_zero flags of every parameter, in order, and their restoration: a recorded
+  // step (CUDA graph) bakes in which gradients its products overwrite, and a replay leaves the
+  // flags as the recorded step did.
+  std::vector<bool> pending_flags() const;
+  void set_pending_flags(const std::vector<bool>& flags);
   // Refreshes the compute copies from the master values (after init, load, optimizer steps
   // and weight quantization); free when there are no separate copies.
   void sync_compute();

@@ -168,6 +168,7 @@ void TransformerLM::init_weights(uint64_t seed) {
 
 void TransformerLM::allocate(int64_t B, int64_t T) {
   if (B == B_ && T == T_) return;
+  ++buffer_generation_;
   B_ = B;
   T_ = T;
   const int64_t N = B * T, C = cfg_.d_model, F = cfg_.d_ff, L = cfg_.n_layer;
@@ -463,7 +464,7 @@ void TransformerLM::block_backward(size_t l) {
 }
 
 double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask,
-                              bool will_backward, bool read_loss) {
+                              bool will_backward, bool read_loss, int64_t known_targets) {
   OFT_ASSERT(tokens.ndim() == 2 && tokens.dtype() == DType::I32, "tokens must be [B,T] i32");
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   OFT_CHECK(T <= cfg_.max_seq_len, "sequence length ", T, " exceeds model.max_seq_len=",
@@ -500,11 +501,17 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   const Tensor& head_src = proj_ ? head_src_ : lnf_.out;
   const Tensor& head_w = head_w_.defined() ? head_w_ : head_full_;
   // Targets given on the host are counted there and uploaded without waiting for the GPU;
-  // targets on the GPU are read back (which waits for the forward so far).
+  // targets on the GPU are read back (which waits for the forward so far), unless the caller
+  // gave their count.
   Tensor t_host;
   n_targets_ = 0;
   loss_pending_ = false;
-  if (targets.defined()) {
+  if (targets.defined() && known_targets >= 0) {
+    OFT_CHECK(!mlm_, "forward: known_targets is for causal LMs (a masked LM gathers its targets)");
+    OFT_CHECK(known_targets <= targets.numel(), "forward: known_targets ", known_targets,
+              " exceeds the ", targets.numel(), " targets");
+    n_targets_ = known_targets;
+  } else if (targets.defined()) {
     t_host = targets.device() == Device::CPU ? targets : targets.to(Device::CPU);
     for (int64_t i = 0; i < t_host.numel(); ++i) n_targets_ += t_host.data<int32_t>()[i] >= 0;
   }

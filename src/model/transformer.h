@@ -59,8 +59,11 @@ class TransformerLM {
   // the model's device. read_loss = false: the loss is left on the device and forward()
   // returns 0; last_loss() reads it later (after backward(), say), so that the step's work is
   // queued without the host waiting for the forward to finish.
+  // known_targets >= 0: the caller has counted the targets (those >= 0), so targets on the
+  // device are not read back to count them (a causal LM only; a CUDA graph records the forward
+  // that way, see train/step_graph.h).
   double forward(const Tensor& tokens, const Tensor& targets, const Tensor& key_mask = Tensor(),
-                 bool will_backward = false, bool read_loss = true);
+                 bool will_backward = false, bool read_loss = true, int64_t known_targets = -1);
   // The mean cross-entropy of the last forward() with targets (0 without); waits for it.
   double last_loss();
   // Accumulates d(loss_scale * mean loss)/d(params) into the gradients. Follows forward().
@@ -93,6 +96,24 @@ class TransformerLM {
   int64_t counted_targets() const { return n_targets_; }
   // Installs an observer of the forward pass (hooks.h); nullptr removes it.
   void set_hook(ActivationHook* hook);
+  bool hooked() const { return hook_ != nullptr; }
+  // Counts the times the activation buffers were (re)allocated for a new batch shape: a
+  // recorded step (CUDA graph) holds their addresses and is stale once this changes.
+  uint64_t buffer_generation() const { return buffer_generation_; }
+  // Sizes the activation buffers for [B, T] batches now (forward() does it too).
+  void reserve_batch(int64_t B, int64_t T) { allocate(B, T); }
+  // What last_loss() reads besides the device losses: a replayed step (CUDA graph) runs no
+  // host code, so it restores the state its recorded forward left.
+  struct LossState {
+    bool pending = false;
+    int64_t rows = 0, targets = 0;
+  };
+  LossState loss_state() const { return {loss_pending_, head_rows_, n_targets_}; }
+  void set_loss_state(const LossState& s) {
+    loss_pending_ = s.pending;
+    head_rows_ = s.rows;
+    n_targets_ = s.targets;
+  }
   // Attention probabilities saved by the last forward for layer l (CPU backend: [B, H, T, T]).
   // On the GPU the fused kernel keeps no probabilities: they are recomputed on the host from the
   // saved q/k/v with the CPU backend (f32), for evaluation-time metrics only.
@@ -189,6 +210,7 @@ class TransformerLM {
 
   // Activations of the last forward.
   int64_t B_ = 0, T_ = 0, n_targets_ = 0;
+  uint64_t buffer_generation_ = 0;
   Tensor tokens_, targets_, key_mask_;
   bool loss_pending_ = false;  // losses_ holds the last forward's per-row losses
   std::vector<Tensor> resid_;  // resid_[l]: input of block l; resid_[L]: output of the last

@@ -14,6 +14,7 @@
 #include "ops/ops.h"
 #include "ops/profiler.h"
 #include "train/optimizer.h"
+#include "train/step_graph.h"
 #include "train/trainer.h"
 
 namespace oft {
@@ -105,9 +106,11 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     Tensor in, tg;
     synthetic_batch(rng, B * denv.world, T, V, mlm, in, tg);
     global_inputs.push_back(in);
-    inputs.push_back(in.slice(denv.rank * B, denv.rank * B + B).to(device));
-    targets.push_back(tg.slice(denv.rank * B, denv.rank * B + B));  // on the host, as in training
+    inputs.push_back(in.slice(denv.rank * B, denv.rank * B + B));  // on the host, as in training
+    targets.push_back(tg.slice(denv.rank * B, denv.rank * B + B));
   }
+  StepGraph graph(model, tc.cuda_graph, dp != nullptr);
+  bool eager = false;  // profiled steps time each op, so they run without the graph
   BenchResult r;
   int64_t step_no = 0;
   auto step = [&]() {
@@ -115,12 +118,16 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     double loss = 0;
     for (int64_t m = 0; m < tc.grad_accum; ++m) {
       const size_t k = static_cast<size_t>(step_no * tc.grad_accum + m) % inputs.size();
-      model.forward(inputs[k], targets[k], Tensor(), /*will_backward=*/true, /*read_loss=*/false);
-      if (dp) dp->add_batch_tokens(global_inputs[k].data<int32_t>(), global_inputs[k].numel());
-      if (dp) dp->before_backward(m + 1 == tc.grad_accum);
       // Data-parallel: every rank's share is 1/W of the mean (equal target counts assumed).
-      model.backward(1.0 / double(tc.grad_accum) / double(denv.world));
-      if (dp) dp->after_backward();
+      const double scale = 1.0 / double(tc.grad_accum) / double(denv.world);
+      if (eager || !graph.run(inputs[k], targets[k], Tensor(), scale, 0)) {
+        model.forward(inputs[k].to(device), targets[k], Tensor(), /*will_backward=*/true,
+                      /*read_loss=*/false);
+        if (dp) dp->add_batch_tokens(global_inputs[k].data<int32_t>(), global_inputs[k].numel());
+        if (dp) dp->before_backward(m + 1 == tc.grad_accum);
+        model.backward(scale);
+        if (dp) dp->after_backward();
+      }
       loss += model.last_loss() / double(tc.grad_accum);
     }
     if (dp) loss /= double(denv.world);  // this rank's share of the mean
@@ -145,6 +152,8 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   }
   const ops::DeviceMemory mem = ops::device_memory();
 
+  r.cuda_graph = graph.replays() > 0 ? "on" : "off (" + graph.why_off() + ")";
+  if (graph.replays() == 0 && graph.active()) r.cuda_graph = "off (no step was replayed)";
   r.device = device_name(device);
   r.gpus = denv.world;
   r.zero_stage = int(tc.zero_stage);
@@ -175,6 +184,7 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
 
   if (opt.profile) {
     const int64_t prof_steps = std::max<int64_t>(3, opt.steps / 4);
+    eager = true;
     ops::Profiler::start();
     for (int64_t i = 0; i < prof_steps; ++i) step();
     auto rows = ops::Profiler::stop();
@@ -210,6 +220,7 @@ std::string bench_report(const std::string& name, const BenchResult& r) {
     std::snprintf(buf, sizeof buf, "peak memory %.2f GiB held by tensors (%.2f GiB reserved, device %.1f GiB)\n",
                   r.peak_mem_gib, r.reserved_gib, r.device_mem_gib);
     s += buf;
+    s += "cuda graph: " + r.cuda_graph + "\n";
   }
   std::snprintf(buf, sizeof buf, "synthetic-data loss %.4f -> %.4f\n", r.loss_first, r.loss_last);
   s += buf;

@@ -31,6 +31,7 @@ struct BenchResult {
   double mfu = 0;              // tflops / peak_tflops
   double peak_mem_gib = 0, reserved_gib = 0, device_mem_gib = 0;
   double loss_first = 0, loss_last = 0;  // synthetic-data losses (sanity: finite, falling)
+  std::string cuda_graph;  // "on", or "off (why)": whether the timed steps replayed a CUDA graph
   std::vector<std::pair<std::string, double>> op_ms;  // per step, descending
   std::vector<int64_t> op_calls;
 };

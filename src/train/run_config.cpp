@@ -129,6 +129,9 @@ RunConfig::RunConfig() {
   r.add("train.grad_reduce_dtype", &t.grad_reduce_dtype,
         "multi-GPU: dtype the gradients are summed in across GPUs (bf16 halves the traffic; "
         "each sum rounds to bf16)", {"f32", "bf16"});
+  r.add("train.cuda_graph", &t.cuda_graph,
+        "GPU, causal LM, one process: record each micro-step's forward and backward into a CUDA "
+        "graph and replay it with one launch (same results; false = launch every kernel)");
   r.add("train.device", &t.device, "compute device (auto = the GPU when one is usable)",
         {"auto", "cpu", "cuda"});
   r.add("train.precision", &t.precision,

@@ -17,6 +17,7 @@
 #include "io/metrics.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
+#include "train/step_graph.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -301,6 +302,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
 
   Tensor in = Tensor::empty({B, T}, DType::I32), tg = Tensor::empty({B, T}, DType::I32);
   Tensor mask = Tensor::empty({B, T}, DType::I32);
+  StepGraph graph(model, tc.cuda_graph, dp != nullptr);
   const int64_t row0 = rank * (B / W), row1 = row0 + B / W;  // this rank's rows
   const auto t0 = Clock::now();
   auto t_log = t0;
@@ -317,13 +319,17 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       for (int64_t i = 0; i < B * T; ++i) global_targets += pt[i] >= 0;
       // The targets stay on the host (the model counts them there and uploads them itself) and
       // the loss is read after the backward is queued: the host never waits for the forward.
-      model.forward(in.slice(row0, row1).to(device), tg.slice(row0, row1),
-                    use_mask ? mask.slice(row0, row1).to(device) : Tensor(),
-                    /*will_backward=*/true, /*read_loss=*/false);
-      if (dp) dp->add_batch_tokens(in.data<int32_t>(), B * T);  // the global batch's ids
-      if (dp) dp->before_backward(micro + 1 == tc.grad_accum);
-      model.backward(1.0 / double(tc.grad_accum), global_targets);
-      if (dp) dp->after_backward();
+      const Tensor mine_in = in.slice(row0, row1), mine_tg = tg.slice(row0, row1);
+      const Tensor mine_mask = use_mask ? mask.slice(row0, row1) : Tensor();
+      if (!graph.run(mine_in, mine_tg, mine_mask, 1.0 / double(tc.grad_accum), global_targets)) {
+        model.forward(mine_in.to(device), mine_tg,
+                      mine_mask.defined() ? mine_mask.to(device) : Tensor(),
+                      /*will_backward=*/true, /*read_loss=*/false);
+        if (dp) dp->add_batch_tokens(in.data<int32_t>(), B * T);  // the global batch's ids
+        if (dp) dp->before_backward(micro + 1 == tc.grad_accum);
+        model.backward(1.0 / double(tc.grad_accum), global_targets);
+        if (dp) dp->after_backward();
+      }
       const double l = model.last_loss();
       if (W == 1)  // one process: the same sum as always, bit for bit
         loss += l / double(tc.grad_accum);

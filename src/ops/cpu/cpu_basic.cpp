@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ops/cpu/cpu_backend.h"
+#include "ops/device_graph.h"
 #include "ops/profiler.h"
 
 namespace oft::ops {
@@ -370,6 +371,14 @@ std::string cuda_unavailable_reason() {
 DeviceMemory device_memory() { return {}; }
 void reset_peak_device_memory() {}
 void device_synchronize() {}
+bool device_graphs_available() { return false; }
+void DeviceGraph::begin_capture() {
+  fail("CUDA graphs need the CUDA backend, which this oft build lacks (built without nvcc)");
+}
+void DeviceGraph::end_capture() {}
+void DeviceGraph::abort_capture() noexcept {}
+void DeviceGraph::launch() { fail("DeviceGraph::launch: nothing recorded"); }
+void DeviceGraph::reset() noexcept {}
 void select_cuda_device(int index) {
   OFT_CHECK(false, "GPU ", index, " requested but this oft build has no CUDA backend: rebuild on "
                    "a machine with the CUDA toolkit, or train on one process with train.device=cpu");

@@ -38,6 +38,14 @@ int sm_count();
 
 // Waits for all work queued on the backend's stream (host reads of device results).
 void synchronize();
+// True while a CUDA graph records the stream (cuda_graph.cu): host copies and waits fail then.
+bool capturing();
+// The allocator's graph pools (cuda_runtime.cu, used by DeviceGraph): begin routes allocations
+// and frees to a new pool and returns its id, end stops routing, release returns the pool's
+// blocks to the shared free lists.
+int begin_graph_pool();
+void end_graph_pool();
+void release_graph_pool(int id);
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

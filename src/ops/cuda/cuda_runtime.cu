@@ -61,6 +61,10 @@ DeviceState& state() {
 // Caching allocator: blocks are rounded to a size class and kept on a free list when released.
 // All work runs on one stream, so a block freed by the host and handed out again is only
 // touched by later work on that stream: no extra synchronisation is needed.
+// Graph pools: while a CUDA graph records (DeviceGraph), every block allocated or freed goes to
+// that graph's pool, and a pool's free blocks are handed out only while recording into it. The
+// recorded kernels keep using those addresses at every replay, so no other tensor may be given
+// them while the graph lives; releasing the pool returns its blocks to the shared free lists.
 class Allocator {
  public:
   static size_t round(size_t bytes) {
@@ -71,11 +75,9 @@ class Allocator {
     std::lock_guard<std::mutex> g(mu_);
     const size_t sz = round(bytes);
     void* p = nullptr;
-    auto it = free_.find(sz);
-    if (it != free_.end() && !it->second.empty()) {
-      p = it->second.back();
-      it->second.pop_back();
-    } else {
+    if (recording_ != 0) p = take(pools_[recording_], sz);
+    if (p == nullptr) p = take(free_, sz);
+    if (p == nullptr) {
       g_touched = true;
       cudaError_t e = cudaMalloc(&p, sz);
       if (e != cudaSuccess) {
@@ -91,6 +93,7 @@ class Allocator {
       }
       reserved_ += sz;
     }
+    if (recording_ != 0) owner_[p] = recording_;
     sizes_[p] = sz;
     in_use_ += sz;
     peak_ = std::max(peak_, in_use_);
@@ -101,13 +104,43 @@ class Allocator {
     auto it = sizes_.find(p);
     if (it == sizes_.end()) return;
     in_use_ -= it->second;
-    free_[it->second].push_back(p);
+    // A block freed while recording may be used by kernels recorded before the free.
+    if (recording_ != 0) owner_[p] = recording_;
+    auto own = owner_.find(p);
+    (own == owner_.end() ? free_ : pools_[own->second])[it->second].push_back(p);
     sizes_.erase(it);
+  }
+  // Starts routing allocations and frees to a new pool; returns its id.
+  int begin_pool() {
+    std::lock_guard<std::mutex> g(mu_);
+    OFT_ASSERT(recording_ == 0, "a CUDA graph is already recording");
+    recording_ = ++last_pool_;
+    pools_[recording_];
+    return recording_;
+  }
+  void end_pool() {
+    std::lock_guard<std::mutex> g(mu_);
+    recording_ = 0;
+  }
+  // The pool's blocks become ordinary ones: free blocks go to the shared free lists, live ones
+  // return there when freed.
+  void release_pool(int id) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (recording_ == id) recording_ = 0;
+    auto it = pools_.find(id);
+    if (it == pools_.end()) return;
+    for (auto& [sz, v] : it->second)
+      for (void* p : v) free_[sz].push_back(p);
+    pools_.erase(it);
+    for (auto o = owner_.begin(); o != owner_.end();) o = o->second == id ? owner_.erase(o) : ++o;
   }
   void release_cached() {
     cudaStreamSynchronize(stream());
     for (auto& [sz, v] : free_) {
-      for (void* p : v) cudaFree(p);
+      for (void* p : v) {
+        cudaFree(p);
+        owner_.erase(p);
+      }
       reserved_ -= sz * v.size();
       v.clear();
     }
@@ -122,8 +155,19 @@ class Allocator {
   }
 
  private:
+  using FreeLists = std::map<size_t, std::vector<void*>>;
+  static void* take(FreeLists& lists, size_t sz) {
+    auto it = lists.find(sz);
+    if (it == lists.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    return p;
+  }
   std::mutex mu_;
-  std::map<size_t, std::vector<void*>> free_;
+  FreeLists free_;
+  std::map<int, FreeLists> pools_;
+  std::map<void*, int> owner_;  // blocks that belong to a graph pool
+  int recording_ = 0, last_pool_ = 0;
   std::map<void*, size_t> sizes_;
   size_t in_use_ = 0, peak_ = 0, reserved_ = 0;
 };
@@ -134,6 +178,11 @@ Allocator& allocator() {
 }
 
 void* device_alloc(size_t bytes) { return allocator().alloc(bytes); }
+}  // namespace
+int begin_graph_pool() { return allocator().begin_pool(); }
+void end_graph_pool() { allocator().end_pool(); }
+void release_graph_pool(int id) { allocator().release_pool(id); }
+namespace {
 void device_free(void* p) { allocator().free(p); }
 
 // Small host-to-device copies (a batch's token ids, targets and mask; scalars) go through
@@ -189,6 +238,10 @@ void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes)
   cudaMemcpyKind kind = dd == Device::CUDA ? (sd == Device::CUDA ? cudaMemcpyDeviceToDevice
                                                                  : cudaMemcpyHostToDevice)
                                            : cudaMemcpyDeviceToHost;
+  // A recorded graph would copy from (or to) this host memory at every replay, long after the
+  // caller has reused it.
+  if (kind != cudaMemcpyDeviceToDevice && capturing())
+    fail("a copy between the host and the GPU was queued while a CUDA graph was recording");
   if (kind == cudaMemcpyHostToDevice && bytes <= StagingRing::kSlotBytes &&
       staging().upload(dst, src, bytes))
     return;
@@ -254,7 +307,16 @@ void* scratch(size_t bytes) {
 
 int sm_count() { return state().sms; }
 
-void synchronize() { OFT_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+void synchronize() {
+  if (capturing()) fail("the host waited for the GPU while a CUDA graph was recording");
+  OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+bool capturing() {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  OFT_CUDA_CHECK(cudaStreamIsCapturing(stream(), &st));
+  return st != cudaStreamCaptureStatusNone;
+}
 
 void expect_cuda(const Tensor& t, const char* what) {
   OFT_ASSERT(t.defined(), what, ": tensor is undefined");

@@ -1,0 +1,193 @@
+// CUDA graphs of the training step (ops/device_graph.h, train/step_graph.h): replayed micro-steps
+// give the eager steps' losses and gradients across new batches, changed weights, gradient
+// accumulation, a batch with ignored targets, an evaluation forward of another batch size in
+// between, and tensors allocated after the recording (the graph's memory pool keeps them off its
+// blocks); models whose step cannot be recorded fall back to eager steps; a copy from the host
+// while recording fails with a clear message.
+// The eager GPU step itself is not bit-for-bit repeatable (atomic sums in the embedding backward
+// and the attention's dQ reduce-adds), so replays are compared with a second, eager model:
+//   f32: loss 1e-6 relative, gradients 1e-5 (all together, relative L2): summation order only;
+//   bf16: loss 1e-3, gradients 3e-2 (the order differences pass through bf16 roundings).
+// A stale batch gives gradient errors near 1, and stale weights (every weight is scaled by 2-12%
+// between steps) several times the bf16 tolerance.
+#include <cmath>
+#include <memory>
+#include <sstream>
+
+#include "cuda/cuda_test_util.h"
+#include "model/transformer.h"
+#include "ops/device_graph.h"
+#include "train/run_config.h"
+#include "train/step_graph.h"
+
+namespace oft::testing {
+namespace {
+
+ModelConfig tiny_model(const std::string& preset) {
+  RunConfig cfg;
+  cfg.load(preset, {"model.n_layer=2", "model.vocab_size=301", "data.seq_len=64"});
+  return cfg.model;
+}
+
+std::unique_ptr<TransformerLM> make_model(const ModelConfig& mc, int64_t T,
+                                          DType dt = DType::BF16) {
+  auto m = std::make_unique<TransformerLM>(mc, dt, Device::CUDA, T);
+  m->init_weights(11);
+  return m;
+}
+
+std::vector<double> all_grads(TransformerLM& m) {
+  std::vector<double> g;
+  for (Param& p : m.params().all())
+    for (double v : p.grad.to_vector()) g.push_back(v);
+  return g;
+}
+
+// ||a - b|| / ||b||
+double rel_l2(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// The same in-place change of every master weight and its compute copy on both models.
+void nudge_weights(TransformerLM& m, int step) {
+  for (Param& p : m.params().all()) ops::scale(p.value, 1.0 - 0.02 * (step + 1));
+  m.params().sync_compute();
+}
+
+class CudaGraph : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaGraph, ReplayedStepsMatchEagerSteps) {
+  OFT_REQUIRE_CUDA();
+  const ModelConfig mc = tiny_model(GetParam());
+  for (DType dt : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_label(dt));
+    const bool bf = dt == DType::BF16;
+    const int64_t B = 3, T = 64, accum = 2;
+    auto eager = make_model(mc, T, dt), graphed = make_model(mc, T, dt);
+    StepGraph graph(*graphed, /*enabled=*/true, /*distributed=*/false);
+    ASSERT_TRUE(graph.active()) << graph.why_off();
+    std::vector<Tensor> keep_alive;  // allocated after the recordings, filled with NaN
+    for (int step = 0; step < 6; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      eager->params().zero_grad();
+      graphed->params().zero_grad();
+      double loss_e = 0, loss_g = 0;
+      for (int64_t micro = 0; micro < accum; ++micro) {
+        SCOPED_TRACE("micro " + std::to_string(micro));
+        Tensor tok = randint({B, T}, 0, 301), tgt = randint({B, T}, 0, 301);
+        if (step == 4 && micro == 1) {  // an ignored target: another count, another key
+          std::vector<double> t = tgt.to_vector();
+          t[5] = -1;
+          tgt = Tensor::from_vector({B, T}, t, DType::I32);
+        }
+        int64_t total = 0;
+        for (double v : tgt.to_vector()) total += v >= 0;
+        const double scale = 1.0 / double(accum);
+        eager->forward(tok.to(Device::CUDA), tgt, Tensor(), true, false);
+        eager->backward(scale, total);
+        loss_e += eager->last_loss();
+        if (!graph.run(tok, tgt, Tensor(), scale, total)) {
+          graphed->forward(tok.to(Device::CUDA), tgt, Tensor(), true, false);
+          graphed->backward(scale, total);
+        }
+        loss_g += graphed->last_loss();
+      }
+      EXPECT_NEAR(loss_g, loss_e, (bf ? 1e-3 : 1e-6) * std::abs(loss_e));
+      const double err = rel_l2(all_grads(*graphed), all_grads(*eager));
+      EXPECT_LE(err, bf ? 3e-2 : 1e-5);
+      EXPECT_TRUE(std::isfinite(loss_g));
+      std::printf("[graph %s %s] step %d: %lld replays, loss %.6f / %.6f, grads rel err %.2e\n",
+                  GetParam().c_str(), dtype_label(dt), step, (long long)graph.replays(), loss_g,
+                  loss_e, err);
+      if (step == 2) {
+        // Tensors allocated now must not be given the graph's memory: poison them.
+        for (int i = 0; i < 8; ++i)
+          keep_alive.push_back(poisoned({B * T, int64_t(mc.d_model) * (i + 1)}, DType::BF16));
+      }
+      if (step == 3) {
+        // An evaluation forward of another batch size reallocates the activation buffers.
+        for (TransformerLM* m : {eager.get(), graphed.get()}) {
+          Tensor tok = randint({B + 1, T}, 0, 301), tgt = randint({B + 1, T}, 0, 301);
+          EXPECT_TRUE(std::isfinite(m->forward(tok.to(Device::CUDA), tgt.to(Device::CUDA))));
+        }
+      }
+      nudge_weights(*eager, step);
+      nudge_weights(*graphed, step);
+    }
+    EXPECT_GE(graph.replays(), 6) << graph.why_off();
+    EXPECT_TRUE(graph.active()) << graph.why_off();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, CudaGraph,
+                         ::testing::Values("tiny_gpt2_default", "tiny_opt_125m_vanilla",
+                                           "tiny_opt_125m_clipped_softmax",
+                                           "tiny_opt_125m_gated_attention", "tiny_gpt2_op",
+                                           "tiny_gpt2_parallel"),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           std::string s = i.param;
+                           for (auto& c : s)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return s;
+                         });
+
+TEST(CudaGraphOff, MaskedLmAndDataParallelRunEagerly) {
+  OFT_REQUIRE_CUDA();
+  auto bert = make_model(tiny_model("tiny_bert_base_vanilla"), 64);
+  EXPECT_FALSE(StepGraph(*bert, true, false).active());
+  auto gpt = make_model(tiny_model("tiny_gpt2_default"), 64);
+  EXPECT_FALSE(StepGraph(*gpt, true, true).active());
+  StepGraph off(*gpt, false, false);
+  EXPECT_FALSE(off.active());
+  EXPECT_NE(off.why_off().find("train.cuda_graph=false"), std::string::npos);
+}
+
+TEST(CudaGraphOff, HostCopyWhileRecordingFailsClearly) {
+  OFT_REQUIRE_CUDA();
+  Tensor dst = Tensor::empty({4}, DType::F32, Device::CUDA);
+  ops::DeviceGraph g;
+  g.begin_capture();
+  try {
+    dst.copy_from(Tensor::from_vector({4}, {1, 2, 3, 4}, DType::F32));
+    ADD_FAILURE() << "no error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("while a CUDA graph was recording"), std::string::npos)
+        << e.what();
+  }
+  g.abort_capture();
+  EXPECT_FALSE(g.ready());
+  // The stream works as before.
+  dst.copy_from(Tensor::from_vector({4}, {1, 2, 3, 4}, DType::F32));
+  EXPECT_EQ(dst.to_vector(), (std::vector<double>{1, 2, 3, 4}));
+}
+
+// A model whose step waits for the GPU (the skipless block's scalar gain gradient is a dot
+// product read on the host) cannot be recorded: the graph turns itself off and the steps run
+// eagerly with the eager results.
+TEST(CudaGraphOff, UnrecordableStepFallsBackToEager) {
+  OFT_REQUIRE_CUDA();
+  const ModelConfig mc = tiny_model("tiny_gpt2_skipless");
+  const int64_t B = 2, T = 64;
+  auto eager = make_model(mc, T), graphed = make_model(mc, T);
+  StepGraph graph(*graphed, true, false);
+  for (int step = 0; step < 3; ++step) {
+    Tensor tok = randint({B, T}, 0, 301), tgt = randint({B, T}, 0, 301);
+    eager->params().zero_grad();
+    graphed->params().zero_grad();
+    eager->forward(tok.to(Device::CUDA), tgt, Tensor(), true, false);
+    eager->backward(1.0, B * T);
+    if (!graph.run(tok, tgt, Tensor(), 1.0, B * T)) {
+      graphed->forward(tok.to(Device::CUDA), tgt, Tensor(), true, false);
+      graphed->backward(1.0, B * T);
+    }
+    EXPECT_NEAR(graphed->last_loss(), eager->last_loss(), 1e-3 * std::abs(eager->last_loss()));
+    EXPECT_LE(rel_l2(all_grads(*graphed), all_grads(*eager)), 3e-2);
+  }
+  std::printf("[graph skipless] active %d, replays %lld: %s\n", int(graph.active()),
+              (long long)graph.replays(), graph.why_off().c_str());
+}
+
+}  // namespace
+}  // namespace oft::testing
