@@ -395,7 +395,9 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   const float al = float(alpha), be = float(beta);
   void* ws = cuda::scratch(kWorkspaceBytes);
   const void* c_in = e.c_in ? e.c_in->raw() : C.raw();
-  if (!plan.tuned) tune_plan(key, plan, C, A, B, al, be, c_in);
+  // (Timing waits for the GPU, which a CUDA graph's recording cannot: the problem is then
+  // tuned at its next call outside one.)
+  if (!plan.tuned && !cuda::capturing()) tune_plan(key, plan, C, A, B, al, be, c_in);
   const cublasStatus_t st =
       cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(), plan.second, &be,
                      c_in, plan.out, C.raw(), plan.out, &plan.algo, ws, kWorkspaceBytes,
