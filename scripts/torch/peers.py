@@ -27,6 +27,9 @@ An error in one peer is printed ("peer NAME: ERROR ...") and the others still ru
 status is 1 when any peer failed.
 
 Usage: python3 scripts/torch/peers.py [--only NAME[,NAME...]] [--steps N] [--warmup N] [--all]
+                                     [--accum N]
+  e.g. python3 scripts/torch/peers.py --only opt_125m --accum 12   (the OPT-125m preset's
+       16 x 12 batch, against `oft bench opt_125m_vanilla` without overrides)
 """
 
 import argparse
@@ -35,6 +38,11 @@ import math
 import sys
 import time
 import traceback
+
+
+# Micro-batches per optimizer step (--accum): the step runs ACCUM forward / backward passes of
+# the peer's batch, then the optimizer, as oft's train.grad_accum does.
+ACCUM = 1
 
 
 def log(msg):
@@ -144,13 +152,14 @@ def gpt2_peer(attn):
         y = torch.randint(0, V, (B, T), device="cuda")
 
         def step():
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-                loss = cmodel(x, y)
-            loss.backward()
+            for _ in range(ACCUM):
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                    loss = cmodel(x, y) / ACCUM
+                loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             return loss
-        return step, B * T, (model, opt)
+        return step, ACCUM * B * T, (model, opt)
     return make
 
 
@@ -205,13 +214,14 @@ def hf_peer(kind):
             labels = torch.where(keep, labels, torch.full_like(labels, -100))
 
         def step():
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-                out = model(input_ids=x, labels=labels)
-            out.loss.backward()
+            for _ in range(ACCUM):
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                    out = model(input_ids=x, labels=labels)
+                (out.loss / ACCUM).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             return out.loss
-        return step, B * T, (model, opt)
+        return step, ACCUM * B * T, (model, opt)
     return make
 
 
@@ -256,7 +266,12 @@ def main(argv):
     ap.add_argument("--all", action="store_true", help="every peer, gpt2_gated included")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per peer (default 20)")
     ap.add_argument("--warmup", type=int, default=5, help="warm-up steps per peer (default 5)")
+    ap.add_argument("--accum", type=int, default=1,
+                    help="micro-batches per optimizer step, like oft's train.grad_accum "
+                         "(default 1; the OPT-125m preset trains with 12)")
     a = ap.parse_args(argv[1:])
+    global ACCUM
+    ACCUM = max(1, a.accum)
     names = [n.strip() for n in a.only.split(",") if n.strip()] or (list(PEERS) if a.all else DEFAULT)
     unknown = [n for n in names if n not in PEERS]
     if unknown:
@@ -273,8 +288,8 @@ def main(argv):
         return 2
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    log("peers on %s, torch %s, %d timed steps after %d warm-up"
-        % (torch.cuda.get_device_name(0), torch.__version__, a.steps, max(1, a.warmup)))
+    log("peers on %s, torch %s, %d timed steps after %d warm-up, %d micro-batch(es) per step"
+        % (torch.cuda.get_device_name(0), torch.__version__, a.steps, max(1, a.warmup), ACCUM))
     failed = 0
     for n in names:
         try:
