@@ -391,6 +391,14 @@ INSTANTIATE_TEST_SUITE_P(All, GradientZeroing, ::testing::ValuesIn(kModelCases),
 
 // forward(read_loss = false) leaves the loss for last_loss(), which a training step reads after
 // queueing the backward: the same value, and the same gradients, as reading it at once.
+// Every parameter gradient of the model, in parameter order, as one vector.
+std::vector<double> flat_grads(TransformerLM& model) {
+  std::vector<double> g;
+  for (Param& p : model.params().all())
+    for (double v : p.grad.to_vector()) g.push_back(v);
+  return g;
+}
+
 TEST(DeferredLoss, SameLossAndGradientsAsReadingAtOnce) {
   for (const char* obj : {"clm", "mlm"}) {
     SCOPED_TRACE(obj);
@@ -400,12 +408,7 @@ TEST(DeferredLoss, SameLossAndGradientsAsReadingAtOnce) {
     const int64_t B = 2, T = 5;
     Tensor tok = Tensor::from_vector({B, T}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, DType::I32);
     Tensor tgt = Tensor::from_vector({B, T}, {2, 3, -1, 5, 6, 7, 8, 9, 10, 0}, DType::I32);
-    auto grads = [&] {
-      std::vector<double> g;
-      for (Param& p : model.params().all())
-        for (double v : p.grad.to_vector()) g.push_back(v);
-      return g;
-    };
+    auto grads = [&] { return flat_grads(model); };
     model.params().zero_grad();
     const double now = model.forward(tok, tgt, Tensor(), true);
     model.backward(1.0);
@@ -417,4 +420,31 @@ TEST(DeferredLoss, SameLossAndGradientsAsReadingAtOnce) {
     EXPECT_EQ(grads(), g_now);
     EXPECT_GT(now, 0.0);
   }
+}
+
+// forward(..., known_targets) takes the caller's count of the targets instead of counting them
+// (a recorded step cannot read them back): the same loss and gradients as counting.
+TEST(KnownTargets, SameLossAndGradientsAsCounting) {
+  TransformerLM model(small_config({}), DType::F64, Device::CPU, 5);
+  model.init_weights(3);
+  Tensor tok = Tensor::from_vector({1, 5}, {1, 2, 3, 4, 5}, DType::I32);
+  Tensor tgt = Tensor::from_vector({1, 5}, {2, 3, 4, 5, 6}, DType::I32);
+  auto grads = [&] { return flat_grads(model); };
+  model.params().zero_grad();
+  const double counted = model.forward(tok, tgt, Tensor(), true);
+  model.backward(1.0);
+  const auto g_counted = grads();
+  const auto flags = model.params().pending_flags();
+  model.params().zero_grad();
+  EXPECT_NE(model.params().pending_flags(), flags);  // zero_grad marks the products' gradients
+  EXPECT_DOUBLE_EQ(model.forward(tok, tgt, Tensor(), true, true, 5), counted);
+  model.backward(1.0);
+  EXPECT_EQ(grads(), g_counted);
+  EXPECT_EQ(model.params().pending_flags(), flags);
+  const uint64_t gen = model.buffer_generation();
+  model.reserve_batch(1, 5);
+  EXPECT_EQ(model.buffer_generation(), gen);
+  model.reserve_batch(2, 5);
+  EXPECT_EQ(model.buffer_generation(), gen + 1);
+  EXPECT_THROW(model.forward(tok, tgt, Tensor(), true, true, 6), Error);  // more than there are
 }

@@ -190,40 +190,6 @@ TEST(StepGraph, OffOnTheCpuAndWhenDisabled) {
   }
 }
 
-// forward(..., known_targets) takes the caller's count of the targets instead of counting them
-// (a recorded step cannot read them back): the same loss and gradients as counting.
-TEST(StepGraph, KnownTargetCountGivesTheCountedResult) {
-  RunConfig cfg;
-  cfg.load("tiny", {"model.n_layer=1", "model.vocab_size=32"});
-  TransformerLM model(cfg.model, DType::F64, Device::CPU, 8);
-  model.init_weights(3);
-  Tensor tok = Tensor::from_vector({1, 8}, {1, 2, 3, 4, 5, 6, 7, 8}, DType::I32);
-  Tensor tgt = Tensor::from_vector({1, 8}, {2, 3, 4, 5, 6, 7, 8, 9}, DType::I32);
-  auto grads = [&] {
-    std::vector<double> g;
-    for (Param& p : model.params().all())
-      for (double v : p.grad.to_vector()) g.push_back(v);
-    return g;
-  };
-  model.params().zero_grad();
-  const double counted = model.forward(tok, tgt, Tensor(), true);
-  model.backward(1.0);
-  const auto g_counted = grads();
-  const auto flags = model.params().pending_flags();
-  model.params().zero_grad();
-  EXPECT_NE(model.params().pending_flags(), flags);  // zero_grad marks the products' gradients
-  EXPECT_DOUBLE_EQ(model.forward(tok, tgt, Tensor(), true, true, 8), counted);
-  model.backward(1.0);
-  EXPECT_EQ(grads(), g_counted);
-  EXPECT_EQ(model.params().pending_flags(), flags);
-  const uint64_t gen = model.buffer_generation();
-  model.reserve_batch(1, 8);
-  EXPECT_EQ(model.buffer_generation(), gen);
-  model.reserve_batch(2, 8);
-  EXPECT_EQ(model.buffer_generation(), gen + 1);
-  EXPECT_THROW(model.forward(tok, tgt, Tensor(), true, true, 9), Error);  // more than there are
-}
-
 TEST(NonFiniteGuard, StopsOrSkipsByPolicy) {
   TrainConfig t;
   t.nonfinite = "stop";
