@@ -303,6 +303,10 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   Tensor in = Tensor::empty({B, T}, DType::I32), tg = Tensor::empty({B, T}, DType::I32);
   Tensor mask = Tensor::empty({B, T}, DType::I32);
   StepGraph graph(model, tc.cuda_graph, dp != nullptr);
+  if (!quiet && rank == 0 && device == Device::CUDA)
+    std::fprintf(stderr, "cuda graph: %s\n",
+                 graph.active() ? "on (micro-steps replayed once recorded)"
+                                : ("off (" + graph.why_off() + ")").c_str());
   const int64_t row0 = rank * (B / W), row1 = row0 + B / W;  // this rank's rows
   const auto t0 = Clock::now();
   auto t_log = t0;
