@@ -152,8 +152,8 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   }
   const ops::DeviceMemory mem = ops::device_memory();
 
-  r.cuda_graph = graph.replays() > 0 ? "on" : "off (" + graph.why_off() + ")";
-  if (graph.replays() == 0 && graph.active()) r.cuda_graph = "off (no step was replayed)";
+  r.cuda_graph = graph.replays() > 0 ? "on"
+                 : "off (" + (graph.active() ? "no step was replayed" : graph.why_off()) + ")";
   r.device = device_name(device);
   r.gpus = denv.world;
   r.zero_stage = int(tc.zero_stage);

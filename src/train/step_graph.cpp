@@ -31,6 +31,7 @@ bool StepGraph::run(const Tensor& tokens, const Tensor& targets, const Tensor& m
   int64_t n_targets = 0;  // the loss's denominator is recorded, so it is part of the key
   for (int64_t i = 0; i < targets.numel(); ++i) n_targets += pt[i] >= 0;
   model_.reserve_batch(B, T);  // buffers for this shape first: their generation is in the key
+  ensure_input(B, T, mask.defined());
   Key key{B, T, n_targets, mask.defined(), loss_scale, total_targets, model_.buffer_generation(),
           model_.params().pending_flags()};
 
@@ -48,19 +49,17 @@ bool StepGraph::run(const Tensor& tokens, const Tensor& targets, const Tensor& m
       return false;
     }
     if (recordings_ >= kMinRecordingsToJudge && recordings_ * 4 > replays_) {
-      why_off_ = "the batch shape or loss scale changed too often to keep recordings";
+      why_off_ = "the step's key (batch shape, target count, loss scale) changed too often";
       std::fprintf(stderr, "oft: CUDA graphs off: %s; steps run without them\n", why_off_.c_str());
       recorded_.clear();
       return false;
     }
     if (recorded_.size() == kMaxGraphs) recorded_.erase(recorded_.begin());
     auto r = std::make_unique<Recorded>();
-    ensure_input(B, T, mask.defined());
     if (!record(*r, key, n_targets)) return false;
     recorded_.push_back(std::move(r));
     hit = recorded_.back().get();
   }
-  ensure_input(B, T, mask.defined());
   tokens_.copy_from(tokens);
   targets_.copy_from(targets);
   if (mask.defined()) mask_.copy_from(mask);

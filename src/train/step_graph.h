@@ -1,7 +1,7 @@
 // Training micro-steps of a causal LM on the GPU through CUDA graphs (train.cuda_graph): the
 // forward and backward are recorded once per batch shape and then replayed with one launch, so
 // the GPU does not wait for the host between the step's few hundred kernels (H100, one call:
-// gpt2_124m +0.6-1.4%, opt_125m_vanilla +2.6-2.9% tokens/s; docs/performance.md).
+// gpt2_124m +0.9 / +1.2%, opt_125m_vanilla +2.6 / +1.8% tokens/s; docs/performance.md).
 //
 // A recorded step holds the addresses of the model's buffers, parameters and gradients and the
 // values the host passed to its kernels. It reads the batch from device buffers of its own,
@@ -63,7 +63,8 @@ class StepGraph {
     TransformerLM::LossState loss;    // what last_loss() reads after it
   };
   bool record(Recorded& r, const Key& key, int64_t n_targets);
-  // Device input buffers of [B, T] (and the mask's when needed); new ones drop the recordings.
+  // Device input buffers of [B, T] (and the mask's when needed); new ones drop the recordings
+  // (they read the old ones), so run() calls it before looking a key up.
   void ensure_input(int64_t B, int64_t T, bool with_mask);
 
   TransformerLM& model_;

@@ -185,6 +185,10 @@ TEST(CudaGraphOff, UnrecordableStepFallsBackToEager) {
     EXPECT_NEAR(graphed->last_loss(), eager->last_loss(), 1e-3 * std::abs(eager->last_loss()));
     EXPECT_LE(rel_l2(all_grads(*graphed), all_grads(*eager)), 3e-2);
   }
+  EXPECT_FALSE(graph.active());  // the recording failed and said so
+  EXPECT_EQ(graph.replays(), 0);
+  EXPECT_NE(graph.why_off().find("recording the step failed"), std::string::npos)
+      << graph.why_off();
   std::printf("[graph skipless] active %d, replays %lld: %s\n", int(graph.active()),
               (long long)graph.replays(), graph.why_off().c_str());
 }

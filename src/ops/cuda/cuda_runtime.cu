@@ -137,10 +137,7 @@ class Allocator {
   void release_cached() {
     cudaStreamSynchronize(stream());
     for (auto& [sz, v] : free_) {
-      for (void* p : v) {
-        cudaFree(p);
-        owner_.erase(p);
-      }
+      for (void* p : v) cudaFree(p);  // (graph pools' blocks are never on these lists)
       reserved_ -= sz * v.size();
       v.clear();
     }
