@@ -1,8 +1,10 @@
-// The profiling wrapper backend (see profiler.h). Each op call records a timestamp before and
-// after on the op stream; stop() synchronises once and sums the intervals per op name.
+// The profiling wrapper backend (see profiler.h). Each op call on the GPU records a timestamp
+// before and after on the op stream (stop() synchronises once and sums the intervals per op
+// name); each op on the CPU, whose ops return when done, is timed with the host clock.
 #include "ops/profiler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <memory>
 
@@ -11,12 +13,14 @@ namespace {
 
 struct Interval {
   const char* name;
-  int begin, end;
+  int begin, end;   // device marks (the CUDA wrapper)
+  double host_ms;   // the host clock's interval (the CPU wrapper, whose ops are synchronous)
 };
 
 class ProfilingBackend final : public Backend {
  public:
-  explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
+  // host_clock: time ops with the host clock (the CPU backend) instead of device marks.
+  ProfilingBackend(Backend& inner, bool host_clock) : inner_(inner), host_clock_(host_clock) {}
   const char* name() const override { return inner_.name(); }
   std::vector<Interval> intervals;
 
@@ -25,11 +29,23 @@ class ProfilingBackend final : public Backend {
     ProfilingBackend* p;
     const char* name;
     int begin = -1;
+    std::chrono::steady_clock::time_point t0;
     Scope(ProfilingBackend* pb, const char* n) : p(pb), name(n) {
-      if (p->depth_++ == 0) begin = device_mark();
+      if (p->depth_++ != 0) return;
+      if (p->host_clock_)
+        t0 = std::chrono::steady_clock::now();
+      else
+        begin = device_mark();
     }
     ~Scope() {
-      if (--p->depth_ == 0) p->intervals.push_back({name, begin, device_mark()});
+      if (--p->depth_ != 0) return;
+      if (p->host_clock_)
+        p->intervals.push_back(
+            {name, -1, -1,
+             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                 .count()});
+      else
+        p->intervals.push_back({name, begin, device_mark(), 0.0});
     }
   };
 
@@ -223,6 +239,7 @@ class ProfilingBackend final : public Backend {
 
  private:
   Backend& inner_;
+  bool host_clock_;
   int depth_ = 0;
 };
 
@@ -233,11 +250,11 @@ std::unique_ptr<ProfilingBackend> g_wrap[2];
 
 void Profiler::start() {
   device_marks_reset();
-  g_wrap[0] = std::make_unique<ProfilingBackend>(cpu_backend());
+  g_wrap[0] = std::make_unique<ProfilingBackend>(cpu_backend(), true);
   g_wrap[1].reset();
   if (cuda_available()) {
     g_active = false;  // ask for the real CUDA backend, not a wrapper
-    g_wrap[1] = std::make_unique<ProfilingBackend>(backend(Device::CUDA));
+    g_wrap[1] = std::make_unique<ProfilingBackend>(backend(Device::CUDA), false);
   }
   g_active = true;
 }
@@ -251,7 +268,7 @@ std::vector<ProfileRow> Profiler::stop() {
     for (const Interval& iv : w->intervals) {
       ProfileRow& r = by_name[iv.name];
       r.name = iv.name;
-      r.total_ms += device_elapsed_ms(iv.begin, iv.end);
+      r.total_ms += iv.begin < 0 ? iv.host_ms : device_elapsed_ms(iv.begin, iv.end);
       ++r.calls;
     }
   }

@@ -26,7 +26,7 @@ class Profiler {
   static Backend* active(Device d);
 };
 
-// Device timestamps (implemented by the CUDA runtime; the host clock without CUDA).
+// Device timestamps on the GPU's op stream (implemented by the CUDA runtime; zeros without it).
 int device_mark();                         // records a timestamp on the op stream; its id
 double device_elapsed_ms(int a, int b);    // after device_synchronize()
 void device_marks_reset();

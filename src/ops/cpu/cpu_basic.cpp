@@ -2,7 +2,6 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -352,17 +351,10 @@ Backend& cpu_backend() {
 }
 
 #ifndef OFT_WITH_CUDA
-namespace {
-std::vector<std::chrono::steady_clock::time_point> g_marks;
-}
-int device_mark() {
-  g_marks.push_back(std::chrono::steady_clock::now());
-  return static_cast<int>(g_marks.size()) - 1;
-}
-double device_elapsed_ms(int a, int b) {
-  return std::chrono::duration<double, std::milli>(g_marks.at(b) - g_marks.at(a)).count();
-}
-void device_marks_reset() { g_marks.clear(); }
+// No device without CUDA: the profiler times CPU ops with the host clock and never asks.
+int device_mark() { return 0; }
+double device_elapsed_ms(int, int) { return 0; }
+void device_marks_reset() {}
 
 bool cuda_available() { return false; }
 std::string cuda_unavailable_reason() {
