@@ -570,6 +570,18 @@ double TransformerLM::last_loss() {
   return n_targets_ ? s / double(n_targets_) : 0.0;
 }
 
+TransformerLM::QueuedLoss TransformerLM::queue_loss(ops::Readback& rb) const {
+  if (!loss_pending_) return {};
+  return {rb.queue(losses_.slice(0, head_rows_)), n_targets_};
+}
+
+double TransformerLM::queued_loss(ops::Readback& rb, const QueuedLoss& q) {
+  if (q.index < 0) return 0.0;
+  double s = 0;  // in row order, as last_loss()
+  for (double x : rb.values(q.index)) s += x;
+  return q.targets ? s / double(q.targets) : 0.0;
+}
+
 bool TransformerLM::grad_final_at_end(const std::string& name) {
   for (const char* p : {"wpe.", "wtt.", "emb_ln.", "project_in."})
     if (name.starts_with(p)) return true;

@@ -21,6 +21,7 @@
 #include "model/attention.h"
 #include "model/layers.h"
 #include "model/model_config.h"
+#include "ops/readback.h"
 
 namespace oft {
 
@@ -66,6 +67,15 @@ class TransformerLM {
                  bool will_backward = false, bool read_loss = true, int64_t known_targets = -1);
   // The mean cross-entropy of the last forward() with targets (0 without); waits for it.
   double last_loss();
+  // The same loss, without waiting: queue_loss() queues a copy of the last forward's per-row
+  // losses into rb (after whatever work is queued, so a later step's forward may overwrite the
+  // losses on the device), and queued_loss() reads it, waiting then. {-1, 0} without a loss.
+  struct QueuedLoss {
+    int index = -1;
+    int64_t targets = 0;
+  };
+  QueuedLoss queue_loss(ops::Readback& rb) const;
+  static double queued_loss(ops::Readback& rb, const QueuedLoss& q);
   // Accumulates d(loss_scale * mean loss)/d(params) into the gradients. Follows forward().
   // The mean is over counted_targets(), or over `total_targets` when positive (data-parallel
   // ranks divide their share of the loss by the targets of the whole global batch).

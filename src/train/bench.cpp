@@ -113,6 +113,8 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   bool eager = false;  // profiled steps time each op, so they run without the graph
   BenchResult r;
   int64_t step_no = 0;
+  ops::Readback readback;  // the micro-batches' losses
+  std::vector<TransformerLM::QueuedLoss> queued;
   auto step = [&]() {
     model.params().zero_grad();
     double loss = 0;
@@ -128,10 +130,15 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
         model.backward(scale);
         if (dp) dp->after_backward();
       }
-      loss += model.last_loss() / double(tc.grad_accum);
+      queued.push_back(model.queue_loss(readback));  // read after the step is queued
     }
+    const double gnorm_single = dp ? 0.0 : adam.grad_norm();  // waits for the step's work
+    for (const TransformerLM::QueuedLoss& q : queued)
+      loss += TransformerLM::queued_loss(readback, q) / double(tc.grad_accum);
+    queued.clear();
+    readback.clear();
     if (dp) loss /= double(denv.world);  // this rank's share of the mean
-    const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, adam) : adam.grad_norm();
+    const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, adam) : gnorm_single;
     const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
     adam.step(tc.lr, clip);
     if (dp) dp->after_step();

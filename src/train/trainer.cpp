@@ -308,6 +308,8 @@ TrainResult train(RunConfig& cfg, bool quiet) {
                  graph.active() ? "on (micro-steps replayed once recorded)"
                                 : ("off (" + graph.why_off() + ")").c_str());
   const int64_t row0 = rank * (B / W), row1 = row0 + B / W;  // this rank's rows
+  ops::Readback readback;  // the micro-batches' losses, read after the step is queued
+  std::vector<std::pair<TransformerLM::QueuedLoss, int64_t>> queued;  // with the batch's targets
   const auto t0 = Clock::now();
   auto t_log = t0;
   int64_t tokens_since_log = 0;
@@ -334,13 +336,22 @@ TrainResult train(RunConfig& cfg, bool quiet) {
         model.backward(1.0 / double(tc.grad_accum), global_targets);
         if (dp) dp->after_backward();
       }
-      const double l = model.last_loss();
+      // Read once the step's work is queued: the host does not wait between micro-batches.
+      queued.push_back({model.queue_loss(readback), global_targets});
+    }
+    // One process: the gradient norm first (its readback waits for the step's work), then the
+    // queued losses, already on the host by then.
+    const double gnorm_single = dp ? 0.0 : opt.grad_norm();
+    for (const auto& [q, global_targets] : queued) {
+      const double l = TransformerLM::queued_loss(readback, q);
       if (W == 1)  // one process: the same sum as always, bit for bit
         loss += l / double(tc.grad_accum);
       else if (global_targets > 0)
-        loss += l * double(model.counted_targets()) / double(global_targets) / double(tc.grad_accum);
+        loss += l * double(q.targets) / double(global_targets) / double(tc.grad_accum);
     }
-    const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, opt) : opt.grad_norm();
+    queued.clear();
+    readback.clear();
+    const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, opt) : gnorm_single;
     const double lr = learning_rate(tc, warmup, step);
     tokens_seen += double(tokens_per_step);
     tokens_since_log += tokens_per_step;

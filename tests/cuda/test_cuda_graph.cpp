@@ -3,7 +3,7 @@
 // accumulation, a batch with ignored targets, an evaluation forward of another batch size in
 // between, and tensors allocated after the recording (the graph's memory pool keeps them off its
 // blocks); models whose step cannot be recorded fall back to eager steps; a copy from the host
-// while recording fails with a clear message.
+// while recording fails with a clear message; queued loss readbacks see the values at queue time.
 // The eager GPU step itself is not bit-for-bit repeatable (atomic sums in the embedding backward
 // and the attention's dQ reduce-adds), so replays are compared with a second, eager model:
 //   f32: loss 1e-6 relative, gradients 1e-5 (all together, relative L2): summation order only;
@@ -17,6 +17,7 @@
 #include "cuda/cuda_test_util.h"
 #include "model/transformer.h"
 #include "ops/device_graph.h"
+#include "ops/readback.h"
 #include "train/run_config.h"
 #include "train/step_graph.h"
 
@@ -161,6 +162,30 @@ TEST(CudaGraphOff, HostCopyWhileRecordingFailsClearly) {
   // The stream works as before.
   dst.copy_from(Tensor::from_vector({4}, {1, 2, 3, 4}, DType::F32));
   EXPECT_EQ(dst.to_vector(), (std::vector<double>{1, 2, 3, 4}));
+}
+
+// Readback (the training loop's queued losses): a copy queued before later GPU work that
+// overwrites the tensor returns the values at queue time; queueing while recording fails clearly.
+TEST(CudaGraphOff, ReadbackQueuedBeforeLaterWork) {
+  OFT_REQUIRE_CUDA();
+  const int64_t n = 1 << 16;
+  Tensor t = to_gpu(randn({n}), DType::F32);
+  const std::vector<double> before = t.to_vector();
+  ops::Readback rb;
+  const int i = rb.queue(t);
+  for (int k = 0; k < 20; ++k) ops::backend(Device::CUDA).fill(t, double(k));  // queued after the copy
+  EXPECT_EQ(rb.values(i), before);
+  EXPECT_EQ(t.to_vector(), std::vector<double>(size_t(n), 19.0));
+  ops::DeviceGraph g;
+  g.begin_capture();
+  try {
+    rb.queue(t);
+    ADD_FAILURE() << "no error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("while a CUDA graph was recording"), std::string::npos)
+        << e.what();
+  }
+  g.abort_capture();
 }
 
 // A model whose step waits for the GPU (the skipless block's scalar gain gradient is a dot

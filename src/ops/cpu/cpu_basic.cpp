@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "ops/cpu/cpu_backend.h"
 #include "ops/device_graph.h"
 #include "ops/profiler.h"
+#include "ops/readback.h"
 
 namespace oft::ops {
 
@@ -355,6 +357,14 @@ Backend& cpu_backend() {
 int device_mark() { return 0; }
 double device_elapsed_ms(int, int) { return 0; }
 void device_marks_reset() {}
+
+void* host_pinned_alloc(size_t bytes) {
+  void* p = std::malloc(bytes ? bytes : 1);
+  if (!p) fail("out of host memory: ", bytes, " bytes for a readback buffer");
+  return p;
+}
+void host_pinned_free(void* p) { std::free(p); }
+void copy_to_host_queued(void* dst, const Tensor& src) { std::memcpy(dst, src.raw(), src.nbytes()); }
 
 bool cuda_available() { return false; }
 std::string cuda_unavailable_reason() {

@@ -8,11 +8,13 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
 #include <vector>
 
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/profiler.h"
+#include "ops/readback.h"
 
 namespace oft::cuda {
 namespace {
@@ -365,6 +367,7 @@ Backend& backend(Device d) {
 namespace {
 std::vector<cudaEvent_t> g_events;
 size_t g_used = 0;
+std::set<void*> g_plain_host;  // host_pinned_alloc's fallbacks to malloc
 }  // namespace
 int device_mark() {
   if (!cuda::state().ok) return 0;
@@ -383,6 +386,39 @@ double device_elapsed_ms(int a, int b) {
   return ms;
 }
 void device_marks_reset() { g_used = 0; }
+
+void* host_pinned_alloc(size_t bytes) {
+  void* p = nullptr;
+  if (cuda::state().ok) {
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable) == cudaSuccess) return p;
+    cudaGetLastError();  // no pinned memory to be had: plain memory, the copy then waits
+    p = nullptr;
+  }
+  p = std::malloc(bytes ? bytes : 1);
+  if (!p) fail("out of host memory: ", bytes, " bytes for a readback buffer");
+  g_plain_host.insert(p);
+  return p;
+}
+void host_pinned_free(void* p) {
+  if (!p) return;
+  if (g_plain_host.erase(p)) {
+    std::free(p);
+    return;
+  }
+  cudaFreeHost(p);
+}
+void copy_to_host_queued(void* dst, const Tensor& src) {
+  if (src.device() != Device::CUDA) {
+    std::memcpy(dst, src.raw(), src.nbytes());
+    return;
+  }
+  if (cuda::capturing())
+    fail("a copy from the GPU to the host was queued while a CUDA graph was recording");
+  OFT_CUDA_CHECK(cudaMemcpyAsync(dst, src.raw(), src.nbytes(), cudaMemcpyDeviceToHost,
+                                 cuda::stream()));
+  // Plain (pageable) memory: the copy is synchronous for the host anyway; wait to be sure.
+  if (g_plain_host.count(dst)) OFT_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+}
 
 DeviceMemory device_memory() {
   return cuda::state().ok ? cuda::allocator().stats() : DeviceMemory{};
