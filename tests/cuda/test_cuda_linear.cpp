@@ -225,6 +225,68 @@ TEST(CudaLinear, HopperDGeluProductMatchesCpu) {
   }
 }
 
+// The Hopper ReLU-derivative product (on by default): dpre = (dout @ w) * [act > 0] from the
+// forward's act = relu(pre), with and without the fc bias sums, against the CPU backend and
+// against the composed cuBLASLt path (OFT_GEMM_WGMMA=0), which it matches exactly where dsum is
+// not asked for (both round the f32 product once and multiply by 0 or 1).
+TEST(CudaLinear, HopperDReluProductMatchesCpu) {
+  OFT_REQUIRE_CUDA();
+  const DType bf = DType::BF16;
+  struct S { int64_t n, O, F; };
+  for (S s : {S{300, 200, 392}, S{128, 64, 128}, S{1, 8, 8}, S{129, 768, 3072}, S{2048, 768, 3072},
+              S{77, 1000, 136}}) {
+    SCOPED_TRACE("n=" + std::to_string(s.n) + " O=" + std::to_string(s.O) + " F=" +
+                 std::to_string(s.F));
+    const Tensor dout = rounded(randn({s.n, s.O}), bf), w = rounded(randn({s.O, s.F}, 0.05), bf);
+    Tensor pre = rounded(randn({s.n, s.F}, 2.0), bf);
+    {  // exact zeros and negative zeros among the pre-activations: relu' is 0 there
+      std::vector<double> v = pre.to_vector();
+      for (size_t i = 0; i < v.size(); i += 7) v[i] = (i % 2) ? 0.0 : -0.0;
+      pre = Tensor::from_vector({s.n, s.F}, v, bf);
+    }
+    Tensor ref = Tensor::empty({s.n, s.F}, DType::F64);
+    cpu().matmul(ref, f64(dout), false, f64(w), false, 1.0, 0.0);
+    cpu().activation_bwd(ref, ref, f64(pre), Activation::ReLU);
+    const Tensor gdout = to_gpu(dout, bf), gw = to_gpu(w, bf), gpre = to_gpu(pre, bf);
+    Tensor gact = poisoned({s.n, s.F}, bf);
+    gpu().activation_fwd(gact, gpre, Activation::ReLU);
+    Tensor got = poisoned({s.n, s.F}, bf), composed = poisoned({s.n, s.F}, bf);
+    {
+      const GemmModeGuard on(4);
+      EXPECT_EQ(cuda::gemm::drelu_supported(s.n, s.F, s.O, gdout.raw(), gw.raw(), gact.raw(),
+                                            got.raw()),
+                cuda::gemm::hopper_ready());
+      gpu().linear_act_bwd_dx(got, gdout, gw, gact, Activation::ReLU);
+    }
+    {
+      const GemmModeGuard off(0);
+      EXPECT_FALSE(cuda::gemm::drelu_supported(s.n, s.F, s.O, gdout.raw(), gw.raw(), gact.raw(),
+                                               got.raw()));
+      gpu().linear_act_bwd_dx(composed, gdout, gw, gact, Activation::ReLU);
+    }
+    EXPECT_GPU_CLOSE(got, ref, tol_for(bf));
+    {  // zero exactly where act is not positive
+      const std::vector<double> a = gact.to_vector(), d = got.to_vector();
+      int64_t bad = 0;
+      for (size_t i = 0; i < a.size(); ++i) bad += (a[i] <= 0.0 && d[i] != 0.0);
+      EXPECT_EQ(bad, 0) << "dpre nonzero where relu(pre) = 0";
+    }
+    // cuBLASLt and the own product may sum in other orders: equal up to one bf16 rounding.
+    EXPECT_GPU_CLOSE(got, composed, tol_for(bf));
+    // With dsum: the column sums of dpre added to what dsum holds.
+    const Tensor dsum0 = randn({s.F});
+    Tensor dsum_ref = dsum0.clone();
+    cpu().bias_grad(dsum_ref, ref.cast(DType::F32));
+    Tensor gdsum = dsum0.to(Device::CUDA), got2 = poisoned({s.n, s.F}, bf);
+    {
+      const GemmModeGuard on(4);
+      gpu().linear_act_bwd_dx(got2, gdout, gw, gact, Activation::ReLU, &gdsum);
+    }
+    EXPECT_GPU_CLOSE(got2, ref, tol_for(bf));
+    EXPECT_GPU_CLOSE(gdsum, dsum_ref, tol_for(bf)) << "dsum";
+  }
+}
+
 // linear_act_bwd_dx's dsum must be f32 [F]: other shapes and dtypes are refused.
 TEST(CudaLinear, ActBackwardDsumChecked) {
   OFT_REQUIRE_CUDA();
@@ -345,8 +407,9 @@ TEST(CudaLinear, ReluDerivativeFromOutputIsExact) {
   }
 }
 
-// Which calls run in the epilogue: GELU-tanh (bf16) forward and backward and ReLU without pre
-// at the model's shapes; everything matmul.cu documents as a fallback composes.
+// Which calls run in the epilogue: GELU-tanh (bf16) forward and backward, ReLU without pre, and
+// (on Hopper) the bf16 ReLU backward at the model's shapes; everything matmul.cu documents as a
+// fallback composes.
 TEST(CudaLinear, ActEpilogueTakenWhereExpected) {
   OFT_REQUIRE_CUDA();
   const int64_t n = 128, C = 768, F = 3072;
@@ -370,6 +433,7 @@ TEST(CudaLinear, ActEpilogueTakenWhereExpected) {
   const auto fused = std::make_pair(int64_t(1), int64_t(0));
   const auto composed = std::make_pair(int64_t(0), int64_t(1));
   Tensor act = poisoned({n, F}, bf), pre = poisoned({n, F}, bf), none;
+  Tensor act32 = poisoned({n, F}, f32), pre32 = poisoned({n, F}, f32), dpre32 = poisoned({n, F}, f32);
   const Tensor nob;
   EXPECT_EQ(count([&] { gpu().linear_act_fwd(act, pre, g.x, g.w1, g.b1, Activation::GELU_Tanh); }),
             fused) << "bf16 GELU forward with bias";
@@ -385,13 +449,20 @@ TEST(CudaLinear, ActEpilogueTakenWhereExpected) {
   // Composed by design.
   EXPECT_EQ(count([&] { gpu().linear_act_fwd(act, pre, g.x, g.w1, g.b1, Activation::ReLU); }),
             composed) << "ReLU with pre";
+  // The ReLU backward runs in the Hopper product by default (sm_90a), else composes.
   EXPECT_EQ(count([&] { gpu().linear_act_bwd_dx(dpre, g.dout, g.w2, act, Activation::ReLU); }),
-            composed) << "ReLU backward";
+            cuda::gemm::hopper_ready() ? fused : composed) << "bf16 ReLU backward";
+  {
+    const GemmModeGuard off(0);
+    EXPECT_EQ(count([&] { gpu().linear_act_bwd_dx(dpre, g.dout, g.w2, act, Activation::ReLU); }),
+              composed) << "bf16 ReLU backward, OFT_GEMM_WGMMA=0";
+  }
+  EXPECT_EQ(count([&] { gpu().linear_act_bwd_dx(dpre32, g32.dout, g32.w2, act32, Activation::ReLU); }),
+            composed) << "f32 ReLU backward";
   EXPECT_EQ(count([&] { gpu().linear_act_fwd(act, pre, g.x, g.w1, g.b1, Activation::GELU_Erf); }),
             composed) << "GELU-erf forward";
   EXPECT_EQ(count([&] { gpu().linear_act_bwd_dx(dpre, g.dout, g.w2, pre, Activation::GELU_Erf); }),
             composed) << "GELU-erf backward";
-  Tensor act32 = poisoned({n, F}, f32), pre32 = poisoned({n, F}, f32), dpre32 = poisoned({n, F}, f32);
   EXPECT_EQ(count([&] { gpu().linear_act_fwd(act32, pre32, g32.x, g32.w1, g32.b1, Activation::GELU_Tanh); }),
             composed) << "f32 GELU forward";
   EXPECT_EQ(count([&] { gpu().linear_act_bwd_dx(dpre32, g32.dout, g32.w2, pre32, Activation::GELU_Tanh); }),
@@ -481,6 +552,18 @@ TEST(CudaLinearBench, Timing) {
   const double rf_fused = time_ms([&] { gpu().linear_act_fwd(act, none, x, w1, b1, R); });
   line("relu fwd: linear_fwd + activation_fwd (in place)", rf_sep);
   line("relu fwd: linear_act_fwd (RELU_BIAS)", rf_fused);
+  // Backward, ReLU from the forward's act, with the fc bias sums (what the OPT step runs).
+  {
+    const GemmModeGuard off(0);
+    line("relu bwd + fc bias grad: matmul + activation_bwd + bias_grad",
+         time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, act, R, &db1); }));
+  }
+  if (cuda::gemm::hopper_ready()) {
+    const GemmModeGuard on(4);
+    line("relu bwd: Hopper product (gemm_wgmma.cu)", time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, act, R); }));
+    line("relu bwd + fc bias grad: Hopper product, sums in its epilogue",
+         time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, act, R, &db1); }));
+  }
   const ops::ActEpilogueCounts c1 = ops::act_epilogue_counts();
   std::printf(
       "[ timing ] per GELU layer: fwd %.3f -> %.3f ms, bwd %.3f -> %.3f ms, saved %.3f ms "

@@ -2,6 +2,7 @@
 // f32 accumulation, replacing cuBLASLt's GELU_AUX_BIAS and DGELU epilogues where they apply:
 //   kGeluFwd (fc):      pre[M, N] = x[M, K] w[N, K]^T + b[N],   act = gelu(x w^T + b)
 //   kDGelu (fc_out dx): dpre[M, N] = (dout[M, K] w[K, N]) * gelu'(pre[M, N])
+//   kDRelu (fc_out dx): dpre[M, N] = act[M, N] > 0 ? dout[M, K] w[K, N] : 0, act = relu(pre)
 // pre is the rounding of the f32 sum and act is computed from the unrounded sum; dpre is the f32
 // product times gelu'(pre), rounded once: cuBLASLt's semantics. cuBLASLt writes an epilogue's
 // second matrix after each tile's products: at the GPT-2 MLP shape (16384 x 3072 x 768) its
@@ -36,7 +37,10 @@
 // Operands past their edges (M, N, K tails) arrive as zeros from the TMA, and the TMA stores
 // skip what lies past M and N.
 //
-// Opt-in (OFT_GEMM_WGMMA=fwd or all; see modes()). Measured on an H100 at the GPT-2 MLP shape:
+// The GELU products are opt-in (OFT_GEMM_WGMMA=fwd or all; see modes()); the ReLU backward is
+// on by default: cuBLASLt has no ReLU derivative without RELU_AUX's bit mask (slower, see
+// docs/performance.md), so its path is the plain product, an activation_bwd pass and a
+// bias_grad pass. Measured on an H100 at the GPT-2 MLP shape:
 // GELU forward 0.150-0.152 ms against 0.156-0.158 ms for cuBLASLt, DGELU 0.169 ms against
 // 0.152-0.153 ms; the products alone (epilogues skipped) 0.121 / 0.137 ms at 83% of the L2
 // throughput, against 0.115 ms for cuBLASLt's plain product. A 128 x 128 tile reads 32 KiB per
@@ -65,7 +69,7 @@ using attn::align_smem_1024;
 using attn::pack;
 using attn::smem_u32;
 
-enum Mode : int { kGeluFwd = 0, kDGelu = 1 };
+enum Mode : int { kGeluFwd = 0, kDGelu = 1, kDRelu = 2 };
 
 constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 5;
 constexpr int kTileBytes = kBM * kBK * 2;  // one [128][64] bf16 tile: 16 KiB (A and B alike)
@@ -79,9 +83,9 @@ constexpr int kThreads = 384;
 
 struct Maps {
   CUtensorMap a;    // bf16 [M][K], box [128][64]
-  CUtensorMap b;    // kGeluFwd: bf16 [N][K], box [128][64]; kDGelu: bf16 [K][N], box [64][64]
-  CUtensorMap out;  // kGeluFwd: pre; kDGelu: dpre. bf16 [M][N], box [128][64]
-  CUtensorMap aux;  // kGeluFwd: act (stored); kDGelu: pre (loaded). bf16 [M][N], box [128][64]
+  CUtensorMap b;    // kGeluFwd: bf16 [N][K], box [128][64]; kD*: bf16 [K][N], box [64][64]
+  CUtensorMap out;  // kGeluFwd: pre; kD*: dpre. bf16 [M][N], box [128][64]
+  CUtensorMap aux;  // kGeluFwd: act (stored); kDGelu: pre, kDRelu: act (loaded). [M][N], [128][64]
 };
 
 template <int MODE>
@@ -96,7 +100,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* full = reinterpret_cast<uint64_t*>(sBias + 2 * 64);
   uint64_t* empty = full + kStages;
   uint64_t* order = empty + kStages;  // order[c]: the other consumer issued a tile's products
-  uint64_t* pre_full = order + 2;     // kDGelu: consumer c's pre tile has arrived
+  uint64_t* pre_full = order + 2;     // kD*: consumer c's pre (or act) tile has arrived
   const int wg = int(threadIdx.x) / 128, tid = int(threadIdx.x) % 128;
   const int tiles_n = (N + kBN - 1) / kBN, tiles = (M + kBM - 1) / kBM * tiles_n;
   const int KT = (K + kBK - 1) / kBK;
@@ -168,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_wait(&full[s], (it / kStages) & 1);
       const unsigned char* st = base + s * kStageBytes;
       const uint64_t da = sw128_desc(st);
-      // kDGelu's B is MN-major: its two 64-wide n boxes lie kTileBytes / 2 apart.
+      // kD*'s B is MN-major: its two 64-wide n boxes lie kTileBytes / 2 apart.
       const uint64_t db = sw128_desc(st + kTileBytes, MODE == kGeluFwd ? 1024 : kTileBytes / 2);
       wgmma_fence();
 #pragma unroll
@@ -188,8 +192,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (tid == 0) {
       mbar_arrive(&order[c ^ 1]);  // the other consumer's next tile may start
-      if (MODE == kDGelu) {
-        // This tile's pre into the output tile (the previous tile's store, issued a tile ago,
+      if (MODE != kGeluFwd) {
+        // This tile's pre (kDRelu: act) into the output tile (the previous tile's store, issued a tile ago,
         // has read it by now), while the last products finish. At the tile's start the wait
         // for that store held up the whole warpgroup's first products.
         bulk_wait_read();
@@ -256,8 +260,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int r = 0; r < 2; ++r) {
             uint32_t* p = out_at(nb, h * 64 + warp * 16 + g + 8 * r);
             const __nv_bfloat162 pv = *reinterpret_cast<const __nv_bfloat162*>(p);
-            const float d0 = acc[h][4 * nb + 2 * r] * gelu_tanh_grad(__low2float(pv));
-            const float d1 = acc[h][4 * nb + 2 * r + 1] * gelu_tanh_grad(__high2float(pv));
+            float d0, d1;
+            if constexpr (MODE == kDGelu) {
+              d0 = acc[h][4 * nb + 2 * r] * gelu_tanh_grad(__low2float(pv));
+              d1 = acc[h][4 * nb + 2 * r + 1] * gelu_tanh_grad(__high2float(pv));
+            } else {  // relu'(pre) = [act > 0], multiplied as activation_bwd does (NaN stays)
+              d0 = acc[h][4 * nb + 2 * r] * (__low2float(pv) > 0.f ? 1.f : 0.f);
+              d1 = acc[h][4 * nb + 2 * r + 1] * (__high2float(pv) > 0.f ? 1.f : 0.f);
+            }
             *p = pack(d0, d1);
             s0 += d0;
             s1 += d1;
@@ -282,22 +292,28 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 int g_test_mode = -1;
+constexpr int kBitGeluFwd = 1, kBitDGelu = 2, kBitDRelu = 4;
 
-// Which products run here (bit 0: the GELU forward, bit 1: the DGELU backward), from
-// OFT_GEMM_WGMMA: 0 (none, the default), fwd, or all; on an sm_90a build and GPU only.
+// Which products run here (bit 0: the GELU forward, bit 1: the DGELU backward, bit 2: the ReLU
+// backward), from OFT_GEMM_WGMMA: auto (the default: the ReLU backward, which beats cuBLASLt's
+// product + activation_bwd + bias_grad), 0 (none), fwd (auto and the GELU forward) or all; on
+// an sm_90a build and GPU only.
 int modes() {
   if (g_test_mode >= 0) return sm90a_ready() ? g_test_mode : 0;
   static const int on = [] {
-    int m = 0;
+    int m = kBitDRelu;
     if (const char* e = std::getenv("OFT_GEMM_WGMMA")) {
       if (std::strcmp(e, "all") == 0)
-        m = 3;
+        m = kBitGeluFwd | kBitDGelu | kBitDRelu;
       else if (std::strcmp(e, "fwd") == 0)
-        m = 1;
-      else if (std::strcmp(e, "0") != 0)
-        fail("OFT_GEMM_WGMMA='", e, "': expected 0 (every product through cuBLASLt, the "
-             "default), fwd (the Hopper GELU forward product) or all (also the DGELU backward "
-             "product)");
+        m = kBitGeluFwd | kBitDRelu;
+      else if (std::strcmp(e, "0") == 0)
+        m = 0;
+      else if (std::strcmp(e, "auto") != 0)
+        fail("OFT_GEMM_WGMMA='", e, "': expected auto (the default: the ReLU MLP's input "
+             "gradient on the Hopper product, everything else through cuBLASLt), 0 (every "
+             "product through cuBLASLt), fwd (auto and the Hopper GELU forward product) or all "
+             "(also the DGELU backward product)");
     }
     return m != 0 && sm90a_ready() ? m : 0;
   }();
@@ -344,7 +360,7 @@ bool hopper_ready() { return sm90a_ready(); }
 
 bool gelu_fwd_supported(int64_t M, int64_t N, int64_t K, const void* x, const void* w,
                         const void* bias, const void* pre, const void* act) {
-  return shapes_ok(1, M, N, K, {x, w, bias, pre, act});
+  return shapes_ok(kBitGeluFwd, M, N, K, {x, w, bias, pre, act});
 }
 
 void gelu_fwd(void* act, void* pre, const void* x, const void* w, const void* bias, int64_t M,
@@ -359,23 +375,42 @@ void gelu_fwd(void* act, void* pre, const void* x, const void* w, const void* bi
 
 bool dgelu_supported(int64_t M, int64_t N, int64_t K, const void* dout, const void* w,
                      const void* pre, const void* dpre) {
-  return shapes_ok(2, M, N, K, {dout, w, pre, dpre});
+  return shapes_ok(kBitDGelu, M, N, K, {dout, w, pre, dpre});
 }
 
-void dgelu(void* dpre, const void* dout, const void* w, const void* pre, int64_t M, int64_t N,
-           int64_t K, float* dsum) {
+namespace {
+// kDGelu / kDRelu: dpre = (dout w) * a'(saved), dsum += colsum(dpre) when given.
+template <int MODE>
+void act_bwd(void* dpre, const void* dout, const void* w, const void* saved, int64_t M,
+             int64_t N, int64_t K, float* dsum) {
   Maps maps;
   maps.a = matrix_map(dout, M, K, kBM, kBK);
   maps.b = matrix_map(w, K, N, kBK, 64);
   maps.out = matrix_map(dpre, M, N, kBM, 64);
-  maps.aux = matrix_map(pre, M, N, kBM, 64);
+  maps.aux = matrix_map(saved, M, N, kBM, 64);
   Tensor part;
   const int64_t P = ceil_div(M, kBM) * 4;  // partial rows: one per (row tile, consumer warp)
   if (dsum)
     part = Tensor::empty({int64_t(ops::partial_floats(P, int(N)))}, DType::F32, Device::CUDA);
-  launch<kDGelu>(maps, nullptr, dsum ? static_cast<float*>(part.raw()) : nullptr, M, N, K);
+  launch<MODE>(maps, nullptr, dsum ? static_cast<float*>(part.raw()) : nullptr, M, N, K);
   if (dsum)
     ops::reduce_partials(dsum, nullptr, int(N), static_cast<float*>(part.raw()), int(P), int(N));
+}
+}  // namespace
+
+void dgelu(void* dpre, const void* dout, const void* w, const void* pre, int64_t M, int64_t N,
+           int64_t K, float* dsum) {
+  act_bwd<kDGelu>(dpre, dout, w, pre, M, N, K, dsum);
+}
+
+bool drelu_supported(int64_t M, int64_t N, int64_t K, const void* dout, const void* w,
+                     const void* act, const void* dpre) {
+  return shapes_ok(kBitDRelu, M, N, K, {dout, w, act, dpre});
+}
+
+void drelu(void* dpre, const void* dout, const void* w, const void* act, int64_t M, int64_t N,
+           int64_t K, float* dsum) {
+  act_bwd<kDRelu>(dpre, dout, w, act, M, N, K, dsum);
 }
 
 }  // namespace oft::cuda::gemm

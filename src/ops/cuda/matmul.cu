@@ -27,7 +27,8 @@
 //                      enables it)
 //   linear_act_bwd_dx  DGELU           D = r * gelu'(aux), aux = the saved pre-activation
 //                      (bf16 on Hopper: gemm_wgmma.cu's own product, where OFT_GEMM_WGMMA
-//                      enables it)
+//                      enables it); ReLU: bf16 on Hopper only, gemm_wgmma.cu's own product
+//                      D = r * [act > 0] (on unless OFT_GEMM_WGMMA=0), else the composition
 // Attributes: EPILOGUE, BIAS_POINTER + BIAS_DATA_TYPE (= D's dtype), EPILOGUE_AUX_POINTER +
 // EPILOGUE_AUX_LD (= N). EPILOGUE_AUX_DATA_TYPE is left unset: it defaults to D's dtype, which is
 // what the model stores. cuBLASLt's GELU is the tanh approximation (= Activation::GELU_Tanh).
@@ -526,9 +527,11 @@ void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tens
     OFT_CHECK(dsum->shape() == Shape{dpre.dim(1)}, "linear_act_bwd_dx: dsum must be [",
               dpre.dim(1), "]");
   }
-  // Only GELU-tanh has a derivative epilogue without a bit mask (ReLU's DRELU would need the
-  // mask of RELU_AUX); bf16 only, as in the forward.
-  if (a != Activation::GELU_Tanh || dpre.dtype() != DType::BF16) return compose();
+  // Only GELU-tanh has a cuBLASLt derivative epilogue without a bit mask (ReLU's DRELU would
+  // need the mask of RELU_AUX); ReLU's derivative runs in the own Hopper product (gemm_wgmma.cu)
+  // where it applies. bf16 only, as in the forward.
+  const bool relu = a == Activation::ReLU;
+  if ((!relu && a != Activation::GELU_Tanh) || dpre.dtype() != DType::BF16) return compose();
   cuda::expect_float(saved, "linear_act_bwd_dx saved");
   OFT_ASSERT(dpre.ndim() == 2 && saved.shape() == dpre.shape() && saved.dtype() == dpre.dtype(),
              "linear_act_bwd_dx: saved ", shape_str(saved.shape()), " ",
@@ -539,6 +542,15 @@ void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tens
              dtype_name(dout.dtype()), " but dpre is ", dtype_name(dpre.dtype()));
   const int64_t F = dpre.dim(1);
   if (!cuda::aligned16(saved.raw()) || F % 8 != 0) return compose();
+  if (relu) {  // saved is relu(pre) or pre: relu' = [saved > 0] either way
+    if (!cuda::gemm::drelu_supported(dout.dim(0), F, dout.dim(1), dout.raw(), w.raw(),
+                                     saved.raw(), dpre.raw()))
+      return compose();
+    cuda::gemm::drelu(dpre.raw(), dout.raw(), w.raw(), saved.raw(), dout.dim(0), F, dout.dim(1),
+                      dsum ? static_cast<float*>(dsum->raw()) : nullptr);
+    ++g_fused;
+    return;
+  }
   // On Hopper: the own product, whose epilogue overlaps the next tile's products.
   if (cuda::gemm::dgelu_supported(dout.dim(0), F, dout.dim(1), dout.raw(), w.raw(), saved.raw(),
                                   dpre.raw())) {
