@@ -2,7 +2,7 @@
 # Quick GPU loop for the matrix-product kernels: the linear op tests against the CPU backend,
 # their timing prints, and gpt2_124m training steps (twice each) for every OFT_GEMM_WGMMA value
 # in QUICK_MODES (default "0 fwd all"), or for every comma-separated list of environment
-# settings in QUICK_ENVS, e.g. QUICK_ENVS="OFT_GEMM_WGMMA=0,OFT_GEMM_WGMMA=fwd OFT_MATMUL_TUNE=1".
+# settings in QUICK_ENVS, e.g. QUICK_ENVS="OFT_GEMM_WGMMA=0,OFT_GEMM_WGMMA=fwd OFT_MATMUL_TUNE=0".
 # QUICK_FILTER replaces the test filter (default CudaLinear*).
 # Usage (on the GPU machine, after scripts/gpu_bundle.sh here): bash scripts/gpu_quick.sh
 set -uo pipefail

@@ -115,6 +115,9 @@ TEST_P(CudaModel, LossAndGradientsMatchTheCpu) {
         EXPECT_LE(e, bf ? (scalar_gain ? 0.9 : 0.15) : 1e-3)
             << dtype_label(dt) << " gradient of " << ref.grads[i].first;
         if (e > worst) worst = e, worst_name = ref.grads[i].first;
+        if (!bf && e > 1e-4)
+          std::printf("[model %s f32%s] %s: %.3g\n", GetParam().c_str(), fused ? " fused" : "",
+                      ref.grads[i].first.c_str(), e);
         const std::vector<double> g = got.grads[i].second.to_vector(), r = ref.grads[i].second.to_vector();
         for (size_t k = 0; k < g.size(); ++k) num += (g[k] - r[k]) * (g[k] - r[k]), den += r[k] * r[k];
       }
@@ -136,7 +139,9 @@ INSTANTIATE_TEST_SUITE_P(
                       "tiny_opt_350m_vanilla model.block=post_norm model.final_norm=false "
                       "model.word_embed_proj_dim=64",
                       "tiny_bert_base_vanilla", "tiny_bert_base_clipped_softmax",
-                      "tiny_bert_base_gated_attention"),
+                      "tiny_bert_base_gated_attention", "tiny_gpt2_op model.qk_norm=false",
+                      "tiny_gpt2_op model.branch_gain=1", "tiny_gpt2_op model.norm=layernorm",
+                      "tiny_gpt2_default model.norm=none"),
     [](const ::testing::TestParamInfo<std::string>& i) {
       std::string s = i.param;
       for (auto& c : s)

@@ -52,11 +52,12 @@
 // descriptor, the three layouts and the heuristic's algorithm are cached per problem (shape,
 // transposes, dtypes, beta != 0, pointer alignments, epilogue kind) so a repeated shape costs no
 // heuristic query. An epilogue problem that the heuristic refuses is cached as such and then
-// always takes its fallback. With OFT_MATMUL_TUNE=1 the first call of a problem times the
-// heuristic's first eight algorithms on its operands (into a scratch output where the product
-// accumulates into C) and caches the fastest; off by default, as the timing-based choice can
-// differ between runs (measured on an H100, gpt2_124m: +0.8-1.0%; the output layer's forward
-// 1.78 -> 1.61 ms; opt_125m_vanilla: no change).
+// always takes its fallback. The first call of a problem times the heuristic's first eight
+// algorithms on its operands (into a scratch output where the product accumulates into C) and
+// caches the fastest (measured on an H100, gpt2_124m: +0.5-1.0% in three calls; the output
+// layer's forward 1.78 -> 1.61 ms; opt_125m_vanilla: no change). The timing-based choice can
+// differ between runs, as eager GPU steps already do in their last bits (atomic sums);
+// OFT_MATMUL_TUNE=0 keeps the heuristic's first choice.
 #include <cublasLt.h>
 
 #include <atomic>
@@ -87,15 +88,16 @@ namespace {
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 constexpr int kTuneCandidates = 8;
 
-// OFT_MATMUL_TUNE=1: time the heuristic's first kTuneCandidates algorithms on each new problem
-// and keep the fastest.
+// OFT_MATMUL_TUNE (1, the default): time the heuristic's first kTuneCandidates algorithms on
+// each new problem and keep the fastest; 0: the heuristic's first choice.
 bool tune_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("OFT_MATMUL_TUNE");
-    if (e == nullptr || std::strcmp(e, "0") == 0 || *e == '\0') return false;
-    if (std::strcmp(e, "1") == 0) return true;
+    if (e == nullptr || *e == '\0' || std::strcmp(e, "1") == 0) return true;
+    if (std::strcmp(e, "0") == 0) return false;
     fail("OFT_MATMUL_TUNE='", e, "': expected 1 (time cuBLASLt's candidate algorithms per "
-         "matrix-product shape and keep the fastest) or 0 (the heuristic's choice, the default)");
+         "matrix-product shape and keep the fastest, the default) or 0 (the heuristic's first "
+         "choice)");
   }();
   return on;
 }
