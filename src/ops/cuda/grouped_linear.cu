@@ -3,8 +3,10 @@
 // Activations are the act dtype (f32 or bf16), parameter gradients f32, arithmetic fp32; the
 // parameter-gradient reductions are deterministic (fixed partitions summed in a fixed order).
 //
-// grouped_linear_fwd: one thread per output y[n, g*O + o], a dot product of I values read in
-// 16-byte packs (x rows and w stay in L1/L2). Backward dx: one thread per dx[n, g*I + i],
+// grouped_linear_fwd: where a group's I values are a power of two of 16-byte packs (<= 32: the
+// gates' 64 bf16 values are 8), one thread per pack and the group's lanes reduce with shuffles;
+// otherwise one thread per output y[n, g*O + o], a dot product of I values (x rows and w stay
+// in L1/L2). Backward dx: one thread per dx[n, g*I + i],
 // O terms. dw / db: split-K over rows: block (split, g) stages tiles of RT rows of x[:, g] and
 // dy[:, g] in shared memory, each thread owns fixed outputs (o, i) of w[g] and accumulates
 // them in shared memory; per-split partials are summed over splits by a second kernel. For
@@ -56,6 +58,44 @@ __global__ void grouped_linear_fwd_kernel(T* y, const T* x, const T* w, const T*
     for (int k = 0; k < V; ++k) acc += xv[k] * wv[k];
   }
   y[t] = from_f32<T>(acc);
+}
+
+// The same with L = I / V lanes per (row, group) (L a power of two <= 32): thread t takes the
+// 16-byte pack t of x (row n = t / (G L), group g, lane j), its partial dot products with the
+// group's O weight rows, and the group's lanes add them with xor shuffles (groups are aligned
+// L-lane segments of a warp, since a row holds G whole groups); lane 0 writes y[n, g*O + o].
+// A warp reads 512 contiguous bytes of x per instruction (the one-thread-per-output kernel
+// above reads 16 bytes of 32 rows 128 bytes apart).
+template <class T, int V, int L>
+__global__ void grouped_linear_fwd_lanes_kernel(T* __restrict__ y, const T* __restrict__ x,
+                                                const T* __restrict__ w,
+                                                const T* __restrict__ b, int64_t N, int G, int O,
+                                                int I) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t P = static_cast<int64_t>(G) * L;
+  const int64_t n = t / P;
+  const int p = static_cast<int>(t % P), g = p / L, j = p % L;
+  const bool valid = n < N;  // every lane takes part in the shuffles
+  float xv[V];
+  if (valid) {
+    load_pack<T, V>(x + n * G * I + static_cast<int64_t>(g) * I + j * V, xv);
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) xv[k] = 0.f;
+  }
+  for (int o = 0; o < O; ++o) {
+    float wv[V];
+    load_pack<T, V>(w + (static_cast<int64_t>(g) * O + o) * I + j * V, wv);
+    float acc = 0.f;
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc += xv[k] * wv[k];
+#pragma unroll
+    for (int off = L / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (valid && j == 0) {
+      const int go = g * O + o;
+      y[n * G * O + go] = from_f32<T>(acc + (b ? to_f32(b[go]) : 0.f));
+    }
+  }
 }
 
 // dx[n, g*I + i] (+)= sum_o dy[n, g*O + o] w[g, o, i]; one thread per dx element.
@@ -242,7 +282,24 @@ void CudaBackend::grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w
     constexpr int VEC = 16 / sizeof(T);
     const T* pb = b.defined() ? ptr<T>(b) : nullptr;
     const unsigned blocks = blocks_for(N * G * O);
-    if (I % VEC == 0 && aligned16(x.raw()) && aligned16(w.raw()))
+    const bool vec = I % VEC == 0 && aligned16(x.raw()) && aligned16(w.raw());
+    const int L = vec ? I / VEC : 0;
+    auto lanes = [&](auto l) {
+      constexpr int kL = decltype(l)::value;
+      grouped_linear_fwd_lanes_kernel<T, VEC, kL>
+          <<<blocks_for(N * G * kL), kThreads, 0, cuda::stream()>>>(ptr<T>(y), ptr<T>(x),
+                                                                     ptr<T>(w), pb, N, G, O, I);
+    };
+    if (L == 1 || L == 2 || L == 4 || L == 8 || L == 16 || L == 32) {
+      switch (L) {
+        case 1: lanes(std::integral_constant<int, 1>{}); break;
+        case 2: lanes(std::integral_constant<int, 2>{}); break;
+        case 4: lanes(std::integral_constant<int, 4>{}); break;
+        case 8: lanes(std::integral_constant<int, 8>{}); break;
+        case 16: lanes(std::integral_constant<int, 16>{}); break;
+        default: lanes(std::integral_constant<int, 32>{}); break;
+      }
+    } else if (vec)
       grouped_linear_fwd_kernel<T, VEC><<<blocks, kThreads, 0, cuda::stream()>>>(
           ptr<T>(y), ptr<T>(x), ptr<T>(w), pb, N, G, O, I);
     else
