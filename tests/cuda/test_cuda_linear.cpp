@@ -192,16 +192,23 @@ TEST(CudaLinear, HopperGeluProductMatchesCpu) {
     }
 }
 
+// The Hopper backward products' problems, dpre [n, F] = (dout [n, O] @ w [O, F]) * a'(pre):
+// tails of the 128 x 128 x 64 tiles, and the GPT-2 / OPT MLP.
+struct ActBwdShape {
+  int64_t n, O, F;
+  std::string str() const {
+    return "n=" + std::to_string(n) + " O=" + std::to_string(O) + " F=" + std::to_string(F);
+  }
+};
+const ActBwdShape kHopperActBwdShapes[] = {{300, 200, 392},  {128, 64, 128},    {1, 8, 8},
+                                           {129, 768, 3072}, {2048, 768, 3072}, {77, 1000, 136}};
+
 TEST(CudaLinear, HopperDGeluProductMatchesCpu) {
   OFT_REQUIRE_CUDA();
   const GemmModeGuard on(3);
   const DType bf = DType::BF16;
-  // dpre [n, F] = (dout [n, O] @ w [O, F]) * gelu'(pre): tails of the 128 x 128 x 64 tiles.
-  struct S { int64_t n, O, F; };
-  for (S s : {S{300, 200, 392}, S{128, 64, 128}, S{1, 8, 8}, S{129, 768, 3072}, S{2048, 768, 3072},
-              S{77, 1000, 136}}) {
-    SCOPED_TRACE("n=" + std::to_string(s.n) + " O=" + std::to_string(s.O) + " F=" +
-                 std::to_string(s.F));
+  for (const ActBwdShape& s : kHopperActBwdShapes) {
+    SCOPED_TRACE(s.str());
     const Tensor dout = rounded(randn({s.n, s.O}), bf), w = rounded(randn({s.O, s.F}, 0.05), bf);
     const Tensor pre = rounded(randn({s.n, s.F}, 2.0), bf);
     Tensor ref = Tensor::empty({s.n, s.F}, DType::F64);
@@ -232,11 +239,8 @@ TEST(CudaLinear, HopperDGeluProductMatchesCpu) {
 TEST(CudaLinear, HopperDReluProductMatchesCpu) {
   OFT_REQUIRE_CUDA();
   const DType bf = DType::BF16;
-  struct S { int64_t n, O, F; };
-  for (S s : {S{300, 200, 392}, S{128, 64, 128}, S{1, 8, 8}, S{129, 768, 3072}, S{2048, 768, 3072},
-              S{77, 1000, 136}}) {
-    SCOPED_TRACE("n=" + std::to_string(s.n) + " O=" + std::to_string(s.O) + " F=" +
-                 std::to_string(s.F));
+  for (const ActBwdShape& s : kHopperActBwdShapes) {
+    SCOPED_TRACE(s.str());
     const Tensor dout = rounded(randn({s.n, s.O}), bf), w = rounded(randn({s.O, s.F}, 0.05), bf);
     Tensor pre = rounded(randn({s.n, s.F}, 2.0), bf);
     {  // exact zeros and negative zeros among the pre-activations: relu' is 0 there
