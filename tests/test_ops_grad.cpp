@@ -401,6 +401,32 @@ TEST(OpGrad, GroupedLinear) {
   expect_grad("db", b, db, loss);
 }
 
+// The gates' last layer with its sigmoid (grouped_linear_act_fwd / _bwd), with dx accumulated.
+TEST(OpGrad, GroupedLinearSigmoid) {
+  Rng rng(12);
+  const int64_t N = 5, G = 3, I = 4, O = 1;
+  Tensor x = randn({N, G * I}, rng), w = randn({G, O, I}, rng), b = randn({G * O}, rng);
+  Tensor R = randn({N, G * O}, rng), y = Tensor::zeros({N, G * O}, DType::F64);
+  Tensor act = Tensor::zeros({N, G * O}, DType::F64);
+  auto loss = [&] {
+    cpu().grouped_linear_act_fwd(act, y, x, w, b, ops::Activation::Sigmoid);
+    return dot(act, R);
+  };
+  loss();
+  Tensor y_ref = Tensor::zeros({N, G * O}, DType::F64);
+  cpu().grouped_linear_fwd(y_ref, x, w, b);
+  EXPECT_EQ(y.to_vector(), y_ref.to_vector()) << "y is the grouped layer's output";
+  const Tensor dx0 = randn(x.shape(), rng);
+  Tensor dx = dx0.clone(), dw = Tensor::zeros(w.shape(), DType::F64),
+         db = Tensor::zeros(b.shape(), DType::F64);
+  cpu().grouped_linear_act_bwd(dx, dw, db, R, y, x, w, /*accumulate_dx=*/true,
+                               ops::Activation::Sigmoid);
+  ops::add_scaled(dx, dx, 1.0, dx0, -1.0);  // the accumulated part
+  expect_grad("dx", x, dx, loss);
+  expect_grad("dw", w, dw, loss);
+  expect_grad("db", b, db, loss);
+}
+
 class HeadGateGrad : public ::testing::TestWithParam<int64_t> {};
 TEST_P(HeadGateGrad, PerTokenSequenceGlobal) {
   Rng rng(11);

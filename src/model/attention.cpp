@@ -256,6 +256,15 @@ void Attention::gate_forward(AttentionActs& a, const Tensor& x, int64_t B, int64
     a.logits = gate_logit_;
   } else {
     ensure(a.logits_tok, {N, H_}, dt, dev);
+    // One gate per token from a grouped layer: its sigmoid is applied by the layer's op.
+    const bool fused = gate_ == GateType::ConditionalPerToken && !gate_all_;
+    if (fused) ensure(a.gate, {N, H_}, dt, dev);
+    auto last = [&](const Tensor& in, const Tensor& w, const Tensor& b) {
+      if (fused)
+        be.grouped_linear_act_fwd(a.gate, a.logits_tok, in, w, b, ops::Activation::Sigmoid);
+      else
+        be.grouped_linear_fwd(a.logits_tok, in, w, b);
+    };
     if (gate_all_) {
       gate_all_features_.forward(a.logits_tok, x);
     } else if (gate_mlp_) {
@@ -263,9 +272,13 @@ void Attention::gate_forward(AttentionActs& a, const Tensor& x, int64_t B, int64
       ensure(a.hidden_act, {N, H_ * hid_}, dt, dev);
       be.grouped_linear_fwd(a.hidden, x, gw1_, gb1_);
       be.activation_fwd(a.hidden_act, a.hidden, ops::Activation::ReLU);
-      be.grouped_linear_fwd(a.logits_tok, a.hidden_act, gw2_, gb2_);
+      last(a.hidden_act, gw2_, gb2_);
     } else {
-      be.grouped_linear_fwd(a.logits_tok, x, gw1_, gb1_);
+      last(x, gw1_, gb1_);
+    }
+    if (fused) {
+      a.logits = a.logits_tok;
+      return;
     }
     if (gate_ == GateType::ConditionalPerHead) {
       ensure(a.logits, {B, H_}, dt, dev);
@@ -287,6 +300,20 @@ bool Attention::gate_backward(AttentionActs& a, Tensor& dx, const Tensor& x, int
   const DType dt = x.dtype();
   const Device dev = x.device();
   auto& be = ops::on(x);
+  if (gate_ == GateType::ConditionalPerToken && !gate_all_) {
+    // The sigmoid's derivative inside the grouped layer's backward (see gate_forward).
+    constexpr auto sig = ops::Activation::Sigmoid;
+    if (gate_mlp_) {
+      ensure(dhidden_, {N, H_ * hid_}, dt, dev);
+      be.grouped_linear_act_bwd(dhidden_, dgw2_, dgb2_, dgate_, a.logits, a.hidden_act, gw2_,
+                                false, sig);
+      be.activation_bwd(dhidden_, dhidden_, a.hidden, ops::Activation::ReLU);
+      be.grouped_linear_bwd(dx, dgw1_, dgb1_, dhidden_, x, gw1_, accumulate_dx);
+    } else {
+      be.grouped_linear_act_bwd(dx, dgw1_, dgb1_, dgate_, a.logits, x, gw1_, accumulate_dx, sig);
+    }
+    return true;
+  }
   ensure(dlogits_, a.logits.shape(), dt, dev);
   be.activation_bwd(dlogits_, dgate_, a.logits, ops::Activation::Sigmoid);
   if (gate_ == GateType::UnconditionalPerHead) {

@@ -156,6 +156,23 @@ class Backend {
                                   const Tensor& b) = 0;
   virtual void grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                                   const Tensor& x, const Tensor& w, bool accumulate_dx) = 0;
+  // The gate networks' last layer with its activation: y = grouped_linear(x, w, b) (kept for
+  // the backward), act = a(y). The CUDA backend applies a sigmoid in the grouped product's
+  // kernel; everything else composes as below.
+  virtual void grouped_linear_act_fwd(Tensor& act, Tensor& y, const Tensor& x, const Tensor& w,
+                                      const Tensor& b, Activation a) {
+    grouped_linear_fwd(y, x, w, b);
+    activation_fwd(act, y, a);
+  }
+  // Its backward from dact: dy = dact * a'(y), then grouped_linear_bwd with dy. The CUDA
+  // backend forms dy in the grouped backward's kernel (a sigmoid; f32, never stored).
+  virtual void grouped_linear_act_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dact,
+                                      const Tensor& y, const Tensor& x, const Tensor& w,
+                                      bool accumulate_dx, Activation a) {
+    Tensor dy = Tensor::empty(y.shape(), y.dtype(), y.device());
+    activation_bwd(dy, dact, y, a);
+    grouped_linear_bwd(dx, dw, db, dy, x, w, accumulate_dx);
+  }
   // Per-head gating: out[n, h*D + d] = x[n, h*D + d] * gate[n / rows_per_gate, h].
   // gate is [N / rows_per_gate, H]: rows_per_gate = 1 per token, T per sequence, N global.
   virtual void head_gate_fwd(Tensor& out, const Tensor& x, const Tensor& gate,

@@ -141,6 +141,14 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "grouped_linear_bwd");
     inner_.grouped_linear_bwd(dx, dw, db, dy, x, w, accumulate_dx);
   }
+  void grouped_linear_act_fwd(Tensor& act, Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b, Activation a) override {
+    Scope scope_(this, "grouped_linear_act_fwd");
+    inner_.grouped_linear_act_fwd(act, y, x, w, b, a);
+  }
+  void grouped_linear_act_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dact, const Tensor& y, const Tensor& x, const Tensor& w, bool accumulate_dx, Activation a) override {
+    Scope scope_(this, "grouped_linear_act_bwd");
+    inner_.grouped_linear_act_bwd(dx, dw, db, dact, y, x, w, accumulate_dx, a);
+  }
   void head_gate_fwd(Tensor& out, const Tensor& x, const Tensor& gate, int64_t rows_per_gate) override {
     Scope scope_(this, "head_gate_fwd");
     inner_.head_gate_fwd(out, x, gate, rows_per_gate);

@@ -368,6 +368,42 @@ TEST(CudaNn, GroupedLinearBackward) {
       }
 }
 
+// The gates' last layer with its sigmoid: the fused kernels (pack-per-thread forward, one-pass
+// backward) where they apply, the composition elsewhere (odd I, O = 16), against the CPU
+// backend's composition. The fused backward forms dact * sigmoid'(y) in f32 without the bf16
+// rounding of the composed dlogits: within the same tolerances.
+TEST(CudaNn, GroupedLinearSigmoidForwardBackward) {
+  OFT_REQUIRE_CUDA();
+  const ops::Activation sig = ops::Activation::Sigmoid;
+  for (DType dt : kDtypes)
+    for (const GlCase& c : kGlCases)
+      for (bool acc : {false, true}) {
+        SCOPED_TRACE(label(dt, c.N, c.G, c.I, c.O, acc));
+        const Tensor x = rounded(randn({c.N, c.G * c.I}), dt);
+        const Tensor w = rounded(randn({c.G, c.O, c.I}, 0.2), dt), b = rounded(randn({c.G * c.O}), dt);
+        Tensor y = cpu_empty({c.N, c.G * c.O}), act = cpu_empty({c.N, c.G * c.O});
+        cpu().grouped_linear_act_fwd(act, y, x, w, b, sig);
+        Tensor gy = poisoned({c.N, c.G * c.O}, dt), gact = poisoned({c.N, c.G * c.O}, dt);
+        gpu().grouped_linear_act_fwd(gact, gy, to_gpu(x, dt), to_gpu(w, dt), to_gpu(b, dt), sig);
+        EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+        EXPECT_GPU_CLOSE(gact, act, tol_for(dt));
+        // Backward from the GPU's own y (so that both take the sigmoid' of the same values).
+        const Tensor yr = gy.to(Device::CPU).cast(DType::F32);
+        const Tensor dact = rounded(randn({c.N, c.G * c.O}), dt);
+        const Tensor dx0 = rounded(randn({c.N, c.G * c.I}), dt);
+        const Tensor dw0 = randn({c.G, c.O, c.I}), db0 = randn({c.G * c.O});
+        Tensor dx = acc ? dx0.clone() : cpu_empty({c.N, c.G * c.I}), dw = dw0.clone(), db = db0.clone();
+        cpu().grouped_linear_act_bwd(dx, dw, db, dact, yr, x, w, acc, sig);
+        Tensor gdx = acc ? to_gpu(dx0, dt) : poisoned({c.N, c.G * c.I}, dt);
+        Tensor gdw = gpu_f32(dw0), gdb = gpu_f32(db0);
+        gpu().grouped_linear_act_bwd(gdx, gdw, gdb, to_gpu(dact, dt), gy, to_gpu(x, dt),
+                                     to_gpu(w, dt), acc, sig);
+        EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+        EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
+        EXPECT_GPU_CLOSE(gdb, db, tol_for(dt));
+      }
+}
+
 // ------------------------------------------------------------------ head gate
 
 struct GateCase {

@@ -66,6 +66,11 @@ class CudaBackend final : public Backend {
   void grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) override;
   void grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
                           const Tensor& w, bool accumulate_dx) override;
+  void grouped_linear_act_fwd(Tensor& act, Tensor& y, const Tensor& x, const Tensor& w,
+                              const Tensor& b, Activation a) override;
+  void grouped_linear_act_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dact,
+                              const Tensor& y, const Tensor& x, const Tensor& w,
+                              bool accumulate_dx, Activation a) override;
   void head_gate_fwd(Tensor& out, const Tensor& x, const Tensor& gate,
                      int64_t rows_per_gate) override;
   void head_gate_bwd(Tensor& dx, Tensor& dgate, const Tensor& dout, const Tensor& x,

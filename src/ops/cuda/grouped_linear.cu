@@ -12,6 +12,8 @@
 // them in shared memory; per-split partials are summed over splits by a second kernel. For
 // O <= 4 (gates) one kernel does dx, dw and db in a single pass over the rows instead:
 // threads own 16-byte column packs, blocks own row chunks (grouped_linear_bwd_rows_kernel).
+// grouped_linear_act_fwd / _bwd (the gates' sigmoid) run the sigmoid in these kernels where the
+// pack-per-thread forward and the one-pass backward apply, and compose otherwise.
 #include <algorithm>
 #include <type_traits>
 
@@ -37,6 +39,13 @@ unsigned blocks_for(int64_t threads) {
 }
 
 // ------------------------------------------------------------------ grouped linear
+
+// The sigmoid and its derivative as activations.cu computes them (fp32).
+__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
+__device__ __forceinline__ float sigmoid_grad(float v) {
+  const float s = sigmoid(v);
+  return s * (1.f - s);
+}
 
 // y[n, g*O + o] = b[g*O + o] + sum_i x[n, g*I + i] w[g, o, i]; one thread per output.
 template <class T, int V>
@@ -66,8 +75,10 @@ __global__ void grouped_linear_fwd_kernel(T* y, const T* x, const T* w, const T*
 // L-lane segments of a warp, since a row holds G whole groups); lane 0 writes y[n, g*O + o].
 // A warp reads 512 contiguous bytes of x per instruction (the one-thread-per-output kernel
 // above reads 16 bytes of 32 rows 128 bytes apart).
-template <class T, int V, int L>
-__global__ void grouped_linear_fwd_lanes_kernel(T* __restrict__ y, const T* __restrict__ x,
+// SIG (grouped_linear_act_fwd): also act = sigmoid(y), from the unrounded sum.
+template <class T, int V, int L, bool SIG>
+__global__ void grouped_linear_fwd_lanes_kernel(T* __restrict__ y, T* __restrict__ act,
+                                                const T* __restrict__ x,
                                                 const T* __restrict__ w,
                                                 const T* __restrict__ b, int64_t N, int G, int O,
                                                 int I) {
@@ -93,7 +104,9 @@ __global__ void grouped_linear_fwd_lanes_kernel(T* __restrict__ y, const T* __re
     for (int off = L / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (valid && j == 0) {
       const int go = g * O + o;
-      y[n * G * O + go] = from_f32<T>(acc + (b ? to_f32(b[go]) : 0.f));
+      const float v = acc + (b ? to_f32(b[go]) : 0.f);
+      y[n * G * O + go] = from_f32<T>(v);
+      if constexpr (SIG) act[n * G * O + go] = from_f32<T>(sigmoid(v));
     }
   }
 }
@@ -161,9 +174,12 @@ __global__ void grouped_linear_dw_kernel(float* part, const T* dy, const T* x, i
 // group's first pack) over its rows: the chunk's partial in grouped_linear_dw_kernel's layout.
 // One read of x and dy and one read-write of dx (the split-K kernel above re-reads them per
 // tile through shared memory with a quarter of its threads busy).
-template <class T, int V, int O>
+// SIG (grouped_linear_act_bwd): dy is d act and ypre the sigmoid's input; the kernel uses
+// dy * sigmoid'(ypre) (f32) wherever the plain kernel uses dy.
+template <class T, int V, int O, bool SIG>
 __global__ void grouped_linear_bwd_rows_kernel(T* __restrict__ dx, float* __restrict__ part,
-                                               const T* __restrict__ dy, const T* __restrict__ x,
+                                               const T* __restrict__ dy, const T* __restrict__ ypre,
+                                               const T* __restrict__ x,
                                                const T* __restrict__ w, int64_t N, int G, int I,
                                                int64_t rpc, bool accumulate) {
   const int p = threadIdx.x;
@@ -186,7 +202,10 @@ __global__ void grouped_linear_bwd_rows_kernel(T* __restrict__ dx, float* __rest
   for (int64_t n = n0; n < n1; ++n) {
     float d[O], xv[V];
 #pragma unroll
-    for (int o = 0; o < O; ++o) d[o] = to_f32(dy[n * GO + g * O + o]);
+    for (int o = 0; o < O; ++o) {
+      d[o] = to_f32(dy[n * GO + g * O + o]);
+      if constexpr (SIG) d[o] *= sigmoid_grad(to_f32(ypre[n * GO + g * O + o]));
+    }
     load_pack<T, V>(x + n * C + c0, xv);
 #pragma unroll
     for (int o = 0; o < O; ++o) {
@@ -267,8 +286,17 @@ GroupedShape check_grouped(const Tensor& x, const Tensor& w, const Tensor& y, co
 
 }  // namespace
 
-void CudaBackend::grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
-  const char* op = "grouped_linear_fwd";
+namespace {
+
+int lanes_per_group(int I, int vec, bool vectorised) {
+  const int L = vectorised ? I / vec : 0;
+  return (L == 1 || L == 2 || L == 4 || L == 8 || L == 16 || L == 32) ? L : 0;
+}
+
+// y = grouped_linear(x, w, b), and with act: act = sigmoid(y) in the same kernel. Returns false,
+// having done nothing, when act is asked for but the pack-per-thread kernel does not apply.
+bool grouped_fwd(Tensor& y, Tensor* act, const Tensor& x, const Tensor& w, const Tensor& b,
+                 const char* op) {
   const GroupedShape gs = check_grouped(x, w, y, op);
   const int G = gs.G, O = gs.O, I = gs.I;
   const int64_t N = gs.N;
@@ -277,42 +305,77 @@ void CudaBackend::grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w
     OFT_CHECK(b.numel() == static_cast<int64_t>(G) * O, op, ": b ", shape_str(b.shape()),
               " is not [G*O]");
   }
-  if (N * G * O == 0) return;
+  if (act) {
+    expect_act(*act, x.dtype(), op);
+    expect_shape2(*act, N, static_cast<int64_t>(G) * O, op);
+  }
+  bool done = true;
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
     constexpr int VEC = 16 / sizeof(T);
     const T* pb = b.defined() ? ptr<T>(b) : nullptr;
-    const unsigned blocks = blocks_for(N * G * O);
     const bool vec = I % VEC == 0 && aligned16(x.raw()) && aligned16(w.raw());
-    const int L = vec ? I / VEC : 0;
-    auto lanes = [&](auto l) {
+    const int L = lanes_per_group(I, VEC, vec);
+    auto lanes = [&](auto l, auto sig) {
       constexpr int kL = decltype(l)::value;
-      grouped_linear_fwd_lanes_kernel<T, VEC, kL>
-          <<<blocks_for(N * G * kL), kThreads, 0, cuda::stream()>>>(ptr<T>(y), ptr<T>(x),
-                                                                     ptr<T>(w), pb, N, G, O, I);
+      grouped_linear_fwd_lanes_kernel<T, VEC, kL, decltype(sig)::value>
+          <<<blocks_for(N * G * kL), kThreads, 0, cuda::stream()>>>(
+              ptr<T>(y), act ? ptr<T>(*act) : nullptr, ptr<T>(x), ptr<T>(w), pb, N, G, O, I);
     };
-    if (L == 1 || L == 2 || L == 4 || L == 8 || L == 16 || L == 32) {
+    auto by_lanes = [&](auto sig) {
       switch (L) {
-        case 1: lanes(std::integral_constant<int, 1>{}); break;
-        case 2: lanes(std::integral_constant<int, 2>{}); break;
-        case 4: lanes(std::integral_constant<int, 4>{}); break;
-        case 8: lanes(std::integral_constant<int, 8>{}); break;
-        case 16: lanes(std::integral_constant<int, 16>{}); break;
-        default: lanes(std::integral_constant<int, 32>{}); break;
+        case 1: return lanes(std::integral_constant<int, 1>{}, sig);
+        case 2: return lanes(std::integral_constant<int, 2>{}, sig);
+        case 4: return lanes(std::integral_constant<int, 4>{}, sig);
+        case 8: return lanes(std::integral_constant<int, 8>{}, sig);
+        case 16: return lanes(std::integral_constant<int, 16>{}, sig);
+        default: return lanes(std::integral_constant<int, 32>{}, sig);
       }
-    } else if (vec)
+    };
+    const unsigned blocks = blocks_for(N * G * O);
+    if (N * G * O == 0) {
+    } else if (L > 0 && act) {
+      by_lanes(std::true_type{});
+    } else if (L > 0) {
+      by_lanes(std::false_type{});
+    } else if (act) {
+      done = false;
+    } else if (vec) {
       grouped_linear_fwd_kernel<T, VEC><<<blocks, kThreads, 0, cuda::stream()>>>(
           ptr<T>(y), ptr<T>(x), ptr<T>(w), pb, N, G, O, I);
-    else
+    } else {
       grouped_linear_fwd_kernel<T, 1><<<blocks, kThreads, 0, cuda::stream()>>>(
           ptr<T>(y), ptr<T>(x), ptr<T>(w), pb, N, G, O, I);
-    OFT_CUDA_LAUNCH_CHECK();
+    }
+    if (done && N * G * O > 0) OFT_CUDA_LAUNCH_CHECK();
   });
+  return done;
 }
 
-void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
-                                     const Tensor& x, const Tensor& w, bool accumulate_dx) {
-  const char* op = "grouped_linear_bwd";
+}  // namespace
+
+void CudaBackend::grouped_linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
+  grouped_fwd(y, nullptr, x, w, b, "grouped_linear_fwd");
+}
+
+void CudaBackend::grouped_linear_act_fwd(Tensor& act, Tensor& y, const Tensor& x, const Tensor& w,
+                                         const Tensor& b, Activation a) {
+  if (a != Activation::Sigmoid || !grouped_fwd(y, &act, x, w, b, "grouped_linear_act_fwd"))
+    Backend::grouped_linear_act_fwd(act, y, x, w, b, a);
+}
+
+namespace {
+
+// grouped_linear_bwd from dy, or with ypre from dy = dact * sigmoid'(ypre) formed in the one-pass
+// row kernel. Returns false, having done nothing, when ypre is given but that kernel does not
+// apply.
+bool grouped_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor* ypre,
+                 const Tensor& x, const Tensor& w, bool accumulate_dx, const char* op) {
   const GroupedShape gs = check_grouped(x, w, dy, op);
+  if (ypre) {
+    expect_act(*ypre, x.dtype(), op);
+    OFT_CHECK(ypre->shape() == dy.shape(), op, ": y ", shape_str(ypre->shape()), " for dact ",
+              shape_str(dy.shape()));
+  }
   const int G = gs.G, O = gs.O, I = gs.I;
   const int64_t N = gs.N;
   cuda::expect_dtype(dw, DType::F32, op);
@@ -327,7 +390,7 @@ void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const T
     expect_act(dx, x.dtype(), op);
     expect_shape2(dx, N, static_cast<int64_t>(G) * I, op);
   }
-  if (N == 0 || G * O * I == 0) return;
+  if (N == 0 || G * O * I == 0) return true;
   int64_t splits = 0;
   float* part = nullptr;
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
@@ -346,10 +409,16 @@ void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const T
           cuda::scratch(static_cast<size_t>(splits) * G * (O * I + O) * sizeof(float)));
       const unsigned threads = static_cast<unsigned>(cuda::ceil_div(packs, 32) * 32);
       T* pdx = dx.defined() ? ptr<T>(dx) : nullptr;
+      const T* py = ypre ? ptr<T>(*ypre) : nullptr;
       auto launch = [&](auto v, auto o) {
-        grouped_linear_bwd_rows_kernel<T, decltype(v)::value, decltype(o)::value>
-            <<<static_cast<unsigned>(splits), threads, 0, cuda::stream()>>>(
-                pdx, part, ptr<T>(dy), ptr<T>(x), ptr<T>(w), N, G, I, rpc, accumulate_dx);
+        if (ypre)
+          grouped_linear_bwd_rows_kernel<T, decltype(v)::value, decltype(o)::value, true>
+              <<<static_cast<unsigned>(splits), threads, 0, cuda::stream()>>>(
+                  pdx, part, ptr<T>(dy), py, ptr<T>(x), ptr<T>(w), N, G, I, rpc, accumulate_dx);
+        else
+          grouped_linear_bwd_rows_kernel<T, decltype(v)::value, decltype(o)::value, false>
+              <<<static_cast<unsigned>(splits), threads, 0, cuda::stream()>>>(
+                  pdx, part, ptr<T>(dy), py, ptr<T>(x), ptr<T>(w), N, G, I, rpc, accumulate_dx);
       };
       using V1 = std::integral_constant<int, 1>;
       using VV = std::integral_constant<int, VEC>;
@@ -367,6 +436,7 @@ void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const T
         by_o(V1{});
       OFT_CUDA_LAUNCH_CHECK();
     } else {
+      if (ypre) return false;
       // General O: dx one thread per element, dw / db split-K through shared memory
       // (accumulators [O*I + O] and tiles of RT rows).
       const int nout = O * I + O;
@@ -397,6 +467,22 @@ void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const T
                                                       db.defined() ? ptr<float>(db) : nullptr, part,
                                                       static_cast<int>(splits), G, O, I);
   OFT_CUDA_LAUNCH_CHECK();
+  return true;
+}
+
+}  // namespace
+
+void CudaBackend::grouped_linear_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
+                                     const Tensor& x, const Tensor& w, bool accumulate_dx) {
+  grouped_bwd(dx, dw, db, dy, nullptr, x, w, accumulate_dx, "grouped_linear_bwd");
+}
+
+void CudaBackend::grouped_linear_act_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dact,
+                                         const Tensor& y, const Tensor& x, const Tensor& w,
+                                         bool accumulate_dx, Activation a) {
+  if (a != Activation::Sigmoid ||
+      !grouped_bwd(dx, dw, db, dact, &y, x, w, accumulate_dx, "grouped_linear_act_bwd"))
+    Backend::grouped_linear_act_bwd(dx, dw, db, dact, y, x, w, accumulate_dx, a);
 }
 
 }  // namespace oft::ops
