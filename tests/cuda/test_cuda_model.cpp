@@ -10,8 +10,10 @@
 // tensor's error is taken relative to max(its norm, 1e-3 x the RMS tensor norm), because some
 // gradients are analytically zero, e.g. the key bias's under softmax's shift invariance, and
 // are compared as rounding noise):
-//   f32:  loss 1e-5 relative, each tensor 1e-3, all together 1e-4 (fp32 arithmetic in another
-//         order; the embedding gradient sums with atomics);
+//   f32:  loss 1e-5 relative; each tensor within max(1e-3, 4 x the CPU's own f32 error) of the
+//         CPU's f64 gradient (fp32 arithmetic in another order; the embedding gradient sums with
+//         atomics; a batch can make a gradient cancel until f32 keeps three digits of it on
+//         either device); all together 1e-4 of the CPU's f32;
 //   bf16: loss 1e-2 relative, each tensor 0.15, all together 6e-2 (activations rounded to
 //         8 significant bits at every op boundary through two layers; a wrong kernel gives ~1).
 //         Scalar and per-head gains (<= 16 values; skipless blocks) get 0.9: their gradient is
@@ -90,30 +92,45 @@ TEST_P(CudaModel, LossAndGradientsMatchTheCpu) {
     }
   }
   const Pass ref = run(mc, DType::F32, Device::CPU, tok, tgt, mask, T);
+  const Pass ref64 = run(mc, DType::F64, Device::CPU, tok, tgt, mask, T);
+  double sumsq = 0;
+  std::vector<double> norms;
+  for (const auto& [n, g] : ref.grads) {
+    const std::vector<double> r = g.to_vector();
+    double s = 0;
+    for (double x : r) s += x * x;
+    norms.push_back(std::sqrt(s));
+    sumsq += s;
+  }
+  const double floor = 1e-3 * std::sqrt(sumsq / double(norms.size()));
+  // Tensor i's error ||got - want|| / max(||ref||, floor).
+  auto tensor_err = [&](const Tensor& got, const Tensor& want, size_t i) {
+    const double rel = rel_err(got, want);
+    const double diff = norms[i] > 0 ? rel * norms[i] : rel;
+    return diff / std::max(norms[i], floor);
+  };
+  // The CPU's own f32 error against f64, per tensor: some batches make a gradient cancel so far
+  // that f32 keeps only three digits of it in any summation order (seen: tiny_gpt2_op's layer-0
+  // c_fc weight, 4e-3 on the CPU); the GPU's f32 must then be as good as the CPU's.
+  std::vector<double> cpu_e;
+  for (size_t i = 0; i < ref.grads.size(); ++i)
+    cpu_e.push_back(tensor_err(ref.grads[i].second, ref64.grads[i].second, i));
   for (DType dt : {DType::F32, DType::BF16})
     for (bool fused : {false, true}) {
       SCOPED_TRACE(fused ? "forward(will_backward)" : "plain forward");
       const Pass got = run(mc, dt, Device::CUDA, tok, tgt, mask, T, fused);
       const bool bf = dt == DType::BF16;
       EXPECT_NEAR(got.loss, ref.loss, (bf ? 1e-2 : 1e-5) * std::abs(ref.loss)) << dtype_label(dt);
-      double num = 0, den = 0, worst = 0, sumsq = 0;
+      double num = 0, den = 0, worst = 0;
       std::string worst_name;
-      std::vector<double> norms;
-      for (const auto& [n, g] : ref.grads) {
-        const std::vector<double> r = g.to_vector();
-        double s = 0;
-        for (double x : r) s += x * x;
-        norms.push_back(std::sqrt(s));
-        sumsq += s;
-      }
-      const double floor = 1e-3 * std::sqrt(sumsq / double(norms.size()));
       for (size_t i = 0; i < ref.grads.size(); ++i) {
-        const double rel = rel_err(got.grads[i].second, ref.grads[i].second);
-        const double diff = norms[i] > 0 ? rel * norms[i] : rel;  // ||got - ref||
-        const double e = diff / std::max(norms[i], floor);
+        // f32 against f64, bf16 against the CPU's f32.
+        const double e = tensor_err(got.grads[i].second,
+                                    bf ? ref.grads[i].second : ref64.grads[i].second, i);
         const bool scalar_gain = ref.grads[i].second.numel() <= 16;  // scalar or per-head
-        EXPECT_LE(e, bf ? (scalar_gain ? 0.9 : 0.15) : 1e-3)
-            << dtype_label(dt) << " gradient of " << ref.grads[i].first;
+        EXPECT_LE(e, bf ? (scalar_gain ? 0.9 : 0.15) : std::max(1e-3, 4 * cpu_e[i]))
+            << dtype_label(dt) << " gradient of " << ref.grads[i].first << " (the CPU's f32: "
+            << cpu_e[i] << ")";
         if (e > worst) worst = e, worst_name = ref.grads[i].first;
         if (!bf && e > 1e-4)
           std::printf("[model %s f32%s] %s: %.3g\n", GetParam().c_str(), fused ? " fused" : "",
