@@ -19,8 +19,7 @@ int Readback::queue(const Tensor& src) {
   const size_t bytes = src.nbytes();
   if (s.capacity < bytes) {
     if (s.host) host_pinned_free(s.host);
-    s.host = nullptr;
-    s.capacity = 0;
+    s = Slot{};  // empty, should the allocation throw
     s.host = host_pinned_alloc(bytes);
     s.capacity = bytes;
   }

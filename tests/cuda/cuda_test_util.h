@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -35,6 +36,15 @@ namespace oft::testing {
 constexpr double kTolF32 = 1e-5;
 constexpr double kTolBF16 = 1e-2;
 inline double tol_for(DType d) { return d == DType::BF16 ? kTolBF16 : kTolF32; }
+
+// A test name for a "PRESET [key=value ...]" parameter: every character that is not a letter or
+// digit becomes '_'.
+inline std::string preset_param_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string s = info.param;
+  for (auto& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return s;
+}
 
 #define OFT_REQUIRE_CUDA()                                                             \
   do {                                                                                 \

@@ -127,12 +127,7 @@ INSTANTIATE_TEST_SUITE_P(Presets, CudaGraph,
                                            "tiny_opt_125m_clipped_softmax",
                                            "tiny_opt_125m_gated_attention", "tiny_gpt2_op",
                                            "tiny_gpt2_parallel"),
-                         [](const ::testing::TestParamInfo<std::string>& i) {
-                           std::string s = i.param;
-                           for (auto& c : s)
-                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return s;
-                         });
+                         preset_param_name);
 
 TEST(CudaGraphOff, MaskedLmAndDataParallelRunEagerly) {
   OFT_REQUIRE_CUDA();

@@ -159,12 +159,7 @@ INSTANTIATE_TEST_SUITE_P(
                       "tiny_bert_base_gated_attention", "tiny_gpt2_op model.qk_norm=false",
                       "tiny_gpt2_op model.branch_gain=1", "tiny_gpt2_op model.norm=layernorm",
                       "tiny_gpt2_default model.norm=none"),
-    [](const ::testing::TestParamInfo<std::string>& i) {
-      std::string s = i.param;
-      for (auto& c : s)
-        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-      return s;
-    });
+    preset_param_name);
 
 }  // namespace
 }  // namespace oft::testing

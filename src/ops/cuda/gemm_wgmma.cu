@@ -193,8 +193,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0) {
       mbar_arrive(&order[c ^ 1]);  // the other consumer's next tile may start
       if (MODE != kGeluFwd) {
-        // This tile's pre (kDRelu: act) into the output tile (the previous tile's store, issued a tile ago,
-        // has read it by now), while the last products finish. At the tile's start the wait
+        // This tile's pre (kDRelu: act) into the output tile (the previous tile's store, issued
+        // a tile ago, has read it by now), while the last products finish. At the tile's start the wait
         // for that store held up the whole warpgroup's first products.
         bulk_wait_read();
         mbar_expect_tx(&pre_full[c], kOutBytes);

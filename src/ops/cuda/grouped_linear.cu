@@ -309,6 +309,7 @@ bool grouped_fwd(Tensor& y, Tensor* act, const Tensor& x, const Tensor& w, const
     expect_act(*act, x.dtype(), op);
     expect_shape2(*act, N, static_cast<int64_t>(G) * O, op);
   }
+  if (N * G * O == 0) return true;
   bool done = true;
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
     constexpr int VEC = 16 / sizeof(T);
@@ -332,8 +333,7 @@ bool grouped_fwd(Tensor& y, Tensor* act, const Tensor& x, const Tensor& w, const
       }
     };
     const unsigned blocks = blocks_for(N * G * O);
-    if (N * G * O == 0) {
-    } else if (L > 0 && act) {
+    if (L > 0 && act) {
       by_lanes(std::true_type{});
     } else if (L > 0) {
       by_lanes(std::false_type{});
@@ -346,7 +346,7 @@ bool grouped_fwd(Tensor& y, Tensor* act, const Tensor& x, const Tensor& w, const
       grouped_linear_fwd_kernel<T, 1><<<blocks, kThreads, 0, cuda::stream()>>>(
           ptr<T>(y), ptr<T>(x), ptr<T>(w), pb, N, G, O, I);
     }
-    if (done && N * G * O > 0) OFT_CUDA_LAUNCH_CHECK();
+    if (done) OFT_CUDA_LAUNCH_CHECK();
   });
   return done;
 }
