@@ -82,6 +82,52 @@ TEST_P(NormGrad, InputAndParams) {
 }
 INSTANTIATE_TEST_SUITE_P(All, NormGrad, ::testing::Values("layernorm", "rmsnorm", "none"));
 
+// LayerNorm with the per-token gate of its output (layernorm_gate_fwd / _bwd through the Norm
+// layer): the loss reads both the norm output and the gate, so dx carries both paths.
+TEST(OpGrad, LayerNormGate) {
+  Rng rng(13);
+  ParamStore ps;
+  const int64_t N = 5, G = 3, D = 2, C = G * D;
+  Norm norm(ps, "n", C, NormKind::LayerNorm, 1e-5, true, DType::F64, Device::CPU);
+  norm.w.copy_from(randn({C}, rng, 0.5));
+  norm.b.copy_from(randn({C}, rng, 0.5));
+  Tensor gw = randn({G, 1, D}, rng), gb = randn({G}, rng);
+  Tensor dgw = Tensor::zeros(gw.shape(), DType::F64), dgb = Tensor::zeros({G}, DType::F64);
+  Tensor x = randn({N, C}, rng, 2.0), R = randn({N, C}, rng), Rg = randn({N, G}, rng);
+  Tensor gate, logits;
+  NormGate ng;
+  ng.gate = &gate;
+  ng.logits = &logits;
+  ng.w = &gw;
+  ng.b = &gb;
+  ng.dw = &dgw;
+  ng.db = &dgb;
+  ng.dgate = &Rg;
+  NormSaved s;
+  auto loss = [&] {
+    norm.forward(s, x, &ng);
+    return dot(s.out, R) + dot(gate, Rg);
+  };
+  loss();
+  // The gate is the grouped layer's sigmoid of the stored output.
+  Tensor want_l = Tensor::zeros({N, G}, DType::F64), want_g = Tensor::zeros({N, G}, DType::F64);
+  cpu().grouped_linear_act_fwd(want_g, want_l, s.out, gw, gb, ops::Activation::Sigmoid);
+  EXPECT_EQ(logits.to_vector(), want_l.to_vector());
+  EXPECT_EQ(gate.to_vector(), want_g.to_vector());
+  Tensor base = randn({N, C}, rng);
+  Tensor dx = base.clone();
+  Tensor dsum = randn({C}, rng), want = dsum.clone();
+  norm.backward(dx, R, x, s, true, &dsum, &ng);
+  cpu().bias_grad(want, dx);
+  for (int64_t c = 0; c < C; ++c) EXPECT_DOUBLE_EQ(dsum.data<double>()[c], want.data<double>()[c]);
+  cpu().axpy(dx, base, -1.0);
+  expect_grad("dx", x, dx, loss);
+  expect_grad("dw", norm.w, norm.dw, loss);
+  expect_grad("db", norm.b, norm.db, loss);
+  expect_grad("dgw", gw, dgw, loss);
+  expect_grad("dgb", gb, dgb, loss);
+}
+
 class ActGrad : public ::testing::TestWithParam<std::string> {};
 TEST_P(ActGrad, Input) {
   Rng rng(4);

@@ -245,6 +245,24 @@ ops::AttentionSpec Attention::gated_spec(AttentionActs& a, int64_t B, int64_t T)
   return spec;
 }
 
+bool Attention::gate_takes_norm() const {
+  return !shaped_ && gate_ == GateType::ConditionalPerToken && !gate_all_ && !gate_mlp_;
+}
+
+NormGate Attention::norm_gate(AttentionActs& a) {
+  OFT_ASSERT(gate_takes_norm(), "norm_gate: the gate reads more than the layer input");
+  a.gate_from_norm = true;
+  NormGate g;
+  g.gate = &a.gate;
+  g.logits = &a.logits_tok;
+  g.w = &gw1_;
+  g.b = &gb1_;
+  g.dw = &dgw1_;
+  g.db = &dgb1_;
+  g.dgate = &dgate_;
+  return g;
+}
+
 // The gate network: a.gate = sigmoid(logits) [R, H] (R = N per token, B per sequence, 1
 // unconditional).
 void Attention::gate_forward(AttentionActs& a, const Tensor& x, int64_t B, int64_t T) {
@@ -363,7 +381,10 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
   // The gate goes into the attention op's epilogue where the backend takes it and no hook
   // needs the ungated context; otherwise a separate head_gate_fwd pass.
   a.gate_fused = gate_ != GateType::None && hook_ == nullptr && be.gate_in_epilogue(spec_, dt);
-  if (gate_ != GateType::None) gate_forward(a, x, B, T);
+  if (a.gate_from_norm)
+    a.logits = a.logits_tok;  // a.gate and the logits came with x (norm_gate())
+  else if (gate_ != GateType::None)
+    gate_forward(a, x, B, T);
   if (a.gate_fused) {
     ensure(a.gated, {N, C_}, dt, dev);
     be.attention_fwd(a.gated, a.att_saved, a.qkv, key_mask, B, T, gated_spec(a, B, T));
@@ -402,12 +423,12 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
     ensure(dgate_, a.gate.shape(), dt, dev);
     be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, gated_spec(a, B, T),
                      dqkv_bias);
-    gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
+    if (!a.gate_from_norm) gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
   } else {
     if (gate_ != GateType::None) {
       ensure(dgate_, a.gate.shape(), dt, dev);
       be.head_gate_bwd(dctx_, dgate_, dctx_, a.ctx, a.gate, rows_per_gate(B, T));
-      gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
+      if (!a.gate_from_norm) gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
     }
     be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec_, dqkv_bias);
   }

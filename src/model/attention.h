@@ -31,6 +31,7 @@ struct AttentionActs {
   Tensor ctx, gated;            // [N, C] before / after the gate (gated aliases ctx without;
                                 // ctx is not kept when the gate is in the op's epilogue)
   bool gate_fused = false;      // the gate was applied in the attention op's epilogue
+  bool gate_from_norm = false;  // the gate network ran in the input's LayerNorm (norm_gate())
   Tensor hidden, hidden_act;    // MLP gate: [N, H * hidden]
   Tensor logits_tok, logits, gate;  // [N, H], [R, H] (R = N, B or 1), sigmoid(logits)
   Tensor q, k, u, v, cv, tmp;       // shaped attention: q/k projections, x W^T, V, C V, scratch
@@ -61,6 +62,13 @@ class Attention {
     layer_ = layer;
   }
   GateType gate_type() const { return gate_; }
+  // Whether the gate network is the linear per-token one, which reads nothing but this layer's
+  // input: a LayerNorm that produces the input can then run it (ops layernorm_gate_fwd / _bwd).
+  bool gate_takes_norm() const;
+  // Hands the gate network of this application to that norm: its tensors for Norm::forward /
+  // backward. This layer's forward then takes a.gate as computed, and its backward leaves dgate
+  // for the norm's backward (a.gate_from_norm, cleared by the next forward without it).
+  NormGate norm_gate(AttentionActs& a);
   // The output projection (c_proj), or nullptr for shaped attention (which has none).
   Linear* out_proj() { return shaped_ ? nullptr : &proj_; }
 

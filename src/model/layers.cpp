@@ -56,7 +56,8 @@ Norm::Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind k, doubl
   }
 }
 
-void Norm::forward(NormSaved& s, const Tensor& x) const {
+void Norm::forward(NormSaved& s, const Tensor& x, const NormGate* gate) const {
+  OFT_ASSERT(!gate || kind == NormKind::LayerNorm, "a norm gate needs a LayerNorm");
   if (kind == NormKind::None) {
     s.out = x;
     return;
@@ -67,15 +68,29 @@ void Norm::forward(NormSaved& s, const Tensor& x) const {
   auto& be = ops::on(x);
   if (kind == NormKind::LayerNorm) {
     ensure(s.mean, {N}, stat_dtype(x.dtype()), x.device());
-    be.layernorm_fwd(s.out, s.mean, s.inv, x, w, b, eps);
+    if (gate) {
+      const int64_t G = gate->b->numel();
+      ensure(*gate->gate, {N, G}, x.dtype(), x.device());
+      ensure(*gate->logits, {N, G}, x.dtype(), x.device());
+      be.layernorm_gate_fwd(s.out, s.mean, s.inv, *gate->gate, *gate->logits, x, w, b, eps,
+                            *gate->w, *gate->b);
+    } else {
+      be.layernorm_fwd(s.out, s.mean, s.inv, x, w, b, eps);
+    }
   } else {
     be.rmsnorm_fwd(s.out, s.inv, x, w, eps);
   }
 }
 
 void Norm::backward(Tensor& dx, const Tensor& dy, const Tensor& x, const NormSaved& s,
-                    bool accumulate_dx, Tensor* dsum) {
+                    bool accumulate_dx, Tensor* dsum, const NormGate* gate) {
   auto& be = ops::on(x);
+  if (gate) {
+    OFT_ASSERT(kind == NormKind::LayerNorm, "a norm gate needs a LayerNorm");
+    be.layernorm_gate_bwd(dx, dw, db, *gate->dw, *gate->db, dy, *gate->dgate, *gate->logits,
+                          s.out, x, w, b, *gate->w, s.mean, s.inv, accumulate_dx, dsum);
+    return;
+  }
   switch (kind) {
     case NormKind::None:
       if (accumulate_dx) {

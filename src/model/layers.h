@@ -37,6 +37,19 @@ struct NormSaved {
   Tensor mean, inv;  // [N]: LayerNorm mean and 1/std, RMSNorm 1/(rms + eps)
 };
 
+// The per-token grouped gate that a LayerNorm computes from its own output for the layer
+// reading it (gated attention's linear per-head gate, ops layernorm_gate_fwd / _bwd):
+// gate = sigmoid(logits), logits [N, G] = grouped_linear(y, w [G, 1, C / G], b [G]).
+struct NormGate {
+  Tensor* gate = nullptr;            // [N, G], written by the forward
+  Tensor* logits = nullptr;          // [N, G], written by the forward, read by the backward
+  const Tensor* w = nullptr;         // [G, 1, C / G]
+  const Tensor* b = nullptr;         // [G]
+  Tensor* dw = nullptr;              // += by the backward
+  Tensor* db = nullptr;              // += by the backward
+  const Tensor* dgate = nullptr;     // [N, G] d gate, read by the backward
+};
+
 struct Norm {
   NormKind kind = NormKind::None;
   double eps = 1e-5;
@@ -44,11 +57,13 @@ struct Norm {
   Norm() = default;
   Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind kind, double eps, bool bias,
        DType dt, Device dev);
-  // Allocates s.out / stats for N rows if needed, then normalises x.
-  void forward(NormSaved& s, const Tensor& x) const;
+  // Allocates s.out / stats for N rows if needed, then normalises x. With a gate (LayerNorm
+  // only), also computes the gate from the output.
+  void forward(NormSaved& s, const Tensor& x, const NormGate* gate = nullptr) const;
   // dx (+)= d norm / dx applied to dy; dsum (may be null) += colsum(dx) of the dx written.
+  // With the forward's gate: its parameter gradients, and its input gradient added to dy.
   void backward(Tensor& dx, const Tensor& dy, const Tensor& x, const NormSaved& s,
-                bool accumulate_dx, Tensor* dsum = nullptr);
+                bool accumulate_dx, Tensor* dsum = nullptr, const NormGate* gate = nullptr);
 };
 
 // The dtype of statistics (norm mean / inverse std, per-row losses) for activations of dtype

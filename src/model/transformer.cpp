@@ -286,9 +286,16 @@ const Tensor& TransformerLM::branch_grad(const Tensor& g, Tensor& dg, double con
   return dbranch_;
 }
 
+const NormGate* TransformerLM::n1_gate(Block& b, BlockActs& a) {
+  if (hook_ || b.n1.kind != NormKind::LayerNorm || !b.attn.gate_takes_norm()) return nullptr;
+  a.n1_gate = b.attn.norm_gate(a.attn);
+  return &a.n1_gate;
+}
+
 void TransformerLM::block_forward(size_t l) {
   Block& b = blocks_[l];
   BlockActs& a = acts_[l];
+  a.attn.gate_from_norm = false;  // until n1_gate() hands the gate to n1
   const Tensor& x = resid_[l];
   Tensor& out = resid_[l + 1];
   const int64_t L = static_cast<int64_t>(l);
@@ -320,7 +327,7 @@ void TransformerLM::block_forward(size_t l) {
   };
   switch (block_) {
     case BlockType::PreNorm:
-      b.n1.forward(a.n1, x);
+      b.n1.forward(a.n1, x, n1_gate(b, a));
       tap_norm(b.n1, Point::Norm1, L, a.n1);
       attn_residual(a.n1.out);  // h
       tap(Point::Residual, L, a.s1);
@@ -342,7 +349,7 @@ void TransformerLM::block_forward(size_t l) {
       out.copy_from(a.n2.out);
       break;
     case BlockType::Parallel:
-      b.n1.forward(a.n1, x);
+      b.n1.forward(a.n1, x, n1_gate(b, a));
       tap_norm(b.n1, Point::Norm1, L, a.n1);
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
       tap(Point::AttnOut, L, a.attn_out);
@@ -351,14 +358,14 @@ void TransformerLM::block_forward(size_t l) {
       ops::axpy(out, a.mlp_out, gm);
       break;
     case BlockType::OP:
-      b.n1.forward(a.n1, x);  // identity except in layer 0
+      b.n1.forward(a.n1, x, n1_gate(b, a));  // identity except in layer 0
       tap_norm(b.n1, Point::Norm1, L, a.n1);
       attn_residual(a.n1.out);  // h
       tap(Point::Residual, L, a.s1);
       mlp_residual(a.s1);
       break;
     case BlockType::Skipless:
-      b.n1.forward(a.n1, x);
+      b.n1.forward(a.n1, x, n1_gate(b, a));
       tap_norm(b.n1, Point::Norm1, L, a.n1);
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
       tap(Point::AttnOut, L, a.attn_out);
@@ -371,7 +378,7 @@ void TransformerLM::block_forward(size_t l) {
       ops::add_scaled(out, a.s1, gain(b.g_skip, 1.0), a.mlp_out, gm);  // a_FF h + b_FF M(N2(h))
       break;
     case BlockType::SkiplessParallel:
-      b.n1.forward(a.n1, x);
+      b.n1.forward(a.n1, x, n1_gate(b, a));
       tap_norm(b.n1, Point::Norm1, L, a.n1);
       b.attn.forward(a.attn, a.attn_out, a.n1.out, key_mask_, B_, T_);
       tap(Point::AttnOut, L, a.attn_out);
@@ -417,7 +424,8 @@ void TransformerLM::block_backward(size_t l) {
       b.n2.backward(dresid_, dnorm_, a.s1, a.n2, true, proj_bias_sum(l));
       b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
                       false);
-      b.n1.backward(dresid_, dnorm_, x, a.n1, true, l > 0 ? fc_out_bias_sum(l - 1) : nullptr);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, true, l > 0 ? fc_out_bias_sum(l - 1) : nullptr,
+                    n1_gate_used(a));
       break;
     case BlockType::PostNorm:
       b.n2.backward(dtmp_, dresid_, a.s2, a.n2, false, fc_out_bias_sum(l));  // d s2
@@ -431,14 +439,14 @@ void TransformerLM::block_backward(size_t l) {
       mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n1.out);
       b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
                       true);
-      b.n1.backward(dresid_, dnorm_, x, a.n1, true);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, true, nullptr, n1_gate_used(a));
       break;
     case BlockType::OP:
       mlp_backward(b, a, dnorm_, dmlp(dresid_), a.s1);
       ops::axpy(dresid_, dnorm_, 1.0);  // d h
       b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
                       false);
-      b.n1.backward(dresid_, dnorm_, x, a.n1, true);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, true, nullptr, n1_gate_used(a));
       break;
     case BlockType::Skipless: {
       mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n2.out);
@@ -451,14 +459,14 @@ void TransformerLM::block_backward(size_t l) {
       // h = b_SA attn_out, attn_out = SA(N1(x)); no skip connection.
       b.attn.backward(a.attn, dnorm_, dattn(dtmp_, kElsewhere), a.n1.out, key_mask_, B_, T_,
                       false);
-      b.n1.backward(dresid_, dnorm_, x, a.n1, false);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, false, nullptr, n1_gate_used(a));
       break;
     }
     case BlockType::SkiplessParallel:
       mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n1.out);
       b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
                       true);
-      b.n1.backward(dresid_, dnorm_, x, a.n1, false);
+      b.n1.backward(dresid_, dnorm_, x, a.n1, false, nullptr, n1_gate_used(a));
       break;
   }
 }

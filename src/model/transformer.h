@@ -147,6 +147,7 @@ class TransformerLM {
     // Branch outputs; the MLP's pre-activation (fc, not kept with ReLU) and activation (act);
     // inner sums.
     Tensor attn_out, mlp_out, fc, act, s1, s2;
+    NormGate n1_gate;  // the attention gate n1 computes (valid while attn.gate_from_norm)
   };
 
   void allocate(int64_t B, int64_t T);
@@ -171,6 +172,13 @@ class TransformerLM {
   const Tensor& branch_grad(const Tensor& g, Tensor& dg, double constant, const Tensor& d,
                             const Tensor& branch_out, BranchDx dx);
   void block_forward(size_t l);
+  // The attention gate that n1 computes from its output, where the attention reads that output
+  // and no hook may change it in between (ops layernorm_gate_fwd); nullptr otherwise. The
+  // backward's is n1_gate_used.
+  const NormGate* n1_gate(Block& b, BlockActs& a);
+  static const NormGate* n1_gate_used(BlockActs& a) {
+    return a.attn.gate_from_norm ? &a.n1_gate : nullptr;
+  }
   void tap(Point p, int64_t layer, Tensor& t) {
     if (hook_) hook_->on_activation(p, layer, t, B_, T_);
   }

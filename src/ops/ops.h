@@ -110,6 +110,32 @@ class Backend {
   virtual void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,
                              const Tensor& x, const Tensor& w, const Tensor& mean,
                              const Tensor& rstd, bool accumulate, Tensor* dsum) = 0;
+  // LayerNorm whose output y [N, C] is also the input of a per-token grouped gate (gated
+  // attention's linear per-head gate): layernorm_fwd, then logits [N, G] = grouped_linear(y, gw
+  // [G, 1, C / G], gb [G]) and gate = sigmoid(logits), as grouped_linear_act_fwd computes them
+  // from the stored y. The CUDA backend computes the gate in the norm's kernel (bf16 rows that
+  // fit one warp); everything else composes as below.
+  virtual void layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tensor& gate,
+                                  Tensor& logits, const Tensor& x, const Tensor& w,
+                                  const Tensor& b, double eps, const Tensor& gw,
+                                  const Tensor& gb) {
+    layernorm_fwd(y, mean, rstd, x, w, b, eps);
+    grouped_linear_act_fwd(gate, logits, y, gw, gb, Activation::Sigmoid);
+  }
+  // Its backward: the gate's parameter gradients dgw, dgb += from dgate [N, G] (the gradient of
+  // gate) and logits, then layernorm_bwd of dy plus the gate's input gradient (dx, dw, db, dsum
+  // as there). y is the forward output, b the norm's bias (may be undefined): the composition
+  // reads y, a fused kernel recomputes it from x, w and b.
+  virtual void layernorm_gate_bwd(Tensor& dx, Tensor& dw, Tensor& db, Tensor& dgw, Tensor& dgb,
+                                  const Tensor& dy, const Tensor& dgate, const Tensor& logits,
+                                  const Tensor& y, const Tensor& x, const Tensor& w,
+                                  const Tensor& b, const Tensor& gw, const Tensor& mean,
+                                  const Tensor& rstd,
+                                  bool accumulate, Tensor* dsum) {
+    Tensor dyg = dy.clone();
+    grouped_linear_act_bwd(dyg, dgw, dgb, dgate, logits, y, gw, true, Activation::Sigmoid);
+    layernorm_bwd(dx, dw, db, dyg, x, w, mean, rstd, accumulate, dsum);
+  }
   // RMSNorm, seed B form: y = x / (sqrt(mean(x^2)) + eps) * w ; saves inv[N] = 1/(rms+eps).
   virtual void rmsnorm_fwd(Tensor& y, Tensor& inv, const Tensor& x, const Tensor& w,
                            double eps) = 0;

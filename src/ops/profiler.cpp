@@ -94,6 +94,14 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "layernorm_fwd");
     inner_.layernorm_fwd(y, mean, rstd, x, w, b, eps);
   }
+  void layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tensor& gate, Tensor& logits, const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Tensor& gw, const Tensor& gb) override {
+    Scope scope_(this, "layernorm_gate_fwd");
+    inner_.layernorm_gate_fwd(y, mean, rstd, gate, logits, x, w, b, eps, gw, gb);
+  }
+  void layernorm_gate_bwd(Tensor& dx, Tensor& dw, Tensor& db, Tensor& dgw, Tensor& dgb, const Tensor& dy, const Tensor& dgate, const Tensor& logits, const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& gw, const Tensor& mean, const Tensor& rstd, bool accumulate, Tensor* dsum) override {
+    Scope scope_(this, "layernorm_gate_bwd");
+    inner_.layernorm_gate_bwd(dx, dw, db, dgw, dgb, dy, dgate, logits, y, x, w, b, gw, mean, rstd, accumulate, dsum);
+  }
   void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd, bool accumulate, Tensor* dsum) override {
     Scope scope_(this, "layernorm_bwd");
     inner_.layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, accumulate, dsum);

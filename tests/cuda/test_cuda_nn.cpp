@@ -136,6 +136,78 @@ TEST(CudaNn, LayerNormBackwardInPlace) {
     }
 }
 
+// LayerNorm with the per-token gate of its output (layernorm_gate_fwd / _bwd): the fused
+// kernels (forward one warp per row, C <= 1024 bf16 / 512 f32; backward the staged bf16 kernel,
+// an even G <= 32, groups of 8k columns) and the composition elsewhere (C = 36 bf16, G = 48,
+// G = 3, f32 backward), against the CPU backend's composition over y as the GPU stores it. The fused
+// backward adds the gate's input gradient to dy in f32 (the composition rounds the sum to bf16)
+// and recomputes y: within the same tolerances.
+struct NormGateCase {
+  int64_t N, C, G;
+};
+const NormGateCase kNormGateCases[] = {{1000, 768, 12}, {37, 128, 4},  {9001, 768, 12},
+                                       {37, 64, 8},     {5, 1024, 16}, {300, 768, 48},
+                                       {17, 36, 3},     {4, 2048, 16}, {37, 120, 3}};
+
+TEST(CudaNn, LayerNormGateForwardBackward) {
+  OFT_REQUIRE_CUDA();
+  const ops::Activation sig = ops::Activation::Sigmoid;
+  for (DType dt : kDtypes)
+    for (const NormGateCase& c : kNormGateCases)
+      for (bool bias : {true, false})
+        for (bool acc : {false, true}) {
+          const int64_t N = c.N, C = c.C, G = c.G, D = C / G;
+          SCOPED_TRACE(label(dt, N, C, G, bias, acc));
+          const Tensor x = rounded(randn({N, C}, 2.0), dt), w = rounded(randn({C}), dt);
+          const Tensor b = bias ? rounded(randn({C}), dt) : Tensor();
+          const Tensor gw = rounded(randn({G, 1, D}, 0.2), dt), gb = rounded(randn({G}), dt);
+          Tensor gy = poisoned({N, C}, dt), gm = poisoned({N}, DType::F32),
+                 gr = poisoned({N}, DType::F32), ggate = poisoned({N, G}, dt),
+                 glog = poisoned({N, G}, dt);
+          const Tensor gx = to_gpu(x, dt), gwt = to_gpu(w, dt), ggw = to_gpu(gw, dt);
+          const Tensor gbt = bias ? to_gpu(b, dt) : Tensor();
+          gpu().layernorm_gate_fwd(gy, gm, gr, ggate, glog, gx, gwt, gbt, 1e-5, ggw,
+                                   to_gpu(gb, dt));
+          // Reference: the norm, then the gate from y rounded as the GPU stores it.
+          Tensor y = cpu_empty({N, C}), mean = cpu_empty({N}), rstd = cpu_empty({N});
+          cpu().layernorm_fwd(y, mean, rstd, x, w, b, 1e-5);
+          const Tensor ys = rounded(y, dt);
+          Tensor logits = cpu_empty({N, G}), gate = cpu_empty({N, G});
+          cpu().grouped_linear_act_fwd(gate, logits, ys, gw, gb, sig);
+          EXPECT_GPU_CLOSE(gy, y, tol_for(dt));
+          EXPECT_GPU_CLOSE(gm, mean, kTolF32);
+          EXPECT_GPU_CLOSE(gr, rstd, kTolF32);
+          EXPECT_GPU_CLOSE(glog, logits, tol_for(dt));
+          EXPECT_GPU_CLOSE(ggate, gate, tol_for(dt));
+          // Backward from the GPU's logits, with pre-filled parameter gradients (+=).
+          const Tensor lr = glog.to(Device::CPU).cast(DType::F32);
+          const Tensor dy = rounded(randn({N, C}), dt), dgate = rounded(randn({N, G}), dt);
+          const Tensor dx0 = rounded(randn({N, C}), dt);
+          const Tensor dw0 = randn({C}), db0 = randn({C}), dgw0 = randn({G, 1, D}),
+                       dgb0 = randn({G}), ds0 = randn({C});
+          Tensor dx = acc ? dx0.clone() : cpu_empty({N, C}), dw = dw0.clone(),
+                 db = bias ? db0.clone() : Tensor(), dgw = dgw0.clone(), dgb = dgb0.clone(),
+                 ds = ds0.clone();
+          const bool sum = bias != acc;
+          cpu().layernorm_gate_bwd(dx, dw, db, dgw, dgb, dy, dgate, lr, ys, x, w, b, gw, mean,
+                                   rstd, acc, sum ? &ds : nullptr);
+          Tensor gdx = acc ? to_gpu(dx0, dt) : poisoned({N, C}, dt), gdw = gpu_f32(dw0),
+                 gdb = bias ? gpu_f32(db0) : Tensor(), gdgw = gpu_f32(dgw0),
+                 gdgb = gpu_f32(dgb0), gds = gpu_f32(ds0);
+          gpu().layernorm_gate_bwd(gdx, gdw, gdb, gdgw, gdgb, to_gpu(dy, dt), to_gpu(dgate, dt),
+                                   glog, gy, gx, gwt, gbt, ggw, gm, gr, acc,
+                                   sum ? &gds : nullptr);
+          EXPECT_GPU_CLOSE(gdx, dx, tol_for(dt));
+          EXPECT_GPU_CLOSE(gdw, dw, tol_for(dt));
+          if (bias) {
+            EXPECT_GPU_CLOSE(gdb, db, tol_for(dt));
+          }
+          EXPECT_GPU_CLOSE(gdgw, dgw, tol_for(dt));
+          EXPECT_GPU_CLOSE(gdgb, dgb, tol_for(dt));
+          EXPECT_GPU_CLOSE(gds, ds, tol_for(dt));  // untouched without `sum`
+        }
+}
+
 TEST(CudaNn, RmsNormForward) {
   OFT_REQUIRE_CUDA();
   for (DType dt : kDtypes)
@@ -540,6 +612,34 @@ TEST(CudaNnBench, Timing) {
   report("layernorm_bwd accumulate + dsum",  // with the folded bias gradient
          time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, true, &ds); }),
          4.0 * N * C * es + 8.0 * N);
+  // The per-token attention gate of OPT-125m (12 groups of 64) in the norm's kernels, against
+  // the norm and the gate's own grouped kernels.
+  const int64_t G = 12;
+  Tensor gw = to_gpu(randn({G, 1, C / G}, 0.2), dt), gb = to_gpu(randn({G}), dt);
+  Tensor gate = poisoned({N, G}, dt), logits = poisoned({N, G}, dt);
+  Tensor dgate = to_gpu(randn({N, G}), dt);
+  Tensor dgw = Tensor::zeros({G, 1, C / G}, DType::F32).to(Device::CUDA);
+  Tensor dgb = Tensor::zeros({G}, DType::F32).to(Device::CUDA);
+  const double fused_fwd = time_ms([&] {
+    gpu().layernorm_gate_fwd(y, mean, rstd, gate, logits, x, w, b, 1e-5, gw, gb);
+  });
+  const double split_fwd = time_ms([&] {
+    gpu().layernorm_fwd(y, mean, rstd, x, w, b, 1e-5);
+    gpu().grouped_linear_act_fwd(gate, logits, y, gw, gb, Activation::Sigmoid);
+  });
+  const double fused_bwd = time_ms([&] {
+    gpu().layernorm_gate_bwd(dx, dw, db, dgw, dgb, dy, dgate, logits, y, x, w, b, gw, mean, rstd,
+                             true, &ds);
+  });
+  Tensor dyg = poisoned({N, C}, dt);
+  const double split_bwd = time_ms([&] {
+    dyg.copy_from(dy);
+    gpu().grouped_linear_act_bwd(dyg, dgw, dgb, dgate, logits, y, gw, true, Activation::Sigmoid);
+    gpu().layernorm_bwd(dx, dw, db, dyg, x, w, mean, rstd, true, &ds);
+  });
+  std::printf("[ timing   ] layernorm + gate 16384x768, 12 groups: fwd %.1f us (norm, then the "
+              "grouped gate: %.1f us), bwd accumulate + dsum %.1f us (%.1f us)\n",
+              1e3 * fused_fwd, 1e3 * split_fwd, 1e3 * fused_bwd, 1e3 * split_bwd);
   Tensor h = to_gpu(randn({N, F}), dt), hy = poisoned({N, F}, dt), hd = to_gpu(randn({N, F}), dt);
   Tensor hdx = poisoned({N, F}, dt);
   report("gelu_fwd 16384x3072",

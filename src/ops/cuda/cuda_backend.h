@@ -39,6 +39,14 @@ class CudaBackend final : public Backend {
 
   void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
                      const Tensor& b, double eps) override;
+  void layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tensor& gate, Tensor& logits,
+                          const Tensor& x, const Tensor& w, const Tensor& b, double eps,
+                          const Tensor& gw, const Tensor& gb) override;
+  void layernorm_gate_bwd(Tensor& dx, Tensor& dw, Tensor& db, Tensor& dgw, Tensor& dgb,
+                          const Tensor& dy, const Tensor& dgate, const Tensor& logits,
+                          const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b,
+                          const Tensor& gw, const Tensor& mean, const Tensor& rstd,
+                          bool accumulate, Tensor* dsum) override;
   void layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x,
                      const Tensor& w, const Tensor& mean, const Tensor& rstd, bool accumulate,
                      Tensor* dsum) override;

@@ -22,9 +22,19 @@ void expect_numel(const Tensor& t, int64_t n, const char* what);
 // dx written (bf16 values as stored). s0 = mean (LayerNorm), s1 = rstd or inv. Returns false,
 // having done nothing, for rows it does not cover (C % 8 != 0, C > 4096, an operand not
 // 16-byte aligned); the caller then runs the general kernels.
+// With a gate (LayerNorm only; layernorm_gate_bwd): dy plus the per-token gate's input
+// gradient, and the gate's parameter gradients; rows it does not cover also include an odd
+// number of groups or more than 32, and groups not a multiple of 8 columns wide.
+struct TileGate {
+  const __nv_bfloat16 *dgate, *logits;  // [N, G]
+  const __nv_bfloat16 *gw, *b;          // gate weight [C], the norm's bias [C] (may be null)
+  float *dgw, *dgb;                     // [C], [G] (+=)
+  int G;
+};
 bool norm_bwd_tiles(bool ln, __nv_bfloat16* dx, float* dw, float* db, float* dsum,
                     const __nv_bfloat16* dy, const __nv_bfloat16* x, const __nv_bfloat16* w,
-                    const float* s0, const float* s1, int64_t N, int C, bool accumulate);
+                    const float* s0, const float* s1, int64_t N, int C, bool accumulate,
+                    const TileGate* gate = nullptr);
 
 #ifdef __CUDACC__
 // The backward's row coefficients, shared by norms.cu and norm_bwd_tiles.cu: from the row sums

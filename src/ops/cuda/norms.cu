@@ -177,15 +177,27 @@ struct WarpRows {
   }
 };
 
+// The per-token gate a LayerNorm forward computes from its output y (layernorm_gate_fwd):
+// logits [N, G] = grouped_linear(y, w [G, 1, D], b [G]) from y as stored, gate = sigmoid of the
+// stored logits. part: this warp's shared scratch, one float per pack of a row.
+template <class T>
+struct RowGate {
+  T *gate, *logits;
+  const T *w, *b;
+  int G, packs_per_group;  // D / V
+  float* part;
+};
+
 // Forward. x, y [N, C]; w, b [C] (b may be null; unused for RMS); LN: stat0 = mean, stat1 = rstd;
 // RMS: stat1 = inv = 1 / (rms + eps) (stat0 unused). The rows of `rows` (K packs of V per
-// thread).
-template <class T, int V, int K, bool LN, class Rows>
+// thread). GATE (one warp per row only): the gate of RowGate too.
+template <class T, int V, int K, bool LN, class Rows, bool GATE = false>
 __device__ __forceinline__ void norm_fwd_rows(Rows& rows, T* y, float* stat0, float* stat1,
                                               const T* x, const T* w, const T* b, int64_t N, int C,
-                                              float eps) {
+                                              float eps, const RowGate<T>* gate = nullptr) {
+  static_assert(!GATE || std::is_same_v<Rows, WarpRows>, "the fused gate needs one warp per row");
   const int nvec = C / V;
-  float wr[K][V], br[K][V];
+  float wr[K][V], br[K][V], gw[GATE ? K : 1][V];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int j = rows.first() + k * rows.step();
@@ -194,6 +206,11 @@ __device__ __forceinline__ void norm_fwd_rows(Rows& rows, T* y, float* stat0, fl
     if (j < nvec) {
       load_pack<T, V>(w + j * V, wr[k]);
       if (b) load_pack<T, V>(b + j * V, br[k]);
+    }
+    if constexpr (GATE) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) gw[k][i] = 0.f;
+      if (j < nvec) load_pack<T, V>(gate->w + j * V, gw[k]);
     }
   }
   const float inv_c = 1.f / static_cast<float>(C);
@@ -241,7 +258,25 @@ __device__ __forceinline__ void norm_fwd_rows(Rows& rows, T* y, float* stat0, fl
 #pragma unroll
         for (int i = 0; i < V; ++i) o[i] = (xv[k][i] - mu) * r * wr[k][i] + br[k][i];
         store_pack<T, V>(yr + j * V, o);
+        if constexpr (GATE) {
+          float p = 0.f;  // this pack's share of its group's logit, from y as stored
+#pragma unroll
+          for (int i = 0; i < V; ++i) p = fmaf(to_f32(from_f32<T>(o[i])), gw[k][i], p);
+          gate->part[j] = p;
+        }
       }
+    }
+    if constexpr (GATE) {
+      __syncwarp();
+      for (int g = rows.first(); g < gate->G; g += 32) {
+        const float* pg = gate->part + g * gate->packs_per_group;
+        float l = 0.f;
+        for (int q = 0; q < gate->packs_per_group; ++q) l += pg[q];
+        const T lt = from_f32<T>(l + to_f32(gate->b[g]));
+        gate->logits[n * gate->G + g] = lt;
+        gate->gate[n * gate->G + g] = from_f32<T>(1.f / (1.f + __expf(-to_f32(lt))));
+      }
+      __syncwarp();  // the next row rewrites part
     }
   }
 }
@@ -264,6 +299,19 @@ __global__ void __launch_bounds__(kWarpRowThreads, 2)
                          int64_t N, int C, float eps) {
   WarpRows rows;
   norm_fwd_rows<T, 16 / sizeof(T), K, LN>(rows, y, stat0, stat1, x, w, b, N, C, eps);
+}
+
+// LayerNorm with the gate of its output (layernorm_gate_fwd), one warp per row. Shared memory:
+// one float per pack of a row and warp.
+template <class T, int K>
+__global__ void __launch_bounds__(kWarpRowThreads, 2)
+    layernorm_gate_fwd_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w,
+                              const T* b, int64_t N, int C, float eps, RowGate<T> gate) {
+  constexpr int V = 16 / sizeof(T);
+  __shared__ float part[kWarpRowThreads / 32][32 * K];
+  WarpRows rows;
+  gate.part = part[threadIdx.x >> 5];
+  norm_fwd_rows<T, V, K, true, WarpRows, true>(rows, y, stat0, stat1, x, w, b, N, C, eps, &gate);
 }
 
 // Backward. dy, x, dx [N, C]; w [C]; LN: stat0 = mean, stat1 = rstd; RMS: stat1 = inv.
@@ -598,9 +646,10 @@ int64_t check_rows(const Tensor& x, const Tensor& w, const char* op) {
   return x.numel() / C;
 }
 
+// checks_only: validate the arguments and return (a fused variant launches its own kernel).
 template <bool LN>
 void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tensor& w,
-              const Tensor& b, double eps, const char* op) {
+              const Tensor& b, double eps, const char* op, bool checks_only = false) {
   const int64_t N = check_rows(x, w, op);
   const int C = static_cast<int>(w.numel());
   expect_act(y, x.dtype(), op);
@@ -615,7 +664,7 @@ void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tens
     expect_act(b, x.dtype(), op);
     expect_numel(b, C, op);
   }
-  if (N == 0) return;
+  if (N == 0 || checks_only) return;
   const int vec = 16 / static_cast<int>(dtype_size(x.dtype()));
   const bool vec_ok = C % vec == 0 && aligned16(x.raw()) && aligned16(y.raw()) &&
                       aligned16(w.raw()) && (!b.defined() || aligned16(b.raw()));
@@ -640,10 +689,12 @@ void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tens
 
 // Returns whether dsum (the column sums of dx, requested when defined) was computed too; the
 // caller sums dx itself otherwise.
+// With a gate (layernorm_gate_bwd): only the staged kernel, returning whether it ran (the
+// caller composes the op otherwise).
 template <bool LN>
 bool norm_bwd(Tensor& dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor& x,
               const Tensor& w, const Tensor* mean, const Tensor& stat, bool accumulate,
-              Tensor* dsum, const char* op) {
+              Tensor* dsum, const char* op, const norm::TileGate* gate = nullptr) {
   const int64_t N = check_rows(x, w, op);
   const int C = static_cast<int>(w.numel());
   expect_act(dx, x.dtype(), op);
@@ -673,8 +724,9 @@ bool norm_bwd(Tensor& dx, Tensor& dw, Tensor* db, const Tensor& dy, const Tensor
   if (x.dtype() == DType::BF16 &&
       norm::norm_bwd_tiles(LN, ptr<bf16>(dx), ptr<float>(dw), pdb,
                            dsum ? ptr<float>(*dsum) : nullptr, ptr<bf16>(dy),
-                           ptr<bf16>(x), ptr<bf16>(w), s0, s1, N, C, accumulate))
+                           ptr<bf16>(x), ptr<bf16>(w), s0, s1, N, C, accumulate, gate))
     return true;
+  if (gate) return false;
   const int vec = 16 / static_cast<int>(dtype_size(x.dtype()));
   const bool vec_ok = C % vec == 0 && aligned16(x.raw()) && aligned16(dx.raw()) &&
                       aligned16(dy.raw()) && aligned16(w.raw());
@@ -719,6 +771,87 @@ void expect_numel(const Tensor& t, int64_t n, const char* what) {
 void CudaBackend::layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x,
                                 const Tensor& w, const Tensor& b, double eps) {
   norm_fwd<true>(y, &mean, rstd, x, w, b, eps, "layernorm_fwd");
+}
+
+// The gate in the norm's kernel where the row fits one warp in packs (C <= 1024 bf16 / 512 f32)
+// and each pack lies in one group (D % V == 0); otherwise Backend's composition.
+void CudaBackend::layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tensor& gate,
+                                     Tensor& logits, const Tensor& x, const Tensor& w,
+                                     const Tensor& b, double eps, const Tensor& gw,
+                                     const Tensor& gb) {
+  constexpr const char* op = "layernorm_gate_fwd";
+  const int64_t N = check_rows(x, w, op);
+  const int C = static_cast<int>(w.numel());
+  const int64_t G = gb.numel();
+  OFT_CHECK(G > 0 && C % G == 0 && gw.numel() == C, op, ": gate weight ", shape_str(gw.shape()),
+            " and bias ", shape_str(gb.shape()), " do not split rows of ", C, " into groups");
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&gw, &gb, &gate, &logits})
+    expect_act(*t, x.dtype(), op);
+  expect_numel(gate, N * G, op);
+  expect_numel(logits, N * G, op);
+  const int vec = 16 / static_cast<int>(dtype_size(x.dtype()));
+  const int D = C / static_cast<int>(G);
+  const bool vec_ok = C % vec == 0 && D % vec == 0 && aligned16(x.raw()) && aligned16(y.raw()) &&
+                      aligned16(w.raw()) && aligned16(gw.raw()) &&
+                      (!b.defined() || aligned16(b.raw()));
+  const int K = x.dtype() == DType::BF16 ? warp_row_packs<bf16>(C, vec_ok, 4)
+                                         : warp_row_packs<float>(C, vec_ok, 4);
+  if (K == 0 || N == 0) {
+    Backend::layernorm_gate_fwd(y, mean, rstd, gate, logits, x, w, b, eps, gw, gb);
+    return;
+  }
+  norm_fwd<true>(y, &mean, rstd, x, w, b, eps, op, /*checks_only=*/true);
+  OFT_DISPATCH_FLOAT(x.dtype(), op, {
+    const T* pb = b.defined() ? ptr<T>(b) : nullptr;
+    RowGate<T> rg{ptr<T>(gate), ptr<T>(logits), ptr<T>(gw), ptr<T>(gb), static_cast<int>(G),
+                  D / vec, nullptr};
+    dispatch_k<4>(K, [&](auto k) {
+      auto kernel = layernorm_gate_fwd_kernel<T, decltype(k)::value>;
+      const int blocks = persistent_blocks(kernel, kWarpRowThreads, cuda::ceil_div(N, 8));
+      kernel<<<blocks, kWarpRowThreads, 0, cuda::stream()>>>(
+          ptr<T>(y), ptr<float>(mean), ptr<float>(rstd), ptr<T>(x), ptr<T>(w), pb, N, C,
+          static_cast<float>(eps), rg);
+      OFT_CUDA_LAUNCH_CHECK();
+    });
+  });
+}
+
+// The gate's gradients in the staged backward's kernel (bf16 rows it covers); otherwise
+// Backend's composition.
+void CudaBackend::layernorm_gate_bwd(Tensor& dx, Tensor& dw, Tensor& db, Tensor& dgw,
+                                     Tensor& dgb, const Tensor& dy, const Tensor& dgate,
+                                     const Tensor& logits, const Tensor& y, const Tensor& x,
+                                     const Tensor& w, const Tensor& b, const Tensor& gw,
+                                     const Tensor& mean, const Tensor& rstd, bool accumulate,
+                                     Tensor* dsum) {
+  constexpr const char* op = "layernorm_gate_bwd";
+  const int64_t N = check_rows(x, w, op);
+  const int C = static_cast<int>(w.numel());
+  const int64_t G = dgb.numel();
+  OFT_CHECK(G > 0 && C % G == 0 && gw.numel() == C && dgw.numel() == C, op, ": gate weight ",
+            shape_str(gw.shape()), " and bias gradient ", shape_str(dgb.shape()),
+            " do not split rows of ", C, " into groups");
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&gw, &dgate, &logits})
+    expect_act(*t, x.dtype(), op);
+  expect_numel(dgate, N * G, op);
+  expect_numel(logits, N * G, op);
+  cuda::expect_dtype(dgw, DType::F32, op);
+  cuda::expect_dtype(dgb, DType::F32, op);
+  if (b.defined()) {
+    expect_act(b, x.dtype(), op);
+    expect_numel(b, C, op);
+  }
+  if (x.dtype() == DType::BF16) {
+    const norm::TileGate tg{ptr<bf16>(dgate),     ptr<bf16>(logits),
+                            ptr<bf16>(gw),        b.defined() ? ptr<bf16>(b) : nullptr,
+                            ptr<float>(dgw),      ptr<float>(dgb),
+                            static_cast<int>(G)};
+    if (norm_bwd<true>(dx, dw, db.defined() ? &db : nullptr, dy, x, w, &mean, rstd, accumulate,
+                       dsum, op, &tg))
+      return;
+  }
+  Backend::layernorm_gate_bwd(dx, dw, db, dgw, dgb, dy, dgate, logits, y, x, w, b, gw, mean,
+                              rstd, accumulate, dsum);
 }
 
 void CudaBackend::layernorm_bwd(Tensor& dx, Tensor& dw, Tensor& db, const Tensor& dy,

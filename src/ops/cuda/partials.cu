@@ -19,20 +19,21 @@ constexpr int kMaxSplits = 32;
 // dst1[c - C0] or dst2[c - 2 C0] (see partials.cuh); otherwise it writes them to
 // level[blockIdx.y, Ct], and the last block of its column tile to arrive (counters[blockIdx.x])
 // sums the splits in order and adds them.
-__global__ void sum_partials_kernel(float* dst0, float* dst1, float* dst2, int C0,
-                                    const float* part, float* level, int P, int Ct, int rows,
-                                    unsigned* counters) {
+__global__ void sum_partials_kernel(const PartialDsts dsts, const float* part, float* level,
+                                    int P, int Ct, int rows, unsigned* counters) {
   __shared__ float acc[32][33];
   __shared__ bool last;
   const int c = blockIdx.x * 32 + threadIdx.x, splits = gridDim.y;
   const int p0 = blockIdx.y * rows, p1 = min(P, p0 + rows);
   auto add = [&](float t) {
-    if (c < C0)
-      dst0[c] += t;
-    else if (!dst2 || c < 2 * C0)
-      dst1[c - C0] += t;
-    else
-      dst2[c - 2 * C0] += t;
+    int begin = 0;
+    for (int k = 0; k < dsts.n; ++k) {
+      if (c < dsts.end[k]) {
+        dsts.dst[k][c - begin] += t;
+        return;
+      }
+      begin = dsts.end[k];
+    }
   };
   float s = 0.f;
   if (c < Ct)
@@ -77,15 +78,36 @@ size_t partial_floats(int64_t P, int Ct) {
   return static_cast<size_t>(P + kMaxSplits) * static_cast<size_t>(Ct);
 }
 
-// Up to 32 row splits (enough blocks to keep the GPU busy even when Ct is a few hundred).
+void PartialDsts::add(float* d, int c) {
+  if (c == 0) return;
+  OFT_ASSERT(n < kMax && d, "PartialDsts: at most ", kMax, " destinations, none null");
+  dst[n] = d;
+  end[n] = cols() + c;
+  ++n;
+}
+
 void reduce_partials(float* dst0, float* dst1, int C0, float* part, int P, int Ct, float* dst2) {
+  PartialDsts d;
+  d.add(dst0, C0);
+  if (dst2) {
+    d.add(dst1, C0);
+    d.add(dst2, Ct - 2 * C0);
+  } else {
+    d.add(dst1, Ct - C0);
+  }
+  reduce_partials_to(d, part, P);
+}
+
+// Up to 32 row splits (enough blocks to keep the GPU busy even when Ct is a few hundred).
+void reduce_partials_to(const PartialDsts& dsts, float* part, int P) {
+  const int Ct = dsts.cols();
   const unsigned cblocks = static_cast<unsigned>(cuda::ceil_div(Ct, 32));
   const int splits = P > 64 ? static_cast<int>(std::min<int64_t>(kMaxSplits, cuda::ceil_div(P, 32))) : 1;
   const int per = static_cast<int>(cuda::ceil_div(P, splits));
   const unsigned grid_y = static_cast<unsigned>(cuda::ceil_div(P, per));
   float* level = part + static_cast<int64_t>(P) * Ct;
   sum_partials_kernel<<<dim3(cblocks, grid_y), dim3(32, 32), 0, cuda::stream()>>>(
-      dst0, dst1, dst2, C0, part, level, P, Ct, per,
+      dsts, part, level, P, Ct, per,
       grid_y > 1 ? tile_counters(cblocks) : nullptr);
   OFT_CUDA_LAUNCH_CHECK();
 }

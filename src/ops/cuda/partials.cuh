@@ -21,6 +21,20 @@ size_t partial_floats(int64_t P, int Ct);
 void reduce_partials(float* dst0, float* dst1, int C0, float* part, int P, int Ct,
                      float* dst2 = nullptr);
 
+// Destinations by column range: columns [end[k - 1], end[k]) of the partial rows (end[-1] = 0)
+// are added into dst[k][0 ...] by reduce_partials_to.
+struct PartialDsts {
+  static constexpr int kMax = 6;
+  float* dst[kMax] = {};
+  int end[kMax] = {};
+  int n = 0;
+  // The next `cols` columns go to d (skipped, with d null, when cols is 0).
+  void add(float* d, int cols);
+  int cols() const { return n ? end[n - 1] : 0; }
+};
+// As reduce_partials, over Ct = dsts.cols() columns.
+void reduce_partials_to(const PartialDsts& dsts, float* part, int P);
+
 // At least n zeroed arrival counters on the device, one per column tile of a kernel that
 // finishes its own partial rows (last_arrival); they are zero again when that kernel ends, so
 // kernels on the backend's stream share them.
