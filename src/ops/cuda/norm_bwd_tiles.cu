@@ -86,7 +86,8 @@ __host__ __device__ inline size_t stage_bytes(int R, int C, bool accumulate, int
 // (bytes, in 32-bit words), the row coefficients [R],
 // two stages (which also hold the row groups' final sums [G][Ct] f32).
 __host__ __device__ inline size_t gate_smem_floats(int R, int C, bool gate) {
-  return gate ? size_t(C) + 32 * R + C / 32 : 0;
+  // (the pack -> group bytes rounded up to 16-byte words, keeping what follows aligned)
+  return gate ? size_t(C) + 32 * R + 4 * ((C / 8 + 15) / 16) : 0;
 }
 inline size_t tile_smem_bytes(int R, int G, int C, bool accumulate, int Ct, bool gate, int Gg) {
   const size_t stages = std::max(2 * stage_bytes(R, C, accumulate, gate ? Gg : 0),

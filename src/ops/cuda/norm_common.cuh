@@ -1,7 +1,7 @@
-// Pieces shared by the CUDA norm files (norms.cu: LayerNorm / RMSNorm rows; norm_bwd_tiles.cu:
-// their staged backward for bf16 rows; qk_norm.cu: QK-norm): the argument checks and the
-// backward's row coefficients. (The partial-row reduction of their parameter
-// gradients is in partials.cuh.)
+// Pieces shared by the CUDA norm files (norms.cu / norm_bwd.cu: LayerNorm / RMSNorm rows, forward
+// and backward; norm_bwd_tiles.cu: their staged backward for bf16 rows; qk_norm.cu: QK-norm): the
+// argument checks and the backward's row coefficients. (The partial-row reduction of their
+// parameter gradients is in partials.cuh, the row kernels' launch machinery in norm_rows.cuh.)
 #pragma once
 
 #include <cstddef>
@@ -37,7 +37,7 @@ bool norm_bwd_tiles(bool ln, __nv_bfloat16* dx, float* dw, float* db, float* dsu
                     const TileGate* gate = nullptr);
 
 #ifdef __CUDACC__
-// The backward's row coefficients, shared by norms.cu and norm_bwd_tiles.cu: from the row sums
+// The backward's row coefficients, shared by norm_bwd.cu and norm_bwd_tiles.cu: from the row sums
 // (LN: s0 = sum g, s1 = sum g xhat; RMS: s0 = sum g x, s1 = sum x^2, with g = dy * w),
 // dx = r * g - c0 - c1 * (LN ? xhat : x).
 template <bool LN>
