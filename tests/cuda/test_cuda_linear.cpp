@@ -355,9 +355,7 @@ TEST(CudaLinear, ActBackwardMatchesCpu) {
         Tensor got = poisoned({s.n, s.F}, dt);
         gpu().linear_act_bwd_dx(got, gdout, gw, gpre, a);
         EXPECT_GPU_CLOSE(got, ref, tol_for(dt));
-        for (int bgrad : {1, 0}) {  // dsum += colsum(dpre): DGELU_BGRAD or bias_grad after
-          SCOPED_TRACE(bgrad ? "bias gradient in the product" : "bias_grad pass");
-          ops::set_matmul_bgrad_for_tests(bgrad);
+        {  // dsum += colsum(dpre)
           const Tensor dsum0 = randn({s.F});
           Tensor dsum_ref = dsum0.clone();
           cpu().bias_grad(dsum_ref, ref.cast(DType::F32));
@@ -370,7 +368,6 @@ TEST(CudaLinear, ActBackwardMatchesCpu) {
           for (size_t i = 0; i < r.size(); ++i) mag[i % size_t(s.F)] += std::abs(r[i]);
           const double floor = l2_norm(Tensor::from_vector({s.F}, mag, DType::F64));
           EXPECT_LE(rel_err(gdsum, dsum_ref, floor), tol_for(dt)) << "dsum";
-          ops::set_matmul_bgrad_for_tests(-1);
         }
         if (a == Activation::ReLU) {
           // The model hands ReLU its output instead of pre.
@@ -542,13 +539,8 @@ TEST(CudaLinearBench, Timing) {
   {
     const GemmModeGuard off(0);
     line("gelu bwd: cuBLASLt DGELU", time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G); }));
-    ops::set_matmul_bgrad_for_tests(0);
     line("gelu bwd + fc bias grad: cuBLASLt DGELU + bias_grad",
          time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G, &db1); }));
-    ops::set_matmul_bgrad_for_tests(1);
-    line("gelu bwd + fc bias grad: cuBLASLt DGELU_BGRAD",
-         time_ms([&] { gpu().linear_act_bwd_dx(dpre, dout, w2, pre, G, &db1); }));
-    ops::set_matmul_bgrad_for_tests(-1);
   }
   if (cuda::gemm::hopper_ready()) {
     const GemmModeGuard on(3);

@@ -132,8 +132,5 @@ struct ActEpilogueCounts {
   int64_t fused = 0, composed = 0;
 };
 ActEpilogueCounts act_epilogue_counts();
-// Overrides OFT_MATMUL_BGRAD (1: the GELU backward product sums the bias gradient, 0: a separate
-// bias_grad pass; -1: back to the environment's choice). For tests and benchmarks.
-void set_matmul_bgrad_for_tests(int mode);
 
 }  // namespace oft::ops

@@ -26,9 +26,6 @@
 //                      (bf16 on Hopper: gemm_wgmma.cu's own product, where OFT_GEMM_WGMMA
 //                      enables it)
 //   linear_act_bwd_dx  DGELU           D = r * gelu'(aux), aux = the saved pre-activation
-//                      DGELU_BGRAD     the same, and the column sums of D (the fc bias gradient,
-//                                      requested as dsum) into an f32 vector, added to dsum
-//                                      (OFT_MATMUL_BGRAD=0: DGELU, then a bias_grad pass)
 //                      (bf16 on Hopper: gemm_wgmma.cu's own product, where OFT_GEMM_WGMMA
 //                      enables it); ReLU: bf16 on Hopper only, gemm_wgmma.cu's own product
 //                      D = r * [act > 0] (on unless OFT_GEMM_WGMMA=0), else the composition
@@ -126,30 +123,10 @@ uint32_t alignment_of(const void* p) {
 }
 
 // The epilogue of one product (see the header comment for what each computes).
-enum class Epi : uint8_t { None, Bias, Relu, ReluBias, GeluAux, GeluAuxBias, DGelu, DGeluBGrad };
+enum class Epi : uint8_t { None, Bias, Relu, ReluBias, GeluAux, GeluAuxBias, DGelu };
 
-// (DGeluBGrad's "bias" is the f32 vector its bias gradient is written to.)
-bool epi_has_bias(Epi e) {
-  return e == Epi::Bias || e == Epi::ReluBias || e == Epi::GeluAuxBias || e == Epi::DGeluBGrad;
-}
-bool epi_has_aux(Epi e) {
-  return e == Epi::GeluAux || e == Epi::GeluAuxBias || e == Epi::DGelu || e == Epi::DGeluBGrad;
-}
-
-// OFT_MATMUL_BGRAD (1, the default): the GELU backward product also sums the fc bias gradient
-// (DGELU_BGRAD); 0: DGELU, then a separate bias_grad pass over dpre.
-int g_bgrad_override = -1;  // set_matmul_bgrad_for_tests
-bool bgrad_enabled() {
-  if (g_bgrad_override >= 0) return g_bgrad_override == 1;
-  static const bool on = [] {
-    const char* e = std::getenv("OFT_MATMUL_BGRAD");
-    if (e == nullptr || *e == '\0' || std::strcmp(e, "1") == 0) return true;
-    if (std::strcmp(e, "0") == 0) return false;
-    fail("OFT_MATMUL_BGRAD='", e, "': expected 1 (the GELU backward product sums the bias "
-         "gradient in its epilogue, the default) or 0 (a separate bias_grad pass)");
-  }();
-  return on;
-}
+bool epi_has_bias(Epi e) { return e == Epi::Bias || e == Epi::ReluBias || e == Epi::GeluAuxBias; }
+bool epi_has_aux(Epi e) { return e == Epi::GeluAux || e == Epi::GeluAuxBias || e == Epi::DGelu; }
 
 cublasLtEpilogue_t lt_epilogue(Epi e) {
   switch (e) {
@@ -160,7 +137,6 @@ cublasLtEpilogue_t lt_epilogue(Epi e) {
     case Epi::GeluAux: return CUBLASLT_EPILOGUE_GELU_AUX;
     case Epi::GeluAuxBias: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
     case Epi::DGelu: return CUBLASLT_EPILOGUE_DGELU;
-    case Epi::DGeluBGrad: return CUBLASLT_EPILOGUE_DGELU_BGRAD;
   }
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
@@ -234,8 +210,8 @@ Plan make_plan(const PlanKey& k, const EpiArgs& e) {
   }
   if (epi_has_bias(k.epi)) {
     // In the column-major view D is [N rows, M cols]: the epilogue's per-row bias is per output
-    // feature. The bias has C's dtype; DGELU_BGRAD's bias gradient is f32.
-    const cudaDataType_t bt = k.epi == Epi::DGeluBGrad ? CUDA_R_32F : cuda_type(k.c);
+    // feature. The bias has C's dtype.
+    const cudaDataType_t bt = cuda_type(k.c);
     OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
         p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
   }
@@ -490,7 +466,6 @@ std::atomic<int64_t> g_fused{0}, g_composed{0};
 }  // namespace
 
 ActEpilogueCounts act_epilogue_counts() { return {g_fused.load(), g_composed.load()}; }
-void set_matmul_bgrad_for_tests(int mode) { g_bgrad_override = mode; }
 
 void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
                                  const Tensor& b, Activation a) {
@@ -585,22 +560,6 @@ void CudaBackend::linear_act_bwd_dx(Tensor& dpre, const Tensor& dout, const Tens
                       dsum ? static_cast<float*>(dsum->raw()) : nullptr);
     ++g_fused;
     return;
-  }
-  // With the bias gradient: DGELU_BGRAD into an f32 vector (kept for the process, allocated
-  // outside any graph recording), then added to dsum.
-  if (dsum && bgrad_enabled()) {
-    static Tensor* sums = new Tensor();  // never destroyed: queued products may still write it
-    if ((!sums->defined() || sums->numel() < F) && !cuda::capturing())
-      *sums = Tensor::empty({std::max<int64_t>(F, 4096)}, DType::F32, Device::CUDA);
-    if (sums->defined() && sums->numel() >= F) {
-      const Tensor v = sums->slice(0, F);
-      if (matmul_impl(*this, dpre, dout, false, w, false, 1.0, 0.0,
-                      EpiArgs{Epi::DGeluBGrad, &v, &saved})) {
-        axpy(*dsum, v, 1.0);
-        ++g_fused;
-        return;
-      }
-    }
   }
   if (!matmul_impl(*this, dpre, dout, false, w, false, 1.0, 0.0,
                    EpiArgs{Epi::DGelu, nullptr, &saved}))
