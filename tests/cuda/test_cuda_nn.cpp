@@ -138,8 +138,8 @@ TEST(CudaNn, LayerNormBackwardInPlace) {
 
 // LayerNorm with the per-token gate of its output (layernorm_gate_fwd / _bwd): the fused
 // kernels (forward one warp per row, C <= 1024 bf16 / 512 f32; backward the staged bf16 kernel,
-// an even G <= 32, groups of 8k columns) and the composition elsewhere (C = 36 bf16, G = 48,
-// G = 3, f32 backward), against the CPU backend's composition over y as the GPU stores it. The fused
+// an even G <= 32, groups of 8k columns, C <= 3072) and the composition elsewhere (C = 36 bf16,
+// G = 48, G = 3, C = 4096, f32 backward), against the CPU backend's composition over y as the GPU stores it. The fused
 // backward adds the gate's input gradient to dy in f32 (the composition rounds the sum to bf16)
 // and recomputes y: within the same tolerances.
 struct NormGateCase {
@@ -147,7 +147,8 @@ struct NormGateCase {
 };
 const NormGateCase kNormGateCases[] = {{1000, 768, 12}, {37, 128, 4},  {9001, 768, 12},
                                        {37, 64, 8},     {5, 1024, 16}, {300, 768, 48},
-                                       {17, 36, 3},     {4, 2048, 16}, {37, 120, 3}};
+                                       {17, 36, 3},     {4, 2048, 16}, {37, 120, 3},
+                                       {3, 4096, 32}};
 
 TEST(CudaNn, LayerNormGateForwardBackward) {
   OFT_REQUIRE_CUDA();

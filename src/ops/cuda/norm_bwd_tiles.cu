@@ -393,7 +393,9 @@ bool norm_bwd_tiles(bool ln, bf16* dx, float* dw, float* db, float* dsum, const 
   if (C <= 0 || C % 8 != 0 || C > kMaxTileC || !cuda::aligned16(dx) || !cuda::aligned16(dy) ||
       !cuda::aligned16(x) || !cuda::aligned16(w))
     return false;
-  if (gate && (!ln || gate->G < 2 || gate->G > 32 || gate->G % 2 != 0 || C % gate->G != 0 ||
+  // (The gate kernel runs at most kMaxGateThreads threads, one per 8 columns of a row group.)
+  if (gate && (!ln || C / 8 > kMaxGateThreads || gate->G < 2 || gate->G > 32 ||
+               gate->G % 2 != 0 || C % gate->G != 0 ||
                (C / gate->G) % 8 != 0 || !cuda::aligned16(gate->gw) ||
                (gate->b && !cuda::aligned16(gate->b))))
     return false;

@@ -24,7 +24,7 @@ void expect_numel(const Tensor& t, int64_t n, const char* what);
 // 16-byte aligned); the caller then runs the general kernels.
 // With a gate (LayerNorm only; layernorm_gate_bwd): dy plus the per-token gate's input
 // gradient, and the gate's parameter gradients; rows it does not cover also include an odd
-// number of groups or more than 32, and groups not a multiple of 8 columns wide.
+// number of groups or more than 32, groups not a multiple of 8 columns wide, and C > 3072.
 struct TileGate {
   const __nv_bfloat16 *dgate, *logits;  // [N, G]
   const __nv_bfloat16 *gw, *b;          // gate weight [C], the norm's bias [C] (may be null)
