@@ -25,15 +25,6 @@
 namespace oft::ops {
 namespace {
 
-using cuda::from_f32;
-using cuda::Pack;
-using cuda::to_f32;
-using cuda::ptr;
-using cuda::aligned16;
-using cuda::load_pack;
-using cuda::store_pack;
-using cuda::expect_act;
-using bf16 = __nv_bfloat16;
 using namespace norm;
 
 // Per-element pieces of the norm backward, shared by the block and the warp kernels.

@@ -58,8 +58,8 @@ struct TileArgs {
   int C, R, G;  // columns, rows per tile, row groups of phase 2 (threads = G * C / 8)
   bool accumulate, with_db, with_dsum;
   // The gate of layernorm_gate_bwd (GATE): per row dl [Gg] = dgate * sigmoid'(logits), added to
-  // dy as dl[column / D] * gw; the partial rows also get sum dl * y (dgw, y recomputed with the
-  // norm's bias b, may be null) and sum dl (dgb).
+  // dy as dl[column / D] * gw; the partial rows also get sum dl * y (dgw, as w sum dl xhat +
+  // b sum dl with the norm's bias b, may be null) and sum dl (dgb).
   const bf16 *dgate, *logits, *gw, *b;
   int Gg, PD;  // gate groups (even, <= 32), 8-column packs per group (D / 8)
 };
@@ -82,13 +82,13 @@ __host__ __device__ inline size_t stage_bytes(int R, int C, bool accumulate, int
   const size_t arrays = size_t(accumulate ? 3 : 2) * R * C * sizeof(bf16);
   return arrays + stats_bytes(R) + ((2 * size_t(R) * Gg * sizeof(bf16) + 15) / 16) * 16;
 }
-// Shared memory: w (f32) [C], the gate's gw (f32) [C], dl [R][32] and each pack's group [C / 8]
-// (bytes, in 32-bit words), the row coefficients [R],
-// two stages (which also hold the row groups' final sums [G][Ct] f32).
+// Floats of the gate's shared memory: gw (f32) [C], dl [R][32] and each pack's group [C / 8]
+// (bytes, rounded up to 16-byte words so that what follows stays aligned).
 __host__ __device__ inline size_t gate_smem_floats(int R, int C, bool gate) {
-  // (the pack -> group bytes rounded up to 16-byte words, keeping what follows aligned)
   return gate ? size_t(C) + 32 * R + 4 * ((C / 8 + 15) / 16) : 0;
 }
+// Shared memory: w (f32) [C], the gate's (GATE), the row coefficients [R], two stages (which
+// also hold the row groups' final sums [G][Ct] f32).
 inline size_t tile_smem_bytes(int R, int G, int C, bool accumulate, int Ct, bool gate, int Gg) {
   const size_t stages = std::max(2 * stage_bytes(R, C, accumulate, gate ? Gg : 0),
                                  size_t(G) * Ct * 4);
@@ -304,7 +304,7 @@ __device__ __forceinline__ void norm_bwd_tiles_body(const TileArgs& a, unsigned 
   }
 
   // The row groups' sums through shared memory (the stages are idle now), then the block's
-  // partial row [dw | db | dsum] in group order.
+  // partial row [dw | db | dsum | dgw | dgb] in group order.
   cp_async_wait_all();
   const int nsum = norm_sums(a), Ct = partial_cols(a, GATE);
   float* red = reinterpret_cast<float*>(stages);  // [G][Ct]
@@ -418,7 +418,7 @@ bool norm_bwd_tiles(bool ln, bf16* dx, float* dw, float* db, float* dsum, const 
   }
   const int Ct = partial_cols(a, gate != nullptr);
   if (!ln) db = nullptr;
-  // Row groups: the largest divisor of R with G * C / 8 <= 512 threads.
+  // Row groups: the largest divisor of R with G * C / 8 <= 512 threads (384 with the gate).
   const int U = C / 8;
   auto groups = [&] {
     int G = 1;

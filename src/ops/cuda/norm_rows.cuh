@@ -11,6 +11,17 @@
 
 namespace oft::ops::norm {
 
+// The device helpers the norm kernels use, for the files that take this namespace in.
+using cuda::aligned16;
+using cuda::expect_act;
+using cuda::from_f32;
+using cuda::load_pack;
+using cuda::Pack;
+using cuda::ptr;
+using cuda::store_pack;
+using cuda::to_f32;
+using bf16 = __nv_bfloat16;
+
 constexpr int kMaxC = 16384;
 
 // Sums NV values over the whole block (blockDim a multiple of 32); every thread gets the same
@@ -174,7 +185,7 @@ inline RowPlan plan_rows_for(DType dt, int C, bool vec_ok, const char* op) {
 // Shared validation of the row norms; returns N.
 inline int64_t check_rows(const Tensor& x, const Tensor& w, const char* op) {
   cuda::expect_float(x, op);
-  cuda::expect_act(w, x.dtype(), op);
+  expect_act(w, x.dtype(), op);
   const int64_t C = w.numel();
   OFT_CHECK(C > 0 && x.numel() % C == 0 && x.dim(-1) == C, op, ": x ", shape_str(x.shape()),
             " does not have rows of ", C, " (the weight's size)");

@@ -29,14 +29,6 @@
 namespace oft::ops {
 namespace {
 
-using cuda::from_f32;
-using cuda::to_f32;
-using cuda::ptr;
-using cuda::aligned16;
-using cuda::load_pack;
-using cuda::store_pack;
-using cuda::expect_act;
-using bf16 = __nv_bfloat16;
 using namespace norm;
 
 // The per-token gate a LayerNorm forward computes from its output y (layernorm_gate_fwd):
@@ -194,10 +186,9 @@ void launch_norm_fwd_warp(T* y, float* s0, float* s1, const T* x, const T* w, co
   OFT_CUDA_LAUNCH_CHECK();
 }
 
-// checks_only: validate the arguments and return (a fused variant launches its own kernel).
-template <bool LN>
-void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tensor& w,
-              const Tensor& b, double eps, const char* op, bool checks_only = false) {
+// The forward's argument checks (norm_fwd's and layernorm_gate_fwd's); returns N.
+int64_t check_norm_fwd(const Tensor& y, const Tensor* mean, const Tensor& stat, const Tensor& x,
+                       const Tensor& w, const Tensor& b, const char* op) {
   const int64_t N = check_rows(x, w, op);
   const int C = static_cast<int>(w.numel());
   expect_act(y, x.dtype(), op);
@@ -212,7 +203,15 @@ void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tens
     expect_act(b, x.dtype(), op);
     expect_numel(b, C, op);
   }
-  if (N == 0 || checks_only) return;
+  return N;
+}
+
+template <bool LN>
+void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tensor& w,
+              const Tensor& b, double eps, const char* op) {
+  const int64_t N = check_norm_fwd(y, mean, stat, x, w, b, op);
+  const int C = static_cast<int>(w.numel());
+  if (N == 0) return;
   const int vec = 16 / static_cast<int>(dtype_size(x.dtype()));
   const bool vec_ok = C % vec == 0 && aligned16(x.raw()) && aligned16(y.raw()) &&
                       aligned16(w.raw()) && (!b.defined() || aligned16(b.raw()));
@@ -258,7 +257,7 @@ void CudaBackend::layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tens
                                      const Tensor& b, double eps, const Tensor& gw,
                                      const Tensor& gb) {
   constexpr const char* op = "layernorm_gate_fwd";
-  const int64_t N = check_rows(x, w, op);
+  const int64_t N = check_norm_fwd(y, &mean, rstd, x, w, b, op);
   const int C = static_cast<int>(w.numel());
   const int64_t G = gb.numel();
   OFT_CHECK(G > 0 && C % G == 0 && gw.numel() == C, op, ": gate weight ", shape_str(gw.shape()),
@@ -278,7 +277,6 @@ void CudaBackend::layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tens
     Backend::layernorm_gate_fwd(y, mean, rstd, gate, logits, x, w, b, eps, gw, gb);
     return;
   }
-  norm_fwd<true>(y, &mean, rstd, x, w, b, eps, op, /*checks_only=*/true);
   OFT_DISPATCH_FLOAT(x.dtype(), op, {
     const T* pb = b.defined() ? ptr<T>(b) : nullptr;
     RowGate<T> rg{ptr<T>(gate), ptr<T>(logits), ptr<T>(gw), ptr<T>(gb), static_cast<int>(G),

@@ -15,8 +15,8 @@ constexpr int kMaxSplits = 32;
 
 // Column sums of partial rows, part [P, Ct] (f32, row-major), in a fixed order. Block (32, 32):
 // threadIdx.x picks the column (coalesced), threadIdx.y strides over the rows
-// [blockIdx.y * rows, ...). With one split the block adds its sums to dst0[c] (c < C0),
-// dst1[c - C0] or dst2[c - 2 C0] (see partials.cuh); otherwise it writes them to
+// [blockIdx.y * rows, ...). With one split the block adds its sums to the destination whose
+// column range holds c (PartialDsts, see partials.cuh); otherwise it writes them to
 // level[blockIdx.y, Ct], and the last block of its column tile to arrive (counters[blockIdx.x])
 // sums the splits in order and adds them.
 __global__ void sum_partials_kernel(const PartialDsts dsts, const float* part, float* level,
