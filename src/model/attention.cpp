@@ -135,8 +135,11 @@ Tensor Attention::scalar_grad(double v, const Tensor& like) {
 
 void Attention::run_attention(AttentionActs& a, const Tensor& key_mask, int64_t B, int64_t T) {
   AttentionQuantRequest* q = hook_ ? hook_->attention_quant(layer_) : nullptr;
+  a.out_kept = hook_ == nullptr;  // a hook may rewrite the context after the op
   if (!q) {
-    ops::on(a.qkv).attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec_);
+    ops::AttentionSpec spec = spec_;
+    if (a.out_kept) spec.kept_out = &a.ctx;
+    ops::on(a.qkv).attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec);
     return;
   }
   ops::AttentionSpec spec = spec_;
@@ -211,7 +214,9 @@ void Attention::shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout
   be.causal_mean_bwd(dtmp_, dcv_, T);
   ops::axpy(dv_, dtmp_, -1.0);
   ensure(dqkv_, {N, 3 * C_}, dt, dev);
-  be.attention_bwd(dqkv_, dpv_, a.qkv, a.att_saved, key_mask, B, T, spec_);
+  ops::AttentionSpec spec = spec_;
+  if (a.out_kept) spec.kept_out = &a.ctx;
+  be.attention_bwd(dqkv_, dpv_, a.qkv, a.att_saved, key_mask, B, T, spec);
   Tensor* dqkv = &dqkv_;
   if (qk_norm_) {
     ensure(dqkv_raw_, {N, 3 * C_}, dt, dev);
@@ -242,6 +247,7 @@ ops::AttentionSpec Attention::gated_spec(AttentionActs& a, int64_t B, int64_t T)
   spec.gate = &a.gate;
   spec.dgate = &dgate_;
   spec.gate_rows = rows_per_gate(B, T);
+  if (a.out_kept) spec.kept_out = &a.gated;
   return spec;
 }
 
@@ -387,6 +393,7 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
     gate_forward(a, x, B, T);
   if (a.gate_fused) {
     ensure(a.gated, {N, C_}, dt, dev);
+    a.out_kept = true;  // gate_fused: no hook
     be.attention_fwd(a.gated, a.att_saved, a.qkv, key_mask, B, T, gated_spec(a, B, T));
   } else {
     ensure(a.ctx, {N, C_}, dt, dev);
@@ -430,7 +437,9 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
       be.head_gate_bwd(dctx_, dgate_, dctx_, a.ctx, a.gate, rows_per_gate(B, T));
       if (!a.gate_from_norm) gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
     }
-    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec_, dqkv_bias);
+    ops::AttentionSpec spec = spec_;
+    if (a.out_kept) spec.kept_out = &a.ctx;
+    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec, dqkv_bias);
   }
   Tensor* dproj_in = &dqkv_;
   if (qk_norm_) {

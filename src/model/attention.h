@@ -32,6 +32,9 @@ struct AttentionActs {
                                 // ctx is not kept when the gate is in the op's epilogue)
   bool gate_fused = false;      // the gate was applied in the attention op's epilogue
   bool gate_from_norm = false;  // the gate network ran in the input's LayerNorm (norm_gate())
+  // The attention op's output (gated, or ctx) stays as the op wrote it until the backward (no
+  // hook may rewrite it), so the op keeps no copy of it (AttentionSpec::kept_out).
+  bool out_kept = false;
   Tensor hidden, hidden_act;    // MLP gate: [N, H * hidden]
   Tensor logits_tok, logits, gate;  // [N, H], [R, H] (R = N, B or 1), sigmoid(logits)
   Tensor q, k, u, v, cv, tmp;       // shaped attention: q/k projections, x W^T, V, C V, scratch

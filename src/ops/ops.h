@@ -54,6 +54,11 @@ struct AttentionSpec {
   const Tensor* gate = nullptr;
   Tensor* dgate = nullptr;
   int64_t gate_rows = 1;
+  // The forward's `out`, when the caller keeps it unchanged until the backward and passes it
+  // here in both calls: a backend may then keep no copy of the output in `saved` and read this
+  // one in the backward (the CUDA backend does for softmax and softmax1, gated or not). A
+  // backward whose forward had it must have it too.
+  const Tensor* kept_out = nullptr;
 };
 
 // Hyper-parameters of one AdamW update (decoupled weight decay, PyTorch semantics).

@@ -3,7 +3,9 @@
 // bidirectional attention with padding masks (including rows that see no key at all), head
 // widths on the tensor-core path (16, 32, 64, 128) and off it (8, 24, 256), sequence lengths that
 // are not multiples of the 64-row tiles; the evaluation path with fake quantization and range
-// capture; the backward's column sums of dqkv (dsum); `saved` reuse across shapes; hand-built inputs that put clipped-softmax
+// capture; the backward's column sums of dqkv (dsum); the backward reading the caller's output
+// instead of a saved copy (AttentionSpec::kept_out); `saved` reuse across shapes; hand-built
+// inputs that put clipped-softmax
 // probabilities exactly on the clamp bound (p = 1, zeta = 1); and a timing report at the GPT-2
 // shape.
 //
@@ -115,6 +117,21 @@ void compare_fwd_bwd(DType dt, const Dims& d, const AttentionSpec& spec, const T
   gpu.attention_bwd(gdqkv2, gdout, gqkv, gsaved, gmask, d.B, d.T, spec, &gdsum);
   EXPECT_GPU_CLOSE(gdsum, dsum_ref, tol_for(dt)) << "attention_bwd dsum";
   EXPECT_GPU_CLOSE(gdqkv2, dqkv_ref, tol_for(dt)) << "dqkv with dsum";
+
+  // AttentionSpec::kept_out: `saved` keeps no copy of the output (softmax / softmax1) and the
+  // backward reads the forward's `out` again.
+  AttentionSpec kspec = spec;
+  Tensor kout = poisoned({N, C}, dt), ksaved;
+  kspec.kept_out = &kout;
+  gpu.attention_fwd(kout, ksaved, gqkv, gmask, d.B, d.T, kspec);
+  EXPECT_GPU_CLOSE(kout, out_ref, tol_for(dt)) << "forward with kept_out";
+  if (spec.prob == ProbFn::Clipped)
+    EXPECT_EQ(ksaved.numel(), gsaved.numel()) << "clipped softmax keeps O2";
+  else
+    EXPECT_LT(ksaved.numel(), gsaved.numel()) << "kept_out: L only";
+  Tensor kdqkv = poisoned({N, 3 * C}, dt);
+  gpu.attention_bwd(kdqkv, gdout, gqkv, ksaved, gmask, d.B, d.T, kspec);
+  EXPECT_GPU_CLOSE(kdqkv, dqkv_ref, tol_for(dt)) << "backward with kept_out";
 }
 
 // One configuration on fresh random inputs.
@@ -240,7 +257,9 @@ TEST(CudaAttention, ClippedGradientAtProbabilityOne) {
 // head_gate_fwd, and its backward head_gate_bwd -> attention_bwd: the gated output, dqkv and
 // dgate, for a gate per token, per sequence and per head (one for all rows). Tensor-core widths
 // (64: the Hopper kernels under OFT_ATTN_WGMMA=all; 32) and CUDA-core ones (24), f32 and bf16,
-// softmax and softmax1, causal and masked.
+// softmax and softmax1, causal and masked, with the ungated copy in `saved` and with kept_out
+// (the backward divides the gate out of the gated output; a few gates are 0 there: their rows
+// get dgate = 0, and the CPU oracle sees the same zero gates).
 TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
   OFT_REQUIRE_CUDA();
   auto& cpu = ops::cpu_backend();
@@ -250,44 +269,59 @@ TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
     for (const Dims& d : shapes)
       for (const ProbCase& pc : {kProbs[0], kProbs[1]})
         for (Mode m : {Mode::Causal, Mode::BidirMasked})
-          for (int64_t per : {int64_t(1), d.T, d.B * d.T}) {
-            SCOPED_TRACE(label(dt, d, pc, m) + " rows per gate " + std::to_string(per));
-            const int64_t C = d.H * d.D, N = d.B * d.T, R = N / per;
-            AttentionSpec spec = make_spec(d, pc, m);
-            ASSERT_TRUE(gpu.gate_in_epilogue(spec, dt));
-            const Tensor qkv = rounded(randn({N, 3 * C}, 1.5), dt);
-            const Tensor dout = rounded(randn({N, C}), dt);
-            Tensor half = Tensor::empty({R, d.H}, DType::F32), gate = randn({R, d.H}, 0.3);
-            ops::fill(half, 0.5);
-            ops::axpy(gate, half, 1.0);  // gates around 0.5
-            gate = rounded(gate, dt);
-            const Tensor mask = m == Mode::Causal ? Tensor() : make_mask(d.B, d.T);
-            // CPU: the separate gate.
-            Tensor ctx = Tensor::empty({N, C}, DType::F32), saved, out = ctx.clone();
-            cpu.attention_fwd(ctx, saved, qkv, mask, d.B, d.T, spec);
-            cpu.head_gate_fwd(out, ctx, gate, per);
-            Tensor dctx = Tensor::empty({N, C}, DType::F32);
-            Tensor dgate = Tensor::empty({R, d.H}, DType::F32);
-            // dgate from the context as the GPU keeps it (rounded to dt): with one gate for
-            // many rows it is a sum of N * D products of random sign, whose cancellation would
-            // magnify the rounding of O well past tol_for(dt).
-            cpu.head_gate_bwd(dctx, dgate, dout, rounded(ctx, dt), gate, per);
-            Tensor dqkv = Tensor::empty({N, 3 * C}, DType::F32);
-            cpu.attention_bwd(dqkv, dctx, qkv, saved, mask, d.B, d.T, spec);
-            // GPU: the gate in the epilogue.
-            const Tensor ggate = to_gpu(gate, dt), gqkv = to_gpu(qkv, dt);
-            const Tensor gmask = mask.defined() ? mask.to(Device::CUDA) : Tensor();
-            Tensor gout = poisoned({N, C}, dt), gsaved, gdgate = poisoned({R, d.H}, dt);
-            spec.gate = &ggate;
-            spec.dgate = &gdgate;
-            spec.gate_rows = per;
-            gpu.attention_fwd(gout, gsaved, gqkv, gmask, d.B, d.T, spec);
-            EXPECT_GPU_CLOSE(gout, out, tol_for(dt));
-            Tensor gdqkv = poisoned({N, 3 * C}, dt);
-            gpu.attention_bwd(gdqkv, to_gpu(dout, dt), gqkv, gsaved, gmask, d.B, d.T, spec);
-            EXPECT_GPU_CLOSE(gdqkv, dqkv, tol_for(dt));
-            EXPECT_GPU_CLOSE(gdgate, dgate, tol_for(dt));
-          }
+          for (int64_t per : {int64_t(1), d.T, d.B * d.T})
+            for (bool kept : {false, true}) {
+              SCOPED_TRACE(label(dt, d, pc, m) + " rows per gate " + std::to_string(per) +
+                           (kept ? " kept_out" : ""));
+              const int64_t C = d.H * d.D, N = d.B * d.T, R = N / per;
+              AttentionSpec spec = make_spec(d, pc, m);
+              ASSERT_TRUE(gpu.gate_in_epilogue(spec, dt));
+              const Tensor qkv = rounded(randn({N, 3 * C}, 1.5), dt);
+              const Tensor dout = rounded(randn({N, C}), dt);
+              Tensor half = Tensor::empty({R, d.H}, DType::F32), gate = randn({R, d.H}, 0.3);
+              ops::fill(half, 0.5);
+              ops::axpy(gate, half, 1.0);  // gates around 0.5
+              if (kept && per == 1) {
+                std::vector<double> gv = gate.to_vector();
+                for (size_t i = 0; i < gv.size(); i += 7) gv[i] = 0.0;  // closed gates
+                gate = Tensor::from_vector({R, d.H}, gv, DType::F32);
+              }
+              gate = rounded(gate, dt);
+              const Tensor mask = m == Mode::Causal ? Tensor() : make_mask(d.B, d.T);
+              // CPU: the separate gate.
+              Tensor ctx = Tensor::empty({N, C}, DType::F32), saved, out = ctx.clone();
+              cpu.attention_fwd(ctx, saved, qkv, mask, d.B, d.T, spec);
+              cpu.head_gate_fwd(out, ctx, gate, per);
+              Tensor dctx = Tensor::empty({N, C}, DType::F32);
+              Tensor dgate = Tensor::empty({R, d.H}, DType::F32);
+              // dgate from the context as the GPU keeps it (rounded to dt): with one gate for
+              // many rows it is a sum of N * D products of random sign, whose cancellation would
+              // magnify the rounding of O well past tol_for(dt).
+              cpu.head_gate_bwd(dctx, dgate, dout, rounded(ctx, dt), gate, per);
+              if (kept && per == 1) {
+                // A closed gate's gradient is taken as 0 with kept_out (sigmoid' = 0 there).
+                std::vector<double> gv = gate.to_vector(), dg = dgate.to_vector();
+                for (size_t i = 0; i < gv.size(); ++i)
+                  if (gv[i] == 0.0) dg[i] = 0.0;
+                dgate = Tensor::from_vector({R, d.H}, dg, DType::F32);
+              }
+              Tensor dqkv = Tensor::empty({N, 3 * C}, DType::F32);
+              cpu.attention_bwd(dqkv, dctx, qkv, saved, mask, d.B, d.T, spec);
+              // GPU: the gate in the epilogue.
+              const Tensor ggate = to_gpu(gate, dt), gqkv = to_gpu(qkv, dt);
+              const Tensor gmask = mask.defined() ? mask.to(Device::CUDA) : Tensor();
+              Tensor gout = poisoned({N, C}, dt), gsaved, gdgate = poisoned({R, d.H}, dt);
+              spec.gate = &ggate;
+              spec.dgate = &gdgate;
+              spec.gate_rows = per;
+              if (kept) spec.kept_out = &gout;
+              gpu.attention_fwd(gout, gsaved, gqkv, gmask, d.B, d.T, spec);
+              EXPECT_GPU_CLOSE(gout, out, tol_for(dt));
+              Tensor gdqkv = poisoned({N, 3 * C}, dt);
+              gpu.attention_bwd(gdqkv, to_gpu(dout, dt), gqkv, gsaved, gmask, d.B, d.T, spec);
+              EXPECT_GPU_CLOSE(gdqkv, dqkv, tol_for(dt));
+              EXPECT_GPU_CLOSE(gdgate, dgate, tol_for(dt));
+            }
   // Clipped softmax saves O2, not the output: no gate in its epilogue, and a clear refusal.
   AttentionSpec clipped = make_spec({1, 8, 1, 32}, kProbs[2], Mode::Causal);
   EXPECT_FALSE(gpu.gate_in_epilogue(clipped, DType::BF16));
@@ -321,6 +355,30 @@ TEST(CudaAttention, BackwardDsumChecked) {
   EXPECT_THROW(gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec, &short_sum), Error);
   Tensor bf_sum = Tensor::zeros({3 * C}, DType::BF16, Device::CUDA);
   EXPECT_THROW(gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec, &bf_sum), Error);
+}
+
+// kept_out must be the forward's own output, and a backward whose `saved` has no copy of the
+// output must be given it: both are refused with a message before any kernel runs.
+TEST(CudaAttention, KeptOutChecked) {
+  OFT_REQUIRE_CUDA();
+  auto& gpu = ops::backend(Device::CUDA);
+  const int64_t B = 1, T = 8, H = 1, D = 32, C = H * D;
+  AttentionSpec spec = make_spec({B, T, H, D}, kProbs[0], Mode::Causal);
+  const Tensor qkv = to_gpu(randn({B * T, 3 * C}), DType::BF16);
+  Tensor out = poisoned({B * T, C}, DType::BF16), other = poisoned({B * T, C}, DType::BF16), saved;
+  spec.kept_out = &other;
+  EXPECT_THROW(gpu.attention_fwd(out, saved, qkv, Tensor(), B, T, spec), Error);
+  spec.kept_out = &out;
+  gpu.attention_fwd(out, saved, qkv, Tensor(), B, T, spec);
+  Tensor dqkv = poisoned({B * T, 3 * C}, DType::BF16);
+  const Tensor dout = to_gpu(randn({B * T, C}), DType::BF16);
+  spec.kept_out = nullptr;
+  try {
+    gpu.attention_bwd(dqkv, dout, qkv, saved, Tensor(), B, T, spec);
+    ADD_FAILURE() << "a backward without kept_out after a kept forward ran";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kept_out"), std::string::npos) << e.what();
+  }
 }
 
 // `saved` handed back in with another shape / dtype / probability function is reallocated.

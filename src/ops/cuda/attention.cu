@@ -8,10 +8,17 @@
 // `saved`), and the backward recomputes P tile by tile (FlashAttention-2).
 // With AttentionSpec::gate (per-head gate of any granularity, softmax / softmax1) every kernel
 // family stores out = gate * O while the saved copy stays O; the backward's row-term pass then
-// takes the gate's gradient rowsum(dout * O) (summed over the gate's rows when it has several),
-// scales dout by the gate for the kernels (dO) and D_i by it. This replaces a head_gate_fwd and
-// a head_gate_bwd pass (H100, gpt2_124m gated: 515.2k -> 519.9k tokens/s, 0.25 GiB less memory:
-// the ungated context is not kept).
+// takes the gate's gradient r = rowsum(dout * O) (summed over the gate's rows when it has
+// several). The kernels take dout as it is: the gate goes into their row statistics instead,
+// L' = L - log2(g) and D' = factor * r, since with dO = g dout
+//   dV = P^T dO = (g P)^T dout,   dS = P (dP - factor g r) = (g P) (dout V^T - factor r),
+// and g P = exp2(x - L'). This replaces a head_gate_fwd and a head_gate_bwd pass (H100,
+// gpt2_124m gated: 515.2k -> 519.9k tokens/s, 0.25 GiB less memory: the ungated context is not
+// kept), and a gate-scaled copy of dout the row-term pass used to write.
+// With AttentionSpec::kept_out (softmax / softmax1) `saved` holds L only and the backward reads
+// O from the caller's `out` (r = rowsum(dout * out) / g for a gated output; a zero gate gives
+// r = 0, which its gradient multiplies by sigmoid' = 0 anyway): one [B*T, C] store less per
+// forward and that much less memory per layer.
 //
 // Paths:
 // - evaluation with fake quantization or range capture: attention_quant.cu (exact CPU mirror);
@@ -19,7 +26,7 @@
 // - everything else (f32, other D up to 256): CUDA cores (attention_generic.cu).
 // This file validates, manages `saved`, and runs the two cheap backward helpers:
 //   row_term_kernel       D_i = factor * sum_d dO[i, d] * O[i, d] per (row, head)   [B*H*T] f32
-//                         (with a gate: also dgate and the gate-scaled dO)
+//                         (with a gate: also dgate and L')
 //   gate_grad_sum_kernel  dgate of gates over several rows: the rows' shares summed in order
 //   row_term_zero_kernel  the same with 16-byte loads, also zeroing the f32 dQ accumulator
 //                         (tensor-core path)
@@ -43,18 +50,25 @@ using cuda::attn::Args;
 
 // The backward's row term D_i = factor * rowsum(dO * osave) per (token row, head). With a gate
 // (Gate::g non-null: the forward stored g * O), dout is the gradient of the gated output:
-// r = rowsum(dout * osave) is the row's share of the gate's gradient, dO = g * dout is written for
-// the attention kernels, and D_i = factor * g * r. One gate per row: r is dgate itself;
-// otherwise r goes to r_rows and gate_grad_sum_kernel adds the rows of each gate.
+// r = rowsum(dout * O) is the row's share of the gate's gradient, D_i = factor * r, and the
+// row's L' = L - log2(g) goes to Lg for the kernels (see the file comment). One gate per row: r
+// is dgate itself; otherwise r goes to r_rows and gate_grad_sum_kernel adds the rows of each
+// gate.
 template <class T>
 struct Gate {
   const T* g = nullptr;        // [rows / per, H]
   int64_t per = 1;             // rows per gate
   T* dg = nullptr;             // [rows / per, H]
   float* r_rows = nullptr;     // [rows, H] when per > 1
-  T* dout_scaled = nullptr;    // [rows, C]
+  const float* L = nullptr;    // [B*H*T] the forward's L
+  float* Lg = nullptr;         // [B*H*T] L - log2(g)
+  bool out_gated = false;      // osave is the gated output g * O (AttentionSpec::kept_out)
   __device__ float gate(int64_t n, int h, int H) const {
     return cuda::to_f32(g[n / per * H + h]);
+  }
+  // r from s = rowsum(dout * osave).
+  __device__ float r_of(float s, float gv) const {
+    return out_gated ? (gv > 0.f ? s / gv : 0.f) : s;
   }
   __device__ void put(int64_t n, int h, int H, float r) const {
     if (per == 1)
@@ -81,14 +95,17 @@ __global__ void gate_grad_sum_kernel(T* __restrict__ dg, const float* __restrict
 }
 
 template <class T>
-Gate<T> gate_args(const Tensor* gate, const AttentionSpec& spec, Tensor& dos, Tensor& r_rows) {
+Gate<T> gate_args(const Tensor* gate, const AttentionSpec& spec, Tensor& r_rows, const float* L,
+                  Tensor& Lg, bool out_gated) {
   Gate<T> gt;
   if (gate) {
     gt.g = static_cast<const T*>(gate->raw());
     gt.per = spec.gate_rows;
     gt.dg = static_cast<T*>(spec.dgate->raw());
     gt.r_rows = r_rows.defined() ? static_cast<float*>(r_rows.raw()) : nullptr;
-    gt.dout_scaled = static_cast<T*>(dos.raw());
+    gt.L = L;
+    gt.Lg = static_cast<float*>(Lg.raw());
+    gt.out_gated = out_gated;
   }
   return gt;
 }
@@ -105,18 +122,19 @@ __global__ void row_term_kernel(const T* __restrict__ dout, const T* __restrict_
     const int64_t n = w / H;  // token row b*T + t
     const int h = int(w % H);
     const int64_t off = n * int64_t(H) * D + int64_t(h) * D;
-    const float g = gate.g ? gate.gate(n, h, H) : 1.f;
     float s = 0.f;
-    for (int d = lane; d < D; d += 32) {
-      const float dv = cuda::to_f32(dout[off + d]);
-      s += dv * cuda::to_f32(osave[off + d]);
-      if (gate.g) gate.dout_scaled[off + d] = cuda::from_f32<T>(g * dv);
-    }
+    for (int d = lane; d < D; d += 32)
+      s += cuda::to_f32(dout[off + d]) * cuda::to_f32(osave[off + d]);
     s = cuda::attn::warp_sum(s);
     if (lane == 0) {
-      const int64_t b = n / T_, t = n % T_;
-      Dv[(b * H + h) * T_ + t] = factor * g * s;
-      if (gate.g) gate.put(n, h, H, s);
+      const int64_t b = n / T_, t = n % T_, i = (b * H + h) * T_ + t;
+      if (gate.g) {
+        const float g = gate.gate(n, h, H);
+        s = gate.r_of(s, g);
+        gate.Lg[i] = gate.L[i] - log2f(g);
+        gate.put(n, h, H, s);
+      }
+      Dv[i] = factor * s;
     }
   }
 }
@@ -137,19 +155,13 @@ __global__ void row_term_zero_kernel(const __nv_bfloat16* __restrict__ dout,
        base += stride) {
     const int64_t idx = base + lane;
     const bool ok = idx < total;
-    float s = 0.f, g = 1.f;
+    float s = 0.f;
     if (ok) {
       float a[8], o[8];
       cuda::load_pack<__nv_bfloat16, 8>(dout + idx * 8, a);
       cuda::load_pack<__nv_bfloat16, 8>(osave + idx * 8, o);
 #pragma unroll
       for (int j = 0; j < 8; ++j) s += a[j] * o[j];
-      if (gate.g) {
-        g = gate.gate(idx / C8, int(idx % C8) / group, H);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) a[j] *= g;
-        cuda::store_pack<__nv_bfloat16, 8>(gate.dout_scaled + idx * 8, a);
-      }
       const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
       reinterpret_cast<float4*>(acc + idx * 8)[0] = z;
       reinterpret_cast<float4*>(acc + idx * 8)[1] = z;
@@ -158,9 +170,14 @@ __global__ void row_term_zero_kernel(const __nv_bfloat16* __restrict__ dout,
     if (ok && (idx % group) == 0) {
       const int64_t n = idx / C8;
       const int h = int(idx % C8) / group;
-      const int64_t b = n / T_, t = n % T_;
-      Dv[(b * H + h) * T_ + t] = factor * g * s;
-      if (gate.g) gate.put(n, h, H, s);
+      const int64_t b = n / T_, t = n % T_, i = (b * H + h) * T_ + t;
+      if (gate.g) {
+        const float g = gate.gate(n, h, H);
+        s = gate.r_of(s, g);
+        gate.Lg[i] = gate.L[i] - log2f(g);
+        gate.put(n, h, H, s);
+      }
+      Dv[i] = factor * s;
     }
   }
 }
@@ -223,14 +240,15 @@ int grid_for(int64_t work, int per_block) {
   return int(std::max<int64_t>(1, std::min(want, cap)));
 }
 
-// Words of f32 in `saved`: L (padded to 16 bytes), then O in the activation dtype.
+// Words of f32 in `saved`: L (padded to 16 bytes), then O in the activation dtype unless the
+// caller keeps `out` (AttentionSpec::kept_out).
 struct SavedLayout {
   int64_t l_words, o_words;
   int64_t total() const { return l_words + o_words; }
 };
-SavedLayout saved_layout(int64_t B, int64_t T, int64_t H, int64_t C, DType dt) {
+SavedLayout saved_layout(int64_t B, int64_t T, int64_t H, int64_t C, DType dt, bool kept) {
   const int64_t l = (B * H * T + 3) / 4 * 4;
-  const int64_t o_bytes = B * T * C * int64_t(dtype_size(dt));
+  const int64_t o_bytes = kept ? 0 : B * T * C * int64_t(dtype_size(dt));
   return {l, (o_bytes + 15) / 16 * 4};
 }
 
@@ -371,16 +389,21 @@ void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
     return;
   }
 
-  const SavedLayout sl = saved_layout(B, T, g.H, g.C, qkv.dtype());
+  // Clipped softmax saves O2, which `out` cannot stand in for.
+  const bool kept = spec.kept_out != nullptr && spec.prob != ProbFn::Clipped;
+  if (spec.kept_out)
+    OFT_CHECK(spec.kept_out->raw() == out.raw(), op,
+              ": AttentionSpec::kept_out must be the forward's own `out`");
+  const SavedLayout sl = saved_layout(B, T, g.H, g.C, qkv.dtype(), kept);
   if (!saved.defined() || saved.device() != Device::CUDA || saved.dtype() != DType::F32 ||
       saved.shape() != Shape{sl.total()})
     saved = Tensor::empty({sl.total()}, DType::F32, Device::CUDA);
   float* sbase = static_cast<float*>(saved.raw());
   a.L = sbase;
-  a.osave = sbase + sl.l_words;
+  a.osave = kept ? nullptr : sbase + sl.l_words;
 
   if (qkv.dtype() == DType::BF16 && cuda::attn::mma_supported(a.D) && aligned16(qkv.raw()) &&
-      aligned16(out.raw()) && aligned16(a.osave))
+      aligned16(out.raw()) && (kept || aligned16(a.osave)))
     cuda::attn::launch_fwd_mma(a);
   else
     cuda::attn::launch_fwd_generic(a, qkv.dtype());
@@ -393,11 +416,19 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   const Geometry g = check_common(op, qkv, key_mask, B, T, spec);
   expect_like(dqkv, qkv, {B * T, 3 * g.C}, "attention_bwd dqkv");
   expect_like(dout, qkv, {B * T, g.C}, "attention_bwd dout");
-  const SavedLayout sl = saved_layout(B, T, g.H, g.C, qkv.dtype());
+  const SavedLayout sl = saved_layout(B, T, g.H, g.C, qkv.dtype(), false);
+  const SavedLayout sl_kept = saved_layout(B, T, g.H, g.C, qkv.dtype(), true);
   cuda::expect_dtype(saved, DType::F32, "attention_bwd saved");
-  OFT_CHECK(saved.shape() == Shape{sl.total()}, op,
+  const bool kept = saved.shape() == Shape{sl_kept.total()};
+  OFT_CHECK(kept || saved.shape() == Shape{sl.total()}, op,
             ": `saved` does not come from an attention_fwd of this shape and dtype (or that "
             "forward used quantization / range capture)");
+  if (kept) {
+    OFT_CHECK(spec.kept_out != nullptr, op,
+              ": `saved` holds no copy of the output (its forward had AttentionSpec::kept_out): "
+              "pass the forward's output as kept_out again");
+    expect_like(*spec.kept_out, qkv, {B * T, g.C}, "attention_bwd kept_out");
+  }
   OFT_CHECK(!dqkv.same_storage(qkv) && !dqkv.same_storage(dout), op,
             ": dqkv must not alias qkv or dout");
   if (dsum) {
@@ -410,21 +441,23 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   a.dqkv = dqkv.raw();
   float* sbase = static_cast<float*>(saved.raw());
   a.L = sbase;
-  a.osave = sbase + sl.l_words;
+  a.osave = kept ? const_cast<void*>(spec.kept_out->raw()) : sbase + sl.l_words;
   Tensor Dv = Tensor::empty({B * g.H * T}, DType::F32, Device::CUDA);
   a.Dv = static_cast<float*>(Dv.raw());
   const float factor = spec.prob == ProbFn::Clipped ? a.span : 1.f;
   const int64_t rows = B * T;
-  // With the gate, dout is the gated output's gradient: the row-term pass writes dgate and the
-  // gate-scaled dO (dos), which the kernels read instead.
+  // With the gate, dout is the gated output's gradient: the row-term pass writes dgate and
+  // L' = L - log2(g), which the kernels read instead of L.
   const Tensor* gate = checked_gate(op, spec, qkv, rows, T, g.H);
-  Tensor dos, r_rows;
+  Tensor Lg, r_rows;
   if (gate) {
     OFT_CHECK(spec.dgate != nullptr, op, ": a gate needs spec.dgate");
     expect_like(*spec.dgate, qkv, {rows / spec.gate_rows, g.H}, "attention dgate");
-    dos = Tensor::empty({rows, g.C}, qkv.dtype(), Device::CUDA);
+    Lg = Tensor::empty({sl.l_words}, DType::F32, Device::CUDA);
     if (spec.gate_rows > 1) r_rows = Tensor::empty({rows, g.H}, DType::F32, Device::CUDA);
   }
+  const float* L = a.L;
+  if (gate) a.L = static_cast<float*>(Lg.raw());
   // Several rows per gate: their shares of dgate, summed after the row-term pass.
   auto sum_gate_rows = [&] {
     if (!r_rows.defined()) return;
@@ -444,11 +477,10 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
     OFT_DISPATCH_FLOAT(qkv.dtype(), op, {
       row_term_kernel<T><<<grid_for(rows * g.H, 8), 256, 0, cuda::stream()>>>(
           static_cast<const T*>(a.dout), static_cast<const T*>(a.osave), a.Dv, rows, a.T, a.H,
-          a.D, factor, gate_args<T>(gate, spec, dos, r_rows));
+          a.D, factor, gate_args<T>(gate, spec, r_rows, L, Lg, kept));
       OFT_CUDA_LAUNCH_CHECK();
     });
     sum_gate_rows();
-    if (gate) a.dout = dos.raw();
     cuda::attn::launch_bwd_generic(a, qkv.dtype());
     if (dsum) bias_grad(*dsum, dqkv);
     return;
@@ -459,10 +491,9 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   using Bf = __nv_bfloat16;
   row_term_zero_kernel<<<grid_for(rows * g.C / 8, 256), 256, 0, cuda::stream()>>>(
       static_cast<const Bf*>(a.dout), static_cast<const Bf*>(a.osave), a.Dv, a.dq_acc, rows, a.T,
-      a.H, a.D, factor, gate_args<Bf>(gate, spec, dos, r_rows));
+      a.H, a.D, factor, gate_args<Bf>(gate, spec, r_rows, L, Lg, kept));
   OFT_CUDA_LAUNCH_CHECK();
   sum_gate_rows();
-  if (gate) a.dout = dos.raw();
   // dsum: the kernels and the dQ store write partial column sums per 64 token rows (dqkv is not
   // read back), one reduction adds them.
   Tensor part;

@@ -18,6 +18,10 @@
 //      clipped softmax O2 = sum_j p_j [0 <= (zeta-gamma) p_j + gamma <= clip_hi] v_j, so that the
 //      backward's row term D_i = sum_j p_j dp_j is factor * rowsum(dO * O) for every ProbFn
 //      (factor = zeta - gamma for clipped, 1 otherwise) without another pass over the keys.
+//      For softmax / softmax1 with AttentionSpec::kept_out (the caller keeps `out` unchanged
+//      until the backward) there is no copy: `saved` holds L only, the forward's kernels get
+//      osave = null and skip the store, and the backward reads `out` itself (dividing the gate
+//      out of a gated output).
 //
 // Clipped softmax pass-through test (forward O2 and backward dp must agree on it key by key,
 // or dS = p (dp - D_i) keeps a term of D_i that dp lacks): raw = (zeta-gamma) p + gamma passes
@@ -60,7 +64,7 @@ struct Args {
   void* dqkv = nullptr;        // [B*T, 3C] act dtype (backward)
   const int32_t* mask = nullptr;  // [B*T] or null; 0 = padding key
   float* L = nullptr;          // [B*H*T] log2-domain LSE
-  void* osave = nullptr;       // [B*T, C] act dtype (O or O2)
+  void* osave = nullptr;       // [B*T, C] act dtype (O or O2); forward: null = no copy
   float* Dv = nullptr;         // [B*H*T] backward row term D_i
   float* dq_acc = nullptr;     // [B*T, C] f32 dQ accumulator (tensor-core backward)
   // [gates, H] act dtype or null: the forward stores out = gate[n, h] * O for token t of sequence

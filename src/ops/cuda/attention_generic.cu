@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(kThreads) fwd_generic_kernel(const Args a) {
     const int d = lane + 32 * c;
     if (d < D) {
       gO[base + d] = from_f32<T>(o[c] * fg);
-      gS[base + d] = from_f32<T>(PROB == kClipped ? o2[c] : o[c] * f);
+      if (PROB == kClipped || gS != nullptr)  // no copy when the caller keeps `out`
+        gS[base + d] = from_f32<T>(PROB == kClipped ? o2[c] : o[c] * f);
     }
   }
   if (lane == 0) a.L[int64_t(bh) * T_ + i] = lse;

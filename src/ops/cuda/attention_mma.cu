@@ -307,7 +307,7 @@ __global__ void __launch_bounds__(kThreads, MINB) fwd_mma_kernel(const Args a) {
             a.gate ? pack(o[r][i][2 * j] * fg, o[r][i][2 * j + 1] * fg) : ov;
         if constexpr (PROB == kClipped)
           *reinterpret_cast<uint32_t*>(gS + base + i * 8) = pack(o2[r][i][2 * j], o2[r][i][2 * j + 1]);
-        else
+        else if (gS != nullptr)  // no copy when the caller keeps `out`
           *reinterpret_cast<uint32_t*>(gS + base + i * 8) = ov;
       }
       if (t4 == 0) a.L[int64_t(bh) * T + row[r][j]] = lse[r][j];

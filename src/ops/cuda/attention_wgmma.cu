@@ -63,8 +63,9 @@ __device__ __forceinline__ void store_row(const Args& a, int b, int h, int row, 
     const uint32_t ov = pack(o[4 * i + 2 * j] * f, o[4 * i + 2 * j + 1] * f);
     *reinterpret_cast<uint32_t*>(gO + off + i * 8) =
         a.gate ? pack(o[4 * i + 2 * j] * fg, o[4 * i + 2 * j + 1] * fg) : ov;
-    *reinterpret_cast<uint32_t*>(gS + off + i * 8) =
-        kO2 ? pack(os[4 * i + 2 * j], os[4 * i + 2 * j + 1]) : ov;
+    if (kO2 || gS != nullptr)  // no copy when the caller keeps `out` (Args::osave null)
+      *reinterpret_cast<uint32_t*>(gS + off + i * 8) =
+          kO2 ? pack(os[4 * i + 2 * j], os[4 * i + 2 * j + 1]) : ov;
   }
   if (t4 == 0) a.L[(int64_t(b) * a.H + h) * a.T + row] = lse;
 }
