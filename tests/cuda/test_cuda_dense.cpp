@@ -571,6 +571,67 @@ TEST(CudaDense, AdamWSeveralStepsMatchCpu) {
     }
 }
 
+// The multi-tensor step as training runs it: several tensors in one launch, with bf16 and f32
+// compute copies, sizes around the 4-element groups and the 8192-element chunks, and misaligned
+// views (the 16-byte path then falls back per segment); and the gradient norm over the same
+// tensors (f32 and bf16).
+TEST(CudaDense, AdamWMultiAndNormMatchCpu) {
+  OFT_REQUIRE_CUDA();
+  const int64_t sizes[] = {1, 7, 4096, 4099, 8195, 70001};
+  std::vector<Tensor> p, g, m, v, c, gp, gg, gm, gv, gc;
+  for (size_t i = 0; i < std::size(sizes); ++i) {
+    const int64_t n = sizes[i];
+    const bool mis = i % 3 == 2;
+    const DType cd = i % 2 ? DType::F32 : DType::BF16;
+    p.push_back(randn({n}));
+    g.push_back(randn({n}));
+    m.push_back(randn({n}, 0.1));
+    std::vector<double> vv = randn({n}, 0.1).to_vector();
+    for (double& x : vv) x = x * x;
+    v.push_back(Tensor::from_vector({n}, vv));
+    c.push_back(Tensor::zeros({n}, cd));
+    gp.push_back(gpu_copy(p[i], DType::F32, mis));
+    gg.push_back(gpu_copy(g[i], DType::F32, mis));
+    gm.push_back(gpu_copy(m[i], DType::F32, mis));
+    gv.push_back(gpu_copy(v[i], DType::F32, false));
+    gc.push_back(gpu_copy(c[i], cd, mis));
+  }
+  std::vector<ops::AdamWTensors> cpu_items, gpu_items;
+  for (size_t i = 0; i < p.size(); ++i) {
+    cpu_items.push_back({&p[i], &g[i], &m[i], &v[i], &c[i], i % 2 ? 0.1 : 0.0});
+    gpu_items.push_back({&gp[i], &gg[i], &gm[i], &gv[i], &gc[i], i % 2 ? 0.1 : 0.0});
+  }
+  for (int64_t step = 1; step <= 3; ++step) {
+    ops::AdamWStep h;
+    h.lr = 1e-3 * double(step);
+    h.beta2 = 0.95;
+    h.step = step;
+    h.grad_scale = 0.75;
+    cpu().adamw_multi(cpu_items, h);
+    gpu().adamw_multi(gpu_items, h);
+  }
+  for (size_t i = 0; i < p.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "tensor " << i << " n=" << sizes[i]);
+    EXPECT_GPU_CLOSE(gp[i], p[i], 1e-6);
+    EXPECT_GPU_CLOSE(gm[i], m[i], 1e-6);
+    EXPECT_GPU_CLOSE(gv[i], v[i], 1e-6);
+    EXPECT_GPU_CLOSE(gc[i], c[i], c[i].dtype() == DType::BF16 ? 4e-3 : 1e-6) << "compute copy";
+  }
+  // The norm of the gradients (f32) and of the compute copies (bf16 / f32).
+  for (bool copies : {false, true}) {
+    std::vector<const Tensor*> xs, cxs;
+    double want = 0;
+    for (size_t i = 0; i < p.size(); ++i) {
+      const Tensor& x = copies ? c[i] : g[i];
+      for (double e : x.to_vector()) want += e * e;
+      xs.push_back(copies ? &gc[i] : &gg[i]);
+    }
+    Tensor acc = Tensor::zeros({1}, DType::F64, Device::CUDA);
+    gpu().sum_squares_multi(acc, xs);
+    EXPECT_NEAR(acc.to(Device::CPU).to_vector()[0], want, 1e-5 * want) << (copies ? "copies" : "grads");
+  }
+}
+
 // ---------------------------------------------------------------- timing (prints only)
 
 // Milliseconds per call of f over `iters` calls after warm-up, by CUDA events on the stream.
@@ -586,7 +647,8 @@ TEST(CudaDenseBench, Timing) {
   };
   Tensor x = gpu_random(N, C, bf, 1.0), h = gpu_random(N, F, bf, 1.0);
   Tensor wqkv = gpu_random(3 * C, C, bf, 0.02), wfc = gpu_random(F, C, bf, 0.02),
-         wproj = gpu_random(C, F, bf, 0.02), wte = gpu_random(V, C, bf, 0.02);
+         wproj = gpu_random(C, F, bf, 0.02), wte = gpu_random(V, C, bf, 0.02),
+         wte_t = gpu_random(C, V, bf, 0.02);  // the output layer transposed: K-major for dx
   Tensor qkv = Tensor::empty({N, 3 * C}, bf, Device::CUDA),
          fc = Tensor::empty({N, F}, bf, Device::CUDA),
          proj = Tensor::empty({N, C}, bf, Device::CUDA),
@@ -604,6 +666,7 @@ TEST(CudaDenseBench, Timing) {
       {"head    [N,768]x[50304,768]^T", &logits, &x, &wte, false, true, 0.0},
       {"dx fc   [N,3072]x[3072,768]", &dx, &h, &wfc, false, false, 0.0},
       {"dhead   [N,50304]x[50304,768]", &dx, &logits, &wte, false, false, 0.0},
+      {"dhead   [N,50304]x[768,50304]^T (w^T)", &dx, &logits, &wte_t, false, true, 0.0},
       {"dW qkv  f32 += [N,2304]^T[N,768]", &dwqkv, &qkv, &x, true, false, 1.0},
       {"dW fc   f32 += [N,3072]^T[N,768]", &dwfc, &fc, &x, true, false, 1.0},
       {"dW proj f32 += [N,768]^T[N,3072]", &dwproj, &proj, &h, true, false, 1.0},
@@ -620,6 +683,7 @@ TEST(CudaDenseBench, Timing) {
   // Free the head tensors before the cross-entropy buffers.
   logits = Tensor();
   dwte = Tensor();
+  wte_t = Tensor();
   const int64_t Vce = 50257;
   Tensor ce_logits = gpu_random(N, Vce, bf, 3.0);
   const Tensor targets = randint({N}, 0, int(Vce)).to(Device::CUDA);
@@ -661,6 +725,40 @@ TEST(CudaDenseBench, Timing) {
   const double t_ab = time_ms([&] { gpu().add_bias(fc, bias); });
   std::printf("[ timing ] bias_grad [%lld,%d] bf16: %.3f ms; add_bias: %.3f ms\n",
               static_cast<long long>(N), int(F), t_bg, t_ab);
+  // The optimizer step and the gradient norm over 124M parameters in 12 x 4 + 2 tensors of
+  // GPT-2 124M's matrix sizes (bf16 compute copies): 30 bytes per parameter for AdamW.
+  padded = Tensor();
+  {
+    std::vector<Tensor> ps, gs, ms, vs, cs;
+    std::vector<int64_t> sizes;
+    for (int l = 0; l < 12; ++l)
+      for (int64_t n : {3 * C * C, C * C, F * C, F * C}) sizes.push_back(n);
+    sizes.push_back(V * C);
+    sizes.push_back(1024 * C);
+    int64_t total = 0;
+    for (int64_t n : sizes) {
+      ps.push_back(Tensor::zeros({n}, DType::F32, Device::CUDA));
+      gs.push_back(Tensor::zeros({n}, DType::F32, Device::CUDA));
+      ms.push_back(Tensor::zeros({n}, DType::F32, Device::CUDA));
+      vs.push_back(Tensor::zeros({n}, DType::F32, Device::CUDA));
+      cs.push_back(Tensor::zeros({n}, bf, Device::CUDA));
+      total += n;
+    }
+    std::vector<ops::AdamWTensors> items;
+    std::vector<const Tensor*> grads;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      items.push_back({&ps[i], &gs[i], &ms[i], &vs[i], &cs[i], 0.1});
+      grads.push_back(&gs[i]);
+    }
+    ops::AdamWStep h;
+    const double t_adam = time_ms([&] { gpu().adamw_multi(items, h); });
+    Tensor acc = Tensor::zeros({1}, DType::F64, Device::CUDA);
+    const double t_norm = time_ms([&] { gpu().sum_squares_multi(acc, grads); });
+    std::printf("[ timing ] adamw_multi %.1fM params: %.3f ms (%.0f GB/s); gradient norm %.3f ms "
+                "(%.0f GB/s)\n",
+                double(total) / 1e6, t_adam, 30.0 * double(total) / 1e9 / (t_adam * 1e-3), t_norm,
+                4.0 * double(total) / 1e9 / (t_norm * 1e-3));
+  }
   SUCCEED();
 }
 

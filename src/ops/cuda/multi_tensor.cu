@@ -14,8 +14,10 @@
 // The tensors of one launch are described in a kernel parameter (up to kMaxSegs segments; more
 // are split over several launches). Each segment is cut into chunks of kChunk elements; block b
 // finds its segment by binary search over the chunk prefix sums and walks its chunk with
-// coalesced per-thread strides. The norm is
-// deterministic: per-block partials summed in a fixed order.
+// coalesced per-thread strides; AdamW moves four elements per access (16-byte loads and
+// stores) where every array of the segment is so aligned, which the parameter arena gives
+// (H100, gpt2_124m's 124M parameters: see docs/performance.md). The norm is deterministic:
+// per-block partials summed in a fixed order.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -42,7 +44,8 @@ struct Seg {
   void* copy;
   int64_t n;
   float decay;
-  int copy_kind;
+  int16_t copy_kind;
+  int16_t vec4;  // AdamW: p, g, m, v (and the copy) aligned for 4-element accesses
 };
 
 struct Segs {
@@ -64,26 +67,64 @@ __device__ __forceinline__ int find_seg(const Segs& s, int64_t chunk) {
   return lo;
 }
 
+// One element's update: m and v in place, returns the new parameter.
+__device__ __forceinline__ float adamw_elem(float p, float g, float& m, float& v, float decay,
+                                            const AdamWConsts& k) {
+  const float gi = __fmul_rn(g, k.grad_scale);
+  m = __fadd_rn(__fmul_rn(k.b1, m), __fmul_rn(k.one_minus_b1, gi));
+  v = __fadd_rn(__fmul_rn(k.b2, v), __fmul_rn(__fmul_rn(k.one_minus_b2, gi), gi));
+  const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), k.inv_sqrt_bc2), k.eps);
+  return __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(k.step_size, m), denom));
+}
+
+__device__ __forceinline__ void adamw_scalar(const Seg& sg, int64_t i, const AdamWConsts& k) {
+  float m = sg.m[i], v = sg.v[i];
+  const float p = adamw_elem(sg.p[i], sg.g[i], m, v, sg.decay, k);
+  sg.m[i] = m;
+  sg.v[i] = v;
+  sg.p[i] = p;
+  if (sg.copy_kind == kCopyBF16)
+    static_cast<__nv_bfloat16*>(sg.copy)[i] = __float2bfloat16_rn(p);
+  else if (sg.copy_kind == kCopyF32)
+    static_cast<float*>(sg.copy)[i] = p;
+}
+
 __global__ void __launch_bounds__(kThreads)
     adamw_multi_kernel(const __grid_constant__ Segs s, AdamWConsts k) {
   const int64_t chunk = blockIdx.x;
   const Seg& sg = s.seg[find_seg(s, chunk)];
   const int64_t begin = (chunk - s.chunk_begin[&sg - s.seg]) * kChunk;
   const int64_t end = min(sg.n, begin + kChunk);
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const float gi = __fmul_rn(sg.g[i], k.grad_scale);
-    const float m = __fadd_rn(__fmul_rn(k.b1, sg.m[i]), __fmul_rn(k.one_minus_b1, gi));
-    const float v = __fadd_rn(__fmul_rn(k.b2, sg.v[i]), __fmul_rn(__fmul_rn(k.one_minus_b2, gi), gi));
-    const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), k.inv_sqrt_bc2), k.eps);
-    const float p = __fsub_rn(__fmul_rn(sg.p[i], sg.decay), __fdiv_rn(__fmul_rn(k.step_size, m), denom));
-    sg.m[i] = m;
-    sg.v[i] = v;
-    sg.p[i] = p;
-    if (sg.copy_kind == kCopyBF16)
-      static_cast<__nv_bfloat16*>(sg.copy)[i] = __float2bfloat16_rn(p);
-    else if (sg.copy_kind == kCopyF32)
-      static_cast<float*>(sg.copy)[i] = p;
+  int64_t tail = begin;  // where the scalar loop starts
+  if (sg.vec4) {
+    // Whole groups of four from `begin` (a multiple of kChunk, so of 4): 16-byte accesses.
+    const int64_t end4 = begin + ((end - begin) & ~int64_t(3));
+    for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < end4; i += 4 * kThreads) {
+      const float4 p4 = *reinterpret_cast<const float4*>(sg.p + i);
+      const float4 g4 = *reinterpret_cast<const float4*>(sg.g + i);
+      float4 m4 = *reinterpret_cast<const float4*>(sg.m + i);
+      float4 v4 = *reinterpret_cast<const float4*>(sg.v + i);
+      float4 q;
+      q.x = adamw_elem(p4.x, g4.x, m4.x, v4.x, sg.decay, k);
+      q.y = adamw_elem(p4.y, g4.y, m4.y, v4.y, sg.decay, k);
+      q.z = adamw_elem(p4.z, g4.z, m4.z, v4.z, sg.decay, k);
+      q.w = adamw_elem(p4.w, g4.w, m4.w, v4.w, sg.decay, k);
+      *reinterpret_cast<float4*>(sg.m + i) = m4;
+      *reinterpret_cast<float4*>(sg.v + i) = v4;
+      *reinterpret_cast<float4*>(sg.p + i) = q;
+      if (sg.copy_kind == kCopyBF16) {
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(q.x, q.y), hi = __floats2bfloat162_rn(q.z, q.w);
+        uint2 w;
+        w.x = *reinterpret_cast<const uint32_t*>(&lo);
+        w.y = *reinterpret_cast<const uint32_t*>(&hi);
+        *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(sg.copy) + i) = w;
+      } else if (sg.copy_kind == kCopyF32) {
+        *reinterpret_cast<float4*>(static_cast<float*>(sg.copy) + i) = q;
+      }
+    }
+    tail = end4;
   }
+  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) adamw_scalar(sg, i, k);
 }
 
 // partials[chunk] = sum of x^2 over the chunk (f32 per thread, f64 across the block).
@@ -102,7 +143,19 @@ __global__ void __launch_bounds__(kThreads)
     }
   } else {
     const float* x = static_cast<const float*>(sg.copy);
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) acc = fmaf(x[i], x[i], acc);
+    int64_t tail = begin;
+    if (sg.vec4) {  // 16-byte loads over whole groups of four
+      const int64_t end4 = begin + ((end - begin) & ~int64_t(3));
+      for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < end4; i += 4 * kThreads) {
+        const float4 q = *reinterpret_cast<const float4*>(x + i);
+        acc = fmaf(q.x, q.x, acc);
+        acc = fmaf(q.y, q.y, acc);
+        acc = fmaf(q.z, q.z, acc);
+        acc = fmaf(q.w, q.w, acc);
+      }
+      tail = end4;
+    }
+    for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) acc = fmaf(x[i], x[i], acc);
   }
   double d = acc;
   for (int o = 16; o > 0; o >>= 1) d += __shfl_down_sync(0xffffffffu, d, o);
@@ -151,6 +204,7 @@ Seg tensor_seg(const Tensor& x) {
   sg.copy = x.raw();
   sg.copy_kind = x.dtype() == DType::BF16 ? kCopyBF16 : kCopyF32;
   sg.n = x.numel();
+  sg.vec4 = reinterpret_cast<uintptr_t>(sg.copy) % 16 == 0;
   return sg;
 }
 
@@ -208,6 +262,12 @@ void CudaBackend::adamw_multi(const std::vector<AdamWTensors>& items, const Adam
           sg.copy = t.compute->raw();
           sg.copy_kind = t.compute->dtype() == DType::BF16 ? kCopyBF16 : kCopyF32;
         }
+        auto aligned = [](const void* q, uintptr_t a) {
+          return reinterpret_cast<uintptr_t>(q) % a == 0;
+        };
+        sg.vec4 = aligned(sg.p, 16) && aligned(sg.g, 16) && aligned(sg.m, 16) &&
+                  aligned(sg.v, 16) &&
+                  (sg.copy_kind == kNoCopy || aligned(sg.copy, sg.copy_kind == kCopyBF16 ? 8 : 16));
       },
       [&](const Segs& s, int64_t chunks) {
         adamw_multi_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, cuda::stream()>>>(s, k);
