@@ -51,6 +51,8 @@ struct AttentionSpec {
   // output and also writes dgate[r, h] (overwritten) = the sum over the gate's rows n and d of
   // dout * ungated attention. Both [B*T / gate_rows, H], the activations' dtype; gate_rows = 1
   // (per token), T (per sequence) or B*T (one gate per head); dgate is used by the backward only.
+  // Gates must be >= 0 (the models' gates are sigmoid outputs): the CUDA backward folds
+  // log2(gate) into its row statistics, so a negative gate makes its rows' gradients NaN.
   const Tensor* gate = nullptr;
   Tensor* dgate = nullptr;
   int64_t gate_rows = 1;

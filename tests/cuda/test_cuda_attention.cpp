@@ -258,8 +258,10 @@ TEST(CudaAttention, ClippedGradientAtProbabilityOne) {
 // dgate, for a gate per token, per sequence and per head (one for all rows). Tensor-core widths
 // (64: the Hopper kernels under OFT_ATTN_WGMMA=all; 32) and CUDA-core ones (24), f32 and bf16,
 // softmax and softmax1, causal and masked, with the ungated copy in `saved` and with kept_out
-// (the backward divides the gate out of the gated output; a few gates are 0 there: their rows
-// get dgate = 0, and the CPU oracle sees the same zero gates).
+// (the backward divides the gate out of the gated output). Gates are sigmoid outputs, in
+// (0, 1), as in the models, and with one gate per row every seventh is 0: a closed gate's rows
+// get no gradient into qkv, and with kept_out dgate = 0 there (the CPU oracle's dgate is set to 0
+// on those rows). Negative gates are outside the op's contract (ops.h) and give NaN gradients.
 TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
   OFT_REQUIRE_CUDA();
   auto& cpu = ops::cpu_backend();
@@ -278,15 +280,13 @@ TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
               ASSERT_TRUE(gpu.gate_in_epilogue(spec, dt));
               const Tensor qkv = rounded(randn({N, 3 * C}, 1.5), dt);
               const Tensor dout = rounded(randn({N, C}), dt);
-              Tensor half = Tensor::empty({R, d.H}, DType::F32), gate = randn({R, d.H}, 0.3);
-              ops::fill(half, 0.5);
-              ops::axpy(gate, half, 1.0);  // gates around 0.5
-              if (kept && per == 1) {
-                std::vector<double> gv = gate.to_vector();
-                for (size_t i = 0; i < gv.size(); i += 7) gv[i] = 0.0;  // closed gates
-                gate = Tensor::from_vector({R, d.H}, gv, DType::F32);
+              Tensor gate;
+              {
+                std::vector<double> gv = randn({R, d.H}).to_vector();
+                for (size_t i = 0; i < gv.size(); ++i)  // sigmoid gates, some closed
+                  gv[i] = (per == 1 && i % 7 == 0) ? 0.0 : 1.0 / (1.0 + std::exp(-gv[i]));
+                gate = rounded(Tensor::from_vector({R, d.H}, gv, DType::F32), dt);
               }
-              gate = rounded(gate, dt);
               const Tensor mask = m == Mode::Causal ? Tensor() : make_mask(d.B, d.T);
               // CPU: the separate gate.
               Tensor ctx = Tensor::empty({N, C}, DType::F32), saved, out = ctx.clone();
@@ -298,7 +298,7 @@ TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
               // many rows it is a sum of N * D products of random sign, whose cancellation would
               // magnify the rounding of O well past tol_for(dt).
               cpu.head_gate_bwd(dctx, dgate, dout, rounded(ctx, dt), gate, per);
-              if (kept && per == 1) {
+              if (kept) {
                 // A closed gate's gradient is taken as 0 with kept_out (sigmoid' = 0 there).
                 std::vector<double> gv = gate.to_vector(), dg = dgate.to_vector();
                 for (size_t i = 0; i < gv.size(); ++i)
@@ -331,6 +331,24 @@ TEST(CudaAttention, GateInEpilogueMatchesSeparateGate) {
   EXPECT_THROW(gpu.attention_fwd(gout, gsaved, to_gpu(randn({8, 96}), DType::BF16), Tensor(), 1,
                                  8, clipped),
                Error);
+  // A negative gate (outside the contract: gates are sigmoid outputs) poisons its rows'
+  // gradients with NaN instead of giving wrong finite values.
+  {
+    const Dims d{1, 16, 1, 32};
+    AttentionSpec neg = make_spec(d, kProbs[0], Mode::Causal);
+    std::vector<double> gv(16, 0.5);
+    gv[5] = -0.5;
+    const Tensor gneg = to_gpu(Tensor::from_vector({16, 1}, gv, DType::F32), DType::F32);
+    Tensor gdg = poisoned({16, 1}, DType::F32), nout = poisoned({16, 32}, DType::F32), nsaved;
+    neg.gate = &gneg;
+    neg.dgate = &gdg;
+    const Tensor nqkv = to_gpu(randn({16, 96}), DType::F32);
+    gpu.attention_fwd(nout, nsaved, nqkv, Tensor(), 1, 16, neg);
+    Tensor ndqkv = poisoned({16, 96}, DType::F32);
+    gpu.attention_bwd(ndqkv, to_gpu(randn({16, 32}), DType::F32), nqkv, nsaved, Tensor(), 1, 16,
+                      neg);
+    EXPECT_FALSE(std::isfinite(rel_err(ndqkv, Tensor::zeros({16, 96}, DType::F32))));
+  }
   // Rows per gate other than 1 (per token), T (per sequence) or B*T (one per head).
   AttentionSpec odd = make_spec({1, 8, 1, 32}, kProbs[0], Mode::Causal);
   odd.gate = &ggate;

@@ -647,8 +647,7 @@ TEST(CudaDenseBench, Timing) {
   };
   Tensor x = gpu_random(N, C, bf, 1.0), h = gpu_random(N, F, bf, 1.0);
   Tensor wqkv = gpu_random(3 * C, C, bf, 0.02), wfc = gpu_random(F, C, bf, 0.02),
-         wproj = gpu_random(C, F, bf, 0.02), wte = gpu_random(V, C, bf, 0.02),
-         wte_t = gpu_random(C, V, bf, 0.02);  // the output layer transposed: K-major for dx
+         wproj = gpu_random(C, F, bf, 0.02), wte = gpu_random(V, C, bf, 0.02);
   Tensor qkv = Tensor::empty({N, 3 * C}, bf, Device::CUDA),
          fc = Tensor::empty({N, F}, bf, Device::CUDA),
          proj = Tensor::empty({N, C}, bf, Device::CUDA),
@@ -666,7 +665,6 @@ TEST(CudaDenseBench, Timing) {
       {"head    [N,768]x[50304,768]^T", &logits, &x, &wte, false, true, 0.0},
       {"dx fc   [N,3072]x[3072,768]", &dx, &h, &wfc, false, false, 0.0},
       {"dhead   [N,50304]x[50304,768]", &dx, &logits, &wte, false, false, 0.0},
-      {"dhead   [N,50304]x[768,50304]^T (w^T)", &dx, &logits, &wte_t, false, true, 0.0},
       {"dW qkv  f32 += [N,2304]^T[N,768]", &dwqkv, &qkv, &x, true, false, 1.0},
       {"dW fc   f32 += [N,3072]^T[N,768]", &dwfc, &fc, &x, true, false, 1.0},
       {"dW proj f32 += [N,768]^T[N,3072]", &dwproj, &proj, &h, true, false, 1.0},
@@ -683,7 +681,6 @@ TEST(CudaDenseBench, Timing) {
   // Free the head tensors before the cross-entropy buffers.
   logits = Tensor();
   dwte = Tensor();
-  wte_t = Tensor();
   const int64_t Vce = 50257;
   Tensor ce_logits = gpu_random(N, Vce, bf, 3.0);
   const Tensor targets = randint({N}, 0, int(Vce)).to(Device::CUDA);
