@@ -175,12 +175,13 @@ __device__ __forceinline__ void norm_bwd_tiles_body(const TileArgs& a, unsigned 
   }
 #pragma unroll
   for (int e = 0; e < 8; ++e) aw[e] = ab[e] = as[e] = 0.f;
-  // GATE: this chunk's group and gw, and its sums of dl * xhat (agx) and dl (agl): the gate
-  // weight's gradient sum dl * y is w * agx + b * agl (y = xhat w + b).
+  // GATE: this chunk's group, and its sums of dl * xhat (agx) and dl (agl): the gate weight's
+  // gradient sum dl * y is w * agx + b * agl (y = xhat w + b). The chunk's gw is read from
+  // shared memory per row (held in registers across the phases it made ptxas spill at the
+  // kernel's 80-register bound).
   const int hq = GATE ? u / a.PD : 0;
-  float gwr[8], agx[8], agl = 0.f;
+  float agx[8], agl = 0.f;
   if constexpr (GATE) {
-    unpack8(*reinterpret_cast<const uint4*>(a.gw + 8 * u), gwr);
 #pragma unroll
     for (int e = 0; e < 8; ++e) agx[e] = 0.f;
   }
@@ -268,6 +269,13 @@ __device__ __forceinline__ void norm_bwd_tiles_body(const TileArgs& a, unsigned 
                                       : make_uint4(0, 0, 0, 0);
         const uint32_t xw[4] = {xp.x, xp.y, xp.z, xp.w}, gw[4] = {gp.x, gp.y, gp.z, gp.w},
                        ow[4] = {op.x, op.y, op.z, op.w};
+        float gwr[8];  // GATE: the chunk's gate weights
+        if constexpr (GATE) {
+          const float4* g4 = reinterpret_cast<const float4*>(gws) + 2 * u;
+          const float4 ga = g4[0], gb = g4[1];
+          gwr[0] = ga.x, gwr[1] = ga.y, gwr[2] = ga.z, gwr[3] = ga.w;
+          gwr[4] = gb.x, gwr[5] = gb.y, gwr[6] = gb.z, gwr[7] = gb.w;
+        }
         uint32_t packed[4];
 #pragma unroll
         for (int e = 0; e < 8; e += 2) {
