@@ -110,6 +110,21 @@ Gate<T> gate_args(const Tensor* gate, const AttentionSpec& spec, Tensor& r_rows,
   return gt;
 }
 
+// Row n's term for head h from s = rowsum(dout * osave): D_i, and with a gate dgate's share and
+// L' (see Gate).
+template <class T>
+__device__ __forceinline__ void store_row_term(float* Dv, const Gate<T>& gate, int64_t n, int h,
+                                               int H, int T_, float factor, float s) {
+  const int64_t b = n / T_, t = n % T_, i = (b * H + h) * T_ + t;
+  if (gate.g) {
+    const float g = gate.gate(n, h, H);
+    s = gate.r_of(s, g);
+    gate.Lg[i] = gate.L[i] - log2f(g);
+    gate.put(n, h, H, s);
+  }
+  Dv[i] = factor * s;
+}
+
 // One warp per (token row, head): grid-stride over B*T*H warps.
 template <class T>
 __global__ void row_term_kernel(const T* __restrict__ dout, const T* __restrict__ osave,
@@ -126,16 +141,7 @@ __global__ void row_term_kernel(const T* __restrict__ dout, const T* __restrict_
     for (int d = lane; d < D; d += 32)
       s += cuda::to_f32(dout[off + d]) * cuda::to_f32(osave[off + d]);
     s = cuda::attn::warp_sum(s);
-    if (lane == 0) {
-      const int64_t b = n / T_, t = n % T_, i = (b * H + h) * T_ + t;
-      if (gate.g) {
-        const float g = gate.gate(n, h, H);
-        s = gate.r_of(s, g);
-        gate.Lg[i] = gate.L[i] - log2f(g);
-        gate.put(n, h, H, s);
-      }
-      Dv[i] = factor * s;
-    }
+    if (lane == 0) store_row_term(Dv, gate, n, h, H, T_, factor, s);
   }
 }
 
@@ -169,15 +175,7 @@ __global__ void row_term_zero_kernel(const __nv_bfloat16* __restrict__ dout,
     for (int o = 1; o < group; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (ok && (idx % group) == 0) {
       const int64_t n = idx / C8;
-      const int h = int(idx % C8) / group;
-      const int64_t b = n / T_, t = n % T_, i = (b * H + h) * T_ + t;
-      if (gate.g) {
-        const float g = gate.gate(n, h, H);
-        s = gate.r_of(s, g);
-        gate.Lg[i] = gate.L[i] - log2f(g);
-        gate.put(n, h, H, s);
-      }
-      Dv[i] = factor * s;
+      store_row_term(Dv, gate, n, int(idx % C8) / group, H, T_, factor, s);
     }
   }
 }
