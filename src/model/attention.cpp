@@ -137,9 +137,7 @@ void Attention::run_attention(AttentionActs& a, const Tensor& key_mask, int64_t 
   AttentionQuantRequest* q = hook_ ? hook_->attention_quant(layer_) : nullptr;
   a.out_kept = hook_ == nullptr;  // a hook may rewrite the context after the op
   if (!q) {
-    ops::AttentionSpec spec = spec_;
-    if (a.out_kept) spec.kept_out = &a.ctx;
-    ops::on(a.qkv).attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec);
+    ops::on(a.qkv).attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, ctx_spec(a));
     return;
   }
   ops::AttentionSpec spec = spec_;
@@ -214,9 +212,7 @@ void Attention::shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout
   be.causal_mean_bwd(dtmp_, dcv_, T);
   ops::axpy(dv_, dtmp_, -1.0);
   ensure(dqkv_, {N, 3 * C_}, dt, dev);
-  ops::AttentionSpec spec = spec_;
-  if (a.out_kept) spec.kept_out = &a.ctx;
-  be.attention_bwd(dqkv_, dpv_, a.qkv, a.att_saved, key_mask, B, T, spec);
+  be.attention_bwd(dqkv_, dpv_, a.qkv, a.att_saved, key_mask, B, T, ctx_spec(a));
   Tensor* dqkv = &dqkv_;
   if (qk_norm_) {
     ensure(dqkv_raw_, {N, 3 * C_}, dt, dev);
@@ -242,6 +238,12 @@ void Attention::shaped_backward(AttentionActs& a, Tensor& dx, const Tensor& dout
 }
 
 // spec_ with a.gate in the op's epilogue (and dgate_ for its gradient).
+ops::AttentionSpec Attention::ctx_spec(AttentionActs& a) const {
+  ops::AttentionSpec spec = spec_;
+  if (a.out_kept) spec.kept_out = &a.ctx;
+  return spec;
+}
+
 ops::AttentionSpec Attention::gated_spec(AttentionActs& a, int64_t B, int64_t T) {
   ops::AttentionSpec spec = spec_;
   spec.gate = &a.gate;
@@ -437,9 +439,7 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
       be.head_gate_bwd(dctx_, dgate_, dctx_, a.ctx, a.gate, rows_per_gate(B, T));
       if (!a.gate_from_norm) gate_input_grad = gate_backward(a, dx, x, B, T, accumulate_dx);
     }
-    ops::AttentionSpec spec = spec_;
-    if (a.out_kept) spec.kept_out = &a.ctx;
-    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, spec, dqkv_bias);
+    be.attention_bwd(dqkv_, dctx_, a.qkv, a.att_saved, key_mask, B, T, ctx_spec(a), dqkv_bias);
   }
   Tensor* dproj_in = &dqkv_;
   if (qk_norm_) {

@@ -78,6 +78,8 @@ class Attention {
  private:
   int64_t rows_per_gate(int64_t B, int64_t T) const;
   ops::AttentionSpec gated_spec(AttentionActs& a, int64_t B, int64_t T);
+  // spec_ for the op writing / reading a.ctx, with kept_out where the forward kept it.
+  ops::AttentionSpec ctx_spec(AttentionActs& a) const;
   void gate_forward(AttentionActs& a, const Tensor& x, int64_t B, int64_t T);
   bool gate_backward(AttentionActs& a, Tensor& dx, const Tensor& x, int64_t B, int64_t T,
                      bool accumulate_dx);

@@ -100,27 +100,20 @@ __global__ void __launch_bounds__(kThreads)
     // Whole groups of four from `begin` (a multiple of kChunk, so of 4): 16-byte accesses.
     const int64_t end4 = begin + ((end - begin) & ~int64_t(3));
     for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < end4; i += 4 * kThreads) {
-      const float4 p4 = *reinterpret_cast<const float4*>(sg.p + i);
-      const float4 g4 = *reinterpret_cast<const float4*>(sg.g + i);
-      float4 m4 = *reinterpret_cast<const float4*>(sg.m + i);
-      float4 v4 = *reinterpret_cast<const float4*>(sg.v + i);
-      float4 q;
-      q.x = adamw_elem(p4.x, g4.x, m4.x, v4.x, sg.decay, k);
-      q.y = adamw_elem(p4.y, g4.y, m4.y, v4.y, sg.decay, k);
-      q.z = adamw_elem(p4.z, g4.z, m4.z, v4.z, sg.decay, k);
-      q.w = adamw_elem(p4.w, g4.w, m4.w, v4.w, sg.decay, k);
-      *reinterpret_cast<float4*>(sg.m + i) = m4;
-      *reinterpret_cast<float4*>(sg.v + i) = v4;
-      *reinterpret_cast<float4*>(sg.p + i) = q;
-      if (sg.copy_kind == kCopyBF16) {
-        const __nv_bfloat162 lo = __floats2bfloat162_rn(q.x, q.y), hi = __floats2bfloat162_rn(q.z, q.w);
-        uint2 w;
-        w.x = *reinterpret_cast<const uint32_t*>(&lo);
-        w.y = *reinterpret_cast<const uint32_t*>(&hi);
-        *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(sg.copy) + i) = w;
-      } else if (sg.copy_kind == kCopyF32) {
-        *reinterpret_cast<float4*>(static_cast<float*>(sg.copy) + i) = q;
-      }
+      float p[4], g[4], m[4], v[4];
+      cuda::load_pack<float, 4>(sg.p + i, p);
+      cuda::load_pack<float, 4>(sg.g + i, g);
+      cuda::load_pack<float, 4>(sg.m + i, m);
+      cuda::load_pack<float, 4>(sg.v + i, v);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) p[e] = adamw_elem(p[e], g[e], m[e], v[e], sg.decay, k);
+      cuda::store_pack<float, 4>(sg.m + i, m);
+      cuda::store_pack<float, 4>(sg.v + i, v);
+      cuda::store_pack<float, 4>(sg.p + i, p);
+      if (sg.copy_kind == kCopyBF16)
+        cuda::store_pack<__nv_bfloat16, 4>(static_cast<__nv_bfloat16*>(sg.copy) + i, p);
+      else if (sg.copy_kind == kCopyF32)
+        cuda::store_pack<float, 4>(static_cast<float*>(sg.copy) + i, p);
     }
     tail = end4;
   }
@@ -147,11 +140,10 @@ __global__ void __launch_bounds__(kThreads)
     if (sg.vec4) {  // 16-byte loads over whole groups of four
       const int64_t end4 = begin + ((end - begin) & ~int64_t(3));
       for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < end4; i += 4 * kThreads) {
-        const float4 q = *reinterpret_cast<const float4*>(x + i);
-        acc = fmaf(q.x, q.x, acc);
-        acc = fmaf(q.y, q.y, acc);
-        acc = fmaf(q.z, q.z, acc);
-        acc = fmaf(q.w, q.w, acc);
+        float q[4];
+        cuda::load_pack<float, 4>(x + i, q);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc = fmaf(q[e], q[e], acc);
       }
       tail = end4;
     }
