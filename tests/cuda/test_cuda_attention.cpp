@@ -4,7 +4,8 @@
 // widths on the tensor-core path (16, 32, 64, 128) and off it (8, 24, 256), sequence lengths that
 // are not multiples of the 64-row tiles; the evaluation path with fake quantization and range
 // capture; the backward's column sums of dqkv (dsum); the backward reading the caller's output
-// instead of a saved copy (AttentionSpec::kept_out); `saved` reuse across shapes; hand-built
+// instead of a saved copy (AttentionSpec::kept_out); `saved` reuse across shapes; the Hopper
+// backward's zeroed workspace across shapes and CUDA graphs; hand-built
 // inputs that put clipped-softmax
 // probabilities exactly on the clamp bound (p = 1, zeta = 1); and a timing report at the GPT-2
 // shape.
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "ops/device_graph.h"
 
 namespace oft::testing {
 namespace {
@@ -413,6 +415,64 @@ TEST(CudaAttention, SavedIsReusedAcrossShapes) {
     EXPECT_EQ(saved.numel(), first);
     check_fwd_bwd(dt, {2, 64, 2, 32}, kProbs[3], Mode::Causal, saved);  // same shape: reused
   }
+}
+
+// The Hopper backward's fused dQ store keeps its accumulator and tile counters in a workspace
+// that every call must leave at zero: backwards of shapes that grow and shrink the workspace, in
+// every mask mode, must each match the CPU; so must a backward recorded into a CUDA graph while
+// the workspace would have to grow (it takes the two-pass path then), one recorded when it fits
+// (replayed several times: each replay starts from the zeros the last one left), and a replay
+// of that graph after an eager call grew the workspace again (the recorded buffer is kept).
+// (Shapes with D = 64 and T >= 256 run the Hopper backward on sm_90; elsewhere this checks the
+// same sequence on the other kernels.)
+TEST(CudaAttention, BackwardWorkspaceAcrossCallsAndGraphs) {
+  OFT_REQUIRE_CUDA();
+  const Dims small{2, 260, 2, 64}, large{2, 512, 3, 64};
+  for (const Dims& d : {small, large, small})
+    for (Mode m : {Mode::Causal, Mode::BidirMasked, Mode::CausalMasked}) {
+      Tensor saved;
+      check_fwd_bwd(DType::BF16, d, kProbs[0], m, saved);
+    }
+  auto& cpu = ops::cpu_backend();
+  auto& gpu = ops::backend(Device::CUDA);
+  // One recorded backward at shape d, replayed `replays` times, each compared with the CPU.
+  struct Recorded {
+    ops::DeviceGraph graph;
+    Tensor gqkv, gdout, gsaved, gdqkv, ref;
+  };
+  auto record = [&](const Dims& d, Recorded& r) {
+    const int64_t C = d.H * d.D, N = d.B * d.T;
+    const AttentionSpec spec = make_spec(d, kProbs[0], Mode::Causal);
+    const Tensor qkv = rounded(randn({N, 3 * C}, 1.5), DType::BF16);
+    const Tensor dout = rounded(randn({N, C}), DType::BF16);
+    Tensor out_ref = Tensor::empty({N, C}, DType::F32), saved_ref;
+    cpu.attention_fwd(out_ref, saved_ref, qkv, Tensor(), d.B, d.T, spec);
+    r.ref = Tensor::empty({N, 3 * C}, DType::F32);
+    cpu.attention_bwd(r.ref, dout, qkv, saved_ref, Tensor(), d.B, d.T, spec);
+    r.gqkv = to_gpu(qkv, DType::BF16);
+    r.gdout = to_gpu(dout, DType::BF16);
+    Tensor gout = poisoned({N, C}, DType::BF16);
+    gpu.attention_fwd(gout, r.gsaved, r.gqkv, Tensor(), d.B, d.T, spec);
+    r.gdqkv = poisoned({N, 3 * C}, DType::BF16);
+    r.graph.begin_capture();
+    gpu.attention_bwd(r.gdqkv, r.gdout, r.gqkv, r.gsaved, Tensor(), d.B, d.T, spec);
+    r.graph.end_capture();
+  };
+  auto replay = [&](Recorded& r, int times, const char* what) {
+    for (int i = 0; i < times; ++i) {
+      gpu.fill(r.gdqkv, std::nan(""));
+      r.graph.launch();
+      EXPECT_GPU_CLOSE(r.gdqkv, r.ref, tol_for(DType::BF16)) << what << ", replay " << i;
+    }
+  };
+  Recorded grown, fits;
+  record({2, 1024, 4, 64}, grown);  // past every earlier shape: no workspace inside the recording
+  replay(grown, 2, "recorded where the workspace would have had to grow");
+  record(small, fits);
+  replay(fits, 3, "recorded with the workspace");
+  Tensor saved;
+  check_fwd_bwd(DType::BF16, {3, 1024, 4, 64}, kProbs[0], Mode::Causal, saved);  // grows it
+  replay(fits, 2, "replayed after the workspace grew");
 }
 
 // Evaluation path: fake quantization of scores / probabilities and range capture.

@@ -33,8 +33,12 @@
 //   dq_store_vec_kernel   dqkv[:, q columns] = dq_acc / sqrt(D) in bf16 (tensor-core path)
 //   dq_store_sum_kernel   the same, also the q columns' partial sums for dsum (the qkv bias
 //                         gradient; the kernels write the k / v columns' in their epilogues)
+// The Hopper backward (attention_wgmma_bwd.cu) needs neither the zeroing nor the dQ store: its
+// accumulator lives in a workspace kept at zero (cuda::zeroed_workspace) and the last CTA to add
+// into a query tile stores it (OFT_ATTN_DQ_STORE=pass restores the two passes).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "ops/cuda/attention_common.cuh"
@@ -146,8 +150,9 @@ __global__ void row_term_kernel(const T* __restrict__ dout, const T* __restrict_
 }
 
 // Tensor-core path versions of the two helpers: 16-byte accesses, one thread per 8 columns.
-// row_term_zero_kernel also zeroes the f32 dQ accumulator (instead of a separate memset): the
-// D / 8 threads of a (row, head) are consecutive lanes of one warp and reduce with shuffles.
+// row_term_zero_kernel also zeroes the f32 dQ accumulator unless acc is null (instead of a
+// separate memset): the D / 8 threads of a (row, head) are consecutive lanes of one warp and
+// reduce with shuffles.
 // Needs D in {16, 32, 64, 128} and 16-byte aligned dout / osave / acc.
 __global__ void row_term_zero_kernel(const __nv_bfloat16* __restrict__ dout,
                                      const __nv_bfloat16* __restrict__ osave,
@@ -168,9 +173,11 @@ __global__ void row_term_zero_kernel(const __nv_bfloat16* __restrict__ dout,
       cuda::load_pack<__nv_bfloat16, 8>(osave + idx * 8, o);
 #pragma unroll
       for (int j = 0; j < 8; ++j) s += a[j] * o[j];
-      const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
-      reinterpret_cast<float4*>(acc + idx * 8)[0] = z;
-      reinterpret_cast<float4*>(acc + idx * 8)[1] = z;
+      if (acc != nullptr) {
+        const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+        reinterpret_cast<float4*>(acc + idx * 8)[0] = z;
+        reinterpret_cast<float4*>(acc + idx * 8)[1] = z;
+      }
     }
     for (int o = 1; o < group; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (ok && (idx % group) == 0) {
@@ -230,6 +237,20 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
   for (int y = 0; y < 8; ++y) v += red[y][j];
   part[int64_t(p) * 3 * C + c0 + j] = v;
+}
+
+// OFT_ATTN_DQ_STORE: `fused` (the default: the Hopper backward stores dQ from its last CTA per
+// query tile) or `pass` (a zeroed accumulator and a separate dQ store pass, as every other
+// backward kernel does), for comparisons.
+bool fused_dq_store() {
+  static const bool fused = [] {
+    const char* e = std::getenv("OFT_ATTN_DQ_STORE");
+    if (e == nullptr || std::strcmp(e, "fused") == 0) return true;
+    if (std::strcmp(e, "pass") == 0) return false;
+    fail("OFT_ATTN_DQ_STORE='", e, "': expected fused (the Hopper attention backward stores dQ "
+         "itself, the default) or pass (a separate dQ store pass)");
+  }();
+  return fused;
 }
 
 int grid_for(int64_t work, int per_block) {
@@ -483,13 +504,28 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
     if (dsum) bias_grad(*dsum, dqkv);
     return;
   }
-  // D_i and the zeroed dQ accumulator in one pass, the kernel, then dQ into dqkv.
-  Tensor acc = Tensor::empty({rows, g.C}, DType::F32, Device::CUDA);
-  a.dq_acc = static_cast<float*>(acc.raw());
+  // The Hopper kernel with the fused dQ store: the accumulator and tile counters come from the
+  // zeroed workspace, which the kernel leaves zero, and the kernel stores dQ itself. Otherwise
+  // D_i and a zeroed dQ accumulator in one pass, the kernel, then dQ into dqkv.
+  Tensor acc;
+  int* dq_count = nullptr;
+  if (fused_dq_store()) {
+    const size_t acc_bytes = static_cast<size_t>(rows * g.C) * sizeof(float);
+    if (void* ws = cuda::zeroed_workspace(acc_bytes + cuda::attn::dq_counters(a) * sizeof(int))) {
+      a.dq_acc = static_cast<float*>(ws);
+      if (cuda::attn::wgmma_bwd_enabled(a))
+        dq_count = reinterpret_cast<int*>(static_cast<unsigned char*>(ws) + acc_bytes);
+    }
+  }
+  if (dq_count == nullptr) {
+    acc = Tensor::empty({rows, g.C}, DType::F32, Device::CUDA);
+    a.dq_acc = static_cast<float*>(acc.raw());
+  }
   using Bf = __nv_bfloat16;
   row_term_zero_kernel<<<grid_for(rows * g.C / 8, 256), 256, 0, cuda::stream()>>>(
-      static_cast<const Bf*>(a.dout), static_cast<const Bf*>(a.osave), a.Dv, a.dq_acc, rows, a.T,
-      a.H, a.D, factor, gate_args<Bf>(gate, spec, r_rows, L, Lg, kept));
+      static_cast<const Bf*>(a.dout), static_cast<const Bf*>(a.osave), a.Dv,
+      dq_count ? nullptr : a.dq_acc, rows, a.T, a.H, a.D, factor,
+      gate_args<Bf>(gate, spec, r_rows, L, Lg, kept));
   OFT_CUDA_LAUNCH_CHECK();
   sum_gate_rows();
   // dsum: the kernels and the dQ store write partial column sums per 64 token rows (dqkv is not
@@ -499,6 +535,13 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   if (dsum) {
     part = Tensor::empty({int64_t(partial_floats(P, int(3 * g.C)))}, DType::F32, Device::CUDA);
     a.bias_part = static_cast<float*>(part.raw());
+  }
+  if (dq_count != nullptr) {
+    cuda::attn::launch_bwd_wgmma(a, dq_count);
+    if (dsum)
+      reduce_partials(static_cast<float*>(dsum->raw()), nullptr, int(3 * g.C), a.bias_part,
+                      int(P), int(3 * g.C));
+    return;
   }
   cuda::attn::launch_bwd_mma(a);
   if (dsum) {

@@ -104,7 +104,11 @@ void launch_bwd_mma(const Args& a);
 bool wgmma_fwd_enabled(const Args& a);
 void launch_fwd_wgmma(const Args& a);
 bool wgmma_bwd_enabled(const Args& a);
-void launch_bwd_wgmma(const Args& a);  // same contract as launch_bwd_mma
+// Same contract as launch_bwd_mma, or with dq_count (the fused dQ store): a.dq_acc and dq_count
+// [dq_counters(a)] all zero on entry, and left so; the kernel also writes dqkv's q columns (and
+// their partial sums), so no dQ store pass follows.
+void launch_bwd_wgmma(const Args& a, int* dq_count = nullptr);
+int64_t dq_counters(const Args& a);
 
 // CUDA-core path (f32 or bf16, any D <= kGenericMaxD).
 constexpr int kGenericMaxD = 256;

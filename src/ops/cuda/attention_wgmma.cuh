@@ -247,6 +247,11 @@ __device__ __forceinline__ void bulk_wait_read() {
 __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
+// After bulk_wait: orders this thread's completed bulk (async-proxy) global writes before its
+// later generic-proxy operations, such as a release that lets another CTA read them.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
 #endif  // OFT_HAVE_WGMMA
 
 // True on an sm_90 GPU running this library's sm_90a build (a plain sm_90 build, or PTX of

@@ -31,6 +31,13 @@ constexpr int kQTileBytes = kBwdQ * kD * 2;  // one [64][64] bf16 tile: 8 KiB
 //   dQ goes to shared memory (f32, 128-byte swizzled [2 halves][64 rows][32]) and each warp adds
 //   its 16 rows into the f32 dQ accumulator with two TMA reduce-adds, which run while the
 //   warpgroup goes on (a warp only waits for its previous reduce to have read its rows).
+// Fused dQ store (TmaMaps::dq_count, the default): the accumulator and a counter per (sequence,
+//   head, query tile) live in a workspace that is all zero between backward calls. One tile
+//   later, when its reduce-adds have completed, the CTA arrives on the tile's counter; the CTA
+//   that arrives last (every contributing key tile's adds have landed) converts the tile:
+//   dqkv's q columns = dQ / sqrt(D) in bf16, the columns' sums into bias_part, and the
+//   accumulator rows and the counter back to zero. This replaces the zeroing of the accumulator
+//   in the row-term pass and the separate dQ store pass (a [B*T, C] f32 read and bf16 write).
 // dK, dV (and S^T, dP^T, dQ while in flight) stay in registers: 166, no spills; three CTAs per
 // SM (shared memory: sK, sV, sdS, sQ [2], sdO [2], sdQ = nine 8 KiB tiles, plus L, D_i, the key
 // flags and 3 mbarriers: 74.3 KiB with alignment slack). The grid is head-major: one head's key
@@ -47,10 +54,11 @@ struct TmaMaps {
   CUtensorMap qkv;   // bf16 [B][T][3C], box [1][64][64]
   CUtensorMap dout;  // bf16 [B][T][C], box [1][64][64]
   CUtensorMap dq;    // f32 [B][T][C], box [1][16][32]
+  int* dq_count;     // [B*H][ceil(T / 64)] arrival counters (fused dQ store), or null
 };
 // sK, sV, sdS, sQ [2], sdO [2], sdQ (two tiles' bytes): nine 8 KiB tiles; then sL, sD, sOk, the
-// mbarriers, and the alignment slack.
-constexpr int kTmaSmemBytes = 9 * kQTileBytes + 2 * 2 * kBwdQ * 4 + 64 * 4 + 3 * 8 + 1024;
+// mbarriers, the last-arrival flag, and the alignment slack.
+constexpr int kTmaSmemBytes = 9 * kQTileBytes + 2 * 2 * kBwdQ * 4 + 64 * 4 + 3 * 8 + 16 + 1024;
 
 template <int PROB>
 __global__ void __launch_bounds__(128, 3)
@@ -68,6 +76,7 @@ __global__ void __launch_bounds__(128, 3)
   float* sD = sL + 2 * kBwdQ;                                    // [2][64]
   int* sOk = reinterpret_cast<int*>(sD + 2 * kBwdQ);             // [64]
   uint64_t* bar = reinterpret_cast<uint64_t*>(sOk + 64);         // full[2], kv
+  int* sLast = reinterpret_cast<int*>(bar + 3);  // fused dQ store: this CTA arrived last
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
@@ -81,6 +90,57 @@ __global__ void __launch_bounds__(128, 3)
   const int32_t* mask = hr.mask;
   const int n_qt = (T + kBwdQ - 1) / kBwdQ;
   const int qt0 = a.causal ? k0 / kBwdQ : 0;  // queries before the first key see none of them
+  const bool fused = maps.dq_count != nullptr;
+  int* const count = fused ? maps.dq_count + int64_t(bh) * n_qt : nullptr;
+
+  // Fused dQ store. arrive (thread 0, once every warp's reduce-adds of query tile qt have
+  // completed and been fenced): true for the last of the tile's key tiles (causal: 0..qt).
+  auto arrive = [&](int qt) {
+    __threadfence();
+    const int need = a.causal ? qt + 1 : n_qt;
+    const bool last = atomicAdd(count + qt, 1) == need - 1;
+    __threadfence();  // the other CTAs' adds are visible to the reads that follow
+    return last ? 1 : 0;
+  };
+  // finish (every thread, on the last arrival): query tile qt's dQ into dqkv (times 1/sqrt(D),
+  // bf16), its column sums into bias_part, its accumulator rows and counter back to zero.
+  // Thread: 4 columns (tid % 16) of rows tid / 16 + 8 i; L2 loads (__ldcg: the rows were
+  // written by other SMs).
+  auto finish = [&](int qt) {
+    const int q0 = qt * kBwdQ, c4 = (tid & 15) * 4, r0 = tid >> 4;
+    float* acc = a.dq_acc + (int64_t(b) * T + q0) * C + h * kD + c4;
+    bf16* dst = static_cast<bf16*>(a.dqkv) + (int64_t(b) * T + q0) * hr.stride + h * kD + c4;
+    float4 v[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      v[i] = q0 + r0 + 8 * i < T ? __ldcg(reinterpret_cast<const float4*>(acc + (r0 + 8 * i) * C))
+                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+    float cs[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int r = r0 + 8 * i;
+      if (q0 + r >= T) continue;
+      __stcg(reinterpret_cast<float4*>(acc + r * C), make_float4(0.f, 0.f, 0.f, 0.f));
+      const float f[4] = {v[i].x * a.scale, v[i].y * a.scale, v[i].z * a.scale, v[i].w * a.scale};
+      *reinterpret_cast<uint2*>(dst + int64_t(r) * hr.stride) =
+          make_uint2(pack(f[0], f[1]), pack(f[2], f[3]));
+#pragma unroll
+      for (int k = 0; k < 4; ++k) cs[k] += f[k];
+    }
+    if (a.bias_part) {  // sums over the warp's two row lanes, then the 4 warps through sdS
+#pragma unroll
+      for (int k = 0; k < 4; ++k) cs[k] += __shfl_xor_sync(0xffffffffu, cs[k], 16);
+      float* red = reinterpret_cast<float*>(sdS);  // [4 warps][64]: sdS is idle between tiles
+      if (lane < 16)
+        *reinterpret_cast<float4*>(red + warp * 64 + c4) = make_float4(cs[0], cs[1], cs[2], cs[3]);
+      warpgroup_sync(0);
+      if (tid < 64)
+        a.bias_part[(int64_t(b) * bias_part_rows_per_seq(T) + qt) * hr.stride + h * kD + tid] =
+            red[tid] + red[64 + tid] + red[128 + tid] + red[192 + tid];
+      warpgroup_sync(0);  // red is read before the next tile's dS goes into sdS
+    }
+    if (tid == 0) count[qt] = 0;
+  };
 
   // Stage `st` takes query tile qt: Q, dO, L, D_i, all on full[st].
   auto issue_tile = [&](int st, int qt) {
@@ -127,6 +187,8 @@ __global__ void __launch_bounds__(128, 3)
     const int st = j & 1, q0 = qt * kBwdQ;
     __syncthreads();  // every warp is done with tile qt - 1, whose stage takes tile qt + 1
     if (tid == 0 && qt + 1 < n_qt) issue_tile(st ^ 1, qt + 1);
+    // The arrival on tile qt - 2 (made at the end of the last iteration) was the last one.
+    if (fused && j >= 2 && *sLast) finish(qt - 2);
     mbar_wait(&bar[st], (j >> 1) & 1);
     const bf16* cQ = sQ + st * kBwdQ * kD;
     const bf16* cdO = sdO + st * kBwdQ * kD;
@@ -230,7 +292,17 @@ __global__ void __launch_bounds__(128, 3)
     // This warp's rows of dQ into sdQ once its previous reduce has read them. dq[4 nb + e]:
     // row 16 warp + g + 8 (e >> 1), column 8 nb + 2 t4 + (e & 1): half nb / 4, 16-byte chunk
     // 2 (nb % 4) + t4 / 2 of the 128-byte row, swizzled with the row mod 8.
-    if (lane == 0) bulk_wait_read();
+    // Fused store: the previous reduce-adds complete (one tile ago: done or nearly), so that
+    // the CTA can arrive on their tile below.
+    if (lane == 0) {
+      if (fused) {
+        bulk_wait();
+        fence_proxy_async_global();
+        __threadfence();
+      } else {
+        bulk_wait_read();
+      }
+    }
     __syncwarp();
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -251,8 +323,23 @@ __global__ void __launch_bounds__(128, 3)
       bulk_commit();
     }
     warpgroup_sync(0);  // every warp is done reading sdS (the next tile rewrites it)
+    if (fused && tid == 0 && j >= 1) *sLast = arrive(qt - 1);
   }
-  if (lane == 0) bulk_wait();  // the reduces have read sdQ (and landed) before the CTA ends
+  if (lane == 0) {  // the reduces have read sdQ (and landed) before the CTA ends
+    bulk_wait();
+    if (fused) {
+      fence_proxy_async_global();
+      __threadfence();
+    }
+  }
+  if (fused) {  // the arrival on the last tile but one (made in the loop), then on the last
+    __syncthreads();
+    if (n_qt - qt0 >= 2 && *sLast) finish(n_qt - 2);
+    __syncthreads();
+    if (tid == 0) *sLast = arrive(n_qt - 1);
+    __syncthreads();
+    if (*sLast) finish(n_qt - 1);
+  }
 
   // dK (scaled by 1/sqrt(D)) and dV into dqkv's k and v columns.
   bf16* gdqkv = static_cast<bf16*>(a.dqkv);
@@ -288,7 +375,7 @@ __global__ void __launch_bounds__(128, 3)
 
 // ---- host side ----
 template <int PROB>
-void launch_bwd_tma(const Args& a) {
+void launch_bwd_tma(const Args& a, int* dq_count) {
   static bool configured = false;
   if (!configured) {
     OFT_CUDA_CHECK(cudaFuncSetAttribute(bwd_tma_kernel<PROB>,
@@ -302,6 +389,7 @@ void launch_bwd_tma(const Args& a) {
   maps.dout = tensor_map(a.dout, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.C, a.C, a.T, a.B, kD,
                          kBwdQ);
   maps.dq = tensor_map(a.dq_acc, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, a.C, a.C, a.T, a.B, 32, 16);
+  maps.dq_count = dq_count;
   bwd_tma_kernel<PROB><<<head_major_grid(a, 64), 128, kTmaSmemBytes, stream()>>>(a, maps);
   OFT_CUDA_LAUNCH_CHECK();
 }
@@ -350,10 +438,12 @@ CUtensorMap hopper::tensor_map(const void* base, CUtensorMapDataType dt, int ele
   return m;
 }
 
-void launch_bwd_wgmma(const Args& a) {
-  if (a.prob == kClipped) return launch_bwd_tma<kClipped>(a);
-  if (a.prob == kSoftmax) return launch_bwd_tma<kSoftmax>(a);
-  launch_bwd_tma<kSoftmax1>(a);
+void launch_bwd_wgmma(const Args& a, int* dq_count) {
+  if (a.prob == kClipped) return launch_bwd_tma<kClipped>(a, dq_count);
+  if (a.prob == kSoftmax) return launch_bwd_tma<kSoftmax>(a, dq_count);
+  launch_bwd_tma<kSoftmax1>(a, dq_count);
 }
+
+int64_t dq_counters(const Args& a) { return int64_t(a.B) * a.H * ((a.T + kBwdQ - 1) / kBwdQ); }
 
 }  // namespace oft::cuda::attn

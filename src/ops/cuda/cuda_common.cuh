@@ -33,6 +33,11 @@ cudaStream_t stream();
 // Scratch device memory of at least `bytes`, valid until the next call on this thread; ops use
 // it for reductions and library workspaces. Never hold it across ops.
 void* scratch(size_t bytes);
+// A device buffer of at least `bytes` that is all zero whenever no op is running: the op that
+// uses it must leave every byte it touched at zero again (the Hopper attention backward's dQ
+// accumulator and tile counters). Grown, and zero-filled, on demand; returns null where it would
+// have to grow while a CUDA graph records (the caller then takes a path without it).
+void* zeroed_workspace(size_t bytes);
 // Multiprocessor count of the current device.
 int sm_count();
 

@@ -259,9 +259,24 @@ bool register_once() {
   return done;
 }
 
+// A device buffer that grows on demand (scratch, zeroed_workspace). One handed out while a CUDA
+// graph recorded may be used by every replay of that graph, so growing past it retires it
+// (kept, never freed) instead of freeing it.
 struct Scratch {
   void* p = nullptr;
   size_t bytes = 0;
+  bool recorded = false;
+
+  void release_for_growth() {
+    if (!p) return;
+    if (!recorded) {
+      OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+      device_free(p);
+    }
+    p = nullptr;
+    bytes = 0;
+    recorded = false;
+  }
 };
 
 }  // namespace
@@ -294,13 +309,25 @@ cudaStream_t comm_stream() {
 void* scratch(size_t bytes) {
   thread_local Scratch s;
   if (bytes > s.bytes) {
-    if (s.p) {
-      OFT_CUDA_CHECK(cudaStreamSynchronize(stream()));
-      device_free(s.p);
-    }
-    s.bytes = std::max(bytes, s.bytes * 2);
+    const size_t grown = std::max(bytes, s.bytes * 2);
+    s.release_for_growth();
+    s.bytes = grown;
     s.p = device_alloc(s.bytes);
   }
+  s.recorded |= capturing();
+  return s.p;
+}
+
+void* zeroed_workspace(size_t bytes) {
+  thread_local Scratch s;
+  if (bytes > s.bytes) {
+    if (capturing()) return nullptr;  // no allocation and zero fill inside a recording
+    s.release_for_growth();
+    s.bytes = bytes;
+    s.p = device_alloc(s.bytes);
+    OFT_CUDA_CHECK(cudaMemsetAsync(s.p, 0, s.bytes, stream()));
+  }
+  s.recorded |= capturing();
   return s.p;
 }
 
