@@ -247,6 +247,22 @@ __device__ __forceinline__ void bulk_wait_read() {
 __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
+// Waits until every bulk group of this thread but the most recent one is complete.
+__device__ __forceinline__ void bulk_wait_prev() {
+  asm volatile("cp.async.bulk.wait_group 1;\n" ::: "memory");
+}
+// Release / acquire at GPU scope (cross-CTA hand-offs through global counters).
+__device__ __forceinline__ void fence_acq_rel_gpu() {
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+}
+__device__ __forceinline__ int atom_add_release_gpu(int* p, int v) {
+  int old;
+  asm volatile("atom.add.release.gpu.global.s32 %0, [%1], %2;\n"
+               : "=r"(old)
+               : "l"(p), "r"(v)
+               : "memory");
+  return old;
+}
 // After bulk_wait: orders this thread's completed bulk (async-proxy) global writes before its
 // later generic-proxy operations, such as a release that lets another CTA read them.
 __device__ __forceinline__ void fence_proxy_async_global() {
