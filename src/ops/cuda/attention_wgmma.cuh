@@ -247,10 +247,6 @@ __device__ __forceinline__ void bulk_wait_read() {
 __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
-// Waits until every bulk group of this thread but the most recent one is complete.
-__device__ __forceinline__ void bulk_wait_prev() {
-  asm volatile("cp.async.bulk.wait_group 1;\n" ::: "memory");
-}
 // Release / acquire at GPU scope (cross-CTA hand-offs through global counters).
 __device__ __forceinline__ void fence_acq_rel_gpu() {
   asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
