@@ -34,8 +34,8 @@ if [[ " $what " == *" tests "* ]]; then
   grep -E "^\[  FAILED|Failure|error|rel|Expected|Which is|\[model|TFLOP|GB/s| ms" "$OUT/cuda_tests.log" | head -150
   grep -E "^\[  PASSED|tests ran" "$OUT/cuda_tests.log"
   # The small test shapes run the mma.sync attention under the default size rules: the Hopper
-  # kernels on every shape they apply to.
-  OFT_ATTN_WGMMA=all timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*:Presets/CudaModel.*' > "$OUT/cuda_tests_wgmma.log" 2>&1
+  # kernels on every shape they apply to, with the opt-in fused dQ store.
+  OFT_ATTN_DQ_STORE=fused OFT_ATTN_WGMMA=all timeout 300 "$BIN/oft_cuda_tests" --gtest_filter='CudaAttention*:Presets/CudaModel.*' > "$OUT/cuda_tests_wgmma.log" 2>&1
   echo "OFT_ATTN_WGMMA=all attention and model tests exit $?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda_tests_wgmma.log" | tr '\n' ' ')"
   grep -E "^\[  FAILED|Failure" "$OUT/cuda_tests_wgmma.log" | head -20
   # The whole models with the Hopper GELU products (opt-in) in place of cuBLASLt's epilogues.

@@ -423,8 +423,9 @@ TEST(CudaAttention, SavedIsReusedAcrossShapes) {
 // the workspace would have to grow (it takes the two-pass path then), one recorded when it fits
 // (replayed several times: each replay starts from the zeros the last one left), and a replay
 // of that graph after an eager call grew the workspace again (the recorded buffer is kept).
-// (Shapes with D = 64 and T >= 256 run the Hopper backward on sm_90; elsewhere this checks the
-// same sequence on the other kernels.)
+// (Shapes with D = 64 and T >= 256 run the Hopper backward on sm_90, with the workspace under
+// OFT_ATTN_DQ_STORE=fused, as scripts/gpu_check.sh runs it; elsewhere this checks the same
+// sequence on the other paths.)
 TEST(CudaAttention, BackwardWorkspaceAcrossCallsAndGraphs) {
   OFT_REQUIRE_CUDA();
   const Dims small{2, 260, 2, 64}, large{2, 512, 3, 64};

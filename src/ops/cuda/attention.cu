@@ -35,7 +35,7 @@
 //                         gradient; the kernels write the k / v columns' in their epilogues)
 // The Hopper backward (attention_wgmma_bwd.cu) needs neither the zeroing nor the dQ store: its
 // accumulator lives in a workspace kept at zero (cuda::zeroed_workspace) and the last CTA to add
-// into a query tile stores it (OFT_ATTN_DQ_STORE=pass restores the two passes).
+// into a query tile stores it, with OFT_ATTN_DQ_STORE=fused (opt-in).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -239,16 +239,16 @@ __global__ void __launch_bounds__(256)
   part[int64_t(p) * 3 * C + c0 + j] = v;
 }
 
-// OFT_ATTN_DQ_STORE: `fused` (the default: the Hopper backward stores dQ from its last CTA per
-// query tile) or `pass` (a zeroed accumulator and a separate dQ store pass, as every other
-// backward kernel does), for comparisons.
+// OFT_ATTN_DQ_STORE: `pass` (the default: a zeroed accumulator and a separate dQ store pass, as
+// every other backward kernel does) or `fused` (the Hopper backward stores dQ from the last CTA
+// per query tile; opt-in until it has been measured faster, docs/performance.md).
 bool fused_dq_store() {
   static const bool fused = [] {
     const char* e = std::getenv("OFT_ATTN_DQ_STORE");
-    if (e == nullptr || std::strcmp(e, "fused") == 0) return true;
-    if (std::strcmp(e, "pass") == 0) return false;
-    fail("OFT_ATTN_DQ_STORE='", e, "': expected fused (the Hopper attention backward stores dQ "
-         "itself, the default) or pass (a separate dQ store pass)");
+    if (e == nullptr || std::strcmp(e, "pass") == 0) return false;
+    if (std::strcmp(e, "fused") == 0) return true;
+    fail("OFT_ATTN_DQ_STORE='", e, "': expected pass (a separate dQ store pass, the default) or "
+         "fused (the Hopper attention backward stores dQ itself)");
   }();
   return fused;
 }

@@ -31,7 +31,7 @@ constexpr int kQTileBytes = kBwdQ * kD * 2;  // one [64][64] bf16 tile: 8 KiB
 //   dQ goes to shared memory (f32, 128-byte swizzled [2 halves][64 rows][32]) and each warp adds
 //   its 16 rows into the f32 dQ accumulator with two TMA reduce-adds, which run while the
 //   warpgroup goes on (a warp only waits for its previous reduce to have read its rows).
-// Fused dQ store (TmaMaps::dq_count, the default): the accumulator and a counter per (sequence,
+// Fused dQ store (TmaMaps::dq_count, OFT_ATTN_DQ_STORE=fused): the accumulator and a counter per (sequence,
 //   head, query tile) live in a workspace that is all zero between backward calls. When a CTA
 //   is done (all its reduce-adds complete), it arrives on the counter of every query tile it
 //   added into, all at once (one release atomic per thread); for each tile where it arrived
