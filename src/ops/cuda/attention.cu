@@ -509,12 +509,13 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   // D_i and a zeroed dQ accumulator in one pass, the kernel, then dQ into dqkv.
   Tensor acc;
   int* dq_count = nullptr;
-  if (fused_dq_store()) {
+  // (dq_acc is still null here, which passes wgmma_bwd_enabled's alignment test as the
+  // workspace will: the workspace is only sized for calls that use it.)
+  if (fused_dq_store() && cuda::attn::wgmma_bwd_enabled(a)) {
     const size_t acc_bytes = static_cast<size_t>(rows * g.C) * sizeof(float);
     if (void* ws = cuda::zeroed_workspace(acc_bytes + cuda::attn::dq_counters(a) * sizeof(int))) {
       a.dq_acc = static_cast<float*>(ws);
-      if (cuda::attn::wgmma_bwd_enabled(a))
-        dq_count = reinterpret_cast<int*>(static_cast<unsigned char*>(ws) + acc_bytes);
+      dq_count = reinterpret_cast<int*>(static_cast<unsigned char*>(ws) + acc_bytes);
     }
   }
   if (dq_count == nullptr) {
