@@ -124,6 +124,11 @@ class Allocator {
     std::lock_guard<std::mutex> g(mu_);
     recording_ = 0;
   }
+  // True while a DeviceGraph records (a cheap test for every op, unlike cudaStreamIsCapturing).
+  bool recording() {
+    std::lock_guard<std::mutex> g(mu_);
+    return recording_ != 0;
+  }
   // The pool's blocks become ordinary ones: free blocks go to the shared free lists, live ones
   // return there when freed.
   void release_pool(int id) {
@@ -314,7 +319,7 @@ void* scratch(size_t bytes) {
     s.bytes = grown;
     s.p = device_alloc(s.bytes);
   }
-  s.recorded |= capturing();
+  s.recorded |= allocator().recording();
   return s.p;
 }
 
@@ -327,7 +332,7 @@ void* zeroed_workspace(size_t bytes) {
     s.p = device_alloc(s.bytes);
     OFT_CUDA_CHECK(cudaMemsetAsync(s.p, 0, s.bytes, stream()));
   }
-  s.recorded |= capturing();
+  s.recorded |= allocator().recording();
   return s.p;
 }
 
