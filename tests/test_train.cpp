@@ -10,7 +10,9 @@
 #include "core/resources.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "core/rng.h"
 #include "train/checkpoint.h"
+#include "train/optimizer.h"
 #include "train/step_graph.h"
 #include "train/trainer.h"
 #include "test_util.h"
@@ -188,6 +190,63 @@ TEST(StepGraph, OffOnTheCpuAndWhenDisabled) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("train.cuda_graph"), std::string::npos) << e.what();
   }
+}
+
+// train.overlap_update: the forward's stages put every parameter before its first reader, and an
+// update queued in stages changes the parameters and moments exactly as the one-launch update
+// (on the CPU the stages run in order; the GPU's overlap is tested in test_cuda_graph.cpp).
+TEST(OverlapUpdate, StagesCoverEveryParameterAndMatchTheOneLaunchUpdate) {
+  RunConfig cfg;
+  cfg.load("tiny", {"model.n_layer=3", "model.vocab_size=40", "data.seq_len=8"});
+  EXPECT_TRUE(cfg.train.overlap_update);  // on by default where it applies
+  TransformerLM a(cfg.model, DType::F32, Device::CPU, 8), b(cfg.model, DType::F32, Device::CPU, 8);
+  ASSERT_EQ(a.update_stages(), 5);
+  for (const Param& p : a.params().all()) {
+    const int s = a.update_stage(p.name);
+    if (p.name.starts_with("h.")) {
+      EXPECT_EQ(s, std::stoi(p.name.substr(2)) + 1) << p.name;
+    } else if (p.name.starts_with("ln_f.")) {
+      EXPECT_EQ(s, 4) << p.name;
+    } else {
+      EXPECT_EQ(s, 0) << p.name;  // embeddings: before the first block
+    }
+  }
+  a.init_weights(3);
+  b.init_weights(3);
+  cfg.train.lr = 1e-2;
+  cfg.train.weight_decay = 0.1;
+  AdamW oa(a.params(), cfg.train), ob(b.params(), cfg.train);
+  // On the CPU the trainer's switch leaves the one-launch update; the stages are set by hand.
+  EXPECT_FALSE(overlap_update(b, ob, true));
+  std::vector<int> stage_of;
+  for (const Param& p : b.params().all()) stage_of.push_back(b.update_stage(p.name));
+  ob.set_update_stages(stage_of, b.update_stages());
+  EXPECT_TRUE(ob.overlapped());
+  Rng rng(5);
+  for (int step = 0; step < 3; ++step) {
+    std::vector<double> tok(16), tgt(16);
+    for (auto& v : tok) v = double(rng.next_u64() % 40);
+    for (auto& v : tgt) v = double(rng.next_u64() % 40);
+    const Tensor t = Tensor::from_vector({2, 8}, tok, DType::I32);
+    const Tensor g = Tensor::from_vector({2, 8}, tgt, DType::I32);
+    for (auto [m, o] : {std::pair{&a, &oa}, std::pair{&b, &ob}}) {
+      m->params().zero_grad();
+      m->forward(t, g, Tensor(), true);
+      m->backward(1.0);
+      o->step(1e-2, 0.7);
+    }
+  }
+  for (size_t i = 0; i < a.params().all().size(); ++i) {
+    const Param &pa = a.params().all()[i], &pb = b.params().all()[i];
+    EXPECT_EQ(pa.value.to_vector(), pb.value.to_vector()) << pa.name;
+    EXPECT_EQ(oa.m(i).to_vector(), ob.m(i).to_vector()) << pa.name;
+    EXPECT_EQ(oa.v(i).to_vector(), ob.v(i).to_vector()) << pa.name;
+  }
+  std::vector<int> short_list(stage_of.begin(), stage_of.end() - 1);
+  EXPECT_THROW(ob.set_update_stages(short_list, b.update_stages()), Error);
+  RunConfig off;
+  off.load("tiny", {"train.overlap_update=false"});
+  EXPECT_FALSE(off.train.overlap_update);
 }
 
 TEST(NonFiniteGuard, StopsOrSkipsByPolicy) {

@@ -36,7 +36,13 @@ void ParamStore::zero_grad() {
     else
       grads.push_back(&p.grad);
   }
-  if (!grads.empty()) ops::on(*grads.front()).zero_multi(grads);
+  if (grads.empty()) return;
+  // An optimizer step on the update stream (train.overlap_update) may still read them: zero them
+  // after it, on that stream (the forward waits for the whole update before the backward).
+  const bool after_update = ops::update_pending();
+  if (after_update) ops::update_stream_begin();
+  ops::on(*grads.front()).zero_multi(grads);
+  if (after_update) ops::update_stream_end();
 }
 
 std::vector<bool> ParamStore::pending_flags() const {

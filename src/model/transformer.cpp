@@ -484,6 +484,7 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   key_mask_ = key_mask;
   OFT_ASSERT(!key_mask.defined() || key_mask.numel() == B * T, "key mask shape");
   auto& be = ops::on(resid_[0]);
+  if (wait_update_) ops::compute_wait_update_stage(0);
   if (proj_) {
     // x0 = project_in(wte[tok]) + wpe[t]
     be.embedding_fwd(emb_tok_, tokens, wte_, Tensor(), T, 0);
@@ -502,7 +503,11 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   } else {
     resid_[0].copy_from(emb_);
   }
-  for (size_t l = 0; l < blocks_.size(); ++l) block_forward(l);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    if (wait_update_) ops::compute_wait_update_stage(static_cast<int>(l) + 1);
+    block_forward(l);
+  }
+  if (wait_update_) ops::compute_wait_update();  // the head's stage, and all before backward
   ln_f_.forward(lnf_, resid_.back());
   tap_norm(ln_f_, Point::FinalNorm, -1, lnf_);
   if (proj_) project_out_.forward(head_src_, lnf_.out);  // [N, C] -> [N, P]
@@ -598,6 +603,14 @@ bool TransformerLM::grad_final_at_end(const std::string& name) {
 
 bool TransformerLM::in_block(const std::string& name, size_t layer) {
   return name.starts_with("h." + std::to_string(layer) + ".");
+}
+
+int TransformerLM::update_stage(const std::string& name) const {
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    if (in_block(name, l)) return static_cast<int>(l) + 1;
+  for (const char* p : {"ln_f.", "project_out.", "mlm."})
+    if (name.starts_with(p)) return update_stages() - 1;
+  return 0;  // first: never read before its update, whatever reads it
 }
 
 void TransformerLM::backward(double loss_scale, int64_t total_targets) {

@@ -98,6 +98,15 @@ class TransformerLM {
   static bool grad_final_at_end(const std::string& param_name);
   // True when the parameter belongs to block l (its name starts with "h.<l>.").
   static bool in_block(const std::string& param_name, size_t layer);
+  // The optimizer step beside the forward (train.overlap_update): the forward needs parameter
+  // `param_name` from stage update_stage(name) on (0: the embeddings and anything not listed
+  // below, l + 1: block l, update_stages() - 1: the final norm, project_out and the MLM head).
+  // With wait_for_update(true) the forward makes the compute stream wait for each stage's mark
+  // on the update stream (ops::compute_wait_update_stage) before the ops that read it, and for
+  // the whole update before the final norm, so the backward starts after it too.
+  int update_stage(const std::string& param_name) const;
+  int update_stages() const { return static_cast<int>(blocks_.size()) + 2; }
+  void wait_for_update(bool on) { wait_update_ = on; }
   // Logits [B*T, Vp] of the last forward (Vp = V on the CPU; on the GPU columns >= V are the
   // aligned padding of the output layer and hold 0).
   // (A masked LM in training keeps only the masked positions' rows, in position order; after a
@@ -195,6 +204,7 @@ class TransformerLM {
 
   ModelConfig cfg_;
   ActivationHook* hook_ = nullptr;
+  bool wait_update_ = false;  // wait_for_update()
   std::function<void(size_t)> grads_ready_;
   std::function<void()> head_ready_;
   Tensor token_sink_;

@@ -351,7 +351,8 @@ struct DeviceMemory {
 };
 DeviceMemory device_memory();
 void reset_peak_device_memory();
-// Blocks until the GPU has finished all queued work (timing); no-op without CUDA.
+// Blocks until the GPU has finished the work queued on the compute stream (timing); an optimizer
+// step on the update stream (below) may still run. No-op without CUDA.
 void device_synchronize();
 
 // ---- multi-GPU plumbing (data-parallel training, src/dist) ----
@@ -370,6 +371,24 @@ void comm_wait_compute();
 void compute_wait_comm();
 // Blocks until the comm stream is idle.
 void comm_synchronize();
+
+// ---- the optimizer step beside the next forward (train.overlap_update) ----
+// Ops queued between update_stream_begin() and update_stream_end() run on a third stream, the
+// update stream (lowest priority), after everything queued so far on the compute stream; the
+// compute stream's own kernels are scheduled ahead of its blocks. update_stage_done(s) marks the
+// work queued there so far as stage s (the optimizer: the parameters the forward needs from
+// stage s on) and compute_wait_update_stage(s) makes the compute stream wait for stage s's last
+// mark; while a CUDA graph records, the wait is recorded as a node that waits at every replay.
+// update_stream_end() marks everything queued on the update stream; compute_wait_update() waits
+// for that, as does every copy from the GPU to the host first, so the host never reads a model
+// half updated. update_pending() says whether an update may still run that the compute stream
+// has not waited for. Without CUDA the ops run in order and these are no-ops.
+void update_stream_begin();
+void update_stream_end();
+void update_stage_done(int stage);
+void compute_wait_update_stage(int stage);
+void compute_wait_update();
+bool update_pending();
 
 // ---- dispatching free functions (device of the first tensor) ----
 inline Backend& on(const Tensor& t) { return backend(t.device()); }

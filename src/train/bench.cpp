@@ -98,6 +98,7 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     dp->broadcast_parameters();
   }
   AdamW adam = dp ? dp->make_optimizer(tc) : AdamW(model.params(), tc);
+  const bool overlapped = overlap_update(model, adam, tc.overlap_update && !dp);
 
   // Two global batches of W * B rows (the same on every rank); rank r takes rows [r*B, r*B + B).
   Rng rng(static_cast<uint64_t>(tc.seed));
@@ -159,6 +160,7 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   }
   const ops::DeviceMemory mem = ops::device_memory();
 
+  r.overlap_update = overlapped;
   r.cuda_graph = graph.replays() > 0 ? "on"
                  : "off (" + (graph.active() ? "no step was replayed" : graph.why_off()) + ")";
   r.device = device_name(device);
@@ -192,6 +194,7 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   if (opt.profile) {
     const int64_t prof_steps = std::max<int64_t>(3, opt.steps / 4);
     eager = true;
+    overlap_update(model, adam, false);  // every op timed on the compute stream
     ops::Profiler::start();
     for (int64_t i = 0; i < prof_steps; ++i) step();
     auto rows = ops::Profiler::stop();
@@ -228,6 +231,9 @@ std::string bench_report(const std::string& name, const BenchResult& r) {
                   r.peak_mem_gib, r.reserved_gib, r.device_mem_gib);
     s += buf;
     s += "cuda graph: " + r.cuda_graph + "\n";
+    s += std::string("optimizer step: ") +
+         (r.overlap_update ? "beside the next forward (train.overlap_update)"
+                           : "after the backward") + "\n";
   }
   std::snprintf(buf, sizeof buf, "synthetic-data loss %.4f -> %.4f\n", r.loss_first, r.loss_last);
   s += buf;

@@ -32,6 +32,7 @@ struct BenchResult {
   double peak_mem_gib = 0, reserved_gib = 0, device_mem_gib = 0;
   double loss_first = 0, loss_last = 0;  // synthetic-data losses (sanity: finite, falling)
   std::string cuda_graph;  // "on", or "off (why)": whether the timed steps replayed a CUDA graph
+  bool overlap_update = false;  // the timed steps' AdamW ran beside the next forward
   std::vector<std::pair<std::string, double>> op_ms;  // per step, descending
   std::vector<int64_t> op_calls;
 };

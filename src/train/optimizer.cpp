@@ -83,7 +83,32 @@ void AdamW::step(double lr, double grad_scale) {
     items[i] = {&value[i], &grad[i], &m_[i], &v_[i], &compute[i],
                 decays(p) ? cfg_.weight_decay : 0.0};
   }
-  ops::on(value[0]).adamw_multi(items, h);
+  if (stage_of_.empty()) {
+    ops::on(value[0]).adamw_multi(items, h);
+    return;
+  }
+  // Stage by stage on the update stream, each marked for the forward that waits for it.
+  ops::update_stream_begin();
+  std::vector<ops::AdamWTensors> stage_items;
+  for (int s = 0; s < stages_; ++s) {
+    stage_items.clear();
+    for (size_t i = 0; i < ranges_.size(); ++i)
+      if (stage_of_[ranges_[i].param] == s) stage_items.push_back(items[i]);
+    if (!stage_items.empty()) ops::on(value[0]).adamw_multi(stage_items, h);
+    ops::update_stage_done(s);
+  }
+  ops::update_stream_end();
+}
+
+void AdamW::set_update_stages(std::vector<int> stage_of, int stages) {
+  OFT_CHECK(stage_of.empty() || !sharded_,
+            "train.overlap_update: not with a sharded optimizer (train.zero_stage=1)");
+  OFT_ASSERT(stage_of.empty() || stage_of.size() == params_.all().size(),
+             "set_update_stages: ", stage_of.size(), " stages for ", params_.all().size(),
+             " parameters");
+  for (int s : stage_of) OFT_ASSERT(0 <= s && s < stages, "set_update_stages: stage ", s);
+  stage_of_ = std::move(stage_of);
+  stages_ = stages;
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {

@@ -36,6 +36,13 @@ class AdamW {
   double grad_norm() const;
   // One update with learning rate `lr`; gradients are multiplied by grad_scale first.
   void step(double lr, double grad_scale);
+  // The update beside the next forward (train.overlap_update; unsharded): step() then queues
+  // it on the update stream in stages, parameter i (ParamStore order) in stage stage_of[i] of
+  // `stages` (TransformerLM::update_stage), marks every stage (ops::update_stage_done) and
+  // returns; the model's forward waits for each stage before reading it
+  // (TransformerLM::wait_for_update). Empty stage_of: one launch on the compute stream.
+  void set_update_stages(std::vector<int> stage_of, int stages);
+  bool overlapped() const { return !stage_of_.empty(); }
   int64_t steps_taken() const { return t_; }
   void set_steps_taken(int64_t t) { t_ = t; }
   // Moment tensors named "m.<param>" / "v.<param>" for checkpoints (unsharded only: a sharded
@@ -59,6 +66,8 @@ class AdamW {
   std::vector<ParamRange> ranges_;
   std::vector<Tensor> m_, v_;
   int64_t t_ = 0;
+  std::vector<int> stage_of_;  // set_update_stages
+  int stages_ = 0;
 };
 
 // Elements [r.begin, r.end) of `t` as a 1-D view.

@@ -132,6 +132,9 @@ RunConfig::RunConfig() {
   r.add("train.cuda_graph", &t.cuda_graph,
         "GPU, causal LM, one process: record each micro-step's forward and backward into a CUDA "
         "graph and replay it with one launch (same results; false = launch every kernel)");
+  r.add("train.overlap_update", &t.overlap_update,
+        "GPU, one process: run each AdamW step on a second stream beside the next step's forward, "
+        "layer by layer (same results; false = after the backward on the compute stream)");
   r.add("train.device", &t.device, "compute device (auto = the GPU when one is usable)",
         {"auto", "cpu", "cuda"});
   r.add("train.precision", &t.precision,

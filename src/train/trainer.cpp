@@ -158,6 +158,17 @@ std::unique_ptr<TransformerLM> load_model_from_checkpoint(
   return model;
 }
 
+bool overlap_update(TransformerLM& model, AdamW& opt, bool on) {
+  on = on && model.device() == Device::CUDA && !opt.sharded();
+  ops::compute_wait_update();  // whatever runs next is ordered after an update in flight
+  std::vector<int> stage_of;
+  if (on)
+    for (const Param& p : model.params().all()) stage_of.push_back(model.update_stage(p.name));
+  opt.set_update_stages(std::move(stage_of), model.update_stages());
+  model.wait_for_update(on);
+  return on;
+}
+
 TrainResult train(RunConfig& cfg, bool quiet) {
   set_cpu_threads(cfg.train.threads);
   const TrainConfig& tc = cfg.train;
@@ -207,6 +218,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
         model, *comm, tc.zero_stage == 1, tc.grad_reduce_dtype == "bf16");
   }
   AdamW opt = dp ? dp->make_optimizer(tc) : AdamW(model.params(), tc);
+  overlap_update(model, opt, tc.overlap_update && !dp);
 
   const LoaderOptions lo = loader_options(cfg, cfg.data.train);
   const LoaderOptions val_lo = loader_options(cfg, cfg.data.val);

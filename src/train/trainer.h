@@ -51,6 +51,12 @@ LoaderOptions loader_options(const RunConfig& cfg, const std::string& shard_path
 EvalResult evaluate(TransformerLM& model, std::shared_ptr<const Shard> val, LoaderOptions base,
                     int64_t max_batches);
 
+class AdamW;
+// train.overlap_update: opt's steps run on the update stream beside the model's next forward,
+// layer by layer (TransformerLM::update_stage), with the same results. Only on the GPU, for one
+// process (`on` is ignored otherwise); returns whether it is now on.
+bool overlap_update(TransformerLM& model, AdamW& opt, bool on);
+
 // Sets OpenMP / OpenBLAS threads (0 = all cores).
 void set_cpu_threads(int64_t threads);
 // train.device -> the device (auto: the GPU when usable), with a clear error for cuda without one.

@@ -3,7 +3,8 @@
 // accumulation, a batch with ignored targets, an evaluation forward of another batch size in
 // between, and tensors allocated after the recording (the graph's memory pool keeps them off its
 // blocks); models whose step cannot be recorded fall back to eager steps; a copy from the host
-// while recording fails with a clear message; queued loss readbacks see the values at queue time.
+// while recording fails with a clear message; queued loss readbacks see the values at queue time;
+// the optimizer step beside the next forward (train.overlap_update) changes nothing.
 // The eager GPU step itself is not bit-for-bit repeatable (atomic sums in the embedding backward
 // and the attention's dQ reduce-adds), so replays are compared with a second, eager model:
 //   f32: loss 1e-6 relative, gradients 1e-5 (all together, relative L2): summation order only;
@@ -18,8 +19,10 @@
 #include "model/transformer.h"
 #include "ops/device_graph.h"
 #include "ops/readback.h"
+#include "train/optimizer.h"
 #include "train/run_config.h"
 #include "train/step_graph.h"
+#include "train/trainer.h"
 
 namespace oft::testing {
 namespace {
@@ -211,6 +214,78 @@ TEST(CudaGraphOff, UnrecordableStepFallsBackToEager) {
       << graph.why_off();
   std::printf("[graph skipless] active %d, replays %lld: %s\n", int(graph.active()),
               (long long)graph.replays(), graph.why_off().c_str());
+}
+
+// train.overlap_update: the AdamW step queued on the update stream beside the next forward, with
+// and without graphs, gives the losses and weights of the update run after the backward on the
+// compute stream (f32; losses 1e-5 relative, weights 1e-4 relative L2: the eager steps' sum
+// orders, amplified where AdamW divides small gradients by their own scale). A forward that read
+// weights before their update was complete, or a backward that started before the gradients'
+// zeroing, changes them by the order of lr / |w|: several percent. An evaluation forward and
+// host reads of the weights while an update may be in flight see the updated model.
+TEST(CudaOverlapUpdate, MatchesTheUpdateAfterTheBackward) {
+  OFT_REQUIRE_CUDA();
+  for (const char* preset : {"tiny_gpt2_default", "tiny_opt_125m_gated_attention"}) {
+    for (bool use_graph : {false, true}) {
+      SCOPED_TRACE(std::string(preset) + (use_graph ? " graph" : " eager"));
+      RunConfig cfg;
+      cfg.load(preset, {"model.n_layer=3", "model.vocab_size=301", "data.seq_len=64",
+                        "train.lr=3e-3", "train.weight_decay=0.1"});
+      const int64_t B = 3, T = 64, accum = 2;
+      auto plain = make_model(cfg.model, T, DType::F32), over = make_model(cfg.model, T, DType::F32);
+      AdamW opt_plain(plain->params(), cfg.train), opt_over(over->params(), cfg.train);
+      ASSERT_TRUE(overlap_update(*over, opt_over, true));
+      StepGraph graph(*over, use_graph, false);
+      for (int step = 0; step < 6; ++step) {
+        SCOPED_TRACE("step " + std::to_string(step));
+        double loss[2] = {0, 0};
+        for (int k = 0; k < 2; ++k) {
+          TransformerLM& m = k ? *over : *plain;
+          m.params().zero_grad();
+        }
+        for (int64_t micro = 0; micro < accum; ++micro) {
+          Tensor tok = randint({B, T}, 0, 301), tgt = randint({B, T}, 0, 301);
+          for (int k = 0; k < 2; ++k) {
+            TransformerLM& m = k ? *over : *plain;
+            if (!(k && graph.run(tok, tgt, Tensor(), 0.5, B * T))) {
+              m.forward(tok.to(Device::CUDA), tgt, Tensor(), true, false);
+              m.backward(0.5, B * T);
+            }
+            loss[k] += m.last_loss() / double(accum);
+          }
+        }
+        EXPECT_NEAR(loss[1], loss[0], 1e-5 * std::abs(loss[0]));
+        for (int k = 0; k < 2; ++k) {
+          AdamW& o = k ? opt_over : opt_plain;
+          const double gn = o.grad_norm();
+          o.step(3e-3 * (1 + step), gn > 0.5 ? 0.5 / gn : 1.0);
+        }
+        if (step == 2) {  // an evaluation forward of another batch size while the update runs
+          Tensor tok = randint({B + 1, T}, 0, 301), tgt = randint({B + 1, T}, 0, 301);
+          const double e0 = plain->forward(tok.to(Device::CUDA), tgt.to(Device::CUDA));
+          const double e1 = over->forward(tok.to(Device::CUDA), tgt.to(Device::CUDA));
+          EXPECT_NEAR(e1, e0, 1e-5 * std::abs(e0));
+        }
+        if (step == 4) {  // a host read of the weights right after the update was queued
+          const Param& p0 = plain->params().all().back();
+          const Param& p1 = over->params().all().back();
+          EXPECT_LE(rel_l2(p1.value.to_vector(), p0.value.to_vector()), 1e-4) << p0.name;
+        }
+      }
+      std::vector<double> w[2];
+      for (int k = 0; k < 2; ++k)
+        for (Param& p : (k ? *over : *plain).params().all())
+          for (double v : p.value.to_vector()) w[k].push_back(v);
+      const double err = rel_l2(w[1], w[0]);
+      EXPECT_LE(err, 1e-4);
+      if (use_graph) {
+        EXPECT_GE(graph.replays(), 6) << graph.why_off();
+      }
+      std::printf("[overlap %s %s] weights rel err %.2e, %lld replays\n", preset,
+                  use_graph ? "graph" : "eager", err, (long long)graph.replays());
+      overlap_update(*over, opt_over, false);
+    }
+  }
 }
 
 }  // namespace

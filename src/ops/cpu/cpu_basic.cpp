@@ -391,6 +391,12 @@ void* comm_stream_handle() { return nullptr; }
 void comm_wait_compute() {}
 void compute_wait_comm() {}
 void comm_synchronize() {}
+void update_stream_begin() {}
+void update_stream_end() {}
+void update_stage_done(int) {}
+void compute_wait_update_stage(int) {}
+void compute_wait_update() {}
+bool update_pending() { return false; }
 Backend& backend(Device d) {
   if (Backend* p = Profiler::active(d)) return *p;
   OFT_CHECK(d == Device::CPU, "this oft build has no CUDA backend: set device=cpu, or rebuild "

@@ -28,8 +28,10 @@
 
 namespace oft::cuda {
 
-// The stream every op of the backend runs on (created on first use, non-blocking).
+// The stream every op of the backend runs on (created on first use, non-blocking): the compute
+// stream, or the update stream between ops::update_stream_begin() and update_stream_end().
 cudaStream_t stream();
+cudaStream_t compute_stream();
 // Scratch device memory of at least `bytes`, valid until the next call on this thread; ops use
 // it for reductions and library workspaces. Never hold it across ops.
 void* scratch(size_t bytes);

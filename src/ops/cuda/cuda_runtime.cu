@@ -4,6 +4,7 @@
 // without waiting), the scratch workspace, and memory statistics for `oft bench`.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -246,6 +247,8 @@ void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes)
   // caller has reused it.
   if (kind != cudaMemcpyDeviceToDevice && capturing())
     fail("a copy between the host and the GPU was queued while a CUDA graph was recording");
+  // The host reads nothing an optimizer step on the update stream may still write.
+  if (kind == cudaMemcpyDeviceToHost && ops::update_pending()) ops::compute_wait_update();
   if (kind == cudaMemcpyHostToDevice && bytes <= StagingRing::kSlotBytes &&
       staging().upload(dst, src, bytes))
     return;
@@ -286,11 +289,36 @@ struct Scratch {
 
 }  // namespace
 
-cudaStream_t stream() {
+namespace {
+// Where ops go while update_stream_begin() routes them (else null: the compute stream).
+thread_local cudaStream_t t_route = nullptr;
+}  // namespace
+
+// The compute stream: one step above the lowest priority, so that the update stream's blocks
+// (train.overlap_update) only fill what its kernels leave free.
+cudaStream_t compute_stream() {
   static cudaStream_t s = [] {
     g_touched = true;
+    int least = 0, greatest = 0;
+    OFT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     cudaStream_t st;
-    OFT_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    OFT_CUDA_CHECK(cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking,
+                                                std::max(greatest, least - 1)));
+    return st;
+  }();
+  return s;
+}
+
+cudaStream_t stream() { return t_route ? t_route : compute_stream(); }
+
+// The optimizer step of train.overlap_update runs here, at the lowest priority.
+cudaStream_t update_stream() {
+  static cudaStream_t s = [] {
+    g_touched = true;
+    int least = 0, greatest = 0;
+    OFT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    cudaStream_t st;
+    OFT_CUDA_CHECK(cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking, least));
     return st;
   }();
   return s;
@@ -446,6 +474,7 @@ void copy_to_host_queued(void* dst, const Tensor& src) {
   }
   if (cuda::capturing())
     fail("a copy from the GPU to the host was queued while a CUDA graph was recording");
+  if (ops::update_pending()) ops::compute_wait_update();
   OFT_CUDA_CHECK(cudaMemcpyAsync(dst, src.raw(), src.nbytes(), cudaMemcpyDeviceToHost,
                                  cuda::stream()));
   // Plain (pageable) memory: the copy is synchronous for the host anyway; wait to be sure.
@@ -486,7 +515,7 @@ void select_cuda_device(int index) {
   OFT_CHECK(cuda_available(), "GPU ", index, ": ", cuda_unavailable_reason());
 }
 
-void* compute_stream_handle() { return cuda::state().ok ? cuda::stream() : nullptr; }
+void* compute_stream_handle() { return cuda::state().ok ? cuda::compute_stream() : nullptr; }
 void* comm_stream_handle() { return cuda::state().ok ? cuda::comm_stream() : nullptr; }
 
 namespace {
@@ -517,6 +546,73 @@ void compute_wait_comm() {
 void comm_synchronize() {
   if (cuda::state().ok) OFT_CUDA_CHECK(cudaStreamSynchronize(cuda::comm_stream()));
 }
+
+namespace {
+// The update stream's marks: one event per stage and one for everything (ops.h).
+struct UpdateMarks {
+  std::vector<cudaEvent_t> stage;
+  cudaEvent_t all = nullptr;
+  bool pending = false;  // `all` recorded since the compute stream last waited for it eagerly
+  void grow(size_t n) {
+    if (!all) OFT_CUDA_CHECK(cudaEventCreateWithFlags(&all, cudaEventDisableTiming));
+    while (stage.size() < n) {
+      cudaEvent_t e;
+      OFT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      stage.push_back(e);
+    }
+  }
+};
+UpdateMarks& update_marks() {
+  static UpdateMarks* m = new UpdateMarks();  // events live with the process
+  return *m;
+}
+// The compute stream waits for `e`'s last record; a recording graph gets a node that waits for
+// the event's record at each replay (the host records it before launching the replay).
+void compute_wait(cudaEvent_t e) {
+  OFT_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(), e,
+                                     cuda::capturing() ? cudaEventWaitExternal : 0));
+}
+}  // namespace
+
+void update_stream_begin() {
+  if (!cuda::state().ok) return;
+  OFT_ASSERT(cuda::t_route == nullptr, "update_stream_begin: already routing to the update stream");
+  OFT_ASSERT(!cuda::capturing(), "update_stream_begin: a CUDA graph is recording");
+  order(cuda::update_stream(), cuda::compute_stream());
+  cuda::t_route = cuda::update_stream();
+}
+void update_stream_end() {
+  if (!cuda::state().ok) return;
+  OFT_ASSERT(cuda::t_route == cuda::update_stream(), "update_stream_end without begin");
+  UpdateMarks& m = update_marks();
+  m.grow(0);
+  OFT_CUDA_CHECK(cudaEventRecord(m.all, cuda::update_stream()));
+  m.pending = true;
+  cuda::t_route = nullptr;
+}
+void update_stage_done(int stage) {
+  if (!cuda::state().ok) return;
+  OFT_ASSERT(stage >= 0 && cuda::t_route == cuda::update_stream(),
+             "update_stage_done outside update_stream_begin / end");
+  UpdateMarks& m = update_marks();
+  m.grow(size_t(stage) + 1);
+  OFT_CUDA_CHECK(cudaEventRecord(m.stage[size_t(stage)], cuda::update_stream()));
+}
+void compute_wait_update_stage(int stage) {
+  if (!cuda::state().ok) return;
+  UpdateMarks& m = update_marks();
+  // Created even before any update, so that a graph recorded now still waits for later ones.
+  m.grow(size_t(std::max(stage, 0)) + 1);
+  compute_wait(m.stage[size_t(std::max(stage, 0))]);
+}
+void compute_wait_update() {
+  if (!cuda::state().ok) return;
+  UpdateMarks& m = update_marks();
+  m.grow(0);
+  compute_wait(m.all);
+  if (!cuda::capturing()) m.pending = false;
+}
+bool update_pending() { return cuda::state().ok && update_marks().pending; }
 
 // Registers the allocator and copies as soon as the program starts, so Tensor::empty on the GPU
 // works before the first op.
