@@ -193,8 +193,9 @@ TEST(StepGraph, OffOnTheCpuAndWhenDisabled) {
 }
 
 // train.overlap_update: the forward's stages put every parameter before its first reader, and an
-// update queued in stages changes the parameters and moments exactly as the one-launch update
-// (on the CPU the stages run in order; the GPU's overlap is tested in test_cuda_graph.cpp).
+// update queued in stages, with the token embedding split into a batch's rows and the others,
+// changes the parameters and moments exactly as the one-launch update (on the CPU the stages run
+// in order; the GPU's overlap is tested in test_cuda_graph.cpp).
 TEST(OverlapUpdate, StagesCoverEveryParameterAndMatchTheOneLaunchUpdate) {
   RunConfig cfg;
   cfg.load("tiny", {"model.n_layer=3", "model.vocab_size=40", "data.seq_len=8"});
@@ -233,6 +234,7 @@ TEST(OverlapUpdate, StagesCoverEveryParameterAndMatchTheOneLaunchUpdate) {
       m->params().zero_grad();
       m->forward(t, g, Tensor(), true);
       m->backward(1.0);
+      if (step < 2) update_rows_first(*m, *o, t);  // b: this batch's embedding rows, then the rest
       o->step(1e-2, 0.7);
     }
   }

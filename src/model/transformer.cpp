@@ -484,7 +484,9 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   key_mask_ = key_mask;
   OFT_ASSERT(!key_mask.defined() || key_mask.numel() == B * T, "key mask shape");
   auto& be = ops::on(resid_[0]);
-  if (wait_update_) ops::compute_wait_update_stage(0);
+  // The optimizer may have updated only the next training batch's embedding rows by stage 0
+  // (update_rows_first): any other forward waits for the whole update.
+  if (wait_update_) will_backward ? ops::compute_wait_update_stage(0) : ops::compute_wait_update();
   if (proj_) {
     // x0 = project_in(wte[tok]) + wpe[t]
     be.embedding_fwd(emb_tok_, tokens, wte_, Tensor(), T, 0);

@@ -103,7 +103,10 @@ class TransformerLM {
   // below, l + 1: block l, update_stages() - 1: the final norm, project_out and the MLM head).
   // With wait_for_update(true) the forward makes the compute stream wait for each stage's mark
   // on the update stream (ops::compute_wait_update_stage) before the ops that read it, and for
-  // the whole update before the final norm, so the backward starts after it too.
+  // the whole update before the final norm, so the backward starts after it too. Stage 0 may hold
+  // only the token-embedding rows of the next training batch (update_rows_first in
+  // train/trainer.h): a forward without will_backward (evaluation, metrics) waits for the whole
+  // update before it starts.
   int update_stage(const std::string& param_name) const;
   int update_stages() const { return static_cast<int>(blocks_.size()) + 2; }
   void wait_for_update(bool on) { wait_update_ = on; }

@@ -79,6 +79,11 @@ struct AdamWTensors {
   Tensor* v = nullptr;
   Tensor* compute = nullptr;
   double weight_decay = 0.0;
+  // Some rows only: the tensors seen as [rows, numel / rows] (rows = param->dim(0)), and the
+  // update of rows[i] (i32 [R] on the parameter's device, distinct, in [0, rows)) alone. Null:
+  // every element. The overlapped optimizer step updates the token-embedding rows of the next
+  // batch first and the others after the blocks (train.overlap_update).
+  const Tensor* rows = nullptr;
 };
 
 class Backend {
@@ -318,8 +323,24 @@ class Backend {
     for (const AdamWTensors& t : items) {
       AdamWStep s = h;
       s.weight_decay = t.weight_decay;
-      adamw(*t.param, *t.grad, *t.m, *t.v, s);
-      if (t.compute && !t.compute->same_storage(*t.param)) convert(*t.compute, *t.param);
+      const bool copy = t.compute && !t.compute->same_storage(*t.param);
+      if (!t.rows) {
+        adamw(*t.param, *t.grad, *t.m, *t.v, s);
+        if (copy) convert(*t.compute, *t.param);
+        continue;
+      }
+      const int64_t n = t.param->dim(0);
+      for (double r : t.rows->to_vector()) {  // one row at a time: [1, numel / n] views
+        const int64_t i = static_cast<int64_t>(r);
+        OFT_ASSERT(0 <= i && i < n, "adamw_multi: row ", i, " of ", n);
+        auto row = [&](const Tensor& x) { return x.view({n, x.numel() / n}).slice(i, i + 1); };
+        Tensor p = row(*t.param), m = row(*t.m), v = row(*t.v);
+        adamw(p, row(*t.grad), m, v, s);
+        if (copy) {
+          Tensor c = row(*t.compute);
+          convert(c, p);
+        }
+      }
     }
   }
   // acc[0] += sum over the tensors of sum x^2 (acc: one f64 on the tensors' device).

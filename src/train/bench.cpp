@@ -141,6 +141,9 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     if (dp) loss /= double(denv.world);  // this rank's share of the mean
     const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, adam) : gnorm_single;
     const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
+    // As in training: the next step's first micro-batch's embedding rows are updated first.
+    const size_t next = static_cast<size_t>((step_no + 1) * tc.grad_accum) % inputs.size();
+    update_rows_first(model, adam, inputs[next]);
     adam.step(tc.lr, clip);
     if (dp) dp->after_step();
     ++step_no;

@@ -2,6 +2,7 @@
 #include "train/optimizer.h"
 
 #include <cmath>
+#include <utility>
 
 namespace oft {
 
@@ -83,21 +84,49 @@ void AdamW::step(double lr, double grad_scale) {
     items[i] = {&value[i], &grad[i], &m_[i], &v_[i], &compute[i],
                 decays(p) ? cfg_.weight_decay : 0.0};
   }
+  // The rows of the last split are no longer read (the host waited for that step's forward).
+  used_first_ = std::move(split_first_);
+  used_rest_ = std::move(split_rest_);
+  const size_t split = std::exchange(split_param_, static_cast<size_t>(-1));
   if (stage_of_.empty()) {
     ops::on(value[0]).adamw_multi(items, h);
     return;
   }
-  // Stage by stage on the update stream, each marked for the forward that waits for it.
+  // Stage by stage on the update stream, each marked for the forward that waits for it; a
+  // split parameter's first rows in its own stage, the others in the last.
   ops::update_stream_begin();
   std::vector<ops::AdamWTensors> stage_items;
   for (int s = 0; s < stages_; ++s) {
     stage_items.clear();
-    for (size_t i = 0; i < ranges_.size(); ++i)
-      if (stage_of_[ranges_[i].param] == s) stage_items.push_back(items[i]);
+    for (size_t i = 0; i < ranges_.size(); ++i) {
+      const size_t p = ranges_[i].param;
+      if (p == split) {
+        ops::AdamWTensors part = items[i];
+        if (stage_of_[p] == s) {
+          part.rows = &used_first_;
+          stage_items.push_back(part);
+        }
+        if (s == stages_ - 1) {
+          part.rows = &used_rest_;
+          stage_items.push_back(part);
+        }
+      } else if (stage_of_[p] == s) {
+        stage_items.push_back(items[i]);
+      }
+    }
     if (!stage_items.empty()) ops::on(value[0]).adamw_multi(stage_items, h);
     ops::update_stage_done(s);
   }
   ops::update_stream_end();
+}
+
+void AdamW::split_next_update(size_t param, Tensor first, Tensor rest) {
+  OFT_ASSERT(param < params_.all().size() && first.defined() && rest.defined() &&
+                 first.numel() + rest.numel() == params_.all()[param].value.dim(0),
+             "split_next_update: the rows must split parameter ", param, "'s rows in two");
+  split_param_ = param;
+  split_first_ = std::move(first);
+  split_rest_ = std::move(rest);
 }
 
 void AdamW::set_update_stages(std::vector<int> stage_of, int stages) {

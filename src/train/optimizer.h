@@ -43,6 +43,12 @@ class AdamW {
   // (TransformerLM::wait_for_update). Empty stage_of: one launch on the compute stream.
   void set_update_stages(std::vector<int> stage_of, int stages);
   bool overlapped() const { return !stage_of_.empty(); }
+  // For the next overlapped step() only: parameter `param` (ParamStore index) updated in two
+  // parts, the rows `first` (i32 [R] on its device) in its own stage and the rows `rest` (every
+  // other row) in the last stage. The trainer passes the token embedding's rows the next batch
+  // reads (update_rows_first() in trainer.h), so the forward starts after a fraction of its
+  // update. Ignored when the step is not overlapped.
+  void split_next_update(size_t param, Tensor first, Tensor rest);
   int64_t steps_taken() const { return t_; }
   void set_steps_taken(int64_t t) { t_ = t; }
   // Moment tensors named "m.<param>" / "v.<param>" for checkpoints (unsharded only: a sharded
@@ -68,6 +74,10 @@ class AdamW {
   int64_t t_ = 0;
   std::vector<int> stage_of_;  // set_update_stages
   int stages_ = 0;
+  // split_next_update(): the parameter (or npos) and its rows; the rows of the last step stay
+  // alive until the next one, after the update stream has read them.
+  size_t split_param_ = static_cast<size_t>(-1);
+  Tensor split_first_, split_rest_, used_first_, used_rest_;
 };
 
 // Elements [r.begin, r.end) of `t` as a 1-D view.

@@ -169,6 +169,27 @@ bool overlap_update(TransformerLM& model, AdamW& opt, bool on) {
   return on;
 }
 
+void update_rows_first(TransformerLM& model, AdamW& opt, const Tensor& tokens) {
+  if (!opt.overlapped()) return;
+  const auto& ps = model.params().all();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (ps[i].name != "wte.weight") continue;
+    const int64_t V = ps[i].value.dim(0);
+    std::vector<char> seen(static_cast<size_t>(V), 0);
+    const int32_t* t = tokens.data<int32_t>();
+    for (int64_t k = 0; k < tokens.numel(); ++k)
+      if (t[k] >= 0 && t[k] < V) seen[static_cast<size_t>(t[k])] = 1;
+    std::vector<double> first, rest;
+    for (int64_t r = 0; r < V; ++r) (seen[static_cast<size_t>(r)] ? first : rest).push_back(double(r));
+    const Device d = ps[i].value.device();
+    auto rows = [&](const std::vector<double>& v) {
+      return Tensor::from_vector({int64_t(v.size())}, v, DType::I32).to(d);
+    };
+    opt.split_next_update(i, rows(first), rows(rest));
+    return;
+  }
+}
+
 TrainResult train(RunConfig& cfg, bool quiet) {
   set_cpu_threads(cfg.train.threads);
   const TrainConfig& tc = cfg.train;
@@ -373,6 +394,14 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       continue;
     }
     const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
+    if (opt.overlapped() && step + 1 < tc.steps) {
+      // The next micro-batch, read ahead and put back: its token-embedding rows are updated
+      // first, so the next forward waits for them only.
+      const LoaderState at = loader.state();
+      loader.next_batch(in.data<int32_t>(), tg.data<int32_t>(), mask.data<int32_t>());
+      loader.set_state(at);
+      update_rows_first(model, opt, in.slice(row0, row1));
+    }
     opt.step(lr, clip);
     if (dp) dp->after_step();
     result.train_loss = loss;

@@ -56,6 +56,11 @@ class AdamW;
 // layer by layer (TransformerLM::update_stage), with the same results. Only on the GPU, for one
 // process (`on` is ignored otherwise); returns whether it is now on.
 bool overlap_update(TransformerLM& model, AdamW& opt, bool on);
+// With the update overlapped: the next opt.step() updates the token-embedding rows that
+// `tokens` (the next micro-batch, [B, T] i32 on the host) reads before the blocks, and the other
+// rows after them (before the output layer), instead of the whole table before the forward can
+// start. No-op when the update is not overlapped.
+void update_rows_first(TransformerLM& model, AdamW& opt, const Tensor& tokens);
 
 // Sets OpenMP / OpenBLAS threads (0 = all cores).
 void set_cpu_threads(int64_t threads);

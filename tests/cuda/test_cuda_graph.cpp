@@ -221,7 +221,8 @@ TEST(CudaGraphOff, UnrecordableStepFallsBackToEager) {
 // compute stream (f32; losses 1e-5 relative, weights 1e-4 relative L2: the eager steps' sum
 // orders, amplified where AdamW divides small gradients by their own scale). A forward that read
 // weights before their update was complete, or a backward that started before the gradients'
-// zeroing, changes them by the order of lr / |w|: several percent. An evaluation forward and
+// zeroing, changes them by the order of lr / |w|: several percent. From step 1 on the update
+// also takes the token-embedding rows of the next batch first and the others after the blocks. An evaluation forward and
 // host reads of the weights while an update may be in flight see the updated model.
 TEST(CudaOverlapUpdate, MatchesTheUpdateAfterTheBackward) {
   OFT_REQUIRE_CUDA();
@@ -236,6 +237,11 @@ TEST(CudaOverlapUpdate, MatchesTheUpdateAfterTheBackward) {
       AdamW opt_plain(plain->params(), cfg.train), opt_over(over->params(), cfg.train);
       ASSERT_TRUE(overlap_update(*over, opt_over, true));
       StepGraph graph(*over, use_graph, false);
+      std::vector<Tensor> toks, tgts;  // [step * accum + micro]
+      for (int i = 0; i < 6 * accum; ++i) {
+        toks.push_back(randint({B, T}, 0, 301));
+        tgts.push_back(randint({B, T}, 0, 301));
+      }
       for (int step = 0; step < 6; ++step) {
         SCOPED_TRACE("step " + std::to_string(step));
         double loss[2] = {0, 0};
@@ -244,7 +250,7 @@ TEST(CudaOverlapUpdate, MatchesTheUpdateAfterTheBackward) {
           m.params().zero_grad();
         }
         for (int64_t micro = 0; micro < accum; ++micro) {
-          Tensor tok = randint({B, T}, 0, 301), tgt = randint({B, T}, 0, 301);
+          const Tensor &tok = toks[step * accum + micro], &tgt = tgts[step * accum + micro];
           for (int k = 0; k < 2; ++k) {
             TransformerLM& m = k ? *over : *plain;
             if (!(k && graph.run(tok, tgt, Tensor(), 0.5, B * T))) {
@@ -258,6 +264,8 @@ TEST(CudaOverlapUpdate, MatchesTheUpdateAfterTheBackward) {
         for (int k = 0; k < 2; ++k) {
           AdamW& o = k ? opt_over : opt_plain;
           const double gn = o.grad_norm();
+          // The next batch's embedding rows first (from step 1 on; step 0 updates it whole).
+          if (k && step >= 1 && step < 5) update_rows_first(*over, o, toks[(step + 1) * accum]);
           o.step(3e-3 * (1 + step), gn > 0.5 ? 0.5 / gn : 1.0);
         }
         if (step == 2) {  // an evaluation forward of another batch size while the update runs

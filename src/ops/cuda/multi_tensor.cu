@@ -89,15 +89,12 @@ __device__ __forceinline__ void adamw_scalar(const Seg& sg, int64_t i, const Ada
     static_cast<float*>(sg.copy)[i] = p;
 }
 
-__global__ void __launch_bounds__(kThreads)
-    adamw_multi_kernel(const __grid_constant__ Segs s, AdamWConsts k) {
-  const int64_t chunk = blockIdx.x;
-  const Seg& sg = s.seg[find_seg(s, chunk)];
-  const int64_t begin = (chunk - s.chunk_begin[&sg - s.seg]) * kChunk;
-  const int64_t end = min(sg.n, begin + kChunk);
+// Elements [begin, end) of a segment by the block's threads: groups of four with 16-byte
+// accesses from `begin` (a multiple of 4) where the segment allows, then one at a time.
+__device__ __forceinline__ void adamw_span(const Seg& sg, int64_t begin, int64_t end,
+                                           const AdamWConsts& k) {
   int64_t tail = begin;  // where the scalar loop starts
   if (sg.vec4) {
-    // Whole groups of four from `begin` (a multiple of kChunk, so of 4): 16-byte accesses.
     const int64_t end4 = begin + ((end - begin) & ~int64_t(3));
     for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < end4; i += 4 * kThreads) {
       float p[4], g[4], m[4], v[4];
@@ -118,6 +115,21 @@ __global__ void __launch_bounds__(kThreads)
     tail = end4;
   }
   for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) adamw_scalar(sg, i, k);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    adamw_multi_kernel(const __grid_constant__ Segs s, AdamWConsts k) {
+  const int64_t chunk = blockIdx.x;
+  const Seg& sg = s.seg[find_seg(s, chunk)];
+  const int64_t begin = (chunk - s.chunk_begin[&sg - s.seg]) * kChunk;
+  adamw_span(sg, begin, min(sg.n, begin + kChunk), k);
+}
+
+// Some rows of one tensor [n / cols, cols]: block b updates row rows[b].
+__global__ void __launch_bounds__(kThreads)
+    adamw_rows_kernel(const Seg sg, const int32_t* rows, int64_t cols, AdamWConsts k) {
+  const int64_t begin = int64_t(rows[blockIdx.x]) * cols;
+  adamw_span(sg, begin, begin + cols, k);
 }
 
 // partials[chunk] = sum of x^2 over the chunk (f32 per thread, f64 across the block).
@@ -237,34 +249,50 @@ void CudaBackend::adamw_multi(const std::vector<AdamWTensors>& items, const Adam
                    t.v->numel() == t.param->numel(),
                "adamw_multi: tensor sizes differ");
   }
+  // Items of some rows: one launch each, a block per row; the others together.
+  std::vector<const AdamWTensors*> whole, by_rows;
+  for (const AdamWTensors& t : items) (t.rows ? by_rows : whole).push_back(&t);
+  auto fill = [&](const AdamWTensors& t, Seg& sg) {
+    sg.p = static_cast<float*>(t.param->raw());
+    sg.g = static_cast<const float*>(t.grad->raw());
+    sg.m = static_cast<float*>(t.m->raw());
+    sg.v = static_cast<float*>(t.v->raw());
+    sg.n = t.param->numel();
+    sg.decay = float(1.0 - h.lr * t.weight_decay);
+    sg.copy_kind = kNoCopy;
+    if (t.compute && !t.compute->same_storage(*t.param)) {
+      cuda::expect_float(*t.compute, "adamw_multi compute copy");
+      OFT_ASSERT(t.compute->numel() == sg.n, "adamw_multi: compute copy size");
+      sg.copy = t.compute->raw();
+      sg.copy_kind = t.compute->dtype() == DType::BF16 ? kCopyBF16 : kCopyF32;
+    }
+    auto aligned = [](const void* q, uintptr_t a) {
+      return reinterpret_cast<uintptr_t>(q) % a == 0;
+    };
+    sg.vec4 = aligned(sg.p, 16) && aligned(sg.g, 16) && aligned(sg.m, 16) &&
+              aligned(sg.v, 16) &&
+              (sg.copy_kind == kNoCopy || aligned(sg.copy, sg.copy_kind == kCopyBF16 ? 8 : 16));
+  };
   for_each_launch(
-      items.size(),
-      [&](size_t i, Seg& sg) {
-        const AdamWTensors& t = items[i];
-        sg.p = static_cast<float*>(t.param->raw());
-        sg.g = static_cast<const float*>(t.grad->raw());
-        sg.m = static_cast<float*>(t.m->raw());
-        sg.v = static_cast<float*>(t.v->raw());
-        sg.n = t.param->numel();
-        sg.decay = float(1.0 - h.lr * t.weight_decay);
-        sg.copy_kind = kNoCopy;
-        if (t.compute && !t.compute->same_storage(*t.param)) {
-          cuda::expect_float(*t.compute, "adamw_multi compute copy");
-          OFT_ASSERT(t.compute->numel() == sg.n, "adamw_multi: compute copy size");
-          sg.copy = t.compute->raw();
-          sg.copy_kind = t.compute->dtype() == DType::BF16 ? kCopyBF16 : kCopyF32;
-        }
-        auto aligned = [](const void* q, uintptr_t a) {
-          return reinterpret_cast<uintptr_t>(q) % a == 0;
-        };
-        sg.vec4 = aligned(sg.p, 16) && aligned(sg.g, 16) && aligned(sg.m, 16) &&
-                  aligned(sg.v, 16) &&
-                  (sg.copy_kind == kNoCopy || aligned(sg.copy, sg.copy_kind == kCopyBF16 ? 8 : 16));
-      },
+      whole.size(), [&](size_t i, Seg& sg) { fill(*whole[i], sg); },
       [&](const Segs& s, int64_t chunks) {
         adamw_multi_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, cuda::stream()>>>(s, k);
         OFT_CUDA_LAUNCH_CHECK();
       });
+  for (const AdamWTensors* t : by_rows) {
+    const Tensor& rows = *t->rows;
+    cuda::expect_dtype(rows, DType::I32, "adamw_multi rows");
+    OFT_ASSERT(rows.device() == Device::CUDA && rows.ndim() == 1 && t->param->ndim() >= 1,
+               "adamw_multi: rows must be an i32 vector on the GPU");
+    if (rows.numel() == 0) continue;
+    Seg sg{};
+    fill(*t, sg);
+    const int64_t cols = sg.n / t->param->dim(0);
+    sg.vec4 = sg.vec4 && cols % 4 == 0;  // every row starts 16-byte aligned
+    adamw_rows_kernel<<<static_cast<unsigned>(rows.numel()), kThreads, 0, cuda::stream()>>>(
+        sg, rows.data<int32_t>(), cols, k);
+    OFT_CUDA_LAUNCH_CHECK();
+  }
 }
 
 void CudaBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
