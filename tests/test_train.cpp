@@ -234,7 +234,7 @@ TEST(OverlapUpdate, StagesCoverEveryParameterAndMatchTheOneLaunchUpdate) {
       m->params().zero_grad();
       m->forward(t, g, Tensor(), true);
       m->backward(1.0);
-      if (step < 2) update_rows_first(*m, *o, t);  // b: this batch's embedding rows, then the rest
+      if (step < 2) embedding_rows(*m, *o, t).apply(*o);  // b: this batch's embedding rows, then the rest
       o->step(1e-2, 0.7);
     }
   }

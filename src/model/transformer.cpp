@@ -485,7 +485,7 @@ double TransformerLM::forward(const Tensor& tokens, const Tensor& targets, const
   OFT_ASSERT(!key_mask.defined() || key_mask.numel() == B * T, "key mask shape");
   auto& be = ops::on(resid_[0]);
   // The optimizer may have updated only the next training batch's embedding rows by stage 0
-  // (update_rows_first): any other forward waits for the whole update.
+  // (embedding_rows in train/trainer.h): any other forward waits for the whole update.
   if (wait_update_) will_backward ? ops::compute_wait_update_stage(0) : ops::compute_wait_update();
   if (proj_) {
     // x0 = project_in(wte[tok]) + wpe[t]

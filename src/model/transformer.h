@@ -43,6 +43,7 @@ class TransformerLM {
 
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
 
@@ -104,7 +105,7 @@ class TransformerLM {
   // With wait_for_update(true) the forward makes the compute stream wait for each stage's mark
   // on the update stream (ops::compute_wait_update_stage) before the ops that read it, and for
   // the whole update before the final norm, so the backward starts after it too. Stage 0 may hold
-  // only the token-embedding rows of the next training batch (update_rows_first in
+  // only the token-embedding rows of the next training batch (embedding_rows in
   // train/trainer.h): a forward without will_backward (evaluation, metrics) waits for the whole
   // update before it starts.
   int update_stage(const std::string& param_name) const;

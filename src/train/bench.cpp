@@ -133,6 +133,9 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
       }
       queued.push_back(model.queue_loss(readback));  // read after the step is queued
     }
+    // As in training: the next step's first micro-batch's embedding rows are updated first.
+    const size_t next = static_cast<size_t>((step_no + 1) * tc.grad_accum) % inputs.size();
+    const EmbeddingRows next_rows = embedding_rows(model, adam, inputs[next]);
     const double gnorm_single = dp ? 0.0 : adam.grad_norm();  // waits for the step's work
     for (const TransformerLM::QueuedLoss& q : queued)
       loss += TransformerLM::queued_loss(readback, q) / double(tc.grad_accum);
@@ -141,9 +144,7 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     if (dp) loss /= double(denv.world);  // this rank's share of the mean
     const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, adam) : gnorm_single;
     const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
-    // As in training: the next step's first micro-batch's embedding rows are updated first.
-    const size_t next = static_cast<size_t>((step_no + 1) * tc.grad_accum) % inputs.size();
-    update_rows_first(model, adam, inputs[next]);
+    next_rows.apply(adam);
     adam.step(tc.lr, clip);
     if (dp) dp->after_step();
     ++step_no;

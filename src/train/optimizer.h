@@ -46,7 +46,7 @@ class AdamW {
   // For the next overlapped step() only: parameter `param` (ParamStore index) updated in two
   // parts, the rows `first` (i32 [R] on its device) in its own stage and the rows `rest` (every
   // other row) in the last stage. The trainer passes the token embedding's rows the next batch
-  // reads (update_rows_first() in trainer.h), so the forward starts after a fraction of its
+  // reads (embedding_rows() in trainer.h), so the forward starts after a fraction of its
   // update. Ignored when the step is not overlapped.
   void split_next_update(size_t param, Tensor first, Tensor rest);
   int64_t steps_taken() const { return t_; }

@@ -169,8 +169,9 @@ bool overlap_update(TransformerLM& model, AdamW& opt, bool on) {
   return on;
 }
 
-void update_rows_first(TransformerLM& model, AdamW& opt, const Tensor& tokens) {
-  if (!opt.overlapped()) return;
+EmbeddingRows embedding_rows(const TransformerLM& model, const AdamW& opt, const Tensor& tokens) {
+  EmbeddingRows r;
+  if (!opt.overlapped()) return r;
   const auto& ps = model.params().all();
   for (size_t i = 0; i < ps.size(); ++i) {
     if (ps[i].name != "wte.weight") continue;
@@ -180,14 +181,22 @@ void update_rows_first(TransformerLM& model, AdamW& opt, const Tensor& tokens) {
     for (int64_t k = 0; k < tokens.numel(); ++k)
       if (t[k] >= 0 && t[k] < V) seen[static_cast<size_t>(t[k])] = 1;
     std::vector<double> first, rest;
-    for (int64_t r = 0; r < V; ++r) (seen[static_cast<size_t>(r)] ? first : rest).push_back(double(r));
+    for (int64_t row = 0; row < V; ++row)
+      (seen[static_cast<size_t>(row)] ? first : rest).push_back(double(row));
     const Device d = ps[i].value.device();
-    auto rows = [&](const std::vector<double>& v) {
+    auto upload = [&](const std::vector<double>& v) {
       return Tensor::from_vector({int64_t(v.size())}, v, DType::I32).to(d);
     };
-    opt.split_next_update(i, rows(first), rows(rest));
-    return;
+    r.param = i;
+    r.first = upload(first);
+    r.rest = upload(rest);
+    break;
   }
+  return r;
+}
+
+void EmbeddingRows::apply(AdamW& opt) const {
+  if (param != static_cast<size_t>(-1)) opt.split_next_update(param, first, rest);
 }
 
 TrainResult train(RunConfig& cfg, bool quiet) {
@@ -372,6 +381,16 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       // Read once the step's work is queued: the host does not wait between micro-batches.
       queued.push_back({model.queue_loss(readback), global_targets});
     }
+    // The next micro-batch, read ahead and put back while the GPU works: with the update
+    // overlapped, the token-embedding rows it reads are updated first, so the next forward waits
+    // for them only.
+    EmbeddingRows next_rows;
+    if (opt.overlapped() && step + 1 < tc.steps) {
+      const LoaderState at = loader.state();
+      loader.next_batch(in.data<int32_t>(), tg.data<int32_t>(), mask.data<int32_t>());
+      loader.set_state(at);
+      next_rows = embedding_rows(model, opt, in.slice(row0, row1));
+    }
     // One process: the gradient norm first (its readback waits for the step's work), then the
     // queued losses, already on the host by then.
     const double gnorm_single = dp ? 0.0 : opt.grad_norm();
@@ -394,14 +413,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       continue;
     }
     const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
-    if (opt.overlapped() && step + 1 < tc.steps) {
-      // The next micro-batch, read ahead and put back: its token-embedding rows are updated
-      // first, so the next forward waits for them only.
-      const LoaderState at = loader.state();
-      loader.next_batch(in.data<int32_t>(), tg.data<int32_t>(), mask.data<int32_t>());
-      loader.set_state(at);
-      update_rows_first(model, opt, in.slice(row0, row1));
-    }
+    next_rows.apply(opt);
     opt.step(lr, clip);
     if (dp) dp->after_step();
     result.train_loss = loss;

@@ -56,11 +56,18 @@ class AdamW;
 // layer by layer (TransformerLM::update_stage), with the same results. Only on the GPU, for one
 // process (`on` is ignored otherwise); returns whether it is now on.
 bool overlap_update(TransformerLM& model, AdamW& opt, bool on);
-// With the update overlapped: the next opt.step() updates the token-embedding rows that
-// `tokens` (the next micro-batch, [B, T] i32 on the host) reads before the blocks, and the other
-// rows after them (before the output layer), instead of the whole table before the forward can
-// start. No-op when the update is not overlapped.
-void update_rows_first(TransformerLM& model, AdamW& opt, const Tensor& tokens);
+// With the update overlapped: the token-embedding rows that `tokens` (the next micro-batch,
+// [B, T] i32 on the host) reads, and the other rows, on the model's device, for
+// AdamW::split_next_update: the next step then updates the first before the blocks and the
+// others after them, instead of the whole table before the forward can start. param is npos
+// (and nothing is uploaded) when the update is not overlapped.
+struct EmbeddingRows {
+  size_t param = static_cast<size_t>(-1);
+  Tensor first, rest;
+  // opt.split_next_update(param, first, rest) when there is a split.
+  void apply(AdamW& opt) const;
+};
+EmbeddingRows embedding_rows(const TransformerLM& model, const AdamW& opt, const Tensor& tokens);
 
 // Sets OpenMP / OpenBLAS threads (0 = all cores).
 void set_cpu_threads(int64_t threads);

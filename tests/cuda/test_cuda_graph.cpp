@@ -265,7 +265,7 @@ TEST(CudaOverlapUpdate, MatchesTheUpdateAfterTheBackward) {
           AdamW& o = k ? opt_over : opt_plain;
           const double gn = o.grad_norm();
           // The next batch's embedding rows first (from step 1 on; step 0 updates it whole).
-          if (k && step >= 1 && step < 5) update_rows_first(*over, o, toks[(step + 1) * accum]);
+          if (k && step >= 1 && step < 5) embedding_rows(*over, o, toks[(step + 1) * accum]).apply(o);
           o.step(3e-3 * (1 + step), gn > 0.5 ? 0.5 / gn : 1.0);
         }
         if (step == 2) {  // an evaluation forward of another batch size while the update runs
