@@ -134,7 +134,8 @@ RunConfig::RunConfig() {
         "graph and replay it with one launch (same results; false = launch every kernel)");
   r.add("train.overlap_update", &t.overlap_update,
         "GPU, one process: run each AdamW step on a second stream beside the next step's forward, "
-        "layer by layer (same results; false = after the backward on the compute stream)");
+        "layer by layer (same results; false = after the backward on the compute stream; opt-in "
+        "until measured)");
   r.add("train.device", &t.device, "compute device (auto = the GPU when one is usable)",
         {"auto", "cpu", "cuda"});
   r.add("train.precision", &t.precision,

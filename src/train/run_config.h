@@ -52,8 +52,9 @@ struct TrainConfig {
   int64_t zero_stage = 0;        // multi-GPU: 1 = shard the AdamW moments over the GPUs (ZeRO-1)
   std::string grad_reduce_dtype = "f32";  // multi-GPU: dtype gradients travel in (f32 | bf16)
   bool cuda_graph = true;  // GPU: replay each micro-step's kernels from a CUDA graph (step_graph.h)
-  // GPU, one process: the AdamW step beside the next forward, on the update stream (ops.h)
-  bool overlap_update = true;
+  // GPU, one process: the AdamW step beside the next forward, on the update stream (ops.h);
+  // opt-in until it has been measured on a GPU
+  bool overlap_update = false;
 };
 
 // Simulated quantization for `oft validate --quantize` (REFERENCE.md §5; seed A's flag names).
