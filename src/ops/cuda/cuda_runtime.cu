@@ -292,20 +292,26 @@ struct Scratch {
 namespace {
 // Where ops go while update_stream_begin() routes them (else null: the compute stream).
 thread_local cudaStream_t t_route = nullptr;
+
+// A non-blocking stream whose priority pick(least, greatest) chooses from the device's range
+// (numerically lower priorities are scheduled first: greatest <= least).
+template <class Pick>
+cudaStream_t make_stream(Pick pick) {
+  g_touched = true;
+  int least = 0, greatest = 0;
+  OFT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  cudaStream_t st;
+  OFT_CUDA_CHECK(cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking, pick(least, greatest)));
+  return st;
+}
 }  // namespace
 
 // The compute stream: one step above the lowest priority, so that the update stream's blocks
 // (train.overlap_update) only fill what its kernels leave free.
 cudaStream_t compute_stream() {
-  static cudaStream_t s = [] {
-    g_touched = true;
-    int least = 0, greatest = 0;
-    OFT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    cudaStream_t st;
-    OFT_CUDA_CHECK(cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking,
-                                                std::max(greatest, least - 1)));
-    return st;
-  }();
+  static cudaStream_t s = make_stream([](int least, int greatest) {
+    return std::max(greatest, least - 1);
+  });
   return s;
 }
 
@@ -313,14 +319,7 @@ cudaStream_t stream() { return t_route ? t_route : compute_stream(); }
 
 // The optimizer step of train.overlap_update runs here, at the lowest priority.
 cudaStream_t update_stream() {
-  static cudaStream_t s = [] {
-    g_touched = true;
-    int least = 0, greatest = 0;
-    OFT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    cudaStream_t st;
-    OFT_CUDA_CHECK(cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking, least));
-    return st;
-  }();
+  static cudaStream_t s = make_stream([](int least, int) { return least; });
   return s;
 }
 
@@ -328,14 +327,7 @@ cudaStream_t update_stream() {
 // priority: NCCL's blocks are scheduled ahead of the compute kernels' pending blocks, so the
 // reductions progress while the backward pass fills the GPU.
 cudaStream_t comm_stream() {
-  static cudaStream_t s = [] {
-    g_touched = true;
-    int least = 0, greatest = 0;
-    OFT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    cudaStream_t st;
-    OFT_CUDA_CHECK(cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking, greatest));
-    return st;
-  }();
+  static cudaStream_t s = make_stream([](int, int greatest) { return greatest; });
   return s;
 }
 
