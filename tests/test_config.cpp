@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/env_choice.h"
 #include "core/error.h"
 #include "train/run_config.h"
 #include "test_util.h"
@@ -126,4 +127,31 @@ TEST(Config, BaseInheritsAndYamlRoundTrips) {
   EXPECT_EQ(c.registry().to_json(), d.registry().to_json());
   fs::remove(p);
   fs::remove(dumped);
+}
+
+// The GPU backend's switches (OFT_ATTN_WGMMA, OFT_GEMM_WGMMA, OFT_ATTN_DQ_STORE, OFT_MATMUL_TUNE)
+// go through env_choice: unset or empty gives the default, an accepted word its value, and
+// anything else an error naming the variable, the value and the accepted words.
+TEST(Config, EnvironmentSwitchesRefuseUnknownValues) {
+  const char* name = "OFT_TEST_SWITCH";
+  auto read = [&] {
+    return env_choice(name, {{"auto", 7}, {"0", 0}, {"all", 3}}, 7,
+                      "auto (the default), 0 or all");
+  };
+  ::unsetenv(name);
+  EXPECT_EQ(read(), 7);
+  ::setenv(name, "", 1);
+  EXPECT_EQ(read(), 7);
+  ::setenv(name, "all", 1);
+  EXPECT_EQ(read(), 3);
+  ::setenv(name, "0", 1);
+  EXPECT_EQ(read(), 0);
+  for (const char* bad : {"ALL", "1", "all "}) {
+    ::setenv(name, bad, 1);
+    const std::string e = oft::testing::error_of(read);
+    EXPECT_NE(e.find(std::string("OFT_TEST_SWITCH='") + bad + "': expected auto (the default), 0 or all"),
+              std::string::npos)
+        << e;
+  }
+  ::unsetenv(name);
 }

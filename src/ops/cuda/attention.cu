@@ -41,6 +41,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/env_choice.h"
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/partials.cuh"
@@ -243,13 +244,10 @@ __global__ void __launch_bounds__(256)
 // every other backward kernel does) or `fused` (the Hopper backward stores dQ from the last CTA
 // per query tile; opt-in until it has been measured faster, docs/performance.md).
 bool fused_dq_store() {
-  static const bool fused = [] {
-    const char* e = std::getenv("OFT_ATTN_DQ_STORE");
-    if (e == nullptr || std::strcmp(e, "pass") == 0) return false;
-    if (std::strcmp(e, "fused") == 0) return true;
-    fail("OFT_ATTN_DQ_STORE='", e, "': expected pass (a separate dQ store pass, the default) or "
-         "fused (the Hopper attention backward stores dQ itself)");
-  }();
+  static const bool fused =
+      env_choice("OFT_ATTN_DQ_STORE", {{"pass", 0}, {"fused", 1}}, 0,
+                 "pass (a separate dQ store pass, the default) or fused (the Hopper attention "
+                 "backward stores dQ itself)") != 0;
   return fused;
 }
 

@@ -31,6 +31,8 @@
 
 #include <cstdlib>
 #include <cstring>
+
+#include "core/env_choice.h"
 #include "ops/cuda/attention_wgmma.cuh"
 
 namespace oft::cuda::attn {
@@ -402,18 +404,10 @@ __global__ void wgmma_probe_kernel(int* built) {
 // "by the size rules below"), on sm_90 with the sm_90a build only.
 int wgmma_mode() {
   static const int mode = [] {
-    int m = 7;
-    if (const char* e = std::getenv("OFT_ATTN_WGMMA")) {
-      if (std::strcmp(e, "auto") == 0) m = 7;
-      else if (std::strcmp(e, "0") == 0) m = 0;
-      else if (std::strcmp(e, "fwd") == 0) m = 1;
-      else if (std::strcmp(e, "bwd") == 0) m = 2;
-      else if (std::strcmp(e, "all") == 0) m = 3;
-      else
-        fail("OFT_ATTN_WGMMA='", e, "': expected auto (the Hopper kernels where they are the "
-             "faster, the default), all (wherever they apply), fwd (the forward only), bwd (the "
-             "backward only) or 0 (the mma.sync kernels)");
-    }
+    const int m = env_choice(
+        "OFT_ATTN_WGMMA", {{"auto", 7}, {"0", 0}, {"fwd", 1}, {"bwd", 2}, {"all", 3}}, 7,
+        "auto (the Hopper kernels where they are the faster, the default), all (wherever they "
+        "apply), fwd (the forward only), bwd (the backward only) or 0 (the mma.sync kernels)");
     if (m == 0) return 0;
     // The code this GPU runs must be an sm_90a build: a plain sm_90 build (e.g.
     // CMAKE_CUDA_ARCHITECTURES=90 or native), or PTX of another architecture compiled at load

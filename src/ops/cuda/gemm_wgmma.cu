@@ -55,6 +55,7 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include "core/env_choice.h"
 #include "core/tensor.h"
 #include "ops/cuda/attention_wgmma.cuh"
 #include "ops/cuda/gelu.cuh"
@@ -301,20 +302,14 @@ constexpr int kBitGeluFwd = 1, kBitDGelu = 2, kBitDRelu = 4;
 int modes() {
   if (g_test_mode >= 0) return sm90a_ready() ? g_test_mode : 0;
   static const int on = [] {
-    int m = kBitDRelu;
-    if (const char* e = std::getenv("OFT_GEMM_WGMMA")) {
-      if (std::strcmp(e, "all") == 0)
-        m = kBitGeluFwd | kBitDGelu | kBitDRelu;
-      else if (std::strcmp(e, "fwd") == 0)
-        m = kBitGeluFwd | kBitDRelu;
-      else if (std::strcmp(e, "0") == 0)
-        m = 0;
-      else if (std::strcmp(e, "auto") != 0)
-        fail("OFT_GEMM_WGMMA='", e, "': expected auto (the default: the ReLU MLP's input "
-             "gradient on the Hopper product, everything else through cuBLASLt), 0 (every "
-             "product through cuBLASLt), fwd (auto and the Hopper GELU forward product) or all "
-             "(also the DGELU backward product)");
-    }
+    const int m = env_choice(
+        "OFT_GEMM_WGMMA",
+        {{"auto", kBitDRelu}, {"0", 0}, {"fwd", kBitGeluFwd | kBitDRelu},
+         {"all", kBitGeluFwd | kBitDGelu | kBitDRelu}},
+        kBitDRelu,
+        "auto (the default: the ReLU MLP's input gradient on the Hopper product, everything "
+        "else through cuBLASLt), 0 (every product through cuBLASLt), fwd (auto and the Hopper "
+        "GELU forward product) or all (also the DGELU backward product)");
     return m != 0 && sm90a_ready() ? m : 0;
   }();
   return on;

@@ -70,6 +70,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/env_choice.h"
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/gemm_wgmma.h"
@@ -91,14 +92,10 @@ constexpr int kTuneCandidates = 8;
 // OFT_MATMUL_TUNE (1, the default): time the heuristic's first kTuneCandidates algorithms on
 // each new problem and keep the fastest; 0: the heuristic's first choice.
 bool tune_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("OFT_MATMUL_TUNE");
-    if (e == nullptr || *e == '\0' || std::strcmp(e, "1") == 0) return true;
-    if (std::strcmp(e, "0") == 0) return false;
-    fail("OFT_MATMUL_TUNE='", e, "': expected 1 (time cuBLASLt's candidate algorithms per "
-         "matrix-product shape and keep the fastest, the default) or 0 (the heuristic's first "
-         "choice)");
-  }();
+  static const bool on =
+      env_choice("OFT_MATMUL_TUNE", {{"1", 1}, {"0", 0}}, 1,
+                 "1 (time cuBLASLt's candidate algorithms per matrix-product shape and keep the "
+                 "fastest, the default) or 0 (the heuristic's first choice)") != 0;
   return on;
 }
 
