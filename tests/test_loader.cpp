@@ -119,6 +119,27 @@ TEST(Loader, ResumeFromSavedStateIsBitExact) {
   EXPECT_EQ(a.state(), b.state());
 }
 
+// The trainer reads the next batch ahead (its token-embedding rows are updated first,
+// train.overlap_update) and puts the state back: the stream is unchanged, across epoch ends.
+TEST(Loader, ReadAheadAndPutBackLeavesTheStreamUnchanged) {
+  TempDir td("loader");
+  auto shard = iota_shard(td, 2001);
+  const size_t B = 7, T = 10;
+  TokenLoader a(shard, opts(B, T, 3)), b(shard, opts(B, T, 3));
+  std::vector<int32_t> x(B * T), y(B * T), xa(B * T), ya(B * T), xp(B * T), yp(B * T);
+  for (int k = 0; k < 90; ++k) {  // 630 windows: three epoch ends (200 windows / epoch)
+    a.next_batch(xa.data(), ya.data());
+    const LoaderState at = b.state();
+    b.next_batch(xp.data(), yp.data());
+    b.set_state(at);
+    b.next_batch(x.data(), y.data());
+    ASSERT_EQ(x, xa) << k;
+    ASSERT_EQ(y, ya) << k;
+    ASSERT_EQ(xp, xa) << k;
+  }
+  EXPECT_EQ(a.state(), b.state());
+}
+
 TEST(Loader, RankShardingIsDisjoint) {
   TempDir td("loader");
   auto shard = iota_shard(td, 1001);  // 100 windows; 3 ranks take 33 each, 1 dropped
