@@ -248,7 +248,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
         model, *comm, tc.zero_stage == 1, tc.grad_reduce_dtype == "bf16");
   }
   AdamW opt = dp ? dp->make_optimizer(tc) : AdamW(model.params(), tc);
-  overlap_update(model, opt, tc.overlap_update && !dp);
+  const bool overlapped = overlap_update(model, opt, tc.overlap_update && !dp);
 
   const LoaderOptions lo = loader_options(cfg, cfg.data.train);
   const LoaderOptions val_lo = loader_options(cfg, cfg.data.val);
@@ -349,6 +349,10 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     std::fprintf(stderr, "cuda graph: %s\n",
                  graph.active() ? "on (micro-steps replayed once recorded)"
                                 : ("off (" + graph.why_off() + ")").c_str());
+  if (!quiet && rank == 0 && device == Device::CUDA)
+    std::fprintf(stderr, "optimizer step: %s\n",
+                 overlapped ? "beside the next forward (train.overlap_update=true)"
+                            : "after the backward");
   const int64_t row0 = rank * (B / W), row1 = row0 + B / W;  // this rank's rows
   ops::Readback readback;  // the micro-batches' losses, read after the step is queued
   std::vector<std::pair<TransformerLM::QueuedLoss, int64_t>> queued;  // with the batch's targets
