@@ -62,11 +62,13 @@ if [[ " $what " == *" bench "* ]]; then
     echo "-- $name (exit $?)"; grep -E "tokens/s|MFU|memory|loss|error|Error" "$OUT/bench_$name.log"
   }
   b gpt2_124m_vanilla gpt2_124m --profile
+  b gpt2_124m_overlap gpt2_124m train.overlap_update=true  # A/B with the line above
   b gpt2_124m_clipped gpt2_124m "model.attn_softmax=clipped(-0.025:1)" --profile
   b gpt2_124m_gated gpt2_124m model.attn_gate_type=conditional_per_token --profile
   b opt_125m_vanilla opt_125m_vanilla train.grad_accum=1
   b opt_125m_clipped opt_125m_clipped_softmax train.grad_accum=1
   b opt_125m_gated opt_125m_gated_attention train.grad_accum=1
+  b opt_125m_gated_overlap opt_125m_gated_attention train.grad_accum=1 train.overlap_update=true
   b bert_base bert_base_vanilla train.grad_accum=1
   b opt_1.3b_b16 opt_1.3b_vanilla train.grad_accum=1 train.batch_size=16 --no-peak
   grep -A40 "per-op" "$OUT/bench_gpt2_124m_vanilla.log"
