@@ -13,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -47,6 +49,24 @@ TEST_F(Cli, TokenizerEncodeHappyPath) {
   const CmdResult r = oft("tokenizer encode 'Hello world'");
   EXPECT_EQ(r.status, 0) << r.out;
   EXPECT_EQ(r.out, "15496 995 \n");
+}
+
+// `oft bench --json` on the CPU (a tiny model, two steps): the report's fields, including where
+// the optimizer step ran (after the backward: train.overlap_update is for the GPU) and the
+// graphs' state.
+TEST_F(Cli, BenchJsonReport) {
+  const std::string out = (dir_ / "bench.json").string();
+  const CmdResult r = oft("bench tiny model.n_layer=1 model.vocab_size=64 data.seq_len=16 "
+                          "train.batch_size=2 train.device=cpu train.overlap_update=true "
+                          "--steps 2 --warmup 1 --json " + out);
+  ASSERT_EQ(r.status, 0) << r.out;
+  std::ifstream f(out);
+  const auto j = nlohmann::json::parse(f);
+  EXPECT_EQ(j["device"], "cpu");
+  EXPECT_EQ(j["tokens_per_step"], 32);
+  EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
+  EXPECT_FALSE(j["overlap_update"].get<bool>());
+  EXPECT_NE(j["cuda_graph"].get<std::string>().find("off"), std::string::npos) << j.dump();
 }
 
 TEST_F(Cli, BadConfigValues) {

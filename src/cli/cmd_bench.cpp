@@ -62,7 +62,8 @@ void register_bench(CLI::App& app) {
                           {"flops_per_token", r.flops_per_token}, {"tflops", r.tflops},
                           {"peak_tflops", r.peak_tflops}, {"mfu", r.mfu},
                           {"peak_mem_gib", r.peak_mem_gib}, {"reserved_gib", r.reserved_gib},
-                          {"loss_first", r.loss_first}, {"loss_last", r.loss_last}};
+                          {"loss_first", r.loss_first}, {"loss_last", r.loss_last},
+                          {"cuda_graph", r.cuda_graph}, {"overlap_update", r.overlap_update}};
       for (size_t i = 0; i < r.op_ms.size(); ++i)
         j["ops"][r.op_ms[i].first] = {{"ms", r.op_ms[i].second}, {"calls", r.op_calls[i]}};
       std::ofstream f(*json);
