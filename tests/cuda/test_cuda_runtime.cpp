@@ -1,7 +1,8 @@
 // CUDA runtime plumbing: allocation through the caching allocator, host <-> device copies in
-// every dtype (small uploads through the staging slots), memory statistics, and the clear error
-// when no GPU is usable.
+// every dtype (small uploads through the staging slots), memory statistics, the clear error
+// when no GPU is usable, and the update stream's ordering (train.overlap_update).
 #include "cuda/cuda_test_util.h"
+#include "ops/device_graph.h"
 
 namespace oft::testing {
 namespace {
@@ -60,6 +61,52 @@ TEST(CudaRuntime, UnavailableGpuGivesAClearError) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("device=cpu"), std::string::npos) << e.what();
+  }
+}
+
+// The update stream (ops.h): work queued there before update_stage_done(s) is complete before
+// compute-stream work queued after compute_wait_update_stage(s), eagerly and in a CUDA graph
+// recorded before the update was queued (its wait node waits for the stage's latest mark at
+// each replay); host reads wait for the whole update. The update is made slow (a 64 MiB
+// tensor filled 30 times, milliseconds) so that a missing wait would show the older values.
+TEST(CudaUpdateStream, StageWaitsOrderComputeAfterTheUpdate) {
+  OFT_REQUIRE_CUDA();
+  const int64_t n = int64_t(1) << 24;
+  Tensor a = Tensor::zeros({n}, DType::F32, Device::CUDA);
+  Tensor late = Tensor::zeros({n}, DType::F32, Device::CUDA);
+  Tensor seen = Tensor::zeros({n}, DType::F32, Device::CUDA);
+  auto update = [&](double v) {  // stage 0: a = v (slowly); then late = v
+    ops::update_stream_begin();
+    for (int k = 0; k < 30; ++k) ops::fill(a, v - 29 + k);
+    ops::update_stage_done(0);
+    for (int k = 0; k < 30; ++k) ops::fill(late, v - 29 + k);
+    ops::update_stream_end();
+  };
+  auto all_equal = [](const Tensor& t, double v) {
+    for (double x : t.to_vector())
+      if (x != v) return false;
+    return true;
+  };
+  // Eager.
+  update(100);
+  EXPECT_TRUE(ops::update_pending());
+  ops::compute_wait_update_stage(0);
+  seen.copy_from(a);
+  EXPECT_TRUE(all_equal(seen, 100));
+  EXPECT_TRUE(all_equal(late, 100));  // the host read waited for the whole update
+  EXPECT_FALSE(ops::update_pending());
+  // Recorded before the updates it waits for, replayed after each.
+  ops::DeviceGraph g;
+  g.begin_capture();
+  ops::compute_wait_update_stage(0);
+  seen.copy_from(a);
+  g.end_capture();
+  ASSERT_TRUE(g.ready());
+  for (double v : {200.0, 300.0}) {
+    update(v);
+    g.launch();
+    ops::compute_wait_update();
+    EXPECT_TRUE(all_equal(seen, v)) << v;
   }
 }
 
