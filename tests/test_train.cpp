@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "core/resources.h"
 #include "io/atomic_file.h"
@@ -234,7 +235,18 @@ TEST(OverlapUpdate, StagesCoverEveryParameterAndMatchTheOneLaunchUpdate) {
       m->params().zero_grad();
       m->forward(t, g, Tensor(), true);
       m->backward(1.0);
-      if (step < 2) embedding_rows(*m, *o, t).apply(*o);  // b: this batch's embedding rows, then the rest
+      if (step < 2) {  // b: this batch's embedding rows, then the rest
+        const EmbeddingRows rows = embedding_rows(*m, *o, t);
+        if (m == &b) {
+          ASSERT_EQ(rows.param, 0u);  // wte.weight, the first parameter
+          std::set<double> distinct(tok.begin(), tok.end());
+          EXPECT_EQ(rows.first.to_vector(), std::vector<double>(distinct.begin(), distinct.end()));
+          EXPECT_EQ(rows.first.numel() + rows.rest.numel(), 40);
+        } else {
+          EXPECT_EQ(rows.param, static_cast<size_t>(-1));  // not overlapped: nothing to split
+        }
+        rows.apply(*o);
+      }
       o->step(1e-2, 0.7);
     }
   }

@@ -111,6 +111,8 @@ class TransformerLM {
   int update_stage(const std::string& param_name) const;
   int update_stages() const { return static_cast<int>(blocks_.size()) + 2; }
   void wait_for_update(bool on) { wait_update_ = on; }
+  // The token embedding [V, P] (tied with the output layer): its rows are what a batch reads.
+  const Param& token_embedding() const { return *wte_param_; }
   // Logits [B*T, Vp] of the last forward (Vp = V on the CPU; on the GPU columns >= V are the
   // aligned padding of the output layer and hold 0).
   // (A masked LM in training keeps only the masked positions' rows, in position order; after a

@@ -174,7 +174,7 @@ EmbeddingRows embedding_rows(const TransformerLM& model, const AdamW& opt, const
   if (!opt.overlapped()) return r;
   const auto& ps = model.params().all();
   for (size_t i = 0; i < ps.size(); ++i) {
-    if (ps[i].name != "wte.weight") continue;
+    if (&ps[i] != &model.token_embedding()) continue;
     const int64_t V = ps[i].value.dim(0);
     std::vector<char> seen(static_cast<size_t>(V), 0);
     const int32_t* t = tokens.data<int32_t>();
