@@ -65,6 +65,8 @@ TEST_F(Cli, BenchJsonReport) {
   EXPECT_EQ(j["device"], "cpu");
   EXPECT_EQ(j["tokens_per_step"], 32);
   EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
+  EXPECT_GT(j["wall_tokens_per_s"].get<double>(), 0.0);
+  EXPECT_EQ(j["steps"], 2);
   EXPECT_FALSE(j["overlap_update"].get<bool>());
   EXPECT_NE(j["cuda_graph"].get<std::string>().find("off"), std::string::npos) << j.dump();
 }

@@ -263,6 +263,93 @@ TEST(OverlapUpdate, StagesCoverEveryParameterAndMatchTheOneLaunchUpdate) {
   EXPECT_TRUE(on.train.overlap_update);
 }
 
+// The step's statistics on the device (AdamW::finish_stats / step_with_stats, what one process
+// trains with): the same sum of squares and clipping factor as the host's grad_norm() and
+// formula, the same update bit for bit, and a step with a non-finite gradient or loss leaves
+// every parameter and moment as it was.
+TEST(DeviceStats, MatchTheHostClippingAndSkipNonFiniteSteps) {
+  RunConfig cfg;
+  cfg.load("tiny", {"model.n_layer=2", "model.vocab_size=40", "data.seq_len=8"});
+  cfg.train.grad_clip = 0.05;  // small enough to clip every step
+  cfg.train.weight_decay = 0.1;
+  TransformerLM a(cfg.model, DType::F32, Device::CPU, 8), b(cfg.model, DType::F32, Device::CPU, 8);
+  a.init_weights(4);
+  b.init_weights(4);
+  AdamW oa(a.params(), cfg.train), ob(b.params(), cfg.train);
+  Rng rng(6);
+  auto batch = [&] {
+    std::vector<double> v(16);
+    for (auto& x : v) x = double(rng.next_u64() % 40);
+    return Tensor::from_vector({2, 8}, v, DType::I32);
+  };
+  auto snapshot = [](const TransformerLM& m, const AdamW& o) {
+    std::vector<std::vector<double>> r;
+    for (size_t i = 0; i < m.params().all().size(); ++i) {
+      r.push_back(m.params().all()[i].value.to_vector());
+      r.push_back(o.m(i).to_vector());
+      r.push_back(o.v(i).to_vector());
+    }
+    return r;
+  };
+  for (int step = 0; step < 3; ++step) {
+    const Tensor t = batch(), g = batch();
+    a.params().zero_grad();
+    a.forward(t, g, Tensor(), true);
+    a.backward(1.0);
+    const double ss = oa.grad_sum_squares(), gnorm = std::sqrt(ss);
+    EXPECT_EQ(gnorm, oa.grad_norm());
+    const double clip = gnorm > cfg.train.grad_clip ? cfg.train.grad_clip / gnorm : 1.0;
+    EXPECT_LT(clip, 1.0);
+    oa.step(1e-2, clip);
+
+    b.params().zero_grad();
+    ob.begin_stats();
+    b.forward(t, g, Tensor(), true);
+    ob.add_loss_stats(b.row_losses());
+    b.backward(1.0);
+    const std::vector<double> st = ob.finish_stats(cfg.train.grad_clip).to_vector();
+    EXPECT_EQ(st[0], ss) << "step " << step;
+    EXPECT_GT(st[1], 0.0);
+    EXPECT_EQ(st[2], clip);
+    EXPECT_EQ(st[3], 0.0);
+    ob.step_with_stats(1e-2);
+  }
+  EXPECT_EQ(snapshot(a, oa), snapshot(b, ob));
+  EXPECT_EQ(ob.steps_taken(), 3);
+
+  // A NaN gradient, then an infinite loss with finite gradients: nothing changes but the
+  // step count (the bias correction moves on, as the host's skipped step does).
+  for (int kind = 0; kind < 2; ++kind) {
+    SCOPED_TRACE(kind ? "infinite loss" : "NaN gradient");
+    const auto before = snapshot(b, ob);
+    const Tensor t = batch(), g = batch();
+    b.params().zero_grad();
+    ob.begin_stats();
+    b.forward(t, g, Tensor(), true);
+    if (kind == 1) {
+      ob.add_loss_stats(Tensor::from_vector({2}, {1.0, INFINITY}));
+    } else {
+      ob.add_loss_stats(b.row_losses());
+    }
+    b.backward(1.0);
+    if (kind == 0) b.params().all()[1].grad.data<float>()[0] = std::nanf("");
+    const std::vector<double> st = ob.finish_stats(cfg.train.grad_clip).to_vector();
+    EXPECT_EQ(st[3], 1.0);
+    ob.step_with_stats(1e-2);
+    EXPECT_EQ(snapshot(b, ob), before);
+  }
+  EXPECT_EQ(ob.steps_taken(), 5);
+
+  // The clipping factor alone: no clipping at max_norm 0 or below the limit.
+  Tensor st = Tensor::from_vector({4}, {16.0, 1.0, 0.0, 0.0}, DType::F64);
+  ops::on(st).clip_from_stats(st, 0.0);
+  EXPECT_EQ(st.to_vector(), (std::vector<double>{16.0, 1.0, 1.0, 0.0}));
+  ops::on(st).clip_from_stats(st, 5.0);
+  EXPECT_EQ(st.to_vector()[2], 1.0);
+  ops::on(st).clip_from_stats(st, 2.0);
+  EXPECT_EQ(st.to_vector()[2], 0.5);
+}
+
 TEST(NonFiniteGuard, StopsOrSkipsByPolicy) {
   TrainConfig t;
   t.nonfinite = "stop";

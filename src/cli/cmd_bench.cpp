@@ -59,6 +59,7 @@ void register_bench(CLI::App& app) {
                           {"params", r.params}, {"batch", r.batch},
                           {"seq_len", r.seq_len}, {"tokens_per_step", r.tokens_per_step},
                           {"step_ms", r.step_ms}, {"tokens_per_s", r.tokens_per_s},
+                          {"steps", r.steps}, {"wall_tokens_per_s", r.wall_tokens_per_s},
                           {"flops_per_token", r.flops_per_token}, {"tflops", r.tflops},
                           {"peak_tflops", r.peak_tflops}, {"mfu", r.mfu},
                           {"peak_mem_gib", r.peak_mem_gib}, {"reserved_gib", r.reserved_gib},

@@ -587,7 +587,11 @@ double TransformerLM::last_loss() {
 
 TransformerLM::QueuedLoss TransformerLM::queue_loss(ops::Readback& rb) const {
   if (!loss_pending_) return {};
-  return {rb.queue(losses_.slice(0, head_rows_)), n_targets_};
+  return {rb.queue(row_losses()), n_targets_};
+}
+
+Tensor TransformerLM::row_losses() const {
+  return loss_pending_ ? losses_.slice(0, head_rows_) : Tensor();
 }
 
 double TransformerLM::queued_loss(ops::Readback& rb, const QueuedLoss& q) {

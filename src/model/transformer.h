@@ -76,6 +76,9 @@ class TransformerLM {
     int64_t targets = 0;
   };
   QueuedLoss queue_loss(ops::Readback& rb) const;
+  // The last forward's per-row losses on the device, what queue_loss() copies (undefined
+  // without a loss).
+  Tensor row_losses() const;
   static double queued_loss(ops::Readback& rb, const QueuedLoss& q);
   // Accumulates d(loss_scale * mean loss)/d(params) into the gradients. Follows forward().
   // The mean is over counted_targets(), or over `total_targets` when positive (data-parallel

@@ -68,6 +68,11 @@ struct AdamWStep {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   int64_t step = 1;       // 1-based, for bias correction
   double grad_scale = 1;  // gradients are multiplied by this first (clipping)
+  // Optional: the step's statistics on the parameters' device (f64 [4], clip_from_stats). The
+  // update then takes its gradient scale from stats[2] instead of grad_scale, and leaves every
+  // tensor unchanged when stats[3] != 0 (a step with a non-finite loss or gradient): the host
+  // need not read the gradient norm before queueing the update.
+  const Tensor* stats = nullptr;
 };
 
 // One parameter of a fused multi-tensor AdamW step: f32 master, gradient and moments, and the
@@ -259,6 +264,11 @@ class Backend {
   // ---- optimizer ----
   virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                      const AdamWStep& h) = 0;
+  // The clipping of a step from its statistics, on their device. stats f64 [4]: [0] the sum of
+  // squared gradients and [1] the sum of squared per-row losses (sum_squares_into) are read;
+  // written are [2] = max_norm / sqrt([0]) when max_norm > 0 and sqrt([0]) > max_norm, else 1
+  // (the trainer's host formula, in f64), and [3] = 1 when [0] or [1] is not finite, else 0.
+  virtual void clip_from_stats(Tensor& stats, double max_norm) = 0;
 
   // ---- row selection (the masked-LM head runs on the masked positions only) ----
   // dst[i, :] = src[idx[i], :]   (dst [M, C], src [N, C], idx [M] i32 on the device)

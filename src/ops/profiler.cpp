@@ -240,6 +240,10 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "linear_act_bwd_dx");
     inner_.linear_act_bwd_dx(dpre, dout, w, saved, a, dsum);
   }
+  void clip_from_stats(Tensor& stats, double max_norm) override {
+    Scope scope_(this, "clip_from_stats");
+    inner_.clip_from_stats(stats, max_norm);
+  }
   void adamw_multi(const std::vector<AdamWTensors>& items, const AdamWStep& h) override {
     Scope scope_(this, "adamw_multi");
     inner_.adamw_multi(items, h);

@@ -3,6 +3,7 @@
 #include "train/bench.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -114,11 +115,30 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   bool eager = false;  // profiled steps time each op, so they run without the graph
   BenchResult r;
   int64_t step_no = 0;
-  ops::Readback readback;  // the micro-batches' losses
-  std::vector<TransformerLM::QueuedLoss> queued;
+  // As in training: one process clips (or skips) the update on the device and reads a step's
+  // losses after queueing the next step, so the host runs a step ahead of the GPU;
+  // data-parallel ranks read theirs before the update.
+  struct Queued {
+    std::vector<TransformerLM::QueuedLoss> losses;
+    ops::Readback* rb = nullptr;
+    double loss = 0;     // data-parallel: known when step() returns
+  };
+  std::array<ops::Readback, 2> readbacks;
+  auto read_loss = [&](Queued& q) {
+    if (!q.rb) return q.loss;
+    double loss = 0;
+    for (const TransformerLM::QueuedLoss& l : q.losses)
+      loss += TransformerLM::queued_loss(*q.rb, l) / double(tc.grad_accum);
+    q.rb->clear();
+    q.rb = nullptr;
+    q.loss = loss;
+    return loss;
+  };
   auto step = [&]() {
     model.params().zero_grad();
-    double loss = 0;
+    if (!dp) adam.begin_stats();
+    Queued q;
+    q.rb = &readbacks[size_t(step_no % 2)];
     for (int64_t m = 0; m < tc.grad_accum; ++m) {
       const size_t k = static_cast<size_t>(step_no * tc.grad_accum + m) % inputs.size();
       // Data-parallel: every rank's share is 1/W of the mean (equal target counts assumed).
@@ -131,37 +151,64 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
         model.backward(scale);
         if (dp) dp->after_backward();
       }
-      queued.push_back(model.queue_loss(readback));  // read after the step is queued
+      q.losses.push_back(model.queue_loss(*q.rb));  // read after the step is queued
+      if (!dp) adam.add_loss_stats(model.row_losses());
     }
     // As in training: the next step's first micro-batch's embedding rows are updated first.
     const size_t next = static_cast<size_t>((step_no + 1) * tc.grad_accum) % inputs.size();
     const EmbeddingRows next_rows = embedding_rows(model, adam, inputs[next]);
-    const double gnorm_single = dp ? 0.0 : adam.grad_norm();  // waits for the step's work
-    for (const TransformerLM::QueuedLoss& q : queued)
-      loss += TransformerLM::queued_loss(readback, q) / double(tc.grad_accum);
-    queued.clear();
-    readback.clear();
-    if (dp) loss /= double(denv.world);  // this rank's share of the mean
-    const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, adam) : gnorm_single;
-    const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
-    next_rows.apply(adam);
-    adam.step(tc.lr, clip);
-    if (dp) dp->after_step();
+    if (!dp) {
+      adam.finish_stats(tc.grad_clip);
+      next_rows.apply(adam);
+      adam.step_with_stats(tc.lr);
+    } else {
+      double loss = read_loss(q) / double(denv.world);  // this rank's share of the mean
+      const double gnorm = dp->global_loss_and_grad_norm(loss, adam);
+      q.loss = loss;
+      const double clip =
+          (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
+      next_rows.apply(adam);
+      adam.step(tc.lr, clip);
+      dp->after_step();
+    }
     ++step_no;
-    return loss;
+    return q;
   };
-  for (int64_t i = 0; i < opt.warmup; ++i) step();
+  for (int64_t i = 0; i < opt.warmup; ++i) {
+    Queued q = step();
+    read_loss(q);
+  }
   ops::device_synchronize();
   ops::reset_peak_device_memory();
-  std::vector<double> times;
+  // Each step's time: on the GPU, between device marks at the steps' starts on the op stream
+  // (the host queues step i + 1 before reading step i's loss, as training does, so a step's
+  // interval includes any wait for the host); on the CPU, whose ops return when done, the host
+  // clock.
+  const bool gpu = device == Device::CUDA;
+  ops::device_marks_reset();
+  std::vector<int> marks;
+  std::vector<Clock::time_point> host_marks;
+  Queued prev;
   for (int64_t i = 0; i < opt.steps; ++i) {
-    const auto t0 = Clock::now();
-    const double loss = step();
-    ops::device_synchronize();
-    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    if (i == 0) r.loss_first = loss;
-    r.loss_last = loss;
+    if (gpu) marks.push_back(ops::device_mark());
+    host_marks.push_back(Clock::now());
+    Queued q = step();
+    if (i > 0) r.loss_last = read_loss(prev);
+    if (i == 1) r.loss_first = r.loss_last;
+    prev = std::move(q);
   }
+  if (gpu) marks.push_back(ops::device_mark());
+  r.loss_last = read_loss(prev);
+  if (opt.steps == 1) r.loss_first = r.loss_last;
+  ops::device_synchronize();
+  host_marks.push_back(Clock::now());
+  const double wall = std::chrono::duration<double>(host_marks.back() - host_marks.front()).count();
+  std::vector<double> times;
+  for (int64_t i = 0; i < opt.steps; ++i)
+    times.push_back(gpu ? ops::device_elapsed_ms(marks[size_t(i)], marks[size_t(i) + 1]) * 1e-3
+                        : std::chrono::duration<double>(host_marks[size_t(i) + 1] -
+                                                        host_marks[size_t(i)]).count());
+  ops::device_marks_reset();
   const ops::DeviceMemory mem = ops::device_memory();
 
   r.overlap_update = overlapped;
@@ -177,6 +224,8 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   r.tokens_per_step = B * T * tc.grad_accum;
   r.step_ms = median(times) * 1e3;
   r.tokens_per_s = double(r.tokens_per_step) / median(times);
+  r.steps = opt.steps;
+  r.wall_tokens_per_s = wall > 0 ? double(r.tokens_per_step) * double(opt.steps) / wall : 0;
   // Matmul parameters: everything but the position / token-type tables and the vectors; the
   // tied output layer counts once more (it is a V x C product per token). Attention: QK^T and
   // PV are 2 * 2 * T * C per token per layer for full attention, half of it when causal.
@@ -200,7 +249,10 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     eager = true;
     overlap_update(model, adam, false);  // every op timed on the compute stream
     ops::Profiler::start();
-    for (int64_t i = 0; i < prof_steps; ++i) step();
+    for (int64_t i = 0; i < prof_steps; ++i) {
+      Queued q = step();
+      read_loss(q);
+    }
     auto rows = ops::Profiler::stop();
     for (const auto& row : rows) {
       r.op_ms.emplace_back(row.name, row.total_ms / double(prof_steps));
@@ -219,6 +271,9 @@ std::string bench_report(const std::string& name, const BenchResult& r) {
                 name.c_str(), r.device.c_str(), r.dtype.c_str(), double(r.params) / 1e6,
                 (long long)r.batch, (long long)r.seq_len, (long long)r.tokens_per_step, r.step_ms,
                 r.tokens_per_s, r.tflops, r.flops_per_token);
+  s += buf;
+  std::snprintf(buf, sizeof buf, "%lld steps back to back: %.0f tokens/s\n", (long long)r.steps,
+                r.wall_tokens_per_s);
   s += buf;
   if (r.gpus > 1) {
     std::snprintf(buf, sizeof buf, "%d GPUs%s: %.0f tokens/s in all (figures above are per GPU)\n",

@@ -24,7 +24,9 @@ struct BenchResult {
   int zero_stage = 0;
   int64_t params = 0, batch = 0, seq_len = 0, tokens_per_step = 0;
   double step_ms = 0;         // median over the timed steps
-  double tokens_per_s = 0;     // per GPU
+  double tokens_per_s = 0;     // per GPU, at the median step
+  double wall_tokens_per_s = 0;  // per GPU, the timed steps back to back (host clock)
+  int64_t steps = 0;             // timed steps
   double flops_per_token = 0;  // 6 * (matmul params incl. the head) + causal attention
   double tflops = 0;           // achieved model TFLOP/s
   double peak_tflops = 0;      // measured bf16 matmul peak (0 when not measured / CPU)

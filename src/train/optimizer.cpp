@@ -46,23 +46,56 @@ Tensor range_view(const Tensor& t, const ParamRange& r) {
 
 bool AdamW::decays(const Param& p) const { return cfg_.wd_exclude == "none" || p.matrix; }
 
-double AdamW::grad_sum_squares() const {
+void AdamW::add_grad_squares(Tensor& acc) const {
   const auto& ps = params_.all();
-  if (ps.empty()) return 0.0;
-  const Device dev = ps.front().grad.device();
-  Tensor acc = Tensor::zeros({1}, DType::F64, dev);
   std::vector<Tensor> views;
   views.reserve(ranges_.size());
   for (const ParamRange& r : ranges_) views.push_back(range_view(ps[r.param].grad, r));
   std::vector<const Tensor*> grads;
   for (const Tensor& g : views) grads.push_back(&g);
   if (!grads.empty()) ops::on(acc).sum_squares_multi(acc, grads);
+}
+
+double AdamW::grad_sum_squares() const {
+  const auto& ps = params_.all();
+  if (ps.empty()) return 0.0;
+  Tensor acc = Tensor::zeros({1}, DType::F64, ps.front().grad.device());
+  add_grad_squares(acc);
   return acc.item();
+}
+
+void AdamW::begin_stats() {
+  OFT_ASSERT(!sharded_, "AdamW::begin_stats: the device statistics need the whole model");
+  const auto& ps = params_.all();
+  prev_stats_ = std::move(stats_);
+  stats_ = Tensor::zeros({4}, DType::F64, ps.empty() ? Device::CPU : ps.front().grad.device());
+}
+
+void AdamW::add_loss_stats(const Tensor& row_losses) {
+  OFT_ASSERT(stats_.defined(), "AdamW::add_loss_stats before begin_stats");
+  if (!row_losses.defined() || row_losses.numel() == 0) return;
+  Tensor acc = stats_.slice(1, 2);
+  ops::on(acc).sum_squares_into(acc, row_losses);
+}
+
+const Tensor& AdamW::finish_stats(double max_norm) {
+  OFT_ASSERT(stats_.defined(), "AdamW::finish_stats before begin_stats");
+  Tensor acc = stats_.slice(0, 1);
+  add_grad_squares(acc);
+  ops::on(stats_).clip_from_stats(stats_, max_norm);
+  return stats_;
 }
 
 double AdamW::grad_norm() const { return std::sqrt(grad_sum_squares()); }
 
-void AdamW::step(double lr, double grad_scale) {
+void AdamW::step(double lr, double grad_scale) { update(lr, grad_scale, nullptr); }
+
+void AdamW::step_with_stats(double lr) {
+  OFT_ASSERT(stats_.defined(), "AdamW::step_with_stats before finish_stats");
+  update(lr, 1.0, &stats_);
+}
+
+void AdamW::update(double lr, double grad_scale, const Tensor* stats) {
   ++t_;
   auto& ps = params_.all();
   if (ps.empty() || ranges_.empty()) return;
@@ -73,6 +106,7 @@ void AdamW::step(double lr, double grad_scale) {
   h.eps = cfg_.adam_eps;
   h.step = t_;
   h.grad_scale = grad_scale;
+  h.stats = stats;
   // One fused update of every parameter (range), refreshing its compute copy on the way.
   std::vector<Tensor> value(ranges_.size()), grad(ranges_.size()), compute(ranges_.size());
   std::vector<ops::AdamWTensors> items(ranges_.size());

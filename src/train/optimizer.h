@@ -36,6 +36,20 @@ class AdamW {
   double grad_norm() const;
   // One update with learning rate `lr`; gradients are multiplied by grad_scale first.
   void step(double lr, double grad_scale);
+  // The same step with its gradient norm, clipping and non-finite check left on the device, so
+  // that one process queues the update without waiting for the norm (the trainer reads the
+  // statistics a step later; unsharded only, a shard's sums are partial):
+  //   begin_stats()              before the step's first forward;
+  //   add_loss_stats(losses)     after each forward (its per-row losses);
+  //   finish_stats(max_norm)     after the backward: returns the statistics, f64 [4] on the
+  //                              device (ops::Backend::clip_from_stats), to read back:
+  //                              [0] = grad_sum_squares(), [3] != 0 for a non-finite step;
+  //   step_with_stats(lr)        the update, clipped by [2], or none at all when [3] != 0
+  //                              (as the host's step(lr, scale) would have been skipped).
+  void begin_stats();
+  void add_loss_stats(const Tensor& row_losses);
+  const Tensor& finish_stats(double max_norm);
+  void step_with_stats(double lr);
   // The update beside the next forward (train.overlap_update; unsharded): step() then queues
   // it on the update stream in stages, parameter i (ParamStore order) in stage stage_of[i] of
   // `stages` (TransformerLM::update_stage), marks every stage (ops::update_stage_done) and
@@ -72,6 +86,11 @@ class AdamW {
   std::vector<ParamRange> ranges_;
   std::vector<Tensor> m_, v_;
   int64_t t_ = 0;
+  // begin_stats(): this step's statistics, and the last step's, which an overlapped update may
+  // still read while this step's are written.
+  Tensor stats_, prev_stats_;
+  void add_grad_squares(Tensor& acc) const;
+  void update(double lr, double grad_scale, const Tensor* stats);
   std::vector<int> stage_of_;  // set_update_stages
   int stages_ = 0;
   // split_next_update(): the parameter (or npos) and its rows; the rows of the last step stay

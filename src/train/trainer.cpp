@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -354,14 +355,83 @@ TrainResult train(RunConfig& cfg, bool quiet) {
                  overlapped ? "beside the next forward (train.overlap_update=true)"
                             : "after the backward");
   const int64_t row0 = rank * (B / W), row1 = row0 + B / W;  // this rank's rows
-  ops::Readback readback;  // the micro-batches' losses, read after the step is queued
-  std::vector<std::pair<TransformerLM::QueuedLoss, int64_t>> queued;  // with the batch's targets
+  // A step's losses and statistics, queued on the device for the host to read. One process
+  // leaves the gradient norm, the clipping and the non-finite check on the device
+  // (AdamW::finish_stats) and reads step N's values after queueing step N + 1, so the host never
+  // waits for the GPU between steps; data-parallel ranks agree on the norm on the host
+  // (dp->global_loss_and_grad_norm) before their update.
+  struct PendingStep {
+    int64_t step = -1;  // 0-based; -1: none
+    double lr = 0;
+    std::vector<std::pair<TransformerLM::QueuedLoss, int64_t>> losses;  // with the batch's targets
+    int stats = -1;                  // AdamW::finish_stats' copy in *rb (one process)
+    ops::Readback* rb = nullptr;     // readbacks[step % 2]
+  };
+  const bool device_stats = dp == nullptr;
+  std::array<ops::Readback, 2> readbacks;
+  PendingStep pending;
   const auto t0 = Clock::now();
   auto t_log = t0;
   int64_t tokens_since_log = 0;
+  // The mean loss of a step's micro-batches, summed in the order they were queued.
+  auto step_loss = [&](const PendingStep& p) {
+    double loss = 0;
+    for (const auto& [q, global_targets] : p.losses) {
+      const double l = TransformerLM::queued_loss(*p.rb, q);
+      if (W == 1)  // one process: the same sum as always, bit for bit
+        loss += l / double(tc.grad_accum);
+      else if (global_targets > 0)
+        loss += l * double(q.targets) / double(global_targets) / double(tc.grad_accum);
+    }
+    return loss;
+  };
+  // The host's side of a step once its loss and gradient norm are known: the non-finite guard
+  // (which throws when the policy says stop), the metrics and the log line. Returns whether
+  // the step is skipped (its update is, or was, not applied).
+  auto book_step = [&](int64_t step, double loss, double gnorm, double lr) {
+    tokens_seen += double(tokens_per_step);
+    tokens_since_log += tokens_per_step;
+    if (guard.skip_step(step + 1, loss, gnorm)) {
+      write_metrics({{"step", step + 1}, {"skipped", true}});
+      return true;
+    }
+    result.train_loss = loss;
+    const int64_t done = step + 1;
+    if (done % tc.log_every == 0 || done == tc.steps || done == 1) {
+      const auto now = Clock::now();
+      const double dt = std::chrono::duration<double>(now - t_log).count();
+      const double tps = dt > 0 ? tokens_since_log / dt : 0;
+      const double elapsed = std::chrono::duration<double>(now - t0).count();
+      const double eta = elapsed / double(done - start_step) * double(tc.steps - done);
+      write_metrics({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm},
+                     {"tokens", tokens_seen}, {"tokens_per_s", tps}, {"elapsed_s", elapsed}});
+      if (!quiet)
+        std::fprintf(stderr, "step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %.1fk tok/s | ETA %s\n",
+                     (long long)done, (long long)tc.steps, loss, lr, gnorm, tps / 1e3,
+                     fmt_duration(eta).c_str());
+      t_log = now;
+      tokens_since_log = 0;
+    }
+    return false;
+  };
+  // Reads and books the pending step, waiting for its values only (the next step's work, if
+  // queued, keeps running).
+  auto settle_pending = [&]() {
+    if (pending.step < 0) return;
+    PendingStep p = std::move(pending);
+    pending = PendingStep{};
+    const double loss = step_loss(p);
+    const double gnorm = std::sqrt(p.rb->values(p.stats)[0]);
+    p.rb->clear();
+    book_step(p.step, loss, gnorm, p.lr);
+  };
   for (int64_t step = start_step; step < tc.steps; ++step) {
     model.params().zero_grad();
-    double loss = 0;
+    if (device_stats) opt.begin_stats();
+    PendingStep now;
+    now.step = step;
+    now.lr = learning_rate(tc, warmup, step);
+    now.rb = &readbacks[size_t(step % 2)];
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       // Every rank reads the whole global batch (cheap, on the host) and keeps its rows; the
       // loss is normalised by the targets of the whole batch, so summed gradients are the mean.
@@ -383,7 +453,8 @@ TrainResult train(RunConfig& cfg, bool quiet) {
         if (dp) dp->after_backward();
       }
       // Read once the step's work is queued: the host does not wait between micro-batches.
-      queued.push_back({model.queue_loss(readback), global_targets});
+      now.losses.push_back({model.queue_loss(*now.rb), global_targets});
+      if (device_stats) opt.add_loss_stats(model.row_losses());
     }
     // The next micro-batch, read ahead and put back while the GPU works: with the update
     // overlapped, the token-embedding rows it reads are updated first, so the next forward waits
@@ -395,55 +466,41 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       loader.set_state(at);
       next_rows = embedding_rows(model, opt, in.slice(row0, row1));
     }
-    // One process: the gradient norm first (its readback waits for the step's work), then the
-    // queued losses, already on the host by then.
-    const double gnorm_single = dp ? 0.0 : opt.grad_norm();
-    for (const auto& [q, global_targets] : queued) {
-      const double l = TransformerLM::queued_loss(readback, q);
-      if (W == 1)  // one process: the same sum as always, bit for bit
-        loss += l / double(tc.grad_accum);
-      else if (global_targets > 0)
-        loss += l * double(q.targets) / double(global_targets) / double(tc.grad_accum);
+    if (device_stats) {
+      // Clipped (or skipped) on the device; the previous step is booked while this one runs.
+      now.stats = now.rb->queue(opt.finish_stats(tc.grad_clip));
+      next_rows.apply(opt);
+      opt.step_with_stats(now.lr);
+      settle_pending();
+      pending = std::move(now);
+    } else {
+      double loss = step_loss(now);  // this rank's share, then the global loss
+      now.rb->clear();
+      const double gnorm = dp->global_loss_and_grad_norm(loss, opt);
+      if (book_step(step, loss, gnorm, now.lr)) {
+        opt.set_steps_taken(opt.steps_taken() + 1);
+      } else {
+        const double clip =
+            (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
+        next_rows.apply(opt);
+        opt.step(now.lr, clip);
+        dp->after_step();
+      }
     }
-    queued.clear();
-    readback.clear();
-    const double gnorm = dp ? dp->global_loss_and_grad_norm(loss, opt) : gnorm_single;
-    const double lr = learning_rate(tc, warmup, step);
-    tokens_seen += double(tokens_per_step);
-    tokens_since_log += tokens_per_step;
-    if (guard.skip_step(step + 1, loss, gnorm)) {
-      write_metrics({{"step", step + 1}, {"skipped", true}});
-      opt.set_steps_taken(opt.steps_taken() + 1);
-      continue;
-    }
-    const double clip = (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
-    next_rows.apply(opt);
-    opt.step(lr, clip);
-    if (dp) dp->after_step();
-    result.train_loss = loss;
     const int64_t done = step + 1;
-    if (done % tc.log_every == 0 || done == tc.steps || done == 1) {
-      const auto now = Clock::now();
-      const double dt = std::chrono::duration<double>(now - t_log).count();
-      const double tps = dt > 0 ? tokens_since_log / dt : 0;
-      const double elapsed = std::chrono::duration<double>(now - t0).count();
-      const double eta = elapsed / double(done - start_step) * double(tc.steps - done);
-      write_metrics({{"step", done}, {"loss", loss}, {"lr", lr}, {"grad_norm", gnorm},
-                     {"tokens", tokens_seen}, {"tokens_per_s", tps}, {"elapsed_s", elapsed}});
-      if (!quiet)
-        std::fprintf(stderr, "step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %.1fk tok/s | ETA %s\n",
-                     (long long)done, (long long)tc.steps, loss, lr, gnorm, tps / 1e3,
-                     fmt_duration(eta).c_str());
-      t_log = now;
-      tokens_since_log = 0;
-    }
     const bool last = done == tc.steps;
     const bool stop = tc.stop_at > 0 && done == tc.stop_at;
+    const bool eval_now = (tc.eval_every > 0 && done % tc.eval_every == 0) || last;
+    const bool outliers_now = cfg.metrics.every > 0 && (done % cfg.metrics.every == 0 || last);
+    const bool ckpt_now = (tc.ckpt_every > 0 && done % tc.ckpt_every == 0) || last || stop;
+    // This step is booked first: its log line before the evaluation's, and its skipped count
+    // and tokens in the checkpoint.
+    if (eval_now || outliers_now || ckpt_now) settle_pending();
     if (rank == 0) {
-      if ((tc.eval_every > 0 && done % tc.eval_every == 0) || last) result.final_val = do_eval(done);
-      if (cfg.metrics.every > 0 && (done % cfg.metrics.every == 0 || last)) log_outliers(done);
+      if (eval_now) result.final_val = do_eval(done);
+      if (outliers_now) log_outliers(done);
     }
-    if ((tc.ckpt_every > 0 && done % tc.ckpt_every == 0) || last || stop) {
+    if (ckpt_now) {
       if (opt.sharded()) {
         // Collective: every rank contributes its shard of the masters and the moments.
         dp->gather_masters();
@@ -464,6 +521,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       return result;
     }
   }
+  settle_pending();  // (the last step was booked before its checkpoint)
   if (start_step == tc.steps && rank == 0) result.final_val = do_eval(start_step);
   const double total = std::chrono::duration<double>(Clock::now() - t0).count();
   result.steps = tc.steps;

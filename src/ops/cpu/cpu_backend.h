@@ -76,6 +76,7 @@ class CpuBackend final : public Backend {
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWStep& h) override;
+  void clip_from_stats(Tensor& stats, double max_norm) override;
   void convert(Tensor& dst, const Tensor& src) override;
   void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
   void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;

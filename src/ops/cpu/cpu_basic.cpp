@@ -279,12 +279,21 @@ void CpuBackend::embedding_bwd(Tensor& dwte, Tensor& dwpe, const Tensor& dout,
 void CpuBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                        const AdamWStep& h) {
   expect_same(param, grad, "adamw");
+  double grad_scale = h.grad_scale;
+  if (h.stats) {  // the step's own clipping, or nothing for a non-finite step
+    OFT_ASSERT(h.stats->dtype() == DType::F64 && h.stats->numel() == 4 &&
+                   h.stats->device() == Device::CPU,
+               "adamw: stats must be f64 [4] on the CPU");
+    const double* st = h.stats->data<double>();
+    if (st[3] != 0) return;
+    grad_scale = st[2];
+  }
   dispatch_float(param, [&]<class T>() {
     T *p = param.data<T>(), *pm = m.data<T>(), *pv = v.data<T>();
     const T* g = grad.data<T>();
     const double bc1 = 1.0 - std::pow(h.beta1, double(h.step));
     const double bc2 = 1.0 - std::pow(h.beta2, double(h.step));
-    const T b1 = T(h.beta1), b2 = T(h.beta2), gs = T(h.grad_scale);
+    const T b1 = T(h.beta1), b2 = T(h.beta2), gs = T(grad_scale);
     const T step_size = T(h.lr / bc1), decay = T(1.0 - h.lr * h.weight_decay);
     const T inv_sqrt_bc2 = T(1.0 / std::sqrt(bc2)), eps = T(h.eps);
 #pragma omp parallel for schedule(static)
@@ -296,6 +305,15 @@ void CpuBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
       p[i] = p[i] * decay - step_size * pm[i] / denom;
     }
   });
+}
+
+void CpuBackend::clip_from_stats(Tensor& stats, double max_norm) {
+  OFT_ASSERT(stats.dtype() == DType::F64 && stats.numel() == 4,
+             "clip_from_stats: stats must be f64 [4]");
+  double* st = stats.data<double>();
+  const double norm = std::sqrt(st[0]);
+  st[2] = max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0;
+  st[3] = std::isfinite(st[0]) && std::isfinite(st[1]) ? 0.0 : 1.0;
 }
 
 void CpuBackend::sum_squares_into(Tensor& acc, const Tensor& x) {
@@ -365,6 +383,9 @@ void* host_pinned_alloc(size_t bytes) {
 }
 void host_pinned_free(void* p) { std::free(p); }
 void copy_to_host_queued(void* dst, const Tensor& src) { std::memcpy(dst, src.raw(), src.nbytes()); }
+void* copy_event_record(void* e) { return e; }
+void copy_event_wait(void*) {}
+void copy_event_destroy(void*) {}
 
 bool cuda_available() { return false; }
 std::string cuda_unavailable_reason() {

@@ -104,6 +104,7 @@ class CudaBackend final : public Backend {
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,  // multi_tensor.cu
              const AdamWStep& h) override;
+  void clip_from_stats(Tensor& stats, double max_norm) override;  // multi_tensor.cu
   void convert(Tensor& dst, const Tensor& src) override;
   void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
   void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;

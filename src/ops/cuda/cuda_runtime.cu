@@ -473,6 +473,20 @@ void copy_to_host_queued(void* dst, const Tensor& src) {
   if (g_plain_host.count(dst)) OFT_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
 }
 
+void* copy_event_record(void* e) {
+  if (!cuda::state().ok) return e;
+  auto ev = static_cast<cudaEvent_t>(e);
+  if (!ev) OFT_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  OFT_CUDA_CHECK(cudaEventRecord(ev, cuda::stream()));
+  return ev;
+}
+void copy_event_wait(void* e) {
+  if (e) OFT_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(e)));
+}
+void copy_event_destroy(void* e) {
+  if (e && cuda::state().ok) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+}
+
 DeviceMemory device_memory() {
   return cuda::state().ok ? cuda::allocator().stats() : DeviceMemory{};
 }

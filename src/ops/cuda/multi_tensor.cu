@@ -4,7 +4,8 @@
 //   param = param * (1 - lr wd) - (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
 // with the same f32 constants and explicitly rounded operations (__fmul_rn, __fsqrt_rn, ...), so
 // neither --use_fast_math nor FMA contraction changes the result. The single-tensor op is the
-// multi-tensor one with one item.
+// multi-tensor one with one item. With AdamWStep::stats the kernels take the gradient scale
+// (or the decision to skip the step) from the device, where clip_from_stats wrote it.
 //
 // Multi-tensor ops: the optimizer step, the global gradient norm and zeroing the gradients, each
 // in one launch over every parameter instead of one launch per tensor (a 124M-parameter GPT-2
@@ -56,7 +57,17 @@ struct Segs {
 
 struct AdamWConsts {
   float b1, one_minus_b1, b2, one_minus_b2, grad_scale, step_size, inv_sqrt_bc2, eps;
+  const double* stats;  // AdamWStep::stats (f64 [4]) or null
 };
+
+// AdamWStep::stats: the gradient scale from stats[2]; false (update nothing) when stats[3] marks
+// a non-finite step. float(double) rounds as the host's conversion of grad_scale does.
+__device__ __forceinline__ bool take_stats(AdamWConsts& k) {
+  if (!k.stats) return true;
+  if (k.stats[3] != 0.0) return false;
+  k.grad_scale = __double2float_rn(k.stats[2]);
+  return true;
+}
 
 __device__ __forceinline__ int find_seg(const Segs& s, int64_t chunk) {
   int lo = 0, hi = s.count - 1;
@@ -119,6 +130,7 @@ __device__ __forceinline__ void adamw_span(const Seg& sg, int64_t begin, int64_t
 
 __global__ void __launch_bounds__(kThreads)
     adamw_multi_kernel(const __grid_constant__ Segs s, AdamWConsts k) {
+  if (!take_stats(k)) return;
   const int64_t chunk = blockIdx.x;
   const Seg& sg = s.seg[find_seg(s, chunk)];
   const int64_t begin = (chunk - s.chunk_begin[&sg - s.seg]) * kChunk;
@@ -128,6 +140,7 @@ __global__ void __launch_bounds__(kThreads)
 // Some rows of one tensor [n / cols, cols]: block b updates row rows[b].
 __global__ void __launch_bounds__(kThreads)
     adamw_rows_kernel(const Seg sg, const int32_t* rows, int64_t cols, AdamWConsts k) {
+  if (!take_stats(k)) return;
   const int64_t begin = int64_t(rows[blockIdx.x]) * cols;
   adamw_span(sg, begin, begin + cols, k);
 }
@@ -202,6 +215,13 @@ __global__ void __launch_bounds__(kThreads) zero_multi_kernel(const __grid_const
   }
 }
 
+// stats [4]: [2] the clipping factor, [3] whether [0] or [1] is not finite (clip_from_stats).
+__global__ void clip_from_stats_kernel(double* st, double max_norm) {
+  const double norm = sqrt(st[0]);
+  st[2] = max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0;
+  st[3] = isfinite(st[0]) && isfinite(st[1]) ? 0.0 : 1.0;
+}
+
 // A single-tensor segment: the tensor in `copy`, its dtype in copy_kind.
 Seg tensor_seg(const Tensor& x) {
   Seg sg{};
@@ -239,7 +259,13 @@ void CudaBackend::adamw_multi(const std::vector<AdamWTensors>& items, const Adam
   const double bc2 = 1.0 - std::pow(h.beta2, double(h.step));
   AdamWConsts k{float(h.beta1),       1.f - float(h.beta1), float(h.beta2),
                 1.f - float(h.beta2), float(h.grad_scale),  float(h.lr / bc1),
-                float(1.0 / std::sqrt(bc2)), float(h.eps)};
+                float(1.0 / std::sqrt(bc2)), float(h.eps), nullptr};
+  if (h.stats) {
+    cuda::expect_dtype(*h.stats, DType::F64, "adamw_multi stats");
+    OFT_ASSERT(h.stats->numel() == 4 && h.stats->device() == Device::CUDA,
+               "adamw_multi: stats must be f64 [4] on the GPU");
+    k.stats = h.stats->data<double>();
+  }
   for (const AdamWTensors& t : items) {
     cuda::expect_dtype(*t.param, DType::F32, "adamw_multi param (master weights are f32)");
     cuda::expect_dtype(*t.grad, DType::F32, "adamw_multi grad");
@@ -299,6 +325,13 @@ void CudaBackend::adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                         const AdamWStep& h) {
   OFT_ASSERT(h.step >= 1, "adamw: step is 1-based, got ", h.step);
   adamw_multi({AdamWTensors{&param, &grad, &m, &v, nullptr, h.weight_decay}}, h);
+}
+
+void CudaBackend::clip_from_stats(Tensor& stats, double max_norm) {
+  cuda::expect_dtype(stats, DType::F64, "clip_from_stats stats");
+  OFT_ASSERT(stats.numel() == 4, "clip_from_stats: stats must be f64 [4]");
+  clip_from_stats_kernel<<<1, 1, 0, cuda::stream()>>>(stats.data<double>(), max_norm);
+  OFT_CUDA_LAUNCH_CHECK();
 }
 
 void CudaBackend::sum_squares_into(Tensor& acc, const Tensor& x) {
