@@ -166,6 +166,46 @@ TEST_F(TrainTest, ExistingRunNeedsResumeAndMissingShardsAreExplained) {
   EXPECT_FALSE(fs::exists(root_ + "/missing/checkpoints"));
 }
 
+// Non-finite steps end to end. A learning rate of 1e38 (set past the config's range check)
+// makes the first update overflow the next forward, so every later step's loss is NaN. With
+// train.nonfinite=skip those steps are logged as skipped and their updates not applied: the
+// final weights are the first step's, bit for bit, and the run still evaluates and saves at its
+// end. With stop the run fails naming the step.
+TEST_F(TrainTest, NonFiniteStepsAreSkippedOrStopTheRun) {
+  auto run = [&](const std::string& name, std::vector<std::string> extra) {
+    RunConfig cfg;
+    cfg.load("tiny", with(small(name), with({"train.warmup_steps=0", "train.schedule=constant"},
+                                            extra)));
+    cfg.train.lr = 1e38;
+    return train(cfg, true);
+  };
+  run("nf_one", {"train.steps=1"});
+  const TrainResult r = run("nf_skip", {"train.steps=4", "train.nonfinite=skip",
+                                        "train.max_skipped=5"});
+  EXPECT_EQ(r.steps, 4);
+  EXPECT_EQ(train_losses("nf_skip").size(), 1u);
+  int skipped = 0;
+  {
+    std::ifstream in(root_ + "/nf_skip/metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) skipped += nlohmann::json::parse(line).value("skipped", false);
+  }
+  EXPECT_EQ(skipped, 3);
+  const std::string one = find_checkpoint(root_ + "/nf_one"), skip = find_checkpoint(root_ + "/nf_skip");
+  const SafetensorsFile fa = SafetensorsFile::open(one + "/model.safetensors"),
+                        fb = SafetensorsFile::open(skip + "/model.safetensors");
+  ASSERT_EQ(fa.names(), fb.names());
+  for (const std::string& n : fa.names())
+    EXPECT_EQ(fa.load(n).to_vector(), fb.load(n).to_vector()) << n;
+  EXPECT_EQ(read_checkpoint_state(skip).value("skipped_steps", 0), 3);
+  const std::string e = error_of([&] { run("nf_stop", {"train.steps=4"}); });
+  EXPECT_NE(e.find("step 2: loss is not finite"), std::string::npos) << e;
+  const std::string many = error_of([&] {
+    run("nf_many", {"train.steps=6", "train.nonfinite=skip", "train.max_skipped=2"});
+  });
+  EXPECT_NE(many.find("train.max_skipped=2"), std::string::npos) << many;
+}
+
 // CUDA graphs of the step are GPU-only: on the CPU the graph says why it is off and leaves every
 // step to the caller (the GPU behaviour is tested in tests/cuda/test_cuda_graph.cpp).
 TEST(StepGraph, OffOnTheCpuAndWhenDisabled) {
