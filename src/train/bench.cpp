@@ -200,6 +200,7 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
   if (gpu) marks.push_back(ops::device_mark());
   r.loss_last = read_loss(prev);
   if (opt.steps == 1) r.loss_first = r.loss_last;
+  if (ops::update_pending()) ops::compute_wait_update();  // the last step's overlapped update
   ops::device_synchronize();
   host_marks.push_back(Clock::now());
   const double wall = std::chrono::duration<double>(host_marks.back() - host_marks.front()).count();
