@@ -61,7 +61,8 @@ class TrainTest : public ::testing::Test {
 
 TEST_F(TrainTest, ValidationLossFallsWellBelowItsStart) {
   RunConfig cfg;
-  cfg.load("tiny", with(small("falls"), {"train.steps=120", "train.lr=3e-3"}));
+  cfg.load("tiny", with(small("falls"), {"train.steps=120", "train.lr=3e-3",
+                                          "train.eval_every=50"}));
   TrainResult r = train(cfg, true);
   // Uniform guessing over 2048 pieces is ln(2048) = 7.62 nats.
   EXPECT_NEAR(r.initial_val.loss, std::log(2048.0), 0.3);
@@ -69,6 +70,24 @@ TEST_F(TrainTest, ValidationLossFallsWellBelowItsStart) {
       << r.initial_val.loss << " -> " << r.final_val.loss;
   EXPECT_TRUE(fs::exists(root_ + "/falls/config.yaml"));
   EXPECT_EQ(train_losses("falls").size(), 120u);
+  // Steps are booked a step late (while the next one runs), yet the log stays in step order
+  // and each evaluation follows its step's record.
+  std::ifstream in(root_ + "/falls/metrics.jsonl");
+  std::string line;
+  int64_t last_step = -1;
+  int evals = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    const int64_t s = j.at("step").get<int64_t>();
+    if (j.contains("val_loss")) {
+      EXPECT_EQ(s, last_step == -1 ? 0 : last_step) << line;  // after its step's own line
+      ++evals;
+    } else {
+      EXPECT_EQ(s, last_step + 1) << line;
+    }
+    last_step = std::max<int64_t>(last_step, s);
+  }
+  EXPECT_EQ(evals, 4);  // steps 0, 50, 100 and the last
 }
 
 TEST_F(TrainTest, SplitRunResumesBitExactly) {
