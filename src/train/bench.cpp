@@ -178,6 +178,7 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
     Queued q = step();
     read_loss(q);
   }
+  if (ops::update_pending()) ops::compute_wait_update();  // the last warm-up step's update
   ops::device_synchronize();
   ops::reset_peak_device_memory();
   // Each step's time: on the GPU, between device marks at the steps' starts on the op stream

@@ -67,6 +67,7 @@ double AdamW::grad_sum_squares() const {
 void AdamW::begin_stats() {
   OFT_ASSERT(!sharded_, "AdamW::begin_stats: the device statistics need the whole model");
   const auto& ps = params_.all();
+  // The last step's statistics stay alive: an overlapped update may still read them.
   prev_stats_ = std::move(stats_);
   stats_ = Tensor::zeros({4}, DType::F64, ps.empty() ? Device::CPU : ps.front().grad.device());
 }
@@ -118,7 +119,9 @@ void AdamW::update(double lr, double grad_scale, const Tensor* stats) {
     items[i] = {&value[i], &grad[i], &m_[i], &v_[i], &compute[i],
                 decays(p) ? cfg_.weight_decay : 0.0};
   }
-  // The rows of the last split are no longer read (the host waited for that step's forward).
+  // The rows of the last split may be released now: the update that read them finished before
+  // anything queued after the next step's first copy to the host (copy_to_host_queued waits for
+  // the update), and the trainer queues such copies every step.
   used_first_ = std::move(split_first_);
   used_rest_ = std::move(split_rest_);
   const size_t split = std::exchange(split_param_, static_cast<size_t>(-1));

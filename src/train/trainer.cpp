@@ -78,11 +78,13 @@ void set_cpu_threads(int64_t threads) {
   openblas_set_num_threads(n);
 }
 
-bool NonFiniteGuard::skip_step(int64_t step, double loss, double grad_norm) {
-  if (std::isfinite(loss) && std::isfinite(grad_norm)) return false;
-  const std::string what = !std::isfinite(loss) ? "loss" : "gradient norm";
+bool NonFiniteGuard::skip_step(int64_t step, double loss, double grad_norm, bool flagged) {
+  if (std::isfinite(loss) && std::isfinite(grad_norm) && !flagged) return false;
+  const std::string what = !std::isfinite(loss)        ? "loss is not finite"
+                           : !std::isfinite(grad_norm) ? "gradient norm is not finite"
+                                                       : "a per-row loss is above 1e19";
   OFT_CHECK(skip_, "step ", step, ": ", what,
-            " is not finite; stopping (train.nonfinite=stop). Lower train.lr, raise "
+            "; stopping (train.nonfinite=stop). Lower train.lr, raise "
             "train.warmup_steps, or set train.nonfinite=skip");
   ++skipped_;
   OFT_CHECK(skipped_ <= max_, "step ", step, ": ", skipped_,
@@ -388,10 +390,10 @@ TrainResult train(RunConfig& cfg, bool quiet) {
   // The host's side of a step once its loss and gradient norm are known: the non-finite guard
   // (which throws when the policy says stop), the metrics and the log line. Returns whether
   // the step is skipped (its update is, or was, not applied).
-  auto book_step = [&](int64_t step, double loss, double gnorm, double lr) {
+  auto book_step = [&](int64_t step, double loss, double gnorm, double lr, bool flagged) {
     tokens_seen += double(tokens_per_step);
     tokens_since_log += tokens_per_step;
-    if (guard.skip_step(step + 1, loss, gnorm)) {
+    if (guard.skip_step(step + 1, loss, gnorm, flagged)) {
       write_metrics({{"step", step + 1}, {"skipped", true}});
       return true;
     }
@@ -415,15 +417,24 @@ TrainResult train(RunConfig& cfg, bool quiet) {
     return false;
   };
   // Reads and books the pending step, waiting for its values only (the next step's work, if
-  // queued, keeps running).
+  // queued, keeps running). The device's skip flag is the authority: the guard counts exactly
+  // the steps whose update was not applied. Should the guard stop the run, the GPU's queue
+  // (the next step, perhaps its update) is drained first, so that nothing still writes the
+  // model's memory once it is released.
   auto settle_pending = [&]() {
     if (pending.step < 0) return;
     PendingStep p = std::move(pending);
     pending = PendingStep{};
     const double loss = step_loss(p);
-    const double gnorm = std::sqrt(p.rb->values(p.stats)[0]);
+    const std::vector<double> st = p.rb->values(p.stats);
     p.rb->clear();
-    book_step(p.step, loss, gnorm, p.lr);
+    try {
+      book_step(p.step, loss, std::sqrt(st[0]), p.lr, st[3] != 0);
+    } catch (...) {
+      if (ops::update_pending()) ops::compute_wait_update();
+      ops::device_synchronize();
+      throw;
+    }
   };
   for (int64_t step = start_step; step < tc.steps; ++step) {
     model.params().zero_grad();
@@ -477,7 +488,7 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       double loss = step_loss(now);  // this rank's share, then the global loss
       now.rb->clear();
       const double gnorm = dp->global_loss_and_grad_norm(loss, opt);
-      if (book_step(step, loss, gnorm, now.lr)) {
+      if (book_step(step, loss, gnorm, now.lr, false)) {
         opt.set_steps_taken(opt.steps_taken() + 1);
       } else {
         const double clip =

@@ -33,8 +33,10 @@ class NonFiniteGuard {
  public:
   NonFiniteGuard(const TrainConfig& t, int64_t already_skipped)
       : skip_(t.nonfinite == "skip"), max_(t.max_skipped), skipped_(already_skipped) {}
-  // True when the step must be skipped; throws when the policy says stop.
-  bool skip_step(int64_t step, double loss, double grad_norm);
+  // True when the step must be skipped; throws when the policy says stop. `flagged`: the
+  // device's own check (AdamW::finish_stats) found a non-finite value where the host's figures
+  // are finite (a per-row loss whose square overflows); the update was not applied.
+  bool skip_step(int64_t step, double loss, double grad_norm, bool flagged = false);
   int64_t skipped() const { return skipped_; }
 
  private:

@@ -75,8 +75,10 @@ TEST(CudaTrain, OverlappedUpdateMatchesTheUpdateAfterTheBackward) {
 
 // AdamWStep::stats on the GPU: the clipping factor from the device sums (clip_from_stats) as
 // the CPU computes it, the update kernels (whole tensors and a row list) reading it, and a step
-// with a NaN gradient or an infinite loss leaving every tensor unchanged. The f64 sums differ
-// from the CPU's in their order only, so the factor agrees to 1e-12 and the tensors to 1e-6.
+// with a NaN gradient or an infinite loss leaving every tensor unchanged. The GPU's sums of
+// squares (f32 per thread, f64 across) agree with the CPU's f64 ones to about 1e-8 relative;
+// the factor is checked exactly against the host formula on the GPU's own sum, the tensors
+// against the CPU's update to 1e-6.
 TEST(CudaTrain, AdamWWithDeviceStatsMatchesCpu) {
   OFT_REQUIRE_CUDA();
   const int64_t rows = 37, cols = 100, n = rows * cols;
@@ -109,7 +111,11 @@ TEST(CudaTrain, AdamWWithDeviceStatsMatchesCpu) {
       EXPECT_EQ(got[3], want[3]);
       EXPECT_EQ(want[3], kind >= 2 ? 1.0 : 0.0);
       if (kind < 2) {
-        EXPECT_NEAR(got[2], want[2], 1e-12 * want[2]);
+        EXPECT_NEAR(got[0], want[0], 1e-6 * want[0]);
+        const double norm = std::sqrt(got[0]);
+        EXPECT_EQ(got[2], max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0);
+        const double cpu_norm = std::sqrt(want[0]);
+        EXPECT_EQ(want[2], max_norm > 0 && cpu_norm > max_norm ? max_norm / cpu_norm : 1.0);
       }
       const auto before = gp.to(Device::CPU).to_vector();
       ops::AdamWStep h;
