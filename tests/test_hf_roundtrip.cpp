@@ -80,7 +80,9 @@ TEST_P(HfRoundTrip, ImportOfExportIsBitExact) {
   make_run(d.file("run"), GetParam().spec);
   const hf::ExportReport ex = hf::export_hf({d.file("run"), d.file("hf")});
   EXPECT_EQ(ex.transformers_compatible, GetParam().standard);
-  if (GetParam().standard) EXPECT_TRUE(ex.oft_tensors.empty()) << "standard exports have no oft.* tensors";
+  if (GetParam().standard) {
+    EXPECT_TRUE(ex.oft_tensors.empty()) << "standard exports have no oft.* tensors";
+  }
   const json cfg = json::parse(read_file(d.file("hf/config.json")));
   EXPECT_EQ(cfg["oft"]["transformers_compatible"], GetParam().standard);
   EXPECT_EQ(cfg["oft"]["variant"].empty(), GetParam().standard);
