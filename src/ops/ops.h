@@ -63,6 +63,18 @@ struct AttentionSpec {
   const Tensor* kept_out = nullptr;
 };
 
+#ifdef __CUDACC__
+#define OFT_HOST_DEVICE __host__ __device__
+#else
+#define OFT_HOST_DEVICE
+#endif
+// The gradient scale of global-norm clipping (train.grad_clip): max_norm / norm when max_norm > 0
+// and the gradients' norm exceeds it, else 1. One definition for the host (data-parallel steps)
+// and both backends' clip_from_stats.
+OFT_HOST_DEVICE inline double clip_factor(double max_norm, double norm) {
+  return max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0;
+}
+
 // Hyper-parameters of one AdamW update (decoupled weight decay, PyTorch semantics).
 struct AdamWStep {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
@@ -266,8 +278,8 @@ class Backend {
                      const AdamWStep& h) = 0;
   // The clipping of a step from its statistics, on their device. stats f64 [4]: [0] the sum of
   // squared gradients and [1] the sum of squared per-row losses (sum_squares_into) are read;
-  // written are [2] = max_norm / sqrt([0]) when max_norm > 0 and sqrt([0]) > max_norm, else 1
-  // (the trainer's host formula, in f64), and [3] = 1 when [0] or [1] is not finite, else 0.
+  // written are [2] = clip_factor(max_norm, sqrt([0])) (f64) and [3] = 1 when [0] or [1] is not
+  // finite, else 0.
   virtual void clip_from_stats(Tensor& stats, double max_norm) = 0;
 
   // ---- row selection (the masked-LM head runs on the masked positions only) ----

@@ -165,10 +165,8 @@ BenchResult bench(RunConfig& cfg, const BenchOptions& opt) {
       double loss = read_loss(q) / double(denv.world);  // this rank's share of the mean
       const double gnorm = dp->global_loss_and_grad_norm(loss, adam);
       q.loss = loss;
-      const double clip =
-          (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
       next_rows.apply(adam);
-      adam.step(tc.lr, clip);
+      adam.step(tc.lr, ops::clip_factor(tc.grad_clip, gnorm));
       dp->after_step();
     }
     ++step_no;

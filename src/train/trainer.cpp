@@ -491,10 +491,8 @@ TrainResult train(RunConfig& cfg, bool quiet) {
       if (book_step(step, loss, gnorm, now.lr, false)) {
         opt.set_steps_taken(opt.steps_taken() + 1);
       } else {
-        const double clip =
-            (tc.grad_clip > 0 && gnorm > tc.grad_clip) ? tc.grad_clip / gnorm : 1.0;
         next_rows.apply(opt);
-        opt.step(now.lr, clip);
+        opt.step(now.lr, ops::clip_factor(tc.grad_clip, gnorm));
         dp->after_step();
       }
     }

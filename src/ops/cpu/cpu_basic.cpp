@@ -311,8 +311,7 @@ void CpuBackend::clip_from_stats(Tensor& stats, double max_norm) {
   OFT_ASSERT(stats.dtype() == DType::F64 && stats.numel() == 4,
              "clip_from_stats: stats must be f64 [4]");
   double* st = stats.data<double>();
-  const double norm = std::sqrt(st[0]);
-  st[2] = max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0;
+  st[2] = clip_factor(max_norm, std::sqrt(st[0]));
   st[3] = std::isfinite(st[0]) && std::isfinite(st[1]) ? 0.0 : 1.0;
 }
 

@@ -217,8 +217,7 @@ __global__ void __launch_bounds__(kThreads) zero_multi_kernel(const __grid_const
 
 // stats [4]: [2] the clipping factor, [3] whether [0] or [1] is not finite (clip_from_stats).
 __global__ void clip_from_stats_kernel(double* st, double max_norm) {
-  const double norm = sqrt(st[0]);
-  st[2] = max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0;
+  st[2] = clip_factor(max_norm, sqrt(st[0]));
   st[3] = isfinite(st[0]) && isfinite(st[1]) ? 0.0 : 1.0;
 }
 
