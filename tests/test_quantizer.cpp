@@ -1,14 +1,17 @@
 // Simulated quantization: grids (asymmetric / signed and unsigned symmetric, edge ranges) against
 // hand-computed values, the straight-through gradient, per-channel grids, the range estimators
-// (current / running min-max, percentile vs torch.quantile's linear interpolation, MSE search) and
-// the AIMET-layout encodings export.
+// (current / running min-max, percentile vs torch.quantile's linear interpolation, MSE search),
+// the backends' fake_quant and value_range ops against them, and the AIMET-layout encodings
+// export.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 
+#include "ops/ops.h"
 #include "quant/encodings.h"
 #include "quant/quantizer.h"
 #include "quant/range_estimators.h"
@@ -254,6 +257,65 @@ TEST(Quant, MinMaxHelper) {
   EXPECT_EQ(min_max(vec({3, -2, 7, 0}), &hi), -2.0);
   EXPECT_EQ(hi, 7.0);
   EXPECT_THROW(min_max(Tensor::zeros({0}, DType::F32), &hi), Error);
+}
+
+namespace {
+// Values on and around the grid's rounding ties and past both ends, then N(0, 2^2) draws.
+std::vector<double> quant_probe_values(const QGrid& g, int draws) {
+  std::vector<double> v;
+  for (int k = -6; k <= 6; ++k)
+    for (double f : {-0.5, 0.5, 0.25, 0.0})
+      v.push_back((g.qmin + (g.qmax - g.qmin) * (k + 6) / 12.0 - g.zero_point + f) * g.delta);
+  v.push_back((g.qmin - g.zero_point - 3.5) * g.delta);
+  v.push_back((g.qmax - g.zero_point + 2.5) * g.delta);
+  std::mt19937_64 rng(17);
+  std::normal_distribution<double> nd(0.0, 2.0);
+  for (int i = 0; i < draws; ++i) v.push_back(nd(rng));
+  return v;
+}
+ops::FakeQuant op_grid(const QGrid& g) { return {true, g.delta, g.zero_point, g.qmin, g.qmax}; }
+}  // namespace
+
+// The backend op that quantizes activations where they live (QuantSimulator) gives the
+// quantizer's bits: f64 as is, f32 rounded once, bf16 through f32 (the host path's roundings).
+TEST(Quant, BackendFakeQuantMatchesTheQuantizer) {
+  for (const QGrid& g : {asymmetric_grid(-1.3, 2.9, 8), symmetric_grid(-0.7, 0.4, 4),
+                         symmetric_grid(0.0, 5.0, 8), asymmetric_grid(-3.0, 0.2, 16)}) {
+    std::vector<double> v = quant_probe_values(g, 2000);
+    v.push_back(std::numeric_limits<double>::quiet_NaN());
+    for (DType t : {DType::F64, DType::F32, DType::BF16}) {
+      Tensor x = vec(v, t);
+      Tensor ref = t == DType::BF16 ? x.cast(DType::F32) : x.clone();
+      fake_quant(ref, g);
+      if (t == DType::BF16) ref = ref.cast(DType::BF16);
+      ops::cpu_backend().fake_quant(x, op_grid(g));
+      const std::vector<double> got = x.to_vector(), want = ref.to_vector();
+      for (size_t i = 0; i + 1 < v.size(); ++i)
+        ASSERT_EQ(got[i], want[i]) << dtype_name(t) << " value " << v[i] << " bits " << g.bits;
+      EXPECT_TRUE(std::isnan(got.back())) << "NaN stays NaN";
+    }
+  }
+  Tensor bad = Tensor::from_vector({2}, {1, 2}, DType::I32);
+  EXPECT_THROW(ops::cpu_backend().fake_quant(bad, ops::FakeQuant{}), Error);
+}
+
+TEST(Quant, BackendValueRangeMatchesMinMax) {
+  for (DType t : {DType::F64, DType::F32, DType::BF16}) {
+    const Tensor x = vec({3.25, -2.5, 7.0, 0.0, -0.125}, t);
+    const ops::ValueRange r = ops::cpu_backend().value_range(x);
+    double hi = 0;
+    EXPECT_EQ(r.lo, min_max(x.cast(DType::F64), &hi)) << dtype_name(t);
+    EXPECT_EQ(r.hi, hi);
+    EXPECT_FALSE(r.nan);
+  }
+  const ops::ValueRange n =
+      ops::cpu_backend().value_range(vec({1.0, std::nan(""), -4.0}, DType::F32));
+  EXPECT_TRUE(n.nan);
+  EXPECT_EQ(n.lo, -4.0);
+  EXPECT_EQ(n.hi, 1.0);
+  const ops::ValueRange e = ops::cpu_backend().value_range(Tensor::zeros({0}, DType::F32));
+  EXPECT_FALSE(e.nan);
+  EXPECT_TRUE(std::isinf(e.lo) && e.lo > 0 && std::isinf(e.hi) && e.hi < 0);
 }
 
 TEST(QuantEstimators, CurrentVersusRunningOverThreeBatches) {

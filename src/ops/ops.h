@@ -32,6 +32,12 @@ struct FakeQuant {
   double delta = 1.0, zero_point = 0.0, qmin = 0.0, qmax = 255.0;
 };
 
+// Backend::value_range's result.
+struct ValueRange {
+  double lo = 0.0, hi = 0.0;
+  bool nan = false;
+};
+
 struct AttentionSpec {
   int n_head = 1;
   bool causal = true;
@@ -373,6 +379,17 @@ class Backend {
   virtual void zero_multi(const std::vector<Tensor*>& xs) {
     for (Tensor* x : xs) fill(*x, 0.0);
   }
+
+  // ---- simulated quantization (evaluation only; no backward) ----
+  // x = delta * (clamp(round(x / delta) + zero_point, qmin, qmax) - zero_point) in place, with
+  // q's grid (q.enabled is not looked at), rounding half to even. Computed in f64 from x's
+  // value; f32 and bf16 results are rounded to f32 first and then to x's dtype, as a host copy
+  // in f32 would be, so both backends give the same bits.
+  virtual void fake_quant(Tensor& x, const FakeQuant& q) = 0;
+  // The smallest and largest value of x (NaNs skipped) and whether x holds a NaN: a range
+  // estimator's calibration input without copying x to the host. Waits for x. An empty x gives
+  // lo = +inf, hi = -inf.
+  virtual ValueRange value_range(const Tensor& x) = 0;
 
   // ---- dtype conversion ----
   // dst = src converted to dst's dtype (same numel and device; round to nearest even). The

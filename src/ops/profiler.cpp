@@ -212,6 +212,14 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "adamw");
     inner_.adamw(param, grad, m, v, h);
   }
+  void fake_quant(Tensor& x, const FakeQuant& q) override {
+    Scope scope_(this, "fake_quant");
+    inner_.fake_quant(x, q);
+  }
+  ValueRange value_range(const Tensor& x) override {
+    Scope scope_(this, "value_range");
+    return inner_.value_range(x);
+  }
   void convert(Tensor& dst, const Tensor& src) override {
     Scope scope_(this, "convert");
     inner_.convert(dst, src);

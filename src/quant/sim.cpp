@@ -44,31 +44,47 @@ int QuantSimulator::bits_of(Point p) const {
   return 0;
 }
 
-void QuantSimulator::on_activation(Point p, int64_t layer, Tensor& dev_t, int64_t, int64_t) {
+namespace {
+// Feeds one activation to a range estimator. Min-max estimators need only the tensor's range,
+// which its own backend computes where the tensor lives (value_range: no copy of a GPU
+// activation); percentile and MSE estimators see all values, through an f32 host copy when the
+// tensor is on the GPU or bf16.
+void observe_activation(RangeEstimator& est, const Tensor& t) {
+  OFT_CHECK(t.numel() > 0, "quantization: cannot take the range of an empty tensor");
+  if (est.name() == "current_minmax" || est.name() == "running_minmax") {
+    const ops::ValueRange r = ops::on(t).value_range(t);
+    OFT_CHECK(!r.nan, "quantization: NaN in a tensor whose range is being estimated");
+    est.observe(Tensor::from_vector({2}, {r.lo, r.hi}, DType::F64));
+    return;
+  }
+  if (t.device() == Device::CPU && t.dtype() != DType::BF16) {
+    est.observe(t);
+    return;
+  }
+  Tensor host = t.to(Device::CPU);
+  if (host.dtype() == DType::BF16) host = host.cast(DType::F32);
+  est.observe(host);
+}
+}  // namespace
+
+void QuantSimulator::on_activation(Point p, int64_t layer, Tensor& t, int64_t, int64_t) {
   const int bits = bits_of(p);
   if (bits == 0) return;
-  // The estimators and the fake quantizer run on the host: a GPU (or bf16) activation makes a
-  // round trip through an f32 host copy. Evaluation only; training never calls this.
-  const bool host_copy = dev_t.device() != Device::CPU || dev_t.dtype() == DType::BF16;
-  Tensor t = dev_t;
-  if (host_copy) {
-    t = dev_t.to(Device::CPU);
-    if (t.dtype() == DType::BF16) t = t.cast(DType::F32);
-  }
+  // The activation is quantized where it lives, by its backend's fake_quant (same bits on the
+  // CPU and the GPU). Evaluation only; training never calls this.
   const bool symmetric = q_.qmethod_acts == "symmetric_uniform";
   const std::string label = point_label(p, layer);
   ActQuant& a = acts_[label];
   if (calibrating_) {
     if (!a.est) a.est = make_estimator(q_.ranges_acts, bits, symmetric, q_.percentile);
-    a.est->observe(t);
+    observe_activation(*a.est, t);
     const auto [lo, hi] = a.est->range();
     a.grid = make_grid(lo, hi, bits, symmetric);
     a.ready = true;
   }
   OFT_CHECK(a.ready, "quantization: no calibrated range for ", label,
             " (run the calibration batches first; quant.est_num_batches >= 1)");
-  fake_quant(t, a.grid);
-  if (host_copy) dev_t.copy_from(t.cast(dev_t.dtype()).to(dev_t.device()));
+  ops::on(t).fake_quant(t, op_grid(a));
 }
 
 void QuantSimulator::observe_range(const std::string& label, double lo, double hi) {

@@ -3,6 +3,9 @@
 // OpenMP across rows with static partitions so results do not depend on scheduling.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+
 #include "ops/ops.h"
 
 namespace oft::ops {
@@ -77,6 +80,8 @@ class CpuBackend final : public Backend {
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWStep& h) override;
   void clip_from_stats(Tensor& stats, double max_norm) override;
+  void fake_quant(Tensor& x, const FakeQuant& q) override;
+  ValueRange value_range(const Tensor& x) override;
   void convert(Tensor& dst, const Tensor& src) override;
   void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
   void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
@@ -90,6 +95,14 @@ auto dispatch_float(const Tensor& t, F&& f) {
     case DType::F64: return f.template operator()<double>();
     default: fail("cpu backend: op needs an f32 or f64 tensor, got ", dtype_name(t.dtype()));
   }
+}
+
+// FakeQuant's grid applied to one value in f64 (the fake_quant op and the attention's quantized
+// scores and probabilities; the CUDA kernels' formula). NaN stays NaN.
+inline double fake_quant_value(double x, const FakeQuant& q) {
+  double v = std::nearbyint(x / q.delta) + q.zero_point;  // round half to even (default mode)
+  v = std::min(std::max(v, q.qmin), q.qmax);
+  return q.delta * (v - q.zero_point);
 }
 
 // Shape checks shared by the CPU ops.

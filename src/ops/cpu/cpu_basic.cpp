@@ -5,9 +5,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
+#include "core/bf16.h"
 #include "ops/cpu/cpu_backend.h"
 #include "ops/device_graph.h"
 #include "ops/profiler.h"
@@ -362,6 +364,63 @@ void CpuBackend::convert(Tensor& dst, const Tensor& src) {
   }
   // Through double: exact for f32 / f64 sources; bf16 rounds to nearest even via Tensor::cast.
   dst.copy_from(src.cast(dst.dtype()));
+}
+
+// ---- simulated quantization ----
+
+void CpuBackend::fake_quant(Tensor& x, const FakeQuant& q) {
+  const int64_t n = x.numel();
+  switch (x.dtype()) {
+    case DType::F64: {
+      double* p = x.data<double>();
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) p[i] = fake_quant_value(p[i], q);
+      return;
+    }
+    case DType::F32: {
+      float* p = x.data<float>();
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(fake_quant_value(p[i], q));
+      return;
+    }
+    case DType::BF16: {
+      uint16_t* p = static_cast<uint16_t*>(x.raw());
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i)
+        p[i] = float_to_bf16(static_cast<float>(fake_quant_value(bf16_to_float(p[i]), q)));
+      return;
+    }
+    default:
+      fail("fake_quant needs an f32, f64 or bf16 tensor, got ", dtype_name(x.dtype()));
+  }
+}
+
+ValueRange CpuBackend::value_range(const Tensor& x) {
+  ValueRange r{std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity(),
+               false};
+  auto scan = [&](auto&& value) {
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const double v = value(i);
+      if (std::isnan(v)) {
+        r.nan = true;
+        continue;
+      }
+      r.lo = std::min(r.lo, v);
+      r.hi = std::max(r.hi, v);
+    }
+  };
+  switch (x.dtype()) {
+    case DType::F64: scan([p = x.data<double>()](int64_t i) { return p[i]; }); break;
+    case DType::F32: scan([p = x.data<float>()](int64_t i) { return double(p[i]); }); break;
+    case DType::BF16:
+      scan([p = static_cast<const uint16_t*>(x.raw())](int64_t i) {
+        return double(bf16_to_float(p[i]));
+      });
+      break;
+    default:
+      fail("value_range needs an f32, f64 or bf16 tensor, got ", dtype_name(x.dtype()));
+  }
+  return r;
 }
 
 Backend& cpu_backend() {

@@ -166,12 +166,6 @@ inline bool key_visible(int64_t i, int64_t j, int64_t b, int64_t T, bool causal,
   return true;
 }
 
-inline double fake_quant(double x, const FakeQuant& q) {
-  double v = std::nearbyint(x / q.delta) + q.zero_point;  // round half to even (default mode)
-  v = std::min(std::max(v, q.qmin), q.qmax);
-  return q.delta * (v - q.zero_point);
-}
-
 template <class T>
 T clip_prob(T p, const AttentionSpec& s) {
   if (s.prob != ProbFn::Clipped) return p;
@@ -224,7 +218,7 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
           if (all_scores) {
             smin[bh] = std::min(smin[bh], sc);
             smax[bh] = std::max(smax[bh], sc);
-            if (spec.score_quant.enabled) sc = fake_quant(sc, spec.score_quant);
+            if (spec.score_quant.enabled) sc = fake_quant_value(sc, spec.score_quant);
           }
           s[j] = visible ? sc : -kInf;
           if (visible) mx = std::max(mx, s[j]);
@@ -244,7 +238,7 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
           if (spec.prob_range || prob_q) {
             pmin[bh] = std::min(pmin[bh], double(pj));
             pmax[bh] = std::max(pmax[bh], double(pj));
-            if (prob_q) pj = F(fake_quant(pj, spec.prob_quant));
+            if (prob_q) pj = F(fake_quant_value(pj, spec.prob_quant));
           }
           if (pj == F(0)) continue;
           const F* vj = hv.v(j);

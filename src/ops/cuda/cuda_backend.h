@@ -105,6 +105,8 @@ class CudaBackend final : public Backend {
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,  // multi_tensor.cu
              const AdamWStep& h) override;
   void clip_from_stats(Tensor& stats, double max_norm) override;  // multi_tensor.cu
+  void fake_quant(Tensor& x, const FakeQuant& q) override;
+  ValueRange value_range(const Tensor& x) override;
   void convert(Tensor& dst, const Tensor& src) override;
   void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
   void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;

@@ -1,0 +1,112 @@
+// Simulated quantization of activations on the GPU (fake_quant, value_range) against the CPU
+// backend, bit for bit: both compute the grid in f64 from the stored value and round to f32 and
+// then to the storage dtype, and a range is a min / max, exact in any order. Inputs: values on
+// and around the grid's rounding ties, past both clamps, N(0, 2^2) draws, a NaN; lengths that
+// are not a multiple of the 16-byte packs, and a view one element off the alignment (the
+// one-element kernel).
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "quant/quantizer.h"
+
+namespace oft::testing {
+namespace {
+
+std::vector<double> probe_values(const quant::QGrid& g, int draws, uint64_t seed) {
+  std::vector<double> v;
+  for (int k = 0; k <= 24; ++k)
+    for (double f : {-0.5, 0.5, 0.25})
+      v.push_back((g.qmin + (g.qmax - g.qmin) * k / 24.0 - g.zero_point + f) * g.delta);
+  v.push_back((g.qmin - g.zero_point - 3.5) * g.delta);
+  v.push_back((g.qmax - g.zero_point + 2.5) * g.delta);
+  v.push_back(std::numeric_limits<double>::quiet_NaN());
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd(0.0, 2.0);
+  for (int i = 0; i < draws; ++i) v.push_back(nd(rng));
+  return v;
+}
+
+// Elementwise equality, NaN equal to NaN.
+void expect_same_values(const Tensor& got, const Tensor& want, const std::string& what) {
+  const std::vector<double> g = got.to_vector(), w = want.to_vector();
+  ASSERT_EQ(g.size(), w.size()) << what;
+  int64_t bad = 0;
+  for (size_t i = 0; i < g.size(); ++i)
+    if (!(g[i] == w[i] || (std::isnan(g[i]) && std::isnan(w[i])))) {
+      if (bad++ < 5) ADD_FAILURE() << what << ": element " << i << " " << g[i] << " vs " << w[i];
+    }
+  EXPECT_EQ(bad, 0) << what;
+}
+
+TEST(CudaQuant, FakeQuantMatchesCpuBitForBit) {
+  OFT_REQUIRE_CUDA();
+  uint64_t seed = std::random_device{}();
+  for (const quant::QGrid& g :
+       {quant::asymmetric_grid(-1.3, 2.9, 8), quant::symmetric_grid(-0.7, 0.4, 4),
+        quant::symmetric_grid(0.0, 5.0, 8), quant::asymmetric_grid(-3.0, 0.2, 16)}) {
+    const ops::FakeQuant q{true, g.delta, g.zero_point, g.qmin, g.qmax};
+    for (DType d : {DType::F32, DType::BF16}) {
+      for (int draws : {5000, 100003}) {
+        const std::vector<double> v = probe_values(g, draws, ++seed);
+        const int64_t n = static_cast<int64_t>(v.size());
+        const Tensor cpu_in = Tensor::from_vector({n}, v, d);
+        Tensor want = cpu_in.clone();
+        ops::cpu_backend().fake_quant(want, q);
+        Tensor gpu = cpu_in.to(Device::CUDA);
+        ops::backend(Device::CUDA).fake_quant(gpu, q);
+        expect_same_values(gpu, want,
+                           std::string(dtype_label(d)) + " n " + std::to_string(n) + " bits " +
+                               std::to_string(g.bits));
+        // One element past the alignment: the kernel without packs.
+        Tensor whole = Tensor::from_vector({n + 1}, [&] {
+                         std::vector<double> w{0.0};
+                         w.insert(w.end(), v.begin(), v.end());
+                         return w;
+                       }(), d).to(Device::CUDA);
+        Tensor view = whole.slice(1, n + 1);
+        ops::backend(Device::CUDA).fake_quant(view, q);
+        expect_same_values(view, want, std::string(dtype_label(d)) + " misaligned view");
+        EXPECT_EQ(whole.slice(0, 1).to_vector()[0], 0.0) << "the element before the view";
+      }
+    }
+  }
+}
+
+TEST(CudaQuant, ValueRangeMatchesCpu) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (int64_t n : {int64_t(1), int64_t(31), int64_t(4097), int64_t(3 << 20) + 5}) {
+      Tensor x = randn({n}, 3.0);
+      if (n > 100) {  // an outlier far inside, so the extremes are not at the ends
+        std::vector<double> v = x.to_vector();
+        v[n / 3] = -812.5;
+        v[n / 2] = 1e4;
+        x = Tensor::from_vector({n}, v, DType::F32);
+      }
+      const Tensor cpu = d == DType::F32 ? x : x.cast(d);
+      const ops::ValueRange want = ops::cpu_backend().value_range(cpu);
+      const ops::ValueRange got = ops::backend(Device::CUDA).value_range(cpu.to(Device::CUDA));
+      EXPECT_EQ(got.lo, want.lo) << dtype_label(d) << " n " << n;
+      EXPECT_EQ(got.hi, want.hi) << dtype_label(d) << " n " << n;
+      EXPECT_FALSE(got.nan);
+    }
+  }
+  const Tensor with_nan =
+      Tensor::from_vector({4}, {1.5, std::nan(""), -2.0, 0.5}, DType::F32).to(Device::CUDA);
+  const ops::ValueRange r = ops::backend(Device::CUDA).value_range(with_nan);
+  EXPECT_TRUE(r.nan);
+  EXPECT_EQ(r.lo, -2.0);
+  EXPECT_EQ(r.hi, 1.5);
+  const Tensor all_nan =
+      Tensor::from_vector({3}, {std::nan(""), std::nan(""), std::nan("")}, DType::BF16)
+          .to(Device::CUDA);
+  const ops::ValueRange a = ops::backend(Device::CUDA).value_range(all_nan);
+  EXPECT_TRUE(a.nan);
+  EXPECT_TRUE(std::isinf(a.lo) && a.lo > 0 && std::isinf(a.hi) && a.hi < 0);
+}
+
+}  // namespace
+}  // namespace oft::testing
