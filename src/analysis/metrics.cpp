@@ -4,6 +4,8 @@
 // write per-item partial results that are then summed in a fixed order (thread-count independent).
 #include "analysis/metrics.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -363,21 +365,12 @@ SignalProp signal_from(const Rows& R, int64_t B, int64_t T) {
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; ++n)
     for (int64_t j = 0; j < d; ++j) Y[n * d + j] = R.x[n * d + j] - mu[j];
+  // G = Y^T Y: OpenBLAS's dsyrk (upper triangle), which splits the output among its threads,
+  // never the sum over tokens, so the result does not depend on the thread count.
   std::vector<double> G(static_cast<size_t>(d * d), 0.0);
-  const int64_t nb = 64;  // tokens per block: a block of Y stays in cache while G is swept
-#pragma omp parallel
-  for (int64_t n0 = 0; n0 < N; n0 += nb) {
-    const int64_t n1 = std::min(N, n0 + nb);
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t i = 0; i < d; ++i) {
-      double* gi = G.data() + i * d;
-      for (int64_t n = n0; n < n1; ++n) {
-        const double* y = Y.data() + n * d;
-        const double yi = y[i];
-        for (int64_t j = i; j < d; ++j) gi[j] += yi * y[j];
-      }
-    }
-  }
+  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(d),
+              static_cast<blasint>(N), 1.0, Y.data(), static_cast<blasint>(d), 0.0, G.data(),
+              static_cast<blasint>(d));
 
   // Per-feature-row partial sums (fixed order), combined afterwards.
   double diag_floor = 0;
@@ -430,27 +423,32 @@ SignalProp signal_from(const Rows& R, int64_t B, int64_t T) {
     s.token_cos_mean = s.token_cos_rms = std::numeric_limits<double>::quiet_NaN();
     return s;
   }
+  // Each sequence's token Gram S = X X^T [T, T] (dsyrk, upper triangle), then the cosines of its
+  // pairs m > n in a fixed order per row n.
   const double row_floor = rs / Nd * 1e-24;
   std::vector<double> c_sum(N, 0.0), c_sq(N, 0.0);
-#pragma omp parallel for schedule(dynamic, 4)
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t end = (n / T + 1) * T;
-    const double qn = R.row_sq[n];
-    if (!(qn > row_floor) || qn == 0) continue;
-    const double* xn = R.x.data() + n * d;
-    double cs = 0, cq = 0;
-    for (int64_t m = n + 1; m < end; ++m) {
-      const double qm = R.row_sq[m];
-      if (!(qm > row_floor) || qm == 0) continue;
-      const double* xm = R.x.data() + m * d;
-      double dot = 0;
-      for (int64_t j = 0; j < d; ++j) dot += xn[j] * xm[j];
-      const double c = dot / std::sqrt(qn * qm);
-      cs += c;
-      cq += c * c;
+  std::vector<double> S(static_cast<size_t>(T * T));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n0 = b * T;
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, static_cast<blasint>(T),
+                static_cast<blasint>(d), 1.0, R.x.data() + n0 * d, static_cast<blasint>(d), 0.0,
+                S.data(), static_cast<blasint>(T));
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int64_t i = 0; i < T; ++i) {
+      const double qn = R.row_sq[n0 + i];
+      if (!(qn > row_floor) || qn == 0) continue;
+      const double* si = S.data() + i * T;
+      double cs = 0, cq = 0;
+      for (int64_t k = i + 1; k < T; ++k) {
+        const double qm = R.row_sq[n0 + k];
+        if (!(qm > row_floor) || qm == 0) continue;
+        const double c = si[k] / std::sqrt(qn * qm);
+        cs += c;
+        cq += c * c;
+      }
+      c_sum[n0 + i] = cs;
+      c_sq[n0 + i] = cq;
     }
-    c_sum[n] = cs;
-    c_sq[n] = cq;
   }
   double CS = 0, CQ = 0;
   for (int64_t n = 0; n < N; ++n) CS += c_sum[n], CQ += c_sq[n];
