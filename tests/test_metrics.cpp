@@ -12,6 +12,7 @@
 #include "analysis/metrics.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "ops/ops.h"
 
 using namespace oft;
 using namespace oft::analysis;
@@ -261,6 +262,34 @@ TEST(MetricsSeedA, RowsMatchNaive) {
   std::vector<double> with_nan = {1.0, std::nan(""), -3.0};
   EXPECT_TRUE(std::isnan(inf_norm(with_nan.data(), 3)));
   EXPECT_THROW(row_kurtosis(Tensor::zeros({10}, DType::F32), 3), Error);
+}
+
+// The backend op behind the row statistics: both columns, kurtosis off, a NaN row, and the
+// checks that guard it; a bf16 tensor goes through an f64 copy.
+TEST(MetricsSeedA, RowMomentsOpAndItsInputs) {
+  Rng rng(5);
+  const Tensor t = randn_t({3, 50}, rng, DType::F32, 1.2);
+  std::vector<double> v = t.to_vector();
+  v[60] = std::nan("");
+  const Tensor x = Tensor::from_vector({3, 50}, v, DType::F32);
+  Tensor out = Tensor::empty({3, 2}, DType::F64);
+  ops::cpu_backend().row_moments(out, x, 50, true, kSeedAKurtosisEps);
+  const std::vector<double> o = out.to_vector();
+  for (int r : {0, 2}) {
+    const std::vector<double> row(v.begin() + r * 50, v.begin() + (r + 1) * 50);
+    expect_rel(o[2 * r], naive_kurtosis(row), 1e-12, "kurtosis");
+    EXPECT_EQ(o[2 * r + 1], naive_inf(row));
+  }
+  EXPECT_TRUE(std::isnan(o[2]) && std::isnan(o[3])) << "the NaN row";
+  ops::cpu_backend().row_moments(out, x, 50, false, kSeedAKurtosisEps);
+  EXPECT_TRUE(std::isnan(out.to_vector()[0])) << "no kurtosis asked";
+  const Tensor b = t.cast(DType::BF16);
+  const std::vector<double> bv = b.to_vector();
+  expect_rel(row_kurtosis(b, 50)[1],
+             naive_kurtosis(std::vector<double>(bv.begin() + 50, bv.begin() + 100)), 1e-12,
+             "bf16 row");
+  EXPECT_THROW(row_inf_norm(Tensor::zeros({4}, DType::I32), 2), Error);
+  EXPECT_THROW(row_kurtosis(Tensor::zeros({4}, DType::F32), 1), Error);  // rows of one value
 }
 
 TEST(MetricsSeedA, TrackerRunningMeanOverRows) {

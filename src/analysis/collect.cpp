@@ -46,8 +46,8 @@ void OutlierCollector::on_activation(Point p, int64_t layer, Tensor& t, int64_t 
   if (!k.empty()) {
     const std::string name = point_label(p, layer);
     kinds_[name] = k;
-    const Tensor host = t.to(Device::CPU);
-    tracker_.add(name, layer, host, per_token_ ? width : T * width, k != "ffn_io");
+    // Row kurtosis and inf norm where t lives (row_moments): no host copy of a GPU activation.
+    tracker_.add(name, layer, t, per_token_ ? width : T * width, k != "ffn_io");
   }
   // Seed B hidden states.
   const bool embed_out = m_.embed_norm ? p == Point::EmbedNorm : p == Point::Embedding;

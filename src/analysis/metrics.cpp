@@ -1,7 +1,9 @@
 // Outlier-feature metrics (see metrics.h for the formulas). Seed A: per-row Pearson kurtosis and
 // inf norm with running per-name means. Seed B: kurtosis of neuron RMS, signal propagation Gram
-// statistics, max/median ratio, attention entropy. Host code, double accumulation; parallel loops
-// write per-item partial results that are then summed in a fixed order (thread-count independent).
+// statistics, max/median ratio, attention entropy. Double accumulation; parallel loops write
+// per-item partial results that are then summed in a fixed order (thread-count independent).
+// Seed A's per-row statistics run on the tensor's own backend (ops row_moments, the formulas of
+// ops/row_moments.h), so a GPU activation is not copied; the rest is host code.
 #include "analysis/metrics.h"
 
 #include <cblas.h>
@@ -9,6 +11,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+
+#include "ops/ops.h"
+#include "ops/row_moments.h"
 
 namespace oft::analysis {
 
@@ -46,31 +51,13 @@ struct MaxAcc {
 template <class T>
 double kurtosis_impl(const T* x, int64_t n, double eps) {
   OFT_CHECK(n >= 2, "pearson_kurtosis: a row needs at least 2 values (got ", n, ")");
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]);
-  const double mean = s / static_cast<double>(n);
-  double s2 = 0, s4 = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double dv = static_cast<double>(x[i]) - mean;
-    const double d2 = dv * dv;
-    s2 += d2;
-    s4 += d2 * d2;
-  }
-  const double var = s2 / static_cast<double>(n - 1);
-  return (s4 / static_cast<double>(n)) / (var * var + eps);
+  return ops::row_kurtosis_f64(x, n, eps);
 }
 
 template <class T>
 double inf_norm_impl(const T* x, int64_t n) {
   OFT_CHECK(n >= 1, "inf_norm: empty row");
-  double m = 0;
-  bool has_nan = false;
-  for (int64_t i = 0; i < n; ++i) {
-    const double a = std::fabs(static_cast<double>(x[i]));
-    if (a > m) m = a;
-    else if (std::isnan(a)) has_nan = true;
-  }
-  return has_nan ? kNaN : m;
+  return ops::row_inf_norm_f64(x, n);
 }
 
 int64_t check_rows(const Tensor& t, int64_t row_len, const char* what) {
@@ -80,21 +67,30 @@ int64_t check_rows(const Tensor& t, int64_t row_len, const char* what) {
   return t.numel() / row_len;
 }
 
-// Per-row kurtosis (when kurt != nullptr) and inf norm (when inf != nullptr).
+// Per-row kurtosis (when kurt != nullptr) and inf norm (when inf != nullptr), computed by the
+// tensor's own backend where it lives (row_moments: a GPU activation is not copied to the host);
+// dtypes that backend does not take go through an f64 host copy.
 void row_stats(const Tensor& t, int64_t row_len, double eps, std::vector<double>* kurt,
                std::vector<double>* inf, const char* what) {
+  OFT_CHECK(t.defined(), what, ": tensor is undefined");
+  OFT_CHECK(t.dtype() != DType::I32, what, ": expected a floating-point tensor, got ",
+            dtype_name(t.dtype()));
   const int64_t rows = check_rows(t, row_len, what);
-  if (kurt) kurt->assign(static_cast<size_t>(rows), 0.0);
-  if (inf) inf->assign(static_cast<size_t>(rows), 0.0);
-  with_values(t, what, [&](const auto* p, int64_t) {
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const auto* row = p + r * row_len;
-      if (kurt) (*kurt)[static_cast<size_t>(r)] = kurtosis_impl(row, row_len, eps);
-      if (inf) (*inf)[static_cast<size_t>(r)] = inf_norm_impl(row, row_len);
-    }
-    return 0;
-  });
+  if (kurt)
+    OFT_CHECK(row_len >= 2, "pearson_kurtosis: a row needs at least 2 values (got ", row_len, ")");
+  const bool native = t.device() == Device::CPU
+                          ? (t.dtype() == DType::F32 || t.dtype() == DType::F64)
+                          : (t.dtype() == DType::F32 || t.dtype() == DType::BF16);
+  const Tensor src = native ? t : t.to(Device::CPU).cast(DType::F64);
+  Tensor out = Tensor::empty({rows, 2}, DType::F64, src.device());
+  ops::on(src).row_moments(out, src, row_len, kurt != nullptr, eps);
+  const std::vector<double> v = out.to(Device::CPU).to_vector();
+  if (kurt) kurt->resize(static_cast<size_t>(rows));
+  if (inf) inf->resize(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    if (kurt) (*kurt)[static_cast<size_t>(r)] = v[static_cast<size_t>(2 * r)];
+    if (inf) (*inf)[static_cast<size_t>(r)] = v[static_cast<size_t>(2 * r + 1)];
+  }
 }
 
 }  // namespace

@@ -391,6 +391,14 @@ class Backend {
   // lo = +inf, hi = -inf.
   virtual ValueRange value_range(const Tensor& x) = 0;
 
+  // ---- outlier metrics (evaluation only; no backward) ----
+  // Per row r of row_len consecutive values of x (numel % row_len == 0, row_len >= 2 when
+  // kurtosis): out[r, 0] = the Pearson kurtosis mean((x - mean)^4) / (var_unbiased^2 + eps)
+  // (NaN when !kurtosis), out[r, 1] = max |x| (NaN when the row holds a NaN). out f64 [rows, 2]
+  // on x's device; f64 arithmetic, two passes per row (row_moments.h).
+  virtual void row_moments(Tensor& out, const Tensor& x, int64_t row_len, bool kurtosis,
+                           double eps) = 0;
+
   // ---- dtype conversion ----
   // dst = src converted to dst's dtype (same numel and device; round to nearest even). The
   // trainer uses it to refresh the bf16 compute copies of f32 master weights.

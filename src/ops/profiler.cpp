@@ -220,6 +220,11 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "value_range");
     return inner_.value_range(x);
   }
+  void row_moments(Tensor& out, const Tensor& x, int64_t row_len, bool kurtosis,
+                   double eps) override {
+    Scope scope_(this, "row_moments");
+    inner_.row_moments(out, x, row_len, kurtosis, eps);
+  }
   void convert(Tensor& dst, const Tensor& src) override {
     Scope scope_(this, "convert");
     inner_.convert(dst, src);

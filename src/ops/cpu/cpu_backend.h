@@ -82,6 +82,8 @@ class CpuBackend final : public Backend {
   void clip_from_stats(Tensor& stats, double max_norm) override;
   void fake_quant(Tensor& x, const FakeQuant& q) override;
   ValueRange value_range(const Tensor& x) override;
+  void row_moments(Tensor& out, const Tensor& x, int64_t row_len, bool kurtosis,
+                   double eps) override;
   void convert(Tensor& dst, const Tensor& src) override;
   void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
   void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;

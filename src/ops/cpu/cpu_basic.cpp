@@ -14,6 +14,7 @@
 #include "ops/device_graph.h"
 #include "ops/profiler.h"
 #include "ops/readback.h"
+#include "ops/row_moments.h"
 
 namespace oft::ops {
 
@@ -421,6 +422,26 @@ ValueRange CpuBackend::value_range(const Tensor& x) {
       fail("value_range needs an f32, f64 or bf16 tensor, got ", dtype_name(x.dtype()));
   }
   return r;
+}
+
+void CpuBackend::row_moments(Tensor& out, const Tensor& x, int64_t row_len, bool kurtosis,
+                             double eps) {
+  OFT_ASSERT(row_len >= (kurtosis ? 2 : 1) && x.numel() % row_len == 0,
+             "row_moments: rows of ", row_len, " in ", shape_str(x.shape()));
+  const int64_t rows = x.numel() / row_len;
+  OFT_ASSERT(out.dtype() == DType::F64 && out.numel() == 2 * rows,
+             "row_moments: out must be f64 [", rows, ", 2]");
+  double* o = out.data<double>();
+  dispatch_float(x, [&]<class T>() {
+    const T* p = x.data<T>();
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = p + r * row_len;
+      o[2 * r] = kurtosis ? row_kurtosis_f64(row, row_len, eps)
+                          : std::numeric_limits<double>::quiet_NaN();
+      o[2 * r + 1] = row_inf_norm_f64(row, row_len);
+    }
+  });
 }
 
 Backend& cpu_backend() {

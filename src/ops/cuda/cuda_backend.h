@@ -107,6 +107,8 @@ class CudaBackend final : public Backend {
   void clip_from_stats(Tensor& stats, double max_norm) override;  // multi_tensor.cu
   void fake_quant(Tensor& x, const FakeQuant& q) override;
   ValueRange value_range(const Tensor& x) override;
+  void row_moments(Tensor& out, const Tensor& x, int64_t row_len, bool kurtosis,
+                   double eps) override;
   void convert(Tensor& dst, const Tensor& src) override;
   void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
   void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;

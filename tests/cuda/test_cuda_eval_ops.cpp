@@ -1,5 +1,6 @@
-// Simulated quantization of activations on the GPU (fake_quant, value_range) against the CPU
-// backend, bit for bit: both compute the grid in f64 from the stored value and round to f32 and
+// The evaluation-only ops on the GPU against the CPU backend: row_moments (the seed-A outlier
+// metrics: row kurtosis to 1e-12 relative, f64 sums in another order; inf norms exactly), and
+// simulated quantization of activations (fake_quant, value_range), bit for bit: both compute the grid in f64 from the stored value and round to f32 and
 // then to the storage dtype, and a range is a min / max, exact in any order. Inputs: values on
 // and around the grid's rounding ties, past both clamps, N(0, 2^2) draws, a NaN; lengths that
 // are not a multiple of the 16-byte packs, and a view one element off the alignment (the
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "analysis/metrics.h"
 #include "quant/quantizer.h"
 
 namespace oft::testing {
@@ -106,6 +108,61 @@ TEST(CudaQuant, ValueRangeMatchesCpu) {
   const ops::ValueRange a = ops::backend(Device::CUDA).value_range(all_nan);
   EXPECT_TRUE(a.nan);
   EXPECT_TRUE(std::isinf(a.lo) && a.lo > 0 && std::isinf(a.hi) && a.hi < 0);
+}
+
+TEST(CudaMetrics, RowMomentsMatchCpu) {
+  OFT_REQUIRE_CUDA();
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (int64_t row_len : {int64_t(37), int64_t(768), int64_t(64 * 768)}) {
+      const int64_t rows = row_len > 1000 ? 5 : 300;
+      Tensor x = randn({rows, row_len}, 1.5);
+      std::vector<double> v = x.to_vector();
+      v[row_len + 3] = 40.0;                                   // an outlier in row 1
+      v[2 * row_len + 1] = std::numeric_limits<double>::quiet_NaN();  // row 2 holds a NaN
+      for (int64_t j = 0; j < row_len; ++j) v[3 * row_len + j] = 0.25;  // a constant row
+      const Tensor cpu = rounded(Tensor::from_vector({rows, row_len}, v, DType::F32), d);
+      for (bool kurt : {true, false}) {
+        Tensor want = Tensor::empty({rows, 2}, DType::F64);
+        ops::cpu_backend().row_moments(want, cpu, row_len, kurt, 1e-6);
+        Tensor got = Tensor::empty({rows, 2}, DType::F64, Device::CUDA);
+        ops::backend(Device::CUDA).row_moments(got, to_gpu(cpu, d), row_len, kurt, 1e-6);
+        const std::vector<double> g = got.to(Device::CPU).to_vector(), w = want.to_vector();
+        for (int64_t r = 0; r < rows; ++r) {
+          const std::string at = std::string(dtype_label(d)) + " row_len " +
+                                 std::to_string(row_len) + " row " + std::to_string(r);
+          if (kurt && !std::isnan(w[2 * r]))
+            EXPECT_NEAR(g[2 * r], w[2 * r], 1e-12 * std::fabs(w[2 * r])) << at;
+          else
+            EXPECT_TRUE(std::isnan(g[2 * r])) << at;
+          if (std::isnan(w[2 * r + 1]))
+            EXPECT_TRUE(std::isnan(g[2 * r + 1])) << at;
+          else
+            EXPECT_EQ(g[2 * r + 1], w[2 * r + 1]) << at;
+        }
+      }
+    }
+  }
+}
+
+// The seed-A tracker fed a GPU activation (no host copy) gives the CPU copy's statistics.
+TEST(CudaMetrics, TrackerOnGpuTensorMatchesHostCopy) {
+  OFT_REQUIRE_CUDA();
+  const Tensor x = randn({4, 256, 96}, 0.8);
+  const Tensor gpu = to_gpu(x, DType::BF16);
+  const Tensor host = rounded(x, DType::BF16);
+  analysis::SeedATracker on_gpu, on_host;
+  for (int64_t row_len : {int64_t(96), int64_t(256 * 96)}) {
+    const std::string name = "layers.0.fc2." + std::to_string(row_len);
+    on_gpu.add(name, 0, gpu, row_len);
+    on_host.add(name, 0, host, row_len);
+    const auto* a = on_gpu.find(name);
+    const auto* b = on_host.find(name);
+    ASSERT_TRUE(a && b);
+    EXPECT_NEAR(a->kurtosis_mean, b->kurtosis_mean, 1e-12 * std::fabs(b->kurtosis_mean));
+    EXPECT_EQ(a->inf_norm_mean, b->inf_norm_mean);
+    EXPECT_EQ(a->inf_norm_max, b->inf_norm_max);
+    EXPECT_EQ(a->rows, b->rows);
+  }
 }
 
 }  // namespace
