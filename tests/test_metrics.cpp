@@ -590,6 +590,39 @@ TEST(MetricsSeedB, AttentionEntropy) {
   EXPECT_THROW(attention_entropy(Tensor::zeros({1, 1, 3, 4}, DType::F32), true), Error);
 }
 
+// AttentionSpec::entropy_rows: the op's per-row entropies add up, in the same order, to the
+// metric taken from the probabilities it saves (causal and padding-masked, softmax and clipped
+// softmax, whose entropy is that of the softmax before the clip).
+TEST(MetricsSeedB, AttentionEntropyRowsFromTheOp) {
+  Rng rng(11);
+  const int64_t B = 2, T = 7, H = 3, D = 4, C = H * D;
+  const Tensor qkv = randn_t({B * T, 3 * C}, rng, DType::F64, 1.3);
+  const Tensor mask = Tensor::from_vector({B * T}, {1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0},
+                                          DType::I32);
+  for (bool causal : {true, false}) {
+    for (ops::ProbFn prob : {ops::ProbFn::Softmax, ops::ProbFn::Clipped}) {
+      ops::AttentionSpec spec;
+      spec.n_head = static_cast<int>(H);
+      spec.causal = causal;
+      spec.prob = prob;
+      spec.gamma = prob == ops::ProbFn::Clipped ? -0.05 : 0.0;
+      std::vector<double> rows(static_cast<size_t>(B * H * T), -1.0);
+      spec.entropy_rows = rows.data();
+      Tensor out = Tensor::empty({B * T, C}, DType::F64), saved;
+      ops::cpu_backend().attention_fwd(out, saved, qkv, causal ? Tensor() : mask, B, T, spec);
+      EXPECT_EQ(attention_entropy_from_rows(rows, T), attention_entropy(saved, causal));
+      const std::vector<double> p = saved.to_vector();
+      for (int64_t r = 0; r < B * H * T; r += 5) {
+        double e = 0;
+        for (int64_t j = 0; j < T; ++j)
+          if (p[r * T + j] > 0) e -= p[r * T + j] * std::log(p[r * T + j]);
+        EXPECT_NEAR(rows[r], e, 1e-14) << "row " << r;
+      }
+    }
+  }
+  EXPECT_THROW(attention_entropy_from_rows(std::vector<double>(10, 0.0), 3), Error);
+}
+
 TEST(MetricsJson, StableKeys) {
   Rng rng(11);
   Tensor h = randn_t({2, 4, 8}, rng);

@@ -61,6 +61,15 @@ void OutlierCollector::on_activation(Point p, int64_t layer, Tensor& t, int64_t 
 
 void OutlierCollector::after_forward(const TransformerLM& model) {
   for (int64_t l = 0; l < model.config().n_layer; ++l) {
+    // A GPU attention op computed its rows' entropy (wants_attention_entropy); otherwise the
+    // probabilities (the CPU op's, or recomputed on the host) give it.
+    const std::vector<double>& rows = model.attention_entropy_rows(static_cast<size_t>(l));
+    if (!rows.empty()) {
+      auto& e = entropy_[l];
+      e.first += attention_entropy_from_rows(rows, model.last_seq_len());
+      ++e.second;
+      continue;
+    }
     const Tensor probs = model.attention_probs(static_cast<size_t>(l));
     if (!probs.defined() || probs.ndim() != 4) continue;
     auto& e = entropy_[l];

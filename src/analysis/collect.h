@@ -25,8 +25,10 @@ class OutlierCollector : public ActivationHook {
   OutlierCollector(const ModelConfig& m, bool per_token_rows);
 
   void on_activation(Point p, int64_t layer, Tensor& t, int64_t B, int64_t T) override;
-  // After each forward: attention entropy of every layer from the model's saved probabilities.
+  // After each forward: attention entropy of every layer, from the rows' entropies a GPU op
+  // computed (wants_attention_entropy) or from the model's saved probabilities.
   void after_forward(const TransformerLM& model);
+  bool wants_attention_entropy() const override { return true; }
 
   // {"summary": {...seed A aggregates...}, "seed_a": {per tensor}, "seed_b": {per hidden state},
   //  "attention_entropy": {per layer}}

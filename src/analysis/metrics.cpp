@@ -569,6 +569,19 @@ double attention_entropy(const Tensor& probs, bool causal) {
   return s / static_cast<double>(B * H * Tq);
 }
 
+double attention_entropy_from_rows(const std::vector<double>& rows, int64_t Tq) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  OFT_CHECK(Tq > 0 && n > 0 && n % Tq == 0, "attention_entropy_from_rows: ", n,
+            " row entropies do not split into sequences of ", Tq, " queries");
+  double s = 0;
+  for (int64_t bh = 0; bh < n / Tq; ++bh) {  // per (b, h) first, as entropy_sums
+    double sb = 0;
+    for (int64_t i = 0; i < Tq; ++i) sb += rows[static_cast<size_t>(bh * Tq + i)];
+    s += sb;
+  }
+  return s / static_cast<double>(n);
+}
+
 // ---------------------------------------------------------------- JSON
 
 void put_json(nlohmann::json& out, const std::string& prefix, const KurtosisRms& k) {

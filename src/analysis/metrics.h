@@ -183,6 +183,9 @@ double max_median_ratio(const Tensor& h, bool centre = true);
 // keys, which is the same when masked probabilities are exactly 0.
 double attention_entropy(const Tensor& probs, bool causal);
 std::vector<double> attention_entropy_per_head(const Tensor& probs, bool causal);  // [H]
+// attention_entropy from the rows' entropies an attention op computed (AttentionSpec::
+// entropy_rows: [B * H * Tq], row (b * H + h) * Tq + i), summed in the same order.
+double attention_entropy_from_rows(const std::vector<double>& rows, int64_t Tq);
 
 // All seed-B hidden-state metrics of one tensor, sharing one host copy.
 struct HiddenStateMetrics {

@@ -136,11 +136,20 @@ Tensor Attention::scalar_grad(double v, const Tensor& like) {
 void Attention::run_attention(AttentionActs& a, const Tensor& key_mask, int64_t B, int64_t T) {
   AttentionQuantRequest* q = hook_ ? hook_->attention_quant(layer_) : nullptr;
   a.out_kept = hook_ == nullptr;  // a hook may rewrite the context after the op
+  // On the CPU the op keeps the probabilities (attention_probs reads them); on a GPU the op
+  // computes the rows' entropy itself when the hook wants it.
+  const bool entropy =
+      hook_ && hook_->wants_attention_entropy() && a.qkv.device() != Device::CPU;
+  a.entropy_rows.clear();
+  if (entropy) a.entropy_rows.assign(static_cast<size_t>(B * H_ * T), 0.0);
   if (!q) {
-    ops::on(a.qkv).attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, ctx_spec(a));
+    ops::AttentionSpec spec = ctx_spec(a);
+    if (entropy) spec.entropy_rows = a.entropy_rows.data();
+    ops::on(a.qkv).attention_fwd(a.ctx, a.att_saved, a.qkv, key_mask, B, T, spec);
     return;
   }
   ops::AttentionSpec spec = spec_;
+  if (entropy) spec.entropy_rows = a.entropy_rows.data();
   spec.score_quant = q->scores;
   spec.prob_quant = q->probs;
   double sr[2], pr[2];

@@ -13,6 +13,8 @@
 // layer 0, where V = x (rg W + sg I)^T with W zero-initialised and trainable scalars rg, sg.
 #pragma once
 
+#include <vector>
+
 #include <string>
 
 #include "model/hooks.h"
@@ -38,6 +40,9 @@ struct AttentionActs {
   Tensor hidden, hidden_act;    // MLP gate: [N, H * hidden]
   Tensor logits_tok, logits, gate;  // [N, H], [R, H] (R = N, B or 1), sigmoid(logits)
   Tensor q, k, u, v, cv, tmp;       // shaped attention: q/k projections, x W^T, V, C V, scratch
+  // Per query row (b, h, i) the attention entropy of the last forward, [B * H * T] on the host,
+  // when the hook asked for it (ActivationHook::wants_attention_entropy) on a GPU; else empty.
+  std::vector<double> entropy_rows;
 };
 
 class Attention {

@@ -49,6 +49,10 @@ class ActivationHook {
   virtual ~ActivationHook() = default;
   // Attention layers ask before running the op; nullptr = no quantization inside attention.
   virtual AttentionQuantRequest* attention_quant(int64_t layer) { return nullptr; }
+  // True: attention layers on a GPU also compute each query row's attention entropy
+  // (AttentionSpec::entropy_rows; TransformerLM::attention_entropy reads it), instead of the
+  // probabilities being recomputed on the host afterwards.
+  virtual bool wants_attention_entropy() const { return false; }
   // With observe set, called after the op with the measured [min, max] ranges.
   virtual void on_attention_ranges(int64_t layer, const double score_range[2],
                                    const double prob_range[2]) {}

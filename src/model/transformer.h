@@ -146,6 +146,13 @@ class TransformerLM {
   // On the GPU the fused kernel keeps no probabilities: they are recomputed on the host from the
   // saved q/k/v with the CPU backend (f32), for evaluation-time metrics only.
   Tensor attention_probs(size_t l) const;
+  // Per query row (b, h, i) the attention entropy layer l's op computed in the last forward
+  // ([B * H * T], ActivationHook::wants_attention_entropy on a GPU), or an empty vector.
+  const std::vector<double>& attention_entropy_rows(size_t l) const {
+    return acts_.at(l).attn.entropy_rows;
+  }
+  // The last forward's sequence length T (its batch was [B, T]).
+  int64_t last_seq_len() const { return T_; }
   // Uses `w` ([V, C], e.g. an unquantized copy of the embedding) as the output layer's weight
   // instead of the tied embedding; an undefined tensor restores the tie.
   void set_head_weight(const Tensor& w);

@@ -51,6 +51,12 @@ struct AttentionSpec {
   // the probabilities of this call into these two-element arrays.
   double* score_range = nullptr;
   double* prob_range = nullptr;
+  // When set (host memory, B * H * T doubles), the op also writes the entropy
+  // -sum_j p_ij log p_ij of every query row i of every sequence b and head h into
+  // entropy_rows[(b * H + h) * T + i] (an outlier metric: evaluation only). p is the
+  // probability function's softmax before clipping and quantization (what the CPU backend saves
+  // for the backward), 0 log 0 = 0, and a NaN probability makes the row NaN.
+  double* entropy_rows = nullptr;
   // Per-head gate in the epilogue (only where Backend::gate_in_epilogue says so), as
   // head_gate_fwd: the forward writes out[n, h*D + d] = gate[n / gate_rows, h] * attention (the
   // saved state keeps the ungated output); the backward takes dout as the gradient of that gated

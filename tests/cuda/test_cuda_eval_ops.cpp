@@ -1,4 +1,6 @@
-// The evaluation-only ops on the GPU against the CPU backend: row_moments (the seed-A outlier
+// The evaluation-only ops on the GPU against the CPU backend: the attention rows' entropy
+// (AttentionSpec::entropy_rows; 1e-6 relative, the GPU's f32 probabilities mirror the CPU's
+// operation by operation but exp / log round differently), row_moments (the seed-A outlier
 // metrics: row kurtosis to 1e-12 relative, f64 sums in another order; inf norms exactly), and
 // simulated quantization of activations (fake_quant, value_range), bit for bit: both compute the grid in f64 from the stored value and round to f32 and
 // then to the storage dtype, and a range is a min / max, exact in any order. Inputs: values on
@@ -11,7 +13,10 @@
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "analysis/collect.h"
 #include "analysis/metrics.h"
+#include "model/transformer.h"
+#include "train/run_config.h"
 #include "quant/quantizer.h"
 
 namespace oft::testing {
@@ -163,6 +168,66 @@ TEST(CudaMetrics, TrackerOnGpuTensorMatchesHostCopy) {
     EXPECT_EQ(a->inf_norm_max, b->inf_norm_max);
     EXPECT_EQ(a->rows, b->rows);
   }
+}
+
+TEST(CudaMetrics, AttentionEntropyRowsMatchCpu) {
+  OFT_REQUIRE_CUDA();
+  const int64_t B = 2, T = 96, H = 4, D = 64, C = H * D;
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (bool causal : {true, false}) {
+      for (bool quant : {false, true}) {
+        const Tensor x = rounded(randn({B * T, 3 * C}, 0.4), d);
+        std::vector<double> mv(static_cast<size_t>(B * T), 1.0);
+        mv[5] = mv[T + 17] = 0.0;
+        const Tensor mask = Tensor::from_vector({B * T}, mv, DType::I32);
+        ops::AttentionSpec spec;
+        spec.n_head = static_cast<int>(H);
+        spec.causal = causal;
+        spec.prob = ops::ProbFn::Clipped;
+        spec.gamma = -0.03;
+        if (quant) spec.prob_quant = {true, 1.0 / 256, 0.0, 0.0, 255.0};
+        std::vector<double> want(static_cast<size_t>(B * H * T)), got(want.size());
+        spec.entropy_rows = want.data();
+        Tensor out = Tensor::empty({B * T, C}, DType::F32), saved;
+        ops::cpu_backend().attention_fwd(out, saved, x, causal ? Tensor() : mask, B, T, spec);
+        spec.entropy_rows = got.data();
+        Tensor gout = poisoned({B * T, C}, d), gsaved;
+        ops::backend(Device::CUDA).attention_fwd(gout, gsaved, to_gpu(x, d),
+                                                 causal ? Tensor() : mask.to(Device::CUDA), B, T,
+                                                 spec);
+        const std::string at = std::string(dtype_label(d)) + (causal ? " causal" : " masked") +
+                               (quant ? " quantized" : "");
+        for (size_t r = 0; r < want.size(); ++r)
+          ASSERT_NEAR(got[r], want[r], 1e-6 * std::max(1.0, std::fabs(want[r]))) << at << " row " << r;
+        // The output is the op's own (the fast kernels beside the entropy pass).
+        EXPECT_LE(rel_err(gout, out), quant ? std::max(1e-3, tol_for(d)) : tol_for(d)) << at;
+      }
+    }
+  }
+}
+
+// The collector on a GPU model takes each layer's entropy from the op's rows; it equals the
+// metric of the probabilities recomputed on the host (the path it replaces).
+TEST(CudaMetrics, CollectorEntropyOnGpuMatchesHostProbabilities) {
+  OFT_REQUIRE_CUDA();
+  RunConfig cfg;
+  cfg.load("tiny_opt_125m_clipped_softmax", {"model.n_layer=2", "model.vocab_size=301"});
+  const int64_t B = 2, T = 64;
+  TransformerLM m(cfg.model, DType::F32, Device::CUDA, T);
+  m.init_weights(3);
+  const Tensor tok = randint({B, T}, 0, 301).to(Device::CUDA);
+  analysis::OutlierCollector c(cfg.model, false);
+  m.set_hook(&c);
+  m.forward(tok, tok);
+  m.set_hook(nullptr);
+  for (size_t l = 0; l < 2; ++l) {
+    const std::vector<double>& rows = m.attention_entropy_rows(l);
+    ASSERT_EQ(rows.size(), static_cast<size_t>(B * cfg.model.n_head * T)) << "layer " << l;
+    const double host = analysis::attention_entropy(m.attention_probs(l), true);
+    EXPECT_NEAR(analysis::attention_entropy_from_rows(rows, T), host, 1e-6 * std::fabs(host));
+  }
+  c.after_forward(m);
+  EXPECT_TRUE(c.to_json().contains("attention_entropy"));
 }
 
 }  // namespace

@@ -366,9 +366,20 @@ void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
                       : (spec.gate_rows == T ? cuda::attn::kGatePerSequence : cuda::attn::kGatePerHead);
   }
 
+  // The rows' entropy (an outlier metric) on the device, copied to spec.entropy_rows after the
+  // evaluation kernel wrote it.
+  Tensor entropy;
+  auto entropy_to_host = [&] {
+    OFT_CUDA_CHECK(cudaMemcpyAsync(spec.entropy_rows, entropy.raw(), entropy.nbytes(),
+                                   cudaMemcpyDeviceToHost, cuda::stream()));
+    cuda::synchronize();
+  };
+  if (spec.entropy_rows) entropy = Tensor::empty({B * g.H * T}, DType::F64, Device::CUDA);
+
   if (quantized(spec)) {
     // Evaluation-only: no backward follows, so `saved` is left alone.
     cuda::attn::QuantArgs q;
+    if (spec.entropy_rows) q.entropy = static_cast<double*>(entropy.raw());
     q.score_q = spec.score_quant.enabled;
     q.prob_q = spec.prob_quant.enabled;
     q.score_range = spec.score_range != nullptr;
@@ -403,7 +414,17 @@ void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
         spec.prob_range[1] = decode_key(host[3]);
       }
     }
+    if (spec.entropy_rows) entropy_to_host();
     return;
+  }
+  if (spec.entropy_rows) {  // a pass of the evaluation kernel for the entropy alone
+    cuda::attn::QuantArgs q;
+    q.gamma = spec.gamma;
+    q.zeta = spec.zeta;
+    q.entropy = static_cast<double*>(entropy.raw());
+    q.skip_out = true;
+    cuda::attn::launch_fwd_quant(a, q, nullptr, qkv.dtype());
+    entropy_to_host();
   }
 
   // Clipped softmax saves O2, which `out` cannot stand in for.

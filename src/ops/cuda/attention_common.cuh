@@ -90,6 +90,10 @@ struct QuantArgs {
   double s_delta = 1, s_zp = 0, s_qmin = 0, s_qmax = 255;
   double p_delta = 1, p_zp = 0, p_qmin = 0, p_qmax = 255;
   double gamma = 0, zeta = 1;
+  // AttentionSpec::entropy_rows on the device ([B * H * T] f64), or null; skip_out: compute only
+  // the entropy (and ranges), not the output (an extra pass beside the fast forward).
+  double* entropy = nullptr;
+  bool skip_out = false;
 };
 
 // Tensor-core path (bf16, D in {16, 32, 64, 128}, 16-byte aligned rows).

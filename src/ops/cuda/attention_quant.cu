@@ -1,6 +1,7 @@
-// Evaluation-only attention forward with simulated quantization and range capture
-// (AttentionSpec.score_quant / prob_quant / score_range / prob_range). Speed matters little
-// here; matching the CPU oracle (cpu_nn.cpp) operation by operation matters a lot, because a
+// Evaluation-only attention forward with simulated quantization, range capture and the rows'
+// attention entropy (AttentionSpec.score_quant / prob_quant / score_range / prob_range /
+// entropy_rows; QuantArgs::skip_out computes the entropy alone, beside the fast forward). Speed
+// matters little here; matching the CPU oracle (cpu_nn.cpp) operation by operation matters a lot, because a
 // quantizer turns a last-bit difference into a whole quantization step. So this kernel mirrors
 // the CPU: the q.k dot product as a sequential f32 fma chain, the scaled score and both fake
 // quantizers in double, exp of the f32 difference rounded to f32, the normaliser in double,
@@ -102,8 +103,15 @@ __global__ void __launch_bounds__(kThreads)
 
   const float span = float(qa.zeta - qa.gamma), gamma = float(qa.gamma);
   double pmin = kInf, pmax = -kInf;
+  double ent = 0;  // -sum p log p of the softmax before clipping and quantization (as the CPU)
+  bool ent_nan = false;
   for (int j = tid; j < T_; j += kThreads) {
     float p = den > 0 ? float(srow[j] / den) : 0.f;
+    if (qa.entropy) {
+      const double v = double(p);
+      if (v > 0) ent -= v * log(v);
+      else if (isnan(v)) ent_nan = true;
+    }
     if (a.prob == kClipped) {
       const float c = __fmaf_rn(span, p, gamma);
       p = c < 0.f ? 0.f : (c > 1.f ? 1.f : c);
@@ -116,9 +124,13 @@ __global__ void __launch_bounds__(kThreads)
     srow[j] = p;
   }
   __syncthreads();
+  if (qa.entropy) {
+    ent = block_reduce<kSum>(ent_nan ? __longlong_as_double(0x7ff8000000000000ll) : ent, scratch);
+    if (tid == 0) qa.entropy[int64_t(bh) * T_ + i] = ent;
+  }
 
   T* gO = static_cast<T*>(a.out) + (int64_t(b) * T_ + i) * C + h * D;
-  for (int d = tid; d < D; d += kThreads) {
+  for (int d = qa.skip_out ? D : tid; d < D; d += kThreads) {
     float acc = 0.f;
     const T* vcol = gQ + 2 * C + d;
     for (int j = 0; j < T_; ++j) {
