@@ -19,8 +19,12 @@
 #      attention tests against the CPU backend, and with OFT_ATTN_WGMMA=all (the Hopper
 #      backward too); the attention timing and training steps of gpt2_124m / opt_125m for each
 #      of WGMMA_MODES (default "0 all"); the Hopper kernels' ncu counters.
+#  11. (eval) `oft validate --quantize` of an OPT-125m-sized model (12 x 768, vocabulary 2048,
+#      the Moby-Dick shard) trained a few steps on the GPU, timed with this build and, when the
+#      bundle has one, a previous build (gpu-bundle/bin/oft_base) for comparison
+#      (EVAL_BATCHES, METRIC_BATCHES: default 40 and 10).
 # Results land in $OUT (or ./gpu-out).
-# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma]
+# Usage: bash scripts/gpu_check.sh [tests] [train] [bench] [torch] [peers] [sanitize] [hf] [dist] [ncu] [tune] [wgmma] [eval]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
@@ -73,6 +77,23 @@ if [[ " $what " == *" bench "* ]]; then
   b opt_1.3b_b16 opt_1.3b_vanilla train.grad_accum=1 train.batch_size=16 --no-peak
   grep -A40 "per-op" "$OUT/bench_gpt2_124m_vanilla.log"
   for v in clipped gated; do echo "-- $v"; grep -A20 "per-op" "$OUT/bench_gpt2_124m_$v.log"; done
+fi
+
+if [[ " $what " == *" eval "* ]]; then
+  echo "== oft validate on the GPU: outlier metrics and simulated W8A8"
+  "$BIN/oft" data prepare data/moby-dick/moby_dick.txt -t data/tokenizers/moby_sp2k/moby_sp2k.model \
+    -o data/cache/moby_sp2k > "$OUT/prepare.log" 2>&1 || tail -5 "$OUT/prepare.log"
+  shard=data/cache/moby_sp2k/train.bin  # (the validation shard holds under 3 batches of 16 x 512)
+  "$BIN/oft" train opt_125m_vanilla model.vocab_size=2048 data.train=$shard data.val=$shard \
+    data.tokenizer=data/tokenizers/moby_sp2k/moby_sp2k.model train.grad_accum=1 train.steps=20 \
+    train.eval_every=0 train.device=cuda --run-dir /tmp/eval_opt125 -q 2>&1 | tail -2
+  for x in oft oft_base; do
+    [[ -x "$BIN/$x" ]] || continue
+    /usr/bin/time -f "-- $x validate --quantize: %e s" "$BIN/$x" validate /tmp/eval_opt125 --quantize \
+      train.eval_batches=${EVAL_BATCHES:-40} metrics.batches=${METRIC_BATCHES:-10} > "$OUT/eval_$x.log" 2>&1
+    grep -E "perplexity|validate --quantize|rror" "$OUT/eval_$x.log"
+    cp /tmp/eval_opt125/validation.json "$OUT/eval_$x.json" 2>/dev/null
+  done
 fi
 
 if [[ " $what " == *" torch "* ]]; then
