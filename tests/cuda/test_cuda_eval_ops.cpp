@@ -18,6 +18,7 @@
 #include "model/transformer.h"
 #include "train/run_config.h"
 #include "quant/quantizer.h"
+#include "quant/sim.h"
 
 namespace oft::testing {
 namespace {
@@ -228,6 +229,44 @@ TEST(CudaMetrics, CollectorEntropyOnGpuMatchesHostProbabilities) {
   }
   c.after_forward(m);
   EXPECT_TRUE(c.to_json().contains("attention_entropy"));
+}
+
+// The whole W8A8 simulation (weights, calibrated activation ranges, quantized evaluation) on a
+// GPU model matches the CPU model of the same weights: the calibrated ranges to 1e-4 and the
+// quantized loss to 1e-3 (f32; the products sum in another order, so a value on a grid's
+// rounding boundary may land on the other side).
+TEST(CudaQuant, SimulatedW8A8MatchesCpu) {
+  OFT_REQUIRE_CUDA();
+  for (const char* preset : {"tiny_opt_125m_gated_attention", "tiny_bert_base_clipped_softmax"}) {
+    RunConfig cfg;
+    cfg.load(preset, {"model.n_layer=2", "model.vocab_size=301"});
+    const int64_t B = 2, T = 32;
+    const Tensor tok = randint({B, T}, 0, 301), tok2 = randint({B, T}, 0, 301);
+    double loss[2];
+    std::vector<quant::Encoding> enc[2];
+    for (int k = 0; k < 2; ++k) {
+      const Device dev = k ? Device::CUDA : Device::CPU;
+      TransformerLM m(cfg.model, DType::F32, dev, T);
+      m.init_weights(5);
+      quant::QuantSimulator sim(cfg.quant, cfg.model);
+      sim.quantize_weights(m);
+      m.set_hook(&sim);
+      sim.set_calibrating(true);
+      m.forward(tok.to(dev), tok.to(dev));
+      sim.set_calibrating(false);
+      loss[k] = m.forward(tok2.to(dev), tok2.to(dev));
+      m.set_hook(nullptr);
+      sim.restore_weights(m);
+      enc[k] = sim.activation_encodings();
+    }
+    EXPECT_NEAR(loss[1], loss[0], 1e-3 * std::fabs(loss[0])) << preset;
+    ASSERT_EQ(enc[1].size(), enc[0].size()) << preset;
+    for (size_t i = 0; i < enc[0].size(); ++i) {
+      const double span = std::max(1e-6, enc[0][i].max - enc[0][i].min);
+      EXPECT_NEAR(enc[1][i].min, enc[0][i].min, 1e-4 * span) << preset << " " << enc[0][i].name;
+      EXPECT_NEAR(enc[1][i].max, enc[0][i].max, 1e-4 * span) << preset << " " << enc[0][i].name;
+    }
+  }
 }
 
 }  // namespace
