@@ -144,7 +144,8 @@ class TransformerLM {
   }
   // Attention probabilities saved by the last forward for layer l (CPU backend: [B, H, T, T]).
   // On the GPU the fused kernel keeps no probabilities: they are recomputed on the host from the
-  // saved q/k/v with the CPU backend (f32), for evaluation-time metrics only.
+  // saved q/k/v with the CPU backend (f32), for evaluation-time metrics only (the outlier
+  // collector reads attention_entropy_rows instead where the op computed them).
   Tensor attention_probs(size_t l) const;
   // Per query row (b, h, i) the attention entropy layer l's op computed in the last forward
   // ([B * H * T], ActivationHook::wants_attention_entropy on a GPU), or an empty vector.
