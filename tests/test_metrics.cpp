@@ -623,6 +623,23 @@ TEST(MetricsSeedB, AttentionEntropyRowsFromTheOp) {
   EXPECT_THROW(attention_entropy_from_rows(std::vector<double>(10, 0.0), 3), Error);
 }
 
+// Host copies of bf16 activations are read in place: the same metrics as their f32 values.
+TEST(MetricsSeedB, Bf16HostTensorsMatchTheirF32Values) {
+  Rng rng(13);
+  const Tensor b = randn_t({2, 6, 16}, rng, DType::F32, 2.0).cast(DType::BF16);
+  const Tensor f = b.cast(DType::F32);
+  const HiddenStateMetrics mb = hidden_state_metrics(b, 2, 6), mf = hidden_state_metrics(f, 2, 6);
+  EXPECT_EQ(mb.kurt.kurtosis, mf.kurt.kurtosis);
+  EXPECT_EQ(mb.signal.feat_corr_rms, mf.signal.feat_corr_rms);
+  EXPECT_EQ(mb.signal.token_cos_rms, mf.signal.token_cos_rms);
+  EXPECT_EQ(mb.max_median_ratio, mf.max_median_ratio);
+  EXPECT_EQ(inf_norm(b), inf_norm(f));
+  std::vector<double> p(2 * 3 * 4 * 4, 0.0);
+  for (size_t i = 0; i < p.size(); ++i) p[i] = 0.25 + 0.01 * double(i % 7);
+  const Tensor pb = Tensor::from_vector({2, 3, 4, 4}, p, DType::BF16);
+  EXPECT_EQ(attention_entropy(pb, false), attention_entropy(pb.cast(DType::F32), false));
+}
+
 TEST(MetricsJson, StableKeys) {
   Rng rng(11);
   Tensor h = randn_t({2, 4, 8}, rng);

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/bf16.h"
 #include "ops/ops.h"
 #include "ops/row_moments.h"
 
@@ -21,7 +22,15 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// Calls f(const T* values, int64_t n): in place for CPU F32/F64, otherwise on a host f64 copy.
+// A stored bf16 value that reads as a double (static_cast<double> in the loops below), so host
+// copies of bf16 activations are read in place instead of through an f64 copy.
+struct Bf16Value {
+  uint16_t bits;
+  explicit operator double() const { return static_cast<double>(bf16_to_float(bits)); }
+};
+
+// Calls f(const T* values, int64_t n): in place for CPU F32/F64/BF16, otherwise on a host f64
+// copy.
 template <class F>
 auto with_values(const Tensor& t, const char* what, F&& f) {
   OFT_CHECK(t.defined(), what, ": tensor is undefined");
@@ -29,6 +38,8 @@ auto with_values(const Tensor& t, const char* what, F&& f) {
             dtype_name(t.dtype()));
   if (t.device() == Device::CPU && t.dtype() == DType::F64) return f(t.data<double>(), t.numel());
   if (t.device() == Device::CPU && t.dtype() == DType::F32) return f(t.data<float>(), t.numel());
+  if (t.device() == Device::CPU && t.dtype() == DType::BF16)
+    return f(static_cast<const Bf16Value*>(t.raw()), t.numel());
   const std::vector<double> v = t.to_vector();
   return f(v.data(), static_cast<int64_t>(v.size()));
 }
