@@ -13,18 +13,14 @@
 // probability after the probability function (masked entries included, as on the CPU), merged
 // across blocks with 64-bit atomicMin / atomicMax on order-preserving integer keys of doubles.
 #include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/fake_quant.cuh"
 
 namespace oft::cuda::attn {
 namespace {
 
 constexpr int kThreads = 128;
 
-__device__ __forceinline__ double fake_quant(double x, double delta, double zp, double qmin,
-                                             double qmax) {
-  double v = rint(x / delta) + zp;  // round half to even
-  v = fmin(fmax(v, qmin), qmax);
-  return delta * (v - zp);
-}
+using cuda::fake_quant_value;
 
 // Doubles -> unsigned keys with the same order (negative values flip all bits).
 __device__ __forceinline__ unsigned long long order_key(double x) {
@@ -84,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
     if (all_scores) {
       smin = fmin(smin, sc);
       smax = fmax(smax, sc);
-      if (qa.score_q) sc = fake_quant(sc, qa.s_delta, qa.s_zp, qa.s_qmin, qa.s_qmax);
+      if (qa.score_q) sc = fake_quant_value(sc, qa.s_delta, qa.s_zp, qa.s_qmin, qa.s_qmax);
     }
     srow[j] = vis ? sc : -kInf;
     if (vis) mx = fmax(mx, sc);
@@ -119,7 +115,7 @@ __global__ void __launch_bounds__(kThreads)
     if (track_p) {
       pmin = fmin(pmin, double(p));
       pmax = fmax(pmax, double(p));
-      if (qa.prob_q) p = float(fake_quant(p, qa.p_delta, qa.p_zp, qa.p_qmin, qa.p_qmax));
+      if (qa.prob_q) p = float(fake_quant_value(p, qa.p_delta, qa.p_zp, qa.p_qmin, qa.p_qmax));
     }
     srow[j] = p;
   }

@@ -3,12 +3,12 @@
 // from. With them `oft validate --quantize` keeps every activation on the GPU; before, each
 // quantized activation made a round trip through an f32 host copy.
 //
-// fake_quant computes the CPU backend's formula in f64 (cpu_basic.cpp): q = clamp(rint(x /
-// delta) + zp, qmin, qmax) (rint rounds half to even), x' = delta (q - zp), then rounds to f32
-// and from there to bf16, as the host path did (f64 -> f32 -> bf16), so both backends give the
-// same bits. NaN stays NaN (the host's std::clamp keeps it). Memory-bound: 16-byte packs where
-// the tensor is aligned; the f64 arithmetic (one division per element) stays below the
-// bandwidth on H100-class GPUs (64-67 f64 TFLOP/s).
+// fake_quant computes the CPU backend's formula in f64 (fake_quant.cuh, cpu_backend.h): q =
+// clamp(rint(x / delta) + zp, qmin, qmax) (rint rounds half to even), x' = delta (q - zp), then
+// rounds to f32 and from there to bf16, as the host path did (f64 -> f32 -> bf16), so both
+// backends give the same bits. NaN stays NaN (the host's std::clamp keeps it). Memory-bound:
+// 16-byte packs where the tensor is aligned; the f64 arithmetic (one division per element)
+// stays below the bandwidth on H100-class GPUs (64-67 f64 TFLOP/s).
 //
 // value_range: a grid-stride scan with each thread's min / max in f32 (exact: the values are
 // f32 or bf16), NaNs counted apart, warp shuffles, then one 64-bit atomicMin / atomicMax per
@@ -22,6 +22,7 @@
 
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_common.cuh"
+#include "ops/cuda/fake_quant.cuh"
 
 namespace oft::ops {
 namespace {
@@ -37,9 +38,7 @@ struct Grid {
 };
 
 __device__ __forceinline__ float fq_value(float x, const Grid& g) {
-  const double v = rint(double(x) / g.delta) + g.zp;
-  if (isnan(v)) return x;  // NaN stays NaN (the host clamp keeps it)
-  return static_cast<float>(g.delta * (fmin(fmax(v, g.qmin), g.qmax) - g.zp));
+  return static_cast<float>(cuda::fake_quant_value(double(x), g.delta, g.zp, g.qmin, g.qmax));
 }
 
 unsigned blocks_for(int64_t items) {
