@@ -39,11 +39,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 
 #include "core/env_choice.h"
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_backend.h"
+#include "ops/cuda/fake_quant.cuh"
 #include "ops/cuda/partials.cuh"
 
 namespace oft::ops {
@@ -342,12 +342,6 @@ const Tensor* checked_gate(const char* op, const AttentionSpec& spec, const Tens
   return spec.gate;
 }
 
-double decode_key(unsigned long long k) {
-  const unsigned long long u = (k >> 63) ? (k & ~(1ull << 63)) : ~k;
-  double d;
-  std::memcpy(&d, &u, sizeof d);
-  return d;
-}
 
 }  // namespace
 
@@ -406,12 +400,12 @@ void CudaBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
                                      cuda::stream()));
       cuda::synchronize();
       if (spec.score_range) {
-        spec.score_range[0] = decode_key(host[0]);
-        spec.score_range[1] = decode_key(host[1]);
+        spec.score_range[0] = cuda::from_order_key(host[0]);
+        spec.score_range[1] = cuda::from_order_key(host[1]);
       }
       if (spec.prob_range) {
-        spec.prob_range[0] = decode_key(host[2]);
-        spec.prob_range[1] = decode_key(host[3]);
+        spec.prob_range[0] = cuda::from_order_key(host[2]);
+        spec.prob_range[1] = cuda::from_order_key(host[3]);
       }
     }
     if (spec.entropy_rows) entropy_to_host();

@@ -21,12 +21,8 @@ namespace {
 constexpr int kThreads = 128;
 
 using cuda::fake_quant_value;
+using cuda::order_key;
 
-// Doubles -> unsigned keys with the same order (negative values flip all bits).
-__device__ __forceinline__ unsigned long long order_key(double x) {
-  const unsigned long long u = static_cast<unsigned long long>(__double_as_longlong(x));
-  return (u >> 63) ? ~u : (u | (1ull << 63));
-}
 
 enum RedOp { kMin, kMax, kSum };
 template <RedOp OP>

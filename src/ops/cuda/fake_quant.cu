@@ -17,7 +17,6 @@
 // deterministic. The three words come back to the host (one synchronisation).
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "ops/cuda/cuda_backend.h"
@@ -33,12 +32,9 @@ using cuda::to_f32;
 
 constexpr int kThreads = 256;
 
-struct Grid {
-  double delta, zp, qmin, qmax;
-};
-
-__device__ __forceinline__ float fq_value(float x, const Grid& g) {
-  return static_cast<float>(cuda::fake_quant_value(double(x), g.delta, g.zp, g.qmin, g.qmax));
+__device__ __forceinline__ float fq_value(float x, const FakeQuant& g) {
+  return static_cast<float>(
+      cuda::fake_quant_value(double(x), g.delta, g.zero_point, g.qmin, g.qmax));
 }
 
 unsigned blocks_for(int64_t items) {
@@ -49,7 +45,7 @@ unsigned blocks_for(int64_t items) {
 // x[i] = fq(x[i]) for i < n, V elements per access (V = 1: any alignment).
 template <class T, int V>
 __global__ void __launch_bounds__(kThreads) fake_quant_kernel(T* __restrict__ x, int64_t n,
-                                                              const Grid g) {
+                                                              const FakeQuant g) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t np = n / V;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < np; i += stride) {
@@ -67,23 +63,6 @@ __global__ void __launch_bounds__(kThreads) fake_quant_kernel(T* __restrict__ x,
     const int64_t t = np * V + int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (t < n) x[t] = from_f32<T>(fq_value(to_f32(x[t]), g));
   }
-}
-
-// Doubles -> unsigned keys with the same order (negative values flip all bits).
-__device__ __forceinline__ unsigned long long order_key(double x) {
-  const unsigned long long u = static_cast<unsigned long long>(__double_as_longlong(x));
-  return (u >> 63) ? ~u : (u | (1ull << 63));
-}
-unsigned long long host_order_key(double x) {
-  unsigned long long u;
-  std::memcpy(&u, &x, sizeof u);
-  return (u >> 63) ? ~u : (u | (1ull << 63));
-}
-double host_from_key(unsigned long long k) {
-  const unsigned long long u = (k >> 63) ? (k & ~(1ull << 63)) : ~k;
-  double x;
-  std::memcpy(&x, &u, sizeof x);
-  return x;
 }
 
 // out[0] = min key, out[1] = max key, out[2] = NaN count (initialised by the host).
@@ -109,8 +88,8 @@ __global__ void __launch_bounds__(kThreads) value_range_kernel(const T* __restri
     nans += __shfl_xor_sync(0xffffffffu, nans, o);
   }
   if ((threadIdx.x & 31) == 0) {
-    atomicMin(out, order_key(double(lo)));
-    atomicMax(out + 1, order_key(double(hi)));
+    atomicMin(out, cuda::order_key(double(lo)));
+    atomicMax(out + 1, cuda::order_key(double(hi)));
     if (nans) atomicAdd(out + 2, nans);
   }
 }
@@ -126,14 +105,13 @@ void CudaBackend::fake_quant(Tensor& x, const FakeQuant& q) {
   check_quant_tensor(x, "fake_quant");
   const int64_t n = x.numel();
   if (n == 0) return;
-  const Grid g{q.delta, q.zero_point, q.qmin, q.qmax};
   OFT_DISPATCH_FLOAT(x.dtype(), "fake_quant", {
     constexpr int V = 16 / sizeof(T);
     T* p = ptr<T>(x);
     if (cuda::aligned16(p))
-      fake_quant_kernel<T, V><<<blocks_for(n / V + 1), kThreads, 0, cuda::stream()>>>(p, n, g);
+      fake_quant_kernel<T, V><<<blocks_for(n / V + 1), kThreads, 0, cuda::stream()>>>(p, n, q);
     else
-      fake_quant_kernel<T, 1><<<blocks_for(n), kThreads, 0, cuda::stream()>>>(p, n, g);
+      fake_quant_kernel<T, 1><<<blocks_for(n), kThreads, 0, cuda::stream()>>>(p, n, q);
     OFT_CUDA_LAUNCH_CHECK();
   });
 }
@@ -145,7 +123,7 @@ ValueRange CudaBackend::value_range(const Tensor& x) {
   const int64_t n = x.numel();
   if (n == 0) return r;
   auto* dev = static_cast<unsigned long long*>(cuda::scratch(3 * sizeof(unsigned long long)));
-  const unsigned long long init[3] = {host_order_key(r.lo), host_order_key(r.hi), 0ull};
+  const unsigned long long init[3] = {cuda::order_key(r.lo), cuda::order_key(r.hi), 0ull};
   OFT_CUDA_CHECK(cudaMemcpyAsync(dev, init, sizeof init, cudaMemcpyHostToDevice, cuda::stream()));
   OFT_DISPATCH_FLOAT(x.dtype(), "value_range", {
     value_range_kernel<T><<<blocks_for(n), kThreads, 0, cuda::stream()>>>(ptr<T>(x), n, dev);
@@ -154,8 +132,8 @@ ValueRange CudaBackend::value_range(const Tensor& x) {
   unsigned long long got[3];
   OFT_CUDA_CHECK(cudaMemcpyAsync(got, dev, sizeof got, cudaMemcpyDeviceToHost, cuda::stream()));
   cuda::synchronize();
-  r.lo = host_from_key(got[0]);
-  r.hi = host_from_key(got[1]);
+  r.lo = cuda::from_order_key(got[0]);
+  r.hi = cuda::from_order_key(got[1]);
   r.nan = got[2] != 0;
   return r;
 }
