@@ -544,14 +544,7 @@ std::vector<double> entropy_sums(const Tensor& probs, bool causal, int64_t& B, i
       double s = 0;
       for (int64_t i = 0; i < Tq_; ++i) {
         const auto* row = p + (bh * Tq_ + i) * Tk;
-        const int64_t jend = causal ? i + 1 : Tk;
-        double e = 0;
-        for (int64_t j = 0; j < jend; ++j) {
-          const double v = static_cast<double>(row[j]);
-          if (v > 0) e -= v * std::log(v);
-          else if (std::isnan(v)) e = std::numeric_limits<double>::quiet_NaN();
-        }
-        s += e;
+        s += ops::row_entropy_f64(row, causal ? i + 1 : Tk);
       }
       sums[bh] = s;
     }

@@ -1,7 +1,8 @@
-// Per-row outlier statistics in f64, shared by the CPU backend's row_moments op and the host
-// metrics of src/analysis (one formula, one summation order): the Pearson kurtosis of a row,
-// mean((x - mean)^4) / (var_unbiased^2 + eps), in two passes, and its inf norm max |x|, NaN when
-// the row holds a NaN (a diverged run must not look clean).
+// Per-row outlier statistics in f64, shared by the CPU backend's ops (row_moments, the
+// attention's entropy_rows) and the host metrics of src/analysis (one formula, one summation
+// order): the Pearson kurtosis of a row, mean((x - mean)^4) / (var_unbiased^2 + eps), in two
+// passes; its inf norm max |x|; and the entropy -sum p log p of a row of probabilities. A NaN
+// makes the inf norm and the entropy NaN (a diverged run must not look clean).
 #pragma once
 
 #include <cmath>
@@ -38,6 +39,18 @@ double row_inf_norm_f64(const T* x, int64_t n) {
     else if (std::isnan(a)) has_nan = true;
   }
   return has_nan ? std::numeric_limits<double>::quiet_NaN() : m;
+}
+
+// 0 log 0 = 0; values in key order.
+template <class T>
+double row_entropy_f64(const T* p, int64_t n) {
+  double e = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double v = static_cast<double>(p[j]);
+    if (v > 0) e -= v * std::log(v);
+    else if (std::isnan(v)) e = std::numeric_limits<double>::quiet_NaN();
+  }
+  return e;
 }
 
 }  // namespace oft::ops

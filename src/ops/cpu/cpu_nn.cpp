@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/cpu/cpu_backend.h"
+#include "ops/row_moments.h"
 
 namespace oft::ops {
 
@@ -166,19 +167,6 @@ inline bool key_visible(int64_t i, int64_t j, int64_t b, int64_t T, bool causal,
   return true;
 }
 
-// -sum p log p over a row of probabilities (0 log 0 = 0; a NaN makes the row NaN), in f64 in
-// key order: AttentionSpec::entropy_rows, and the host metric's formula (analysis/metrics.cpp).
-template <class F>
-double row_entropy(const F* p, int64_t n) {
-  double e = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const double v = static_cast<double>(p[j]);
-    if (v > 0) e -= v * std::log(v);
-    else if (std::isnan(v)) e = std::numeric_limits<double>::quiet_NaN();
-  }
-  return e;
-}
-
 template <class T>
 T clip_prob(T p, const AttentionSpec& s) {
   if (s.prob != ProbFn::Clipped) return p;
@@ -244,7 +232,7 @@ void CpuBackend::attention_fwd(Tensor& out, Tensor& saved, const Tensor& qkv,
         // softmax1: exp(s_j) / (1 + sum exp(s)) = exp(s_j - m) / (exp(-m) + sum exp(s - m)).
         if (spec.prob == ProbFn::Softmax1) denom += std::isinf(mx) ? 1.0 : std::exp(-mx);
         for (int64_t j = 0; j < T; ++j) prow[j] = denom > 0 ? F(s[j] / denom) : F(0);
-        if (spec.entropy_rows) spec.entropy_rows[bh * T + i] = row_entropy(prow, T);
+        if (spec.entropy_rows) spec.entropy_rows[bh * T + i] = row_entropy_f64(prow, T);
         F* orow = po + (b * T + i) * C + h * D;
         for (int64_t d = 0; d < D; ++d) orow[d] = 0;
         for (int64_t j = 0; j < T; ++j) {
