@@ -53,6 +53,9 @@ class RangeEstimator {
   virtual std::pair<double, double> range() const = 0;
   virtual void reset() { batches_ = 0; }
   virtual std::string name() const = 0;
+  // True when observe() uses only the batch's min and max, so a caller may pass those two
+  // values instead of the tensor (a GPU activation's backend computes them in place).
+  virtual bool min_max_only() const { return false; }
   int64_t num_batches() const { return batches_; }
 
  protected:
@@ -65,6 +68,7 @@ class CurrentMinMax : public RangeEstimator {
   void observe(const Tensor& x) override;
   std::pair<double, double> range() const override;
   std::string name() const override { return "current_minmax"; }
+  bool min_max_only() const override { return true; }
 
  private:
   double lo_ = 0, hi_ = 0;
@@ -76,6 +80,7 @@ class RunningMinMax : public RangeEstimator {
   void observe(const Tensor& x) override;
   std::pair<double, double> range() const override;
   std::string name() const override { return "running_minmax"; }
+  bool min_max_only() const override { return true; }
   double momentum() const { return momentum_; }
 
  protected:
@@ -89,6 +94,7 @@ class Percentile : public RunningMinMax {
   explicit Percentile(double p = 99.999, double momentum = 0.9);
   void observe(const Tensor& x) override;
   std::string name() const override { return "percentile"; }
+  bool min_max_only() const override { return false; }  // (each batch's percentiles)
   double p() const { return p_; }
 
  private:

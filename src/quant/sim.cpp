@@ -51,7 +51,7 @@ namespace {
 // tensor is on the GPU or bf16.
 void observe_activation(RangeEstimator& est, const Tensor& t) {
   OFT_CHECK(t.numel() > 0, "quantization: cannot take the range of an empty tensor");
-  if (est.name() == "current_minmax" || est.name() == "running_minmax") {
+  if (est.min_max_only()) {
     const ops::ValueRange r = ops::on(t).value_range(t);
     OFT_CHECK(!r.nan, "quantization: NaN in a tensor whose range is being estimated");
     est.observe(Tensor::from_vector({2}, {r.lo, r.hi}, DType::F64));
