@@ -64,16 +64,16 @@ void OutlierCollector::after_forward(const TransformerLM& model) {
     // A GPU attention op computed its rows' entropy (wants_attention_entropy); otherwise the
     // probabilities (the CPU op's, or recomputed on the host) give it.
     const std::vector<double>& rows = model.attention_entropy_rows(static_cast<size_t>(l));
+    double entropy;
     if (!rows.empty()) {
-      auto& e = entropy_[l];
-      e.first += attention_entropy_from_rows(rows, model.last_seq_len());
-      ++e.second;
-      continue;
+      entropy = attention_entropy_from_rows(rows, model.last_seq_len());
+    } else {
+      const Tensor probs = model.attention_probs(static_cast<size_t>(l));
+      if (!probs.defined() || probs.ndim() != 4) continue;
+      entropy = attention_entropy(probs.to(Device::CPU), model.config().causal());
     }
-    const Tensor probs = model.attention_probs(static_cast<size_t>(l));
-    if (!probs.defined() || probs.ndim() != 4) continue;
     auto& e = entropy_[l];
-    e.first += attention_entropy(probs.to(Device::CPU), model.config().causal());
+    e.first += entropy;
     ++e.second;
   }
 }
