@@ -558,6 +558,42 @@ TEST(MetricsSeedB, MaxMedianRatio) {
   EXPECT_DOUBLE_EQ(max_median_ratio(Tensor::from_vector({1, 4}, {1, -2, 3, -8}), false), 4.0);
 }
 
+// The backend op behind the seed-B metrics: each part alone gives the values it gives among all
+// parts, the parts not asked for stay empty, and bad inputs are refused.
+TEST(MetricsSeedB, HiddenStateSumsPartsAndInputs) {
+  using Sums = ops::HiddenStateSums;
+  Rng rng(29);
+  const Tensor h = randn_t({3, 11, 7}, rng, DType::F32);
+  ops::Backend& be = ops::cpu_backend();
+  const Sums all = be.hidden_state_sums(
+      h, 3, 11, Sums::kColumns | Sums::kFeatureGram | Sums::kTokenCos | Sums::kMaxMedian, true);
+  EXPECT_EQ(all.N, 33);
+  EXPECT_EQ(all.d, 7);
+  const Sums none = be.hidden_state_sums(h, 3, 11, 0, true);
+  EXPECT_EQ(none.row_sq, all.row_sq);
+  EXPECT_EQ(none.row_sq2, all.row_sq2);
+  EXPECT_TRUE(none.col_sum.empty() && none.col_sq.empty());
+  EXPECT_EQ(none.f_off + none.f_diag + none.cos_off + none.cos_sum + none.cos_sq + none.ratio_sum,
+            0.0);
+  const Sums gram = be.hidden_state_sums(h, 3, 11, Sums::kFeatureGram, true);
+  EXPECT_EQ(gram.col_sum, all.col_sum);  // the Gram needs the column means
+  EXPECT_EQ(gram.f_off, all.f_off);
+  EXPECT_EQ(gram.cos_off, all.cos_off);
+  EXPECT_EQ(be.hidden_state_sums(h, 3, 11, Sums::kTokenCos, true).cos_sum, all.cos_sum);
+  EXPECT_EQ(be.hidden_state_sums(h, 3, 11, Sums::kMaxMedian, true).ratio_sum, all.ratio_sum);
+  // Without centring the sums are those of the raw tokens.
+  const std::vector<double> v = h.to_vector();
+  double sq = 0;
+  for (double x : v) sq += x * x;
+  EXPECT_NEAR(be.hidden_state_sums(h, 33, 1, 0, false).row_sq, sq, 1e-12 * sq);
+  // Bad inputs.
+  EXPECT_THROW(be.hidden_state_sums(h, 3, 10, 0, true), Error);  // 30 != 33 tokens
+  EXPECT_THROW(be.hidden_state_sums(Tensor::zeros({4, 3}, DType::I32), 4, 1, 0, true), Error);
+  EXPECT_THROW(be.hidden_state_sums(Tensor(), 1, 1, 0, true), Error);
+  EXPECT_THROW(be.hidden_state_sums(h, 3, 11, 16, true), Error);  // unknown part
+  EXPECT_THROW(max_median_ratio(Tensor::zeros({4, 3}, DType::I32)), Error);
+}
+
 TEST(MetricsSeedB, AttentionEntropy) {
   // Uniform causal pattern: row i has 1/(i+1) on keys 0..i -> entropy log(i+1).
   const int64_t B = 2, H = 3, T = 9;

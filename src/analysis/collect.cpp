@@ -46,7 +46,8 @@ void OutlierCollector::on_activation(Point p, int64_t layer, Tensor& t, int64_t 
   if (!k.empty()) {
     const std::string name = point_label(p, layer);
     kinds_[name] = k;
-    // Row kurtosis and inf norm where t lives (row_moments): no host copy of a GPU activation.
+    // Row kurtosis and inf norm where t lives (row_moments): no host copy of a GPU activation;
+    // likewise the seed-B sums below (hidden_state_sums).
     tracker_.add(name, layer, t, per_token_ ? width : T * width, k != "ffn_io");
   }
   // Seed B hidden states.
@@ -54,7 +55,7 @@ void OutlierCollector::on_activation(Point p, int64_t layer, Tensor& t, int64_t 
   if (embed_out || p == Point::LayerOut || p == Point::FinalNorm) {
     const std::string name = embed_out ? "embedding" : point_label(p, layer);
     Hidden& h = hidden_[name];
-    add_into(h.sum, hidden_state_metrics(t.to(Device::CPU), B, T));
+    add_into(h.sum, hidden_state_metrics(t, B, T));
     ++h.batches;
   }
 }

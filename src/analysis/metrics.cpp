@@ -2,11 +2,11 @@
 // inf norm with running per-name means. Seed B: kurtosis of neuron RMS, signal propagation Gram
 // statistics, max/median ratio, attention entropy. Double accumulation; parallel loops write
 // per-item partial results that are then summed in a fixed order (thread-count independent).
-// Seed A's per-row statistics run on the tensor's own backend (ops row_moments, the formulas of
-// ops/row_moments.h), so a GPU activation is not copied; the rest is host code.
+// Seed A's per-row statistics (ops row_moments, the formulas of ops/row_moments.h) and seed B's
+// hidden-state sums (ops hidden_state_sums) run on the tensor's own backend, so a GPU activation
+// is not copied to the host; this file turns their results into the metrics. Attention entropy
+// reads rows an attention op computed, or host probabilities.
 #include "analysis/metrics.h"
-
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -270,77 +270,42 @@ nlohmann::json to_json(const SeedASummary& s) {
 
 namespace {
 
-// Host f64 copy of h as N rows of d, each row centred over d (or not), with per-row sums of
-// squares and the global rms r = sqrt(mean x~^2) + 1e-8.
-struct Rows {
-  std::vector<double> x;
-  std::vector<double> row_sq;
-  int64_t N = 0, d = 0;
-  double r = 0;
-};
+using Sums = ops::HiddenStateSums;
 
-Rows load_rows(const Tensor& h, bool centre, const char* what) {
+// The sums of h's tokens, computed where h lives (ops hidden_state_sums: a GPU hidden state is
+// not copied to the host); B = 1, T = N when the caller has no sequences.
+Sums sums_of(const Tensor& h, int64_t B, int64_t T, unsigned parts, bool centre,
+             const char* what) {
   OFT_CHECK(h.defined() && h.ndim() >= 1 && h.numel() > 0, what, ": expected a non-empty tensor");
-  Rows R;
-  R.d = h.dim(-1);
-  R.N = h.numel() / R.d;
-  R.x.resize(static_cast<size_t>(h.numel()));
-  R.row_sq.resize(static_cast<size_t>(R.N));
-  const int64_t N = R.N, d = R.d;
-  with_values(h, what, [&](const auto* p, int64_t) {
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      const auto* src = p + n * d;
-      double* dst = R.x.data() + n * d;
-      double mean = 0;
-      if (centre) {
-        for (int64_t j = 0; j < d; ++j) mean += static_cast<double>(src[j]);
-        mean /= static_cast<double>(d);
-      }
-      double sq = 0;
-      for (int64_t j = 0; j < d; ++j) {
-        const double v = static_cast<double>(src[j]) - mean;
-        dst[j] = v;
-        sq += v * v;
-      }
-      R.row_sq[static_cast<size_t>(n)] = sq;
-    }
-    return 0;
-  });
-  double total = 0;
-  for (double s : R.row_sq) total += s;
-  R.r = std::sqrt(total / static_cast<double>(N * d)) + kSeedBRmsEps;
-  return R;
+  OFT_CHECK(h.dtype() != DType::I32, what, ": expected a floating-point tensor, got ",
+            dtype_name(h.dtype()));
+  const int64_t d = h.dim(-1), N = h.numel() / d;
+  if (B < 0) B = 1, T = N;
+  OFT_CHECK(B >= 1 && T >= 1 && B * T == N, what, ": B*T = ", B, "*", T, " does not match the ",
+            N, " tokens of the hidden state (d = ", d, ")");
+  // The CUDA backend reads f32 and bf16; anything else goes through a host copy.
+  if (h.device() != Device::CPU && h.dtype() != DType::F32 && h.dtype() != DType::BF16)
+    return ops::cpu_backend().hidden_state_sums(h.to(Device::CPU), B, T, parts, centre);
+  return ops::on(h).hidden_state_sums(h, B, T, parts, centre);
 }
 
-// Column sums of f(x) over the N rows, in row order per column.
-template <class F>
-std::vector<double> column_sums(const Rows& R, F&& f) {
-  const int64_t N = R.N, d = R.d;
-  std::vector<double> out(static_cast<size_t>(d), 0.0);
-  const int64_t chunk = 64;
-#pragma omp parallel for schedule(static)
-  for (int64_t j0 = 0; j0 < d; j0 += chunk) {
-    const int64_t j1 = std::min(d, j0 + chunk);
-    for (int64_t n = 0; n < N; ++n) {
-      const double* row = R.x.data() + n * d;
-      for (int64_t j = j0; j < j1; ++j) out[static_cast<size_t>(j)] += f(row[j]);
-    }
-  }
-  return out;
+// r = sqrt(mean x~^2) + 1e-8.
+double global_rms(const Sums& S) {
+  return std::sqrt(S.row_sq / static_cast<double>(S.N * S.d)) + kSeedBRmsEps;
 }
 
-std::vector<double> mean_squares(const Rows& R) {
-  std::vector<double> s2 = column_sums(R, [](double v) { return v * v; });
-  const double scale = 1.0 / (static_cast<double>(R.N) * R.r * R.r);
+std::vector<double> mean_squares(const Sums& S) {
+  const double r = global_rms(S);
+  std::vector<double> s2 = S.col_sq;
+  const double scale = 1.0 / (static_cast<double>(S.N) * r * r);
   for (double& v : s2) v *= scale;
   return s2;
 }
 
-KurtosisRms kurtosis_from(const Rows& R) {
-  OFT_CHECK(R.d >= 2, "kurtosis_of_neuron_rms: need d >= 2 features (got ", R.d, ")");
-  const std::vector<double> s2 = mean_squares(R);
-  const double d = static_cast<double>(R.d);
+KurtosisRms kurtosis_from(const Sums& S) {
+  OFT_CHECK(S.d >= 2, "kurtosis_of_neuron_rms: need d >= 2 features (got ", S.d, ")");
+  const std::vector<double> s2 = mean_squares(S);
+  const double d = static_cast<double>(S.d);
   double m = 0, m4 = 0;
   for (double v : s2) m += v, m4 += v * v;
   m /= d;
@@ -350,176 +315,81 @@ KurtosisRms kurtosis_from(const Rows& R) {
   KurtosisRms k;
   k.kurtosis = m4 / (m * m);
   k.var_form = var / (d - 1);
-  k.rms = R.r;
+  k.rms = global_rms(S);
   k.mean_s2 = m;
-  k.tokens = R.N;
-  k.d = R.d;
+  k.tokens = S.N;
+  k.d = S.d;
   return k;
 }
 
-SignalProp signal_from(const Rows& R, int64_t B, int64_t T) {
-  const int64_t N = R.N, d = R.d;
-  OFT_CHECK(B >= 1 && T >= 1 && B * T == N, "signal_propagation: B*T = ", B, "*", T,
-            " does not match the ", N, " tokens of the hidden state (d = ", d, ")");
+void check_signal_shape(const Tensor& h) {
+  const int64_t d = h.numel() > 0 && h.ndim() >= 1 ? h.dim(-1) : 0, N = d ? h.numel() / d : 0;
   OFT_CHECK(N >= 2 && d >= 2, "signal_propagation: need >= 2 tokens and >= 2 features (got N = ",
             N, ", d = ", d, ")");
-  const double Nd = static_cast<double>(N), dd = static_cast<double>(d);
+}
 
-  // Column means and column-centred copy Y; Gc = Y^T Y (upper triangle), F = Gc + N mu mu^T.
-  std::vector<double> mu = column_sums(R, [](double v) { return v; });
-  for (double& v : mu) v /= Nd;
-  std::vector<double> Y(R.x.size());
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < d; ++j) Y[n * d + j] = R.x[n * d + j] - mu[j];
-  // G = Y^T Y: OpenBLAS's dsyrk (upper triangle), which splits the output among its threads,
-  // never the sum over tokens, so the result does not depend on the thread count.
-  std::vector<double> G(static_cast<size_t>(d * d), 0.0);
-  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(d),
-              static_cast<blasint>(N), 1.0, Y.data(), static_cast<blasint>(d), 0.0, G.data(),
-              static_cast<blasint>(d));
-
-  // Per-feature-row partial sums (fixed order), combined afterwards.
-  double diag_floor = 0;
-  for (int64_t i = 0; i < d; ++i) diag_floor += G[i * d + i];
-  diag_floor = diag_floor / dd * 1e-24;
-  std::vector<double> f_off(d, 0.0), f_diag(d, 0.0), cos_off(d, 0.0);
-#pragma omp parallel for schedule(dynamic, 8)
-  for (int64_t i = 0; i < d; ++i) {
-    const double gii = G[i * d + i];
-    const double fii = gii + Nd * mu[i] * mu[i];
-    f_diag[i] = fii * fii;
-    double fo = 0, co = 0;
-    for (int64_t j = i + 1; j < d; ++j) {
-      const double gij = G[i * d + j];
-      const double fij = gij + Nd * mu[i] * mu[j];
-      fo += fij * fij;
-      const double gjj = G[j * d + j];
-      if (gii > diag_floor && gjj > diag_floor) {
-        const double c = gij / std::sqrt(gii * gjj);
-        co += c * c;
-      }
-    }
-    f_off[i] = fo;
-    cos_off[i] = co;
-  }
-  double F_off = 0, F_diag = 0, C_off = 0;
-  for (int64_t i = 0; i < d; ++i) F_off += f_off[i], F_diag += f_diag[i], C_off += cos_off[i];
-
+SignalProp signal_from(const Sums& S, int64_t B, int64_t T) {
+  const double Nd = static_cast<double>(S.N), dd = static_cast<double>(S.d);
+  const double r = global_rms(S), r2 = r * r;
   SignalProp s;
-  const double r2 = R.r * R.r;
   const double pairs_f = dd * (dd - 1);
   // (Z^T Z / N)_ij = F_ij / (N r^2); off-diagonal entries come in symmetric pairs.
-  s.feat_corr_rms = std::sqrt(2 * F_off / pairs_f) / (Nd * r2);
-  s.feat_cos_rms = std::sqrt(2 * C_off / pairs_f);
+  s.feat_corr_rms = std::sqrt(2 * S.f_off / pairs_f) / (Nd * r2);
+  s.feat_cos_rms = std::sqrt(2 * S.cos_off / pairs_f);
 
   // Token Gram over all N tokens: (Z Z^T / d)_nm = <x~_n, x~_m> / (d r^2).
   //   sum_{n != m} <x~_n, x~_m>   = |sum_n x~_n|^2 - sum_n |x~_n|^2 = N^2 |mu|^2 - sum_n |x~_n|^2
   //   sum_{n != m} <x~_n, x~_m>^2 = ||X~ X~^T||_F^2 - sum_n |x~_n|^4 = ||F||_F^2 - sum_n |x~_n|^4
-  double mu2 = 0, rs = 0, rs2 = 0;
-  for (double v : mu) mu2 += v * v;
-  for (double v : R.row_sq) rs += v, rs2 += v * v;
+  double mu2 = 0;
+  for (double v : S.col_sum) mu2 += (v / Nd) * (v / Nd);
   const double pairs_t = Nd * (Nd - 1);
   const double A = dd * r2;
-  s.token_corr_mean = (Nd * Nd * mu2 - rs) / A / pairs_t;
-  const double sq_off = std::max(0.0, F_diag + 2 * F_off - rs2);
+  s.token_corr_mean = (Nd * Nd * mu2 - S.row_sq) / A / pairs_t;
+  const double sq_off = std::max(0.0, S.f_diag + 2 * S.f_off - S.row_sq2);
   s.token_corr_rms = std::sqrt(sq_off / pairs_t) / A;
 
-  // Per-sequence token cosines, pooled over sequences.
+  // Per-sequence token cosines, pooled over the B * T (T - 1) / 2 unordered pairs.
   if (T < 2) {
-    s.token_cos_mean = s.token_cos_rms = std::numeric_limits<double>::quiet_NaN();
+    s.token_cos_mean = s.token_cos_rms = kNaN;
     return s;
   }
-  // Each sequence's token Gram S = X X^T [T, T] (dsyrk, upper triangle), then the cosines of its
-  // pairs m > n in a fixed order per row n.
-  const double row_floor = rs / Nd * 1e-24;
-  std::vector<double> c_sum(N, 0.0), c_sq(N, 0.0);
-  std::vector<double> S(static_cast<size_t>(T * T));
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n0 = b * T;
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, static_cast<blasint>(T),
-                static_cast<blasint>(d), 1.0, R.x.data() + n0 * d, static_cast<blasint>(d), 0.0,
-                S.data(), static_cast<blasint>(T));
-#pragma omp parallel for schedule(dynamic, 8)
-    for (int64_t i = 0; i < T; ++i) {
-      const double qn = R.row_sq[n0 + i];
-      if (!(qn > row_floor) || qn == 0) continue;
-      const double* si = S.data() + i * T;
-      double cs = 0, cq = 0;
-      for (int64_t k = i + 1; k < T; ++k) {
-        const double qm = R.row_sq[n0 + k];
-        if (!(qm > row_floor) || qm == 0) continue;
-        const double c = si[k] / std::sqrt(qn * qm);
-        cs += c;
-        cq += c * c;
-      }
-      c_sum[n0 + i] = cs;
-      c_sq[n0 + i] = cq;
-    }
-  }
-  double CS = 0, CQ = 0;
-  for (int64_t n = 0; n < N; ++n) CS += c_sum[n], CQ += c_sq[n];
   const double pairs_s = static_cast<double>(B) * static_cast<double>(T) *
-                         static_cast<double>(T - 1) / 2;  // unordered pairs
-  s.token_cos_mean = CS / pairs_s;
-  s.token_cos_rms = std::sqrt(CQ / pairs_s);
+                         static_cast<double>(T - 1) / 2;
+  s.token_cos_mean = S.cos_sum / pairs_s;
+  s.token_cos_rms = std::sqrt(S.cos_sq / pairs_s);
   return s;
 }
 
-double max_median_from(const Rows& R) {
-  const int64_t N = R.N, d = R.d;
-  std::vector<double> ratio(N);
-#pragma omp parallel
-  {
-    std::vector<double> buf(d);
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      const double* x = R.x.data() + n * d;
-      bool has_nan = false;
-      double mx = 0;
-      for (int64_t j = 0; j < d; ++j) {
-        buf[j] = std::fabs(x[j]);
-        if (std::isnan(buf[j])) has_nan = true;
-        mx = std::max(mx, buf[j]);
-      }
-      if (has_nan) {
-        ratio[n] = std::numeric_limits<double>::quiet_NaN();
-        continue;
-      }
-      auto mid = buf.begin() + (d - 1) / 2;  // lower median, as torch.median
-      std::nth_element(buf.begin(), mid, buf.end());
-      ratio[n] = mx / *mid;
-    }
-  }
-  double s = 0;
-  for (double v : ratio) s += v;
-  return s / static_cast<double>(N);
-}
+constexpr unsigned kSignalParts = Sums::kFeatureGram | Sums::kTokenCos;
 
 }  // namespace
 
 KurtosisRms kurtosis_of_neuron_rms(const Tensor& h) {
-  return kurtosis_from(load_rows(h, true, "kurtosis_of_neuron_rms"));
+  return kurtosis_from(sums_of(h, -1, -1, Sums::kColumns, true, "kurtosis_of_neuron_rms"));
 }
 
 std::vector<double> neuron_mean_squares(const Tensor& h) {
-  return mean_squares(load_rows(h, true, "neuron_mean_squares"));
+  return mean_squares(sums_of(h, -1, -1, Sums::kColumns, true, "neuron_mean_squares"));
 }
 
 SignalProp signal_propagation(const Tensor& h, int64_t B, int64_t T) {
-  return signal_from(load_rows(h, true, "signal_propagation"), B, T);
+  check_signal_shape(h);
+  return signal_from(sums_of(h, B, T, kSignalParts, true, "signal_propagation"), B, T);
 }
 
 double max_median_ratio(const Tensor& h, bool centre) {
-  return max_median_from(load_rows(h, centre, "max_median_ratio"));
+  const Sums S = sums_of(h, -1, -1, Sums::kMaxMedian, centre, "max_median_ratio");
+  return S.ratio_sum / static_cast<double>(S.N);
 }
 
 HiddenStateMetrics hidden_state_metrics(const Tensor& h, int64_t B, int64_t T) {
-  const Rows R = load_rows(h, true, "hidden_state_metrics");
+  check_signal_shape(h);
+  const Sums S = sums_of(h, B, T, Sums::kColumns | kSignalParts | Sums::kMaxMedian, true,
+                         "hidden_state_metrics");
   HiddenStateMetrics m;
-  m.kurt = kurtosis_from(R);
-  m.signal = signal_from(R, B, T);
-  m.max_median_ratio = max_median_from(R);
+  m.kurt = kurtosis_from(S);
+  m.signal = signal_from(S, B, T);
+  m.max_median_ratio = S.ratio_sum / static_cast<double>(S.N);
   return m;
 }
 

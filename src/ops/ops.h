@@ -38,6 +38,38 @@ struct ValueRange {
   bool nan = false;
 };
 
+// Backend::hidden_state_sums' result: the sufficient statistics of seed B's hidden-state
+// metrics (analysis/metrics.h) for h viewed as N = B*T tokens of d features. x~_n is token n
+// centred over its d features (or x_n itself without centring). Fields of parts not asked for
+// stay 0 / empty.
+struct HiddenStateSums {
+  enum Part : unsigned {
+    kColumns = 1,      // col_sum, col_sq
+    kFeatureGram = 2,  // f_off, f_diag, cos_off (needs kColumns' col_sum; implies it)
+    kTokenCos = 4,     // cos_sum, cos_sq (T >= 2)
+    kMaxMedian = 8,    // ratio_sum
+  };
+  int64_t N = 0, d = 0;
+  double row_sq = 0;   // sum_n |x~_n|^2 (always)
+  double row_sq2 = 0;  // sum_n |x~_n|^4 (always)
+  std::vector<double> col_sum, col_sq;  // [d]: sum_n x~_nj and sum_n x~_nj^2
+  // With mu = col_sum / N, G = sum_n (x~_n - mu)(x~_n - mu)^T, F = G + N mu mu^T (= X~^T X~) and
+  // floor = trace(G) / d * 1e-24:
+  double f_off = 0;    // sum_{i<j} F_ij^2
+  double f_diag = 0;   // sum_i F_ii^2
+  double cos_off = 0;  // sum_{i<j} G_ij^2 / (G_ii G_jj) over G_ii, G_jj > floor
+  // Over the token pairs n < m of the same sequence (T consecutive tokens) whose |x~|^2 are
+  // nonzero and above row_sq / N * 1e-24, c = <x~_n, x~_m> / (|x~_n| |x~_m|):
+  double cos_sum = 0, cos_sq = 0;  // sum c, sum c^2
+  // sum over tokens of max_j |x~_nj| / median_j |x~_nj| (the lower median of the d values, as
+  // torch.median); NaN when a token holds a NaN.
+  double ratio_sum = 0;
+};
+
+// hidden_state_sums' input checks, shared by the backends: h a non-empty f32 / f64 / bf16 tensor
+// of N = B*T tokens.
+void check_hidden_state_sums_args(const Tensor& h, int64_t B, int64_t T, unsigned parts);
+
 struct AttentionSpec {
   int n_head = 1;
   bool causal = true;
@@ -404,6 +436,13 @@ class Backend {
   // on x's device; f64 arithmetic, two passes per row (row_moments.h).
   virtual void row_moments(Tensor& out, const Tensor& x, int64_t row_len, bool kurtosis,
                            double eps) = 0;
+
+  // Seed B's hidden-state sums of h (f32, f64 or bf16; the last dimension is d, numel = B*T*d)
+  // for the parts asked for (HiddenStateSums::Part bits), computed in f64 where h lives: a GPU
+  // hidden state is not copied to the host. Waits for the result. centre: x~ is each token
+  // centred over d (the source's metrics); false leaves the tokens as they are.
+  virtual HiddenStateSums hidden_state_sums(const Tensor& h, int64_t B, int64_t T, unsigned parts,
+                                            bool centre) = 0;
 
   // ---- dtype conversion ----
   // dst = src converted to dst's dtype (same numel and device; round to nearest even). The

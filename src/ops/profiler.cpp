@@ -225,6 +225,11 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "row_moments");
     inner_.row_moments(out, x, row_len, kurtosis, eps);
   }
+  HiddenStateSums hidden_state_sums(const Tensor& h, int64_t B, int64_t T, unsigned parts,
+                                    bool centre) override {
+    Scope scope_(this, "hidden_state_sums");
+    return inner_.hidden_state_sums(h, B, T, parts, centre);
+  }
   void convert(Tensor& dst, const Tensor& src) override {
     Scope scope_(this, "convert");
     inner_.convert(dst, src);

@@ -1,12 +1,14 @@
-// The evaluation-only ops on the GPU against the CPU backend: the attention rows' entropy
-// (AttentionSpec::entropy_rows; 1e-6 relative, the GPU's f32 probabilities mirror the CPU's
-// operation by operation but exp / log round differently), row_moments (the seed-A outlier
-// metrics: row kurtosis to 1e-12 relative, f64 sums in another order; inf norms exactly), and
-// simulated quantization of activations (fake_quant, value_range), bit for bit: both compute the grid in f64 from the stored value and round to f32 and
-// then to the storage dtype, and a range is a min / max, exact in any order. Inputs: values on
-// and around the grid's rounding ties, past both clamps, N(0, 2^2) draws, a NaN; lengths that
-// are not a multiple of the 16-byte packs, and a view one element off the alignment (the
-// one-element kernel).
+// The evaluation-only ops on the GPU against the CPU backend:
+// - the attention rows' entropy (AttentionSpec::entropy_rows): 1e-6 relative; the GPU's f32
+//   probabilities mirror the CPU's operation by operation but exp / log round differently;
+// - row_moments (seed A): row kurtosis to 1e-12 relative (f64 sums in another order), inf norms
+//   exactly;
+// - hidden_state_sums (seed B): 1e-10 relative (f64 sums and products in another order);
+// - simulated quantization of activations (fake_quant, value_range), bit for bit: both compute
+//   the grid in f64 from the stored value and round to f32 and then to the storage dtype, and a
+//   range is a min / max, exact in any order. Inputs: values on and around the grid's rounding
+//   ties, past both clamps, N(0, 2^2) draws, a NaN; lengths that are not a multiple of the
+//   16-byte packs, and a view one element off the alignment (the one-element kernel).
 #include <cmath>
 #include <limits>
 #include <random>
@@ -169,6 +171,103 @@ TEST(CudaMetrics, TrackerOnGpuTensorMatchesHostCopy) {
     EXPECT_EQ(a->inf_norm_max, b->inf_norm_max);
     EXPECT_EQ(a->rows, b->rows);
   }
+}
+
+// Seed B's hidden-state sums (ops hidden_state_sums) on the GPU against the CPU backend on the
+// same values: every statistic to 1e-10 relative (f64 sums in another order, f64 products in
+// another blocking); the max / median ratios are exact selections of the same values, so they
+// differ only through the token mean's rounding.
+void expect_sums_near(const ops::HiddenStateSums& g, const ops::HiddenStateSums& c,
+                      const std::string& at) {
+  auto near = [&](double a, double b, const char* field) {
+    if (std::isnan(b)) {
+      EXPECT_TRUE(std::isnan(a)) << at << " " << field << ": " << a << " vs NaN";
+      return;
+    }
+    EXPECT_NEAR(a, b, 1e-10 * std::max(1e-300, std::fabs(b)) + 1e-300) << at << " " << field;
+  };
+  EXPECT_EQ(g.N, c.N) << at;
+  EXPECT_EQ(g.d, c.d) << at;
+  near(g.row_sq, c.row_sq, "row_sq");
+  near(g.row_sq2, c.row_sq2, "row_sq2");
+  ASSERT_EQ(g.col_sum.size(), c.col_sum.size()) << at;
+  ASSERT_EQ(g.col_sq.size(), c.col_sq.size()) << at;
+  // A column sum of centred values can be ~0: compare it on the scale of the column's values.
+  for (size_t j = 0; j < c.col_sum.size(); ++j) {
+    EXPECT_NEAR(g.col_sum[j], c.col_sum[j], 1e-10 * std::sqrt(c.col_sq[j] * double(c.N)) + 1e-300)
+        << at << " col_sum " << j;
+    near(g.col_sq[j], c.col_sq[j], "col_sq");
+  }
+  near(g.f_off, c.f_off, "f_off");
+  near(g.f_diag, c.f_diag, "f_diag");
+  near(g.cos_off, c.cos_off, "cos_off");
+  near(g.cos_sq, c.cos_sq, "cos_sq");
+  // A sum of cosines of either sign: on the scale of the sum of their squares.
+  EXPECT_NEAR(g.cos_sum, c.cos_sum, 1e-10 * std::max(1.0, c.cos_sq)) << at << " cos_sum";
+  near(g.ratio_sum, c.ratio_sum, "ratio_sum");
+}
+
+TEST(CudaMetrics, HiddenStateSumsMatchCpu) {
+  OFT_REQUIRE_CUDA();
+  constexpr unsigned kAll = ops::HiddenStateSums::kColumns | ops::HiddenStateSums::kFeatureGram |
+                            ops::HiddenStateSums::kTokenCos | ops::HiddenStateSums::kMaxMedian;
+  struct Case {
+    int64_t B, T, d;
+    int special;  // 0 none, 1 zero + constant tokens, 2 a NaN
+  };
+  for (const Case& k : {Case{3, 37, 70, 0}, Case{2, 256, 768, 1}, Case{1, 5, 3, 0},
+                        Case{2, 9, 17, 2}, Case{4, 1, 33, 0}}) {
+    Tensor x = randn({k.B, k.T, k.d}, 0.7);
+    std::vector<double> v = x.to_vector();
+    // Outlier features: a few columns 40x larger with an offset, as trained models have.
+    for (int64_t n = 0; n < k.B * k.T; ++n)
+      for (int64_t j = 0; j < k.d; j += 23) v[size_t(n * k.d + j)] = 40 * v[size_t(n * k.d + j)] + 9;
+    if (k.special == 1) {
+      for (int64_t j = 0; j < k.d; ++j) v[size_t(3 * k.d + j)] = 0.0;   // a zero token
+      for (int64_t j = 0; j < k.d; ++j) v[size_t(7 * k.d + j)] = 2.5;   // constant: x~ = 0
+    }
+    if (k.special == 2) v[size_t(4 * k.d + 2)] = std::numeric_limits<double>::quiet_NaN();
+    x = Tensor::from_vector(x.shape(), v, DType::F32);
+    for (DType dt : {DType::F32, DType::BF16}) {
+      const Tensor host = rounded(x, dt), gpu = to_gpu(x, dt);
+      for (bool centre : {true, false}) {
+        const std::string at = std::string(dtype_label(dt)) + " B" + std::to_string(k.B) + " T" +
+                               std::to_string(k.T) + " d" + std::to_string(k.d) +
+                               (centre ? " centred" : " raw");
+        const ops::HiddenStateSums c =
+            ops::cpu_backend().hidden_state_sums(host, k.B, k.T, kAll, centre);
+        const ops::HiddenStateSums g =
+            ops::backend(Device::CUDA).hidden_state_sums(gpu, k.B, k.T, kAll, centre);
+        expect_sums_near(g, c, at);
+      }
+    }
+  }
+}
+
+// The metrics of a GPU hidden state equal those of its host copy (the path they replace).
+TEST(CudaMetrics, HiddenStateMetricsOnGpuMatchHostCopy) {
+  OFT_REQUIRE_CUDA();
+  const int64_t B = 4, T = 128, d = 96;
+  const Tensor x = randn({B, T, d}, 1.3);
+  const analysis::HiddenStateMetrics g =
+      analysis::hidden_state_metrics(to_gpu(x, DType::BF16), B, T);
+  const analysis::HiddenStateMetrics c =
+      analysis::hidden_state_metrics(rounded(x, DType::BF16), B, T);
+  auto near = [](double a, double b, const char* what) {
+    EXPECT_NEAR(a, b, 1e-9 * std::max(1.0, std::fabs(b))) << what;
+  };
+  near(g.kurt.kurtosis, c.kurt.kurtosis, "kurtosis");
+  near(g.kurt.var_form, c.kurt.var_form, "kurtosis_var");
+  near(g.kurt.rms, c.kurt.rms, "x_rms");
+  near(g.signal.feat_corr_rms, c.signal.feat_corr_rms, "feat_corr_rms");
+  near(g.signal.feat_cos_rms, c.signal.feat_cos_rms, "feat_cos_rms");
+  near(g.signal.token_corr_mean, c.signal.token_corr_mean, "token_corr_mean");
+  near(g.signal.token_corr_rms, c.signal.token_corr_rms, "token_corr_rms");
+  near(g.signal.token_cos_mean, c.signal.token_cos_mean, "token_cos_mean");
+  near(g.signal.token_cos_rms, c.signal.token_cos_rms, "token_cos_rms");
+  near(g.max_median_ratio, c.max_median_ratio, "max_median_ratio");
+  EXPECT_NEAR(analysis::max_median_ratio(to_gpu(x, DType::F32), false),
+              analysis::max_median_ratio(x, false), 1e-12 * c.max_median_ratio);
 }
 
 TEST(CudaMetrics, AttentionEntropyRowsMatchCpu) {

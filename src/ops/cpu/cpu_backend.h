@@ -84,6 +84,8 @@ class CpuBackend final : public Backend {
   ValueRange value_range(const Tensor& x) override;
   void row_moments(Tensor& out, const Tensor& x, int64_t row_len, bool kurtosis,
                    double eps) override;
+  HiddenStateSums hidden_state_sums(const Tensor& h, int64_t B, int64_t T, unsigned parts,
+                                    bool centre) override;
   void convert(Tensor& dst, const Tensor& src) override;
   void gather_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;
   void scatter_rows(Tensor& dst, const Tensor& src, const Tensor& idx) override;

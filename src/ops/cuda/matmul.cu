@@ -11,7 +11,8 @@
 // dtypes: A and B share f32 or bf16; C is that dtype or f32 (weight gradients accumulate with
 // beta = 1 into f32 from bf16 operands). Compute type CUBLAS_COMPUTE_32F with f32 scale: bf16
 // products run on tensor cores with fp32 accumulation, f32 products are full fp32 (no TF32), so
-// f32 runs match the CPU backend to rounding.
+// f32 runs match the CPU backend to rounding. f64 products (all three f64, no epilogue: the
+// evaluation's Gram matrices, hidden_state.cu) use CUBLAS_COMPUTE_64F with f64 scale.
 //
 // Epilogues (applied by cuBLASLt to the fp32 result r = alpha AB + beta C before D is rounded).
 // In the column-major view D is [N rows, M cols] with ld N, so a per-row epilogue vector is per
@@ -108,7 +109,21 @@ cublasLtHandle_t lt_handle() {
   return h;
 }
 
-cudaDataType_t cuda_type(DType d) { return d == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+cudaDataType_t cuda_type(DType d) {
+  return d == DType::BF16 ? CUDA_R_16BF : d == DType::F64 ? CUDA_R_64F : CUDA_R_32F;
+}
+
+// alpha and beta in the product's scale type: f64 for f64 products, f32 otherwise.
+struct Scales {
+  float f[2];
+  double d[2];
+  bool f64;
+  Scales(double alpha, double beta, bool is_f64)
+      : f{float(alpha), float(beta)}, d{alpha, beta}, f64(is_f64) {}
+  const void* alpha() const { return f64 ? static_cast<const void*>(&d[0]) : &f[0]; }
+  const void* beta() const { return f64 ? static_cast<const void*>(&d[1]) : &f[1]; }
+  bool beta_nonzero() const { return d[1] != 0.0; }
+};
 
 // Largest power of two (<= 256) dividing the address: cuBLASLt's heuristic must only offer
 // kernels whose vector loads this alignment allows (tensor slices can start anywhere).
@@ -193,7 +208,10 @@ void set_epilogue_pointers(cublasLtMatmulDesc_t desc, const EpiArgs& e) {
 
 Plan make_plan(const PlanKey& k, const EpiArgs& e) {
   Plan p;
-  OFT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  if (k.ab == DType::F64)  // f64 products (evaluation statistics): f64 throughout
+    OFT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_64F, CUDA_R_64F));
+  else
+    OFT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t op_first = k.transB ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_second = k.transA ? CUBLAS_OP_T : CUBLAS_OP_N;
   OFT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first,
@@ -296,11 +314,11 @@ bool epi_optional(Epi e) { return e != Epi::None && e != Epi::Bias; }
 // write D; where D is also the product's C input with beta != 0 (an accumulation) they write a
 // scratch copy instead, so that C is unchanged when the real call runs.
 void tune_plan(const PlanKey& key, const Plan& plan, Tensor& C, const Tensor& A, const Tensor& B,
-               float al, float be, const void* c_in) {
+               const Scales& sc, const void* c_in) {
   void* ws = cuda::scratch(kWorkspaceBytes);
   Tensor tmp;
   void* d_out = C.raw();
-  if (be != 0.f && c_in == C.raw()) {
+  if (sc.beta_nonzero() && c_in == C.raw()) {
     tmp = Tensor::empty(C.shape(), C.dtype(), Device::CUDA);
     d_out = tmp.raw();
   }
@@ -310,8 +328,8 @@ void tune_plan(const PlanKey& key, const Plan& plan, Tensor& C, const Tensor& A,
   std::vector<float> ms(plan.candidates.size(), 0.f);  // 0: the candidate cannot run
   for (size_t i = 0; i < plan.candidates.size(); ++i) {
     auto run = [&] {
-      return cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(),
-                            plan.second, &be, c_in, plan.out, d_out, plan.out,
+      return cublasLtMatmul(lt_handle(), plan.desc, sc.alpha(), B.raw(), plan.first, A.raw(),
+                            plan.second, sc.beta(), c_in, plan.out, d_out, plan.out,
                             &plan.candidates[i], ws, kWorkspaceBytes, cuda::stream());
     };
     if (run() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up
@@ -344,9 +362,16 @@ void tune_plan(const PlanKey& key, const Plan& plan, Tensor& C, const Tensor& A,
 // activation epilogue cannot run (K = 0, or no algorithm for it): the caller then composes.
 bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, const Tensor& B,
                  bool transB, double alpha, double beta, const EpiArgs& e) {
-  cuda::expect_float(A, "matmul A");
-  cuda::expect_float(B, "matmul B");
-  cuda::expect_float(C, "matmul C");
+  if (A.dtype() == DType::F64) {  // f64: plain products only, every operand f64
+    cuda::expect_dtype(A, DType::F64, "matmul A");
+    cuda::expect_dtype(B, DType::F64, "matmul B");
+    cuda::expect_dtype(C, DType::F64, "matmul C");
+    OFT_ASSERT(e.kind == Epi::None, "matmul: f64 products take no epilogue");
+  } else {
+    cuda::expect_float(A, "matmul A");
+    cuda::expect_float(B, "matmul B");
+    cuda::expect_float(C, "matmul C");
+  }
   OFT_ASSERT(A.ndim() == 2 && B.ndim() == 2 && C.ndim() == 2, "matmul needs 2-D views, got A",
              shape_str(A.shape()), " B", shape_str(B.shape()), " C", shape_str(C.shape()));
   const int64_t M = transA ? A.dim(1) : A.dim(0), K = transA ? A.dim(0) : A.dim(1);
@@ -392,15 +417,15 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
          cublasLtGetStatusString(plan.status), ")");
   }
   set_epilogue_pointers(plan.desc, e);
-  const float al = float(alpha), be = float(beta);
+  const Scales sc(alpha, beta, A.dtype() == DType::F64);
   void* ws = cuda::scratch(kWorkspaceBytes);
   const void* c_in = e.c_in ? e.c_in->raw() : C.raw();
   // (Timing waits for the GPU, which a CUDA graph's recording cannot: the problem is then
   // tuned at its next call outside one.)
-  if (!plan.tuned && !cuda::capturing()) tune_plan(key, plan, C, A, B, al, be, c_in);
+  if (!plan.tuned && !cuda::capturing()) tune_plan(key, plan, C, A, B, sc, c_in);
   const cublasStatus_t st =
-      cublasLtMatmul(lt_handle(), plan.desc, &al, B.raw(), plan.first, A.raw(), plan.second, &be,
-                     c_in, plan.out, C.raw(), plan.out, &plan.algo, ws, kWorkspaceBytes,
+      cublasLtMatmul(lt_handle(), plan.desc, sc.alpha(), B.raw(), plan.first, A.raw(), plan.second,
+                     sc.beta(), c_in, plan.out, C.raw(), plan.out, &plan.algo, ws, kWorkspaceBytes,
                      cuda::stream());
   if (st != CUBLAS_STATUS_SUCCESS && epi_optional(e.kind)) {
     // Refused before launching anything (e.g. an epilogue this cuBLASLt build cannot run with
