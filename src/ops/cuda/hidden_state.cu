@@ -10,8 +10,9 @@
 //      block per row i sums c and c^2 over the pairs k > i (token_cos).
 //   3. columns: column sums of x~ and x~^2 in 64-row chunks (col_partials), then the chunks
 //      in order (col_reduce).
-//   4. feature Gram: Y = X~ - mu in place, G = Y^T Y [d, d] (cuBLASLt, f64), one block per row
-//      i sums F_ij^2 and G_ij^2 / (G_ii G_jj) over j > i (gram_rows).
+//   4. feature Gram: Y = X~ - mu in place, G = Y^T Y [d, d] (cuBLASLt, f64), its diagonal and
+//      trace (gram_diag), then one block per row i sums F_ij^2 and G_ij^2 / (G_ii G_jj) over
+//      j > i (gram_rows).
 // Per-token and per-row partials come back to the host and are summed there in order. Sums run
 // in another order than the CPU's sequential loops, and the products in another blocking: the
 // statistics agree to about 1e-13 relative (f64); the ratio's median and max are exact
@@ -179,24 +180,38 @@ __global__ void subtract_mean_kernel(double* __restrict__ X, int64_t total, int6
     X[i] -= mu[i % d];
 }
 
-// One block per feature row i of G = Y^T Y: out[i] = (sum_{j>i} F_ij^2, F_ii^2,
-// sum_{j>i, G_ii, G_jj > floor} G_ij^2 / (G_ii G_jj)), F = G + N mu mu^T, floor = trace(G) / d *
-// 1e-24 (every block sums the trace in the same order).
+// One block: diag[j] = G_jj (contiguous for gram_rows) and diag[d] = trace(G) / d * 1e-24, the
+// floor below which a feature counts as constant.
 __global__ void __launch_bounds__(kThreads)
-    gram_rows_kernel(const double* __restrict__ G, const double* __restrict__ mu, int64_t d,
-                     double Nd, double* __restrict__ out) {
+    gram_diag_kernel(const double* __restrict__ G, int64_t d, double* __restrict__ diag) {
+  __shared__ double red[kThreads / 32];
+  double tr = 0;
+  for (int64_t j = threadIdx.x; j < d; j += kThreads) {
+    const double g = G[j * d + j];
+    diag[j] = g;
+    tr += g;
+  }
+  tr = block_sum(tr, red);
+  if (threadIdx.x == 0) diag[d] = tr / double(d) * 1e-24;
+}
+
+// One block per feature row i of G = Y^T Y: out[i] = (sum_{j>i} F_ij^2, F_ii^2,
+// sum_{j>i, G_ii, G_jj > floor} G_ij^2 / (G_ii G_jj)), F = G + N mu mu^T; diag from
+// gram_diag_kernel.
+__global__ void __launch_bounds__(kThreads)
+    gram_rows_kernel(const double* __restrict__ G, const double* __restrict__ diag,
+                     const double* __restrict__ mu, int64_t d, double Nd,
+                     double* __restrict__ out) {
   __shared__ double red[kThreads / 32];
   const int64_t i = blockIdx.x;
-  double tr = 0;
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) tr += G[j * d + j];
-  const double floor = block_sum(tr, red) / double(d) * 1e-24;
-  const double gii = G[i * d + i], mui = mu[i];
+  const double floor = diag[d];
+  const double gii = diag[i], mui = mu[i];
   double fo = 0, co = 0;
   for (int64_t j = i + 1 + threadIdx.x; j < d; j += kThreads) {
     const double gij = G[i * d + j];
     const double fij = gij + Nd * mui * mu[j];
     fo += fij * fij;
-    const double gjj = G[j * d + j];
+    const double gjj = diag[j];
     if (gii > floor && gjj > floor) {
       const double c = gij / sqrt(gii * gjj);
       co += c * c;
@@ -251,7 +266,8 @@ HiddenStateSums CudaBackend::hidden_state_sums(const Tensor& h, int64_t B, int64
   const int64_t d = h.dim(-1), N = h.numel() / d;
   s.N = N;
   s.d = d;
-  OFT_CHECK(N <= int64_t(0x7fffffff) && d <= int64_t(0x7fffffff),
+  // (Column partials put 64-row chunks on grid.y: at most 65535 of them.)
+  OFT_CHECK(N <= 65535 * kColChunk && d <= int64_t(0x7fffffff),
             "hidden_state_sums: too many tokens or features (", N, " x ", d, ")");
   const bool ratio = parts & HiddenStateSums::kMaxMedian;
   const bool gram = parts & HiddenStateSums::kFeatureGram;
@@ -298,7 +314,6 @@ HiddenStateSums CudaBackend::hidden_state_sums(const Tensor& h, int64_t B, int64
   // 3. Column sums.
   if (columns) {
     const int64_t chunks = cuda::ceil_div(N, kColChunk);
-    OFT_CHECK(chunks <= 65535, "hidden_state_sums: too many tokens (", N, ")");
     Tensor part = Tensor::empty({chunks, 2, d}, DType::F64, Device::CUDA);
     Tensor cols = Tensor::empty({2, d}, DType::F64, Device::CUDA);
     col_partials_kernel<<<dim3(grid_of(d), static_cast<unsigned>(chunks)), kThreads, 0,
@@ -324,9 +339,12 @@ HiddenStateSums CudaBackend::hidden_state_sums(const Tensor& h, int64_t B, int64
     OFT_CUDA_LAUNCH_CHECK();
     Tensor G = Tensor::empty({d, d}, DType::F64, Device::CUDA);
     matmul(G, X, true, X, false, 1.0, 0.0);
+    Tensor diag = Tensor::empty({d + 1}, DType::F64, Device::CUDA);
+    gram_diag_kernel<<<1, kThreads, 0, cuda::stream()>>>(ptr<double>(G), d, ptr<double>(diag));
+    OFT_CUDA_LAUNCH_CHECK();
     Tensor rows = Tensor::empty({d, 3}, DType::F64, Device::CUDA);
     gram_rows_kernel<<<static_cast<unsigned>(d), kThreads, 0, cuda::stream()>>>(
-        ptr<double>(G), ptr<double>(mu_dev), d, Nd, ptr<double>(rows));
+        ptr<double>(G), ptr<double>(diag), ptr<double>(mu_dev), d, Nd, ptr<double>(rows));
     OFT_CUDA_LAUNCH_CHECK();
     const std::vector<double> g = rows.to_vector();
     for (int64_t i = 0; i < d; ++i) {
