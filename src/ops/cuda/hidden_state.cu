@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "ops/cuda/cuda_backend.h"
+#include "ops/cuda/block_reduce_f64.cuh"
 #include "ops/cuda/cuda_common.cuh"
 
 namespace oft::ops {
@@ -34,17 +35,8 @@ using cuda::to_f32;
 constexpr int kThreads = 256;
 constexpr int64_t kColChunk = 64;  // rows per column-sum partial
 
-// Block-wide sum of a double (every thread gets it); `red` holds kThreads / 32 doubles.
-__device__ double block_sum(double v, double* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // red is free
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-  __syncthreads();
-  double s = 0;
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) s += red[w];
-  return s;
+__device__ __forceinline__ double block_sum(double v, double* red) {
+  return cuda::block_sum_f64<kThreads>(v, red);
 }
 
 // Block-wide max of a non-negative double and OR of a flag (every thread gets both).
