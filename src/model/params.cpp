@@ -37,9 +37,10 @@ void ParamStore::zero_grad() {
       grads.push_back(&p.grad);
   }
   if (grads.empty()) return;
-  // An optimizer step on the update stream (train.overlap_update) may still read them: zero them
-  // after it, on that stream (the forward waits for the whole update before the backward).
-  const bool after_update = ops::update_pending();
+  // This store's optimizer step on the update stream (train.overlap_update) may still read them:
+  // zero them after it, on that stream (the forward waits for the whole update before the
+  // backward). A store whose model does not wait for the update zeroes on the compute stream.
+  const bool after_update = zero_after_update_ && ops::update_pending();
   if (after_update) ops::update_stream_begin();
   ops::on(*grads.front()).zero_multi(grads);
   if (after_update) ops::update_stream_end();

@@ -50,8 +50,12 @@ class ParamStore {
   Param* find(const std::string& name);
   int64_t numel() const;
   // Starts a step's gradients: zeroes them, except those of first_write_overwrites parameters,
-  // which become pending_zero.
+  // which become pending_zero. With zero_after_update(true) (train.overlap_update: this store's
+  // optimizer step runs on the update stream and the model's forward waits for it before the
+  // backward) an update in flight may still read them, so they are zeroed on the update stream
+  // after it; otherwise on the compute stream, whatever another model's update is doing.
   void zero_grad();
+  void zero_after_update(bool on) { zero_after_update_ = on; }
   // Zeroes the gradients still pending_zero (their layer did not run, e.g. a masked-LM batch
   // with no masked position). Models call it at the end of backward(), so every gradient is
   // real when backward() returns.
@@ -71,6 +75,7 @@ class ParamStore {
 
  private:
   std::deque<Param> params_;
+  bool zero_after_update_ = false;
 };
 
 }  // namespace oft

@@ -113,7 +113,10 @@ class TransformerLM {
   // update before it starts.
   int update_stage(const std::string& param_name) const;
   int update_stages() const { return static_cast<int>(blocks_.size()) + 2; }
-  void wait_for_update(bool on) { wait_update_ = on; }
+  void wait_for_update(bool on) {
+    wait_update_ = on;
+    params_.zero_after_update(on);
+  }
   // The token embedding [V, P] (tied with the output layer): its rows are what a batch reads.
   const Param& token_embedding() const { return *wte_param_; }
   // Logits [B*T, Vp] of the last forward (Vp = V on the CPU; on the GPU columns >= V are the
