@@ -223,8 +223,8 @@ TEST(CudaGraphOff, UnrecordableStepFallsBackToEager) {
 // zeroing, changes them by the order of lr / |w|: several percent. Two GPU runs of the same
 // steps differ in their last bits (atomic sums), and training amplifies that: on an H100 two
 // models both updated after the backward ended up to 4e-3 apart after six steps, as often as
-// the overlapped pair. So every step starts both updates from the reference's weights, and AdamW
-// runs with eps 1e-3 (see below). From step 1 on the update also takes the token-embedding rows
+// the overlapped pair. So every step starts both updates from the reference's weights and
+// moments, and AdamW runs with eps 1e-3 (see below). From step 1 on the update also takes the token-embedding rows
 // of the next batch first and the others after the blocks. An evaluation forward and host reads
 // of the weights while an update may be in flight see the updated model.
 TEST(CudaOverlapUpdate, MatchesTheUpdateAfterTheBackward) {
@@ -268,15 +268,20 @@ TEST(CudaOverlapUpdate, MatchesTheUpdateAfterTheBackward) {
           }
         }
         EXPECT_NEAR(loss[1], loss[0], 1e-5 * std::abs(loss[0]));
-        // Both updates start from the reference's weights: two GPU runs of the same steps differ
-        // in their last bits (atomic sums), which training amplifies step by step (up to 1e-3
-        // apart after six steps, measured with both updates after the backward). Restarting
-        // from equal weights keeps each step's comparison to that step's own rounding, while a
-        // forward that read a weight before its update still differs by about lr / |w|.
+        // Both updates start from the reference's weights and moments: two GPU runs of the same
+        // steps differ in their last bits (atomic sums), which training amplifies step by step
+        // (see above). Restarting from equal states keeps each step's comparison to that step's
+        // own rounding, while a forward that read a weight before its update still differs by
+        // about lr / |w|.
         {
           auto& pp = plain->params().all();
           auto& po = over->params().all();
           for (size_t i = 0; i < pp.size(); ++i) po[i].value.copy_from(pp[i].value);
+          ASSERT_EQ(opt_over.ranges().size(), opt_plain.ranges().size());
+          for (size_t i = 0; i < opt_plain.ranges().size(); ++i) {
+            opt_over.m(i).copy_from(opt_plain.m(i));
+            opt_over.v(i).copy_from(opt_plain.v(i));
+          }
         }
         for (int k = 0; k < 2; ++k) {
           AdamW& o = k ? opt_over : opt_plain;
