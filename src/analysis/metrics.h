@@ -3,7 +3,7 @@
 // reductions run where the tensor lives (ops row_moments and hidden_state_sums: a GPU activation
 // is not copied to the host) and the metrics are finished here. On the CPU all reductions run in
 // a fixed order, so results do not depend on the OpenMP thread count; GPU results agree with them
-// to about 1e-13 relative.
+// within 1e-10 relative (CudaMetrics.HiddenStateSumsMatchCpu, passed on an H100).
 //
 // Seed A (Bondarenko et al., validate_mlm.py / validate_clm.py):
 //   kurt(row)     = mean((x - mean x)^4) / (std_unbiased(x)^4 + 1e-6)      (Pearson, Gaussian ~ 3)

@@ -15,8 +15,8 @@
 //      j > i (gram_rows).
 // Per-token and per-row partials come back to the host and are summed there in order. Sums run
 // in another order than the CPU's sequential loops, and the products in another blocking: the
-// statistics agree to about 1e-13 relative (f64); the ratio's median and max are exact
-// selections of the same values.
+// statistics agree with the CPU's within the 1e-10 relative the GPU test allows (f64); the
+// ratio's median and max are exact selections of the same values.
 #include <math_constants.h>
 
 #include <cmath>
