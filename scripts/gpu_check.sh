@@ -87,12 +87,16 @@ if [[ " $what " == *" eval "* ]]; then
   "$BIN/oft" train opt_125m_vanilla model.vocab_size=2048 data.train=$shard data.val=$shard \
     data.tokenizer=data/tokenizers/moby_sp2k/moby_sp2k.model train.grad_accum=1 train.steps=20 \
     train.eval_every=0 train.device=cuda --run-dir /tmp/eval_opt125 -q 2>&1 | tail -2
+  # This build first: a previous one without the device-side metrics can take minutes.
   for x in oft oft_base; do
     [[ -x "$BIN/$x" ]] || continue
     /usr/bin/time -f "-- $x validate --quantize: %e s" "$BIN/$x" validate /tmp/eval_opt125 --quantize \
       train.eval_batches=${EVAL_BATCHES:-40} metrics.batches=${METRIC_BATCHES:-10} > "$OUT/eval_$x.log" 2>&1
     grep -E "perplexity|validate --quantize|rror" "$OUT/eval_$x.log"
     cp /tmp/eval_opt125/validation.json "$OUT/eval_$x.json" 2>/dev/null
+    # The phase times (builds since validation.json has "seconds").
+    python3 -c 'import json,sys; s=json.load(open(sys.argv[1])).get("seconds"); s and print("   seconds:", ", ".join(f"{k} {v:.2f}" for k, v in s.items()))' \
+      "$OUT/eval_$x.json" 2>/dev/null
   done
 fi
 

@@ -58,6 +58,17 @@ TEST_F(ValidateTest, ReportsAndEncodingsAreWritten) {
   EXPECT_TRUE(report["outliers"]["summary"].contains("avg_kurtosis"));
   EXPECT_TRUE(report["outliers"]["seed_b"].contains("embedding"));
   EXPECT_TRUE(report["outliers"]["attention_entropy"].contains("h.0"));
+  // Phase times: each present, non-negative, and within the total.
+  const auto& secs = report["seconds"];
+  double parts = 0;
+  for (const char* k : {"load", "fp_metric_batches", "fp_other_batches", "quantize_weights",
+                        "calibration", "quantized_batches"}) {
+    ASSERT_TRUE(secs.contains(k)) << k;
+    EXPECT_GE(secs[k].get<double>(), 0.0) << k;
+    parts += secs[k].get<double>();
+  }
+  EXPECT_GT(secs["fp_metric_batches"].get<double>(), 0.0);
+  EXPECT_LE(parts, secs["total"].get<double>() + 1e-9);
   const auto enc = nlohmann::json::parse(read_file(root_ + "/run/encodings.json"));
   EXPECT_TRUE(enc["activation_encodings"].contains("h.0.mlp.c_proj"));
   EXPECT_TRUE(enc["activation_encodings"].contains("h.0.attn.context"));

@@ -1,6 +1,7 @@
 // oft validate (see validate.h).
 #include "train/validate.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -16,10 +17,22 @@ namespace oft {
 
 namespace {
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Wall-clock seconds of run_batches' parts (each forward returns its loss to the host, so a GPU
+// batch is complete when its time is taken).
+struct BatchTimes {
+  double metric_batches = 0;  // forwards with the outlier collector, and its metrics
+  double other_batches = 0;
+};
+
 // Runs `batches` forward passes over `shard` with `hook` installed; returns the mean loss.
 EvalResult run_batches(TransformerLM& model, std::shared_ptr<const Shard> shard, LoaderOptions lo,
                        int64_t batches, ActivationHook* hook,
-                       analysis::OutlierCollector* collector, int64_t collect_batches) {
+                       analysis::OutlierCollector* collector, int64_t collect_batches,
+                       BatchTimes* times = nullptr) {
   lo.mode = LoaderMode::Eval;
   TokenLoader loader(shard, lo);
   const int64_t B = static_cast<int64_t>(lo.batch_size), T = static_cast<int64_t>(lo.seq_len);
@@ -33,6 +46,7 @@ EvalResult run_batches(TransformerLM& model, std::shared_ptr<const Shard> shard,
   double sum = 0;
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
     loader.next_batch(in.data<int32_t>(), tg.data<int32_t>(), mask.data<int32_t>());
     model.set_hook(collector && i < collect_batches ? collector : hook);
     const double l = model.forward(in.to(model.device()), tg.to(model.device()),
@@ -40,6 +54,8 @@ EvalResult run_batches(TransformerLM& model, std::shared_ptr<const Shard> shard,
     if (collector && i < collect_batches) collector->after_forward(model);
     sum += l * double(model.counted_targets());
     count += model.counted_targets();
+    if (times) (collector && i < collect_batches ? times->metric_batches : times->other_batches) +=
+        seconds_since(t0);
   }
   model.set_hook(nullptr);
   EvalResult r;
@@ -57,6 +73,7 @@ nlohmann::json eval_json(const EvalResult& e) {
 
 ValidationResult validate_checkpoint(const std::string& run_or_ckpt, bool quantize,
                                      const std::vector<std::string>& overrides, bool quiet) {
+  const auto t_start = std::chrono::steady_clock::now();
   const std::string ckpt = find_checkpoint(run_or_ckpt);
   RunConfig cfg;
   auto model = load_model_from_checkpoint(ckpt, cfg, overrides);
@@ -65,10 +82,16 @@ ValidationResult validate_checkpoint(const std::string& run_or_ckpt, bool quanti
 
   ValidationResult r;
   r.run = run_or_ckpt;
+  // Wall-clock seconds per phase, for the report.
+  nlohmann::json secs;
+  secs["load"] = seconds_since(t_start);
+  BatchTimes fp_times;
   // FP: perplexity over train.eval_batches, outlier metrics over the first metrics.batches.
   analysis::OutlierCollector collector(cfg.model, cfg.metrics.rows == "token");
   r.fp = run_batches(*model, val, val_lo, cfg.train.eval_batches, nullptr, &collector,
-                     cfg.metrics.batches);
+                     cfg.metrics.batches, &fp_times);
+  secs["fp_metric_batches"] = fp_times.metric_batches;
+  secs["fp_other_batches"] = fp_times.other_batches;
   const auto summary = collector.summary();
   r.max_inf_norm = collector.table_inf_norm();
   r.avg_kurtosis = summary.avg_kurtosis;
@@ -82,8 +105,11 @@ ValidationResult validate_checkpoint(const std::string& run_or_ckpt, bool quanti
 
   if (quantize) {
     const QuantConfig& q = cfg.quant;
+    auto t_phase = std::chrono::steady_clock::now();
     quant::QuantSimulator sim(q, cfg.model);
     sim.quantize_weights(*model);
+    secs["quantize_weights"] = seconds_since(t_phase);
+    t_phase = std::chrono::steady_clock::now();
     // Calibration (causal LM: training data, masked LM: evaluation data, as the source does).
     const bool use_train = q.calib_data == "train" || (q.calib_data == "auto" && cfg.model.causal());
     const std::string calib_path = use_train ? cfg.data.train : cfg.data.val;
@@ -91,7 +117,10 @@ ValidationResult validate_checkpoint(const std::string& run_or_ckpt, bool quanti
     sim.set_calibrating(true);
     run_batches(*model, calib, loader_options(cfg, calib_path), q.est_num_batches, &sim, nullptr, 0);
     sim.set_calibrating(false);
+    secs["calibration"] = seconds_since(t_phase);
+    t_phase = std::chrono::steady_clock::now();
     r.quant = run_batches(*model, val, val_lo, cfg.train.eval_batches, &sim, nullptr, 0);
+    secs["quantized_batches"] = seconds_since(t_phase);
     sim.restore_weights(*model);
     r.quantized = true;
     r.quant_label = "W" + std::to_string(q.n_bits) + "A" + std::to_string(q.n_bits_act);
@@ -113,6 +142,8 @@ ValidationResult validate_checkpoint(const std::string& run_or_ckpt, bool quanti
                    run_or_ckpt.c_str(), r.quant_label.c_str(), r.quant.ppl, q.quant_setup.c_str(),
                    q.ranges_acts.c_str(), (long long)q.est_num_batches);
   }
+  secs["total"] = seconds_since(t_start);
+  r.report["seconds"] = secs;
   write_file_atomic((fs::path(run_dir_of(ckpt)) / "validation.json").string(),
                     r.report.dump(2) + "\n");
   return r;
