@@ -278,6 +278,40 @@ TEST(CudaDense, MatmulF32AccumulatorFromBf16Operands) {
       }
 }
 
+// f64 products (the evaluation's Gram matrices, hidden_state.cu): CUBLAS_COMPUTE_64F against
+// OpenBLAS's dgemm, to f64 rounding (1e-13 relative L2), with a slice view as an operand.
+TEST(CudaDense, MatmulF64) {
+  OFT_REQUIRE_CUDA();
+  const std::vector<MM> shapes = {{1, 1, 1}, {7, 5, 3}, {129, 65, 257}, {70, 70, 1000}};
+  for (const MM& s : shapes)
+    for (bool tA : {false, true})
+      for (bool tB : {false, true})
+        for (double beta : {0.0, 0.5}) {
+          SCOPED_TRACE(::testing::Message() << "M=" << s.M << " N=" << s.N << " K=" << s.K
+                                            << " tA=" << tA << " tB=" << tB << " beta=" << beta);
+          const Tensor a = randn(tA ? Shape{s.K, s.M} : Shape{s.M, s.K}).cast(DType::F64);
+          const Tensor b = randn(tB ? Shape{s.N, s.K} : Shape{s.K, s.N}).cast(DType::F64);
+          const Tensor c0 = randn({s.M, s.N}).cast(DType::F64);
+          Tensor ref = c0.clone();
+          cpu().matmul(ref, a, tA, b, tB, 0.75, beta);
+          Tensor gc = c0.to(Device::CUDA);
+          gpu().matmul(gc, a.to(Device::CUDA), tA, b.to(Device::CUDA), tB, 0.75, beta);
+          EXPECT_LE(rel_err(gc, ref), 1e-13);
+        }
+  // A view of rows [3, 3 + 40) of a [50, 17] matrix times its transpose.
+  const Tensor x = randn({50, 17}).cast(DType::F64);
+  const Tensor xs = x.slice(3, 43);
+  Tensor ref = Tensor::zeros({40, 40}, DType::F64);
+  cpu().matmul(ref, xs, false, xs, true, 1.0, 0.0);
+  const Tensor gx = x.to(Device::CUDA);
+  Tensor gc = Tensor::zeros({40, 40}, DType::F64, Device::CUDA);
+  gpu().matmul(gc, gx.slice(3, 43), false, gx.slice(3, 43), true, 1.0, 0.0);
+  EXPECT_LE(rel_err(gc, ref), 1e-13);
+  // f64 takes no mixed dtypes.
+  Tensor c32 = Tensor::zeros({40, 40}, DType::F32, Device::CUDA);
+  EXPECT_THROW(gpu().matmul(c32, gx.slice(3, 43), false, gx.slice(3, 43), true, 1.0, 0.0), Error);
+}
+
 TEST(CudaDense, MatmulRejectsBadShapes) {
   OFT_REQUIRE_CUDA();
   Tensor a = Tensor::zeros({4, 5}, DType::F32, Device::CUDA);
