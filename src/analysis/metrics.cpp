@@ -22,13 +22,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-// A stored bf16 value that reads as a double (static_cast<double> in the loops below), so host
-// copies of bf16 activations are read in place instead of through an f64 copy.
-struct Bf16Value {
-  uint16_t bits;
-  explicit operator double() const { return static_cast<double>(bf16_to_float(bits)); }
-};
-
 // Calls f(const T* values, int64_t n): in place for CPU F32/F64/BF16, otherwise on a host f64
 // copy.
 template <class F>

@@ -22,4 +22,12 @@ inline float bf16_to_float(uint16_t h) {
   return f;
 }
 
+// A stored bf16 value that converts to float or double (static_cast in templated loops), so
+// host code reads bf16 tensors in place through a `const Bf16Value*` instead of a widened copy.
+struct Bf16Value {
+  uint16_t bits;
+  explicit operator float() const { return bf16_to_float(bits); }
+  explicit operator double() const { return static_cast<double>(bf16_to_float(bits)); }
+};
+
 }  // namespace oft

@@ -49,12 +49,6 @@ void load_rows_from(Rows& R, const T* p, bool centre) {
   }
 }
 
-// A stored bf16 value that converts to double, so bf16 tensors are read in place.
-struct Bf16Value {
-  uint16_t bits;
-  explicit operator double() const { return static_cast<double>(bf16_to_float(bits)); }
-};
-
 Rows load_rows(const Tensor& h, bool centre) {
   Rows R;
   R.d = h.dim(-1);
