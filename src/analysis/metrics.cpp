@@ -276,9 +276,6 @@ Sums sums_of(const Tensor& h, int64_t B, int64_t T, unsigned parts, bool centre,
   if (B < 0) B = 1, T = N;
   OFT_CHECK(B >= 1 && T >= 1 && B * T == N, what, ": B*T = ", B, "*", T, " does not match the ",
             N, " tokens of the hidden state (d = ", d, ")");
-  // The CUDA backend reads f32 and bf16; anything else goes through a host copy.
-  if (h.device() != Device::CPU && h.dtype() != DType::F32 && h.dtype() != DType::BF16)
-    return ops::cpu_backend().hidden_state_sums(h.to(Device::CPU), B, T, parts, centre);
   return ops::on(h).hidden_state_sums(h, B, T, parts, centre);
 }
 

@@ -437,10 +437,10 @@ class Backend {
   virtual void row_moments(Tensor& out, const Tensor& x, int64_t row_len, bool kurtosis,
                            double eps) = 0;
 
-  // Seed B's hidden-state sums of h (f32 or bf16, and f64 on the CPU; the last dimension is d,
-  // numel = B*T*d) for the parts asked for (HiddenStateSums::Part bits), computed in f64 where h
-  // lives: a GPU hidden state is not copied to the host. Waits for the result. centre: x~ is
-  // each token centred over d (the source's metrics); false leaves the tokens as they are.
+  // Seed B's hidden-state sums of h (f32, bf16 or f64; the last dimension is d, numel = B*T*d)
+  // for the parts asked for (HiddenStateSums::Part bits), computed in f64 where h lives: a GPU
+  // hidden state is not copied to the host. Waits for the result. centre: x~ is each token
+  // centred over d (the source's metrics); false leaves the tokens as they are.
   virtual HiddenStateSums hidden_state_sums(const Tensor& h, int64_t B, int64_t T, unsigned parts,
                                             bool centre) = 0;
 

@@ -234,10 +234,10 @@ TEST(CudaMetrics, HiddenStateSumsMatchCpu) {
     }
     if (k.special == 2) v[size_t(4 * k.d + 2)] = std::numeric_limits<double>::quiet_NaN();
     x = Tensor::from_vector(x.shape(), v, DType::F32);
-    for (DType dt : {DType::F32, DType::BF16}) {
+    for (DType dt : {DType::F32, DType::BF16, DType::F64}) {
       const Tensor host = rounded(x, dt), gpu = to_gpu(x, dt);
       for (bool centre : {true, false}) {
-        const std::string at = std::string(dtype_label(dt)) + " B" + std::to_string(k.B) + " T" +
+        const std::string at = std::string(dtype_name(dt)) + " B" + std::to_string(k.B) + " T" +
                                std::to_string(k.T) + " d" + std::to_string(k.d) +
                                (centre ? " centred" : " raw");
         const ops::HiddenStateSums c =

@@ -20,6 +20,7 @@
 #include <math_constants.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "ops/cuda/cuda_backend.h"
@@ -31,6 +32,16 @@ namespace {
 
 using cuda::ptr;
 using cuda::to_f32;
+
+// A stored value in f64: f32 and bf16 widen exactly, f64 stays as it is.
+template <class T>
+__device__ __forceinline__ double as_f64(T x) {
+  return double(to_f32(x));
+}
+template <>
+__device__ __forceinline__ double as_f64<double>(double x) {
+  return x;
+}
 
 constexpr int kThreads = 256;
 constexpr int64_t kColChunk = 64;  // rows per column-sum partial
@@ -75,13 +86,13 @@ __global__ void __launch_bounds__(kThreads)
   double mean = 0;
   if (centre) {
     double s = 0;
-    for (int64_t j = threadIdx.x; j < d; j += kThreads) s += double(to_f32(x[j]));
+    for (int64_t j = threadIdx.x; j < d; j += kThreads) s += as_f64(x[j]);
     mean = block_sum(s, red) / double(d);
   }
   double sq = 0, mx = 0;
   int nan = 0;
   for (int64_t j = threadIdx.x; j < d; j += kThreads) {
-    const double v = double(to_f32(x[j])) - mean;
+    const double v = as_f64(x[j]) - mean;
     xo[j] = v;
     sq += v * v;
     const double a = fabs(v);
@@ -110,7 +121,7 @@ __global__ void __launch_bounds__(kThreads)
     const unsigned long long hi_mask = shift == 56 ? 0ull : (~0ull << (shift + 8));
     for (int64_t j = threadIdx.x; j < d; j += kThreads) {
       const unsigned long long key =
-          static_cast<unsigned long long>(__double_as_longlong(fabs(double(to_f32(x[j])) - mean)));
+          static_cast<unsigned long long>(__double_as_longlong(fabs(as_f64(x[j]) - mean)));
       if ((key & hi_mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
     }
     __syncthreads();
@@ -253,7 +264,7 @@ unsigned grid_of(int64_t n) { return static_cast<unsigned>(cuda::ceil_div(n, kTh
 HiddenStateSums CudaBackend::hidden_state_sums(const Tensor& h, int64_t B, int64_t T,
                                                unsigned parts, bool centre) {
   check_hidden_state_sums_args(h, B, T, parts);
-  cuda::expect_float(h, "hidden_state_sums h");
+  cuda::expect_cuda(h, "hidden_state_sums h");
   HiddenStateSums s;
   const int64_t d = h.dim(-1), N = h.numel() / d;
   s.N = N;
@@ -270,11 +281,18 @@ HiddenStateSums CudaBackend::hidden_state_sums(const Tensor& h, int64_t B, int64
   Tensor X = Tensor::empty({N, d}, DType::F64, Device::CUDA);
   Tensor per_token = Tensor::empty({ratio ? 2 : 1, N}, DType::F64, Device::CUDA);
   double* row_sq_dev = ptr<double>(per_token);
-  OFT_DISPATCH_FLOAT(h.dtype(), "hidden_state_sums", {
-    token_rows_kernel<T><<<static_cast<unsigned>(N), kThreads, 0, cuda::stream()>>>(
-        ptr<T>(h), d, centre, ptr<double>(X), row_sq_dev, ratio ? row_sq_dev + N : nullptr);
+  auto token_rows = [&](auto* values) {
+    using V = std::remove_const_t<std::remove_pointer_t<decltype(values)>>;
+    token_rows_kernel<V><<<static_cast<unsigned>(N), kThreads, 0, cuda::stream()>>>(
+        values, d, centre, ptr<double>(X), row_sq_dev, ratio ? row_sq_dev + N : nullptr);
     OFT_CUDA_LAUNCH_CHECK();
-  });
+  };
+  if (h.dtype() == DType::F64)
+    token_rows(ptr<const double>(h));
+  else if (h.dtype() == DType::F32)
+    token_rows(ptr<const float>(h));
+  else
+    token_rows(ptr<const __nv_bfloat16>(h));
   const std::vector<double> pt = per_token.to_vector();  // waits
   for (int64_t n = 0; n < N; ++n) {
     const double v = pt[static_cast<size_t>(n)];
