@@ -214,7 +214,8 @@ __global__ void dq_store_vec_kernel(__nv_bfloat16* __restrict__ dqkv, const floa
 // 8x..8x+7 of rows y, y + 8, ...; the eight row lanes' sums meet in shared memory.
 __global__ void __launch_bounds__(256)
     dq_store_sum_kernel(__nv_bfloat16* __restrict__ dqkv, const float* __restrict__ acc,
-                        float* __restrict__ part, int T, int C, float scale) {
+                        float* __restrict__ part, int T, int C, float scale,
+                        const PartialFinish fin) {
   __shared__ float red[8][256];
   const int p = blockIdx.x, per_seq = int(cuda::attn::bias_part_rows_per_seq(T));
   const int b = p / per_seq, t0 = (p % per_seq) * 64, t1 = min(T, t0 + 64);
@@ -233,11 +234,14 @@ __global__ void __launch_bounds__(256)
   for (int i = 0; i < 8; ++i) red[threadIdx.y][threadIdx.x * 8 + i] = sum[i];
   __syncthreads();
   const int j = threadIdx.y * 32 + threadIdx.x;  // the block's column this thread finishes
-  if (c0 + j >= C) return;
-  float v = 0.f;
+  if (c0 + j < C) {
+    float v = 0.f;
 #pragma unroll
-  for (int y = 0; y < 8; ++y) v += red[y][j];
-  part[int64_t(p) * 3 * C + c0 + j] = v;
+    for (int y = 0; y < 8; ++y) v += red[y][j];
+    part[int64_t(p) * 3 * C + c0 + j] = v;
+  }
+  // The attention kernel wrote the k and v columns of every partial row before this launch.
+  finish_partials(fin, part);
 }
 
 // OFT_ATTN_DQ_STORE: `pass` (the default: a zeroed accumulator and a separate dQ store pass, as
@@ -543,7 +547,8 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   OFT_CUDA_LAUNCH_CHECK();
   sum_gate_rows();
   // dsum: the kernels and the dQ store write partial column sums per 64 token rows (dqkv is not
-  // read back), one reduction adds them.
+  // read back); the dQ store's last blocks add them up (finish_partials), or, with the fused dQ
+  // store, one reduction.
   Tensor part;
   const int64_t P = B * cuda::attn::bias_part_rows_per_seq(a.T);
   if (dsum) {
@@ -559,12 +564,12 @@ void CudaBackend::attention_bwd(Tensor& dqkv, const Tensor& dout, const Tensor& 
   }
   cuda::attn::launch_bwd_mma(a);
   if (dsum) {
+    PartialDsts d;
+    d.add(static_cast<float*>(dsum->raw()), int(3 * g.C));
     dq_store_sum_kernel<<<dim3(unsigned(P), unsigned(cuda::ceil_div(g.C, 256))), dim3(32, 8), 0,
                           cuda::stream()>>>(static_cast<Bf*>(a.dqkv), a.dq_acc, a.bias_part, a.T,
-                                            a.C, a.scale);
+                                            a.C, a.scale, partial_finish(d, a.bias_part, int(P)));
     OFT_CUDA_LAUNCH_CHECK();
-    reduce_partials(static_cast<float*>(dsum->raw()), nullptr, int(3 * g.C), a.bias_part, int(P),
-                    int(3 * g.C));
     return;
   }
   dq_store_vec_kernel<<<grid_for(rows * g.C / 8, 256), 256, 0, cuda::stream()>>>(

@@ -13,9 +13,10 @@
 //     its rows, dx = old + d (16-byte stores) and the thread's fp32 column sums of dy xhat (dw),
 //     dy (db) and the stored dx (dsum) in registers.
 // Three barriers per tile. After the last tile the row groups' sums meet in shared memory and
-// the block writes its partial row [dw | db | dsum]; reduce_partials adds the blocks' rows in a
-// fixed order (deterministic, no atomics). dx may alias dy: a tile's rows are in shared memory
-// before any of them is written, and tiles are disjoint.
+// the block writes its partial row [dw | db | dsum]; the blocks that arrive last add the blocks'
+// rows in a fixed order (finish_partials: deterministic, no atomics on the values, no second
+// launch). dx may alias dy: a tile's rows are in shared memory before any of them is written,
+// and tiles are disjoint.
 //
 // With a per-token gate on the norm's output (layernorm_gate_bwd, an even number Gg <= 32 of
 // groups of 8k columns): the tile's rows of dgate and the gate logits come with the stage; phase
@@ -60,8 +61,9 @@ struct TileArgs {
   // The gate of layernorm_gate_bwd (GATE): per row dl [Gg] = dgate * sigmoid'(logits), added to
   // dy as dl[column / D] * gw; the partial rows also get sum dl * y (dgw, as w sum dl xhat +
   // b sum dl with the norm's bias b, may be null) and sum dl (dgb).
-  const bf16 *dgate, *logits, *gw, *b;
-  int Gg, PD;  // gate groups (even, <= 32), 8-column packs per group (D / 8)
+  const bf16 *dgate = nullptr, *logits = nullptr, *gw = nullptr, *b = nullptr;
+  int Gg = 0, PD = 0;  // gate groups (even, <= 32), 8-column packs per group (D / 8)
+  PartialFinish fin;  // the partial rows' columns summed into dw, db, dsum, dgw, dgb
 };
 
 // Sums per partial row before the gate's: dw, then db and dsum when present.
@@ -339,6 +341,7 @@ __device__ __forceinline__ void norm_bwd_tiles_body(const TileArgs& a, unsigned 
     for (int q = 0; q < G; ++q) v += red[size_t(q) * Ct + c];
     pr[c] = v;
   }
+  finish_partials(a.fin, a.part);
 }
 
 template <bool LN>
@@ -380,8 +383,6 @@ void launch_tiles(TileArgs a, int threads, float* dw, float* db, float* dsum, fl
   const int blocks = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(ntiles, int64_t(std::max(per_sm, 1)) * cuda::sm_count())));
   a.part = static_cast<float*>(cuda::scratch(partial_floats(blocks, Ct) * sizeof(float)));
-  kernel<<<blocks, threads, smem, cuda::stream()>>>(a);
-  OFT_CUDA_LAUNCH_CHECK();
   PartialDsts d;
   d.add(dw, a.C);
   if (a.with_db) d.add(db, a.C);
@@ -390,7 +391,9 @@ void launch_tiles(TileArgs a, int threads, float* dw, float* db, float* dsum, fl
     d.add(dgw, a.C);
     d.add(dgb, a.Gg);
   }
-  reduce_partials_to(d, a.part, blocks);
+  a.fin = partial_finish(d, a.part, blocks);
+  kernel<<<blocks, threads, smem, cuda::stream()>>>(a);
+  OFT_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -415,7 +418,7 @@ bool norm_bwd_tiles(bool ln, bf16* dx, float* dw, float* db, float* dsum, const 
     return v;
   }();
   TileArgs a{dx, nullptr, dy, x, w, s0, s1, N, C, tile_rows(C), 1, accumulate,
-             ln && db != nullptr, dsum != nullptr};
+             ln && db != nullptr, dsum != nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, {}};
   if (gate) {
     a.dgate = gate->dgate;
     a.logits = gate->logits;

@@ -3,6 +3,7 @@
 // splits, in split order, into the destination. Also the arrival counters that let a kernel's
 // last block finish such a reduction (tile_counters).
 #include <algorithm>
+#include <cmath>
 
 #include "core/tensor.h"
 #include "ops/cuda/cuda_common.cuh"
@@ -96,6 +97,17 @@ void reduce_partials(float* dst0, float* dst1, int C0, float* part, int P, int C
     d.add(dst1, Ct - C0);
   }
   reduce_partials_to(d, part, P);
+}
+
+PartialFinish partial_finish(const PartialDsts& dsts, float* part, int P) {
+  PartialFinish f;
+  f.dsts = dsts;
+  // About sqrt(P) rows per level; at most kMaxSplits groups fit the scratch after the rows.
+  f.group = std::max(1, static_cast<int>(std::ceil(std::sqrt(double(std::max(P, 1))))));
+  f.group = std::max<int>(f.group, static_cast<int>(cuda::ceil_div(P, kMaxSplits)));
+  f.level = part + static_cast<int64_t>(P) * dsts.cols();
+  f.counters = tile_counters(cuda::ceil_div(P, f.group) + 1);
+  return f;
 }
 
 // Up to 32 row splits (enough blocks to keep the GPU busy even when Ct is a few hundred).

@@ -35,6 +35,20 @@ struct PartialDsts {
 // As reduce_partials, over Ct = dsts.cols() columns.
 void reduce_partials_to(const PartialDsts& dsts, float* part, int P);
 
+// A kernel that finishes its own partial rows (one per block) in two levels of arrivals:
+// blocks in groups of `group` (by block index), the last of each group to arrive sums the
+// group's rows in block order into level[group index], and the last group to finish sums the
+// level rows in order into the destinations. Deterministic; with about sqrt(P) rows read per
+// level the finishing blocks add a few microseconds to the kernel instead of a second launch.
+struct PartialFinish {
+  PartialDsts dsts;
+  float* level = nullptr;        // [groups, Ct], after the P partial rows in the scratch block
+  unsigned* counters = nullptr;  // [groups + 1], zero between launches
+  int group = 1;                 // blocks per group
+};
+// The plan for P partial rows at part (a scratch block of partial_floats(P, dsts.cols())).
+PartialFinish partial_finish(const PartialDsts& dsts, float* part, int P);
+
 // At least n zeroed arrival counters on the device, one per column tile of a kernel that
 // finishes its own partial rows (last_arrival); they are zero again when that kernel ends, so
 // kernels on the backend's stream share them.
@@ -54,6 +68,47 @@ __device__ __forceinline__ bool last_arrival(unsigned* counter, unsigned arrival
   __syncthreads();
   if (last) __threadfence();
   return last;
+}
+
+// Adds t into the destination whose column range holds column c.
+__device__ __forceinline__ void partial_add(const PartialDsts& d, int c, float t) {
+  int begin = 0;
+  for (int k = 0; k < d.n; ++k) {
+    if (c < d.end[k]) {
+      d.dst[k][c - begin] += t;
+      return;
+    }
+    begin = d.end[k];
+  }
+}
+
+// Called by every thread of every block after the block wrote its part of partial row
+// part[blockIdx.x, 0 .. Ct) of P = gridDim.x rows (the blocks of one blockIdx.x, over gridDim.y
+// and gridDim.z, together write the row, or earlier kernels on the stream wrote what they do
+// not): see PartialFinish.
+__device__ __forceinline__ void finish_partials(const PartialFinish& f, const float* part) {
+  __shared__ bool last;
+  const int P = static_cast<int>(gridDim.x), Ct = f.dsts.n ? f.dsts.end[f.dsts.n - 1] : 0;
+  const int per_row = static_cast<int>(gridDim.y * gridDim.z);
+  const int threads = static_cast<int>(blockDim.x * blockDim.y * blockDim.z);
+  const int tid = static_cast<int>(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+  const int groups = (P + f.group - 1) / f.group, grp = static_cast<int>(blockIdx.x) / f.group;
+  const int p0 = grp * f.group, p1 = min(P, p0 + f.group);
+  if (!last_arrival(f.counters + grp, static_cast<unsigned>((p1 - p0) * per_row), last)) return;
+  for (int c = tid; c < Ct; c += threads) {
+    float s = 0.f;
+    for (int p = p0; p < p1; ++p) s += __ldcg(part + static_cast<int64_t>(p) * Ct + c);
+    if (groups == 1)
+      partial_add(f.dsts, c, s);
+    else
+      f.level[static_cast<int64_t>(grp) * Ct + c] = s;
+  }
+  if (groups == 1 || !last_arrival(f.counters + groups, static_cast<unsigned>(groups), last)) return;
+  for (int c = tid; c < Ct; c += threads) {
+    float s = 0.f;
+    for (int q = 0; q < groups; ++q) s += __ldcg(f.level + static_cast<int64_t>(q) * Ct + c);
+    partial_add(f.dsts, c, s);
+  }
 }
 #endif
 
