@@ -56,8 +56,9 @@ struct Args {
     void* out = nullptr;       // forward: [B*T, C] act dtype
     // backward (tensor-core paths), f32 [B * ceil(T / 64), 3C] or null: partial column sums of
     // dqkv, one row per 64 token rows of a sequence (bias_part_rows_per_seq); the kernels write
-    // the k and v columns, the dQ store the q columns, and reduce_partials sums them into the
-    // qkv bias gradient.
+    // the k and v columns, the dQ store the q columns, and the dQ store's last blocks
+    // (finish_partials; reduce_partials after the fused dQ store) sum them into the qkv bias
+    // gradient.
     float* bias_part;
   };
   const void* dout = nullptr;  // [B*T, C] act dtype (backward)

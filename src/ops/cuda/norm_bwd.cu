@@ -8,10 +8,10 @@
 // dsum is then a bias_grad of dx after them; the gated op composes): a block owns whole rows
 // (the row plan of norm_rows.cuh), narrow packed f32 rows (C <= 384) one warp per row. The grid
 // is persistent, so the parameter gradients accumulate in registers across a block's rows in a
-// fixed order; each block writes one partial row (dw and db side by side) into scratch, and
-// reduce_partials sums them in a fixed order into dw / db (deterministic, no atomics; the llm.c
-// layernorm_backward scheme). dx may alias dy: a thread reads its columns of dy before it writes
-// the same columns of dx.
+// fixed order; each block writes one partial row (dw and db side by side) into scratch, and the
+// kernel's last blocks sum them in a fixed order into dw / db (finish_partials: deterministic,
+// no atomics on the values; after the llm.c layernorm_backward scheme). dx may alias dy: a
+// thread reads its columns of dy before it writes the same columns of dx.
 #include <algorithm>
 #include <initializer_list>
 #include <type_traits>
@@ -134,7 +134,8 @@ __device__ __forceinline__ void norm_bwd_rows(Rows& rows, float (&aw)[K][V], flo
 template <class T, int V, int K, bool LN>
 __global__ void __launch_bounds__(1024)
     norm_bwd_kernel(T* dx, float* part, bool with_db, const T* dy, const T* x, const T* w,
-                    const float* stat0, const float* stat1, int64_t N, int C, bool accumulate) {
+                    const float* stat0, const float* stat1, int64_t N, int C, bool accumulate,
+                    const PartialFinish fin) {
   __shared__ float red[2 * 2 * 32];
   BlockRows rows{red};
   float aw[K][V], ab[K][V];
@@ -152,6 +153,7 @@ __global__ void __launch_bounds__(1024)
         if (pbr) pbr[j * V + i] = ab[k][i];
       }
   }
+  finish_partials(fin, part);
 }
 
 // One warp per row (C <= 32 * 3 packs): narrow f32 rows (C <= 384; the bf16 ones of the small
@@ -177,7 +179,7 @@ template <class T, int K, bool LN>
 __global__ void __launch_bounds__(kWarpRowThreads, 2)
     norm_bwd_warp_kernel(T* dx, float* part, bool with_db, const T* dy, const T* x, const T* w,
                          const float* stat0, const float* stat1, int64_t N, int C,
-                         bool accumulate) {
+                         bool accumulate, const PartialFinish fin) {
   constexpr int V = 16 / sizeof(T);
   constexpr int S = warp_bwd_slots<T, K>();  // slots per array (>= C)
   constexpr int W = kWarpRowThreads / 32;
@@ -255,6 +257,16 @@ __global__ void __launch_bounds__(kWarpRowThreads, 2)
     pr[c] = sw;
     if (db_too) pr[C + c] = sb;
   }
+  finish_partials(fin, part);
+}
+
+// The partial rows [dw | db (when given)] of `blocks` blocks summed into dw and db by the
+// kernel's last blocks.
+PartialFinish param_grads(float* dw, float* db, int C, float* part, int blocks) {
+  PartialDsts d;
+  d.add(dw, C);
+  if (db) d.add(db, C);
+  return partial_finish(d, part, blocks);
 }
 
 template <class T, int V, int K, bool LN>
@@ -267,9 +279,8 @@ void launch_norm_bwd(const RowPlan& p, T* dx, float* dw, float* db, const T* dy,
   const int Ct = with_db ? 2 * C : C;
   float* part = static_cast<float*>(cuda::scratch(partial_floats(blocks, Ct) * sizeof(float)));
   kernel<<<blocks, p.threads, 0, cuda::stream()>>>(dx, part, with_db, dy, x, w, s0, s1, N, C,
-                                                   accumulate);
+                                                   accumulate, param_grads(dw, with_db ? db : nullptr, C, part, blocks));
   OFT_CUDA_LAUNCH_CHECK();
-  reduce_partials(dw, db, C, part, blocks, Ct);
 }
 
 template <class T, int K, bool LN>
@@ -292,9 +303,9 @@ void launch_norm_bwd_warp(T* dx, float* dw, float* db, const T* dy, const T* x, 
       1, std::min<int64_t>(cuda::ceil_div(N, 8), int64_t(std::max(per_sm, 1)) * cuda::sm_count())));
   float* part = static_cast<float*>(cuda::scratch(partial_floats(blocks, Ct) * sizeof(float)));
   kernel<<<blocks, kWarpRowThreads, smem, cuda::stream()>>>(dx, part, with_db, dy, x, w, s0, s1,
-                                                            N, C, accumulate);
+                                                            N, C, accumulate,
+                                                            param_grads(dw, with_db ? db : nullptr, C, part, blocks));
   OFT_CUDA_LAUNCH_CHECK();
-  reduce_partials(dw, db, C, part, blocks, Ct);
 }
 
 // Returns whether dsum (the column sums of dx, requested when defined) was computed too; the

@@ -3,8 +3,8 @@
 //
 // A group of GS lanes (a power of two <= 32) per head segment of D values; the group reduces
 // with xor shuffles inside the warp. The backward accumulates dwq / dwk per lane in registers,
-// reduces the groups of a block in shared memory in a fixed order, and norm_common's
-// reduce_partials sums the block partials. v columns are copied with cudaMemcpy2DAsync.
+// reduces the groups of a block in shared memory in a fixed order, and the last blocks to
+// finish sum the block partials in a fixed order (finish_partials, partials.cuh). v columns are copied with cudaMemcpy2DAsync.
 #include <algorithm>
 
 #include "ops/cuda/cuda_backend.h"
@@ -88,7 +88,8 @@ __global__ void __launch_bounds__(256)
 template <class T, int V, int MAXJ>
 __global__ void __launch_bounds__(256)
     qk_norm_bwd_kernel(T* dqkv, float* part, const T* dout, const T* qkv, const T* wq, const T* wk,
-                       const float* inv, int64_t N, int H, int D, int gs) {
+                       const float* inv, int64_t N, int H, int D, int gs,
+                       const PartialFinish fin) {
   extern __shared__ float sm[];  // [blockDim.x / gs][D]
   const int p = blockIdx.y;
   const int lane = threadIdx.x & 31, gl = lane & (gs - 1), gpw = 32 / gs;
@@ -167,6 +168,7 @@ __global__ void __launch_bounds__(256)
     for (int g = 0; g < groups; ++g) t += sm[g * D + d];
     dst[d] = t;
   }
+  finish_partials(fin, part);  // the q (y = 0) and k (y = 1) blocks of a row write its halves
 }
 
 struct QkShape {
@@ -268,12 +270,17 @@ void CudaBackend::qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tens
   const size_t smem = static_cast<size_t>(kQkThreads / gs) * s.D * sizeof(float);
   float* part = static_cast<float*>(cuda::scratch(partial_floats(blocks, 2 * s.D) * sizeof(float)));
   const dim3 grid(static_cast<unsigned>(blocks), 2);
+  PartialDsts dsts;
+  dsts.add(ptr<float>(dwq), s.D);
+  dsts.add(ptr<float>(dwk), s.D);
+  const PartialFinish fin = partial_finish(dsts, part, blocks);
   OFT_DISPATCH_FLOAT(qkv.dtype(), op, {
     constexpr int VV = 16 / sizeof(T);
     auto args = [&](auto kernel) {
       kernel<<<grid, kQkThreads, smem, cuda::stream()>>>(ptr<T>(dqkv), part, ptr<T>(dout),
                                                          ptr<T>(qkv), ptr<T>(wq), ptr<T>(wk),
-                                                         ptr<float>(inv), s.N, s.H, s.D, gs);
+                                                         ptr<float>(inv), s.N, s.H, s.D, gs,
+                                                         fin);
     };
     if (vec_ok && maxj == 1)
       args(qk_norm_bwd_kernel<T, VV, 1>);
@@ -285,7 +292,6 @@ void CudaBackend::qk_norm_bwd(Tensor& dqkv, Tensor& dwq, Tensor& dwk, const Tens
       args(qk_norm_bwd_kernel<T, 1, 4>);
     OFT_CUDA_LAUNCH_CHECK();
   });
-  reduce_partials(ptr<float>(dwq), ptr<float>(dwk), s.D, part, blocks, 2 * s.D);
   copy_v(dqkv, dout, s);
 }
 
