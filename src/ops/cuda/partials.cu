@@ -26,16 +26,6 @@ __global__ void sum_partials_kernel(const PartialDsts dsts, const float* part, f
   __shared__ bool last;
   const int c = blockIdx.x * 32 + threadIdx.x, splits = gridDim.y;
   const int p0 = blockIdx.y * rows, p1 = min(P, p0 + rows);
-  auto add = [&](float t) {
-    int begin = 0;
-    for (int k = 0; k < dsts.n; ++k) {
-      if (c < dsts.end[k]) {
-        dsts.dst[k][c - begin] += t;
-        return;
-      }
-      begin = dsts.end[k];
-    }
-  };
   float s = 0.f;
   if (c < Ct)
     for (int p = p0 + threadIdx.y; p < p1; p += 32) s += part[static_cast<int64_t>(p) * Ct + c];
@@ -45,7 +35,7 @@ __global__ void sum_partials_kernel(const PartialDsts dsts, const float* part, f
   if (threadIdx.y == 0 && c < Ct) {
     for (int y = 0; y < 32; ++y) t += acc[y][threadIdx.x];
     if (splits == 1)
-      add(t);
+      partial_add(dsts, c, t);
     else
       level[static_cast<int64_t>(blockIdx.y) * Ct + c] = t;
   }
@@ -59,7 +49,7 @@ __global__ void sum_partials_kernel(const PartialDsts dsts, const float* part, f
   if (threadIdx.y == 0 && c < Ct) {
     t = 0.f;
     for (int y = 0; y < 32; ++y) t += acc[y][threadIdx.x];
-    add(t);
+    partial_add(dsts, c, t);
   }
 }
 
