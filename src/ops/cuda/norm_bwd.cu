@@ -260,12 +260,12 @@ __global__ void __launch_bounds__(kWarpRowThreads, 2)
   finish_partials(fin, part);
 }
 
-// The partial rows [dw | db (when given)] of `blocks` blocks summed into dw and db by the
-// kernel's last blocks.
-PartialFinish param_grads(float* dw, float* db, int C, float* part, int blocks) {
+// The partial rows [dw | db (with_db)] of `blocks` blocks summed into dw and db by the kernel's
+// last blocks.
+PartialFinish param_grads(float* dw, float* db, bool with_db, int C, float* part, int blocks) {
   PartialDsts d;
   d.add(dw, C);
-  if (db) d.add(db, C);
+  if (with_db) d.add(db, C);
   return partial_finish(d, part, blocks);
 }
 
@@ -279,7 +279,8 @@ void launch_norm_bwd(const RowPlan& p, T* dx, float* dw, float* db, const T* dy,
   const int Ct = with_db ? 2 * C : C;
   float* part = static_cast<float*>(cuda::scratch(partial_floats(blocks, Ct) * sizeof(float)));
   kernel<<<blocks, p.threads, 0, cuda::stream()>>>(dx, part, with_db, dy, x, w, s0, s1, N, C,
-                                                   accumulate, param_grads(dw, with_db ? db : nullptr, C, part, blocks));
+                                                   accumulate,
+                                                   param_grads(dw, db, with_db, C, part, blocks));
   OFT_CUDA_LAUNCH_CHECK();
 }
 
@@ -304,7 +305,8 @@ void launch_norm_bwd_warp(T* dx, float* dw, float* db, const T* dy, const T* x, 
   float* part = static_cast<float*>(cuda::scratch(partial_floats(blocks, Ct) * sizeof(float)));
   kernel<<<blocks, kWarpRowThreads, smem, cuda::stream()>>>(dx, part, with_db, dy, x, w, s0, s1,
                                                             N, C, accumulate,
-                                                            param_grads(dw, with_db ? db : nullptr, C, part, blocks));
+                                                            param_grads(dw, db, with_db, C, part,
+                                                                        blocks));
   OFT_CUDA_LAUNCH_CHECK();
 }
 

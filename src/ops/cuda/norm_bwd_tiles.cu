@@ -63,7 +63,7 @@ struct TileArgs {
   // b sum dl with the norm's bias b, may be null) and sum dl (dgb).
   const bf16 *dgate = nullptr, *logits = nullptr, *gw = nullptr, *b = nullptr;
   int Gg = 0, PD = 0;  // gate groups (even, <= 32), 8-column packs per group (D / 8)
-  PartialFinish fin;  // the partial rows' columns summed into dw, db, dsum, dgw, dgb
+  PartialFinish fin = {};  // the partial rows' columns summed into dw, db, dsum, dgw, dgb
 };
 
 // Sums per partial row before the gate's: dw, then db and dsum when present.
@@ -418,7 +418,7 @@ bool norm_bwd_tiles(bool ln, bf16* dx, float* dw, float* db, float* dsum, const 
     return v;
   }();
   TileArgs a{dx, nullptr, dy, x, w, s0, s1, N, C, tile_rows(C), 1, accumulate,
-             ln && db != nullptr, dsum != nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, {}};
+             ln && db != nullptr, dsum != nullptr};
   if (gate) {
     a.dgate = gate->dgate;
     a.logits = gate->logits;
