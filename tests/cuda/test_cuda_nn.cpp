@@ -613,6 +613,16 @@ TEST(CudaNnBench, Timing) {
   report("layernorm_bwd accumulate + dsum",  // with the folded bias gradient
          time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, true, &ds); }),
          4.0 * N * C * es + 8.0 * N);
+  {  // Four times the rows: the difference to the 16384-row call is the streaming cost of the
+     // extra rows, the rest the launch's fixed cost (first copies, the column sums' finish).
+    const int64_t N4 = 4 * N;
+    Tensor x4 = to_gpu(randn({N4, C}), dt), dy4 = to_gpu(randn({N4, C}), dt);
+    Tensor dx4 = to_gpu(randn({N4, C}), dt);
+    Tensor m4 = Tensor::zeros({N4}, DType::F32).to(Device::CUDA), r4 = m4.clone();
+    report("layernorm_bwd acc + dsum x4 rows",
+           time_ms([&] { gpu().layernorm_bwd(dx4, dw, db, dy4, x4, w, m4, r4, true, &ds); }),
+           4.0 * N4 * C * es + 8.0 * N4);
+  }
   // The per-token attention gate of OPT-125m (12 groups of 64) in the norm's kernels, against
   // the norm and the gate's own grouped kernels.
   const int64_t G = 12;
