@@ -1,8 +1,13 @@
 // Tensor storage, views, copies and dtype conversion (see tensor.h).
 #include "core/tensor.h"
 
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
 
 #include "core/bf16.h"
 
@@ -15,11 +20,55 @@ DeviceCopyFn g_copy = nullptr;
 
 void cpu_free(void* p) { std::free(p); }
 
-// Fresh memory for st.bytes on st.device (CPU: 64-byte aligned), with its deleter.
-void allocate(Storage& st) {
+std::atomic<size_t> g_cpu_bytes{0};
+std::atomic<size_t> g_cpu_limit_override{0};
+constexpr size_t kNoLimit = std::numeric_limits<size_t>::max();
+
+// MemAvailable of /proc/meminfo in bytes, read once; no limit where it cannot be read.
+size_t machine_cpu_limit() {
+  static const size_t limit = [] {
+    std::ifstream f("/proc/meminfo");
+    std::string line;
+    while (std::getline(f, line)) {
+      if (line.rfind("MemAvailable:", 0) != 0) continue;
+      std::istringstream in(line.substr(13));
+      size_t kb = 0;
+      if (in >> kb && kb > 0) return kb * 1024;
+    }
+    return kNoLimit;
+  }();
+  return limit;
+}
+
+size_t cpu_limit() {
+  const size_t o = g_cpu_limit_override.load();
+  return o ? o : machine_cpu_limit();
+}
+
+size_t cpu_alloc_bytes(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+double gib(size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0 * 1024.0); }
+
+// Fresh memory for st.bytes on st.device (CPU: 64-byte aligned, counted against cpu_limit()),
+// with its deleter. `what` names the tensor in the out-of-memory error.
+void allocate(Storage& st, const std::string& what) {
   if (st.device == Device::CPU) {
-    st.data = std::aligned_alloc(64, (st.bytes + 63) / 64 * 64);
+    const size_t b = cpu_alloc_bytes(st.bytes), held = g_cpu_bytes.load(), limit = cpu_limit();
+    if (limit != kNoLimit && (b > limit || held > limit - b)) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf,
+                    "would bring the tensors on the CPU to %.2f GiB, more than the %.2f GiB",
+                    gib(held + b), gib(limit));
+      fail("out of memory: ", b, " bytes for ", what, " ", buf,
+           " this machine had available (MemAvailable in /proc/meminfo); use a smaller batch "
+           "(train.batch_size, data.seq_len) or model, or run on a GPU (train.device=cuda)");
+    }
+    st.data = std::aligned_alloc(64, b);
     st.deleter = cpu_free;
+    if (st.data) {
+      g_cpu_bytes += b;
+      st.counted = true;
+    }
   } else {
     const int i = static_cast<int>(st.device);
     OFT_CHECK(g_alloc[i] != nullptr, "device ", device_name(st.device),
@@ -29,6 +78,18 @@ void allocate(Storage& st) {
   }
 }
 }  // namespace
+
+void Storage::release() {
+  if (data && deleter) deleter(data);
+  if (counted) g_cpu_bytes -= cpu_alloc_bytes(bytes);
+  counted = false;
+  data = nullptr;
+  deleter = nullptr;
+}
+
+size_t cpu_tensor_bytes() { return g_cpu_bytes.load(); }
+
+void set_cpu_memory_limit(size_t bytes) { g_cpu_limit_override = bytes; }
 
 size_t dtype_size(DType t) {
   switch (t) {
@@ -82,7 +143,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   auto st = std::make_shared<Storage>();
   st->bytes = std::max<size_t>(t.nbytes(), 1);
   st->device = device;
-  allocate(*st);
+  allocate(*st, "a tensor of shape " + shape_str(shape));
   OFT_CHECK(st->data != nullptr, "out of memory allocating ", st->bytes, " bytes on ",
             device_name(device), " for a tensor of shape ", shape_str(shape));
   t.storage_ = std::move(st);
@@ -161,9 +222,8 @@ void Tensor::move_storage_to(void* dst) {
     OFT_ASSERT(g_copy != nullptr, "no device copy registered");
     g_copy(dst, st.device, st.data, st.device, st.bytes);
   }
-  if (st.deleter) st.deleter(st.data);
+  st.release();
   st.data = dst;
-  st.deleter = nullptr;
 }
 
 void Tensor::reallocate_storage() {
@@ -172,11 +232,12 @@ void Tensor::reallocate_storage() {
   Storage fresh;  // takes the old memory (and frees it, if owned) when it goes
   fresh.bytes = st.bytes;
   fresh.device = st.device;
-  allocate(fresh);
+  allocate(fresh, "a tensor's new storage");
   OFT_CHECK(fresh.data != nullptr, "out of memory allocating ", st.bytes, " bytes on ",
             device_name(st.device));
   std::swap(st.data, fresh.data);
   std::swap(st.deleter, fresh.deleter);
+  std::swap(st.counted, fresh.counted);
   if (st.device == Device::CPU)
     std::memcpy(st.data, fresh.data, st.bytes);
   else

@@ -35,13 +35,22 @@ struct Storage {
   size_t bytes = 0;
   Device device = Device::CPU;
   void (*deleter)(void*) = nullptr;
+  bool counted = false;  // CPU memory counted in cpu_tensor_bytes()
   Storage() = default;
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
-  ~Storage() {
-    if (data && deleter) deleter(data);
-  }
+  ~Storage() { release(); }
+  // Frees the memory if owned (and uncounts it); data is null after.
+  void release();
 };
+
+// Bytes of CPU memory held by tensors now. CPU allocations that would take it past the memory
+// the machine had available when the first one was made (MemAvailable in /proc/meminfo) fail
+// with an error naming the fix, instead of the kernel's out-of-memory killer ending the process
+// without a word once the pages are touched.
+size_t cpu_tensor_bytes();
+// Replaces that limit (bytes; 0 restores the machine's): for tests.
+void set_cpu_memory_limit(size_t bytes);
 
 // Allocator hook for non-CPU devices; the CUDA backend registers one at start-up.
 using DeviceAllocFn = void* (*)(size_t bytes);
