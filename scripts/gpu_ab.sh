@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# On a GPU machine, with a bundle built by `PATCH=file bash scripts/gpu_bundle.sh`: the patched
+# build (oft, oft_cuda_tests) against the tree it was applied to (oft_base,
+# oft_cuda_tests_base), in one call, alternating so that both see the same machine:
+#   1. the GPU tests of the patched build (gtest filter AB_TESTS, default all of them);
+#   2. the timing tests (AB_BENCH, default the norm, attention and linear ones) of each build,
+#      AB_ROUNDS times (default 2);
+#   3. `oft bench PRESET --steps 10 --no-peak` of each preset in AB_PRESETS (default
+#      gpt2_124m), base then patched, AB_ROUNDS times.
+# Results land in $OUT (or ./gpu-out): summary.txt and the logs.
+#   AB_PRESETS="gpt2_124m opt_125m_vanilla" bash scripts/gpu_ab.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/gpu_env.sh
+if [[ ! -x "$BIN/oft_base" || ! -x "$BIN/oft_cuda_tests_base" ]]; then
+  echo "gpu_ab.sh: the bundle has no base build; make it with PATCH=file bash scripts/gpu_bundle.sh" >&2
+  exit 2
+fi
+rounds=${AB_ROUNDS:-2}
+{
+  nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader
+  echo "== tests of the patched build (${AB_TESTS:-all})"
+  timeout 400 "$BIN/oft_cuda_tests" ${AB_TESTS:+--gtest_filter=$AB_TESTS} > "$OUT/ab_tests.log" 2>&1
+  echo "oft_cuda_tests exit $?"
+  grep -E "^\[  FAILED|Failure" "$OUT/ab_tests.log" | head -40
+  grep -E "^\[  PASSED|^\[  FAILED  \] [0-9]" "$OUT/ab_tests.log"
+  echo "== timing tests (${AB_BENCH:=CudaNnBench.*:CudaAttentionBench.*:CudaLinearBench.*})"
+  for ((r = 1; r <= rounds; ++r)); do
+    for v in _base ""; do
+      timeout 120 "$BIN/oft_cuda_tests$v" --gtest_filter="$AB_BENCH" > "$OUT/ab_bench$v.$r.log" 2>&1
+      grep -E "timing|bench\]" "$OUT/ab_bench$v.$r.log" | sed "s/^/${v:-_patched} $r: /"
+    done
+  done
+  echo "== oft bench (${AB_PRESETS:=gpt2_124m})"
+  for p in $AB_PRESETS; do
+    for ((r = 1; r <= rounds; ++r)); do
+      for v in _base ""; do
+        timeout 200 "$BIN/oft$v" bench "$p" --steps 10 --no-peak > "$OUT/ab_$p$v.$r.log" 2>&1
+        echo "$p ${v:-_patched} $r: $(grep -E 'tokens/s|rror' "$OUT/ab_$p$v.$r.log" | tr '\n' ' ')"
+      done
+    done
+  done
+} 2>&1 | tee "$OUT/summary.txt"
