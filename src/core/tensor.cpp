@@ -47,22 +47,24 @@ size_t cpu_limit() {
 
 size_t cpu_alloc_bytes(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
-double gib(size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0 * 1024.0); }
+// b bytes as "x.xx GiB".
+std::string gib(size_t b) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(b) / (1024.0 * 1024.0 * 1024.0));
+  return buf;
+}
 
 // Fresh memory for st.bytes on st.device (CPU: 64-byte aligned, counted against cpu_limit()),
-// with its deleter. `what` names the tensor in the out-of-memory error.
-void allocate(Storage& st, const std::string& what) {
+// with its deleter. `shape` (when known) names the tensor in the out-of-memory error.
+void allocate(Storage& st, const Shape* shape) {
   if (st.device == Device::CPU) {
     const size_t b = cpu_alloc_bytes(st.bytes), held = g_cpu_bytes.load(), limit = cpu_limit();
-    if (limit != kNoLimit && (b > limit || held > limit - b)) {
-      char buf[160];
-      std::snprintf(buf, sizeof buf,
-                    "would bring the tensors on the CPU to %.2f GiB, more than the %.2f GiB",
-                    gib(held + b), gib(limit));
-      fail("out of memory: ", b, " bytes for ", what, " ", buf,
+    if (limit != kNoLimit && (b > limit || held > limit - b))
+      fail("out of memory: ", b, " bytes for ",
+           shape ? "a tensor of shape " + shape_str(*shape) : std::string("a tensor's new storage"),
+           " would bring the tensors on the CPU to ", gib(held + b), ", more than the ", gib(limit),
            " this machine had available (MemAvailable in /proc/meminfo); use a smaller batch "
            "(train.batch_size, data.seq_len) or model, or run on a GPU (train.device=cuda)");
-    }
     st.data = std::aligned_alloc(64, b);
     st.deleter = cpu_free;
     if (st.data) {
@@ -143,7 +145,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   auto st = std::make_shared<Storage>();
   st->bytes = std::max<size_t>(t.nbytes(), 1);
   st->device = device;
-  allocate(*st, "a tensor of shape " + shape_str(shape));
+  allocate(*st, &shape);
   OFT_CHECK(st->data != nullptr, "out of memory allocating ", st->bytes, " bytes on ",
             device_name(device), " for a tensor of shape ", shape_str(shape));
   t.storage_ = std::move(st);
@@ -232,7 +234,7 @@ void Tensor::reallocate_storage() {
   Storage fresh;  // takes the old memory (and frees it, if owned) when it goes
   fresh.bytes = st.bytes;
   fresh.device = st.device;
-  allocate(fresh, "a tensor's new storage");
+  allocate(fresh, nullptr);
   OFT_CHECK(fresh.data != nullptr, "out of memory allocating ", st.bytes, " bytes on ",
             device_name(st.device));
   std::swap(st.data, fresh.data);
