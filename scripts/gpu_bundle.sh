@@ -8,7 +8,7 @@
 # is built first and packed as oft_base / oft_cuda_tests_base, then the patch is applied, the
 # patched tree built and packed as oft / oft_cuda_tests, and the patch reverted, so that one GPU
 # call can compare the two (scripts/gpu_ab.sh):
-#   PATCH=docs/performance/patches/finish-partials-batched-loads.patch bash scripts/gpu_bundle.sh
+#   PATCH=docs/performance/patches/attn-bwd-cta-pairs.patch bash scripts/gpu_bundle.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build-gpu gpu-bundle/bin gpu-bundle/lib
