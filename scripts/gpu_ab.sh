@@ -6,9 +6,11 @@
 #   2. the timing tests (AB_BENCH, default the norm, attention and linear ones) of each build,
 #      AB_ROUNDS times (default 2);
 #   3. `oft bench PRESET --steps 10 --no-peak` of each preset in AB_PRESETS (default
-#      gpt2_124m), base then patched, AB_ROUNDS times.
+#      gpt2_124m), base then patched, AB_ROUNDS times; with AB_ENVS (space-separated VAR=value
+#      settings), the patched build once per setting, for patches that carry a switch.
 # Results land in $OUT (or ./gpu-out): summary.txt and the logs.
 #   AB_PRESETS="gpt2_124m opt_125m_vanilla" bash scripts/gpu_ab.sh
+#   AB_ENVS="OFT_BIAS_IN_DW=fc OFT_BIAS_IN_DW=all" bash scripts/gpu_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
@@ -32,11 +34,16 @@ rounds=${AB_ROUNDS:-2}
     done
   done
   echo "== oft bench (${AB_PRESETS:=gpt2_124m})"
+  read -r -a envs <<< "${AB_ENVS:-}"
+  [[ ${#envs[@]} -gt 0 ]] || envs=("")  # the patched build once, as it is
   for p in $AB_PRESETS; do
     for ((r = 1; r <= rounds; ++r)); do
-      for v in _base ""; do
-        timeout 200 "$BIN/oft$v" bench "$p" --steps 10 --no-peak > "$OUT/ab_$p$v.$r.log" 2>&1
-        echo "$p ${v:-_patched} $r: $(grep -E 'tokens/s|rror' "$OUT/ab_$p$v.$r.log" | tr '\n' ' ')"
+      timeout 200 "$BIN/oft_base" bench "$p" --steps 10 --no-peak > "$OUT/ab_${p}_base.$r.log" 2>&1
+      echo "$p _base $r: $(grep -E 'tokens/s|rror' "$OUT/ab_${p}_base.$r.log" | tr '\n' ' ')"
+      for e in "${envs[@]}"; do
+        log="$OUT/ab_${p}${e:+_${e//[^A-Za-z0-9]/_}}.$r.log"
+        env ${e:+"$e"} timeout 200 "$BIN/oft" bench "$p" --steps 10 --no-peak > "$log" 2>&1
+        echo "$p _patched${e:+ $e} $r: $(grep -E 'tokens/s|rror' "$log" | tr '\n' ' ')"
       done
     done
   done
