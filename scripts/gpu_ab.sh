@@ -10,7 +10,7 @@
 #      settings), the patched build once per setting, for patches that carry a switch.
 # Results land in $OUT (or ./gpu-out): summary.txt and the logs.
 #   AB_PRESETS="gpt2_124m opt_125m_vanilla" bash scripts/gpu_ab.sh
-#   AB_ENVS="OFT_BIAS_IN_DW=fc OFT_BIAS_IN_DW=all" bash scripts/gpu_ab.sh
+#   AB_ENVS="OFT_ATTN_BWD_KEYS=64 OFT_ATTN_BWD_KEYS=128" bash scripts/gpu_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
