@@ -8,7 +8,7 @@
 #   3. `oft bench PRESET --steps 10 --no-peak` of each preset in AB_PRESETS (default
 #      gpt2_124m), base then patched, AB_ROUNDS times; with AB_ENVS (space-separated VAR=value
 #      settings), the patched build once per setting, for patches that carry a switch.
-# Results land in $OUT (or ./gpu-out): summary.txt and the logs.
+# Results land in $OUT (or ./gpu-out): summary.txt and the logs, packed into logs.tar.gz.
 #   AB_PRESETS="gpt2_124m opt_125m_vanilla" bash scripts/gpu_ab.sh
 #   AB_ENVS="OFT_ATTN_BWD_KEYS=64 OFT_ATTN_BWD_KEYS=128" bash scripts/gpu_ab.sh
 set -uo pipefail
@@ -48,3 +48,7 @@ rounds=${AB_ROUNDS:-2}
     done
   done
 } 2>&1 | tee "$OUT/summary.txt"
+# At most a few files come back from a GPU machine: summary.txt stays, the logs go into one
+# archive beside it.
+tar -czf /tmp/oft_ab_logs.tar.gz -C "$OUT" --exclude=summary.txt . \
+  && find "$OUT" -type f ! -name summary.txt -delete && mv /tmp/oft_ab_logs.tar.gz "$OUT/logs.tar.gz"
