@@ -617,6 +617,14 @@ TEST(CudaNnBench, Timing) {
   report("layernorm_bwd accumulate + dsum",  // with the folded bias gradient
          time_ms([&] { gpu().layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, true, &ds); }),
          4.0 * N * C * es + 8.0 * N);
+  {  // OPT-125m's micro-batch (16 x 512 rows), where the fixed cost is about half of the call.
+    const int64_t Nh = N / 2;
+    Tensor xh = x.slice(0, Nh), dyh = dy.slice(0, Nh), dxh = dx.slice(0, Nh);
+    Tensor mh = mean.slice(0, Nh), rh = rstd.slice(0, Nh);
+    report("layernorm_bwd acc + dsum 8192 rows",
+           time_ms([&] { gpu().layernorm_bwd(dxh, dw, db, dyh, xh, w, mh, rh, true, &ds); }),
+           4.0 * Nh * C * es + 8.0 * Nh);
+  }
   {  // Four times the rows: the difference to the 16384-row call is the streaming cost of the
      // extra rows, the rest the launch's fixed cost (first copies, the column sums' finish).
     const int64_t N4 = 4 * N;
