@@ -4,7 +4,7 @@
 # oft_cuda_tests_base), in one call, alternating so that both see the same machine:
 #   1. the GPU tests of the patched build (gtest filter AB_TESTS, default all of them);
 #   2. the timing tests (AB_BENCH, default the norm, attention and linear ones) of each build,
-#      AB_ROUNDS times (default 2);
+#      AB_ROUNDS times (default 2), the patched build once per AB_ENVS setting;
 #   3. `oft bench PRESET --steps 10 --no-peak` of each preset in AB_PRESETS (default
 #      gpt2_124m), base then patched, AB_ROUNDS times; with AB_ENVS (space-separated VAR=value
 #      settings), the patched build once per setting, for patches that carry a switch.
@@ -26,16 +26,19 @@ rounds=${AB_ROUNDS:-2}
   echo "oft_cuda_tests exit $?"
   grep -E "^\[  FAILED|Failure" "$OUT/ab_tests.log" | head -40
   grep -E "^\[  PASSED|^\[  FAILED  \] [0-9]" "$OUT/ab_tests.log"
+  read -r -a envs <<< "${AB_ENVS:-}"
+  [[ ${#envs[@]} -gt 0 ]] || envs=("")  # the patched build once, as it is
   echo "== timing tests (${AB_BENCH:=CudaNnBench.*:CudaAttentionBench.*:CudaLinearBench.*})"
   for ((r = 1; r <= rounds; ++r)); do
-    for v in _base ""; do
-      timeout 120 "$BIN/oft_cuda_tests$v" --gtest_filter="$AB_BENCH" > "$OUT/ab_bench$v.$r.log" 2>&1
-      grep -E "timing|bench\]" "$OUT/ab_bench$v.$r.log" | sed "s/^/${v:-_patched} $r: /"
+    timeout 120 "$BIN/oft_cuda_tests_base" --gtest_filter="$AB_BENCH" > "$OUT/ab_bench_base.$r.log" 2>&1
+    grep -E "timing|bench\]" "$OUT/ab_bench_base.$r.log" | sed "s/^/_base $r: /"
+    for e in "${envs[@]}"; do
+      log="$OUT/ab_bench${e:+_${e//[^A-Za-z0-9]/_}}.$r.log"
+      env ${e:+"$e"} timeout 120 "$BIN/oft_cuda_tests" --gtest_filter="$AB_BENCH" > "$log" 2>&1
+      grep -E "timing|bench\]" "$log" | sed "s/^/_patched${e:+ $e} $r: /"
     done
   done
   echo "== oft bench (${AB_PRESETS:=gpt2_124m})"
-  read -r -a envs <<< "${AB_ENVS:-}"
-  [[ ${#envs[@]} -gt 0 ]] || envs=("")  # the patched build once, as it is
   for p in $AB_PRESETS; do
     for ((r = 1; r <= rounds; ++r)); do
       timeout 200 "$BIN/oft_base" bench "$p" --steps 10 --no-peak > "$OUT/ab_${p}_base.$r.log" 2>&1
