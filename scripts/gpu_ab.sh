@@ -51,7 +51,4 @@ rounds=${AB_ROUNDS:-2}
     done
   done
 } 2>&1 | tee "$OUT/summary.txt"
-# At most a few files come back from a GPU machine: summary.txt stays, the logs go into one
-# archive beside it.
-tar -czf /tmp/oft_ab_logs.tar.gz -C "$OUT" --exclude=summary.txt . \
-  && find "$OUT" -type f ! -name summary.txt -delete && mv /tmp/oft_ab_logs.tar.gz "$OUT/logs.tar.gz"
+pack_logs  # summary.txt stays beside the archive (gpu_env.sh)

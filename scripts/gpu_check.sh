@@ -244,5 +244,4 @@ if [[ " $what " == *" ncu "* ]]; then
   grep -E "^  [a-z_].*\(|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Shared Memory Configuration Size|Dynamic Shared|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|L1/TEX Hit|L2 Hit|DRAM Throughput|Executed Ipc A" "$OUT/ncu.log" | head -150
 fi
 
-# At most a few files come back from a GPU machine: pack the logs into one archive.
-tar -czf /tmp/oft_logs.tar.gz -C "$OUT" . && find "$OUT" -type f -delete && mv /tmp/oft_logs.tar.gz "$OUT/logs.tar.gz"
+pack_logs  # the logs into one archive (gpu_env.sh)
