@@ -1,7 +1,7 @@
-# Sourced from the repository root by the GPU-machine scripts (gpu_check.sh, gpu_ab.sh, gpu_quick.sh,
-# ncu_gemm.sh, ncu_deep.sh): $OUT (default gpu-out) created, OFT_HOME and the library path set,
-# gpu-bundle/ unpacked from gpu-bundle.tar.xz (scripts/gpu_bundle.sh) when missing, and BIN its
-# binaries; pack_logs for the end of a script.
+# Sourced from the repository root by the GPU-machine scripts (gpu_check.sh, gpu_ab.sh,
+# gpu_quick.sh, ncu_gemm.sh, ncu_deep.sh): $OUT (default gpu-out) created, OFT_HOME and the
+# library path set, gpu-bundle/ unpacked from gpu-bundle.tar.xz (scripts/gpu_bundle.sh) when
+# missing, and BIN its binaries; pack_logs for the end of a script.
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export OFT_HOME=$PWD
