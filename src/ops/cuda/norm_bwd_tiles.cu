@@ -47,8 +47,8 @@ using cuda::attn::cp_async_wait_all;
 
 constexpr int kMaxTileC = 4096;
 constexpr int kMaxThreads = 512;
-// With the gate: at most 384 threads and two blocks per SM (<= 85 registers), the occupancy of
-// the plain kernel at C = 768.
+// With the gate: at most 384 threads, compiled for two blocks per SM (<= 85 registers, as when
+// two were launched per SM; launch_tiles now launches one).
 constexpr int kMaxGateThreads = 384;
 
 struct TileArgs {
