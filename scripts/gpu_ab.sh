@@ -2,7 +2,8 @@
 # On a GPU machine, with a bundle built by `PATCH=file bash scripts/gpu_bundle.sh`: the patched
 # build (oft, oft_cuda_tests) against the tree it was applied to (oft_base,
 # oft_cuda_tests_base), in one call, alternating so that both see the same machine:
-#   1. the GPU tests of the patched build (gtest filter AB_TESTS, default all of them);
+#   1. the GPU tests of the patched build (gtest filter AB_TESTS, default all of them), and with
+#      AB_ENV_TESTS (a gtest filter) those tests once per AB_ENVS setting;
 #   2. the timing tests (AB_BENCH, default the norm, attention and linear ones) of each build,
 #      AB_ROUNDS times (default 2), the patched build once per AB_ENVS setting;
 #   3. `oft bench PRESET --steps 10 --no-peak` of each preset in AB_PRESETS (default
@@ -10,7 +11,8 @@
 #      settings), the patched build once per setting, for patches that carry a switch.
 # Results land in $OUT (or ./gpu-out): summary.txt and the logs, packed into logs.tar.gz.
 #   AB_PRESETS="gpt2_124m opt_125m_vanilla" bash scripts/gpu_ab.sh
-#   AB_ENVS="OFT_ATTN_BWD_KEYS=64 OFT_ATTN_BWD_KEYS=128" bash scripts/gpu_ab.sh
+#   AB_ENVS="OFT_ATTN_FWD_PIPE=64 OFT_ATTN_FWD_PIPE=128" AB_ENV_TESTS='CudaAttention.*' \
+#     bash scripts/gpu_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
@@ -28,6 +30,14 @@ rounds=${AB_ROUNDS:-2}
   grep -E "^\[  PASSED|^\[  FAILED  \] [0-9]" "$OUT/ab_tests.log"
   read -r -a envs <<< "${AB_ENVS:-}"
   [[ ${#envs[@]} -gt 0 ]] || envs=("")  # the patched build once, as it is
+  if [[ -n "${AB_ENV_TESTS:-}" && -n "${AB_ENVS:-}" ]]; then
+    for e in "${envs[@]}"; do
+      log="$OUT/ab_tests_${e//[^A-Za-z0-9]/_}.log"
+      env "$e" timeout 300 "$BIN/oft_cuda_tests" --gtest_filter="$AB_ENV_TESTS" > "$log" 2>&1
+      echo "tests with $e: exit $? $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$log" | tr '\n' ' ')"
+      grep -E "^\[  FAILED|Failure" "$log" | head -10
+    done
+  fi
   echo "== timing tests (${AB_BENCH:=CudaNnBench.*:CudaAttentionBench.*:CudaLinearBench.*})"
   for ((r = 1; r <= rounds; ++r)); do
     timeout 120 "$BIN/oft_cuda_tests_base" --gtest_filter="$AB_BENCH" > "$OUT/ab_bench_base.$r.log" 2>&1
