@@ -356,8 +356,9 @@ __global__ void __launch_bounds__(kMaxGateThreads, 2) norm_gate_bwd_tile_kernel(
 }
 
 // Rows per tile: 8 at C <= 768, fewer for wider rows so that two stages stay near 75 KiB.
-// Measured at C = 768 (H100, accumulate): 4, 6, 8, 12 rows within 5% of each
-// other; 2 rows 30% slower (the per-tile barriers and row reductions).
+// Measured at C = 768 (H100, accumulate): 4, 6, 8, 12 rows within 5% of each other; 2 rows 30%
+// slower (the per-tile barriers and row reductions); at one block per SM, 2 and 4 rows slower
+// than 8.
 int tile_rows(int C) { return std::clamp(6144 / C, 1, 8); }
 
 
