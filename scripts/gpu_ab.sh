@@ -21,21 +21,24 @@ if [[ ! -x "$BIN/oft_base" || ! -x "$BIN/oft_cuda_tests_base" ]]; then
   exit 2
 fi
 rounds=${AB_ROUNDS:-2}
+# The patched build's GPU tests: label, log file, gtest filter (empty: all), then an optional
+# VAR=value setting; prints the exit status, the summary and the first failures.
+run_tests() {
+  local label=$1 log=$2 filter=$3 setting=${4:-}
+  env ${setting:+"$setting"} timeout 400 "$BIN/oft_cuda_tests" ${filter:+--gtest_filter=$filter} \
+    > "$log" 2>&1
+  echo "$label: exit $? $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$log" | tr '\n' ' ')"
+  grep -E "^\[  FAILED|Failure" "$log" | head -40
+}
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader
   echo "== tests of the patched build (${AB_TESTS:-all})"
-  timeout 400 "$BIN/oft_cuda_tests" ${AB_TESTS:+--gtest_filter=$AB_TESTS} > "$OUT/ab_tests.log" 2>&1
-  echo "oft_cuda_tests exit $?"
-  grep -E "^\[  FAILED|Failure" "$OUT/ab_tests.log" | head -40
-  grep -E "^\[  PASSED|^\[  FAILED  \] [0-9]" "$OUT/ab_tests.log"
+  run_tests "oft_cuda_tests" "$OUT/ab_tests.log" "${AB_TESTS:-}"
   read -r -a envs <<< "${AB_ENVS:-}"
   [[ ${#envs[@]} -gt 0 ]] || envs=("")  # the patched build once, as it is
   if [[ -n "${AB_ENV_TESTS:-}" && -n "${AB_ENVS:-}" ]]; then
     for e in "${envs[@]}"; do
-      log="$OUT/ab_tests_${e//[^A-Za-z0-9]/_}.log"
-      env "$e" timeout 300 "$BIN/oft_cuda_tests" --gtest_filter="$AB_ENV_TESTS" > "$log" 2>&1
-      echo "tests with $e: exit $? $(grep -E '^\[  PASSED|^\[  FAILED  \] [0-9]' "$log" | tr '\n' ' ')"
-      grep -E "^\[  FAILED|Failure" "$log" | head -10
+      run_tests "tests with $e" "$OUT/ab_tests_${e//[^A-Za-z0-9]/_}.log" "$AB_ENV_TESTS" "$e"
     done
   fi
   echo "== timing tests (${AB_BENCH:=CudaNnBench.*:CudaAttentionBench.*:CudaLinearBench.*})"
