@@ -550,3 +550,74 @@ TEST(OpGrad, CopyColumns) {
   cpu().copy_columns(ds, 1, R, 4, 3, false);
   expect_grad("dsrc", src, ds, loss);
 }
+
+// The bias-column layout (ops.h, kBiasColumnPad): layernorm_fwd writes x_ext = [y | 1 | 0...],
+// linear_act_fwd reads its first C columns, and linear_wgrad_bias_column's one product over it
+// gives the weight and the bias gradient, checked against finite differences.
+TEST(OpGrad, BiasColumnLayout) {
+  Rng rng(16);
+  const int64_t N = 5, C = 4, F = 6, P = C + ops::kBiasColumnPad;
+  Tensor x = randn({N, C}, rng), lw = randn({C}, rng), lb = randn({C}, rng);
+  Tensor y = Tensor::zeros({N, C}, DType::F64), ye = randn({N, P}, rng);
+  Tensor mean = Tensor::zeros({N}, DType::F64), rstd = Tensor::zeros({N}, DType::F64);
+  Tensor mean_e = Tensor::zeros({N}, DType::F64), rstd_e = Tensor::zeros({N}, DType::F64);
+  cpu().layernorm_fwd(y, mean, rstd, x, lw, lb, 1e-5);
+  cpu().layernorm_fwd(ye, mean_e, rstd_e, x, lw, lb, 1e-5);  // over garbage in the pad
+  EXPECT_EQ(mean_e.to_vector(), mean.to_vector());
+  EXPECT_EQ(rstd_e.to_vector(), rstd.to_vector());
+  const std::vector<double> yv = y.to_vector(), yev = ye.to_vector();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < P; ++c)
+      ASSERT_EQ(yev[size_t(n * P + c)], c < C ? yv[size_t(n * C + c)] : c == C ? 1.0 : 0.0)
+          << n << "," << c;
+
+  // linear_act_fwd reads the layout's first C columns.
+  Tensor w = randn({F, C}, rng), b = randn({F}, rng);
+  Tensor pre = Tensor::zeros({N, F}, DType::F64), act = Tensor::zeros({N, F}, DType::F64);
+  Tensor pre_e = Tensor::zeros({N, F}, DType::F64), act_e = Tensor::zeros({N, F}, DType::F64);
+  cpu().linear_act_fwd(act, pre, y, w, b, ops::Activation::GELU_Tanh);
+  cpu().linear_act_fwd(act_e, pre_e, ye, w, b, ops::Activation::GELU_Tanh);
+  EXPECT_EQ(act_e.to_vector(), act.to_vector());
+  EXPECT_EQ(pre_e.to_vector(), pre.to_vector());
+
+  // Gradients of sum(R * (x W^T + b)) through a Linear layer fed the layout.
+  ParamStore ps;
+  Linear lin(ps, "lin", C, F, true, DType::F64, Device::CPU);
+  lin.w.copy_from(w);
+  lin.b.copy_from(b);
+  Tensor R = randn({N, F}, rng), out = Tensor::zeros({N, F}, DType::F64);
+  auto loss = [&] {
+    lin.forward(out, y);
+    return dot(out, R);
+  };
+  ASSERT_TRUE(lin.takes_bias_column(ye));
+  ASSERT_FALSE(lin.takes_bias_column(y));
+  lin.bias_grad_elsewhere = true;  // the layout's db is taken anyway (layers.h)
+  ps.zero_grad();
+  Tensor none;
+  lin.backward(none, R, ye, false);
+  expect_grad("dW", lin.w, lin.dw, loss);
+  expect_grad("db", lin.b, lin.db, loss);
+  // A second backward accumulates both (beta 1 into dW, db +=).
+  const std::vector<double> dw1 = lin.dw.to_vector(), db1 = lin.db.to_vector();
+  lin.backward(none, R, ye, false);
+  const std::vector<double> dw2 = lin.dw.to_vector(), db2 = lin.db.to_vector();
+  for (size_t i = 0; i < dw1.size(); ++i) ASSERT_EQ(dw2[i], 2 * dw1[i]);
+  for (size_t i = 0; i < db1.size(); ++i) ASSERT_EQ(db2[i], 2 * db1[i]);
+}
+
+TEST(OpGrad, BiasColumnLayoutRejectsOtherShapes) {
+  Rng rng(17);
+  Tensor dw = Tensor::zeros({3, 4}, DType::F64), db = Tensor::zeros({3}, DType::F64);
+  Tensor dy = randn({5, 3}, rng);
+  try {
+    cpu().linear_wgrad_bias_column(dw, db, dy, randn({5, 4 + 3}, rng), 0.0);
+    FAIL() << "a pad of 3 columns was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("bias-column layout"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(cpu().split_bias_column(dw, db, randn({3, 4 + ops::kBiasColumnPad}, rng), 0.5),
+               std::exception);
+  EXPECT_THROW(cpu().split_bias_column(dw, db, randn({2, 4 + ops::kBiasColumnPad}, rng), 1.0),
+               std::exception);
+}

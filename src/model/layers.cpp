@@ -30,8 +30,16 @@ void Linear::forward_residual(Tensor& y, const Tensor& x, const Tensor& res) con
 
 void Linear::backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx) {
   if (dx.defined()) ops::matmul(dx, dy, false, w, false, 1.0, accumulate_dx ? 1.0 : 0.0);
+  if (b.defined() && takes_bias_column(x)) {
+    ops::linear_wgrad_bias_column(dw, db, dy, x, take_pending_zero(wparam));
+    return;
+  }
   ops::matmul(dw, dy, true, x, false, 1.0, take_pending_zero(wparam));
   if (b.defined() && !bias_grad_elsewhere) ops::bias_grad(db, dy);
+}
+
+bool Linear::takes_bias_column(const Tensor& x) const {
+  return x.ndim() == 2 && x.dim(1) == w.dim(1) + ops::kBiasColumnPad;
 }
 
 NormKind parse_norm(const std::string& s) {
@@ -56,14 +64,19 @@ Norm::Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind k, doubl
   }
 }
 
-void Norm::forward(NormSaved& s, const Tensor& x, const NormGate* gate) const {
+void Norm::forward(NormSaved& s, const Tensor& x, const NormGate* gate, Tensor* into) const {
   OFT_ASSERT(!gate || kind == NormKind::LayerNorm, "a norm gate needs a LayerNorm");
+  OFT_ASSERT(!into || (kind == NormKind::LayerNorm && !gate),
+             "only a LayerNorm without a gate writes the bias-column layout");
   if (kind == NormKind::None) {
     s.out = x;
     return;
   }
   const int64_t N = x.numel() / x.dim(-1);
-  ensure(s.out, x.shape(), x.dtype(), x.device());
+  if (into)
+    s.out = Tensor();  // the output is *into this time
+  else
+    ensure(s.out, x.shape(), x.dtype(), x.device());
   ensure(s.inv, {N}, stat_dtype(x.dtype()), x.device());
   auto& be = ops::on(x);
   if (kind == NormKind::LayerNorm) {
@@ -75,7 +88,7 @@ void Norm::forward(NormSaved& s, const Tensor& x, const NormGate* gate) const {
       be.layernorm_gate_fwd(s.out, s.mean, s.inv, *gate->gate, *gate->logits, x, w, b, eps,
                             *gate->w, *gate->b);
     } else {
-      be.layernorm_fwd(s.out, s.mean, s.inv, x, w, b, eps);
+      be.layernorm_fwd(into ? *into : s.out, s.mean, s.inv, x, w, b, eps);
     }
   } else {
     be.rmsnorm_fwd(s.out, s.inv, x, w, eps);

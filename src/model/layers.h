@@ -24,8 +24,12 @@ struct Linear {
   // y = res + x W^T + b in one pass (y must not alias res).
   void forward_residual(Tensor& y, const Tensor& x, const Tensor& res) const;
   // dx = dy @ W (overwritten, or added when accumulate_dx); dW += dy^T x (dW = dy^T x when it
-  // is pending zero); db += colsum(dy) (unless bias_grad_elsewhere).
+  // is pending zero); db += colsum(dy) (unless bias_grad_elsewhere). With x in the bias-column
+  // layout ([N, in + 8], ops.h) db comes from the weight-gradient product, bias_grad_elsewhere
+  // or not: the caller then takes it nowhere else.
   void backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumulate_dx);
+  // Whether x is this layer's input in the bias-column layout.
+  bool takes_bias_column(const Tensor& x) const;
 };
 
 enum class NormKind { LayerNorm, RMSNorm, None };
@@ -58,8 +62,11 @@ struct Norm {
   Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind kind, double eps, bool bias,
        DType dt, Device dev);
   // Allocates s.out / stats for N rows if needed, then normalises x. With a gate (LayerNorm
-  // only), also computes the gate from the output.
-  void forward(NormSaved& s, const Tensor& x, const NormGate* gate = nullptr) const;
+  // only), also computes the gate from the output. With `into` (a LayerNorm without a gate), the
+  // output goes there instead, [N, C + 8] in the bias-column layout (ops.h), and s.out is left
+  // undefined.
+  void forward(NormSaved& s, const Tensor& x, const NormGate* gate = nullptr,
+               Tensor* into = nullptr) const;
   // dx (+)= d norm / dx applied to dy; dsum (may be null) += colsum(dx) of the dx written.
   // With the forward's gate: its parameter gradients, and its input gradient added to dy.
   void backward(Tensor& dx, const Tensor& dy, const Tensor& x, const NormSaved& s,

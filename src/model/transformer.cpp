@@ -184,6 +184,9 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
     a.act = mk({N, F});
     a.s1 = mk({N, C});
     if (block_ == BlockType::PostNorm) a.s2 = mk({N, C});
+    const Block& b = blocks_[static_cast<size_t>(l)];
+    if (block_ == BlockType::PreNorm && b.fc.b.defined() && b.n2.kind == NormKind::LayerNorm)
+      a.n2x = mk({N, C + ops::kBiasColumnPad});
   }
   emb_ = mk({N, C});
   if (proj_) {
@@ -265,9 +268,10 @@ void TransformerLM::mlp_backward(Block& b, BlockActs& a, Tensor& din, const Tens
   Tensor no_dx;  // fc_out's input gradient comes with the activation's derivative below
   b.fc_out.backward(no_dx, dout, a.act, false);
   const Tensor& saved = act_ == ops::Activation::ReLU ? a.act : a.fc;  // see mlp_forward
-  // fc's bias gradient is colsum(dfc_), which the op sums (the Hopper product from its tiles).
-  ops::on(in).linear_act_bwd_dx(dfc_, dout, b.fc_out.w, saved, act_,
-                                b.fc.bias_grad_elsewhere ? &b.fc.db : nullptr);
+  // fc's bias gradient is colsum(dfc_): from fc's weight-gradient product when its input is in
+  // the bias-column layout, else summed by this op (the Hopper product from its tiles).
+  const bool dsum = b.fc.bias_grad_elsewhere && !b.fc.takes_bias_column(in);
+  ops::on(in).linear_act_bwd_dx(dfc_, dout, b.fc_out.w, saved, act_, dsum ? &b.fc.db : nullptr);
   b.fc.backward(din, dfc_, in, false);
 }
 
@@ -331,9 +335,12 @@ void TransformerLM::block_forward(size_t l) {
       tap_norm(b.n1, Point::Norm1, L, a.n1);
       attn_residual(a.n1.out);  // h
       tap(Point::Residual, L, a.s1);
-      b.n2.forward(a.n2, a.s1);
+      // Without a hook nothing reads n2's output but the MLP: it goes to the bias-column
+      // layout, from which fc's weight-gradient product also gives fc's bias gradient.
+      a.n2x_used = a.n2x.defined() && hook_ == nullptr;
+      b.n2.forward(a.n2, a.s1, nullptr, a.n2x_used ? &a.n2x : nullptr);
       tap_norm(b.n2, Point::Norm2, L, a.n2);
-      mlp_residual(a.n2.out);
+      mlp_residual(a.n2x_used ? a.n2x : a.n2.out);
       break;
     case BlockType::PostNorm:
       b.attn.forward(a.attn, a.attn_out, x, key_mask_, B_, T_);
@@ -420,7 +427,7 @@ void TransformerLM::block_backward(size_t l) {
   constexpr BranchDx kElsewhere = BranchDx::Elsewhere;
   switch (block_) {
     case BlockType::PreNorm:
-      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n2.out);
+      mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n2x_used ? a.n2x : a.n2.out);
       b.n2.backward(dresid_, dnorm_, a.s1, a.n2, true, proj_bias_sum(l));
       b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
                       false);

@@ -18,6 +18,10 @@
 
 namespace oft::ops {
 
+// Extra columns of the bias-column layout of a layer input (Backend::linear_wgrad_bias_column):
+// x_ext [N, K + kBiasColumnPad] = [x | 1 | 0 ...]; 8 keeps bf16 and f32 rows 16-byte aligned.
+inline constexpr int64_t kBiasColumnPad = 8;
+
 enum class Activation { ReLU, GELU_Tanh, GELU_Erf, Sigmoid };
 // relu | gelu (= gelu_tanh, gelu_new) | gelu_erf | sigmoid
 Activation parse_activation(const std::string& s);
@@ -172,9 +176,30 @@ class Backend {
                       double alpha, double beta) = 0;
   virtual void add_bias(Tensor& y, const Tensor& bias) = 0;     // y[N,C] += bias[C]
   virtual void bias_grad(Tensor& dbias, const Tensor& dy) = 0;  // dbias[C] += sum_n dy[N,C]
+  // The bias-column layout (kBiasColumnPad): a layer input stored as x_ext [N, K + 8] whose
+  // first K columns are x, column K all ones and the rest zeros (layernorm_fwd writes it). The
+  // weight-gradient product over x_ext then yields the bias gradient as its column K:
+  //   dwe[O, K + 8] = dy[N, O]^T x_ext,  dW = dwe[:, :K],  db = dwe[:, K] = colsum(dy),
+  // so dy is read once for both instead of again by a bias_grad pass.
+  // dw [O, K] = beta * dw + dy^T x (beta 0 or 1); db [O] += colsum(dy); x in the bias-column
+  // layout.
+  virtual void linear_wgrad_bias_column(Tensor& dw, Tensor& db, const Tensor& dy,
+                                        const Tensor& x_ext, double beta) {
+    OFT_CHECK(x_ext.ndim() == 2 && dw.ndim() == 2 && x_ext.dim(1) == dw.dim(1) + kBiasColumnPad,
+              "linear_wgrad_bias_column: x ", shape_str(x_ext.shape()),
+              " is not in the bias-column layout of dW ", shape_str(dw.shape()));
+    Tensor dwe = Tensor::empty({dw.dim(0), x_ext.dim(1)}, dw.dtype(), dw.device());
+    matmul(dwe, dy, true, x_ext, false, 1.0, 0.0);
+    split_bias_column(dw, db, dwe, beta);
+  }
+  // dw [O, K] = beta * dw + dwe[:, :K] (beta 0 or 1); db [O] += dwe[:, K]
+  // (dwe [O, K + kBiasColumnPad]; dw, db and dwe of one dtype).
+  virtual void split_bias_column(Tensor& dw, Tensor& db, const Tensor& dwe, double beta) = 0;
 
   // ---- norms (rows of length C) ----
-  // LayerNorm: y = (x - mean) * rstd * w + b ; saves mean[N], rstd[N].
+  // LayerNorm: y = (x - mean) * rstd * w + b ; saves mean[N], rstd[N]. y is [N, C], or
+  // [N, C + kBiasColumnPad] for the bias-column layout (above): its column C is then written 1
+  // and the rest of the pad 0.
   virtual void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x,
                              const Tensor& w, const Tensor& b, double eps) = 0;
   // dx = (accumulate ? dx : 0) + d x; dw, db += the parameter gradients; dsum (may be null)
@@ -355,8 +380,14 @@ class Backend {
   // from act there (see linear_act_bwd_dx), and only act is written. The CUDA backend applies
   // GELU-tanh (bf16) and ReLU in the matrix product's epilogue; everything else composes
   // linear_fwd and activation_fwd as below.
+  // x may be in the bias-column layout ([N, in + kBiasColumnPad]; the pad is not read).
   virtual void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
                               const Tensor& b, Activation a) {
+    if (x.ndim() == 2 && w.ndim() == 2 && x.dim(1) == w.dim(1) + kBiasColumnPad) {
+      Tensor xc = Tensor::empty({x.dim(0), w.dim(1)}, x.dtype(), x.device());
+      copy_columns(xc, 0, x, 0, w.dim(1), false);
+      return linear_act_fwd(act, pre, xc, w, b, a);
+    }
     if (pre.defined()) {
       linear_fwd(pre, x, w, b);
       activation_fwd(act, pre, a);
@@ -522,5 +553,9 @@ inline void matmul(Tensor& C, const Tensor& A, bool tA, const Tensor& B, bool tB
 }
 inline void add_bias(Tensor& y, const Tensor& b) { on(y).add_bias(y, b); }
 inline void bias_grad(Tensor& db, const Tensor& dy) { on(db).bias_grad(db, dy); }
+inline void linear_wgrad_bias_column(Tensor& dw, Tensor& db, const Tensor& dy, const Tensor& x_ext,
+                                     double beta) {
+  on(dw).linear_wgrad_bias_column(dw, db, dy, x_ext, beta);
+}
 
 }  // namespace oft::ops

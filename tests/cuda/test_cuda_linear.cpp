@@ -154,6 +154,69 @@ TEST(CudaLinear, ActForwardMatchesCpu) {
           }
 }
 
+// The bias-column layout (ops.h): layernorm_fwd into [N, C + 8] writes the same rows as into
+// [N, C] and the pad 1, 0, ...; linear_act_fwd reads its first C columns with the row pitch
+// (cuBLASLt's leading dimension; the same results as from the contiguous rows); and
+// linear_wgrad_bias_column gives dW = dy^T y and db = colsum(dy) from one product, against the
+// CPU backend in f64 (beta 0, then beta 1 accumulating a second time).
+TEST(CudaLinear, BiasColumnLayoutMatchesCpu) {
+  OFT_REQUIRE_CUDA();
+  struct S { int64_t n, c, f; };
+  for (DType dt : {DType::F32, DType::BF16})
+    for (S s : {S{37, 24, 72}, S{256, 768, 3072}, S{33, 64, 40}}) {
+      SCOPED_TRACE(std::string(dtype_label(dt)) + " n=" + std::to_string(s.n) + " c=" +
+                   std::to_string(s.c) + " f=" + std::to_string(s.f));
+      const int64_t P = s.c + ops::kBiasColumnPad;
+      const Tensor x = rounded(randn({s.n, s.c}, 2.0), dt), lw = rounded(randn({s.c}), dt);
+      const Tensor lb = rounded(randn({s.c}), dt);
+      Tensor y = poisoned({s.n, s.c}, dt), ye = poisoned({s.n, P}, dt);
+      Tensor m = poisoned({s.n}, DType::F32), r = poisoned({s.n}, DType::F32);
+      Tensor me = poisoned({s.n}, DType::F32), re = poisoned({s.n}, DType::F32);
+      const Tensor gx = to_gpu(x, dt), glw = to_gpu(lw, dt), glb = to_gpu(lb, dt);
+      gpu().layernorm_fwd(y, m, r, gx, glw, glb, 1e-5);
+      gpu().layernorm_fwd(ye, me, re, gx, glw, glb, 1e-5);
+      const std::vector<double> yv = y.to_vector(), yev = ye.to_vector();
+      for (int64_t n = 0; n < s.n; ++n)
+        for (int64_t c = 0; c < P; ++c)
+          ASSERT_EQ(yev[size_t(n * P + c)], c < s.c ? yv[size_t(n * s.c + c)] : c == s.c ? 1 : 0)
+              << n << "," << c;
+      EXPECT_EQ(me.to_vector(), m.to_vector());
+      EXPECT_EQ(re.to_vector(), r.to_vector());
+
+      const Tensor w = rounded(randn({s.f, s.c}, 0.05), dt), b = rounded(randn({s.f}, 0.5), dt);
+      const Tensor gw = to_gpu(w, dt), gb = to_gpu(b, dt);
+      for (Activation a : {Activation::GELU_Tanh, Activation::ReLU}) {
+        SCOPED_TRACE(act_label(a));
+        Tensor act = poisoned({s.n, s.f}, dt), pre = poisoned({s.n, s.f}, dt);
+        Tensor act_e = poisoned({s.n, s.f}, dt), pre_e = poisoned({s.n, s.f}, dt);
+        Tensor no_pre;
+        gpu().linear_act_fwd(act, a == Activation::ReLU ? no_pre : pre, y, gw, gb, a);
+        gpu().linear_act_fwd(act_e, a == Activation::ReLU ? no_pre : pre_e, ye, gw, gb, a);
+        EXPECT_GPU_CLOSE(act_e, act, 1e-6);
+        if (a != Activation::ReLU) EXPECT_GPU_CLOSE(pre_e, pre, 1e-6);
+      }
+
+      const Tensor dy = rounded(randn({s.n, s.f}), dt);
+      Tensor dw_ref = Tensor::zeros({s.f, s.c}, DType::F64), db_ref = Tensor::zeros({s.f}, DType::F64);
+      cpu().matmul(dw_ref, f64(dy), true, f64(y.to(Device::CPU).cast(DType::F32)), false, 1, 0);
+      cpu().bias_grad(db_ref, f64(dy));
+      Tensor dw = poisoned({s.f, s.c}, DType::F32), db = Tensor::zeros({s.f}, DType::F32, Device::CUDA);
+      const Tensor gdy = to_gpu(dy, dt);
+      gpu().linear_wgrad_bias_column(dw, db, gdy, ye, 0.0);
+      EXPECT_GPU_CLOSE(dw, dw_ref, kTolF32);
+      EXPECT_GPU_CLOSE(db, db_ref, kTolF32);
+      gpu().linear_wgrad_bias_column(dw, db, gdy, ye, 1.0);
+      cpu().scale(dw_ref, 2.0);
+      cpu().scale(db_ref, 2.0);
+      EXPECT_GPU_CLOSE(dw, dw_ref, kTolF32);
+      EXPECT_GPU_CLOSE(db, db_ref, kTolF32);
+      // Bad layouts are refused with the layout named.
+      EXPECT_THROW(gpu().linear_wgrad_bias_column(dw, db, gdy, y, 0.0), std::exception);
+      EXPECT_THROW(gpu().split_bias_column(dw, db, Tensor::zeros({s.f, s.c}, DType::F32, Device::CUDA), 0.0),
+                   std::exception);
+    }
+}
+
 // Restores the OFT_GEMM_WGMMA choice when a test that forced it ends.
 struct GemmModeGuard {
   explicit GemmModeGuard(int mode) { cuda::gemm::set_mode_for_tests(mode); }

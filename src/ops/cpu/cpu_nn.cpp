@@ -15,7 +15,15 @@ namespace oft::ops {
 void CpuBackend::layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x,
                                const Tensor& w, const Tensor& b, double eps) {
   const int64_t C = w.numel(), N = x.numel() / C;
-  expect_same(y, x, "layernorm_fwd");
+  // y [N, C], or [N, C + kBiasColumnPad] in the bias-column layout (ops.h)
+  const int64_t ldy = y.ndim() == 2 && y.dim(1) == C + kBiasColumnPad ? y.dim(1) : C;
+  if (ldy == C) {
+    expect_same(y, x, "layernorm_fwd");
+  } else {
+    OFT_CHECK(y.dtype() == x.dtype() && y.dim(0) == N, "layernorm_fwd: y ", shape_str(y.shape()),
+              " ", dtype_name(y.dtype()), " for x ", shape_str(x.shape()), " ",
+              dtype_name(x.dtype()));
+  }
   dispatch_float(x, [&]<class T>() {
     const T *px = x.data<T>(), *pw = w.data<T>(), *pb = b.defined() ? b.data<T>() : nullptr;
     T *py = y.data<T>(), *pm = mean.data<T>(), *pr = rstd.data<T>();
@@ -30,9 +38,10 @@ void CpuBackend::layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tens
       const double r = 1.0 / std::sqrt(v / C + eps);
       pm[n] = T(mu);
       pr[n] = T(r);
-      T* yr = py + n * C;
+      T* yr = py + n * ldy;
       for (int64_t c = 0; c < C; ++c)
         yr[c] = T((xr[c] - mu) * r) * pw[c] + (pb ? pb[c] : T(0));
+      for (int64_t c = C; c < ldy; ++c) yr[c] = T(c == C ? 1.0 : 0.0);
     }
   });
 }

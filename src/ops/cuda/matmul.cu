@@ -164,6 +164,7 @@ struct EpiArgs {
 
 struct PlanKey {
   int64_t M, N, K;
+  int64_t lda;  // A's row length: K (M when transA), or a longer row pitch (matmul_impl's a_cols)
   bool transA, transB;
   DType ab, c;
   bool beta_nonzero;
@@ -171,10 +172,10 @@ struct PlanKey {
   Epi epi = Epi::None;
   uint32_t align_bias = 0, align_aux = 0;  // 0 when the epilogue has none
   bool operator<(const PlanKey& o) const {
-    return std::tie(M, N, K, transA, transB, ab, c, beta_nonzero, align_a, align_b, align_c, epi,
-                    align_bias, align_aux) <
-           std::tie(o.M, o.N, o.K, o.transA, o.transB, o.ab, o.c, o.beta_nonzero, o.align_a,
-                    o.align_b, o.align_c, o.epi, o.align_bias, o.align_aux);
+    return std::tie(M, N, K, lda, transA, transB, ab, c, beta_nonzero, align_a, align_b, align_c,
+                    epi, align_bias, align_aux) <
+           std::tie(o.M, o.N, o.K, o.lda, o.transA, o.transB, o.ab, o.c, o.beta_nonzero,
+                    o.align_a, o.align_b, o.align_c, o.epi, o.align_bias, o.align_aux);
   }
 };
 
@@ -249,10 +250,10 @@ Plan make_plan(const PlanKey& k, const EpiArgs& e) {
     OFT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.first, tab, uint64_t(k.N), uint64_t(k.K), k.N));
   if (k.transA)
     OFT_CUBLAS_CHECK(
-        cublasLtMatrixLayoutCreate(&p.second, tab, uint64_t(k.M), uint64_t(k.K), k.M));
+        cublasLtMatrixLayoutCreate(&p.second, tab, uint64_t(k.M), uint64_t(k.K), k.lda));
   else
     OFT_CUBLAS_CHECK(
-        cublasLtMatrixLayoutCreate(&p.second, tab, uint64_t(k.K), uint64_t(k.M), k.K));
+        cublasLtMatrixLayoutCreate(&p.second, tab, uint64_t(k.K), uint64_t(k.M), k.lda));
   OFT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.out, tc, uint64_t(k.N), uint64_t(k.M), k.N));
 
   cublasLtMatmulPreference_t pref = nullptr;
@@ -360,8 +361,10 @@ void tune_plan(const PlanKey& key, const Plan& plan, Tensor& C, const Tensor& A,
 
 // C = alpha op(A) op(B) + beta C with epilogue e. Returns false, having done nothing, when an
 // activation epilogue cannot run (K = 0, or no algorithm for it): the caller then composes.
+// a_cols > 0 (A not transposed): A [M, P] holds the operand in its first a_cols columns, read
+// with row pitch P (a layer input in the bias-column layout, ops.h).
 bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, const Tensor& B,
-                 bool transB, double alpha, double beta, const EpiArgs& e) {
+                 bool transB, double alpha, double beta, const EpiArgs& e, int64_t a_cols = 0) {
   if (A.dtype() == DType::F64) {  // f64: plain products only, every operand f64
     cuda::expect_dtype(A, DType::F64, "matmul A");
     cuda::expect_dtype(B, DType::F64, "matmul B");
@@ -374,7 +377,11 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   }
   OFT_ASSERT(A.ndim() == 2 && B.ndim() == 2 && C.ndim() == 2, "matmul needs 2-D views, got A",
              shape_str(A.shape()), " B", shape_str(B.shape()), " C", shape_str(C.shape()));
-  const int64_t M = transA ? A.dim(1) : A.dim(0), K = transA ? A.dim(0) : A.dim(1);
+  OFT_ASSERT(a_cols == 0 || (!transA && A.ndim() == 2 && a_cols <= A.dim(1)),
+             "matmul: a row pitch needs A [M, P >= K] not transposed");
+  const int64_t M = transA ? A.dim(1) : A.dim(0),
+                K = a_cols > 0 ? a_cols : transA ? A.dim(0) : A.dim(1);
+  const int64_t lda = A.ndim() == 2 ? A.dim(1) : K;
   const int64_t K2 = transB ? B.dim(1) : B.dim(0), N = transB ? B.dim(0) : B.dim(1);
   OFT_ASSERT(K == K2 && C.dim(0) == M && C.dim(1) == N, "matmul shapes A", shape_str(A.shape()),
              transA ? "^T" : "", " B", shape_str(B.shape()), transB ? "^T" : "", " C",
@@ -398,6 +405,7 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   const PlanKey key{M,
                     N,
                     K,
+                    lda,
                     transA,
                     transB,
                     A.dtype(),
@@ -496,6 +504,9 @@ void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, cons
     Backend::linear_act_fwd(act, pre, x, w, b, a);
   };
   const bool relu = a == Activation::ReLU, gelu = a == Activation::GELU_Tanh;
+  // x in the bias-column layout (ops.h): cuBLASLt reads its first K columns with the row pitch;
+  // the compositions (Backend's) read a contiguous copy.
+  const bool pitched = x.ndim() == 2 && w.ndim() == 2 && x.dim(1) == w.dim(1) + kBiasColumnPad;
   // ReLU fuses only without `pre` (its epilogue has no pre-activation output), GELU only with it
   // (the backward needs it; the composition reports the missing tensor) and only in bf16.
   const bool candidate = (relu && !pre.defined()) ||
@@ -523,7 +534,8 @@ void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, cons
                   (relu || (cuda::aligned16(pre.raw()) && N % 8 == 0));
   if (!ok) return compose();
   // GELU in bf16 on Hopper: the own product, whose epilogue overlaps the next tile's products.
-  if (gelu && cuda::gemm::gelu_fwd_supported(x.dim(0), N, x.dim(1), x.raw(), w.raw(),
+  if (gelu && !pitched &&
+      cuda::gemm::gelu_fwd_supported(x.dim(0), N, x.dim(1), x.raw(), w.raw(),
                                              b.defined() ? b.raw() : nullptr, pre.raw(),
                                              act.raw())) {
     cuda::gemm::gelu_fwd(act.raw(), pre.raw(), x.raw(), w.raw(), b.defined() ? b.raw() : nullptr,
@@ -536,7 +548,8 @@ void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, cons
                 : (b.defined() ? Epi::GeluAuxBias : Epi::GeluAux);
   e.bias = b.defined() ? &b : nullptr;
   e.aux = relu ? nullptr : &pre;
-  if (!matmul_impl(*this, act, x, false, w, true, 1.0, 0.0, e)) return compose();
+  if (!matmul_impl(*this, act, x, false, w, true, 1.0, 0.0, e, pitched ? w.dim(1) : 0))
+    return compose();
   ++g_fused;
 }
 

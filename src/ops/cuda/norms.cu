@@ -48,7 +48,8 @@ struct RowGate {
 template <class T, int V, int K, bool LN, class Rows, bool GATE = false>
 __device__ __forceinline__ void norm_fwd_rows(Rows& rows, T* y, float* stat0, float* stat1,
                                               const T* x, const T* w, const T* b, int64_t N, int C,
-                                              float eps, const RowGate<T>* gate = nullptr) {
+                                              float eps, const RowGate<T>* gate = nullptr,
+                                              int64_t ldy = 0) {
   static_assert(!GATE || std::is_same_v<Rows, WarpRows>, "the fused gate needs one warp per row");
   const int nvec = C / V;
   float wr[K][V], br[K][V], gw[GATE ? K : 1][V];
@@ -103,7 +104,9 @@ __device__ __forceinline__ void norm_fwd_rows(Rows& rows, T* y, float* stat0, fl
       if (LN) stat0[n] = mu;
       stat1[n] = r;
     }
-    T* yr = y + n * C;
+    T* yr = y + n * (ldy > C ? ldy : C);
+    if (ldy > C && rows.leader())  // the bias-column layout's pad: 1, then zeros
+      for (int64_t c = C; c < ldy; ++c) yr[c] = from_f32<T>(c == C ? 1.f : 0.f);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int j = rows.first() + k * rows.step();
@@ -138,10 +141,10 @@ __device__ __forceinline__ void norm_fwd_rows(Rows& rows, T* y, float* stat0, fl
 template <class T, int V, int K, bool LN>
 __global__ void __launch_bounds__(1024)
     norm_fwd_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w, const T* b, int64_t N,
-                    int C, float eps) {
+                    int C, float eps, int64_t ldy) {
   __shared__ float red[2 * 2 * 32];
   BlockRows rows{red};
-  norm_fwd_rows<T, V, K, LN>(rows, y, stat0, stat1, x, w, b, N, C, eps);
+  norm_fwd_rows<T, V, K, LN>(rows, y, stat0, stat1, x, w, b, N, C, eps, nullptr, ldy);
 }
 
 // Narrow packed rows (C <= 32 * 4 packs: 1024 bf16 or 512 f32 columns): one warp per row. The
@@ -150,9 +153,9 @@ __global__ void __launch_bounds__(1024)
 template <class T, int K, bool LN>
 __global__ void __launch_bounds__(kWarpRowThreads, 2)
     norm_fwd_warp_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w, const T* b,
-                         int64_t N, int C, float eps) {
+                         int64_t N, int C, float eps, int64_t ldy) {
   WarpRows rows;
-  norm_fwd_rows<T, 16 / sizeof(T), K, LN>(rows, y, stat0, stat1, x, w, b, N, C, eps);
+  norm_fwd_rows<T, 16 / sizeof(T), K, LN>(rows, y, stat0, stat1, x, w, b, N, C, eps, nullptr, ldy);
 }
 
 // LayerNorm with the gate of its output (layernorm_gate_fwd), one warp per row. Shared memory:
@@ -170,29 +173,31 @@ __global__ void __launch_bounds__(kWarpRowThreads, 2)
 
 template <class T, int V, int K, bool LN>
 void launch_norm_fwd(const RowPlan& p, T* y, float* s0, float* s1, const T* x, const T* w,
-                     const T* b, int64_t N, int C, float eps) {
+                     const T* b, int64_t N, int C, float eps, int64_t ldy) {
   auto kernel = norm_fwd_kernel<T, V, K, LN>;
   const int blocks = persistent_blocks(kernel, p.threads, N);
-  kernel<<<blocks, p.threads, 0, cuda::stream()>>>(y, s0, s1, x, w, b, N, C, eps);
+  kernel<<<blocks, p.threads, 0, cuda::stream()>>>(y, s0, s1, x, w, b, N, C, eps, ldy);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
 template <class T, int K, bool LN>
 void launch_norm_fwd_warp(T* y, float* s0, float* s1, const T* x, const T* w, const T* b,
-                          int64_t N, int C, float eps) {
+                          int64_t N, int C, float eps, int64_t ldy) {
   auto kernel = norm_fwd_warp_kernel<T, K, LN>;
   const int blocks = persistent_blocks(kernel, kWarpRowThreads, cuda::ceil_div(N, 8));
-  kernel<<<blocks, kWarpRowThreads, 0, cuda::stream()>>>(y, s0, s1, x, w, b, N, C, eps);
+  kernel<<<blocks, kWarpRowThreads, 0, cuda::stream()>>>(y, s0, s1, x, w, b, N, C, eps, ldy);
   OFT_CUDA_LAUNCH_CHECK();
 }
 
-// The forward's argument checks (norm_fwd's and layernorm_gate_fwd's); returns N.
+// The forward's argument checks (norm_fwd's and layernorm_gate_fwd's); returns N. With
+// `pitched`, y may also be [N, C + kBiasColumnPad] (the bias-column layout, ops.h).
 int64_t check_norm_fwd(const Tensor& y, const Tensor* mean, const Tensor& stat, const Tensor& x,
-                       const Tensor& w, const Tensor& b, const char* op) {
+                       const Tensor& w, const Tensor& b, const char* op, bool pitched = false) {
   const int64_t N = check_rows(x, w, op);
   const int C = static_cast<int>(w.numel());
   expect_act(y, x.dtype(), op);
-  expect_numel(y, x.numel(), op);
+  if (!(pitched && y.ndim() == 2 && y.dim(0) == N && y.dim(1) == C + kBiasColumnPad))
+    expect_numel(y, x.numel(), op);
   if (mean) {
     cuda::expect_dtype(*mean, DType::F32, op);
     expect_numel(*mean, N, op);
@@ -209,8 +214,9 @@ int64_t check_norm_fwd(const Tensor& y, const Tensor* mean, const Tensor& stat, 
 template <bool LN>
 void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tensor& w,
               const Tensor& b, double eps, const char* op) {
-  const int64_t N = check_norm_fwd(y, mean, stat, x, w, b, op);
+  const int64_t N = check_norm_fwd(y, mean, stat, x, w, b, op, LN);
   const int C = static_cast<int>(w.numel());
+  const int64_t ldy = y.numel() == x.numel() ? C : C + kBiasColumnPad;
   if (N == 0) return;
   const int vec = 16 / static_cast<int>(dtype_size(x.dtype()));
   const bool vec_ok = C % vec == 0 && aligned16(x.raw()) && aligned16(y.raw()) &&
@@ -223,13 +229,13 @@ void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tens
     if (const int K = warp_row_packs<T>(C, vec_ok, 4)) {
       dispatch_k<4>(K, [&](auto k) {
         launch_norm_fwd_warp<T, decltype(k)::value, LN>(ptr<T>(y), s0, s1, ptr<T>(x), ptr<T>(w),
-                                                        pb, N, C, static_cast<float>(eps));
+                                                        pb, N, C, static_cast<float>(eps), ldy);
       });
       return;
     }
     dispatch_vk<T>(p, [&](auto v, auto k) {
       launch_norm_fwd<T, decltype(v)::value, decltype(k)::value, LN>(
-          p, ptr<T>(y), s0, s1, ptr<T>(x), ptr<T>(w), pb, N, C, static_cast<float>(eps));
+          p, ptr<T>(y), s0, s1, ptr<T>(x), ptr<T>(w), pb, N, C, static_cast<float>(eps), ldy);
     });
   });
 }
