@@ -10,7 +10,9 @@
 // of 8, misaligned views); which calls fused is checked through act_epilogue_counts().
 // The Hopper GELU products (gemm_wgmma.cu) are forced on for HopperGeluProductMatchesCpu and
 // HopperDGeluProductMatchesCpu: against the f64 composition on shapes with M, N and K tails of
-// their 128 x 128 x 64 tiles, with and without bias. CudaLinearBench.Timing prints the fused ops against their compositions at GPT-2
+// their 128 x 128 x 64 tiles, with and without bias. BiasColumnLayoutMatchesCpu checks the
+// bias-column layout (ops.h): the LayerNorm writing it, linear_act_fwd reading it with a row
+// pitch and linear_wgrad_bias_column. CudaLinearBench.Timing prints the fused ops against their compositions at GPT-2
 // 124M's size, and the Hopper GELU product against cuBLASLt's.
 #include <cuda_runtime.h>
 

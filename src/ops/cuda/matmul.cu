@@ -377,11 +377,11 @@ bool matmul_impl(Backend& backend, Tensor& C, const Tensor& A, bool transA, cons
   }
   OFT_ASSERT(A.ndim() == 2 && B.ndim() == 2 && C.ndim() == 2, "matmul needs 2-D views, got A",
              shape_str(A.shape()), " B", shape_str(B.shape()), " C", shape_str(C.shape()));
-  OFT_ASSERT(a_cols == 0 || (!transA && A.ndim() == 2 && a_cols <= A.dim(1)),
+  OFT_ASSERT(a_cols == 0 || (!transA && a_cols <= A.dim(1)),
              "matmul: a row pitch needs A [M, P >= K] not transposed");
   const int64_t M = transA ? A.dim(1) : A.dim(0),
                 K = a_cols > 0 ? a_cols : transA ? A.dim(0) : A.dim(1);
-  const int64_t lda = A.ndim() == 2 ? A.dim(1) : K;
+  const int64_t lda = A.dim(1);  // the row length of the row-major A (its pitch)
   const int64_t K2 = transB ? B.dim(1) : B.dim(0), N = transB ? B.dim(0) : B.dim(1);
   OFT_ASSERT(K == K2 && C.dim(0) == M && C.dim(1) == N, "matmul shapes A", shape_str(A.shape()),
              transA ? "^T" : "", " B", shape_str(B.shape()), transB ? "^T" : "", " C",
@@ -536,8 +536,7 @@ void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, cons
   // GELU in bf16 on Hopper: the own product, whose epilogue overlaps the next tile's products.
   if (gelu && !pitched &&
       cuda::gemm::gelu_fwd_supported(x.dim(0), N, x.dim(1), x.raw(), w.raw(),
-                                             b.defined() ? b.raw() : nullptr, pre.raw(),
-                                             act.raw())) {
+                                     b.defined() ? b.raw() : nullptr, pre.raw(), act.raw())) {
     cuda::gemm::gelu_fwd(act.raw(), pre.raw(), x.raw(), w.raw(), b.defined() ? b.raw() : nullptr,
                          x.dim(0), N, x.dim(1));
     ++g_fused;
