@@ -320,10 +320,11 @@ TEST_P(ResidualFusion, HookedAndFusedPathsAgree) {
   EXPECT_FALSE(rec.labels.empty());
   EXPECT_EQ(l_hooked, l_plain);
   EXPECT_EQ(l_again, l_plain);
-  const bool exact = model.config().block != "parallel" && model.config().block != "pre_norm";
   for (size_t i = 0; i < plain.size(); ++i) {
     const std::string& name = model.params().all()[i].name;
     EXPECT_EQ(again[i], plain[i]) << name;
+    const bool exact = model.config().block != "parallel" &&
+                       !(model.config().block == "pre_norm" && name.find("mlp.c_fc.") != std::string::npos);
     if (exact) {
       EXPECT_EQ(hooked[i], plain[i]) << name;
       continue;

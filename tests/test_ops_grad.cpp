@@ -616,8 +616,8 @@ TEST(OpGrad, BiasColumnLayoutRejectsOtherShapes) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("bias-column layout"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(cpu().split_bias_column(dw, db, randn({3, 4 + ops::kBiasColumnPad}, rng), 0.5),
-               std::exception);
-  EXPECT_THROW(cpu().split_bias_column(dw, db, randn({2, 4 + ops::kBiasColumnPad}, rng), 1.0),
-               std::exception);
+  const Tensor x_ext = randn({5, 4 + ops::kBiasColumnPad}, rng);
+  EXPECT_THROW(cpu().linear_wgrad_bias_column(dw, db, dy, x_ext, 0.5), std::exception);
+  Tensor db_short = Tensor::zeros({2}, DType::F64);
+  EXPECT_THROW(cpu().linear_wgrad_bias_column(dw, db_short, dy, x_ext, 1.0), std::exception);
 }

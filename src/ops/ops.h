@@ -182,19 +182,24 @@ class Backend {
   //   dwe[O, K + 8] = dy[N, O]^T x_ext,  dW = dwe[:, :K],  db = dwe[:, K] = colsum(dy),
   // so dy is read once for both instead of again by a bias_grad pass.
   // dw [O, K] = beta * dw + dy^T x (beta 0 or 1); db [O] += colsum(dy); x in the bias-column
-  // layout.
+  // layout. The product goes to dwe [O, K + kBiasColumnPad], whose columns copy_columns then
+  // moves into dw and adds into db.
   virtual void linear_wgrad_bias_column(Tensor& dw, Tensor& db, const Tensor& dy,
                                         const Tensor& x_ext, double beta) {
     OFT_CHECK(x_ext.ndim() == 2 && dw.ndim() == 2 && x_ext.dim(1) == dw.dim(1) + kBiasColumnPad,
               "linear_wgrad_bias_column: x ", shape_str(x_ext.shape()),
               " is not in the bias-column layout of dW ", shape_str(dw.shape()));
-    Tensor dwe = Tensor::empty({dw.dim(0), x_ext.dim(1)}, dw.dtype(), dw.device());
+    OFT_CHECK(db.numel() == dw.dim(0), "linear_wgrad_bias_column: db ", shape_str(db.shape()),
+              " for dW ", shape_str(dw.shape()));
+    OFT_CHECK(beta == 0.0 || beta == 1.0, "linear_wgrad_bias_column: beta must be 0 or 1, got ",
+              beta);
+    const int64_t O = dw.dim(0), K = dw.dim(1);
+    Tensor dwe = Tensor::empty({O, K + kBiasColumnPad}, dw.dtype(), dw.device());
     matmul(dwe, dy, true, x_ext, false, 1.0, 0.0);
-    split_bias_column(dw, db, dwe, beta);
+    copy_columns(dw, 0, dwe, 0, K, beta == 1.0);
+    Tensor db_col = db.view({O, 1});
+    copy_columns(db_col, 0, dwe, K, 1, true);
   }
-  // dw [O, K] = beta * dw + dwe[:, :K] (beta 0 or 1); db [O] += dwe[:, K]
-  // (dwe [O, K + kBiasColumnPad]; dw, db and dwe of one dtype).
-  virtual void split_bias_column(Tensor& dw, Tensor& db, const Tensor& dwe, double beta) = 0;
 
   // ---- norms (rows of length C) ----
   // LayerNorm: y = (x - mean) * rstd * w + b ; saves mean[N], rstd[N]. y is [N, C], or

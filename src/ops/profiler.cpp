@@ -94,10 +94,6 @@ class ProfilingBackend final : public Backend {
     Scope scope_(this, "linear_wgrad_bias_column");
     inner_.linear_wgrad_bias_column(dw, db, dy, x_ext, beta);
   }
-  void split_bias_column(Tensor& dw, Tensor& db, const Tensor& dwe, double beta) override {
-    Scope scope_(this, "split_bias_column");
-    inner_.split_bias_column(dw, db, dwe, beta);
-  }
   void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w, const Tensor& b, double eps) override {
     Scope scope_(this, "layernorm_fwd");
     inner_.layernorm_fwd(y, mean, rstd, x, w, b, eps);

@@ -27,7 +27,6 @@ class CpuBackend final : public Backend {
               double beta) override;
   void add_bias(Tensor& y, const Tensor& bias) override;
   void bias_grad(Tensor& dbias, const Tensor& dy) override;
-  void split_bias_column(Tensor& dw, Tensor& db, const Tensor& dwe, double beta) override;
 
   void layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& w,
                      const Tensor& b, double eps) override;

@@ -154,26 +154,6 @@ void CpuBackend::bias_grad(Tensor& dbias, const Tensor& dy) {
   });
 }
 
-void CpuBackend::split_bias_column(Tensor& dw, Tensor& db, const Tensor& dwe, double beta) {
-  const int64_t O = dw.dim(0), K = dw.dim(1);
-  OFT_CHECK(dwe.ndim() == 2 && dwe.dim(0) == O && dwe.dim(1) == K + kBiasColumnPad &&
-                db.numel() == O && dw.dtype() == dwe.dtype() && db.dtype() == dwe.dtype(),
-            "split_bias_column: dw ", shape_str(dw.shape()), " db ", shape_str(db.shape()),
-            " dwe ", shape_str(dwe.shape()));
-  OFT_CHECK(beta == 0.0 || beta == 1.0, "split_bias_column: beta must be 0 or 1, got ", beta);
-  dispatch_float(dwe, [&]<class T>() {
-    T *pw = dw.data<T>(), *pb = db.data<T>();
-    const T* pe = dwe.data<T>();
-    const int64_t P = K + kBiasColumnPad;
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < O; ++o) {
-      for (int64_t k = 0; k < K; ++k)
-        pw[o * K + k] = beta == 0.0 ? pe[o * P + k] : pw[o * K + k] + pe[o * P + k];
-      pb[o] += pe[o * P + K];
-    }
-  });
-}
-
 namespace {
 // tanh through one exp (cheaper than libm's tanhf); exact formula, clamped against overflow.
 template <class T>

@@ -1,5 +1,5 @@
 // Elementwise and bias ops of the CUDA backend: fill, add, add_scaled, axpy, scale, dot,
-// convert, add_bias, bias_grad, and the bias-column layout's split_bias_column.
+// convert, add_bias, bias_grad.
 //
 // Shape of the kernels: all of these are memory-bound, so each thread moves 16 bytes per load
 // (float4 / 8 x bf16) through grid-stride loops over "packs" of kVec elements, with a scalar
@@ -532,56 +532,6 @@ void CudaBackend::bias_grad(Tensor& dbias, const Tensor& dy) {
   if (N == 0) return;
   OFT_DISPATCH_FLOAT(dy.dtype(), "bias_grad",
                      { bias_grad_impl<T>(ptr<float>(dbias), ptr<T>(dy), N, C); });
-}
-
-namespace {
-// dw [O, K] = beta dw + dwe[:, :K], db [O] += dwe[:, K]; dwe rows have pitch K + 8. One thread
-// per pack of kN columns of a row (the last pack of a row also takes the bias column); grid
-// stride over O x (K / kN) packs.
-template <class T, int kN>
-__global__ void split_bias_column_kernel(T* __restrict__ dw, T* __restrict__ db,
-                                         const T* __restrict__ dwe, int64_t O, int64_t K,
-                                         bool overwrite) {
-  const int64_t packs = K / kN, n = O * packs, P = K + kBiasColumnPad;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t o = i / packs, k = (i - o * packs) * kN;
-    const T* src = dwe + o * P + k;
-    T* dst = dw + o * K + k;
-#pragma unroll
-    for (int j = 0; j < kN; ++j) dst[j] = overwrite ? src[j] : dst[j] + src[j];
-    if (k + kN == K) db[o] += dwe[o * P + K];
-  }
-}
-}  // namespace
-
-void CudaBackend::split_bias_column(Tensor& dw, Tensor& db, const Tensor& dwe, double beta) {
-  OFT_CHECK(dw.ndim() == 2 && dwe.ndim() == 2 && dwe.dim(0) == dw.dim(0) &&
-                dwe.dim(1) == dw.dim(1) + kBiasColumnPad && db.numel() == dw.dim(0),
-            "split_bias_column: dw ", shape_str(dw.shape()), " db ", shape_str(db.shape()),
-            " dwe ", shape_str(dwe.shape()));
-  OFT_CHECK(beta == 0.0 || beta == 1.0, "split_bias_column: beta must be 0 or 1, got ", beta);
-  const DType dt = dwe.dtype();
-  OFT_CHECK((dt == DType::F32 || dt == DType::F64) && dw.dtype() == dt && db.dtype() == dt,
-            "split_bias_column: dw, db and dwe must share f32 or f64 (parameter gradients)");
-  const int64_t O = dw.dim(0), K = dw.dim(1);
-  if (O == 0 || K == 0) return;
-  auto launch = [&]<class T>() {
-    T *pw = static_cast<T*>(dw.raw()), *pb = static_cast<T*>(db.raw());
-    const T* pe = static_cast<const T*>(dwe.raw());
-    constexpr int kN = 16 / sizeof(T);
-    if (K % kN == 0 && cuda::aligned16(pw) && cuda::aligned16(pe))
-      split_bias_column_kernel<T, kN><<<grid_for(O * K / kN), kThreads, 0, cuda::stream()>>>(
-          pw, pb, pe, O, K, beta == 0.0);
-    else
-      split_bias_column_kernel<T, 1><<<grid_for(O * K), kThreads, 0, cuda::stream()>>>(
-          pw, pb, pe, O, K, beta == 0.0);
-    OFT_CUDA_LAUNCH_CHECK();
-  };
-  if (dt == DType::F32)
-    launch.template operator()<float>();
-  else
-    launch.template operator()<double>();
 }
 
 }  // namespace oft::ops
