@@ -552,7 +552,7 @@ TEST(OpGrad, CopyColumns) {
 }
 
 // The bias-column layout (ops.h, kBiasColumnPad): layernorm_fwd writes x_ext = [y | 1 | 0...],
-// linear_act_fwd reads its first C columns, and linear_wgrad_bias_column's one product over it
+// linear_act_fwd and linear_fwd read its first C columns, and linear_wgrad_bias_column's one product over it
 // gives the weight and the bias gradient, checked against finite differences.
 TEST(OpGrad, BiasColumnLayout) {
   Rng rng(16);
@@ -579,6 +579,13 @@ TEST(OpGrad, BiasColumnLayout) {
   cpu().linear_act_fwd(act_e, pre_e, ye, w, b, ops::Activation::GELU_Tanh);
   EXPECT_EQ(act_e.to_vector(), act.to_vector());
   EXPECT_EQ(pre_e.to_vector(), pre.to_vector());
+  // So does linear_fwd, with and without a bias.
+  for (const Tensor& bias : {b, Tensor()}) {
+    Tensor o = Tensor::zeros({N, F}, DType::F64), o_e = Tensor::zeros({N, F}, DType::F64);
+    cpu().linear_fwd(o, y, w, bias);
+    cpu().linear_fwd(o_e, ye, w, bias);
+    EXPECT_EQ(o_e.to_vector(), o.to_vector()) << (bias.defined() ? "bias" : "no bias");
+  }
 
   // Gradients of sum(R * (x W^T + b)) through a Linear layer fed the layout.
   ParamStore ps;

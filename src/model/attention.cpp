@@ -266,6 +266,10 @@ bool Attention::gate_takes_norm() const {
   return !shaped_ && gate_ == GateType::ConditionalPerToken && !gate_all_ && !gate_mlp_;
 }
 
+bool Attention::takes_bias_column() const {
+  return !shaped_ && gate_ == GateType::None && qkv_.b.defined();
+}
+
 NormGate Attention::norm_gate(AttentionActs& a) {
   OFT_ASSERT(gate_takes_norm(), "norm_gate: the gate reads more than the layer input");
   a.gate_from_norm = true;
@@ -434,7 +438,10 @@ void Attention::backward(AttentionActs& a, Tensor& dx, const Tensor& dout, const
   ensure(dctx_, {N, C_}, dt, dev);
   proj_.backward(dctx_, dout, a.gated, false);  // d gated
   ensure(dqkv_, {N, 3 * C_}, dt, dev);
-  Tensor* dqkv_bias = qkv_.bias_grad_elsewhere ? &qkv_.db : nullptr;
+  // c_attn's bias gradient: the column sums of dqkv, from the attention backward, or with x in
+  // the bias-column layout from c_attn's weight-gradient product (Linear::backward).
+  Tensor* dqkv_bias =
+      qkv_.bias_grad_elsewhere && !qkv_.takes_bias_column(x) ? &qkv_.db : nullptr;
   bool gate_input_grad = false;
   if (a.gate_fused) {
     // dctx_ is the gated output's gradient; the op scales it by the gate and writes dgate_.

@@ -39,7 +39,7 @@ void Linear::backward(Tensor& dx, const Tensor& dy, const Tensor& x, bool accumu
 }
 
 bool Linear::takes_bias_column(const Tensor& x) const {
-  return x.ndim() == 2 && x.dim(1) == w.dim(1) + ops::kBiasColumnPad;
+  return ops::is_bias_column_layout(x, w);
 }
 
 NormKind parse_norm(const std::string& s) {

@@ -187,6 +187,9 @@ void TransformerLM::allocate(int64_t B, int64_t T) {
     const Block& b = blocks_[static_cast<size_t>(l)];
     if (block_ == BlockType::PreNorm && b.fc.b.defined() && b.n2.kind == NormKind::LayerNorm)
       a.n2x = mk({N, C + ops::kBiasColumnPad});
+    if (block_ == BlockType::PreNorm && b.attn.takes_bias_column() &&
+        b.n1.kind == NormKind::LayerNorm)
+      a.n1x = mk({N, C + ops::kBiasColumnPad});
   }
   emb_ = mk({N, C});
   if (proj_) {
@@ -330,18 +333,22 @@ void TransformerLM::block_forward(size_t l) {
     residual(out, a.s1, a.mlp_out, gm);
   };
   switch (block_) {
-    case BlockType::PreNorm:
-      b.n1.forward(a.n1, x, n1_gate(b, a));
+    case BlockType::PreNorm: {
+      // Without a hook nothing reads n1's and n2's outputs but c_attn and fc: they go to the
+      // bias-column layout, from which the weight-gradient products also give the biases'
+      // gradients (n1 only where it computes no attention gate).
+      const NormGate* gate = n1_gate(b, a);
+      a.n1x_used = a.n1x.defined() && hook_ == nullptr && gate == nullptr;
+      b.n1.forward(a.n1, x, gate, a.n1x_used ? &a.n1x : nullptr);
       tap_norm(b.n1, Point::Norm1, L, a.n1);
-      attn_residual(a.n1.out);  // h
+      attn_residual(a.n1x_used ? a.n1x : a.n1.out);  // h
       tap(Point::Residual, L, a.s1);
-      // Without a hook nothing reads n2's output but the MLP: it goes to the bias-column
-      // layout, from which fc's weight-gradient product also gives fc's bias gradient.
       a.n2x_used = a.n2x.defined() && hook_ == nullptr;
       b.n2.forward(a.n2, a.s1, nullptr, a.n2x_used ? &a.n2x : nullptr);
       tap_norm(b.n2, Point::Norm2, L, a.n2);
       mlp_residual(a.n2x_used ? a.n2x : a.n2.out);
       break;
+    }
     case BlockType::PostNorm:
       b.attn.forward(a.attn, a.attn_out, x, key_mask_, B_, T_);
       tap(Point::AttnOut, L, a.attn_out);
@@ -429,8 +436,8 @@ void TransformerLM::block_backward(size_t l) {
     case BlockType::PreNorm:
       mlp_backward(b, a, dnorm_, dmlp(dresid_), a.n2x_used ? a.n2x : a.n2.out);
       b.n2.backward(dresid_, dnorm_, a.s1, a.n2, true, proj_bias_sum(l));
-      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1.out, key_mask_, B_, T_,
-                      false);
+      b.attn.backward(a.attn, dnorm_, dattn(dresid_, kElsewhere), a.n1x_used ? a.n1x : a.n1.out,
+                      key_mask_, B_, T_, false);
       b.n1.backward(dresid_, dnorm_, x, a.n1, true, l > 0 ? fc_out_bias_sum(l - 1) : nullptr,
                     n1_gate_used(a));
       break;

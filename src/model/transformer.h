@@ -179,9 +179,10 @@ class TransformerLM {
     NormGate n1_gate;  // the attention gate n1 computes (valid while attn.gate_from_norm)
     // pre_norm with a biased fc and a LayerNorm n2: n2's output in the bias-column layout
     // [N, C + 8] (ops.h), which fc's weight-gradient product turns into fc's bias gradient;
-    // used by forwards without a hook (n2x_used), which read no a.n2.out.
-    Tensor n2x;
-    bool n2x_used = false;
+    // used by forwards without a hook (n2x_used), which read no a.n2.out. n1x likewise for n1
+    // and the attention's c_attn (Attention::takes_bias_column), when n1 computes no gate.
+    Tensor n1x, n2x;
+    bool n1x_used = false, n2x_used = false;
   };
 
   void allocate(int64_t B, int64_t T);

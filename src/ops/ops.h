@@ -21,6 +21,10 @@ namespace oft::ops {
 // Extra columns of the bias-column layout of a layer input (Backend::linear_wgrad_bias_column):
 // x_ext [N, K + kBiasColumnPad] = [x | 1 | 0 ...]; 8 keeps bf16 and f32 rows 16-byte aligned.
 inline constexpr int64_t kBiasColumnPad = 8;
+// Whether x [N, in + kBiasColumnPad] is a layer input in that layout for the weight w [out, in].
+inline bool is_bias_column_layout(const Tensor& x, const Tensor& w) {
+  return x.ndim() == 2 && w.ndim() == 2 && x.dim(1) == w.dim(1) + kBiasColumnPad;
+}
 
 enum class Activation { ReLU, GELU_Tanh, GELU_Erf, Sigmoid };
 // relu | gelu (= gelu_tanh, gelu_new) | gelu_erf | sigmoid
@@ -365,7 +369,13 @@ class Backend {
   // ---- fused layers ----
   // y[N, out] = x[N, in] @ w[out, in]^T + b[out] (b may be undefined). The CUDA backend adds
   // the bias in the matrix product's epilogue.
+  // x may be in the bias-column layout ([N, in + kBiasColumnPad]; the pad is not read).
   virtual void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
+    if (is_bias_column_layout(x, w)) {
+      Tensor xc = Tensor::empty({x.dim(0), w.dim(1)}, x.dtype(), x.device());
+      copy_columns(xc, 0, x, 0, w.dim(1), false);
+      return linear_fwd(y, xc, w, b);
+    }
     matmul(y, x, false, w, true, 1.0, 0.0);
     if (b.defined()) add_bias(y, b);
   }
@@ -388,7 +398,7 @@ class Backend {
   // x may be in the bias-column layout ([N, in + kBiasColumnPad]; the pad is not read).
   virtual void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
                               const Tensor& b, Activation a) {
-    if (x.ndim() == 2 && w.ndim() == 2 && x.dim(1) == w.dim(1) + kBiasColumnPad) {
+    if (is_bias_column_layout(x, w)) {
       Tensor xc = Tensor::empty({x.dim(0), w.dim(1)}, x.dtype(), x.device());
       copy_columns(xc, 0, x, 0, w.dim(1), false);
       return linear_act_fwd(act, pre, xc, w, b, a);

@@ -157,7 +157,7 @@ TEST(CudaLinear, ActForwardMatchesCpu) {
 }
 
 // The bias-column layout (ops.h): layernorm_fwd into [N, C + 8] writes the same rows as into
-// [N, C] and the pad 1, 0, ...; linear_act_fwd reads its first C columns with the row pitch
+// [N, C] and the pad 1, 0, ...; linear_act_fwd and linear_fwd read its first C columns with the row pitch
 // (cuBLASLt's leading dimension; the same results as from the contiguous rows); and
 // linear_wgrad_bias_column gives dW = dy^T y and db = colsum(dy) from one product, against the
 // CPU backend in f64 (beta 0, then beta 1 accumulating a second time).
@@ -196,6 +196,13 @@ TEST(CudaLinear, BiasColumnLayoutMatchesCpu) {
         gpu().linear_act_fwd(act_e, a == Activation::ReLU ? no_pre : pre_e, ye, gw, gb, a);
         EXPECT_GPU_CLOSE(act_e, act, 1e-6);
         if (a != Activation::ReLU) EXPECT_GPU_CLOSE(pre_e, pre, 1e-6);
+      }
+      for (const Tensor& bias : {gb, Tensor()}) {  // linear_fwd (c_attn's product) likewise
+        SCOPED_TRACE(bias.defined() ? "linear_fwd, bias" : "linear_fwd, no bias");
+        Tensor o = poisoned({s.n, s.f}, dt), o_e = poisoned({s.n, s.f}, dt);
+        gpu().linear_fwd(o, y, gw, bias);
+        gpu().linear_fwd(o_e, ye, gw, bias);
+        EXPECT_GPU_CLOSE(o_e, o, 1e-6);
       }
 
       const Tensor dy = rounded(randn({s.n, s.f}), dt);

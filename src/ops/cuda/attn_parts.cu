@@ -16,7 +16,9 @@
 // - causal_mean: a scan over T in chunks of 32 rows: kernel 1 sums each (sequence, chunk,
 //   column pack); kernel 2 adds the sums of the earlier (fwd) or later (bwd) chunks and scans
 //   its chunk. In place (y == x, dx == dy) works: a thread reads each element before writing it.
-// - copy_columns: cudaMemcpy2DAsync, or a packed += kernel when accumulating.
+// - copy_columns: one thread per 16-byte pack of columns (= or +=). A kernel, not
+//   cudaMemcpy2DAsync: the bias-column layout's dW copy (3072 rows of 3 KiB at GPT-2's fc) took
+//   longer as a 2-D copy node in the step's CUDA graph than as this kernel.
 #include <algorithm>
 #include <type_traits>
 
@@ -266,14 +268,22 @@ void causal_mean(Tensor& out, const Tensor& in, int64_t seq, const char* op) {
 
 // ------------------------------------------------------------------ copy columns
 
-// dst[n, dc + c] += src[n, sc + c], c < ncols; one pack per thread.
-template <class T, int V>
-__global__ void add_columns_kernel(T* dst, int64_t ldd, const T* src, int64_t lds, int64_t N,
-                                   int64_t ncols) {
+// dst[n, dc + c] = (ACC: +=) src[n, sc + c], c < ncols; one pack per thread.
+template <class T, int V, bool ACC>
+__global__ void copy_columns_kernel(T* dst, int64_t ldd, const T* src, int64_t lds, int64_t N,
+                                    int64_t ncols) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t cv = ncols / V;
   if (t >= N * cv) return;
   const int64_t n = t / cv, c = (t % cv) * V;
+  if constexpr (!ACC) {
+    if constexpr (V * sizeof(T) == 16)
+      *reinterpret_cast<uint4*>(dst + n * ldd + c) =
+          *reinterpret_cast<const uint4*>(src + n * lds + c);
+    else
+      dst[n * ldd + c] = src[n * lds + c];
+    return;
+  }
   float a[V], b[V];
   load_pack<T, V>(dst + n * ldd + c, a);
   load_pack<T, V>(src + n * lds + c, b);
@@ -466,22 +476,25 @@ void CudaBackend::copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, 
   const size_t es = dtype_size(dst.dtype());
   char* pd = static_cast<char*>(dst.raw()) + dst_col * es;
   const char* ps = static_cast<const char*>(src.raw()) + src_col * es;
-  if (!accumulate) {
-    if (pd == ps && Wd == Ws) return;
-    OFT_CUDA_CHECK(cudaMemcpy2DAsync(pd, Wd * es, ps, Ws * es, ncols * es, N,
-                                     cudaMemcpyDeviceToDevice, cuda::stream()));
-    return;
-  }
+  if (!accumulate && pd == ps && Wd == Ws) return;
   OFT_DISPATCH_FLOAT(dst.dtype(), op, {
     constexpr int VEC = 16 / sizeof(T);
     const bool vec =
         ncols % VEC == 0 && Wd % VEC == 0 && Ws % VEC == 0 && aligned16(pd) && aligned16(ps);
+    auto launch = [&](auto v, auto acc) {
+      constexpr int V = decltype(v)::value;
+      copy_columns_kernel<T, V, decltype(acc)::value>
+          <<<blocks_for(N * (ncols / V)), kThreads, 0, cuda::stream()>>>(
+              reinterpret_cast<T*>(pd), Wd, reinterpret_cast<const T*>(ps), Ws, N, ncols);
+    };
+    using Acc = std::true_type;
+    using Set = std::false_type;
     if (vec)
-      add_columns_kernel<T, VEC><<<blocks_for(N * (ncols / VEC)), kThreads, 0, cuda::stream()>>>(
-          reinterpret_cast<T*>(pd), Wd, reinterpret_cast<const T*>(ps), Ws, N, ncols);
+      accumulate ? launch(std::integral_constant<int, VEC>{}, Acc{})
+                 : launch(std::integral_constant<int, VEC>{}, Set{});
     else
-      add_columns_kernel<T, 1><<<blocks_for(N * ncols), kThreads, 0, cuda::stream()>>>(
-          reinterpret_cast<T*>(pd), Wd, reinterpret_cast<const T*>(ps), Ws, N, ncols);
+      accumulate ? launch(std::integral_constant<int, 1>{}, Acc{})
+                 : launch(std::integral_constant<int, 1>{}, Set{});
     OFT_CUDA_LAUNCH_CHECK();
   });
 }

@@ -455,8 +455,10 @@ void CudaBackend::matmul(Tensor& C, const Tensor& A, bool transA, const Tensor& 
 }
 
 void CudaBackend::linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
+  // x in the bias-column layout (ops.h): cuBLASLt reads its first K columns with the row pitch.
+  const int64_t a_cols = is_bias_column_layout(x, w) ? w.dim(1) : 0;
   if (!b.defined()) {
-    matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{});
+    matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{}, a_cols);
     return;
   }
   cuda::expect_float(b, "linear_fwd bias");
@@ -465,10 +467,10 @@ void CudaBackend::linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const 
              " ", dtype_name(y.dtype()));
   // The epilogue reads the bias with 16-byte vectors when it can: keep a fallback for views.
   if (!cuda::aligned16(b.raw())) {
-    matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{});
+    matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{}, a_cols);
     return add_bias(y, b);
   }
-  matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{Epi::Bias, &b, nullptr});
+  matmul_impl(*this, y, x, false, w, true, 1.0, 0.0, EpiArgs{Epi::Bias, &b, nullptr}, a_cols);
 }
 
 void CudaBackend::linear_residual_fwd(Tensor& y, const Tensor& x, const Tensor& w,
@@ -506,7 +508,7 @@ void CudaBackend::linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, cons
   const bool relu = a == Activation::ReLU, gelu = a == Activation::GELU_Tanh;
   // x in the bias-column layout (ops.h): cuBLASLt reads its first K columns with the row pitch;
   // the compositions (Backend's) read a contiguous copy.
-  const bool pitched = x.ndim() == 2 && w.ndim() == 2 && x.dim(1) == w.dim(1) + kBiasColumnPad;
+  const bool pitched = is_bias_column_layout(x, w);
   // ReLU fuses only without `pre` (its epilogue has no pre-activation output), GELU only with it
   // (the backward needs it; the composition reports the missing tensor) and only in bf16.
   const bool candidate = (relu && !pre.defined()) ||
