@@ -128,6 +128,60 @@ TEST(OpGrad, LayerNormGate) {
   expect_grad("dgb", gb, dgb, loss);
 }
 
+// The same norm and gate writing the bias-column layout (Norm::forward's `into`, ops.h): the
+// rows, the pad (1, 0...), the gate and every gradient are those of the contiguous output.
+TEST(OpGrad, LayerNormGateBiasColumnLayout) {
+  Rng rng(18);
+  ParamStore ps;
+  const int64_t N = 5, G = 3, D = 2, C = G * D, P = C + ops::kBiasColumnPad;
+  Norm norm(ps, "n", C, NormKind::LayerNorm, 1e-5, true, DType::F64, Device::CPU);
+  norm.w.copy_from(randn({C}, rng, 0.5));
+  norm.b.copy_from(randn({C}, rng, 0.5));
+  Tensor gw = randn({G, 1, D}, rng), gb = randn({G}, rng);
+  const Tensor x = randn({N, C}, rng, 2.0), dy = randn({N, C}, rng), dgate = randn({N, G}, rng);
+  struct Run {
+    Tensor gate, logits, dgw, dgb, dx, y;
+    std::vector<double> dw, db;
+  };
+  auto run = [&](bool pitched) {
+    Run r;
+    r.dgw = Tensor::zeros(gw.shape(), DType::F64);
+    r.dgb = Tensor::zeros({G}, DType::F64);
+    NormGate ng;
+    ng.gate = &r.gate;
+    ng.logits = &r.logits;
+    ng.w = &gw;
+    ng.b = &gb;
+    ng.dw = &r.dgw;
+    ng.db = &r.dgb;
+    ng.dgate = &dgate;
+    NormSaved s;
+    Tensor into = randn({N, P}, rng);  // garbage in the pad before the forward
+    norm.forward(s, x, &ng, pitched ? &into : nullptr);
+    r.y = s.out;
+    ps.zero_grad();
+    r.dx = Tensor::zeros({N, C}, DType::F64);
+    norm.backward(r.dx, dy, x, s, false, nullptr, &ng);
+    r.dw = norm.dw.to_vector();
+    r.db = norm.db.to_vector();
+    return r;
+  };
+  const Run plain = run(false), ext = run(true);
+  ASSERT_EQ(ext.y.shape(), (Shape{N, P}));
+  const std::vector<double> yv = plain.y.to_vector(), yev = ext.y.to_vector();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < P; ++c)
+      ASSERT_EQ(yev[size_t(n * P + c)], c < C ? yv[size_t(n * C + c)] : c == C ? 1.0 : 0.0)
+          << n << "," << c;
+  EXPECT_EQ(ext.gate.to_vector(), plain.gate.to_vector());
+  EXPECT_EQ(ext.logits.to_vector(), plain.logits.to_vector());
+  EXPECT_EQ(ext.dx.to_vector(), plain.dx.to_vector());
+  EXPECT_EQ(ext.dw, plain.dw);
+  EXPECT_EQ(ext.db, plain.db);
+  EXPECT_EQ(ext.dgw.to_vector(), plain.dgw.to_vector());
+  EXPECT_EQ(ext.dgb.to_vector(), plain.dgb.to_vector());
+}
+
 class ActGrad : public ::testing::TestWithParam<std::string> {};
 TEST_P(ActGrad, Input) {
   Rng rng(4);

@@ -267,7 +267,7 @@ bool Attention::gate_takes_norm() const {
 }
 
 bool Attention::takes_bias_column() const {
-  return !shaped_ && gate_ == GateType::None && qkv_.b.defined();
+  return !shaped_ && qkv_.b.defined() && (gate_ == GateType::None || gate_takes_norm());
 }
 
 NormGate Attention::norm_gate(AttentionActs& a) {
@@ -389,6 +389,8 @@ void Attention::forward(AttentionActs& a, Tensor& out, const Tensor& x, const Te
   const DType dt = x.dtype();
   const Device dev = x.device();
   auto& be = ops::on(x);
+  OFT_ASSERT(!qkv_.takes_bias_column(x) || gate_ == GateType::None || a.gate_from_norm,
+             "attention: an input in the bias-column layout needs the gate from the norm");
   ensure(a.qkv_raw, {N, 3 * C_}, dt, dev);
   qkv_.forward(a.qkv_raw, x);
   if (hook_) hook_->on_activation(Point::QKV, layer_, a.qkv_raw, B, T);

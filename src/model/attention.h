@@ -74,8 +74,10 @@ class Attention {
   // input: a LayerNorm that produces the input can then run it (ops layernorm_gate_fwd / _bwd).
   bool gate_takes_norm() const;
   // Whether this layer may take its input x in the bias-column layout ([N, C + 8], ops.h): the
-  // biased c_attn is the only reader of x (no gate network, not shaped). c_attn's bias gradient
-  // then comes from its weight-gradient product and the attention backward sums no dqkv.
+  // biased c_attn is the only reader of x (not shaped; no gate network, or one a norm computes:
+  // the caller then hands it to the norm, norm_gate, whenever x is in the layout). c_attn's bias
+  // gradient then comes from its weight-gradient product and the attention backward sums no
+  // dqkv.
   bool takes_bias_column() const;
   // Hands the gate network of this application to that norm: its tensors for Norm::forward /
   // backward. This layer's forward then takes a.gate as computed, and its backward leaves dgate

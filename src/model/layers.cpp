@@ -66,15 +66,14 @@ Norm::Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind k, doubl
 
 void Norm::forward(NormSaved& s, const Tensor& x, const NormGate* gate, Tensor* into) const {
   OFT_ASSERT(!gate || kind == NormKind::LayerNorm, "a norm gate needs a LayerNorm");
-  OFT_ASSERT(!into || (kind == NormKind::LayerNorm && !gate),
-             "only a LayerNorm without a gate writes the bias-column layout");
+  OFT_ASSERT(!into || kind == NormKind::LayerNorm, "only a LayerNorm writes the bias-column layout");
   if (kind == NormKind::None) {
     s.out = x;
     return;
   }
   const int64_t N = x.numel() / x.dim(-1);
   if (into)
-    s.out = Tensor();  // the output is *into this time
+    s.out = *into;  // [N, C + 8] this time (the gate's backward may read it)
   else
     ensure(s.out, x.shape(), x.dtype(), x.device());
   ensure(s.inv, {N}, stat_dtype(x.dtype()), x.device());
@@ -88,7 +87,7 @@ void Norm::forward(NormSaved& s, const Tensor& x, const NormGate* gate, Tensor* 
       be.layernorm_gate_fwd(s.out, s.mean, s.inv, *gate->gate, *gate->logits, x, w, b, eps,
                             *gate->w, *gate->b);
     } else {
-      be.layernorm_fwd(into ? *into : s.out, s.mean, s.inv, x, w, b, eps);
+      be.layernorm_fwd(s.out, s.mean, s.inv, x, w, b, eps);
     }
   } else {
     be.rmsnorm_fwd(s.out, s.inv, x, w, eps);

@@ -62,9 +62,8 @@ struct Norm {
   Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind kind, double eps, bool bias,
        DType dt, Device dev);
   // Allocates s.out / stats for N rows if needed, then normalises x. With a gate (LayerNorm
-  // only), also computes the gate from the output. With `into` (a LayerNorm without a gate), the
-  // output goes there instead, [N, C + 8] in the bias-column layout (ops.h), and s.out is left
-  // undefined.
+  // only), also computes the gate from the output. With `into` (a LayerNorm), the output goes
+  // there instead, [N, C + 8] in the bias-column layout (ops.h), and s.out is that tensor.
   void forward(NormSaved& s, const Tensor& x, const NormGate* gate = nullptr,
                Tensor* into = nullptr) const;
   // dx (+)= d norm / dx applied to dy; dsum (may be null) += colsum(dx) of the dx written.

@@ -334,11 +334,11 @@ void TransformerLM::block_forward(size_t l) {
   };
   switch (block_) {
     case BlockType::PreNorm: {
-      // Without a hook nothing reads n1's and n2's outputs but c_attn and fc: they go to the
-      // bias-column layout, from which the weight-gradient products also give the biases'
-      // gradients (n1 only where it computes no attention gate).
+      // Without a hook nothing reads n1's and n2's outputs but c_attn (and the gate n1
+      // computes) and fc: they go to the bias-column layout, from which the weight-gradient
+      // products also give the biases' gradients.
       const NormGate* gate = n1_gate(b, a);
-      a.n1x_used = a.n1x.defined() && hook_ == nullptr && gate == nullptr;
+      a.n1x_used = a.n1x.defined() && hook_ == nullptr;
       b.n1.forward(a.n1, x, gate, a.n1x_used ? &a.n1x : nullptr);
       tap_norm(b.n1, Point::Norm1, L, a.n1);
       attn_residual(a.n1x_used ? a.n1x : a.n1.out);  // h

@@ -180,7 +180,7 @@ class TransformerLM {
     // pre_norm with a biased fc and a LayerNorm n2: n2's output in the bias-column layout
     // [N, C + 8] (ops.h), which fc's weight-gradient product turns into fc's bias gradient;
     // used by forwards without a hook (n2x_used), which read no a.n2.out. n1x likewise for n1
-    // and the attention's c_attn (Attention::takes_bias_column), when n1 computes no gate.
+    // and the attention's c_attn (Attention::takes_bias_column).
     Tensor n1x, n2x;
     bool n1x_used = false, n2x_used = false;
   };

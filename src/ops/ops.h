@@ -221,13 +221,23 @@ class Backend {
   // attention's linear per-head gate): layernorm_fwd, then logits [N, G] = grouped_linear(y, gw
   // [G, 1, C / G], gb [G]) and gate = sigmoid(logits), as grouped_linear_act_fwd computes them
   // from the stored y. The CUDA backend computes the gate in the norm's kernel (bf16 rows that
-  // fit one warp); everything else composes as below.
+  // fit one warp); everything else composes as below. y may be in the bias-column layout, as
+  // for layernorm_fwd.
   virtual void layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tensor& gate,
                                   Tensor& logits, const Tensor& x, const Tensor& w,
                                   const Tensor& b, double eps, const Tensor& gw,
                                   const Tensor& gb) {
     layernorm_fwd(y, mean, rstd, x, w, b, eps);
-    grouped_linear_act_fwd(gate, logits, y, gw, gb, Activation::Sigmoid);
+    grouped_linear_act_fwd(gate, logits, without_bias_column(y, w.numel()), gw, gb,
+                           Activation::Sigmoid);
+  }
+  // y itself, or a contiguous copy of its first C columns when it is [N, C + kBiasColumnPad]
+  // (the bias-column layout).
+  Tensor without_bias_column(const Tensor& y, int64_t C) {
+    if (!(y.ndim() == 2 && y.dim(1) == C + kBiasColumnPad)) return y;
+    Tensor yc = Tensor::empty({y.dim(0), C}, y.dtype(), y.device());
+    copy_columns(yc, 0, y, 0, C, false);
+    return yc;
   }
   // Its backward: the gate's parameter gradients dgw, dgb += from dgate [N, G] (the gradient of
   // gate) and logits, then layernorm_bwd of dy plus the gate's input gradient (dx, dw, db, dsum
@@ -240,7 +250,8 @@ class Backend {
                                   const Tensor& rstd,
                                   bool accumulate, Tensor* dsum) {
     Tensor dyg = dy.clone();
-    grouped_linear_act_bwd(dyg, dgw, dgb, dgate, logits, y, gw, true, Activation::Sigmoid);
+    grouped_linear_act_bwd(dyg, dgw, dgb, dgate, logits, without_bias_column(y, w.numel()), gw,
+                           true, Activation::Sigmoid);
     layernorm_bwd(dx, dw, db, dyg, x, w, mean, rstd, accumulate, dsum);
   }
   // RMSNorm, seed B form: y = x / (sqrt(mean(x^2)) + eps) * w ; saves inv[N] = 1/(rms+eps).

@@ -139,7 +139,8 @@ TEST(CudaNn, LayerNormBackwardInPlace) {
 // LayerNorm with the per-token gate of its output (layernorm_gate_fwd / _bwd): the fused
 // kernels (forward one warp per row, C <= 1024 bf16 / 512 f32; backward the staged bf16 kernel,
 // an even G <= 32, groups of 8k columns, C <= 3072) and the composition elsewhere (C = 36 bf16,
-// G = 48, G = 3, C = 4096, f32 backward), against the CPU backend's composition over y as the GPU stores it. The fused
+// G = 48, G = 3, C = 4096, f32 backward), against the CPU backend's composition over y as the GPU stores it, and
+// into the bias-column layout (ops.h) against the contiguous output. The fused
 // backward adds the gate's input gradient to dy in f32 (the composition rounds the sum to bf16)
 // and recomputes y: within the same tolerances.
 struct NormGateCase {
@@ -180,6 +181,25 @@ TEST(CudaNn, LayerNormGateForwardBackward) {
           EXPECT_GPU_CLOSE(gr, rstd, kTolF32);
           EXPECT_GPU_CLOSE(glog, logits, tol_for(dt));
           EXPECT_GPU_CLOSE(ggate, gate, tol_for(dt));
+          // Into the bias-column layout [N, C + 8] (ops.h): the same rows, gate and logits, and
+          // the pad 1, 0...
+          Tensor gye = poisoned({N, C + ops::kBiasColumnPad}, dt), gme = poisoned({N}, DType::F32),
+                 gre = poisoned({N}, DType::F32), ggate_e = poisoned({N, G}, dt),
+                 glog_e = poisoned({N, G}, dt);
+          gpu().layernorm_gate_fwd(gye, gme, gre, ggate_e, glog_e, gx, gwt, gbt, 1e-5, ggw,
+                                   to_gpu(gb, dt));
+          {
+            const std::vector<double> yv = gy.to_vector(), yev = gye.to_vector();
+            const int64_t P = C + ops::kBiasColumnPad;
+            for (int64_t n = 0; n < N; ++n)
+              for (int64_t k = 0; k < P; ++k)
+                ASSERT_EQ(yev[size_t(n * P + k)], k < C ? yv[size_t(n * C + k)] : k == C ? 1 : 0)
+                    << n << "," << k;
+          }
+          EXPECT_EQ(ggate_e.to_vector(), ggate.to_vector());
+          EXPECT_EQ(glog_e.to_vector(), glog.to_vector());
+          EXPECT_EQ(gme.to_vector(), gm.to_vector());
+          EXPECT_EQ(gre.to_vector(), gr.to_vector());
           // Backward from the GPU's logits, with pre-filled parameter gradients (+=).
           const Tensor lr = glog.to(Device::CPU).cast(DType::F32);
           const Tensor dy = rounded(randn({N, C}), dt), dgate = rounded(randn({N, G}), dt);
@@ -206,6 +226,18 @@ TEST(CudaNn, LayerNormGateForwardBackward) {
           EXPECT_GPU_CLOSE(gdgw, dgw, tol_for(dt));
           EXPECT_GPU_CLOSE(gdgb, dgb, tol_for(dt));
           EXPECT_GPU_CLOSE(gds, ds, tol_for(dt));  // untouched without `sum`
+          // The backward given the forward's output in the bias-column layout (the
+          // composition's path reads it): the same gradients.
+          Tensor gdx_e = acc ? to_gpu(dx0, dt) : poisoned({N, C}, dt), gdw_e = gpu_f32(dw0),
+                 gdb_e = bias ? gpu_f32(db0) : Tensor(), gdgw_e = gpu_f32(dgw0),
+                 gdgb_e = gpu_f32(dgb0), gds_e = gpu_f32(ds0);
+          gpu().layernorm_gate_bwd(gdx_e, gdw_e, gdb_e, gdgw_e, gdgb_e, to_gpu(dy, dt),
+                                   to_gpu(dgate, dt), glog, gye, gx, gwt, gbt, ggw, gm, gr, acc,
+                                   sum ? &gds_e : nullptr);
+          EXPECT_EQ(gdx_e.to_vector(), gdx.to_vector());
+          EXPECT_EQ(gdgw_e.to_vector(), gdgw.to_vector());
+          EXPECT_EQ(gdgb_e.to_vector(), gdgb.to_vector());
+          EXPECT_EQ(gdw_e.to_vector(), gdw.to_vector());
         }
 }
 

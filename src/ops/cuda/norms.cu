@@ -163,12 +163,14 @@ __global__ void __launch_bounds__(kWarpRowThreads, 2)
 template <class T, int K>
 __global__ void __launch_bounds__(kWarpRowThreads, 2)
     layernorm_gate_fwd_kernel(T* y, float* stat0, float* stat1, const T* x, const T* w,
-                              const T* b, int64_t N, int C, float eps, RowGate<T> gate) {
+                              const T* b, int64_t N, int C, float eps, RowGate<T> gate,
+                              int64_t ldy) {
   constexpr int V = 16 / sizeof(T);
   __shared__ float part[kWarpRowThreads / 32][32 * K];
   WarpRows rows;
   gate.part = part[threadIdx.x >> 5];
-  norm_fwd_rows<T, V, K, true, WarpRows, true>(rows, y, stat0, stat1, x, w, b, N, C, eps, &gate);
+  norm_fwd_rows<T, V, K, true, WarpRows, true>(rows, y, stat0, stat1, x, w, b, N, C, eps, &gate,
+                                               ldy);
 }
 
 template <class T, int V, int K, bool LN>
@@ -263,8 +265,9 @@ void CudaBackend::layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tens
                                      const Tensor& b, double eps, const Tensor& gw,
                                      const Tensor& gb) {
   constexpr const char* op = "layernorm_gate_fwd";
-  const int64_t N = check_norm_fwd(y, &mean, rstd, x, w, b, op);
+  const int64_t N = check_norm_fwd(y, &mean, rstd, x, w, b, op, true);
   const int C = static_cast<int>(w.numel());
+  const int64_t ldy = y.numel() == x.numel() ? C : C + kBiasColumnPad;
   const int64_t G = gb.numel();
   OFT_CHECK(G > 0 && C % G == 0 && gw.numel() == C, op, ": gate weight ", shape_str(gw.shape()),
             " and bias ", shape_str(gb.shape()), " do not split rows of ", C, " into groups");
@@ -292,7 +295,7 @@ void CudaBackend::layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tens
       const int blocks = persistent_blocks(kernel, kWarpRowThreads, cuda::ceil_div(N, 8));
       kernel<<<blocks, kWarpRowThreads, 0, cuda::stream()>>>(
           ptr<T>(y), ptr<float>(mean), ptr<float>(rstd), ptr<T>(x), ptr<T>(w), pb, N, C,
-          static_cast<float>(eps), rg);
+          static_cast<float>(eps), rg, ldy);
       OFT_CUDA_LAUNCH_CHECK();
     });
   });
