@@ -66,7 +66,8 @@ Norm::Norm(ParamStore& ps, const std::string& name, int64_t C, NormKind k, doubl
 
 void Norm::forward(NormSaved& s, const Tensor& x, const NormGate* gate, Tensor* into) const {
   OFT_ASSERT(!gate || kind == NormKind::LayerNorm, "a norm gate needs a LayerNorm");
-  OFT_ASSERT(!into || kind == NormKind::LayerNorm, "only a LayerNorm writes the bias-column layout");
+  OFT_ASSERT(!into || kind == NormKind::LayerNorm,
+             "only a LayerNorm writes the bias-column layout");
   if (kind == NormKind::None) {
     s.out = x;
     return;

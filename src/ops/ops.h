@@ -204,6 +204,14 @@ class Backend {
     Tensor db_col = db.view({O, 1});
     copy_columns(db_col, 0, dwe, K, 1, true);
   }
+  // y itself, or a contiguous copy of its first C columns when it is [N, C + kBiasColumnPad]
+  // (the bias-column layout).
+  Tensor without_bias_column(const Tensor& y, int64_t C) {
+    if (!(y.ndim() == 2 && y.dim(1) == C + kBiasColumnPad)) return y;
+    Tensor yc = Tensor::empty({y.dim(0), C}, y.dtype(), y.device());
+    copy_columns(yc, 0, y, 0, C, false);
+    return yc;
+  }
 
   // ---- norms (rows of length C) ----
   // LayerNorm: y = (x - mean) * rstd * w + b ; saves mean[N], rstd[N]. y is [N, C], or
@@ -230,14 +238,6 @@ class Backend {
     layernorm_fwd(y, mean, rstd, x, w, b, eps);
     grouped_linear_act_fwd(gate, logits, without_bias_column(y, w.numel()), gw, gb,
                            Activation::Sigmoid);
-  }
-  // y itself, or a contiguous copy of its first C columns when it is [N, C + kBiasColumnPad]
-  // (the bias-column layout).
-  Tensor without_bias_column(const Tensor& y, int64_t C) {
-    if (!(y.ndim() == 2 && y.dim(1) == C + kBiasColumnPad)) return y;
-    Tensor yc = Tensor::empty({y.dim(0), C}, y.dtype(), y.device());
-    copy_columns(yc, 0, y, 0, C, false);
-    return yc;
   }
   // Its backward: the gate's parameter gradients dgw, dgb += from dgate [N, G] (the gradient of
   // gate) and logits, then layernorm_bwd of dy plus the gate's input gradient (dx, dw, db, dsum
@@ -382,11 +382,8 @@ class Backend {
   // the bias in the matrix product's epilogue.
   // x may be in the bias-column layout ([N, in + kBiasColumnPad]; the pad is not read).
   virtual void linear_fwd(Tensor& y, const Tensor& x, const Tensor& w, const Tensor& b) {
-    if (is_bias_column_layout(x, w)) {
-      Tensor xc = Tensor::empty({x.dim(0), w.dim(1)}, x.dtype(), x.device());
-      copy_columns(xc, 0, x, 0, w.dim(1), false);
-      return linear_fwd(y, xc, w, b);
-    }
+    if (is_bias_column_layout(x, w))
+      return linear_fwd(y, without_bias_column(x, w.dim(1)), w, b);
     matmul(y, x, false, w, true, 1.0, 0.0);
     if (b.defined()) add_bias(y, b);
   }
@@ -409,11 +406,8 @@ class Backend {
   // x may be in the bias-column layout ([N, in + kBiasColumnPad]; the pad is not read).
   virtual void linear_act_fwd(Tensor& act, Tensor& pre, const Tensor& x, const Tensor& w,
                               const Tensor& b, Activation a) {
-    if (is_bias_column_layout(x, w)) {
-      Tensor xc = Tensor::empty({x.dim(0), w.dim(1)}, x.dtype(), x.device());
-      copy_columns(xc, 0, x, 0, w.dim(1), false);
-      return linear_act_fwd(act, pre, xc, w, b, a);
-    }
+    if (is_bias_column_layout(x, w))
+      return linear_act_fwd(act, pre, without_bias_column(x, w.dim(1)), w, b, a);
     if (pre.defined()) {
       linear_fwd(pre, x, w, b);
       activation_fwd(act, pre, a);
