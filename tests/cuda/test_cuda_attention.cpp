@@ -188,6 +188,20 @@ TEST(CudaAttention, TileBoundariesBF16) {
     }
 }
 
+// The Hopper clipped forward skips key halves whose rows all stay below the clip threshold
+// (attention_wgmma.cu), for up to 16 key tiles of 128 (T <= 2048): long rows on both sides of
+// that bound, with the peaked scores of check_fwd_bwd's inputs (some halves live off the
+// diagonal, most not) and with a mask.
+TEST(CudaAttention, ClippedLongRowsBF16) {
+  OFT_REQUIRE_CUDA();
+  for (int64_t T : {1024, 2100})
+    for (Mode m : {Mode::Causal, Mode::BidirMasked}) {
+      Tensor saved;
+      check_fwd_bwd(DType::BF16, {1, T, 2, 64}, kProbs[2], m, saved);
+      check_fwd_bwd(DType::BF16, {1, T, 1, 64}, kProbs[3], m, saved);
+    }
+}
+
 // Clipped softmax with zeta = 1 where a probability is exactly 1: raw = (zeta - gamma) p + gamma
 // lands exactly on the upper clamp bound 1. The forward gets p = 1 exactly, the backward
 // recomputes p = exp2(x * scale_log2 - L) and, if the compiler fuses that into one FMA, gets

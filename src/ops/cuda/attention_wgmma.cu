@@ -228,11 +228,21 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 // Args::clip_hi), and accumulates O = P' V and O2 = P2 V (attention_common.cuh). Pass 1 takes
 // each 128-key tile in halves of 64 (S [64 x 64] per warpgroup), so that S, O and O2 fit the
 // 128 registers of two CTAs per SM; a half whose P' is zero on all of the warpgroup's entries
-// (raw < 0: most keys of long rows) skips its PV products (a warpgroup vote). The two passes
+// (raw < 0: most keys of long rows) skips its PV products (a warpgroup vote). With gamma < 0,
+// pass 0 also keeps each row's maximum score per half tile (sMax, for up to kClipMaxTiles
+// tiles), and pass 1 skips a half whose rows all stay below the clip threshold by a margin,
+// max x - L < log2(-gamma / span) - kClipSkipMargin, before its S product: every P' and P2 of
+// such a half is 0 (raw = span p + gamma < 0), so the result is the same bit for bit, without
+// the half's product and exponentials. How many halves that skips depends on the data: the
+// diffuse attention of an untrained model skips nearly every half off the diagonal, a trained
+// one those its few large probabilities leave below the threshold. The two passes
 // are one stream of tile steps (step j: tile j % n_kt of pass j / n_kt), double-buffered across
 // the pass boundary.
 // (Its set-up repeats fwd_wgmma_kernel's on purpose: moving both into a shared struct made the
 // softmax kernel spill 36 instead of 16 bytes.)
+constexpr int kClipMaxTiles = 16;          // key tiles whose half maxima sMax holds (T <= 2048)
+constexpr float kClipSkipMargin = 1.0e-3f;  // log2 units: p at least 0.07% under the threshold
+constexpr int kClipSmemBytes = kFwdSmemBytes + kBM * 2 * kClipMaxTiles * 4;
 __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_clipped_kernel(const Args a) {
 #ifdef OFT_HAVE_WGMMA
   extern __shared__ unsigned char smem_raw[];
@@ -241,6 +251,7 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_clipped_kernel(const A
   auto sK = [&](int buf) { return sQ + kBM * kD + buf * 128 * kD; };
   auto sV = [&](int buf) { return sQ + kBM * kD + (2 + buf) * 128 * kD; };
   int* sOk = reinterpret_cast<int*>(sQ + kBM * kD + 4 * 128 * kD);  // [2][kBN]
+  float* sMax = reinterpret_cast<float*>(sOk + 2 * kBN);  // [kBM rows][2 * kClipMaxTiles]
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int g = lane >> 2, t4 = lane & 3;
@@ -255,6 +266,11 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_clipped_kernel(const A
   const int n_steps = 2 * n_kt;
   const int row[2] = {q0 + wg * 64 + warp * 16 + g, q0 + wg * 64 + warp * 16 + g + 8};
   const int wg_last_row = q0 + wg * 64 + 63;
+  // Pass 1 skips halves below the clip threshold (see above) when gamma < 0 and sMax has room.
+  const bool skip_halves = a.gamma < 0.f && n_kt <= kClipMaxTiles;
+  const float skip_below = skip_halves ? log2f(-a.gamma / a.span) - kClipSkipMargin : 0.f;
+  float* const max_row[2] = {sMax + (row[0] - q0) * 2 * kClipMaxTiles,
+                             sMax + (row[1] - q0) * 2 * kClipMaxTiles};
 
   auto load_step = [&](int j, int buf) {
     const int k0 = (j % n_kt) * kBN;
@@ -298,11 +314,20 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_clipped_kernel(const A
     scale_mask(s, a, sOk + buf * kBN, k0, 0, row, t4, need_mask);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float mx = m[r];
+      float hm[2] = {-kInf, -kInf};  // the row's maxima over the tile's two halves of 64 keys
 #pragma unroll
-      for (int nb = 0; nb < 16; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      for (int nb = 0; nb < 16; ++nb)
+        hm[nb >> 3] = fmaxf(hm[nb >> 3], fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        hm[hf] = fmaxf(hm[hf], __shfl_xor_sync(0xffffffffu, hm[hf], 1));
+        hm[hf] = fmaxf(hm[hf], __shfl_xor_sync(0xffffffffu, hm[hf], 2));
+      }
+      if (skip_halves && t4 == 0) {
+        max_row[r][2 * j] = hm[0];
+        max_row[r][2 * j + 1] = hm[1];
+      }
+      const float mx = fmaxf(m[r], fmaxf(hm[0], hm[1]));
       const float mu = mx == -kInf ? 0.f : mx;
       float sum = 0.f;
 #pragma unroll
@@ -332,6 +357,12 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_clipped_kernel(const A
     for (int hf = 0; hf < 2; ++hf) {
       const int kh = k0 + hf * 64;
       if (a.causal && kh > wg_last_row) continue;  // no key of this half is visible to the warpgroup
+      if (skip_halves) {  // every row's P' and P2 are 0 on this half: skip it whole
+        const int ih = 2 * (j - n_kt) + hf;
+        const bool live = max_row[0][ih] - lse[0] >= skip_below ||
+                          max_row[1][ih] - lse[1] >= skip_below;
+        if (!warpgroup_any(wg, live)) continue;
+      }
       float s[32];
       wgmma_fence();
 #pragma unroll
@@ -460,7 +491,7 @@ bool wgmma_bwd_enabled(const Args& a) {
 void launch_fwd_wgmma(const Args& a) {
   if (a.prob == kClipped) {
     static bool configured = false;
-    return launch_kernel(fwd_wgmma_clipped_kernel, configured, kFwdSmemBytes,
+    return launch_kernel(fwd_wgmma_clipped_kernel, configured, kClipSmemBytes,
                          head_major_grid(a, kBM), kWThreads, a);
   }
   if (a.prob == kSoftmax) return launch_fwd<kSoftmax>(a);
