@@ -235,7 +235,9 @@ __global__ void __launch_bounds__(kWThreads, 2) fwd_wgmma_kernel(const Args a) {
 // such a half is 0 (raw = span p + gamma < 0), so the result is the same bit for bit, without
 // the half's product and exponentials. How many halves that skips depends on the data: the
 // diffuse attention of an untrained model skips nearly every half off the diagonal, a trained
-// one those its few large probabilities leave below the threshold. The two passes
+// one those its few large probabilities leave below the threshold (H100, GPT-2 shape: 0.195 ->
+// 0.190 ms with unit-variance scores; `gpt2_124m` clipped 554k -> 568k tokens/s on `oft bench`'s
+// untrained model). The two passes
 // are one stream of tile steps (step j: tile j % n_kt of pass j / n_kt), double-buffered across
 // the pass boundary.
 // (Its set-up repeats fwd_wgmma_kernel's on purpose: moving both into a shared struct made the
