@@ -21,9 +21,13 @@ namespace oft::ops {
 // Extra columns of the bias-column layout of a layer input (Backend::linear_wgrad_bias_column):
 // x_ext [N, K + kBiasColumnPad] = [x | 1 | 0 ...]; 8 keeps bf16 and f32 rows 16-byte aligned.
 inline constexpr int64_t kBiasColumnPad = 8;
-// Whether x [N, in + kBiasColumnPad] is a layer input in that layout for the weight w [out, in].
+// Whether x is [N, in + kBiasColumnPad]: rows of `in` columns in that layout.
+inline bool is_bias_column_layout(const Tensor& x, int64_t in) {
+  return x.ndim() == 2 && x.dim(1) == in + kBiasColumnPad;
+}
+// The same for the input of a layer with weight w [out, in].
 inline bool is_bias_column_layout(const Tensor& x, const Tensor& w) {
-  return x.ndim() == 2 && w.ndim() == 2 && x.dim(1) == w.dim(1) + kBiasColumnPad;
+  return w.ndim() == 2 && is_bias_column_layout(x, w.dim(1));
 }
 
 enum class Activation { ReLU, GELU_Tanh, GELU_Erf, Sigmoid };
@@ -190,7 +194,7 @@ class Backend {
   // moves into dw and adds into db.
   virtual void linear_wgrad_bias_column(Tensor& dw, Tensor& db, const Tensor& dy,
                                         const Tensor& x_ext, double beta) {
-    OFT_CHECK(x_ext.ndim() == 2 && dw.ndim() == 2 && x_ext.dim(1) == dw.dim(1) + kBiasColumnPad,
+    OFT_CHECK(is_bias_column_layout(x_ext, dw),
               "linear_wgrad_bias_column: x ", shape_str(x_ext.shape()),
               " is not in the bias-column layout of dW ", shape_str(dw.shape()));
     OFT_CHECK(db.numel() == dw.dim(0), "linear_wgrad_bias_column: db ", shape_str(db.shape()),
@@ -207,7 +211,7 @@ class Backend {
   // y itself, or a contiguous copy of its first C columns when it is [N, C + kBiasColumnPad]
   // (the bias-column layout).
   Tensor without_bias_column(const Tensor& y, int64_t C) {
-    if (!(y.ndim() == 2 && y.dim(1) == C + kBiasColumnPad)) return y;
+    if (!is_bias_column_layout(y, C)) return y;
     Tensor yc = Tensor::empty({y.dim(0), C}, y.dtype(), y.device());
     copy_columns(yc, 0, y, 0, C, false);
     return yc;

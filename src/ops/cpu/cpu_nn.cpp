@@ -16,7 +16,7 @@ void CpuBackend::layernorm_fwd(Tensor& y, Tensor& mean, Tensor& rstd, const Tens
                                const Tensor& w, const Tensor& b, double eps) {
   const int64_t C = w.numel(), N = x.numel() / C;
   // y [N, C], or [N, C + kBiasColumnPad] in the bias-column layout (ops.h)
-  const int64_t ldy = y.ndim() == 2 && y.dim(1) == C + kBiasColumnPad ? y.dim(1) : C;
+  const int64_t ldy = is_bias_column_layout(y, C) ? y.dim(1) : C;
   if (ldy == C) {
     expect_same(y, x, "layernorm_fwd");
   } else {

@@ -198,8 +198,7 @@ int64_t check_norm_fwd(const Tensor& y, const Tensor* mean, const Tensor& stat, 
   const int64_t N = check_rows(x, w, op);
   const int C = static_cast<int>(w.numel());
   expect_act(y, x.dtype(), op);
-  if (!(pitched && y.ndim() == 2 && y.dim(0) == N && y.dim(1) == C + kBiasColumnPad))
-    expect_numel(y, x.numel(), op);
+  if (!(pitched && y.dim(0) == N && is_bias_column_layout(y, C))) expect_numel(y, x.numel(), op);
   if (mean) {
     cuda::expect_dtype(*mean, DType::F32, op);
     expect_numel(*mean, N, op);
@@ -213,12 +212,18 @@ int64_t check_norm_fwd(const Tensor& y, const Tensor* mean, const Tensor& stat, 
   return N;
 }
 
+// The row pitch of a forward output y that check_norm_fwd accepted for x: C, or C +
+// kBiasColumnPad in the bias-column layout.
+int64_t out_pitch(const Tensor& y, const Tensor& x, int C) {
+  return y.numel() == x.numel() ? C : C + kBiasColumnPad;
+}
+
 template <bool LN>
 void norm_fwd(Tensor& y, Tensor* mean, Tensor& stat, const Tensor& x, const Tensor& w,
               const Tensor& b, double eps, const char* op) {
   const int64_t N = check_norm_fwd(y, mean, stat, x, w, b, op, LN);
   const int C = static_cast<int>(w.numel());
-  const int64_t ldy = y.numel() == x.numel() ? C : C + kBiasColumnPad;
+  const int64_t ldy = out_pitch(y, x, C);
   if (N == 0) return;
   const int vec = 16 / static_cast<int>(dtype_size(x.dtype()));
   const bool vec_ok = C % vec == 0 && aligned16(x.raw()) && aligned16(y.raw()) &&
@@ -267,7 +272,7 @@ void CudaBackend::layernorm_gate_fwd(Tensor& y, Tensor& mean, Tensor& rstd, Tens
   constexpr const char* op = "layernorm_gate_fwd";
   const int64_t N = check_norm_fwd(y, &mean, rstd, x, w, b, op, true);
   const int C = static_cast<int>(w.numel());
-  const int64_t ldy = y.numel() == x.numel() ? C : C + kBiasColumnPad;
+  const int64_t ldy = out_pitch(y, x, C);
   const int64_t G = gb.numel();
   OFT_CHECK(G > 0 && C % G == 0 && gw.numel() == C, op, ": gate weight ", shape_str(gw.shape()),
             " and bias ", shape_str(gb.shape()), " do not split rows of ", C, " into groups");
