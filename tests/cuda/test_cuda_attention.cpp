@@ -189,17 +189,22 @@ TEST(CudaAttention, TileBoundariesBF16) {
 }
 
 // The Hopper clipped forward skips key halves whose rows all stay below the clip threshold
-// (attention_wgmma.cu), for up to 16 key tiles of 128 (T <= 2048): long rows on both sides of
-// that bound, with the peaked scores of check_fwd_bwd's inputs (some halves live off the
-// diagonal, most not) and with a mask.
+// (attention_wgmma.cu), for up to 16 key tiles of 128 (T <= 2048), with the peaked scores of
+// check_fwd_bwd's inputs (some halves live off the diagonal, most not) and with a mask. Under
+// the default OFT_ATTN_WGMMA=auto the Hopper forward takes only grids of at least 4 CTAs per SM
+// (wgmma_fwd_enabled): 12 x 12 heads of 4 query tiles make 576, enough for 132 SMs. Long rows
+// of 1024 keys, and of 2100 (over 16 tiles: no skipping), with a few heads reach it under
+// OFT_ATTN_WGMMA=all (scripts/gpu_check.sh).
 TEST(CudaAttention, ClippedLongRowsBF16) {
   OFT_REQUIRE_CUDA();
-  for (int64_t T : {1024, 2100})
-    for (Mode m : {Mode::Causal, Mode::BidirMasked}) {
-      Tensor saved;
+  for (Mode m : {Mode::Causal, Mode::BidirMasked}) {
+    Tensor saved;
+    check_fwd_bwd(DType::BF16, {12, 512, 12, 64}, kProbs[2], m, saved);
+    for (int64_t T : {1024, 2100}) {
       check_fwd_bwd(DType::BF16, {1, T, 2, 64}, kProbs[2], m, saved);
       check_fwd_bwd(DType::BF16, {1, T, 1, 64}, kProbs[3], m, saved);
     }
+  }
 }
 
 // Clipped softmax with zeta = 1 where a probability is exactly 1: raw = (zeta - gamma) p + gamma
